@@ -1,0 +1,13 @@
+/* tbert bench (placeholder until its issue lands). */
+#include <string.h>
+
+#include "cli.h"
+
+int cmd_bench(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--help")) {
+        printf("usage: tbert bench [options]\n\n(not implemented yet)\n");
+        return CLI_OK;
+    }
+    fprintf(stderr, "tbert bench: not implemented yet\n");
+    return CLI_USAGE;
+}

@@ -1,0 +1,13 @@
+/* tbert eval (placeholder until its issue lands). */
+#include <string.h>
+
+#include "cli.h"
+
+int cmd_eval(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--help")) {
+        printf("usage: tbert eval [options]\n\n(not implemented yet)\n");
+        return CLI_OK;
+    }
+    fprintf(stderr, "tbert eval: not implemented yet\n");
+    return CLI_USAGE;
+}

@@ -1,0 +1,13 @@
+/* tbert filter (placeholder until its issue lands). */
+#include <string.h>
+
+#include "cli.h"
+
+int cmd_filter(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--help")) {
+        printf("usage: tbert filter [options]\n\n(not implemented yet)\n");
+        return CLI_OK;
+    }
+    fprintf(stderr, "tbert filter: not implemented yet\n");
+    return CLI_USAGE;
+}

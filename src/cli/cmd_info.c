@@ -1,0 +1,13 @@
+/* tbert info (placeholder until its issue lands). */
+#include <string.h>
+
+#include "cli.h"
+
+int cmd_info(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--help")) {
+        printf("usage: tbert info [options]\n\n(not implemented yet)\n");
+        return CLI_OK;
+    }
+    fprintf(stderr, "tbert info: not implemented yet\n");
+    return CLI_USAGE;
+}

@@ -1,0 +1,13 @@
+/* tbert train (placeholder until its issue lands). */
+#include <string.h>
+
+#include "cli.h"
+
+int cmd_train(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--help")) {
+        printf("usage: tbert train [options]\n\n(not implemented yet)\n");
+        return CLI_OK;
+    }
+    fprintf(stderr, "tbert train: not implemented yet\n");
+    return CLI_USAGE;
+}

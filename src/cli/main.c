@@ -1,0 +1,54 @@
+/* tbert: one binary, one subcommand per concern (src/cli/cmd_NAME.c). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} subcommand;
+
+static const subcommand subcommands[] = {
+    {"tokenize", cmd_tokenize, "WordPiece token ids, one line of text in, one line of ids out"},
+    {"embed", cmd_embed, "encode texts with the frozen encoder and write the feature matrix"},
+    {"info", cmd_info, "show a model's config, parameters, dtypes, tokenizer settings and checksum"},
+    {"train", cmd_train, "train a classifier head on frozen-encoder features (texts or mail)"},
+    {"eval", cmd_eval, "evaluate a trained head on a labelled data set"},
+    {"predict", cmd_predict, "label texts read from stdin with a trained head"},
+    {"score", cmd_score, "batch-score mbox / Maildir / message files / tables with a trained head"},
+    {"filter", cmd_filter, "classify one message on stdin (bogofilter-compatible exit codes)"},
+    {"bench", cmd_bench, "measure tokenizer / encoder / head throughput"},
+};
+
+static void print_usage(FILE *f) {
+    fprintf(f, "tbert %s - text classifiers on a frozen BERT encoder (C17 + CUDA)\n\n", TBERT_VERSION);
+    fprintf(f, "usage: tbert SUBCOMMAND [options]   (tbert SUBCOMMAND --help for its options)\n\nsubcommands:\n");
+    for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++)
+        fprintf(f, "  %-10s %s\n", subcommands[i].name, subcommands[i].summary);
+    fprintf(f, "\nenvironment: TBERT_CACHE (models and feature caches; default ~/.cache/tbert)\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        print_usage(stderr);
+        return CLI_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        print_usage(stdout);
+        return CLI_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("tbert %s (CUDA backend: %s)\n", TBERT_VERSION, TBERT_HAVE_CUDA ? "built" : "not built");
+        return CLI_OK;
+    }
+    for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++) {
+        if (!strcmp(argv[1], subcommands[i].name)) {
+            cli_getopt_reset();
+            return subcommands[i].run(argc - 1, argv + 1);
+        }
+    }
+    fprintf(stderr, "tbert: unknown subcommand '%s' (see 'tbert --help')\n", argv[1]);
+    return CLI_USAGE;
+}

@@ -1,0 +1,70 @@
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+
+const char *tu_shared_path(const char *rel, char *buf, size_t n) {
+    const char *root = getenv("TBERT_SHARED_DATA");
+    if (root && *root) snprintf(buf, n, "%s/%s", root, rel);
+    else snprintf(buf, n, "../../shared/data/%s", rel);
+    struct stat st;
+    return stat(buf, &st) == 0 ? buf : NULL;
+}
+
+const char *tu_tests_path(const char *rel, char *buf, size_t n) {
+    const char *root = getenv("TBERT_TESTS_DIR");
+    snprintf(buf, n, "%s/%s", root && *root ? root : ".", rel);
+    return buf;
+}
+
+uint64_t tu_seed_from_env(const char *test_name) {
+    const char *s = getenv("TBERT_TEST_SEED");
+    uint64_t seed = s && *s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    fprintf(stderr, "%s: seed %llu (replay with TBERT_TEST_SEED=%llu)\n", test_name, (unsigned long long)seed,
+            (unsigned long long)seed);
+    return seed;
+}
+
+uint64_t tu_next(tu_rng *r) {
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+double tu_uniform(tu_rng *r) { return (double)(tu_next(r) >> 11) * (1.0 / 9007199254740992.0); }
+
+float tu_normal(tu_rng *r) {
+    double u1 = tu_uniform(r), u2 = tu_uniform(r);
+    if (u1 < 1e-300) u1 = 1e-300;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+static size_t compare_impl(const char *what, const float *got, const float *ref32, const double *ref64, size_t n,
+                           double atol, double rtol) {
+    size_t bad = 0;
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double g = got[i], r = ref64 ? ref64[i] : ref32[i];
+        double d = g - r;
+        num += d * d;
+        den += r * r;
+        bool ok = isfinite(g) && isfinite(r) && fabs(d) <= atol + rtol * fabs(r);
+        if (!ok && bad++ == 0)
+            fprintf(stderr, "%s: first mismatch at %zu: got %.9g ref %.9g (atol %g rtol %g)\n", what, i, g, r, atol, rtol);
+    }
+    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    fprintf(stderr, "%s: %zu elements, %zu outside tolerance, ||got-ref||/||ref|| = %.3g\n", what, n, bad, rel);
+    return bad;
+}
+
+size_t tu_compare(const char *what, const float *got, const float *ref, size_t n, double atol, double rtol) {
+    return compare_impl(what, got, ref, NULL, n, atol, rtol);
+}
+
+size_t tu_compare_f64(const char *what, const float *got, const double *ref, size_t n, double atol, double rtol) {
+    return compare_impl(what, got, NULL, ref, n, atol, rtol);
+}
