@@ -1,0 +1,69 @@
+/* Mail input: RFC 822 / MIME messages decoded through GMime (charsets, base64, QP, RFC 2047), HTML turned
+ * into text with libxml2, and the enumeration of mixed inputs (mbox, Maildir, folders of message files,
+ * gzip'd mbox, stdin, TSV/CSV/JSONL tables) in a deterministic "input order". */
+#ifndef TBERT_MAIL_H
+#define TBERT_MAIL_H
+
+#include "tbert/common.h"
+#include "tbert/dataset.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What the reader hands on from one message. All strings are valid UTF-8, NUL-terminated, never NULL
+ * (empty when absent) except message_id, which is NULL when the message has none. */
+typedef struct {
+    char *message_id;
+    char *subject;  /* decoded */
+    char *from;     /* decoded From header */
+    char *body;     /* text/plain parts preferred, else text/html converted to text; attachments skipped */
+    char *evidence; /* header evidence as space-separated tokens, e.g. "from_domain:example.com
+                       mailer:outlook_express rcvd_hops:3 ..." (what the mail recipe hashes) */
+} tbert_message;
+
+/* Parses one raw message (any bytes; never crashes). Malformed MIME still yields whatever text is
+ * recoverable; an error is returned only when nothing usable is there (or out of memory). */
+tbert_status tbert_message_parse(const char *raw, size_t len, const char *label, tbert_message *out, tbert_error *err);
+void tbert_message_free(tbert_message *m);
+/* HTML to plain text (scripts and styles dropped, block elements give line breaks). */
+char *tbert_html_to_text(const char *html, size_t len);
+
+/* One item of input. For a message: raw bytes; for a table row: text (+ label). */
+typedef struct {
+    char *source;      /* file path ("-" for stdin) */
+    uint64_t offset;   /* byte offset of the message in the file (0 for one-message files); row's byte
+                          offset for tables */
+    bool is_message;   /* raw RFC 822 message (else a table row) */
+    char *raw;         /* message bytes (is_message), capped at max_message_bytes */
+    size_t raw_len;
+    bool truncated;    /* the message was larger than max_message_bytes */
+    char *text;        /* table row text (!is_message) */
+    size_t text_len;
+    char *label;       /* table row label, or NULL */
+    char *error;       /* non-NULL: this item could not be read (the run records it and goes on) */
+} tbert_input_item;
+
+typedef struct {
+    size_t max_message_bytes;     /* 0 = default (32 MiB) */
+    tbert_table_opts table;       /* for table inputs */
+    int shard_k, shard_n;         /* --shard K/N: keep items with index % N == K (n=0: all) */
+} tbert_input_opts;
+
+typedef struct tbert_inputs tbert_inputs;
+/* Opens the inputs (files, folders read recursively in byte-sorted path order, Maildir cur/ + new/,
+ * mbox files (start with "From "), .gz mbox, "-" = one message on stdin, tables by extension or
+ * --input-format). Fails only when a named path does not exist / cannot be opened at all. */
+tbert_status tbert_inputs_open(const char *const *paths, int n_paths, const tbert_input_opts *opts, tbert_inputs **out,
+                               tbert_error *err);
+/* Next item in input order: 1 = got an item (free with tbert_input_item_free), 0 = end, -1 = fatal. */
+int tbert_inputs_next(tbert_inputs *in, tbert_input_item *item, tbert_error *err);
+/* Bytes consumed so far and total input bytes (for progress / ETA). */
+void tbert_inputs_progress(const tbert_inputs *in, uint64_t *done, uint64_t *total);
+void tbert_inputs_close(tbert_inputs *in);
+void tbert_input_item_free(tbert_input_item *item);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
