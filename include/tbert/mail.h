@@ -18,8 +18,17 @@ typedef struct {
     char *subject;  /* decoded */
     char *from;     /* decoded From header */
     char *body;     /* text/plain parts preferred, else text/html converted to text; attachments skipped */
-    char *evidence; /* header evidence as space-separated tokens, e.g. "from_domain:example.com
-                       mailer:outlook_express rcvd_hops:3 ..." (what the mail recipe hashes) */
+    char *evidence; /* header evidence as space-separated tokens KEY:VALUE (values lowercased, reduced to
+                       [a-z0-9._-], at most 48 bytes), what the mail recipe hashes:
+                       from_domain, from_tld, mailer (X-Mailer/User-Agent without versions: "mutt",
+                       "microsoft_outlook_express"; "none"), rcvd_hops (0,1,2,3,4,5-6,7-9,10+), ctype (top
+                       MIME type), body (plain|html|none), attach (0|1|2plus), charset (first text part),
+                       has:/no: for message_id date in_reply_to references list_id list_unsubscribe
+                       precedence reply_to x_priority x_msmail_priority organization mime_version cc,
+                       hdr:NAME per header field present (X-Spam-* never), rcvd_from (last two labels of
+                       each Received "from" host, up to 8), msgid_domain, reply_to_domain,
+                       return_path_domain, to_count (0|1|2-5|6plus), subj:reply|forward; "parse:failed"
+                       when GMime found no message structure */
 } tbert_message;
 
 /* Parses one raw message (any bytes; never crashes). Malformed MIME still yields whatever text is
@@ -48,6 +57,11 @@ typedef struct {
     size_t max_message_bytes;     /* 0 = default (32 MiB) */
     tbert_table_opts table;       /* for table inputs */
     int shard_k, shard_n;         /* --shard K/N: keep items with index % N == K (n=0: all) */
+    /* Optional: items for which skip(skip_ctx, source, offset) is true are left out without being read
+     * (--resume). They still count in the item index, so shards stay the same. Called on the thread that
+     * calls tbert_inputs_next. */
+    bool (*skip)(void *skip_ctx, const char *source, uint64_t offset);
+    void *skip_ctx;
 } tbert_input_opts;
 
 typedef struct tbert_inputs tbert_inputs;

@@ -16,8 +16,14 @@ typedef struct {
     float layer_norm_eps;
 } tbert_config;
 
-/* Parses and validates config.json (hidden_act must be "gelu"; heads divide hidden; sane sizes). */
+/* Parses and validates config.json: vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
+ * intermediate_size, max_position_embeddings required; type_vocab_size (2), layer_norm_eps (1e-12),
+ * pad_token_id (0) default as in transformers. hidden_act must be "gelu" (erf), model_type "bert" and
+ * position_embedding_type "absolute" when present (others: TBERT_E_UNSUPPORTED, named); heads divide
+ * hidden; every size within caps far above any published BERT (file at most 1 MB). */
 tbert_status tbert_config_load(const char *path, tbert_config *out, tbert_error *err);
+/* The same over config.json's bytes in memory (at most 1 MB; `label` names it in errors), e.g. for fuzzing. */
+tbert_status tbert_config_parse(const char *json, size_t len, const char *label, tbert_config *out, tbert_error *err);
 
 typedef struct {
     const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b; /* (H,H), (H) */
@@ -36,15 +42,25 @@ typedef struct tbert_model {
     const float *emb_ln_g, *emb_ln_b;
     tbert_layer_weights *layer; /* cfg.layers entries */
     const float *pooler_w, *pooler_b; /* (H,H), (H); NULL when the checkpoint has no pooler */
-    float *arena;           /* the one allocation all weight pointers point into */
+    float *arena;           /* the one allocation all weight pointers point into (each tensor 64-byte aligned) */
     size_t arena_floats;
     tbert_vocab *vocab;
     char *dir;
     char weights_sha256[65]; /* sha256 of model.safetensors */
     char weights_dtype[8];   /* "F32", "F16", "BF16" (dtype of the encoder weights in the file) */
+    size_t n_params;         /* weights the encoder uses (arena_floats includes 64-byte alignment padding) */
 } tbert_model;
 
-/* Loads a model folder (already resolved, see tbert_resolve_model_dir). Validates everything. */
+/* Loads a model folder (already resolved, see tbert_resolve_model_dir). Validates everything before use:
+ * config.json (tbert_config_load), vocab.txt (+ tokenizer_config.json; at most vocab_size tokens), and
+ * model.safetensors (tbert_st_open) holding every tensor BertModel needs, with or without the `bert.`
+ * prefix (BertFor* checkpoints), LayerNorm.weight/bias or the older gamma/beta, pooler optional, in F32,
+ * F16, BF16 or F64 with exactly the shape config.json implies, all values finite; no encoder layers beyond
+ * num_hidden_layers. Tensors BertModel does not use are ignored. weights_sha256 is the sha256 of the file
+ * (for files >= 16 MB remembered in $TBERT_CACHE/hashes, keyed by path, inode, size, mtime and ctime).
+ * Errors (one line naming the file and tensor): TBERT_E_IO missing file/folder, TBERT_E_FORMAT malformed
+ * or missing tensor, TBERT_E_MISMATCH wrong shape / more layers / vocab.txt larger than vocab_size,
+ * TBERT_E_UNSUPPORTED activation, model type, position embedding type or dtype, TBERT_E_NOMEM. */
 tbert_status tbert_model_load(const char *dir, tbert_model **out, tbert_error *err);
 void tbert_model_free(tbert_model *m);
 size_t tbert_model_param_count(const tbert_model *m);

@@ -38,7 +38,11 @@ typedef struct {
 typedef struct tbert_safetensors tbert_safetensors;
 
 /* mmaps and validates a file: header cap, JSON, dtypes, shapes, checked arithmetic, offsets sorted with
- * no holes or overlaps, header + data = file size, no duplicate names. Errors name the file and tensor. */
+ * no holes or overlaps, header + data = file size, no duplicate names. Errors name the file and tensor.
+ * Beyond the reference implementation: the header must be valid UTF-8 and nest at most 3 deep with at most
+ * 2^21 JSON values (bounds cJSON's memory), shapes at most 8 dims of integers below 2^53. The JSON order of
+ * tensors need not be the file order. Codes: TBERT_E_IO (open/mmap), TBERT_E_UNSUPPORTED (unknown dtype),
+ * TBERT_E_FORMAT (everything else), TBERT_E_NOMEM. */
 tbert_status tbert_st_open(const char *path, tbert_safetensors **out, tbert_error *err);
 /* Same validation over a buffer in memory (the buffer must outlive the result); `label` names it in errors. */
 tbert_status tbert_st_parse(const void *buf, size_t len, const char *label, tbert_safetensors **out, tbert_error *err);
@@ -62,8 +66,10 @@ tbert_status tbert_st_to_f32(const tbert_safetensors *st, const tbert_st_tensor 
 float tbert_f16_to_f32(uint16_t h);
 float tbert_bf16_to_f32(uint16_t h);
 
-/* Writer: collects tensors (data copied) and metadata, then saves atomically (temp + fsync + rename),
- * tensors in insertion order. */
+/* Writer: collects tensors (data copied) and metadata, then saves atomically (temp + fsync + rename):
+ * JSON header (__metadata__ first, then tensors in insertion order) padded with spaces to a multiple of 8,
+ * data in insertion order. A failed save leaves any previous file at `path` untouched. A metadata key set
+ * twice keeps the last value; a tensor name added twice is TBERT_E_ARG. */
 typedef struct tbert_st_writer tbert_st_writer;
 tbert_st_writer *tbert_st_writer_new(void);
 tbert_status tbert_st_writer_add(tbert_st_writer *w, const char *name, tbert_dtype dtype, int ndim, const int64_t *shape,

@@ -1,13 +1,140 @@
-/* tbert eval (placeholder until its issue lands). */
+/* tbert eval: metrics of a trained head on a labelled table, at the checkpoint's threshold. */
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "head_common.h"
+#include "tbert/dataset.h"
+#include "tbert/metrics.h"
+#include "tbert/train.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: tbert eval [--model NAME|DIR] --head CKPT_DIR --data FILE [options]\n\n"
+            "Accuracy, precision/recall/F1 per class, ROC-AUC, PR-AUC and the confusion matrix of a trained head on a\n"
+            "labelled table, at the threshold stored in the checkpoint. The head's recipe must fit the model.\n\n"
+            "  --model NAME|DIR       encoder (default minilm); must be the one the head was trained on\n"
+            "  --head CKPT_DIR        folder with best.safetensors (or the .safetensors file)\n"
+            "  --data FILE            labelled table; --input-format, --header, --text-col, --label-col as in train\n"
+            "  --min-accuracy X       exit 1 when the accuracy is below X\n"
+            "  --device D  --threads N\n"
+            "  --json                 one JSON object: accuracy, roc_auc, pr_auc, threshold, confusion, per_class\n");
+}
+
+enum { O_MODEL = 256, O_HEAD, O_DATA, O_FMT, O_HEADER, O_TEXT, O_LABEL, O_MINACC, O_DEVICE, O_THREADS, O_JSON, O_HELP };
+static const struct option longopts[] = {
+    {"model", required_argument, 0, O_MODEL}, {"head", required_argument, 0, O_HEAD}, {"data", required_argument, 0, O_DATA},
+    {"input-format", required_argument, 0, O_FMT}, {"header", required_argument, 0, O_HEADER},
+    {"text-col", required_argument, 0, O_TEXT}, {"label-col", required_argument, 0, O_LABEL},
+    {"min-accuracy", required_argument, 0, O_MINACC}, {"device", required_argument, 0, O_DEVICE},
+    {"threads", required_argument, 0, O_THREADS}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
+    {0, 0, 0, 0}};
+
+static void print_table(const tbert_metrics *m, const tbert_recipe *r) {
+    printf("examples   %d\naccuracy   %.4f\nROC-AUC    %.4f\nPR-AUC     %.4f\n", m->n, m->accuracy, m->roc_auc, m->pr_auc);
+    if (r->positive >= 0) printf("threshold  %.4f on P(%s)\n", (double)m->threshold, r->labels[r->positive]);
+    printf("\n%-16s %9s %9s %9s %9s\n", "class", "precision", "recall", "F1", "support");
+    for (int k = 0; k < m->n_classes; k++)
+        printf("%-16.16s %9.4f %9.4f %9.4f %9lld\n", r->labels[k], m->precision[k], m->recall[k], m->f1[k],
+               (long long)m->support[k]);
+    printf("\nconfusion (rows true, columns predicted)\n%-16s", "");
+    for (int k = 0; k < m->n_classes; k++) printf(" %9.9s", r->labels[k]);
+    printf("\n");
+    for (int i = 0; i < m->n_classes; i++) {
+        printf("%-16.16s", r->labels[i]);
+        for (int j = 0; j < m->n_classes; j++) printf(" %9lld", (long long)m->confusion[(size_t)i * m->n_classes + j]);
+        printf("\n");
+    }
+}
 
 int cmd_eval(int argc, char **argv) {
-    if (argc > 1 && !strcmp(argv[1], "--help")) {
-        printf("usage: tbert eval [options]\n\n(not implemented yet)\n");
-        return CLI_OK;
+    const char *cmd = "eval", *model = NULL, *head = NULL, *data = NULL;
+    tbert_table_opts topt = {0};
+    tbert_device dev = {TBERT_DEVICE_AUTO, 0};
+    double min_acc = -1;
+    long threads = 0;
+    bool json = false;
+    int rc = CLI_OK, c;
+    tbert_error err;
+    while ((c = cli_getopt(cmd, argc, argv, "h", longopts)) != -1) {
+        switch (c) {
+        case 'h':
+        case O_HELP: usage(stdout); return CLI_OK;
+        case O_MODEL: model = optarg; break;
+        case O_HEAD: head = optarg; break;
+        case O_DATA: data = optarg; break;
+        case O_FMT: if (tbert_table_format_parse(optarg, &topt.format, &err)) return cli_report(&err); break;
+        case O_HEADER: if (tbert_header_mode_parse(optarg, &topt.header, &err)) return cli_report(&err); break;
+        case O_TEXT: topt.text_col = optarg; break;
+        case O_LABEL: topt.label_col = optarg; break;
+        case O_MINACC: if (!cli_parse_double(cmd, "--min-accuracy", optarg, 0, 1, &min_acc)) return CLI_USAGE; break;
+        case O_DEVICE: if (tbert_device_parse(optarg, &dev, &err)) return cli_report(&err); break;
+        case O_THREADS: if (!cli_parse_int(cmd, "--threads", optarg, 0, 4096, &threads)) return CLI_USAGE; break;
+        case O_JSON: json = true; break;
+        default: return CLI_USAGE;
+        }
     }
-    fprintf(stderr, "tbert eval: not implemented yet\n");
-    return CLI_USAGE;
+    if (optind < argc) return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    if (!head) return cli_usage_error(cmd, "--head CKPT_DIR is required");
+    if (!data) return cli_usage_error(cmd, "--data FILE is required");
+    tbert_table t;
+    if (tbert_table_read(data, &topt, &t, &err)) return cli_report(&err);
+    if (!t.label) {
+        tbert_table_free(&t);
+        return cli_usage_error(cmd, "%s has no label column", data);
+    }
+    cli_head_ctx ctx;
+    if (cli_head_open(model, head, dev, (int)threads, &ctx, &err)) {
+        tbert_table_free(&t);
+        return cli_report(&err);
+    }
+    const tbert_recipe *r = tbert_classifier_recipe(ctx.clf);
+    const tbert_head *h = tbert_classifier_head(ctx.clf);
+    size_t dim = tbert_featurizer_dim(ctx.fz);
+    int C = r->n_labels, n = t.n;
+    tbert_doc *docs = tbert_malloc_array((size_t)n + 1, sizeof *docs);
+    int *y = tbert_malloc_array((size_t)n + 1, sizeof(int));
+    float *X = tbert_malloc_array((size_t)n + 1, dim * sizeof(float));
+    float *P = tbert_malloc_array((size_t)n + 1, (size_t)C * sizeof(float));
+    tbert_metrics m = {0};
+    if (!docs || !y || !X || !P) {
+        rc = cli_report(&(tbert_error){TBERT_E_NOMEM, "out of memory"});
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        docs[i] = (tbert_doc){t.text[i], t.text_len[i], NULL};
+        y[i] = tbert_recipe_label_index(r, t.label[i]);
+        if (y[i] < 0) {
+            fprintf(stderr, "tbert: %s:%lld: label '%s' is not one the head knows\n", data, (long long)t.line[i], t.label[i]);
+            rc = CLI_USAGE;
+            goto done;
+        }
+    }
+    if (tbert_featurize_cached(ctx.fz, n, docs, NULL, json ? NULL : "encode", X, NULL, &err) ||
+        tbert_head_predict(h, n, X, P, &err) ||
+        tbert_metrics_compute(n, C, P, y, r->positive, r->threshold, &m, &err)) {
+        rc = cli_report(&err);
+        goto done;
+    }
+    if (json) {
+        char *s = tbert_metrics_json(&m, r);
+        if (s) printf("%s\n", s);
+        free(s);
+    } else {
+        print_table(&m, r);
+    }
+    if (min_acc >= 0 && !(m.accuracy >= min_acc)) {
+        fprintf(stderr, "tbert: accuracy %.4f is below --min-accuracy %.4f\n", m.accuracy, min_acc);
+        rc = CLI_CHECK_FAILED;
+    }
+done:
+    tbert_metrics_free(&m);
+    free(docs);
+    free(y);
+    free(X);
+    free(P);
+    cli_head_close(&ctx);
+    tbert_table_free(&t);
+    return rc;
 }

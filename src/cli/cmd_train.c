@@ -1,13 +1,231 @@
-/* tbert train (placeholder until its issue lands). */
+/* tbert train: train a classifier head on frozen-encoder features (src/train_run.c does the work). */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "tbert/train.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: tbert train [--model NAME|DIR] --data FILE --out CKPT_DIR [options]\n"
+            "       tbert train [--model NAME|DIR] --ham PATH... --spam PATH... --out CKPT_DIR [options]\n\n"
+            "Encodes the texts once with the frozen encoder (features cached under $TBERT_CACHE/features), trains a\n"
+            "linear or MLP head with AdamW, keeps the best epoch on the validation split, chooses the decision\n"
+            "threshold there, and reports test metrics. Writes CKPT_DIR/best.safetensors, last.safetensors,\n"
+            "metrics.json, split.tsv and report.html.\n\n"
+            "data:\n"
+            "  --data FILE            labelled table (TSV/CSV/JSONL; SMSSpamCollection: label first, text second)\n"
+            "  --input-format F       tsv|csv|jsonl|auto (default auto)\n"
+            "  --header MODE          auto|yes|no (default auto)\n"
+            "  --text-col COL         header name or number from 1 (default 2; JSONL: text)\n"
+            "  --label-col COL        header name or number from 1 (default 1; JSONL: label)\n"
+            "  --ham PATH, --spam PATH  mail (mbox, Maildir, folders, message files), repeatable; mail recipe\n"
+            "recipe (features):\n"
+            "  --recipe NAME          text (default for --data: mean pooling, max_len 128, MLP 512),\n"
+            "                         seed (the tutorial: flatten, max_len 128, linear sigmoid head, Adam lr 1e-4,\n"
+            "                         batch 32, 10 epochs), mail (default for --ham/--spam: 4 windows + hashed\n"
+            "                         WordPiece counts + header evidence)\n"
+            "  --pool P               mean|cls|flatten|pooler\n"
+            "  --max-len N            tokens per window (with [CLS]/[SEP])\n"
+            "  --windows N            average the pooled vectors of up to N windows\n"
+            "  --layers K             use the first K encoder layers\n"
+            "  --normalize            L2-normalise the pooled vector\n"
+            "  --lexical-dim N        hashed WordPiece count features (0 = off)\n"
+            "head and optimiser:\n"
+            "  --hidden N             MLP hidden units (0 = linear head)\n"
+            "  --dropout P            dropout before the last layer\n"
+            "  --epochs N  --batch N  --lr X  --weight-decay X (AdamW, decoupled; 0 = Adam)\n"
+            "  --class-weights auto   weight classes by n / (C * n_c)\n"
+            "  --positive LABEL       positive class of a binary head (default spam, else the second label)\n"
+            "  --threshold T          f1 | fpr=X | VALUE, chosen on validation (default f1)\n"
+            "split and run:\n"
+            "  --val-fraction X       (default 0.1)   --test-fraction X (default 0.2); stratified, 0 allowed\n"
+            "  --seed N               (default 42)\n"
+            "  --device D             auto|cpu|cuda[:N] (encoder)   --precision fp32|tf32|bf16   --threads N\n"
+            "  --resume               continue from CKPT_DIR/last.safetensors (same result as an uninterrupted run)\n"
+            "  --export-features F    also write the feature matrix as .npy (row order = input order)\n"
+            "  --json                 print the final metrics as one JSON object on stdout\n"
+            "  --quiet                no progress output\n");
+}
+
+enum {
+    O_DATA = 256, O_OUT, O_MODEL, O_FMT, O_HEADER, O_TEXT, O_LABEL, O_HAM, O_SPAM, O_RECIPE, O_POOL, O_MAXLEN, O_WINDOWS,
+    O_LAYERS, O_NORMALIZE, O_LEX, O_HIDDEN, O_DROPOUT, O_EPOCHS, O_BATCH, O_LR, O_WD, O_CW, O_POS, O_THR, O_VAL, O_TEST,
+    O_SEED, O_DEVICE, O_PREC, O_THREADS, O_RESUME, O_EXPORT, O_JSON, O_QUIET, O_HELP
+};
+
+static const struct option longopts[] = {
+    {"data", required_argument, 0, O_DATA}, {"out", required_argument, 0, O_OUT}, {"model", required_argument, 0, O_MODEL},
+    {"input-format", required_argument, 0, O_FMT}, {"header", required_argument, 0, O_HEADER},
+    {"text-col", required_argument, 0, O_TEXT}, {"label-col", required_argument, 0, O_LABEL},
+    {"ham", required_argument, 0, O_HAM}, {"spam", required_argument, 0, O_SPAM}, {"recipe", required_argument, 0, O_RECIPE},
+    {"pool", required_argument, 0, O_POOL}, {"max-len", required_argument, 0, O_MAXLEN},
+    {"windows", required_argument, 0, O_WINDOWS}, {"layers", required_argument, 0, O_LAYERS},
+    {"normalize", no_argument, 0, O_NORMALIZE}, {"lexical-dim", required_argument, 0, O_LEX},
+    {"hidden", required_argument, 0, O_HIDDEN}, {"dropout", required_argument, 0, O_DROPOUT},
+    {"epochs", required_argument, 0, O_EPOCHS}, {"batch", required_argument, 0, O_BATCH}, {"lr", required_argument, 0, O_LR},
+    {"weight-decay", required_argument, 0, O_WD}, {"class-weights", required_argument, 0, O_CW},
+    {"positive", required_argument, 0, O_POS}, {"threshold", required_argument, 0, O_THR},
+    {"val-fraction", required_argument, 0, O_VAL}, {"test-fraction", required_argument, 0, O_TEST},
+    {"seed", required_argument, 0, O_SEED}, {"device", required_argument, 0, O_DEVICE},
+    {"precision", required_argument, 0, O_PREC}, {"threads", required_argument, 0, O_THREADS},
+    {"resume", no_argument, 0, O_RESUME}, {"export-features", required_argument, 0, O_EXPORT},
+    {"json", no_argument, 0, O_JSON}, {"quiet", no_argument, 0, O_QUIET}, {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+
+static void print_summary(const tbert_train_result *res) {
+    const tbert_recipe *r = &res->recipe;
+    const tbert_metrics *ms[3] = {&res->fit.train, &res->fit.val, &res->fit.test};
+    const char *names[3] = {"train", "val", "test"};
+    fprintf(stderr, "\n%-6s %6s %9s %9s %9s", "split", "n", "accuracy", "ROC-AUC", "PR-AUC");
+    for (int k = 0; k < r->n_labels; k++) fprintf(stderr, "  F1(%.10s)", r->labels[k]);
+    fprintf(stderr, "\n");
+    for (int i = 0; i < 3; i++) {
+        if (!ms[i]->n) continue;
+        fprintf(stderr, "%-6s %6d %9.4f %9.4f %9.4f", names[i], ms[i]->n, ms[i]->accuracy, ms[i]->roc_auc, ms[i]->pr_auc);
+        for (int k = 0; k < r->n_labels; k++) fprintf(stderr, "  %*.4f", (int)(strlen(r->labels[k]) > 10 ? 10 : strlen(r->labels[k])) + 4, ms[i]->f1[k]);
+        fprintf(stderr, "\n");
+    }
+    fprintf(stderr, "best epoch %d of %d, threshold %.4f; features %.1f s%s, total %.1f s\nreport: %s\n", res->fit.best_epoch,
+            res->fit.epochs_run, (double)res->fit.threshold, res->seconds_features, res->cache_hit ? " (cache)" : "",
+            res->seconds_total, res->report_path);
+}
+
+static cJSON *parsed(const tbert_metrics *m, const tbert_recipe *r) {
+    if (!m->n) return cJSON_CreateNull();
+    char *s = tbert_metrics_json(m, r);
+    cJSON *o = s ? cJSON_Parse(s) : NULL;
+    free(s);
+    return o ? o : cJSON_CreateNull();
+}
+
+/* top level: the same shape as `eval --json` for the test split (else validation), plus the rest */
+static void print_json(const tbert_train_result *res, const char *out_dir) {
+    const tbert_fit_result *f = &res->fit;
+    const tbert_metrics *main_m = f->test.n ? &f->test : (f->val.n ? &f->val : &f->train);
+    cJSON *o = parsed(main_m, &res->recipe);
+    if (!cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        fprintf(stderr, "tbert: out of memory\n");
+        return;
+    }
+    cJSON_AddStringToObject(o, "split", f->test.n ? "test" : (f->val.n ? "val" : "train"));
+    cJSON_AddNumberToObject(o, "best_epoch", f->best_epoch);
+    cJSON_AddNumberToObject(o, "epochs", f->epochs_run);
+    cJSON_AddNumberToObject(o, "seconds", res->seconds_total);
+    cJSON_AddNumberToObject(o, "seconds_features", res->seconds_features);
+    cJSON_AddBoolToObject(o, "feature_cache_hit", res->cache_hit);
+    cJSON_AddStringToObject(o, "checkpoint", out_dir);
+    cJSON_AddStringToObject(o, "report", res->report_path);
+    cJSON_AddItemToObject(o, "train", parsed(&f->train, &res->recipe));
+    cJSON_AddItemToObject(o, "val", parsed(&f->val, &res->recipe));
+    cJSON_AddItemToObject(o, "test", parsed(&f->test, &res->recipe));
+    char *s = cJSON_PrintUnformatted(o);
+    if (s) printf("%s\n", s);
+    free(s);
+    cJSON_Delete(o);
+}
 
 int cmd_train(int argc, char **argv) {
-    if (argc > 1 && !strcmp(argv[1], "--help")) {
-        printf("usage: tbert train [options]\n\n(not implemented yet)\n");
-        return CLI_OK;
+    const char *cmd = "train";
+    tbert_train_opts o;
+    tbert_train_opts_default(&o);
+    const char **ham = calloc((size_t)argc + 1, sizeof(char *)), **spam = calloc((size_t)argc + 1, sizeof(char *));
+    if (!ham || !spam) {
+        free(ham);
+        free(spam);
+        fprintf(stderr, "tbert: out of memory\n");
+        return CLI_USAGE;
     }
-    fprintf(stderr, "tbert train: not implemented yet\n");
-    return CLI_USAGE;
+    bool json = false;
+    int rc = CLI_OK, c;
+    long v;
+    double x;
+    tbert_error err;
+    tbert_error_clear(&err);
+    while ((c = cli_getopt(cmd, argc, argv, "h", longopts)) != -1) {
+        switch (c) {
+        case O_HELP:
+        case 'h': usage(stdout); free(ham); free(spam); return CLI_OK;
+        case O_DATA: o.data = optarg; break;
+        case O_OUT: o.out_dir = optarg; break;
+        case O_MODEL: o.model = optarg; break;
+        case O_FMT: if (tbert_table_format_parse(optarg, &o.table.format, &err)) rc = cli_report(&err); break;
+        case O_HEADER: if (tbert_header_mode_parse(optarg, &o.table.header, &err)) rc = cli_report(&err); break;
+        case O_TEXT: o.table.text_col = optarg; break;
+        case O_LABEL: o.table.label_col = optarg; break;
+        case O_HAM: ham[o.n_ham++] = optarg; break;
+        case O_SPAM: spam[o.n_spam++] = optarg; break;
+        case O_RECIPE:
+            if (strcmp(optarg, "text") && strcmp(optarg, "seed") && strcmp(optarg, "mail"))
+                rc = cli_usage_error(cmd, "--recipe expects text, seed or mail, got '%s'", optarg);
+            o.recipe = optarg;
+            break;
+        case O_POOL: {
+            tbert_pool p;
+            if (tbert_pool_parse(optarg, &p, &err)) rc = cli_report(&err);
+            o.pool = (int)p;
+            break;
+        }
+        case O_MAXLEN: if (!cli_parse_int(cmd, "--max-len", optarg, 2, 8192, &v)) rc = CLI_USAGE; o.max_len = (int)v; break;
+        case O_WINDOWS: if (!cli_parse_int(cmd, "--windows", optarg, 1, 1024, &v)) rc = CLI_USAGE; o.windows = (int)v; break;
+        case O_LAYERS: if (!cli_parse_int(cmd, "--layers", optarg, 1, 1000, &v)) rc = CLI_USAGE; o.layers = (int)v; break;
+        case O_NORMALIZE: o.normalize = 1; break;
+        case O_LEX: if (!cli_parse_int(cmd, "--lexical-dim", optarg, 0, 1 << 22, &v)) rc = CLI_USAGE; o.lexical_dim = (int)v; break;
+        case O_HIDDEN: if (!cli_parse_int(cmd, "--hidden", optarg, 0, 65536, &v)) rc = CLI_USAGE; o.hidden = (int)v; break;
+        case O_DROPOUT: if (!cli_parse_double(cmd, "--dropout", optarg, 0, 0.99, &x)) rc = CLI_USAGE; o.dropout = x; break;
+        case O_EPOCHS: if (!cli_parse_int(cmd, "--epochs", optarg, 1, 1000000, &v)) rc = CLI_USAGE; o.epochs = (int)v; break;
+        case O_BATCH: if (!cli_parse_int(cmd, "--batch", optarg, 1, 1 << 20, &v)) rc = CLI_USAGE; o.batch = (int)v; break;
+        case O_LR: if (!cli_parse_double(cmd, "--lr", optarg, 1e-12, 100, &x)) rc = CLI_USAGE; o.lr = x; break;
+        case O_WD: if (!cli_parse_double(cmd, "--weight-decay", optarg, 0, 100, &x)) rc = CLI_USAGE; o.weight_decay = x; break;
+        case O_CW:
+            if (strcmp(optarg, "auto") && strcmp(optarg, "none"))
+                rc = cli_usage_error(cmd, "--class-weights expects auto or none, got '%s'", optarg);
+            o.class_weights_auto = !strcmp(optarg, "auto");
+            break;
+        case O_POS: o.positive = optarg; break;
+        case O_THR: if (tbert_threshold_parse(optarg, &err)) rc = cli_report(&err); o.threshold = optarg; break;
+        case O_VAL: if (!cli_parse_double(cmd, "--val-fraction", optarg, 0, 0.9, &x)) rc = CLI_USAGE; o.val_fraction = x; break;
+        case O_TEST: if (!cli_parse_double(cmd, "--test-fraction", optarg, 0, 0.9, &x)) rc = CLI_USAGE; o.test_fraction = x; break;
+        case O_SEED: {
+            char *end;
+            o.seed = strtoull(optarg, &end, 10);
+            if (!*optarg || *end || *optarg == '-') rc = cli_usage_error(cmd, "--seed expects a whole number, got '%s'", optarg);
+            break;
+        }
+        case O_DEVICE: if (tbert_device_parse(optarg, &o.device, &err)) rc = cli_report(&err); break;
+        case O_PREC: if (tbert_precision_parse(optarg, &o.precision, &err)) rc = cli_report(&err); break;
+        case O_THREADS: if (!cli_parse_int(cmd, "--threads", optarg, 0, 4096, &v)) rc = CLI_USAGE; o.threads = (int)v; break;
+        case O_RESUME: o.resume = true; break;
+        case O_EXPORT: o.export_features = optarg; break;
+        case O_JSON: json = true; break;
+        case O_QUIET: o.quiet = true; break;
+        default: rc = CLI_USAGE; break;
+        }
+        if (rc) break;
+    }
+    if (!rc && optind < argc) rc = cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    if (!rc && !o.out_dir) rc = cli_usage_error(cmd, "--out CKPT_DIR is required");
+    if (!rc && !o.data && o.n_ham + o.n_spam == 0) rc = cli_usage_error(cmd, "give --data FILE, or --ham PATH and --spam PATH");
+    if (!rc && !o.data && (o.n_ham == 0 || o.n_spam == 0)) rc = cli_usage_error(cmd, "--ham and --spam go together");
+    if (!rc && o.val_fraction + o.test_fraction >= 1) rc = cli_usage_error(cmd, "--val-fraction + --test-fraction must be below 1");
+    if (rc) {
+        free(ham);
+        free(spam);
+        return rc;
+    }
+    o.ham = ham;
+    o.spam = spam;
+    tbert_train_result res;
+    if (tbert_train_run(&o, &res, &err)) {
+        rc = cli_report(&err);
+    } else {
+        if (!o.quiet) print_summary(&res);
+        if (json) print_json(&res, o.out_dir);
+    }
+    tbert_train_result_free(&res);
+    free(ham);
+    free(spam);
+    return rc;
 }

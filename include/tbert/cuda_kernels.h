@@ -1,0 +1,171 @@
+/* Launchers of the CUDA kernels (one .cu file per operation under kernels/), callable from C (src/encoder_cuda.c, src/head_cuda.c, tests).
+ *
+ * Every launcher takes a stream, checks its shape assumptions before launching (TBERT_CUDA_EBADSHAPE when they
+ * do not hold), sizes its grid with a ceiling division, checks cudaGetLastError() after the launch (and, in
+ * debug builds, synchronizes the stream so that an asynchronous fault is reported at the launch that caused
+ * it) and returns 0 or an error code: a cudaError_t value, TBERT_CUDA_CUBLAS_BASE + a cublasStatus_t, or
+ * TBERT_CUDA_EBADSHAPE. tbert_cuda_error_string() names any of them; TBERT_CUDA_CHECK turns one into a
+ * tbert_error that names the statement, the function, the file and the line.
+ *
+ * All pointers are device pointers unless a comment says otherwise. Activations come in two storage types
+ * (tbert_cuda_dtype): float32, or bfloat16 (passed as uint16_t-sized elements; arithmetic, layernorm and
+ * softmax statistics are always float32). Biases and layernorm parameters are always float32.
+ *
+ * This header needs no CUDA header: the two opaque types below are the same types as cudaStream_t and
+ * cublasHandle_t. Only a TBERT_HAVE_CUDA build links these functions. */
+#ifndef TBERT_CUDA_KERNELS_H
+#define TBERT_CUDA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tbert/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct CUstream_st *tbert_cuda_stream;    /* == cudaStream_t */
+typedef struct cublasContext *tbert_cublas_handle; /* == cublasHandle_t */
+
+typedef enum { TBERT_CUDA_F32 = 0, TBERT_CUDA_BF16 = 1 } tbert_cuda_dtype;
+/* Matrix-product modes: fp32 (plain float32 FMA), tf32 (tensor cores on float32 data), bf16 (bf16 inputs
+ * and outputs, float32 accumulation). */
+typedef enum { TBERT_CUDA_GEMM_FP32 = 0, TBERT_CUDA_GEMM_TF32, TBERT_CUDA_GEMM_BF16 } tbert_cuda_gemm_mode;
+
+enum { TBERT_CUDA_EBADSHAPE = -1, TBERT_CUDA_CUBLAS_BASE = 100000 };
+
+/* "cudaErrorMemoryAllocation: out of memory", "cuBLAS: CUBLAS_STATUS_...", "bad shape" */
+const char *tbert_cuda_error_string(int code);
+/* True when code means "out of device memory" (CUDA or cuBLAS). */
+int tbert_cuda_is_oom(int code);
+/* Number of usable devices (0 when none; never fails). */
+int tbert_cuda_device_count_impl(void);
+/* Fills n floats with value (used to poison buffers in tests). */
+int tbert_cuda_fill(float *dev, float value, int n, tbert_cuda_stream stream);
+
+/* Turns a failed CUDA / cuBLAS / launcher call into a one-line tbert_error and returns TBERT_E_CUDA
+ * (TBERT_E_NOMEM when the device is out of memory) from the enclosing function. */
+#define TBERT_CUDA_CHECK(err, call)                                                                              \
+    do {                                                                                                         \
+        int tbert_rc_ = (int)(call);                                                                             \
+        if (tbert_rc_ != 0)                                                                                      \
+            return tbert_fail((err), tbert_cuda_is_oom(tbert_rc_) ? TBERT_E_NOMEM : TBERT_E_CUDA,                \
+                              "CUDA: %s failed: %s (in %s, %s:%d)", #call, tbert_cuda_error_string(tbert_rc_),   \
+                              __func__, __FILE__, __LINE__);                                                     \
+    } while (0)
+/* cuBLAS calls return cublasStatus_t: offset them into the launchers' code space. */
+#define TBERT_CUBLAS_CHECK(err, call)                                                                            \
+    do {                                                                                                         \
+        int tbert_st_ = (int)(call);                                                                             \
+        if (tbert_st_ != 0)                                                                                      \
+            return tbert_fail((err), tbert_cuda_is_oom(TBERT_CUDA_CUBLAS_BASE + tbert_st_) ? TBERT_E_NOMEM      \
+                                                                                          : TBERT_E_CUDA,      \
+                              "cuBLAS: %s failed: %s (in %s, %s:%d)", #call,                                     \
+                              tbert_cuda_error_string(TBERT_CUDA_CUBLAS_BASE + tbert_st_), __func__, __FILE__,   \
+                              __LINE__);                                                                         \
+    } while (0)
+
+/* ---- conversions (kernels/convert.cu) ---- */
+int tbert_cuda_f32_to_bf16(uint16_t *out, const float *in, size_t n, tbert_cuda_stream s);
+/* out (float) = in (dt) */
+int tbert_cuda_to_f32(float *out, const void *in, tbert_cuda_dtype dt, size_t n, tbert_cuda_stream s);
+
+/* ---- matrix products (kernels/gemm.cu); the handle's stream is set by the caller ---- */
+/* y[rows, out] = x[rows, in] @ W^T with W (out, in) row-major (HF nn.Linear); x, W, y are float32 for
+ * FP32/TF32 and bf16 for BF16. No bias (the following kernel adds it). */
+int tbert_cuda_linear(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void *y, const void *x, const void *W, int rows,
+                      int in, int out);
+
+/* ---- embeddings (kernels/embeddings.cu) ----
+ * out[b, t, :] = LN(word[ids[b,t]] + pos[t] + type[0]) * g + beta, for every t < T (padded positions too;
+ * ids outside [0, V) are clamped: the host validates real tokens). out is dt [B, T, H]. */
+int tbert_cuda_embeddings_ln(void *out, tbert_cuda_dtype dt, const int32_t *ids, const float *word, const float *pos,
+                             const float *type, const float *g, const float *beta, float eps, int B, int T, int H,
+                             int V, tbert_cuda_stream s);
+
+/* ---- layernorm (kernels/layernorm.cu) ----
+ * out[r, :] = LN(x[r, :] + bias + residual[r, :]) * g + beta for r < rows; bias and residual may be NULL.
+ * out may alias x or residual (each row is read completely before it is written). */
+int tbert_cuda_bias_residual_ln(void *out, const void *x, const float *bias, const void *residual, const float *g,
+                                const float *beta, float eps, tbert_cuda_dtype dt, int rows, int H,
+                                tbert_cuda_stream s);
+
+/* ---- elementwise (kernels/gelu.cu) ---- */
+/* x[r, c] = gelu(x[r, c] + bias[c]) in place, exact erf GELU. */
+int tbert_cuda_bias_gelu(void *x, const float *bias, tbert_cuda_dtype dt, int rows, int cols, tbert_cuda_stream s);
+/* x[r, c] += bias[c] in place. */
+int tbert_cuda_bias_add(void *x, const float *bias, tbert_cuda_dtype dt, int rows, int cols, tbert_cuda_stream s);
+/* x[r, c] = tanh(x[r, c] + bias[c]) in place (float32; the BERT pooler). */
+int tbert_cuda_bias_tanh(float *x, const float *bias, int rows, int cols, tbert_cuda_stream s);
+
+/* ---- attention (kernels/attention.cu) ----
+ * qkv is dt [B, T, 3H] with Q in columns [0, H), K in [H, 2H), V in [2H, 3H), as the QKV product left it;
+ * bias (float32 [3H], or NULL) is added as the kernels load it. Head h uses columns h*d .. h*d+d-1 of each
+ * part (H = heads*d). Key t of sequence b takes part only when
+ * t < lengths[b] (1 <= lengths[b] <= T; a 0 gives zeros); every query row t < T is computed.
+ * ctx is dt [B, T, H]: softmax(Q K^T / sqrt(d) + mask) V. */
+/* Fused: one pass with an online softmax, scores never leave the chip. d <= 128. This is v2 (the one the
+ * encoder uses); v1 is its first, simpler version, kept as a second opinion (TBERT_CUDA_ATTENTION=fused1). */
+int tbert_cuda_attention_fused(void *ctx, const void *qkv, const float *bias, const int32_t *lengths,
+                               tbert_cuda_dtype dt, int B, int T, int heads, int d, tbert_cuda_stream s);
+int tbert_cuda_attention_fused_v1(void *ctx, const void *qkv, const float *bias, const int32_t *lengths,
+                                  tbert_cuda_dtype dt, int B, int T, int heads, int d, tbert_cuda_stream s);
+/* Unfused reference path: heads split to float32 [B, heads, T, d], cuBLAS strided-batched Q K^T into a
+ * [B*heads, T, T] float32 score tensor, a masked softmax kernel, cuBLAS P V, heads merged back. mode is
+ * FP32 or TF32 (the float32 products; BF16 is treated as FP32). work holds
+ * tbert_cuda_attention_unfused_work_floats() floats. The handle's stream must be s. */
+size_t tbert_cuda_attention_unfused_work_floats(int B, int T, int heads, int d);
+int tbert_cuda_attention_unfused(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void *ctx, const void *qkv,
+                                 const float *bias, const int32_t *lengths, float *work, tbert_cuda_dtype dt, int B, int T, int heads,
+                                 int d, tbert_cuda_stream s);
+
+/* ---- pooling (kernels/pooling.cu) ----
+ * From x (dt [B, T, H]) into out (float32, row b at out + b*ld):
+ *   MEAN: masked mean over t < lengths[b] (zeros for length 0); CLS: x[b, 0, :];
+ *   FLATTEN: x[b, t, :] for t < lengths[b], zeros for lengths[b] <= t < out_T (out_T >= T; ld >= out_T*H). */
+typedef enum { TBERT_CUDA_POOL_MEAN = 0, TBERT_CUDA_POOL_CLS, TBERT_CUDA_POOL_FLATTEN } tbert_cuda_pool_kind;
+int tbert_cuda_pool(float *out, size_t ld, const void *x, const int32_t *lengths, tbert_cuda_pool_kind kind,
+                    tbert_cuda_dtype dt, int B, int T, int H, int out_T, tbert_cuda_stream s);
+/* Each of the rows of x (dim floats, row stride dim) divided by max(||row||, 1e-12); zero rows stay zero. */
+int tbert_cuda_l2_normalize(float *x, int rows, int dim, tbert_cuda_stream s);
+
+/* ---- classifier head (kernels/head.cu), float32, semantics of include/tbert/head.h ---- */
+/* Forward products: tbert_cuda_linear in FP32 mode (the bias is added by the next kernel). */
+/* dW[out, in] = dy[n, out]^T @ x[n, in]  (overwrites dW) */
+int tbert_cuda_gemm_dw(tbert_cublas_handle h, float *dW, const float *dy, const float *x, int n, int in, int out);
+/* dx[n, in] = dy[n, out] @ W[out, in]  (overwrites dx) */
+int tbert_cuda_gemm_dx(tbert_cublas_handle h, float *dx, const float *dy, const float *W, int n, int in, int out);
+/* a[r, c] += b1[c]; h[r, c] = gelu(a[r, c]) computed in double as the CPU head does (keeps the
+ * pre-activation a for the backward pass). */
+int tbert_cuda_head_bias_gelu(float *a, float *hout, const float *b1, int rows, int cols, tbert_cuda_stream s);
+/* da[i] = (float)(dh[i] * mask[i] * gelu'(a[i])) in double (mask NULL = 1: no dropout); da may alias dh. */
+int tbert_cuda_gelu_backward(float *da, const float *dh, const float *a, const float *mask, size_t n,
+                             tbert_cuda_stream s);
+/* x[i] *= mask[i] (inverted-dropout masks are 0 or 1/(1-p), drawn on the host in the CPU's order). */
+int tbert_cuda_mul(float *x, const float *mask, size_t n, tbert_cuda_stream s);
+/* Fused logits + loss + loss gradient, one thread per sample, in double as src/head.c:
+ *   z[i, :] += b2 (in place: the logits), then with w_i = class_weight ? class_weight[y[i]] : 1
+ *   binary (out == 1): t = (y[i] == positive); l = max(z,0) - z t + log1p(exp(-|z|)); dz = w (sigmoid(z) - t) / n
+ *   multi-class:       l = logsumexp(z) - z[y[i]];                              dz = w (softmax(z) - onehot) / n
+ * row_loss[i] = w_i * l_i (double). dz may be NULL (evaluation). A label outside [0, n_classes) makes the
+ * row's loss NaN (the host checks labels first). */
+int tbert_cuda_head_logits_loss(float *z, float *dz, double *row_loss, const float *b2, const int32_t *y,
+                                const float *class_weight, int binary, int positive, int n, int out, int n_classes,
+                                tbert_cuda_stream s);
+/* *sum = v[0] + v[1] + ... + v[n-1] in double, in that order (the CPU's order: results match bit for bit). */
+int tbert_cuda_sum_f64(double *sum, const double *v, int n, tbert_cuda_stream s);
+/* db[c] = (float)(sum over r = 0, 1, ... of dy[r, c]) in double, in row order (as the CPU; overwrites db). */
+int tbert_cuda_bias_grad(float *db, const float *dy, int rows, int cols, tbert_cuda_stream s);
+/* One AdamW step over n parameters with the float32 scalars tbert_adam_step computes on the host:
+ * w1 = 1 - beta1, b2 = beta2, w2 = 1 - beta2, decay = 1 - lr*wd, step_size = lr / bc1, bc2_sqrt = sqrt(bc2):
+ *   p = p*decay (only when decay != 1); m = m + w1 (g - m); v = v b2 + w2 g g;
+ *   p = p - step_size (m / (sqrt(v) / bc2_sqrt + eps))
+ * every operation rounded separately (no FMA contraction), so it matches src/adam.c bit for bit. */
+int tbert_cuda_adamw(float *p, float *m, float *v, const float *g, size_t n, float w1, float b2, float w2, float eps,
+                     float decay, float step_size, float bc2_sqrt, tbert_cuda_stream s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,131 @@
+/* The feature recipe (how a text becomes a feature vector), the featurizer that applies it, the feature
+ * cache, and the trained classifier (a head checkpoint + its recipe) that train/eval/predict/score/filter
+ * use. CONVENTIONS.md "Files and caches".
+ *
+ * Feature vector layout (dim = dense + lexical_dim + evidence_dim):
+ *   [ dense: pooled encoder output, tbert_pool_dim(model, pool, max_len) floats; with windows > 1 the
+ *     pooled vectors of up to `windows` windows of max_len tokens are averaged (then L2-normalised when
+ *     normalize is set) |
+ *     lexical: when lexical_dim > 0, counts of the text's WordPiece ids hashed into lexical_dim buckets
+ *     (all tokens of the text, not only the encoded windows), log1p, then L2 normalisation of the block |
+ *     evidence: when evidence == TBERT_EVIDENCE_BLOCK, the message's evidence tokens (space-separated)
+ *     hashed into evidence_dim buckets, log1p + L2 ]
+ * With evidence == TBERT_EVIDENCE_LEXICAL the evidence tokens are hashed into the lexical block (before
+ * its log1p + L2) and evidence_dim is 0. A doc without evidence (NULL or "") contributes nothing there.
+ * Hashes: WordPiece id k -> bucket fmix64(k + 1) % lexical_dim; evidence token s -> fmix64(fnv1a64(s)) % dim
+ * (fmix64 = MurmurHash3's 64-bit finaliser). */
+#ifndef TBERT_RECIPE_H
+#define TBERT_RECIPE_H
+
+#include "tbert/common.h"
+#include "tbert/encoder.h"
+#include "tbert/head.h"
+#include "tbert/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TBERT_RECIPE_VERSION 1
+#define TBERT_MAX_LABELS 128
+#define TBERT_MAX_LABEL_LEN 64 /* bytes including the NUL */
+
+typedef enum { TBERT_EVIDENCE_NONE = 0, TBERT_EVIDENCE_LEXICAL, TBERT_EVIDENCE_BLOCK } tbert_evidence_mode;
+
+typedef struct {
+    int recipe_version;        /* TBERT_RECIPE_VERSION */
+    char name[16];             /* "text", "seed", "mail" or "custom" (informational) */
+    /* the model the features come from (filled by tbert_recipe_bind_model) */
+    char model_hash[65];       /* sha256 of model.safetensors */
+    char vocab_hash[65];       /* sha256 of vocab.txt */
+    int model_hidden;          /* H */
+    int model_layers;          /* the model's layer count */
+    /* dense channel */
+    tbert_pool pool;
+    int max_len;               /* tokens per window, [CLS]/[SEP] included */
+    int layers;                /* first K layers used (resolved: 1..model_layers) */
+    int windows;               /* >= 1 */
+    bool normalize;            /* L2 after pooling (and after averaging windows) */
+    tbert_precision precision; /* encoder precision the features were made with */
+    /* sparse channels */
+    int lexical_dim;           /* 0 = off */
+    tbert_evidence_mode evidence;
+    int evidence_dim;          /* > 0 only for TBERT_EVIDENCE_BLOCK */
+    /* classification */
+    int n_labels;
+    char labels[TBERT_MAX_LABELS][TBERT_MAX_LABEL_LEN]; /* sorted byte-wise, unique */
+    int positive;              /* binary: index of the positive class; else -1 */
+    float threshold;           /* binary: predict positive when P(positive) >= threshold */
+} tbert_recipe;
+
+/* Presets (model fields left empty until bind_model):
+ *   "text": mean pooling, max_len 128, 1 window, no normalize, lexical 1024, no evidence
+ *   "seed": flatten, max_len 128, 1 window (the tutorial's recipe)
+ *   "mail": mean pooling, max_len 128, 4 windows, lexical 4096 + evidence into the lexical space */
+tbert_status tbert_recipe_preset(const char *name, tbert_recipe *out, tbert_error *err);
+/* Fills model_hash, vocab_hash, model_hidden, model_layers; resolves layers (0 = all). Checks the recipe
+ * fits (max_len <= max_position, pooler present for pooling "pooler"). */
+tbert_status tbert_recipe_bind_model(tbert_recipe *r, const tbert_model *m, tbert_error *err);
+/* Refuses (TBERT_E_MISMATCH, one line) a recipe that does not fit the model: hidden size, vocab hash, layers,
+ * max_len (flatten), pooler. A model hash difference alone is allowed (e.g. F16 copy of the same weights) only
+ * when strict is false. */
+tbert_status tbert_recipe_check_model(const tbert_recipe *r, const tbert_model *m, bool strict, tbert_error *err);
+/* Feature dimension of the recipe (needs model_hidden). */
+size_t tbert_recipe_dim(const tbert_recipe *r);
+size_t tbert_recipe_dense_dim(const tbert_recipe *r);
+/* Index of a label, -1 when absent. */
+int tbert_recipe_label_index(const tbert_recipe *r, const char *label);
+
+/* JSON (one object, keys in a fixed order) for checkpoint metadata and cache keys. from_json refuses an
+ * unknown recipe_version or missing/invalid fields with a one-line error that names `label`. */
+char *tbert_recipe_to_json(const tbert_recipe *r); /* malloc'd, NULL on OOM */
+tbert_status tbert_recipe_from_json(const char *json, const char *label, tbert_recipe *out, tbert_error *err);
+
+/* ---- featurizer ---- */
+typedef struct {
+    const char *text; /* bytes (any encoding; invalid UTF-8 is handled by the tokenizer) */
+    size_t len;
+    const char *evidence; /* space-separated evidence tokens, or NULL */
+} tbert_doc;
+
+typedef struct tbert_featurizer tbert_featurizer;
+/* The model and encoder are borrowed (must outlive the featurizer). The encoder must use the recipe's
+ * layers (tbert_encoder_opts.layers) and precision; a featurizer is used by one thread at a time. */
+tbert_status tbert_featurizer_create(const tbert_recipe *r, const tbert_model *m, tbert_encoder *enc, tbert_featurizer **out,
+                                     tbert_error *err);
+void tbert_featurizer_free(tbert_featurizer *fz);
+size_t tbert_featurizer_dim(const tbert_featurizer *fz);
+/* Features of n docs into out (n x dim, row i = docs[i]). tokens_seen (may be NULL): per doc, the number
+ * of WordPiece tokens of its text (before truncation to the windows). */
+tbert_status tbert_featurize(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen,
+                             tbert_error *err);
+
+/* Same with the feature cache $TBERT_CACHE/features/<key>.f32. The cache holds the dense (encoder) block;
+ * the lexical/evidence blocks are recomputed (cheap). key = sha256 over every recipe field that shapes the
+ * dense block (model hash, vocab hash, pooling, max_len, layers, windows, normalize, precision) and
+ * data_hash (a hash of all docs' bytes in order; NULL: computed here). A hit reads the file; a miss computes
+ * and writes it atomically. progress_label
+ * (may be NULL) names the stage on the progress bar. *hit (may be NULL) tells which happened. */
+tbert_status tbert_featurize_cached(tbert_featurizer *fz, int n, const tbert_doc *docs, const char *data_hash,
+                                    const char *progress_label, float *out, bool *hit, tbert_error *err);
+/* sha256 hex over the docs (text and evidence bytes, length-prefixed, in order). */
+void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]);
+
+/* ---- trained classifier (CKPT_DIR/best.safetensors) ---- */
+typedef struct tbert_classifier tbert_classifier;
+/* Reads CKPT_DIR/best.safetensors (or a .safetensors file path), validates tensors and metadata. When m is
+ * not NULL also checks the recipe against the model (tbert_recipe_check_model, not strict). */
+tbert_status tbert_classifier_load(const char *ckpt, const tbert_model *m, tbert_classifier **out, tbert_error *err);
+void tbert_classifier_free(tbert_classifier *c);
+const tbert_recipe *tbert_classifier_recipe(const tbert_classifier *c);
+const tbert_head *tbert_classifier_head(const tbert_classifier *c);
+/* For n feature rows (n x tbert_recipe_dim): p_positive[i] = P(positive) for a binary head (else the
+ * probability of the predicted class); label_idx[i] = predicted class index (binary: positive when
+ * p >= threshold). Either output may be NULL. Thread-safe (no shared scratch). */
+tbert_status tbert_classifier_predict(const tbert_classifier *c, int n, const float *feats, float *p_positive, int *label_idx,
+                                      tbert_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,126 @@
+/* Training pipeline of `tbert train` (src/train.c): stratified split, features computed once (cached),
+ * epochs over shuffled features with the hand-written head and AdamW, validation each epoch, best epoch
+ * kept, threshold chosen on validation, test metrics at the end, checkpoints every epoch, --resume. */
+#ifndef TBERT_TRAIN_H
+#define TBERT_TRAIN_H
+
+#include "tbert/common.h"
+#include "tbert/dataset.h"
+#include "tbert/encoder.h"
+#include "tbert/head.h"
+#include "tbert/metrics.h"
+#include "tbert/progress.h"
+#include "tbert/recipe.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Head training settings. */
+typedef struct {
+    int hidden;           /* 0 = linear head */
+    float dropout;
+    int epochs, batch;
+    double lr, weight_decay;
+    uint64_t seed;
+    bool class_weights_auto; /* w_c = n / (C * n_c) */
+    const char *threshold; /* f1 | fpr=X | VALUE */
+    tbert_progress_mode progress;
+} tbert_hparams;
+
+/* Defaults of a recipe preset ("text", "seed", "mail"). */
+void tbert_hparams_preset(const char *recipe_name, tbert_hparams *hp);
+
+/* Features in memory with their classes and the split. */
+typedef struct {
+    int n_classes;
+    int positive; /* binary: the positive class; -1 multi-class */
+    size_t dim;
+    const float *X; /* n x dim */
+    const int *y;   /* n */
+    int n_train, n_val, n_test;
+    const int *train_idx, *val_idx, *test_idx;
+} tbert_fit_data;
+
+typedef struct {
+    int epochs_run, best_epoch;
+    double *train_loss, *train_acc, *val_loss, *val_acc; /* per epoch (epochs entries; NAN when no val) */
+    float threshold;
+    tbert_head *best;                 /* weights of the best epoch */
+    tbert_metrics train, val, test;   /* of the best head at the chosen threshold (n = 0 when a split is empty) */
+    float *val_probs, *test_probs;    /* n_val x C, n_test x C (for curves) */
+    double seconds;
+} tbert_fit_result;
+void tbert_fit_result_free(tbert_fit_result *r);
+
+/* Checkpointing context for tbert_fit (NULL: no checkpoints). */
+typedef struct {
+    const char *out_dir;
+    tbert_recipe recipe;  /* labels/positive filled; threshold set by fit */
+    char data_hash[65];
+    bool resume;
+    uint64_t seed;             /* recorded in the metadata */
+    const char *settings_json; /* what must match on --resume (hyper-parameters, split, recipe) */
+} tbert_fit_ckpt;
+
+/* Trains from scratch (or resumes, see ckpt) and fills res. Epoch lines / bars on stderr. */
+tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ckpt, tbert_fit_result *res,
+                       tbert_error *err);
+
+/* Stratified split of n items with classes y into train/val/test index lists (each ascending): per class,
+ * the indices are shuffled with the seed, round(n_c * test_fraction) go to test, round(n_c * val_fraction) to
+ * validation, the rest to training. Arrays malloc'd. */
+tbert_status tbert_split_stratified(int n, const int *y, int n_classes, double val_fraction, double test_fraction, uint64_t seed,
+                                    int **train, int *n_train, int **val, int *n_val, int **test, int *n_test, tbert_error *err);
+
+/* The whole `tbert train` job. */
+typedef struct {
+    const char *data;                /* --data FILE (or NULL with ham/spam) */
+    tbert_table_opts table;
+    const char *const *ham, *const *spam;
+    int n_ham, n_spam;
+    const char *out_dir;
+    const char *model;
+    const char *recipe;              /* NULL: text for --data, mail for --ham/--spam */
+    /* recipe overrides: < 0 (or NULL) = keep the preset's */
+    int pool, max_len, layers, windows, normalize, lexical_dim;
+    /* hyper-parameter overrides */
+    int hidden, epochs, batch;
+    double lr, weight_decay, dropout;
+    uint64_t seed;
+    double val_fraction, test_fraction;
+    bool class_weights_auto;
+    const char *positive, *threshold;
+    tbert_device device;
+    tbert_precision precision;
+    int threads;
+    bool resume;
+    const char *export_features;     /* write the feature matrix as .npy (benchmarks) */
+    bool quiet;
+} tbert_train_opts;
+void tbert_train_opts_default(tbert_train_opts *o);
+
+typedef struct {
+    tbert_fit_result fit;
+    tbert_recipe recipe;
+    int n_docs;
+    double seconds_total, seconds_features;
+    bool cache_hit;
+    char report_path[4096];
+} tbert_train_result;
+void tbert_train_result_free(tbert_train_result *r);
+
+tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res, tbert_error *err);
+
+/* metrics as the JSON object `eval --json` prints (accuracy, roc_auc, pr_auc, threshold, confusion,
+ * per_class keyed by label). malloc'd string. */
+char *tbert_metrics_json(const tbert_metrics *m, const tbert_recipe *r);
+
+/* report.html (src/report.c): self-contained page with inline SVG plots. */
+tbert_status tbert_report_write(const char *path, const tbert_fit_result *fit, const tbert_fit_data *d, const tbert_recipe *r,
+                                const char *settings_json, tbert_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

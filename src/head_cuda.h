@@ -1,0 +1,45 @@
+/* The classifier head on CUDA (src/head_cuda.c + kernels/head.cu): the same function, loss, backward pass and
+ * AdamW as the CPU head (include/tbert/head.h), with parameters, gradients and Adam moments resident on the
+ * device. Element-wise math runs in double where src/head.c does, reductions in the CPU's order, AdamW bit for
+ * bit; the matrix products are cuBLAS float32, so results match the CPU to float32 rounding, not bit for bit.
+ * A build without CUDA compiles stubs: create answers TBERT_E_NODEV. */
+#ifndef TBERT_HEAD_CUDA_H
+#define TBERT_HEAD_CUDA_H
+
+#include "tbert/head.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tbert_cuda_head tbert_cuda_head;
+
+/* Uploads h's parameters (and a's moments when a != NULL; zeros otherwise) to CUDA device `device`, with a
+ * workspace for batches of up to max_n rows. */
+tbert_status tbert_cuda_head_create(const tbert_head *h, const tbert_adam *a, int max_n, int device, tbert_cuda_head **out,
+                                    tbert_error *err);
+void tbert_cuda_head_free(tbert_cuda_head *g);
+
+/* z (host, n x O) = head(x) for host features x (n x D), no dropout; any n (chunked by max_n). */
+tbert_status tbert_cuda_head_forward(tbert_cuda_head *g, int n, const float *x, float *z, tbert_error *err);
+
+/* One training step on a batch of n <= max_n rows: forward (mask: NULL, or n x K dropout factors from
+ * tbert_cuda_head_dropout_mask, K = hidden or D), loss (mean weighted, into *loss), backward, then one AdamW
+ * update with a's hyper-parameters (a->step is incremented here; a->m, a->v on the host are untouched until
+ * tbert_cuda_head_download). Labels outside [0, C) are refused (TBERT_E_ARG) before anything runs. */
+tbert_status tbert_cuda_head_train_step(tbert_cuda_head *g, tbert_adam *a, int n, const float *x, const int *y,
+                                        const float *class_weight, const float *mask, double *loss, tbert_error *err);
+
+/* Device parameters into h->params; moments into a->m, a->v when a != NULL. */
+tbert_status tbert_cuda_head_download(tbert_cuda_head *g, tbert_head *h, tbert_adam *a, tbert_error *err);
+/* The gradient computed by the last train step (n_params floats, host; before the AdamW update used it). */
+tbert_status tbert_cuda_head_last_grad(tbert_cuda_head *g, float *grad, tbert_error *err);
+
+/* Inverted-dropout factors for count elements in the CPU head's draw order: mask[i] = 1/(1-p) when
+ * tbert_rng_uniform(rng) >= p, else 0 (src/head.c draws the same numbers in the same order). */
+void tbert_cuda_head_dropout_mask(float p, size_t count, tbert_rng *rng, float *mask);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,690 @@
+/* tbert score's pipeline. One reader thread enumerates items (mailinput.c) into a ring of C slots; N parse
+ * workers turn claimed slots into docs (MIME decoding, Subject + body, header evidence); the calling thread
+ * takes contiguous parsed slots in input order, featurizes and classifies them a batch at a time and writes
+ * one record per item, flushed with one write() each, in input order. The ring bounds memory: the reader
+ * waits when it is C items ahead of the writer. One mutex + one condition variable guard the ring; all heavy
+ * work (reading, parsing, encoding) happens outside the lock. */
+#include "tbert/score.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glib.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mail_internal.h"
+#include "tbert/fileio.h"
+#include "tbert/progress.h"
+
+/* ---- doc text ------------------------------------------------------------ */
+
+char *tbert_message_text(const tbert_message *m, size_t *len) {
+    size_t ls = strlen(m->subject), lb = strlen(m->body), n;
+    if (!tbert_add_size(ls, lb, &n) || !tbert_add_size(n, 2, &n)) return NULL;
+    char *t = malloc(n);
+    if (!t) return NULL;
+    memcpy(t, m->subject, ls);
+    t[ls] = '\n';
+    memcpy(t + ls + 1, m->body, lb + 1);
+    if (len) *len = ls + 1 + lb;
+    return t;
+}
+
+uint64_t tbert_kill_at_record(void) {
+    const char *s = getenv("TBERT_TEST_KILL_AT");
+    if (!s || strncmp(s, "record:", 7)) return 0;
+    return strtoull(s + 7, NULL, 10);
+}
+
+/* ---- setup --------------------------------------------------------------- */
+
+tbert_status tbert_score_ctx_open(const char *model, const char *head, const char *device, int threads, int batch, bool quiet,
+                                  tbert_score_ctx *ctx, tbert_error *err) {
+    memset(ctx, 0, sizeof *ctx);
+    char dir[4096];
+    tbert_status st = tbert_resolve_model_dir(model, dir, sizeof dir, err);
+    tbert_encoder_opts eo = tbert_encoder_default_opts();
+    if (!st && device) st = tbert_device_parse(device, &eo.device, err);
+    if (!st) st = tbert_model_load(dir, &ctx->model, err);
+    if (!st) st = tbert_classifier_load(head, ctx->model, &ctx->clf, err);
+    if (!st) {
+        const tbert_recipe *r = tbert_classifier_recipe(ctx->clf);
+        eo.layers = r->layers;
+        eo.precision = r->precision;
+        eo.threads = threads;
+        eo.batch = batch;
+        eo.quiet = quiet;
+        st = tbert_encoder_create(ctx->model, &eo, &ctx->enc, err);
+        if (!st) st = tbert_featurizer_create(r, ctx->model, ctx->enc, &ctx->fz, err);
+    }
+    if (st) tbert_score_ctx_close(ctx);
+    return st;
+}
+
+void tbert_score_ctx_close(tbert_score_ctx *ctx) {
+    if (ctx->fz) tbert_featurizer_free(ctx->fz);
+    if (ctx->enc) tbert_encoder_free(ctx->enc);
+    if (ctx->clf) tbert_classifier_free(ctx->clf);
+    if (ctx->model) tbert_model_free(ctx->model);
+    memset(ctx, 0, sizeof *ctx);
+}
+
+/* ---- output records ------------------------------------------------------ */
+
+/* JSON string body: valid UTF-8 is kept, control characters escaped, invalid bytes become U+FFFD. */
+static void json_str(GString *o, const char *s) {
+    g_string_append_c(o, '"');
+    size_t n = strlen(s);
+    GString *clean = g_string_sized_new(n + 8);
+    tbert_append_utf8(clean, s, n, "utf-8");
+    for (const unsigned char *p = (const unsigned char *)clean->str; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            g_string_append_c(o, '\\');
+            g_string_append_c(o, (char)*p);
+        } else if (*p < 0x20) {
+            g_string_append_printf(o, "\\u%04x", *p);
+        } else {
+            g_string_append_c(o, (char)*p);
+        }
+    }
+    g_string_free(clean, TRUE);
+    g_string_append_c(o, '"');
+}
+
+/* CSV field (RFC 4180): quoted when it holds a comma, quote or line break; line breaks become spaces so
+ * that one record is one line (what --resume relies on). */
+static void csv_str(GString *o, const char *s) {
+    bool q = strpbrk(s, ",\"\r\n") != NULL;
+    if (q) g_string_append_c(o, '"');
+    for (const char *p = s; *p; p++) {
+        if (*p == '"') g_string_append(o, "\"\"");
+        else if (*p == '\n' || *p == '\r') g_string_append_c(o, ' ');
+        else g_string_append_c(o, *p);
+    }
+    if (q) g_string_append_c(o, '"');
+}
+
+typedef struct {
+    const char *source;
+    uint64_t offset;
+    const char *id;    /* may be NULL */
+    double score;
+    const char *label; /* NULL for an error record */
+    int tokens;
+    bool truncated;
+    const char *error; /* NULL when scored */
+} record;
+
+static void format_record(GString *o, tbert_score_format fmt, const record *r) {
+    g_string_truncate(o, 0);
+    if (fmt == TBERT_SCORE_JSONL) {
+        g_string_append(o, "{\"source\":");
+        json_str(o, r->source);
+        g_string_append_printf(o, ",\"offset\":%llu,\"id\":", (unsigned long long)r->offset);
+        if (r->id) json_str(o, r->id);
+        else g_string_append(o, "null");
+        if (r->error) {
+            g_string_append(o, ",\"score\":null,\"label\":null,\"tokens\":0,\"error\":");
+            json_str(o, r->error);
+        } else {
+            g_string_append_printf(o, ",\"score\":%.6f,\"label\":", r->score);
+            json_str(o, r->label);
+            g_string_append_printf(o, ",\"tokens\":%d", r->tokens);
+            if (r->truncated) g_string_append(o, ",\"truncated\":true");
+        }
+        g_string_append(o, "}\n");
+    } else {
+        csv_str(o, r->source);
+        g_string_append_printf(o, ",%llu,", (unsigned long long)r->offset);
+        if (r->id) csv_str(o, r->id);
+        if (r->error) {
+            g_string_append(o, ",,,0,");
+            csv_str(o, r->error);
+        } else {
+            g_string_append_printf(o, ",%.6f,", r->score);
+            csv_str(o, r->label);
+            g_string_append_printf(o, ",%d,%s", r->tokens, r->truncated ? "truncated" : "");
+        }
+        g_string_append_c(o, '\n');
+    }
+}
+
+static const char CSV_HEADER[] = "source,offset,id,score,label,tokens,error\n";
+
+static tbert_status write_all(int fd, const char *p, size_t n, const char *name, tbert_error *err) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return tbert_fail(err, TBERT_E_IO, "%s: write failed: %s", name, strerror(errno));
+        p += w;
+        n -= (size_t)w;
+    }
+    return TBERT_OK;
+}
+
+/* ---- resume: what the existing output already holds ----------------------- */
+
+static char *done_key(const char *source, uint64_t offset) {
+    return g_strdup_printf("%llu\t%s", (unsigned long long)offset, source);
+}
+
+/* First two CSV fields of a line: source and offset. */
+static bool csv_first_two(const char *line, size_t n, GString *source, uint64_t *offset) {
+    size_t i = 0;
+    g_string_truncate(source, 0);
+    if (i < n && line[i] == '"') {
+        for (i = 1; i < n; i++) {
+            if (line[i] == '"') {
+                if (i + 1 < n && line[i + 1] == '"') {
+                    g_string_append_c(source, '"');
+                    i++;
+                } else {
+                    i++;
+                    break;
+                }
+            } else {
+                g_string_append_c(source, line[i]);
+            }
+        }
+    } else {
+        while (i < n && line[i] != ',') g_string_append_c(source, line[i++]);
+    }
+    if (i >= n || line[i] != ',') return false;
+    i++;
+    char *end;
+    unsigned long long v = strtoull(line + i, &end, 10);
+    if (end == line + i || (*end != ',' && *end != '\n')) return false;
+    *offset = v;
+    return true;
+}
+
+/* Reads the existing output: drops a partly written last line (truncating the file), collects the
+ * (source, offset) pairs of the complete records. *existed: a non-empty output was found. */
+static tbert_status load_done(const char *path, tbert_score_format fmt, GHashTable *done, bool *existed, bool *has_header,
+                              tbert_error *err) {
+    *existed = false;
+    *has_header = false;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return TBERT_OK;
+        return tbert_fail(err, TBERT_E_IO, "%s: cannot open for --resume: %s", path, strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return TBERT_OK; /* not a regular file: nothing to resume from */
+    }
+    size_t size = (size_t)st.st_size;
+    char *buf = malloc(size + 1);
+    if (!buf) {
+        close(fd);
+        return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory reading it for --resume", path);
+    }
+    size_t got = 0;
+    while (got < size) {
+        ssize_t r = read(fd, buf + got, size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    size_t keep = got;
+    while (keep > 0 && buf[keep - 1] != '\n') keep--;
+    if (keep < got) {
+        if (ftruncate(fd, (off_t)keep) != 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return tbert_fail(err, TBERT_E_IO, "%s: cannot drop the partly written last record: %s", path, strerror(e));
+        }
+        fprintf(stderr, "tbert score: %s: dropped a partly written last record (%zu bytes)\n", path, got - keep);
+    }
+    close(fd);
+    *existed = keep > 0;
+    GString *src = g_string_new("");
+    size_t pos = 0;
+    int64_t line_no = 0;
+    while (pos < keep) {
+        char *nl = memchr(buf + pos, '\n', keep - pos);
+        size_t end = (size_t)(nl - buf);
+        line_no++;
+        const char *line = buf + pos;
+        size_t n = end - pos;
+        uint64_t offset = 0;
+        bool ok = false;
+        if (fmt == TBERT_SCORE_CSV) {
+            if (line_no == 1 && n + 1 == sizeof CSV_HEADER - 1 && !memcmp(line, CSV_HEADER, n)) {
+                *has_header = true;
+                ok = true;
+                pos = end + 1;
+                continue;
+            }
+            ok = csv_first_two(line, n, src, &offset);
+        } else {
+            cJSON *o = cJSON_ParseWithLength(line, n);
+            const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "source");
+            const cJSON *off = cJSON_GetObjectItemCaseSensitive(o, "offset");
+            if (cJSON_IsString(s) && cJSON_IsNumber(off) && off->valuedouble >= 0) {
+                g_string_assign(src, s->valuestring);
+                offset = (uint64_t)off->valuedouble;
+                ok = true;
+            }
+            cJSON_Delete(o);
+        }
+        if (!ok) {
+            free(buf);
+            g_string_free(src, TRUE);
+            return tbert_fail(err, TBERT_E_FORMAT, "%s:%lld: not a tbert score %s record; cannot --resume from it", path,
+                              (long long)line_no, fmt == TBERT_SCORE_CSV ? "CSV" : "JSONL");
+        }
+        g_hash_table_add(done, done_key(src->str, offset));
+        pos = end + 1;
+    }
+    g_string_free(src, TRUE);
+    free(buf);
+    return TBERT_OK;
+}
+
+/* ---- the ring ------------------------------------------------------------ */
+
+enum { SLOT_FREE = 0, SLOT_READ, SLOT_PARSED };
+
+typedef struct {
+    int state;
+    tbert_input_item item;
+    char *text; /* doc text (malloc'd) */
+    size_t len;
+    char *evidence, *id, *error;
+} slot;
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    slot *ring;
+    uint64_t cap;
+    uint64_t n_read, n_parse, n_done; /* next seq to fill / to parse / to write */
+    bool reader_done, abort;
+    uint64_t bytes_done, bytes_total;
+    uint64_t skipped; /* reader thread only until joined */
+    double parse_seconds;
+    tbert_inputs *in;
+    GHashTable *done;
+    tbert_error reader_err;
+    bool reader_failed;
+} pipeline;
+
+static void slot_clear(slot *s) {
+    tbert_input_item_free(&s->item);
+    free(s->text);
+    free(s->evidence);
+    free(s->id);
+    free(s->error);
+    memset(s, 0, sizeof *s);
+}
+
+/* tbert_input_opts.skip: the item is in the existing output (called on the reader thread only) */
+static bool skip_done(void *ctx, const char *source, uint64_t offset) {
+    pipeline *p = ctx;
+    if (g_hash_table_size(p->done) == 0) return false;
+    char *key = done_key(source, offset);
+    bool seen = g_hash_table_remove(p->done, key);
+    g_free(key);
+    if (seen) p->skipped++;
+    return seen;
+}
+
+static void *reader_main(void *arg) {
+    pipeline *p = arg;
+    char *key = NULL;
+    for (;;) {
+        tbert_input_item item;
+        tbert_error e;
+        int r = tbert_inputs_next(p->in, &item, &e);
+        uint64_t bd, bt;
+        tbert_inputs_progress(p->in, &bd, &bt);
+        if (r <= 0) {
+            pthread_mutex_lock(&p->mu);
+            if (r < 0) {
+                p->reader_failed = true;
+                p->reader_err = e;
+            }
+            p->bytes_done = bd;
+            p->reader_done = true;
+            pthread_cond_broadcast(&p->cv);
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+        /* items the reader could not skip unread (error items, whole-file reads) are checked here */
+        if (p->done && g_hash_table_size(p->done) > 0) {
+            key = done_key(item.source, item.offset);
+            bool seen = g_hash_table_remove(p->done, key);
+            g_free(key);
+            if (seen) {
+                tbert_input_item_free(&item);
+                p->skipped++;
+                continue;
+            }
+        }
+        pthread_mutex_lock(&p->mu);
+        while (p->n_read - p->n_done >= p->cap && !p->abort) pthread_cond_wait(&p->cv, &p->mu);
+        if (p->abort) {
+            pthread_mutex_unlock(&p->mu);
+            tbert_input_item_free(&item);
+            pthread_mutex_lock(&p->mu);
+            p->reader_done = true;
+            pthread_cond_broadcast(&p->cv);
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+        slot *s = &p->ring[p->n_read % p->cap];
+        s->item = item;
+        s->state = SLOT_READ;
+        p->n_read++;
+        p->bytes_done = bd;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    return NULL;
+}
+
+static void parse_slot(slot *s) {
+    tbert_input_item *it = &s->item;
+    if (it->error) {
+        s->error = tbert_strdup(it->error);
+        return;
+    }
+    if (!it->is_message) {
+        s->text = tbert_strndup(it->text ? it->text : "", it->text_len);
+        s->len = it->text_len;
+        if (!s->text) s->error = tbert_strdup("out of memory");
+        return;
+    }
+    tbert_message m;
+    tbert_error e;
+    if (tbert_message_parse(it->raw, it->raw_len, it->source, &m, &e) != TBERT_OK) {
+        /* the source and offset are in the record already; keep only the problem */
+        const char *msg = e.msg;
+        size_t sl = strlen(it->source);
+        if (!strncmp(msg, it->source, sl) && msg[sl] == ':' && msg[sl + 1] == ' ') msg += sl + 2;
+        s->error = tbert_strdup(msg);
+        return;
+    }
+    s->text = tbert_message_text(&m, &s->len);
+    s->evidence = m.evidence;
+    m.evidence = NULL;
+    s->id = m.message_id;
+    m.message_id = NULL;
+    tbert_message_free(&m);
+    if (!s->text) s->error = tbert_strdup("out of memory");
+    /* the raw bytes are not needed any more: free them early (flat memory) */
+    free(it->raw);
+    it->raw = NULL;
+}
+
+static void *worker_main(void *arg) {
+    pipeline *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->n_parse == p->n_read && !p->reader_done && !p->abort) pthread_cond_wait(&p->cv, &p->mu);
+        if (p->abort || (p->n_parse == p->n_read && p->reader_done)) break;
+        slot *s = &p->ring[p->n_parse % p->cap];
+        p->n_parse++;
+        pthread_mutex_unlock(&p->mu);
+        double t0 = tbert_now();
+        parse_slot(s);
+        double dt = tbert_now() - t0;
+        pthread_mutex_lock(&p->mu);
+        p->parse_seconds += dt;
+        s->state = SLOT_PARSED;
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* ---- the scoring stage --------------------------------------------------- */
+
+typedef struct {
+    const tbert_classifier *c;
+    tbert_featurizer *fz;
+    size_t dim;
+    int batch;
+    float *feats, *prob;
+    int *label_idx, *tokens;
+    tbert_doc *docs;
+    int *doc_slot;
+    double t_feat, t_head;
+} scorer;
+
+/* Featurizes and classifies the docs of slots [0, k); a batch that fails is retried doc by doc so that
+ * one bad doc becomes one error record. Fatal errors (memory, device) stop the run. */
+static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *err) {
+    int n = 0;
+    for (int i = 0; i < k; i++) {
+        if (slots[i]->error) continue;
+        sc->docs[n] = (tbert_doc){slots[i]->text, slots[i]->len, slots[i]->evidence};
+        sc->doc_slot[n++] = i;
+    }
+    if (n == 0) return TBERT_OK;
+    tbert_error e;
+    double t0 = tbert_now();
+    tbert_status st = tbert_featurize(sc->fz, n, sc->docs, sc->feats, sc->tokens, &e);
+    double t1 = tbert_now();
+    if (st == TBERT_OK) st = tbert_classifier_predict(sc->c, n, sc->feats, sc->prob, sc->label_idx, &e);
+    sc->t_feat += t1 - t0;
+    sc->t_head += tbert_now() - t1;
+    if (st == TBERT_OK) return TBERT_OK;
+    if (st == TBERT_E_NOMEM || st == TBERT_E_CUDA || st == TBERT_E_INTERNAL || st == TBERT_E_MISMATCH || n == 1) {
+        if (n == 1 && st != TBERT_E_NOMEM && st != TBERT_E_CUDA && st != TBERT_E_INTERNAL && st != TBERT_E_MISMATCH) {
+            slots[sc->doc_slot[0]]->error = tbert_strdup(e.msg);
+            return TBERT_OK;
+        }
+        *err = e;
+        return st;
+    }
+    for (int j = 0; j < n; j++) {
+        tbert_status s1 = tbert_featurize(sc->fz, 1, &sc->docs[j], sc->feats + (size_t)j * sc->dim, &sc->tokens[j], &e);
+        if (s1 == TBERT_OK) s1 = tbert_classifier_predict(sc->c, 1, sc->feats + (size_t)j * sc->dim, &sc->prob[j], &sc->label_idx[j], &e);
+        if (s1 == TBERT_E_NOMEM || s1 == TBERT_E_CUDA || s1 == TBERT_E_INTERNAL) {
+            *err = e;
+            return s1;
+        }
+        if (s1 != TBERT_OK) slots[sc->doc_slot[j]]->error = tbert_strdup(e.msg);
+    }
+    return TBERT_OK;
+}
+
+tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, const char *const *inputs, int n_inputs,
+                             const tbert_score_opts *opts, tbert_score_stats *stats, tbert_error *err) {
+    memset(stats, 0, sizeof *stats);
+    double t0 = tbert_now();
+    const tbert_recipe *rec = tbert_classifier_recipe(c);
+    int threads = opts->threads > 0 ? opts->threads : tbert_num_cores();
+    int batch = opts->batch > 0 ? opts->batch : 64;
+    bool to_stdout = !opts->out_path || !strcmp(opts->out_path, "-");
+    const char *out_name = to_stdout ? "stdout" : opts->out_path;
+
+    /* the output */
+    GHashTable *done = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    bool existed = false, has_header = false;
+    tbert_status st = TBERT_OK;
+    int fd = STDOUT_FILENO;
+    if (!to_stdout) {
+        if (opts->resume) {
+            st = load_done(opts->out_path, opts->format, done, &existed, &has_header, err);
+            if (st) {
+                g_hash_table_destroy(done);
+                return st;
+            }
+            if (!existed) fprintf(stderr, "tbert score: --resume: %s holds no records yet, starting fresh\n", opts->out_path);
+            else
+                fprintf(stderr, "tbert score: --resume: %u records already in %s are skipped\n", g_hash_table_size(done),
+                        opts->out_path);
+        }
+        fd = open(opts->out_path, O_WRONLY | O_CREAT | O_CLOEXEC | (opts->resume ? O_APPEND : O_TRUNC), 0644);
+        if (fd < 0) {
+            g_hash_table_destroy(done);
+            return tbert_fail(err, TBERT_E_IO, "%s: cannot open for writing: %s", opts->out_path, strerror(errno));
+        }
+    } else if (opts->resume) {
+        fprintf(stderr, "tbert score: --resume: the output is stdout, nothing to resume from; starting fresh\n");
+    }
+    stats->resumed = existed;
+    if (opts->format == TBERT_SCORE_CSV && !has_header)
+        st = write_all(fd, CSV_HEADER, sizeof CSV_HEADER - 1, out_name, err);
+
+    pipeline p = {0};
+    scorer sc = {c, fz, tbert_featurizer_dim(fz), batch, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
+    double t_write = 0, t_wait = 0;
+    p.cap = (uint64_t)batch * 2 + (uint64_t)threads * 4;
+    p.ring = tbert_calloc_array(p.cap, sizeof *p.ring);
+    sc.feats = tbert_malloc_array((size_t)batch * sc.dim, sizeof *sc.feats);
+    sc.prob = tbert_malloc_array((size_t)batch, sizeof *sc.prob);
+    sc.label_idx = tbert_malloc_array((size_t)batch, sizeof *sc.label_idx);
+    sc.tokens = tbert_malloc_array((size_t)batch, sizeof *sc.tokens);
+    sc.docs = tbert_malloc_array((size_t)batch, sizeof *sc.docs);
+    sc.doc_slot = tbert_malloc_array((size_t)batch, sizeof *sc.doc_slot);
+    slot **batch_slots = tbert_malloc_array((size_t)batch, sizeof *batch_slots);
+    if (st == TBERT_OK && (!p.ring || !sc.feats || !sc.prob || !sc.label_idx || !sc.tokens || !sc.docs || !sc.doc_slot || !batch_slots))
+        st = tbert_fail(err, TBERT_E_NOMEM, "score: out of memory for batches of %d", batch);
+    tbert_input_opts iopts = opts->input;
+    if (g_hash_table_size(done) > 0) {
+        iopts.skip = skip_done;
+        iopts.skip_ctx = &p;
+    }
+    p.done = done;
+    if (st == TBERT_OK) st = tbert_inputs_open(inputs, n_inputs, &iopts, &p.in, err);
+
+    pthread_t reader, *workers = NULL;
+    int n_workers = 0;
+    bool reader_started = false;
+    if (st == TBERT_OK) {
+        tbert_inputs_progress(p.in, NULL, &p.bytes_total);
+        pthread_mutex_init(&p.mu, NULL);
+        pthread_cond_init(&p.cv, NULL);
+        workers = tbert_calloc_array((size_t)threads, sizeof *workers);
+        if (!workers || pthread_create(&reader, NULL, reader_main, &p) != 0) {
+            st = tbert_fail(err, TBERT_E_NOMEM, "score: cannot start the reader thread");
+        } else {
+            reader_started = true;
+            for (int i = 0; i < threads; i++) {
+                if (pthread_create(&workers[i], NULL, worker_main, &p) != 0) break;
+                n_workers++;
+            }
+            if (n_workers == 0) st = tbert_fail(err, TBERT_E_NOMEM, "score: cannot start parse threads");
+        }
+    }
+
+    tbert_progress *prog = NULL;
+    if (st == TBERT_OK && opts->progress)
+        prog = tbert_progress_start("score", (p.bytes_total + 999999) / 1000000, "MB", TBERT_PROGRESS_AUTO);
+    GString *line = g_string_new("");
+    while (st == TBERT_OK) {
+        /* wait for a full batch of parsed items in order, or the end */
+        double tw0 = tbert_now();
+        pthread_mutex_lock(&p.mu);
+        int k;
+        for (;;) {
+            k = 0;
+            while ((uint64_t)k < (uint64_t)batch && p.n_done + (uint64_t)k < p.n_read &&
+                   p.ring[(p.n_done + (uint64_t)k) % p.cap].state == SLOT_PARSED)
+                k++;
+            bool all_read_parsed = p.reader_done && p.n_done + (uint64_t)k == p.n_read;
+            if (k == batch || (all_read_parsed && k > 0) || (p.reader_done && p.n_done == p.n_read)) break;
+            /* a partial batch also goes when the ring is full (the reader cannot add more) */
+            if (k > 0 && p.n_read - p.n_done >= p.cap && k == (int)(p.n_read - p.n_done)) break;
+            pthread_cond_wait(&p.cv, &p.mu);
+        }
+        for (int i = 0; i < k; i++) batch_slots[i] = &p.ring[(p.n_done + (uint64_t)i) % p.cap];
+        uint64_t bytes_done = p.bytes_done;
+        pthread_mutex_unlock(&p.mu);
+        t_wait += tbert_now() - tw0;
+        if (k == 0) break;
+
+        st = score_batch(&sc, batch_slots, k, err);
+        if (st) break;
+        int d = 0;
+        double twr = tbert_now();
+        for (int i = 0; i < k && st == TBERT_OK; i++) {
+            slot *s = batch_slots[i];
+            record r = {s->item.source, s->item.offset, s->id, 0, NULL, 0, s->item.truncated, s->error};
+            if (!s->error) {
+                r.score = sc.prob[d];
+                int li = sc.label_idx[d];
+                r.label = li >= 0 && li < rec->n_labels ? rec->labels[li] : "?";
+                r.tokens = sc.tokens[d];
+                d++;
+            }
+            format_record(line, opts->format, &r);
+            st = write_all(fd, line->str, line->len, out_name, err);
+            if (st) break;
+            stats->records++;
+            stats->errors += s->error != NULL;
+            if (opts->kill_at_record && stats->records == opts->kill_at_record) raise(SIGKILL);
+        }
+        t_write += tbert_now() - twr;
+        pthread_mutex_lock(&p.mu);
+        for (int i = 0; i < k; i++) slot_clear(batch_slots[i]);
+        p.n_done += (uint64_t)k;
+        pthread_cond_broadcast(&p.cv);
+        pthread_mutex_unlock(&p.mu);
+        if (prog) {
+            char note[96];
+            double el = tbert_now() - t0;
+            snprintf(note, sizeof note, "%llu msgs, %.0f msg/s", (unsigned long long)stats->records,
+                     el > 0 ? (double)stats->records / el : 0.0);
+            tbert_progress_update(prog, bytes_done / 1000000, note);
+        }
+    }
+    g_string_free(line, TRUE);
+
+    if (reader_started) {
+        pthread_mutex_lock(&p.mu);
+        if (st) p.abort = true;
+        pthread_cond_broadcast(&p.cv);
+        pthread_mutex_unlock(&p.mu);
+        pthread_join(reader, NULL);
+        for (int i = 0; i < n_workers; i++) pthread_join(workers[i], NULL);
+        if (st == TBERT_OK && p.reader_failed) {
+            *err = p.reader_err;
+            st = p.reader_err.code ? p.reader_err.code : TBERT_E_INTERNAL;
+        }
+        for (uint64_t i = 0; i < p.cap; i++) slot_clear(&p.ring[i]);
+        pthread_mutex_destroy(&p.mu);
+        pthread_cond_destroy(&p.cv);
+        stats->skipped_done = p.skipped;
+        stats->parse_seconds = p.parse_seconds;
+        stats->bytes = p.bytes_done;
+    }
+    stats->seconds = tbert_now() - t0;
+    stats->featurize_seconds = sc.t_feat;
+    stats->head_seconds = sc.t_head;
+    stats->write_seconds = t_write;
+    stats->wait_seconds = t_wait;
+    if (prog) {
+        char note[96];
+        snprintf(note, sizeof note, "%llu msgs, %.0f msg/s", (unsigned long long)stats->records,
+                 stats->seconds > 0 ? (double)stats->records / stats->seconds : 0.0);
+        tbert_progress_update(prog, stats->bytes / 1000000, NULL);
+        tbert_progress_finish(prog, note);
+    }
+    if (fd != STDOUT_FILENO && close(fd) != 0 && st == TBERT_OK)
+        st = tbert_fail(err, TBERT_E_IO, "%s: write failed: %s", out_name, strerror(errno));
+    free(workers);
+    tbert_inputs_close(p.in);
+    free(p.ring);
+    free(sc.feats);
+    free(sc.prob);
+    free(sc.label_idx);
+    free(sc.tokens);
+    free(sc.docs);
+    free(sc.doc_slot);
+    free(batch_slots);
+    g_hash_table_destroy(done);
+    return st;
+}

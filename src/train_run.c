@@ -1,0 +1,457 @@
+/* The `tbert train` job: read labelled texts (a table, or --ham/--spam mail), build the recipe, encode once
+ * (feature cache), split, fit, write checkpoints, metrics.json, split.tsv and report.html. */
+#include <cjson/cJSON.h>
+#include <glib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tbert/fileio.h"
+#include "tbert/mail.h"
+#include "tbert/model.h"
+#include "tbert/train.h"
+
+void tbert_train_opts_default(tbert_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->pool = o->max_len = o->layers = o->windows = o->normalize = o->lexical_dim = -1;
+    o->hidden = o->epochs = o->batch = -1;
+    o->lr = o->weight_decay = o->dropout = -1;
+    o->seed = 42;
+    o->val_fraction = 0.1;
+    o->test_fraction = 0.2;
+    o->device.kind = TBERT_DEVICE_AUTO;
+    o->precision = TBERT_PREC_FP32;
+}
+
+void tbert_train_result_free(tbert_train_result *r) {
+    if (!r) return;
+    tbert_fit_result_free(&r->fit);
+}
+
+/* ---- labelled documents ---- */
+typedef struct {
+    int n, cap;
+    tbert_doc *docs;
+    char **label;   /* borrowed (table) or static "ham"/"spam" */
+    char **owned;   /* strings to free */
+    int n_owned, cap_owned;
+    int64_t *line;  /* table line numbers (or item index for mail) */
+    tbert_table table;
+    bool have_table;
+} labelled;
+
+static void labelled_free(labelled *L) {
+    for (int i = 0; i < L->n_owned; i++) free(L->owned[i]);
+    free(L->owned);
+    free(L->docs);
+    free(L->label);
+    free(L->line);
+    if (L->have_table) tbert_table_free(&L->table);
+    memset(L, 0, sizeof *L);
+}
+
+static bool own(labelled *L, char *s) {
+    if (!s) return false;
+    if (L->n_owned == L->cap_owned) {
+        int nc = L->cap_owned ? 2 * L->cap_owned : 256;
+        char **p = tbert_realloc_array(L->owned, (size_t)nc, sizeof *p);
+        if (!p) {
+            free(s);
+            return false;
+        }
+        L->owned = p;
+        L->cap_owned = nc;
+    }
+    L->owned[L->n_owned++] = s;
+    return true;
+}
+
+static bool push_doc(labelled *L, const char *text, size_t len, const char *evidence, char *label, int64_t line) {
+    if (L->n == L->cap) {
+        int nc = L->cap ? 2 * L->cap : 1024;
+        tbert_doc *d = tbert_realloc_array(L->docs, (size_t)nc, sizeof *d);
+        if (d) L->docs = d;
+        char **l = tbert_realloc_array(L->label, (size_t)nc, sizeof *l);
+        if (l) L->label = l;
+        int64_t *ln = tbert_realloc_array(L->line, (size_t)nc, sizeof *ln);
+        if (ln) L->line = ln;
+        if (!d || !l || !ln) return false;
+        L->cap = nc;
+    }
+    L->docs[L->n] = (tbert_doc){text, len, evidence};
+    L->label[L->n] = label;
+    L->line[L->n] = line;
+    L->n++;
+    return true;
+}
+
+static tbert_status read_table(const tbert_train_opts *o, labelled *L, tbert_error *err) {
+    tbert_status st = tbert_table_read(o->data, &o->table, &L->table, err);
+    if (st) return st;
+    L->have_table = true;
+    if (!L->table.label) return tbert_fail(err, TBERT_E_ARG, "%s: training needs a label column", o->data);
+    for (int i = 0; i < L->table.n; i++)
+        if (!push_doc(L, L->table.text[i], L->table.text_len[i], NULL, L->table.label[i], L->table.line[i]))
+            return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", o->data);
+    return TBERT_OK;
+}
+
+static char *mail_text(const tbert_message *m) {
+    size_t a = strlen(m->subject), b = strlen(m->body);
+    char *s = malloc(a + b + 2);
+    if (!s) return NULL;
+    memcpy(s, m->subject, a);
+    s[a] = '\n';
+    memcpy(s + a + 1, m->body, b + 1);
+    return s;
+}
+
+static tbert_status read_mail(const char *const *paths, int n, char *label, labelled *L, int *skipped, tbert_error *err) {
+    if (n == 0) return TBERT_OK;
+    tbert_input_opts io = {0};
+    tbert_inputs *in;
+    tbert_status st = tbert_inputs_open(paths, n, &io, &in, err);
+    if (st) return st;
+    tbert_input_item it;
+    int r;
+    int64_t k = 0;
+    while ((r = tbert_inputs_next(in, &it, err)) == 1) {
+        k++;
+        if (it.error) {
+            fprintf(stderr, "tbert: skipping %s: %s\n", it.source, it.error);
+            (*skipped)++;
+        } else if (it.is_message) {
+            tbert_message m;
+            tbert_error merr;
+            if (tbert_message_parse(it.raw, it.raw_len, it.source, &m, &merr)) {
+                fprintf(stderr, "tbert: skipping %s\n", merr.msg);
+                (*skipped)++;
+            } else {
+                char *text = mail_text(&m), *ev = tbert_strdup(m.evidence);
+                tbert_message_free(&m);
+                bool ok = own(L, text) && own(L, ev) && push_doc(L, text, strlen(text), ev, label, k);
+                if (!ok) st = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", it.source);
+            }
+        } else {
+            char *text = tbert_strndup(it.text ? it.text : "", it.text_len);
+            bool ok = own(L, text) && push_doc(L, text, it.text_len, NULL, label, k);
+            if (!ok) st = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", it.source);
+        }
+        tbert_input_item_free(&it);
+        if (st) break;
+    }
+    if (r < 0 && !st) st = err ? err->code : TBERT_E_IO;
+    tbert_inputs_close(in);
+    return st;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* labels sorted byte-wise and unique; y[i] = index of doc i's label */
+static tbert_status discover_labels(const labelled *L, const char *positive, tbert_recipe *r, int *y, const char *src,
+                                    tbert_error *err) {
+    char **tmp = tbert_malloc_array((size_t)L->n + 1, sizeof(char *));
+    if (!tmp) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    memcpy(tmp, L->label, (size_t)L->n * sizeof(char *));
+    qsort(tmp, (size_t)L->n, sizeof(char *), cmp_str);
+    r->n_labels = 0;
+    for (int i = 0; i < L->n; i++) {
+        if (i > 0 && !strcmp(tmp[i], tmp[i - 1])) continue;
+        if (r->n_labels == TBERT_MAX_LABELS || strlen(tmp[i]) >= TBERT_MAX_LABEL_LEN) {
+            free(tmp);
+            return tbert_fail(err, TBERT_E_ARG, "%s: more than %d labels, or a label longer than %d bytes", src, TBERT_MAX_LABELS,
+                              TBERT_MAX_LABEL_LEN - 1);
+        }
+        snprintf(r->labels[r->n_labels++], TBERT_MAX_LABEL_LEN, "%s", tmp[i]);
+    }
+    free(tmp);
+    if (r->n_labels < 2)
+        return tbert_fail(err, TBERT_E_ARG, "%s: needs at least 2 different labels, found %d", src, r->n_labels);
+    for (int i = 0; i < L->n; i++) y[i] = tbert_recipe_label_index(r, L->label[i]);
+    r->positive = -1;
+    if (r->n_labels == 2) {
+        if (positive) {
+            r->positive = tbert_recipe_label_index(r, positive);
+            if (r->positive < 0)
+                return tbert_fail(err, TBERT_E_ARG, "--positive '%s' is not one of the labels ('%s', '%s')", positive, r->labels[0],
+                                  r->labels[1]);
+        } else {
+            r->positive = tbert_recipe_label_index(r, "spam");
+            if (r->positive < 0) r->positive = 1;
+        }
+    } else if (positive) {
+        return tbert_fail(err, TBERT_E_ARG, "--positive needs exactly 2 labels, %s has %d", src, r->n_labels);
+    }
+    return TBERT_OK;
+}
+
+static void data_hash(const labelled *L, const char *docs_hash, char out[65]) {
+    GChecksum *cs = g_checksum_new(G_CHECKSUM_SHA256);
+    g_checksum_update(cs, (const guchar *)docs_hash, 64);
+    for (int i = 0; i < L->n; i++) g_checksum_update(cs, (const guchar *)L->label[i], strlen(L->label[i]) + 1);
+    snprintf(out, 65, "%s", g_checksum_get_string(cs));
+    g_checksum_free(cs);
+}
+
+/* ---- outputs ---- */
+static tbert_status write_npy(const char *path, const float *X, int n, size_t dim, tbert_error *err) {
+    char hdr[128];
+    int len = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %zu), }", n, dim);
+    int total = 10 + len + 1;
+    int pad = (64 - total % 64) % 64;
+    char head[256];
+    memcpy(head, "\x93NUMPY\x01\x00", 8);
+    uint16_t hl = (uint16_t)(len + pad + 1);
+    head[8] = (char)(hl & 0xff);
+    head[9] = (char)(hl >> 8);
+    memcpy(head + 10, hdr, (size_t)len);
+    memset(head + 10 + len, ' ', (size_t)pad);
+    head[10 + len + pad] = '\n';
+    tbert_atomic_file *f;
+    tbert_status st = tbert_atomic_open(path, &f, err);
+    if (st) return st;
+    st = tbert_atomic_write(f, head, (size_t)(11 + len + pad), err);
+    if (!st) st = tbert_atomic_write(f, X, (size_t)n * dim * sizeof(float), err);
+    if (st) {
+        tbert_atomic_abort(f);
+        return st;
+    }
+    return tbert_atomic_commit(f, err);
+}
+
+static tbert_status write_split(const char *dir, const labelled *L, const tbert_fit_data *d, tbert_error *err) {
+    char *split = calloc((size_t)L->n + 1, 1);
+    if (!split) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    for (int i = 0; i < d->n_train; i++) split[d->train_idx[i]] = 't';
+    for (int i = 0; i < d->n_val; i++) split[d->val_idx[i]] = 'v';
+    for (int i = 0; i < d->n_test; i++) split[d->test_idx[i]] = 'x';
+    GString *s = g_string_new("row\tline\tsplit\tlabel\n");
+    for (int i = 0; i < L->n; i++)
+        g_string_append_printf(s, "%d\t%lld\t%s\t%s\n", i, (long long)L->line[i],
+                               split[i] == 't' ? "train" : split[i] == 'v' ? "val" : "test", L->label[i]);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/split.tsv", dir);
+    tbert_status st = tbert_write_file_atomic(path, s->str, s->len, err);
+    g_string_free(s, TRUE);
+    free(split);
+    return st;
+}
+
+static char *settings_json(const tbert_recipe *r, const tbert_hparams *hp, const tbert_train_opts *o, const char *dh) {
+    tbert_recipe k = *r;
+    k.threshold = 0; /* chosen by the run, not a setting */
+    char *rj = tbert_recipe_to_json(&k);
+    cJSON *s = cJSON_CreateObject();
+    cJSON *rec = rj ? cJSON_Parse(rj) : NULL;
+    free(rj);
+    if (!s || !rec) {
+        cJSON_Delete(s);
+        cJSON_Delete(rec);
+        return NULL;
+    }
+    cJSON_AddItemToObject(s, "recipe", rec);
+    cJSON_AddStringToObject(s, "data_hash", dh);
+    cJSON_AddNumberToObject(s, "hidden", hp->hidden);
+    cJSON_AddNumberToObject(s, "dropout", round((double)hp->dropout * 1e6) / 1e6);
+    cJSON_AddNumberToObject(s, "epochs", hp->epochs);
+    cJSON_AddNumberToObject(s, "batch", hp->batch);
+    cJSON_AddNumberToObject(s, "lr", hp->lr);
+    cJSON_AddNumberToObject(s, "weight_decay", hp->weight_decay);
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)hp->seed);
+    cJSON_AddStringToObject(s, "seed", seed);
+    cJSON_AddBoolToObject(s, "class_weights_auto", hp->class_weights_auto);
+    cJSON_AddStringToObject(s, "threshold", hp->threshold);
+    cJSON_AddNumberToObject(s, "val_fraction", o->val_fraction);
+    cJSON_AddNumberToObject(s, "test_fraction", o->test_fraction);
+    char *out = cJSON_PrintUnformatted(s);
+    cJSON_Delete(s);
+    return out;
+}
+
+static tbert_status write_metrics_file(const char *dir, const tbert_train_result *res, const tbert_recipe *r, tbert_error *err) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    cJSON_AddNumberToObject(o, "best_epoch", res->fit.best_epoch);
+    cJSON_AddNumberToObject(o, "epochs", res->fit.epochs_run);
+    cJSON_AddNumberToObject(o, "threshold", res->fit.threshold);
+    const tbert_metrics *ms[3] = {&res->fit.train, &res->fit.val, &res->fit.test};
+    const char *names[3] = {"train", "val", "test"};
+    for (int k = 0; k < 3; k++) {
+        if (ms[k]->n == 0) continue;
+        char *s = tbert_metrics_json(ms[k], r);
+        cJSON *v = s ? cJSON_Parse(s) : NULL;
+        free(s);
+        if (v) cJSON_AddItemToObject(o, names[k], v);
+    }
+    cJSON_AddNumberToObject(o, "seconds_total", res->seconds_total);
+    cJSON_AddNumberToObject(o, "seconds_features", res->seconds_features);
+    cJSON_AddBoolToObject(o, "feature_cache_hit", res->cache_hit);
+    char *s = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!s) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/metrics.json", dir);
+    tbert_status st = tbert_write_file_atomic(path, s, strlen(s), err);
+    free(s);
+    return st;
+}
+
+/* ---- the job ---- */
+static tbert_status build_recipe(const tbert_train_opts *o, const char *name, tbert_recipe *r, tbert_error *err) {
+    tbert_status st = tbert_recipe_preset(name, r, err);
+    if (st) return st;
+    if (o->pool >= 0) r->pool = (tbert_pool)o->pool;
+    if (o->max_len > 0) r->max_len = o->max_len;
+    if (o->layers > 0) r->layers = o->layers;
+    if (o->windows > 0) r->windows = o->windows;
+    if (o->normalize >= 0) r->normalize = o->normalize;
+    if (o->lexical_dim >= 0) {
+        r->lexical_dim = o->lexical_dim;
+        if (!r->lexical_dim && r->evidence == TBERT_EVIDENCE_LEXICAL) r->evidence = TBERT_EVIDENCE_NONE;
+    }
+    r->precision = o->precision;
+    if (r->pool == TBERT_POOL_FLATTEN && r->windows != 1)
+        return tbert_fail(err, TBERT_E_ARG, "--pool flatten cannot average %d windows (use --windows 1)", r->windows);
+    return TBERT_OK;
+}
+
+static tbert_status check_out_dir(const char *dir, tbert_error *err) {
+    tbert_status st = tbert_mkdirs(dir, err);
+    if (st) return st;
+    if (access(dir, W_OK) != 0)
+        return tbert_fail(err, TBERT_E_IO, "%s: output folder is not writable", dir);
+    return TBERT_OK;
+}
+
+tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res, tbert_error *err) {
+    memset(res, 0, sizeof *res);
+    double t0 = tbert_now();
+    const char *rname = o->recipe ? o->recipe : (o->data ? "text" : "mail");
+    if (!o->out_dir) return tbert_fail(err, TBERT_E_ARG, "train: --out CKPT_DIR is required");
+    if (!o->data && o->n_ham + o->n_spam == 0) return tbert_fail(err, TBERT_E_ARG, "train: give --data FILE or --ham/--spam");
+    if (o->data && o->n_ham + o->n_spam > 0) return tbert_fail(err, TBERT_E_ARG, "train: --data and --ham/--spam exclude each other");
+    if (o->data && o->n_ham + o->n_spam == 0 && !tbert_is_regular_file(o->data))
+        return tbert_fail(err, TBERT_E_IO, "%s: no such file", o->data);
+    tbert_recipe *r = &res->recipe;
+    tbert_status st = build_recipe(o, rname, r, err);
+    if (st) return st;
+    tbert_hparams hp;
+    tbert_hparams_preset(rname, &hp);
+    if (o->hidden >= 0) hp.hidden = o->hidden;
+    if (o->epochs > 0) hp.epochs = o->epochs;
+    if (o->batch > 0) hp.batch = o->batch;
+    if (o->lr > 0) hp.lr = o->lr;
+    if (o->weight_decay >= 0) hp.weight_decay = o->weight_decay;
+    if (o->dropout >= 0) hp.dropout = (float)o->dropout;
+    hp.seed = o->seed;
+    hp.class_weights_auto = o->class_weights_auto;
+    if (o->threshold) hp.threshold = o->threshold;
+    if (o->quiet) hp.progress = TBERT_PROGRESS_OFF;
+    st = tbert_threshold_parse(hp.threshold, err);
+    if (st) return st;
+    st = check_out_dir(o->out_dir, err);
+    if (st) return st;
+
+    labelled L = {0};
+    tbert_model *m = NULL;
+    tbert_encoder *enc = NULL;
+    tbert_featurizer *fz = NULL;
+    float *X = NULL;
+    int *y = NULL, *tr = NULL, *va = NULL, *te = NULL;
+    char *settings = NULL;
+    int skipped = 0;
+    if (o->data) st = read_table(o, &L, err);
+    else {
+        st = read_mail(o->ham, o->n_ham, "ham", &L, &skipped, err);
+        if (!st) st = read_mail(o->spam, o->n_spam, "spam", &L, &skipped, err);
+    }
+    if (st) goto done;
+    const char *src = o->data ? o->data : "--ham/--spam";
+    if (L.n == 0) {
+        st = tbert_fail(err, TBERT_E_ARG, "%s: no examples to train on", src);
+        goto done;
+    }
+    y = tbert_malloc_array((size_t)L.n, sizeof(int));
+    if (!y) {
+        st = tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+        goto done;
+    }
+    st = discover_labels(&L, o->positive, r, y, src, err);
+    if (st) goto done;
+    char model_dir[4096];
+    st = tbert_resolve_model_dir(o->model, model_dir, sizeof model_dir, err);
+    if (!st) st = tbert_model_load(model_dir, &m, err);
+    if (!st) st = tbert_recipe_bind_model(r, m, err);
+    if (st) goto done;
+    tbert_encoder_opts eo = tbert_encoder_default_opts();
+    eo.device = o->device;
+    eo.precision = o->precision;
+    eo.threads = o->threads;
+    eo.layers = r->layers;
+    eo.quiet = o->quiet;
+    st = tbert_encoder_create(m, &eo, &enc, err);
+    if (!st) st = tbert_featurizer_create(r, m, enc, &fz, err);
+    if (st) goto done;
+    size_t dim = tbert_featurizer_dim(fz);
+    X = tbert_malloc_array((size_t)L.n, dim * sizeof(float));
+    if (!X) {
+        st = tbert_fail(err, TBERT_E_NOMEM, "out of memory for %d x %zu features", L.n, dim);
+        goto done;
+    }
+    char docs_hash[65], dh[65];
+    tbert_docs_hash(L.n, L.docs, docs_hash);
+    data_hash(&L, docs_hash, dh);
+    if (!o->quiet)
+        fprintf(stderr, "tbert: %d examples (%s), %d labels, recipe %s: %s pooling, max_len %d, %d window(s), %zu features\n",
+                L.n, src, r->n_labels, r->name, tbert_pool_name(r->pool), r->max_len, r->windows, dim);
+    double tf = tbert_now();
+    st = tbert_featurize_cached(fz, L.n, L.docs, docs_hash, o->quiet ? NULL : "encode", X, &res->cache_hit, err);
+    res->seconds_features = tbert_now() - tf;
+    if (st) goto done;
+    if (!o->quiet && res->cache_hit) fprintf(stderr, "tbert: features from the cache (%.2f s)\n", res->seconds_features);
+    if (o->export_features) {
+        st = write_npy(o->export_features, X, L.n, dim, err);
+        if (st) goto done;
+    }
+    int ntr, nva, nte;
+    st = tbert_split_stratified(L.n, y, r->n_labels, o->val_fraction, o->test_fraction, o->seed, &tr, &ntr, &va, &nva, &te, &nte,
+                                err);
+    if (st) goto done;
+    tbert_fit_data d = {.n_classes = r->n_labels, .positive = r->positive, .dim = dim, .X = X, .y = y, .n_train = ntr,
+                        .n_val = nva, .n_test = nte, .train_idx = tr, .val_idx = va, .test_idx = te};
+    st = write_split(o->out_dir, &L, &d, err);
+    if (st) goto done;
+    settings = settings_json(r, &hp, o, dh);
+    if (!settings) {
+        st = tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+        goto done;
+    }
+    tbert_fit_ckpt ck = {.out_dir = o->out_dir, .recipe = *r, .resume = o->resume, .seed = o->seed, .settings_json = settings};
+    memcpy(ck.data_hash, dh, sizeof dh);
+    if (!o->quiet)
+        fprintf(stderr, "tbert: training a %s head (%s) on %d examples, %d validation, %d test\n",
+                hp.hidden ? "MLP" : "linear", r->positive >= 0 ? "binary" : "multi-class", ntr, nva, nte);
+    st = tbert_fit(&d, &hp, &ck, &res->fit, err);
+    if (st) goto done;
+    r->threshold = res->fit.threshold;
+    res->n_docs = L.n;
+    res->seconds_total = tbert_now() - t0;
+    st = write_metrics_file(o->out_dir, res, r, err);
+    snprintf(res->report_path, sizeof res->report_path, "%s/report.html", o->out_dir);
+    if (!st) st = tbert_report_write(res->report_path, &res->fit, &d, r, settings, err);
+done:
+    free(settings);
+    free(tr);
+    free(va);
+    free(te);
+    free(X);
+    free(y);
+    tbert_featurizer_free(fz);
+    tbert_encoder_free(enc);
+    tbert_model_free(m);
+    labelled_free(&L);
+    return st;
+}

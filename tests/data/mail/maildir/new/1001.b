@@ -1,0 +1,4 @@
+From: b@example.org
+Subject: new one
+
+in new

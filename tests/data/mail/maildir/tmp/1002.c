@@ -1,0 +1,4 @@
+From: c@example.org
+Subject: tmp
+
+in tmp, must be skipped

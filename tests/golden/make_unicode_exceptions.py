@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Generates src/unicode_exceptions.h: the code points where tbert's utf8proc-based classes (Unicode 15)
+differ from what Hugging Face `tokenizers` does (its Rust crates carry older Unicode tables).
+
+For every code point it asks HF directly, through four single-option BertNormalizers (clean_text,
+handle_chinese_chars, strip_accents, lowercase) and BertPreTokenizer on "a" + c + "b", and compares with
+tbert's view (tests/golden/dump_unicode_props.c, built here from src/). Differences become flag overrides
+(set/clear of UC_WS, UC_OTHER, UC_PUNCT, UC_MN, UC_CJK, UC_NODECOMP, UC_NOLOWER), merged into ranges.
+Then the helper is rebuilt with the new list and every code point is compared again: the script fails
+unless tbert and HF agree on all of them.
+
+usage: /opt/golden/bin/python tests/golden/make_unicode_exceptions.py [--build-dir DIR]
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+import tokenizers
+from tokenizers import normalizers, pre_tokenizers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HEADER = os.path.join(ROOT, "src", "unicode_exceptions.h")
+WS, OTHER, PUNCT, MN, CJK, NODECOMP, NOLOWER = 1, 2, 4, 8, 16, 32, 64
+NAMES = {WS: "UC_WS", OTHER: "UC_OTHER", PUNCT: "UC_PUNCT", MN: "UC_MN", CJK: "UC_CJK", NODECOMP: "UC_NODECOMP",
+         NOLOWER: "UC_NOLOWER"}
+
+
+def code_points():
+    return [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+
+
+def build_helper(build_dir):
+    os.makedirs(build_dir, exist_ok=True)
+    exe = os.path.join(build_dir, "dump_unicode_props")
+    src = [os.path.join(ROOT, p) for p in ("tests/golden/dump_unicode_props.c", "src/unicode_props.c",
+                                            "src/normalizer.c", "src/common.c")]
+    subprocess.run(["cc", "-std=c17", "-O2", "-D_GNU_SOURCE", "-I" + os.path.join(ROOT, "include"),
+                    "-I" + os.path.join(ROOT, "src"), "-o", exe] + src + ["-lutf8proc"], check=True)
+    return exe
+
+
+def run_helper(exe, mode):
+    out = subprocess.run([exe, mode], check=True, capture_output=True, text=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        f = line.split(" ")
+        rows[int(f[0], 16)] = f[1:]
+    return rows
+
+
+def hexlist(s):
+    return ",".join("%X" % ord(ch) for ch in s) if s else "-"
+
+
+def ask_hf(cps):
+    """cp -> [clean, cjk, strip, lower] as hex lists, and the pre-tokenizer class w/p/s."""
+    def norm(**kw):
+        base = dict(clean_text=False, handle_chinese_chars=False, strip_accents=False, lowercase=False)
+        base.update(kw)
+        return normalizers.BertNormalizer(**base)
+    ns = [norm(clean_text=True), norm(handle_chinese_chars=True), norm(strip_accents=True), norm(lowercase=True)]
+    pre = pre_tokenizers.BertPreTokenizer()
+    hf = {}
+    for c in cps:
+        s = chr(c)
+        row = [hexlist(n.normalize_str(s)) for n in ns]
+        pieces = [p for p, _ in pre.pre_tokenize_str("a" + s + "b")]
+        row.append({1: "w", 2: "s", 3: "p"}[len(pieces)])
+        hf[c] = row
+    return hf
+
+
+def emulate(c, flags, nfd, lower, fl):
+    """What tbert's C code gives for c when its flags are fl (same logic as tbert_normalize_cp)."""
+    s = ["%X" % c]
+    clean = "-" if (c in (0, 0xFFFD) or (fl & OTHER and c not in (9, 10, 13))) else ("20" if fl & WS else s[0])
+    cjk = "20,%X,20" % c if fl & CJK else s[0]
+    d = [c] if fl & NODECOMP else nfd
+    kept = [x for x in d if not (flags_of(x, c, fl) & MN)]
+    strip = ",".join("%X" % x for x in kept) if kept else "-"
+    low = s[0] if fl & NOLOWER else ",".join("%X" % x for x in lower)
+    cls = "s" if fl & WS else "p" if fl & PUNCT else "w"
+    return [clean, cjk, strip, low, cls]
+
+
+def flags_of(x, c, fl):
+    return fl if x == c else RAWFLAGS[x]
+
+
+RAWFLAGS = {}
+
+
+def derive(c, raw_flags, nfd, lower, hf):
+    """The HF flags for c, starting from the raw ones, or None when no override explains HF."""
+    fl = raw_flags
+    clean, cjk, strip, low, cls = hf
+    if c not in (0, 9, 10, 13, 0xFFFD):
+        fl = (fl | OTHER) if clean == "-" else (fl & ~OTHER)
+    fl = (fl | WS) if cls == "s" else (fl & ~WS)
+    fl = (fl | PUNCT) if cls == "p" else (fl & ~PUNCT)
+    fl = (fl | CJK) if cjk != "%X" % c else (fl & ~CJK)
+    if emulate(c, RAWFLAGS, nfd, lower, fl)[2] != strip:
+        for cand in (fl | MN, fl & ~MN, (fl | NODECOMP) & ~MN, fl | NODECOMP | MN):
+            if emulate(c, RAWFLAGS, nfd, lower, cand)[2] == strip:
+                fl = cand
+                break
+    if emulate(c, RAWFLAGS, nfd, lower, fl)[3] != low:
+        if low == "%X" % c:
+            fl |= NOLOWER
+        elif "," not in low and lower == [c]:
+            LOWER_EXTRA[c] = int(low, 16)  # a mapping HF knows and utf8proc does not
+    if c in LOWER_EXTRA:
+        lower = [LOWER_EXTRA[c]]
+    return fl if emulate(c, RAWFLAGS, nfd, lower, fl) == hf else None
+
+
+LOWER_EXTRA = {}
+
+
+def write_header(entries):
+    lines = ["/* Generated by tests/golden/make_unicode_exceptions.py from tokenizers %s; do not edit by hand." % tokenizers.__version__,
+             " * Code points where HF `tokenizers` classes differently from utf8proc %s: {lo, hi, set, clear}. */" % UTF8PROC_VERSION,
+             '#define UC_EXCEPTIONS_SOURCE "tokenizers %s vs utf8proc %s"' % (tokenizers.__version__, UTF8PROC_VERSION),
+             "static const uc_exception uc_exceptions[] = {"]
+    def fmt(bits):
+        return "|".join(NAMES[b] for b in sorted(NAMES) if bits & b) or "0"
+    for lo, hi, st, cl in entries:
+        lines.append("    {0x%04X, 0x%04X, %s, %s}," % (lo, hi, fmt(st), fmt(cl)))
+    if not entries:
+        lines.append("    {0, 0, 0, 0},")
+    lines.append("};")
+    lines.append("static const size_t uc_exceptions_count = %d;" % len(entries))
+    lines.append("/* lowercase mappings HF has and utf8proc lacks: {cp, lowercase} */")
+    lines.append("static const uint32_t uc_lower_extra[][2] = {")
+    for c in sorted(LOWER_EXTRA):
+        lines.append("    {0x%04X, 0x%04X}," % (c, LOWER_EXTRA[c]))
+    if not LOWER_EXTRA:
+        lines.append("    {0x110000, 0x110000},")
+    lines.append("};")
+    lines.append("static const size_t uc_lower_extra_count = %d;" % max(1, len(LOWER_EXTRA)))
+    with open(HEADER, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+UTF8PROC_VERSION = "?"
+
+
+def main():
+    global UTF8PROC_VERSION
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build-golden"))
+    args = ap.parse_args()
+    cps = code_points()
+    exe = build_helper(args.build_dir)
+    UTF8PROC_VERSION = subprocess.run([exe, "version"], check=True, capture_output=True, text=True).stdout.strip()
+    raw = run_helper(exe, "raw")
+    for c in cps:
+        RAWFLAGS[c] = int(raw[c][0])
+    for c in range(0xD800, 0xE000):
+        RAWFLAGS[c] = OTHER
+    print("asking tokenizers %s about %d code points..." % (tokenizers.__version__, len(cps)), file=sys.stderr)
+    hf = ask_hf(cps)
+    overrides = {}
+    unexplained = []
+    for c in cps:
+        flags, nfd_s, low_s = int(raw[c][0]), raw[c][1], raw[c][2]
+        nfd = [int(x, 16) for x in nfd_s.split(",")] if nfd_s != "-" else []
+        lower = [int(x, 16) for x in low_s.split(",")] if low_s != "-" else []
+        if emulate(c, RAWFLAGS, nfd, lower, flags) == hf[c]:
+            continue
+        fl = derive(c, flags, nfd, lower, hf[c])
+        if fl is None:
+            unexplained.append((c, hf[c], emulate(c, RAWFLAGS, nfd, lower, flags)))
+            continue
+        if fl != flags:
+            overrides[c] = (fl & ~flags, flags & ~fl)
+    for c, h, t in unexplained[:20]:
+        print("unexplained U+%04X: hf %s tbert %s" % (c, h, t), file=sys.stderr)
+    entries = []
+    for c in sorted(overrides):
+        st, cl = overrides[c]
+        if entries and entries[-1][1] == c - 1 and entries[-1][2:] == [st, cl]:
+            entries[-1][1] = c
+        else:
+            entries.append([c, c, st, cl])
+    write_header(entries)
+    print("%d code points differ, %d ranges written to %s" % (len(overrides), len(entries), HEADER), file=sys.stderr)
+    # verify with the real C code and the new list
+    exe = build_helper(args.build_dir)
+    final = run_helper(exe, "final")
+    bad = [c for c in cps if final[c] != hf[c]]
+    for c in bad[:20]:
+        print("MISMATCH U+%04X: hf %s tbert %s" % (c, hf[c], final[c]), file=sys.stderr)
+    print("verification: %d of %d code points differ" % (len(bad), len(cps)), file=sys.stderr)
+    return 1 if bad or unexplained else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

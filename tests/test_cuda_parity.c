@@ -1,0 +1,755 @@
+/* CUDA kernels and the CUDA encoder against CPU references (exit 77 without CUDA or without a device).
+ *
+ * Every kernel runs on fresh random inputs (seed printed; replay with TBERT_TEST_SEED), into outputs poisoned
+ * with NaN (all bytes 0xFF: NaN in float32 and in bf16) and framed by guard regions of a sentinel byte that
+ * must survive. References are float64 loops written here. The fused attention is also checked against the
+ * unfused one, and the whole encoder (random weights, Tiny-BERT and MiniLM shapes) against the CPU backend.
+ * Tolerances (CONVENTIONS.md): fp32 ||d||/||ref|| < 1e-5 and |d| <= 1e-4 per element; tf32 ratio < 1e-3;
+ * bf16 ratio < 2e-2. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+#include "tbert/encoder.h"
+#include "tbert/model.h"
+
+#if TBERT_HAVE_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "tbert/cuda_kernels.h"
+
+#define CK(call)                                                                                                 \
+    do {                                                                                                         \
+        int rc_ = (int)(call);                                                                                   \
+        if (rc_) fail_msg("%s failed: %s (%s:%d)", #call, tbert_cuda_error_string(rc_), __FILE__, __LINE__);     \
+    } while (0)
+#define CKB(call)                                                                                                \
+    do {                                                                                                         \
+        int st_ = (int)(call);                                                                                   \
+        if (st_)                                                                                                 \
+            fail_msg("%s failed: %s (%s:%d)", #call, tbert_cuda_error_string(TBERT_CUDA_CUBLAS_BASE + st_),      \
+                     __FILE__, __LINE__);                                                                        \
+    } while (0)
+
+/* ---- tolerances ---- */
+typedef struct {
+    double atol, rtol, ratio;
+} tol;
+static const tol TOL_FP32 = {1e-4, 0.0, 1e-5};
+static const tol TOL_TF32 = {5e-2, 5e-2, 1e-3};
+static const tol TOL_BF16 = {2e-1, 1e-1, 2e-2};
+
+static double norm_ratio(const float *got, const double *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)got[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void expect_close(const char *what, const float *got, const double *ref, size_t n, tol t) {
+    size_t bad = tu_compare_f64(what, got, ref, n, t.atol, t.rtol);
+    double r = norm_ratio(got, ref, n);
+    if (bad || !(r < t.ratio)) fail_msg("%s: %zu elements outside tolerance, norm ratio %.3g (limit %.3g)", what, bad, r, t.ratio);
+}
+
+/* ---- bf16 on the host (round to nearest even, as __float2bfloat16) ---- */
+static uint16_t f2bf(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static float bf2f(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static size_t dt_size(tbert_cuda_dtype dt) {
+    return dt == TBERT_CUDA_BF16 ? 2 : 4;
+}
+static const char *dt_name(tbert_cuda_dtype dt) {
+    return dt == TBERT_CUDA_BF16 ? "bf16" : "fp32";
+}
+static tol dt_tol(tbert_cuda_dtype dt) {
+    return dt == TBERT_CUDA_BF16 ? TOL_BF16 : TOL_FP32;
+}
+
+/* ---- guarded device buffers ---- */
+enum { GUARD = 256 };
+static const unsigned char SENTINEL = 0xA5;
+typedef struct {
+    unsigned char *base;
+    size_t bytes;
+    void *p;
+} gbuf;
+
+static gbuf g_alloc(size_t bytes) {
+    gbuf g = {NULL, bytes, NULL};
+    CK(cudaMalloc((void **)&g.base, bytes + 2 * GUARD));
+    CK(cudaMemset(g.base, SENTINEL, GUARD));
+    CK(cudaMemset(g.base + GUARD + bytes, SENTINEL, GUARD));
+    CK(cudaMemset(g.base + GUARD, 0xFF, bytes)); /* NaN poison */
+    g.p = g.base + GUARD;
+    return g;
+}
+static void g_check(const gbuf *g, const char *what) {
+    unsigned char front[GUARD], back[GUARD];
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(front, g->base, GUARD, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(back, g->base + GUARD + g->bytes, GUARD, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < GUARD; i++)
+        if (front[i] != SENTINEL || back[i] != SENTINEL) fail_msg("%s: write outside the output buffer", what);
+}
+static void g_free(gbuf *g) {
+    if (g->base) cudaFree(g->base);
+    g->base = NULL;
+}
+
+/* Uploads n floats as dt; for bf16 the host values are rounded in place so references see what the GPU sees. */
+static gbuf up_act(float *host, size_t n, tbert_cuda_dtype dt) {
+    gbuf g = g_alloc(n * dt_size(dt));
+    if (dt == TBERT_CUDA_BF16) {
+        uint16_t *h = malloc(n * 2 + 2);
+        assert_non_null(h);
+        for (size_t i = 0; i < n; i++) {
+            h[i] = f2bf(host[i]);
+            host[i] = bf2f(h[i]);
+        }
+        CK(cudaMemcpy(g.p, h, n * 2, cudaMemcpyHostToDevice));
+        free(h);
+    } else {
+        CK(cudaMemcpy(g.p, host, n * 4, cudaMemcpyHostToDevice));
+    }
+    return g;
+}
+static gbuf up_bytes(const void *host, size_t bytes) {
+    gbuf g = g_alloc(bytes);
+    CK(cudaMemcpy(g.p, host, bytes, cudaMemcpyHostToDevice));
+    return g;
+}
+/* Downloads n elements of dt as float (caller frees). */
+static float *down_act(const gbuf *g, size_t n, tbert_cuda_dtype dt) {
+    float *out = malloc(n * 4 + 4);
+    assert_non_null(out);
+    CK(cudaDeviceSynchronize());
+    if (dt == TBERT_CUDA_BF16) {
+        uint16_t *h = malloc(n * 2 + 2);
+        assert_non_null(h);
+        CK(cudaMemcpy(h, g->p, n * 2, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < n; i++) out[i] = bf2f(h[i]);
+        free(h);
+    } else {
+        CK(cudaMemcpy(out, g->p, n * 4, cudaMemcpyDeviceToHost));
+    }
+    return out;
+}
+
+static float *rand_vec(tu_rng *r, size_t n, float scale, float offset) {
+    float *v = malloc(n * sizeof *v + 4);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++) v[i] = offset + scale * tu_normal(r);
+    return v;
+}
+static double *dvec(size_t n) {
+    double *v = calloc(n + 1, sizeof *v);
+    assert_non_null(v);
+    return v;
+}
+static int rand_int(tu_rng *r, int lo, int hi) { /* inclusive */
+    return lo + (int)(tu_next(r) % (uint64_t)(hi - lo + 1));
+}
+/* lengths in [1, T] with the extremes present when B allows; zero_at >= 0 puts a 0 there */
+static int32_t *rand_lengths(tu_rng *r, int B, int T, int zero_at) {
+    int32_t *len = malloc((size_t)B * sizeof *len);
+    assert_non_null(len);
+    for (int b = 0; b < B; b++) len[b] = rand_int(r, 1, T);
+    if (B > 1) len[0] = T;
+    if (B > 2) len[1] = 1;
+    if (zero_at >= 0 && zero_at < B) len[zero_at] = 0;
+    return len;
+}
+
+/* ---- references (float64) ---- */
+static void ref_layernorm(double *out, const double *x, const float *g, const float *b, double eps, int H) {
+    double mean = 0, var = 0;
+    for (int c = 0; c < H; c++) mean += x[c];
+    mean /= H;
+    for (int c = 0; c < H; c++) var += (x[c] - mean) * (x[c] - mean);
+    var /= H;
+    double rstd = 1.0 / sqrt(var + eps);
+    for (int c = 0; c < H; c++) out[c] = (x[c] - mean) * rstd * g[c] + b[c];
+}
+static double ref_gelu(double x) {
+    return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+}
+
+static uint64_t g_seed(void **state) {
+    return *(uint64_t *)*state;
+}
+
+/* TBERT_CUDA_PARITY_SMALL=1 (compute-sanitizer runs): only shapes of at most 1100 tokens / rows. */
+static bool small_only(void) {
+    const char *s = getenv("TBERT_CUDA_PARITY_SMALL");
+    return s && *s && strcmp(s, "0") != 0;
+}
+
+/* ================= kernels ================= */
+
+static void test_convert(void **state) {
+    tu_rng r = {g_seed(state) ^ 1};
+    const size_t n = 1025;
+    float *x = rand_vec(&r, n, 3.0f, 0.0f);
+    x[0] = 0.0f;
+    x[1] = -0.0f;
+    x[2] = 1e-30f;
+    x[3] = 3.0e38f;
+    gbuf din = up_bytes(x, n * 4), dbf = g_alloc(n * 2), dback = g_alloc(n * 4);
+    CK(tbert_cuda_f32_to_bf16((uint16_t *)dbf.p, (const float *)din.p, n, NULL));
+    CK(tbert_cuda_to_f32((float *)dback.p, dbf.p, TBERT_CUDA_BF16, n, NULL));
+    g_check(&dbf, "f32_to_bf16");
+    g_check(&dback, "to_f32");
+    uint16_t *h = malloc(n * 2);
+    float *back = malloc(n * 4);
+    CK(cudaMemcpy(h, dbf.p, n * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(back, dback.p, n * 4, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; i++) {
+        if (h[i] != f2bf(x[i])) fail_msg("f32_to_bf16[%zu]: %04x, expected %04x (from %g)", i, h[i], f2bf(x[i]), x[i]);
+        if (back[i] != bf2f(h[i])) fail_msg("to_f32[%zu]: %g, expected %g", i, back[i], bf2f(h[i]));
+    }
+    free(h);
+    free(back);
+    free(x);
+    g_free(&din);
+    g_free(&dbf);
+    g_free(&dback);
+}
+
+static void check_embeddings(tu_rng *r, tbert_cuda_dtype dt, int B, int T, int H, int V) {
+    float *word = rand_vec(r, (size_t)V * H, 1.0f, 0.0f), *pos = rand_vec(r, (size_t)T * H, 1.0f, 0.0f);
+    float *type = rand_vec(r, 2 * (size_t)H, 1.0f, 0.0f), *g = rand_vec(r, H, 0.2f, 1.0f), *b = rand_vec(r, H, 0.2f, 0.0f);
+    size_t N = (size_t)B * T;
+    int32_t *ids = malloc(N * sizeof *ids);
+    for (size_t i = 0; i < N; i++) ids[i] = rand_int(r, 0, V - 1);
+    const float eps = 1e-12f;
+    gbuf dw = up_bytes(word, (size_t)V * H * 4), dp = up_bytes(pos, (size_t)T * H * 4), dty = up_bytes(type, 2 * (size_t)H * 4);
+    gbuf dg = up_bytes(g, H * 4), db = up_bytes(b, H * 4), di = up_bytes(ids, N * 4), dout = g_alloc(N * H * dt_size(dt));
+    CK(tbert_cuda_embeddings_ln(dout.p, dt, (const int32_t *)di.p, dw.p, dp.p, dty.p, dg.p, db.p, eps, B, T, H, V, NULL));
+    g_check(&dout, "embeddings_ln");
+    float *got = down_act(&dout, N * H, dt);
+    double *ref = dvec(N * H), *row = dvec(H);
+    for (size_t i = 0; i < N; i++) {
+        int t = (int)(i % (size_t)T);
+        for (int c = 0; c < H; c++) row[c] = (double)word[(size_t)ids[i] * H + c] + pos[(size_t)t * H + c] + type[c];
+        ref_layernorm(ref + i * H, row, g, b, eps, H);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "embeddings_ln %s B=%d T=%d H=%d", dt_name(dt), B, T, H);
+    expect_close(what, got, ref, N * H, dt_tol(dt));
+    free(got), free(ref), free(row), free(word), free(pos), free(type), free(g), free(b), free(ids);
+    gbuf *all[] = {&dw, &dp, &dty, &dg, &db, &di, &dout};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) g_free(all[i]);
+}
+
+static void test_embeddings(void **state) {
+    tu_rng r = {g_seed(state) ^ 2};
+    for (int k = 0; k < 2; k++) {
+        tbert_cuda_dtype dt = k ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
+        check_embeddings(&r, dt, 3, 7, 128, 50);
+        check_embeddings(&r, dt, 1, 1, 384, 30);
+        check_embeddings(&r, dt, 2, 128, 100, 1000);
+    }
+}
+
+/* mode 0: x + bias + residual into a fresh buffer; 1: no bias, no residual; 2: in place (out == residual) */
+static void check_layernorm(tu_rng *r, tbert_cuda_dtype dt, int rows, int H, int mode) {
+    size_t n = (size_t)rows * H;
+    float *x = rand_vec(r, n, 2.0f, 0.5f), *res = rand_vec(r, n, 1.0f, 0.0f), *bias = rand_vec(r, H, 0.5f, 0.0f);
+    float *g = rand_vec(r, H, 0.2f, 1.0f), *b = rand_vec(r, H, 0.2f, 0.0f);
+    const float eps = 1e-12f;
+    gbuf dx = up_act(x, n, dt), dres = up_act(res, n, dt), dbias = up_bytes(bias, H * 4), dg = up_bytes(g, H * 4), db = up_bytes(b, H * 4);
+    gbuf dout = mode == 2 ? dres : g_alloc(n * dt_size(dt));
+    CK(tbert_cuda_bias_residual_ln(dout.p, dx.p, mode == 1 ? NULL : (const float *)dbias.p, mode == 1 ? NULL : dres.p,
+                                   dg.p, db.p, eps, dt, rows, H, NULL));
+    g_check(&dout, "bias_residual_ln");
+    float *got = down_act(&dout, n, dt);
+    double *ref = dvec(n), *row = dvec(H);
+    for (int i = 0; i < rows; i++) {
+        for (int c = 0; c < H; c++) {
+            size_t k = (size_t)i * H + c;
+            row[c] = mode == 1 ? (double)x[k] : (double)x[k] + bias[c] + res[k];
+        }
+        ref_layernorm(ref + (size_t)i * H, row, g, b, eps, H);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "bias_residual_ln %s rows=%d H=%d mode=%d", dt_name(dt), rows, H, mode);
+    expect_close(what, got, ref, n, dt_tol(dt));
+    free(got), free(ref), free(row), free(x), free(res), free(bias), free(g), free(b);
+    g_free(&dx), g_free(&dres), g_free(&dbias), g_free(&dg), g_free(&db);
+    if (mode != 2) g_free(&dout);
+}
+
+static void test_layernorm(void **state) {
+    tu_rng r = {g_seed(state) ^ 3};
+    for (int k = 0; k < 2; k++) {
+        tbert_cuda_dtype dt = k ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
+        for (int mode = 0; mode < 3; mode++) {
+            check_layernorm(&r, dt, 1, 128, mode);
+            check_layernorm(&r, dt, 7, 384, mode);
+            if (!small_only()) check_layernorm(&r, dt, 1025, 1000, mode);
+            check_layernorm(&r, dt, 3, 33, mode);
+        }
+    }
+}
+
+/* op 0: bias + gelu, 1: bias add, 2: bias + tanh (float32 only) */
+static void check_bias_op(tu_rng *r, tbert_cuda_dtype dt, int rows, int cols, int op) {
+    size_t n = (size_t)rows * cols;
+    float *x = rand_vec(r, n, 2.0f, 0.0f), *bias = rand_vec(r, cols, 1.0f, 0.0f);
+    gbuf dx = up_act(x, n, dt), db = up_bytes(bias, cols * 4);
+    if (op == 0) CK(tbert_cuda_bias_gelu(dx.p, db.p, dt, rows, cols, NULL));
+    else if (op == 1) CK(tbert_cuda_bias_add(dx.p, db.p, dt, rows, cols, NULL));
+    else CK(tbert_cuda_bias_tanh(dx.p, db.p, rows, cols, NULL));
+    g_check(&dx, "bias op");
+    float *got = down_act(&dx, n, dt);
+    double *ref = dvec(n);
+    for (size_t i = 0; i < n; i++) {
+        double v = (double)x[i] + bias[i % (size_t)cols];
+        ref[i] = op == 0 ? ref_gelu(v) : op == 1 ? v : tanh(v);
+    }
+    static const char *names[] = {"bias_gelu", "bias_add", "bias_tanh"};
+    char what[128];
+    snprintf(what, sizeof what, "%s %s rows=%d cols=%d", names[op], dt_name(dt), rows, cols);
+    expect_close(what, got, ref, n, dt_tol(dt));
+    free(got), free(ref), free(x), free(bias);
+    g_free(&dx), g_free(&db);
+}
+
+static void test_elementwise(void **state) {
+    tu_rng r = {g_seed(state) ^ 4};
+    for (int k = 0; k < 2; k++) {
+        tbert_cuda_dtype dt = k ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
+        for (int op = 0; op < 2; op++) {
+            check_bias_op(&r, dt, 7, 1536, op);
+            check_bias_op(&r, dt, 1, 129, op);
+            check_bias_op(&r, dt, 1025, 33, op);
+        }
+    }
+    check_bias_op(&r, TBERT_CUDA_F32, 5, 384, 2);
+    check_bias_op(&r, TBERT_CUDA_F32, 1, 7, 2);
+}
+
+static void check_linear(tu_rng *r, cublasHandle_t h, tbert_cuda_gemm_mode mode, int rows, int in, int out) {
+    tbert_cuda_dtype dt = mode == TBERT_CUDA_GEMM_BF16 ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
+    float *x = rand_vec(r, (size_t)rows * in, 1.0f, 0.0f), *W = rand_vec(r, (size_t)out * in, (float)(1.0 / sqrt(in)), 0.0f);
+    gbuf dx = up_act(x, (size_t)rows * in, dt), dW = up_act(W, (size_t)out * in, dt), dy = g_alloc((size_t)rows * out * dt_size(dt));
+    CK(tbert_cuda_linear(h, mode, dy.p, dx.p, dW.p, rows, in, out));
+    g_check(&dy, "linear");
+    float *got = down_act(&dy, (size_t)rows * out, dt);
+    double *ref = dvec((size_t)rows * out);
+    for (int i = 0; i < rows; i++)
+        for (int o = 0; o < out; o++) {
+            double s = 0;
+            for (int k = 0; k < in; k++) s += (double)x[(size_t)i * in + k] * W[(size_t)o * in + k];
+            ref[(size_t)i * out + o] = s;
+        }
+    static const char *names[] = {"fp32", "tf32", "bf16"};
+    char what[128];
+    snprintf(what, sizeof what, "linear %s rows=%d in=%d out=%d", names[mode], rows, in, out);
+    expect_close(what, got, ref, (size_t)rows * out,
+                 mode == TBERT_CUDA_GEMM_FP32 ? TOL_FP32 : mode == TBERT_CUDA_GEMM_TF32 ? TOL_TF32 : TOL_BF16);
+    free(got), free(ref), free(x), free(W);
+    g_free(&dx), g_free(&dW), g_free(&dy);
+}
+
+static void test_linear(void **state) {
+    tu_rng r = {g_seed(state) ^ 5};
+    cublasHandle_t h;
+    CKB(cublasCreate(&h));
+    for (int mode = 0; mode < 3; mode++) {
+        check_linear(&r, h, (tbert_cuda_gemm_mode)mode, 7, 384, 1152);
+        check_linear(&r, h, (tbert_cuda_gemm_mode)mode, 1, 128, 128);
+        if (!small_only()) check_linear(&r, h, (tbert_cuda_gemm_mode)mode, 1025, 64, 96);
+        check_linear(&r, h, (tbert_cuda_gemm_mode)mode, 3, 1536, 384);
+    }
+    cublasDestroy(h);
+}
+
+/* attention reference: qkv [B,T,3H] (float values as the GPU sees them) */
+static void ref_attention(double *ctx, const float *qkv, const int32_t *len, int B, int T, int A, int d) {
+    const int H = A * d;
+    double *p = dvec(T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < A; h++)
+            for (int i = 0; i < T; i++) {
+                double *o = ctx + ((size_t)b * T + i) * H + (size_t)h * d;
+                for (int c = 0; c < d; c++) o[c] = 0;
+                if (len[b] == 0) continue;
+                const float *q = qkv + ((size_t)b * T + i) * 3 * H + (size_t)h * d;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j < len[b]; j++) {
+                    const float *k = qkv + ((size_t)b * T + j) * 3 * H + H + (size_t)h * d;
+                    double s = 0;
+                    for (int c = 0; c < d; c++) s += (double)q[c] * k[c];
+                    p[j] = s / sqrt((double)d);
+                    if (p[j] > mx) mx = p[j];
+                }
+                for (int j = 0; j < len[b]; j++) sum += (p[j] = exp(p[j] - mx));
+                for (int j = 0; j < len[b]; j++) {
+                    const float *v = qkv + ((size_t)b * T + j) * 3 * H + 2 * H + (size_t)h * d;
+                    for (int c = 0; c < d; c++) o[c] += p[j] / sum * v[c];
+                }
+            }
+    free(p);
+}
+
+static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B, int T, int A, int d) {
+    const int H = A * d;
+    const size_t n3 = (size_t)B * T * 3 * H, n = (size_t)B * T * H;
+    float *qkv = rand_vec(r, n3, 1.0f, 0.0f), *bias = rand_vec(r, 3 * (size_t)H, 0.5f, 0.0f);
+    int32_t *len = rand_lengths(r, B, T, B > 3 ? 2 : -1);
+    const bool use_bias = (B + T) % 2 == 0; /* half the cases run with the fused Q|K|V bias */
+    gbuf dq = up_act(qkv, n3, dt), dl = up_bytes(len, (size_t)B * 4), db = up_bytes(bias, 3 * (size_t)H * 4);
+    const float *bp = use_bias ? (const float *)db.p : NULL;
+    /* the reference sees the values the kernels see: the stored qkv (bf16-rounded when bf16) plus the bias */
+    float *qkvb = malloc(n3 * sizeof *qkvb);
+    assert_non_null(qkvb);
+    for (size_t i = 0; i < n3; i++) qkvb[i] = (float)((double)qkv[i] + (use_bias ? bias[i % (3 * (size_t)H)] : 0.0));
+    gbuf df = g_alloc(n * dt_size(dt)), d1 = g_alloc(n * dt_size(dt)), du = g_alloc(n * dt_size(dt));
+    gbuf dw = g_alloc(tbert_cuda_attention_unfused_work_floats(B, T, A, d) * 4);
+    CK(tbert_cuda_attention_fused(df.p, dq.p, bp, dl.p, dt, B, T, A, d, NULL));
+    CK(tbert_cuda_attention_fused_v1(d1.p, dq.p, bp, dl.p, dt, B, T, A, d, NULL));
+    CKB(cublasSetStream(h, NULL));
+    CK(tbert_cuda_attention_unfused(h, TBERT_CUDA_GEMM_FP32, du.p, dq.p, bp, dl.p, dw.p, dt, B, T, A, d, NULL));
+    g_check(&df, "attention fused");
+    g_check(&d1, "attention fused v1");
+    g_check(&du, "attention unfused");
+    float *gf = down_act(&df, n, dt), *g1 = down_act(&d1, n, dt), *gu = down_act(&du, n, dt);
+    double *ref = dvec(n), *uref = dvec(n);
+    ref_attention(ref, qkvb, len, B, T, A, d);
+    char what[160];
+    snprintf(what, sizeof what, "attention fused %s B=%d T=%d heads=%d d=%d", dt_name(dt), B, T, A, d);
+    expect_close(what, gf, ref, n, dt_tol(dt));
+    snprintf(what, sizeof what, "attention fused v1 %s B=%d T=%d heads=%d d=%d", dt_name(dt), B, T, A, d);
+    expect_close(what, g1, ref, n, dt_tol(dt));
+    snprintf(what, sizeof what, "attention unfused %s B=%d T=%d heads=%d d=%d", dt_name(dt), B, T, A, d);
+    expect_close(what, gu, ref, n, dt_tol(dt));
+    for (size_t i = 0; i < n; i++) uref[i] = gu[i];
+    snprintf(what, sizeof what, "attention fused vs unfused %s B=%d T=%d heads=%d d=%d", dt_name(dt), B, T, A, d);
+    expect_close(what, gf, uref, n, dt_tol(dt));
+    free(gf), free(g1), free(gu), free(ref), free(uref), free(qkv), free(qkvb), free(bias), free(len);
+    g_free(&dq), g_free(&dl), g_free(&db), g_free(&df), g_free(&d1), g_free(&du), g_free(&dw);
+}
+
+static void test_attention(void **state) {
+    tu_rng r = {g_seed(state) ^ 6};
+    cublasHandle_t h;
+    CKB(cublasCreate(&h));
+    static const int cases[][4] = {
+        /* B, T, heads, d */
+        {1, 1, 2, 64},   {3, 7, 2, 64},   {5, 7, 12, 32},  {2, 128, 12, 32}, {1, 512, 12, 32},
+        {1, 512, 2, 64}, {1000, 7, 2, 64}, {4, 130, 3, 48}, {4, 33, 1, 128},  {6, 45, 4, 20},
+        {3, 40, 5, 6},   {2, 64, 2, 100}, /* head sizes that are not multiples of 4 or 32 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        if (small_only() && cases[i][0] * cases[i][1] > 1100) continue;
+        check_attention(&r, h, TBERT_CUDA_F32, cases[i][0], cases[i][1], cases[i][2], cases[i][3]);
+        if (i % 2 == 1) check_attention(&r, h, TBERT_CUDA_BF16, cases[i][0], cases[i][1], cases[i][2], cases[i][3]);
+    }
+    cublasDestroy(h);
+}
+
+static void check_pool(tu_rng *r, tbert_cuda_dtype dt, tbert_cuda_pool_kind kind, int B, int T, int H, int out_T) {
+    const size_t n = (size_t)B * T * H, dim = kind == TBERT_CUDA_POOL_FLATTEN ? (size_t)out_T * H : (size_t)H;
+    float *x = rand_vec(r, n, 1.0f, 0.0f);
+    int32_t *len = rand_lengths(r, B, T, kind == TBERT_CUDA_POOL_MEAN && B > 3 ? 3 : -1);
+    gbuf dx = up_act(x, n, dt), dl = up_bytes(len, (size_t)B * 4), dout = g_alloc((size_t)B * dim * 4);
+    CK(tbert_cuda_pool(dout.p, dim, dx.p, dl.p, kind, dt, B, T, H, out_T, NULL));
+    g_check(&dout, "pool");
+    float *got = down_act(&dout, (size_t)B * dim, TBERT_CUDA_F32);
+    double *ref = dvec((size_t)B * dim);
+    for (int b = 0; b < B; b++) {
+        double *o = ref + (size_t)b * dim;
+        const float *xb = x + (size_t)b * T * H;
+        if (kind == TBERT_CUDA_POOL_MEAN) {
+            for (int c = 0; c < H; c++) {
+                double s = 0;
+                for (int t = 0; t < len[b]; t++) s += xb[(size_t)t * H + c];
+                o[c] = len[b] ? s / len[b] : 0.0;
+            }
+        } else if (kind == TBERT_CUDA_POOL_CLS) {
+            for (int c = 0; c < H; c++) o[c] = xb[c];
+        } else {
+            for (size_t j = 0; j < dim; j++) o[j] = (int)(j / (size_t)H) < len[b] ? xb[j] : 0.0;
+        }
+    }
+    char what[128];
+    snprintf(what, sizeof what, "pool kind=%d %s B=%d T=%d H=%d out_T=%d", (int)kind, dt_name(dt), B, T, H, out_T);
+    expect_close(what, got, ref, (size_t)B * dim, TOL_FP32); /* float32 sums of exact inputs */
+    free(got), free(ref), free(x), free(len);
+    g_free(&dx), g_free(&dl), g_free(&dout);
+}
+
+static void test_pooling(void **state) {
+    tu_rng r = {g_seed(state) ^ 7};
+    for (int k = 0; k < 2; k++) {
+        tbert_cuda_dtype dt = k ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
+        for (int kind = 0; kind < 3; kind++) {
+            check_pool(&r, dt, (tbert_cuda_pool_kind)kind, 5, 7, 128, 9);
+            check_pool(&r, dt, (tbert_cuda_pool_kind)kind, 1, 1, 384, 1);
+            if (!small_only()) check_pool(&r, dt, (tbert_cuda_pool_kind)kind, 1000, 3, 33, 4);
+        }
+    }
+    /* L2 normalisation, a zero row included */
+    const int rows = 4, dim = 1000;
+    float *x = rand_vec(&r, (size_t)rows * dim, 1.0f, 0.0f);
+    memset(x + dim, 0, dim * sizeof *x);
+    gbuf dx = up_bytes(x, (size_t)rows * dim * 4);
+    CK(tbert_cuda_l2_normalize(dx.p, rows, dim, NULL));
+    g_check(&dx, "l2_normalize");
+    float *got = down_act(&dx, (size_t)rows * dim, TBERT_CUDA_F32);
+    double *ref = dvec((size_t)rows * dim);
+    for (int i = 0; i < rows; i++) {
+        double ss = 0;
+        for (int j = 0; j < dim; j++) ss += (double)x[i * dim + j] * x[i * dim + j];
+        for (int j = 0; j < dim; j++) ref[i * dim + j] = ss > 0 ? x[i * dim + j] / sqrt(ss) : 0.0;
+    }
+    expect_close("l2_normalize", got, ref, (size_t)rows * dim, TOL_FP32);
+    free(got), free(ref), free(x);
+    g_free(&dx);
+}
+
+/* ================= the whole encoder ================= */
+
+typedef struct {
+    tbert_model m;
+    float *arena;
+} rand_model;
+
+static float *take(float **cur, size_t n) {
+    float *p = *cur;
+    *cur += n;
+    return p;
+}
+static void fill(tu_rng *r, float *p, size_t n, float scale, float offset) {
+    for (size_t i = 0; i < n; i++) p[i] = offset + scale * tu_normal(r);
+}
+
+static rand_model *random_model(tu_rng *r, int L, int H, int A, int I, int V, int P) {
+    rand_model *rm = calloc(1, sizeof *rm);
+    assert_non_null(rm);
+    tbert_config *c = &rm->m.cfg;
+    *c = (tbert_config){.vocab_size = V, .hidden = H, .layers = L, .heads = A, .intermediate = I, .max_position = P,
+                        .type_vocab_size = 2, .pad_token_id = 0, .layer_norm_eps = 1e-12f};
+    size_t per_layer = 4 * (size_t)H * H + 2 * (size_t)H * I + 9 * (size_t)H + I;
+    size_t total = (size_t)(V + P + 2 + 2) * H + (size_t)L * per_layer + (size_t)H * H + H;
+    rm->arena = malloc(total * sizeof(float));
+    rm->m.layer = calloc((size_t)L, sizeof *rm->m.layer);
+    assert_non_null(rm->arena);
+    assert_non_null(rm->m.layer);
+    float *cur = rm->arena, *p;
+    const float ws = (float)(1.0 / sqrt(H)), wi = (float)(1.0 / sqrt(I));
+#define TAKE(dst, n, scale, off) (p = take(&cur, (n)), fill(r, p, (n), (scale), (off)), (dst) = p)
+    TAKE(rm->m.word_emb, (size_t)V * H, 1.0f, 0.0f);
+    TAKE(rm->m.pos_emb, (size_t)P * H, 0.5f, 0.0f);
+    TAKE(rm->m.type_emb, 2 * (size_t)H, 0.5f, 0.0f);
+    TAKE(rm->m.emb_ln_g, H, 0.1f, 1.0f);
+    TAKE(rm->m.emb_ln_b, H, 0.1f, 0.0f);
+    for (int l = 0; l < L; l++) {
+        tbert_layer_weights *w = &rm->m.layer[l];
+        TAKE(w->q_w, (size_t)H * H, ws, 0.0f);
+        TAKE(w->q_b, H, 0.1f, 0.0f);
+        TAKE(w->k_w, (size_t)H * H, ws, 0.0f);
+        TAKE(w->k_b, H, 0.1f, 0.0f);
+        TAKE(w->v_w, (size_t)H * H, ws, 0.0f);
+        TAKE(w->v_b, H, 0.1f, 0.0f);
+        TAKE(w->attn_out_w, (size_t)H * H, ws, 0.0f);
+        TAKE(w->attn_out_b, H, 0.1f, 0.0f);
+        TAKE(w->attn_ln_g, H, 0.1f, 1.0f);
+        TAKE(w->attn_ln_b, H, 0.1f, 0.0f);
+        TAKE(w->inter_w, (size_t)I * H, ws, 0.0f);
+        TAKE(w->inter_b, I, 0.1f, 0.0f);
+        TAKE(w->out_w, (size_t)H * I, wi, 0.0f);
+        TAKE(w->out_b, H, 0.1f, 0.0f);
+        TAKE(w->out_ln_g, H, 0.1f, 1.0f);
+        TAKE(w->out_ln_b, H, 0.1f, 0.0f);
+    }
+    TAKE(rm->m.pooler_w, (size_t)H * H, ws, 0.0f);
+    TAKE(rm->m.pooler_b, H, 0.1f, 0.0f);
+#undef TAKE
+    assert_true((size_t)(cur - rm->arena) <= total);
+    rm->m.arena = rm->arena;
+    rm->m.arena_floats = total;
+    static char dir[] = "random-model";
+    rm->m.dir = dir;
+    strcpy(rm->m.weights_dtype, "F32");
+    return rm;
+}
+static void free_model(rand_model *rm) {
+    free(rm->arena);
+    free(rm->m.layer);
+    free(rm);
+}
+
+static tbert_encoder *make_encoder(const tbert_model *m, tbert_device_kind kind, tbert_precision prec) {
+    tbert_encoder_opts o = tbert_encoder_default_opts();
+    o.device.kind = kind;
+    o.device.index = 0;
+    o.precision = prec;
+    o.quiet = true;
+    tbert_encoder *e = NULL;
+    tbert_error err = {0};
+    if (tbert_encoder_create(m, &o, &e, &err) != TBERT_OK) fail_msg("encoder create: %s", err.msg);
+    return e;
+}
+
+static void encoder_case(tu_rng *r, const tbert_model *m, tbert_encoder *cpu, tbert_encoder *gpu[3], int B, int T,
+                         const char *name) {
+    const int H = m->cfg.hidden;
+    const size_t N = (size_t)B * T;
+    int32_t *ids = malloc(N * sizeof *ids), *len = rand_lengths(r, B, T, -1);
+    for (size_t i = 0; i < N; i++) ids[i] = rand_int(r, 0, m->cfg.vocab_size - 1);
+    float *ref = malloc(N * H * sizeof *ref), *got = malloc(N * H * sizeof *got);
+    double *dref = dvec(N * H);
+    tbert_error err = {0};
+    if (tbert_encoder_forward(cpu, B, T, ids, len, ref, &err)) fail_msg("cpu forward: %s", err.msg);
+    for (size_t i = 0; i < N * H; i++) dref[i] = ref[i];
+    static const tol *tols[3] = {&TOL_FP32, &TOL_TF32, &TOL_BF16};
+    for (int p = 0; p < 3; p++) {
+        if (!gpu[p]) continue;
+        memset(got, 0xFF, N * H * sizeof *got); /* NaN poison: every element must be written */
+        if (tbert_encoder_forward(gpu[p], B, T, ids, len, got, &err)) fail_msg("cuda forward: %s", err.msg);
+        char what[160];
+        snprintf(what, sizeof what, "encoder %s %s hidden B=%d T=%d", name, tbert_precision_name((tbert_precision)p), B, T);
+        expect_close(what, got, dref, N * H, *tols[p]);
+        /* padded rows are zero in both */
+        for (int b = 0; b < B; b++)
+            for (size_t j = (size_t)len[b] * H; j < (size_t)T * H; j++)
+                if (got[(size_t)b * T * H + j] != 0.0f) fail_msg("%s: padded row not zero (seq %d)", what, b);
+    }
+    /* pooled features through the front end: every pooling, with and without normalisation (fp32) */
+    if (gpu[0]) {
+        for (int pool = 0; pool < TBERT_POOL_COUNT; pool++) {
+            int out_T = pool == TBERT_POOL_FLATTEN ? T + 3 : T;
+            size_t dim = tbert_pool_dim(m, (tbert_pool)pool, out_T);
+            float *pc = malloc((size_t)B * dim * sizeof *pc), *pg = malloc((size_t)B * dim * sizeof *pg);
+            double *pd = dvec((size_t)B * dim);
+            for (int norm = 0; norm < 2; norm++) {
+                if (tbert_encoder_pool_batch(cpu, B, T, ids, len, (tbert_pool)pool, out_T, norm, pc, &err))
+                    fail_msg("cpu pool: %s", err.msg);
+                memset(pg, 0xFF, (size_t)B * dim * sizeof *pg);
+                if (tbert_encoder_pool_batch(gpu[0], B, T, ids, len, (tbert_pool)pool, out_T, norm, pg, &err))
+                    fail_msg("cuda pool: %s", err.msg);
+                for (size_t i = 0; i < (size_t)B * dim; i++) pd[i] = pc[i];
+                char what[160];
+                snprintf(what, sizeof what, "encoder %s pool %s%s B=%d T=%d", name, tbert_pool_name((tbert_pool)pool),
+                         norm ? "+norm" : "", B, T);
+                expect_close(what, pg, pd, (size_t)B * dim, TOL_FP32);
+            }
+            free(pc), free(pg), free(pd);
+        }
+    }
+    free(ids), free(len), free(ref), free(got), free(dref);
+}
+
+static void run_encoder_config(void **state, uint64_t salt, const char *name, int L, int H, int A, int I,
+                               const int (*shapes)[2], size_t nshapes) {
+    tu_rng r = {g_seed(state) ^ salt};
+    rand_model *rm = random_model(&r, L, H, A, I, 500, 512);
+    tbert_encoder *cpu = make_encoder(&rm->m, TBERT_DEVICE_CPU, TBERT_PREC_FP32);
+    tbert_encoder *gpu[3];
+    for (int p = 0; p < 3; p++) gpu[p] = make_encoder(&rm->m, TBERT_DEVICE_CUDA, (tbert_precision)p);
+    for (size_t i = 0; i < nshapes; i++)
+        if (!small_only() || shapes[i][0] * shapes[i][1] <= 64) encoder_case(&r, &rm->m, cpu, gpu, shapes[i][0], shapes[i][1], name);
+    for (int p = 0; p < 3; p++) tbert_encoder_free(gpu[p]);
+    /* the unfused attention path and a many-chunk pipeline (40 tokens per chunk), fp32 */
+    setenv("TBERT_CUDA_ATTENTION", "unfused", 1);
+    setenv("TBERT_CUDA_CHUNK_TOKENS", "40", 1);
+    tbert_encoder *alt[3] = {make_encoder(&rm->m, TBERT_DEVICE_CUDA, TBERT_PREC_FP32), NULL, NULL};
+    unsetenv("TBERT_CUDA_ATTENTION");
+    unsetenv("TBERT_CUDA_CHUNK_TOKENS");
+    encoder_case(&r, &rm->m, cpu, alt, 37, 7, name);
+    if (!small_only()) encoder_case(&r, &rm->m, cpu, alt, 3, 128, name);
+    tbert_encoder_free(alt[0]);
+    /* device out of memory for the arena (simulated above 300 kB): the batch is halved until it fits */
+    setenv("TBERT_CUDA_FAKE_OOM_BYTES", "300000", 1);
+    tbert_encoder *oom[3] = {make_encoder(&rm->m, TBERT_DEVICE_CUDA, TBERT_PREC_FP32), NULL, NULL};
+    unsetenv("TBERT_CUDA_FAKE_OOM_BYTES");
+    encoder_case(&r, &rm->m, cpu, oom, 50, 7, name);
+    tbert_encoder_free(oom[0]);
+    /* the first fused attention version, fp32 and bf16 */
+    setenv("TBERT_CUDA_ATTENTION", "fused1", 1);
+    tbert_encoder *v1[3] = {make_encoder(&rm->m, TBERT_DEVICE_CUDA, TBERT_PREC_FP32), NULL,
+                            make_encoder(&rm->m, TBERT_DEVICE_CUDA, TBERT_PREC_BF16)};
+    unsetenv("TBERT_CUDA_ATTENTION");
+    encoder_case(&r, &rm->m, cpu, v1, 5, 33, name);
+    tbert_encoder_free(v1[0]);
+    tbert_encoder_free(v1[2]);
+    tbert_encoder_free(cpu);
+    free_model(rm);
+}
+
+static void test_encoder_tiny_bert(void **state) {
+    static const int shapes[][2] = {{1, 1}, {3, 7}, {4, 128}, {2, 512}, {1000, 7}, {300, 128}};
+    run_encoder_config(state, 8, "tiny-bert", 2, 128, 2, 512, shapes, sizeof shapes / sizeof *shapes);
+}
+
+static void test_encoder_minilm(void **state) {
+    static const int shapes[][2] = {{1, 1}, {3, 7}, {4, 128}, {2, 512}, {1000, 7}};
+    run_encoder_config(state, 9, "minilm", 6, 384, 12, 1536, shapes, sizeof shapes / sizeof *shapes);
+}
+
+static void test_encoder_errors(void **state) {
+    tu_rng r = {g_seed(state) ^ 10};
+    rand_model *rm = random_model(&r, 1, 64, 2, 128, 50, 16);
+    tbert_encoder *gpu = make_encoder(&rm->m, TBERT_DEVICE_CUDA, TBERT_PREC_FP32);
+    tbert_error err = {0};
+    int32_t ids[4] = {1, 2, 3, 4}, bad_len[2] = {3, 0}, ok_len[2] = {2, 2}, bad_ids[4] = {1, 50, 3, 4};
+    float out[4 * 64];
+    assert_int_equal(tbert_encoder_forward(gpu, 2, 2, ids, bad_len, out, &err), TBERT_E_ARG);
+    assert_int_equal(tbert_encoder_forward(gpu, 2, 2, bad_ids, ok_len, out, &err), TBERT_E_ARG);
+    assert_int_equal(tbert_encoder_forward(gpu, 1, 17, ids, ok_len, out, &err), TBERT_E_ARG);
+    tbert_encoder_free(gpu);
+    tbert_encoder_opts o = tbert_encoder_default_opts();
+    o.device.kind = TBERT_DEVICE_CUDA;
+    o.device.index = 1000;
+    tbert_encoder *none = NULL;
+    assert_int_equal(tbert_encoder_create(&rm->m, &o, &none, &err), TBERT_E_NODEV);
+    assert_null(none);
+    free_model(rm);
+}
+#endif /* TBERT_HAVE_CUDA */
+
+int main(void) {
+#if !TBERT_HAVE_CUDA
+    printf("test_cuda_parity: skipped (built without CUDA)\n");
+    return TEST_SKIP;
+#else
+    if (tbert_cuda_device_count_impl() <= 0) {
+        printf("test_cuda_parity: skipped (no CUDA device)\n");
+        return TEST_SKIP;
+    }
+    static uint64_t seed;
+    seed = tu_seed_from_env("test_cuda_parity");
+    const struct CMUnitTest kernels[] = {
+        cmocka_unit_test_prestate(test_convert, &seed),   cmocka_unit_test_prestate(test_embeddings, &seed),
+        cmocka_unit_test_prestate(test_layernorm, &seed), cmocka_unit_test_prestate(test_elementwise, &seed),
+        cmocka_unit_test_prestate(test_linear, &seed),    cmocka_unit_test_prestate(test_attention, &seed),
+        cmocka_unit_test_prestate(test_pooling, &seed),   cmocka_unit_test_prestate(test_encoder_errors, &seed),
+    };
+    const struct CMUnitTest encoders[] = {
+        cmocka_unit_test_prestate(test_encoder_tiny_bert, &seed),
+        cmocka_unit_test_prestate(test_encoder_minilm, &seed),
+    };
+    int fails = cmocka_run_group_tests_name("cuda kernels", kernels, NULL, NULL);
+    fails += cmocka_run_group_tests_name("cuda encoder", encoders, NULL, NULL);
+    return fails ? 1 : 0;
+#endif
+}

@@ -1,0 +1,196 @@
+/* The featurizer on a small committed model: the dense block is the mean of the windows' pooled vectors
+ * (computed here independently through tbert_make_windows + tbert_encoder_pool), the lexical and evidence
+ * blocks are the documented hashed log1p counts, L2-normalised; the feature cache returns the same bytes;
+ * the recipe JSON round-trips and refuses unknown versions and bad fields. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "tbert/fileio.h"
+#include "tbert/recipe.h"
+#include "tbert/tokenizer.h"
+
+static uint64_t fmix64(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ull;
+    k ^= k >> 33;
+    return k;
+}
+static uint64_t fnv1a64(const char *s, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    return h;
+}
+static void log1p_l2_ref(double *v, int n) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) {
+        v[i] = log1p(v[i]);
+        ss += v[i] * v[i];
+    }
+    for (int i = 0; i < n && ss > 0; i++) v[i] /= sqrt(ss);
+}
+
+static tbert_model *load_model(void) {
+    char dir[512];
+    tu_tests_path("models/bert_tiny_shape", dir, sizeof dir);
+    tbert_model *m = NULL;
+    tbert_error err;
+    if (tbert_model_load(dir, &m, &err)) {
+        print_message("skip: %s\n", err.msg);
+        return NULL;
+    }
+    return m;
+}
+
+static void test_featurizer_blocks(void **state) {
+    tbert_model *m = load_model();
+    if (!m) skip();
+    tbert_error err;
+    tbert_recipe r;
+    assert_int_equal(tbert_recipe_preset("text", &r, &err), TBERT_OK);
+    r.max_len = 8; /* 6 content tokens per window: the longer texts need several windows */
+    r.windows = 3;
+    r.normalize = true;
+    r.lexical_dim = 64;
+    r.evidence = TBERT_EVIDENCE_BLOCK;
+    r.evidence_dim = 16;
+    assert_int_equal(tbert_recipe_bind_model(&r, m, &err), TBERT_OK);
+    tbert_encoder_opts eo = tbert_encoder_default_opts();
+    eo.device.kind = TBERT_DEVICE_CPU;
+    eo.quiet = true;
+    tbert_encoder *enc;
+    assert_int_equal(tbert_encoder_create(m, &eo, &enc, &err), TBERT_OK);
+    tbert_featurizer *fz;
+    assert_int_equal(tbert_featurizer_create(&r, m, enc, &fz, &err), TBERT_OK);
+    const int H = m->cfg.hidden, D = (int)tbert_featurizer_dim(fz);
+    assert_int_equal(D, H + 64 + 16);
+    const char *texts[4] = {"win a free prize now call to claim your cash today", "", "see you at lunch",
+                            "free free free free prize prize cash claim claim claim claim now now now now now now now"};
+    const char *ev[4] = {"from_domain:example.com rcvd_hops:3", NULL, "", "mailer:x mailer:x from_domain:a.b"};
+    tbert_doc docs[4];
+    for (int i = 0; i < 4; i++) docs[i] = (tbert_doc){texts[i], strlen(texts[i]), ev[i]};
+    float *X = malloc(sizeof(float) * 4 * D);
+    int seen[4];
+    assert_int_equal(tbert_featurize(fz, 4, docs, X, seen, &err), TBERT_OK);
+    for (int i = 0; i < 4; i++) {
+        tbert_i32vec ids = {0}, win = {0};
+        assert_int_equal(tbert_tokenize(m->vocab, texts[i], strlen(texts[i]), &ids, &err), TBERT_OK);
+        assert_int_equal(seen[i], (int)ids.n);
+        size_t starts[3];
+        int lens[3], nw;
+        assert_int_equal(tbert_make_windows(m->vocab, ids.v, ids.n, 8, 3, &win, starts, lens, &nw, &err), TBERT_OK);
+        if (i == 0 || i == 3) assert_true(nw >= 2);
+        const int32_t *seqs[3];
+        for (int w = 0; w < nw; w++) seqs[w] = win.v + starts[w];
+        float pooled[3 * 256];
+        assert_int_equal(tbert_encoder_pool(enc, nw, seqs, lens, 8, TBERT_POOL_MEAN, false, pooled, &err), TBERT_OK);
+        double ref[256], ss = 0;
+        for (int h = 0; h < H; h++) {
+            ref[h] = 0;
+            for (int w = 0; w < nw; w++) ref[h] += pooled[w * H + h];
+            ref[h] /= nw;
+            ss += ref[h] * ref[h];
+        }
+        for (int h = 0; h < H; h++) ref[h] /= sqrt(ss); /* normalize: after averaging */
+        char what[64];
+        snprintf(what, sizeof what, "dense block doc %d", i);
+        assert_int_equal(tu_compare_f64(what, X + (size_t)i * D, ref, (size_t)H, 1e-6, 1e-5), 0);
+        double lex[64] = {0}, evb[16] = {0};
+        for (size_t k = 0; k < ids.n; k++) lex[fmix64((uint64_t)ids.v[k] + 1) % 64] += 1;
+        log1p_l2_ref(lex, 64);
+        snprintf(what, sizeof what, "lexical block doc %d", i);
+        assert_int_equal(tu_compare_f64(what, X + (size_t)i * D + H, lex, 64, 1e-7, 1e-6), 0);
+        const char *e = ev[i] ? ev[i] : "";
+        for (const char *p = e; *p;) {
+            while (*p == ' ') p++;
+            const char *s = p;
+            while (*p && *p != ' ') p++;
+            if (p > s) evb[fmix64(fnv1a64(s, (size_t)(p - s))) % 16] += 1;
+        }
+        log1p_l2_ref(evb, 16);
+        snprintf(what, sizeof what, "evidence block doc %d", i);
+        assert_int_equal(tu_compare_f64(what, X + (size_t)i * D + H + 64, evb, 16, 1e-7, 1e-6), 0);
+        tbert_i32vec_free(&ids);
+        tbert_i32vec_free(&win);
+    }
+    /* the cache: a miss writes, a hit returns the same bytes; another lexical_dim reuses the dense block */
+    char cache[] = "/tmp/tbert_featcache_XXXXXX";
+    assert_non_null(mkdtemp(cache));
+    setenv("TBERT_CACHE", cache, 1);
+    float *Y = malloc(sizeof(float) * 4 * D), *Z = malloc(sizeof(float) * 4 * D);
+    bool hit = true;
+    assert_int_equal(tbert_featurize_cached(fz, 4, docs, NULL, NULL, Y, &hit, &err), TBERT_OK);
+    assert_false(hit);
+    assert_memory_equal(X, Y, sizeof(float) * 4 * D);
+    memset(Z, 0xff, sizeof(float) * 4 * D);
+    assert_int_equal(tbert_featurize_cached(fz, 4, docs, NULL, NULL, Z, &hit, &err), TBERT_OK);
+    assert_true(hit);
+    assert_memory_equal(X, Z, sizeof(float) * 4 * D);
+    /* a different text: a different key, a miss */
+    tbert_doc other = {"other", 5, NULL};
+    assert_int_equal(tbert_featurize_cached(fz, 1, &other, NULL, NULL, Z, &hit, &err), TBERT_OK);
+    assert_false(hit);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
+    assert_int_equal(system(cmd), 0);
+    free(X);
+    free(Y);
+    free(Z);
+    tbert_featurizer_free(fz);
+    tbert_encoder_free(enc);
+    tbert_model_free(m);
+}
+
+static void test_recipe_json(void **state) {
+    tbert_recipe r, back;
+    tbert_error err;
+    assert_int_equal(tbert_recipe_preset("mail", &r, &err), TBERT_OK);
+    snprintf(r.model_hash, sizeof r.model_hash, "%064d", 7);
+    snprintf(r.vocab_hash, sizeof r.vocab_hash, "%064d", 9);
+    r.model_hidden = 384;
+    r.model_layers = 6;
+    r.layers = 4;
+    r.n_labels = 2;
+    snprintf(r.labels[0], TBERT_MAX_LABEL_LEN, "ham");
+    snprintf(r.labels[1], TBERT_MAX_LABEL_LEN, "spam \"quoted\"");
+    r.positive = 1;
+    r.threshold = 0.123456789f;
+    char *j = tbert_recipe_to_json(&r);
+    assert_non_null(j);
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_OK);
+    assert_memory_equal(&r, &back, sizeof r); /* every field, the float threshold bit for bit */
+    assert_int_equal(tbert_recipe_dim(&back), 384 + 4096);
+    free(j);
+    const char *bad[][2] = {
+        {"{\"recipe_version\":2}", "recipe_version 2"},
+        {"[1,2]", "not a JSON object"},
+        {"{\"recipe_version\":1,\"name\":\"x\"}", "model_hash"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(tbert_recipe_from_json(bad[i][0], "t", &back, &err), TBERT_OK);
+        if (!strstr(err.msg, bad[i][1])) fail_msg("'%s': message '%s' lacks '%s'", bad[i][0], err.msg, bad[i][1]);
+    }
+    /* a field with a bad value: pooling */
+    r.positive = 1;
+    j = tbert_recipe_to_json(&r);
+    char *p = strstr(j, "\"mean\"");
+    assert_non_null(p);
+    memcpy(p, "\"mode\"", 6);
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
+    assert_non_null(strstr(err.msg, "pooling"));
+    free(j);
+    assert_int_equal(tbert_recipe_preset("bogus", &r, &err), TBERT_E_ARG);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_featurizer_blocks),
+        cmocka_unit_test(test_recipe_json),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# CLI contract of train/eval/predict on a tiny committed model: usage errors exit 2 with one line on stderr,
+# --json shapes, predict's output, a head refused for a model it does not fit, --resume with nothing to
+# resume, and a read-only output folder (clear one-line error, previous checkpoint kept).
+set -u
+BIN=${TBERT_BIN:?TBERT_BIN not set}
+TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
+PY=${TBERT_PYTHON:-python3}
+MODEL=$TESTS/models/bert_tiny_shape
+OTHER=$TESTS/models/minilm_like_f16   # same vocabulary, hidden 192 instead of 128
+DATA=$TESTS/data/head/tiny.tsv
+[ -f "$MODEL/model.safetensors" ] || { echo "skip: $MODEL missing"; exit 77; }
+TMP=$(mktemp -d /tmp/tbert_train_cli.XXXXXX)
+cleanup() { chattr -i "$TMP/ro" 2>/dev/null; chmod -R u+w "$TMP" 2>/dev/null; rm -rf "$TMP"; }
+trap cleanup EXIT
+export TBERT_CACHE=$TMP/cache
+fail=0
+T=(--model "$MODEL" --data "$DATA" --max-len 32 --hidden 8 --epochs 3 --batch 8 --quiet)
+
+# usage and input errors: exit 2, exactly one line on stderr, nothing on stdout
+expect_usage() { # description args...
+    local what=$1; shift
+    "$BIN" "$@" >"$TMP/out" 2>"$TMP/err"
+    local rc=$?
+    if [ $rc -ne 2 ]; then echo "FAIL: $what: exit $rc, expected 2"; fail=1; fi
+    if [ "$(wc -l <"$TMP/err")" -ne 1 ]; then echo "FAIL: $what: stderr is not one line:"; cat "$TMP/err"; fail=1; fi
+    if [ -s "$TMP/out" ]; then echo "FAIL: $what: wrote to stdout"; fail=1; fi
+    grep -qF -e "${EXPECT:-tbert}" "$TMP/err" || { echo "FAIL: $what: message lacks '${EXPECT:-}': $(cat "$TMP/err")"; fail=1; }
+}
+EXPECT="--out" expect_usage "no --out" train --model "$MODEL" --data "$DATA"
+EXPECT="--lr" expect_usage "bad --lr" train "${T[@]}" --out "$TMP/x" --lr abc
+EXPECT="unknown option" expect_usage "unknown option" train --bogus
+EXPECT="nosuch.tsv" expect_usage "missing data file" train "${T[@]/$DATA/$TMP/nosuch.tsv}" --out "$TMP/x"
+EXPECT="--threshold" expect_usage "bad threshold" train "${T[@]}" --out "$TMP/x" --threshold fpr=7
+EXPECT="--recipe" expect_usage "bad recipe" train "${T[@]}" --out "$TMP/x" --recipe nope
+EXPECT="--positive" expect_usage "unknown positive label" train "${T[@]}" --out "$TMP/x" --positive eggs
+EXPECT="max_len" expect_usage "max_len beyond the model" train "${T[@]}" --out "$TMP/x" --max-len 100
+EXPECT="--head" expect_usage "eval without --head" eval --model "$MODEL" --data "$DATA"
+EXPECT="best.safetensors" expect_usage "eval of a missing head" eval --model "$MODEL" --head "$TMP/none" --data "$DATA"
+EXPECT="--head" expect_usage "predict without --head" predict --model "$MODEL"
+for c in train eval predict; do
+    "$BIN" $c --help >"$TMP/help" 2>&1 && grep -q "usage: tbert $c" "$TMP/help" || { echo "FAIL: $c --help"; fail=1; }
+done
+
+# --resume with nothing to resume: starts fresh, says so in one line, succeeds
+"$BIN" train "${T[@]}" --out "$TMP/ck" --resume --json >"$TMP/train.json" 2>"$TMP/err" || { echo "FAIL: fresh --resume: $(cat "$TMP/err")"; fail=1; }
+grep -q "nothing to resume" "$TMP/err" || { echo "FAIL: fresh --resume did not say so"; fail=1; }
+
+# --json shapes (train: eval's shape for the test split, plus the rest)
+"$PY" - "$TMP/train.json" <<'PYEOF' || fail=1
+import json, sys
+o = json.load(open(sys.argv[1]))
+for k in ("accuracy", "roc_auc", "pr_auc", "threshold", "confusion", "per_class", "train", "val", "test", "best_epoch"):
+    assert k in o, "train --json lacks " + k
+assert set(o["per_class"]) == {"ham", "spam"}, o["per_class"]
+assert set(o["per_class"]["spam"]) == {"precision", "recall", "f1", "support"}, o["per_class"]["spam"]
+assert o["split"] == "test" and o["test"]["accuracy"] == o["accuracy"]
+c = o["confusion"]
+assert len(c) == 2 and sum(map(sum, c)) == o["test"]["n"] == 8, c
+PYEOF
+"$BIN" eval --model "$MODEL" --head "$TMP/ck" --data "$DATA" --json >"$TMP/eval.json" 2>"$TMP/err" || { echo "FAIL: eval: $(cat "$TMP/err")"; fail=1; }
+"$PY" - "$TMP/eval.json" "$TMP/ck/best.safetensors" <<'PYEOF' || fail=1
+import json, struct, sys
+o = json.load(open(sys.argv[1]))
+for k in ("accuracy", "roc_auc", "pr_auc", "threshold", "confusion", "per_class"):
+    assert k in o, "eval --json lacks " + k
+assert sum(map(sum, o["confusion"])) == 40
+assert o["per_class"]["spam"]["support"] == 20 and o["per_class"]["ham"]["support"] == 20
+b = open(sys.argv[2], "rb").read()
+meta = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])["__metadata__"]
+assert abs(o["threshold"] - float(meta["threshold"])) < 1e-6, (o["threshold"], meta["threshold"])
+# accuracy is consistent with the confusion matrix
+assert abs(o["accuracy"] - (o["confusion"][0][0] + o["confusion"][1][1]) / 40) < 1e-12
+PYEOF
+# eval --min-accuracy: exit 1 when below
+"$BIN" eval --model "$MODEL" --head "$TMP/ck" --data "$DATA" --min-accuracy 1.0 >/dev/null 2>&1
+rc=$?; acc=$("$PY" -c "import json;print(json.load(open('$TMP/eval.json'))['accuracy'])")
+if [ "$acc" != "1.0" ] && [ $rc -ne 1 ]; then echo "FAIL: --min-accuracy 1.0 with accuracy $acc exited $rc"; fail=1; fi
+
+# predict: one line out per line in, label<TAB>probability, same probabilities in any batch size
+printf 'win a free prize now\nsee you at lunch\n\nclaim your cash\n' >"$TMP/in.txt"
+"$BIN" predict --model "$MODEL" --head "$TMP/ck" <"$TMP/in.txt" >"$TMP/p1" 2>"$TMP/err" || { echo "FAIL: predict: $(cat "$TMP/err")"; fail=1; }
+"$BIN" predict --model "$MODEL" --head "$TMP/ck" --batch 1 <"$TMP/in.txt" >"$TMP/p2" 2>/dev/null
+[ "$(wc -l <"$TMP/p1")" -eq 4 ] || { echo "FAIL: predict wrote $(wc -l <"$TMP/p1") lines for 4"; fail=1; }
+grep -qvP '^(ham|spam)\t[01]\.[0-9]{6}$' "$TMP/p1" && { echo "FAIL: predict line format:"; cat "$TMP/p1"; fail=1; }
+cmp -s "$TMP/p1" "$TMP/p2" || { echo "FAIL: predict differs between batch sizes"; fail=1; }
+
+# a head refused for a model it does not fit (hidden 192 vs 128): one line, exit 2
+EXPECT="hidden size" expect_usage "recipe mismatch (eval)" eval --model "$OTHER" --head "$TMP/ck" --data "$DATA"
+EXPECT="hidden size" expect_usage "recipe mismatch (predict)" predict --model "$OTHER" --head "$TMP/ck"
+# a checkpoint with an unknown recipe_version is refused
+"$PY" - "$TMP/ck/best.safetensors" "$TMP/v99" <<'PYEOF'
+import json, os, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); r = json.loads(h["__metadata__"]["recipe"]); r["recipe_version"] = 99
+h["__metadata__"]["recipe"] = json.dumps(r)
+hb = json.dumps(h).encode(); hb += b" " * ((8 - len(hb) % 8) % 8)
+os.makedirs(sys.argv[2], exist_ok=True)
+open(os.path.join(sys.argv[2], "best.safetensors"), "wb").write(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
+PYEOF
+EXPECT="recipe_version 99" expect_usage "unknown recipe_version" eval --model "$MODEL" --head "$TMP/v99" --data "$DATA"
+
+# read-only output folder: one-line error naming it, exit 2, the previous checkpoint untouched
+"$BIN" train "${T[@]}" --out "$TMP/ro" >/dev/null 2>&1 || { echo "FAIL: train into ro"; fail=1; }
+cp "$TMP/ro/best.safetensors" "$TMP/best.before"
+if [ "$(id -u)" -eq 0 ]; then chattr +i "$TMP/ro" 2>/dev/null; else chmod a-w "$TMP/ro"; fi
+if touch "$TMP/ro/probe" 2>/dev/null; then
+    rm -f "$TMP/ro/probe"; echo "note: cannot make a read-only folder here; that check skipped"
+else
+    EXPECT="$TMP/ro" expect_usage "read-only output folder" train "${T[@]}" --out "$TMP/ro" --seed 5
+    cmp -s "$TMP/ro/best.safetensors" "$TMP/best.before" || { echo "FAIL: previous best.safetensors changed"; fail=1; }
+fi
+chattr -i "$TMP/ro" 2>/dev/null; chmod u+w "$TMP/ro"
+[ $fail -eq 0 ] && echo ok
+exit $fail

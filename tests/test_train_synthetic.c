@@ -1,0 +1,139 @@
+/* End to end on synthetic features: a separable set reaches 100% training accuracy (linear and MLP heads,
+ * binary and 3 classes); with shuffled labels the test accuracy stays at chance; the stratified split keeps
+ * class proportions and is a partition. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+#include "tbert/train.h"
+
+static void make_blobs(tu_rng *r, int n, int D, int C, float sep, float *X, int *y) {
+    for (int i = 0; i < n; i++) {
+        y[i] = i % C;
+        for (int d = 0; d < D; d++) X[(size_t)i * D + d] = tu_normal(r) * 0.5f + (d == y[i] ? sep : 0.0f);
+    }
+}
+
+static void fit_and_check(int hidden, int C, uint64_t seed) {
+    tu_rng r = {seed};
+    int n = 240, D = 12;
+    float *X = malloc(sizeof(float) * n * D);
+    int *y = malloc(sizeof(int) * n);
+    make_blobs(&r, n, D, C, 4.0f, X, y);
+    int *tr, *va, *te, ntr, nva, nte;
+    assert_int_equal(tbert_split_stratified(n, y, C, 0.1, 0.2, seed, &tr, &ntr, &va, &nva, &te, &nte, NULL), TBERT_OK);
+    tbert_fit_data d = {.n_classes = C, .positive = C == 2 ? 1 : -1, .dim = (size_t)D, .X = X, .y = y, .n_train = ntr,
+                        .n_val = nva, .n_test = nte, .train_idx = tr, .val_idx = va, .test_idx = te};
+    tbert_hparams hp;
+    tbert_hparams_preset("text", &hp);
+    hp.hidden = hidden;
+    hp.dropout = 0;
+    hp.epochs = 40;
+    hp.lr = 1e-2;
+    hp.progress = TBERT_PROGRESS_OFF;
+    hp.seed = seed;
+    tbert_fit_result res;
+    tbert_error err;
+    tbert_status st = tbert_fit(&d, &hp, NULL, &res, &err);
+    if (st) fail_msg("fit: %s", err.msg);
+    print_message("hidden=%d C=%d: train acc %.4f val %.4f test %.4f best epoch %d\n", hidden, C, res.train.accuracy,
+                  res.val.accuracy, res.test.accuracy, res.best_epoch);
+    assert_float_equal(res.train.accuracy, 1.0, 0);
+    assert_true(res.test.accuracy >= 0.95);
+    assert_true(res.train_loss[hp.epochs - 1] < res.train_loss[0]);
+    tbert_fit_result_free(&res);
+    free(tr);
+    free(va);
+    free(te);
+    free(X);
+    free(y);
+}
+
+static void test_separable(void **state) {
+    uint64_t seed = tu_seed_from_env("test_train_synthetic");
+    fit_and_check(0, 2, seed);
+    fit_and_check(16, 2, seed + 1);
+    fit_and_check(0, 3, seed + 2);
+    fit_and_check(16, 3, seed + 3);
+}
+
+static void test_shuffled_labels_chance(void **state) {
+    uint64_t seed = tu_seed_from_env("test_train_shuffled");
+    tu_rng r = {seed};
+    int n = 600, D = 20;
+    float *X = malloc(sizeof(float) * n * D);
+    int *y = malloc(sizeof(int) * n);
+    for (int i = 0; i < n * D; i++) X[i] = tu_normal(&r);
+    for (int i = 0; i < n; i++) y[i] = (int)(tu_next(&r) & 1); /* labels independent of X */
+    int *tr, *va, *te, ntr, nva, nte;
+    assert_int_equal(tbert_split_stratified(n, y, 2, 0.15, 0.3, seed, &tr, &ntr, &va, &nva, &te, &nte, NULL), TBERT_OK);
+    tbert_fit_data d = {.n_classes = 2, .positive = 1, .dim = (size_t)D, .X = X, .y = y, .n_train = ntr, .n_val = nva,
+                        .n_test = nte, .train_idx = tr, .val_idx = va, .test_idx = te};
+    tbert_hparams hp;
+    tbert_hparams_preset("text", &hp);
+    hp.hidden = 32;
+    hp.epochs = 30;
+    hp.lr = 3e-3;
+    hp.progress = TBERT_PROGRESS_OFF;
+    hp.threshold = "0.5";
+    tbert_fit_result res;
+    tbert_error err;
+    assert_int_equal(tbert_fit(&d, &hp, NULL, &res, &err), TBERT_OK);
+    /* chance is 0.5; 4 standard deviations of a binomial over the test split */
+    double bound = 0.5 + 4 * sqrt(0.25 / nte);
+    print_message("shuffled: train acc %.3f (memorised) test acc %.3f (bound %.3f), test ROC-AUC %.3f\n",
+                  res.train_acc[hp.epochs - 1], res.test.accuracy, bound, res.test.roc_auc);
+    assert_true(res.test.accuracy <= bound);
+    assert_true(res.test.roc_auc <= 0.5 + 4 * sqrt(1.0 / (3.0 * nte)));
+    tbert_fit_result_free(&res);
+    free(tr);
+    free(va);
+    free(te);
+    free(X);
+    free(y);
+}
+
+static void test_split(void **state) {
+    int n = 1003, y[1003];
+    for (int i = 0; i < n; i++) y[i] = i % 10 == 0 ? 1 : (i % 10 < 4 ? 2 : 0); /* 10% / 30% / 60% */
+    int *tr, *va, *te, ntr, nva, nte;
+    assert_int_equal(tbert_split_stratified(n, y, 3, 0.1, 0.2, 42, &tr, &ntr, &va, &nva, &te, &nte, NULL), TBERT_OK);
+    assert_int_equal(ntr + nva + nte, n);
+    char *seen = calloc(n, 1);
+    int cnt[3][3] = {{0}};
+    for (int i = 0; i < ntr; i++) seen[tr[i]]++, cnt[0][y[tr[i]]]++;
+    for (int i = 0; i < nva; i++) seen[va[i]]++, cnt[1][y[va[i]]]++;
+    for (int i = 0; i < nte; i++) seen[te[i]]++, cnt[2][y[te[i]]]++;
+    for (int i = 0; i < n; i++) assert_int_equal(seen[i], 1);
+    for (int i = 1; i < ntr; i++) assert_true(tr[i - 1] < tr[i]);
+    /* class 1 has 101 items: round(20.2) = 20 test, round(10.1) = 10 val */
+    assert_int_equal(cnt[2][1], 20);
+    assert_int_equal(cnt[1][1], 10);
+    assert_int_equal(cnt[0][1], 71);
+    /* same seed, same split; another seed, another split */
+    int *tr2, *va2, *te2, a, b2, c;
+    assert_int_equal(tbert_split_stratified(n, y, 3, 0.1, 0.2, 42, &tr2, &a, &va2, &b2, &te2, &c, NULL), TBERT_OK);
+    assert_memory_equal(te, te2, sizeof(int) * nte);
+    free(tr2), free(va2), free(te2);
+    assert_int_equal(tbert_split_stratified(n, y, 3, 0.1, 0.2, 43, &tr2, &a, &va2, &b2, &te2, &c, NULL), TBERT_OK);
+    assert_memory_not_equal(te, te2, sizeof(int) * nte);
+    free(tr2), free(va2), free(te2);
+    /* zero fractions allowed; fractions summing to 1 are not */
+    free(tr), free(va), free(te);
+    assert_int_equal(tbert_split_stratified(n, y, 3, 0, 0, 1, &tr, &ntr, &va, &nva, &te, &nte, NULL), TBERT_OK);
+    assert_int_equal(ntr, n);
+    free(tr), free(va), free(te);
+    tbert_error err;
+    assert_int_equal(tbert_split_stratified(n, y, 3, 0.5, 0.5, 1, &tr, &ntr, &va, &nva, &te, &nte, &err), TBERT_E_ARG);
+    free(seen);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_separable),
+        cmocka_unit_test(test_shuffled_labels_chance),
+        cmocka_unit_test(test_split),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
