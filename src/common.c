@@ -22,6 +22,9 @@ tbert_status tbert_fail(tbert_error *err, tbert_status code, const char *fmt, ..
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
+        /* messages quote file contents: keep them one printable line */
+        for (char *c = err->msg; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
         err->code = code;
     }
     return code;

@@ -100,8 +100,18 @@ tbert_status tbert_atomic_open(const char *path, tbert_atomic_file **out, tbert_
     return TBERT_OK;
 }
 
+/* Fault injection for the disk-full tests: TBERT_TEST_FAIL_WRITE=PATTERN makes every atomic write to a
+ * path containing PATTERN fail as a full disk would (ENOSPC), after the temp file was created. */
+static bool injected_write_failure(const char *path) {
+    const char *pat = getenv("TBERT_TEST_FAIL_WRITE");
+    return pat && *pat && strstr(path, pat) != NULL;
+}
+
 tbert_status tbert_atomic_write(tbert_atomic_file *f, const void *data, size_t len, tbert_error *err) {
-    return write_all(f->fd, data, len, f->tmp ? f->tmp : f->path, err);
+    const char *path = f->tmp ? f->tmp : f->path;
+    if (injected_write_failure(f->path))
+        return tbert_fail(err, TBERT_E_IO, "%s: write failed: %s", path, strerror(ENOSPC));
+    return write_all(f->fd, data, len, path, err);
 }
 
 static void free_atomic(tbert_atomic_file *f) {

@@ -325,7 +325,7 @@ static void more_evidence(GMimeMessage *msg, GMimeHeaderList *hl, int nh, GStrin
         const char *name = h ? g_mime_header_get_name(h) : NULL;
         if (!name || !*name || !g_ascii_strncasecmp(name, "X-Spam", 6)) continue;
         char *lower = g_ascii_strdown(name, -1);
-        if (!g_hash_table_contains(seen, lower)) {
+        if (!g_hash_table_contains(seen, lower) && g_hash_table_size(seen) < 64) { /* bounded: hostile mail */
             evidence(ev, "hdr", lower);
             g_hash_table_add(seen, lower);
         } else {

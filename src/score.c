@@ -204,10 +204,10 @@ static bool csv_first_two(const char *line, size_t n, GString *source, uint64_t 
     return true;
 }
 
-/* Reads the existing output: drops a partly written last line (truncating the file), collects the
+/* Reads the existing output: drops a partly written last line (truncating the file), counts the
  * (source, offset) pairs of the complete records. *existed: a non-empty output was found. */
-static tbert_status load_done(const char *path, tbert_score_format fmt, GHashTable *done, bool *existed, bool *has_header,
-                              tbert_error *err) {
+static tbert_status load_done(const char *path, tbert_score_format fmt, GHashTable *done, uint64_t *n_records, bool *existed,
+                              bool *has_header, tbert_error *err) {
     *existed = false;
     *has_header = false;
     int fd = open(path, O_RDWR | O_CLOEXEC);
@@ -282,7 +282,11 @@ static tbert_status load_done(const char *path, tbert_score_format fmt, GHashTab
             return tbert_fail(err, TBERT_E_FORMAT, "%s:%lld: not a tbert score %s record; cannot --resume from it", path,
                               (long long)line_no, fmt == TBERT_SCORE_CSV ? "CSV" : "JSONL");
         }
-        g_hash_table_add(done, done_key(src->str, offset));
+        /* counted: an input named twice has its (source, offset) pairs twice in the output */
+        char *key = done_key(src->str, offset);
+        guint c = GPOINTER_TO_UINT(g_hash_table_lookup(done, key));
+        g_hash_table_insert(done, key, GUINT_TO_POINTER(c + 1));
+        (*n_records)++;
         pos = end + 1;
     }
     g_string_free(src, TRUE);
@@ -327,20 +331,31 @@ static void slot_clear(slot *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* Takes one occurrence of (source, offset) out of the done counts; true when there was one. */
+static bool take_done(GHashTable *done, const char *source, uint64_t offset) {
+    char *key = done_key(source, offset);
+    gpointer orig, val;
+    bool seen = g_hash_table_lookup_extended(done, key, &orig, &val);
+    if (seen) {
+        guint c = GPOINTER_TO_UINT(val);
+        if (c <= 1) g_hash_table_remove(done, key);
+        else g_hash_table_insert(done, g_strdup(key), GUINT_TO_POINTER(c - 1));
+    }
+    g_free(key);
+    return seen;
+}
+
 /* tbert_input_opts.skip: the item is in the existing output (called on the reader thread only) */
 static bool skip_done(void *ctx, const char *source, uint64_t offset) {
     pipeline *p = ctx;
     if (g_hash_table_size(p->done) == 0) return false;
-    char *key = done_key(source, offset);
-    bool seen = g_hash_table_remove(p->done, key);
-    g_free(key);
+    bool seen = take_done(p->done, source, offset);
     if (seen) p->skipped++;
     return seen;
 }
 
 static void *reader_main(void *arg) {
     pipeline *p = arg;
-    char *key = NULL;
     for (;;) {
         tbert_input_item item;
         tbert_error e;
@@ -361,10 +376,7 @@ static void *reader_main(void *arg) {
         }
         /* items the reader could not skip unread (error items, whole-file reads) are checked here */
         if (p->done && g_hash_table_size(p->done) > 0) {
-            key = done_key(item.source, item.offset);
-            bool seen = g_hash_table_remove(p->done, key);
-            g_free(key);
-            if (seen) {
+            if (take_done(p->done, item.source, item.offset)) {
                 tbert_input_item_free(&item);
                 p->skipped++;
                 continue;
@@ -516,14 +528,15 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
     int fd = STDOUT_FILENO;
     if (!to_stdout) {
         if (opts->resume) {
-            st = load_done(opts->out_path, opts->format, done, &existed, &has_header, err);
+            uint64_t n_done = 0;
+            st = load_done(opts->out_path, opts->format, done, &n_done, &existed, &has_header, err);
             if (st) {
                 g_hash_table_destroy(done);
                 return st;
             }
             if (!existed) fprintf(stderr, "tbert score: --resume: %s holds no records yet, starting fresh\n", opts->out_path);
             else
-                fprintf(stderr, "tbert score: --resume: %u records already in %s are skipped\n", g_hash_table_size(done),
+                fprintf(stderr, "tbert score: --resume: %llu records already in %s are skipped\n", (unsigned long long)n_done,
                         opts->out_path);
         }
         fd = open(opts->out_path, O_WRONLY | O_CREAT | O_CLOEXEC | (opts->resume ? O_APPEND : O_TRUNC), 0644);

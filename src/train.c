@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "head_cuda.h"
 #include "tbert/checkpoint.h"
 #include "tbert/fileio.h"
 
@@ -20,6 +21,7 @@ void tbert_hparams_preset(const char *name, tbert_hparams *hp) {
     hp->seed = 42;
     hp->threshold = "f1";
     hp->progress = TBERT_PROGRESS_AUTO;
+    hp->cuda_device = -1;
     if (name && !strcmp(name, "seed")) {
         /* the tutorial: Dense(1, sigmoid), Adam lr 1e-4, batch 32, 10 epochs */
         hp->hidden = 0;
@@ -412,6 +414,22 @@ tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const t
             fprintf(stderr, "tbert: resuming %s after epoch %d of %d\n", ck->out_dir, start, hp->epochs);
         }
     }
+    /* CUDA: parameters and moments live on the device during an epoch; downloaded after each one for
+     * validation and checkpoints (same dropout stream, same AdamW arithmetic; GEMMs in cuBLAS float32) */
+    tbert_cuda_head *gh = NULL;
+    float *mask = NULL;
+    if (hp->cuda_device >= 0) {
+        st = tbert_cuda_head_create(h, &adam, b.cap, hp->cuda_device, &gh, err);
+        if (!st && cfg.dropout > 0) {
+            mask = tbert_malloc_array((size_t)b.cap, (size_t)(cfg.hidden ? cfg.hidden : cfg.in_dim) * sizeof(float));
+            if (!mask) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory");
+        }
+        if (st) {
+            tbert_cuda_head_free(gh);
+            free(perm);
+            goto done;
+        }
+    }
     int kill_at = kill_epoch();
     tbert_progress_mode pm = hp->progress == TBERT_PROGRESS_AUTO ? (isatty(2) ? TBERT_PROGRESS_BAR : TBERT_PROGRESS_LOG) : hp->progress;
     for (int e = start; e < hp->epochs && !st; e++) {
@@ -426,12 +444,21 @@ tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const t
             int m = d->n_train - i < hp->batch ? d->n_train - i : hp->batch;
             gather(d, perm + i, m, b.xb, b.yb);
             double l;
-            st = tbert_head_forward(h, b.ws, m, b.xb, true, &rng, b.z, err);
-            if (!st) st = tbert_head_loss(&cfg, m, b.z, b.yb, hp->class_weights_auto ? cw : NULL, &l, b.dz, err);
-            if (!st) st = tbert_head_backward(h, b.ws, m, b.xb, b.dz, b.grad, err);
-            if (st) break;
-            /* dz is the gradient of the batch mean; Adam sees it as is */
-            tbert_adam_step(&adam, h->params, b.grad);
+            if (gh) {
+                if (mask) tbert_cuda_head_dropout_mask(cfg.dropout, (size_t)m * (size_t)(cfg.hidden ? cfg.hidden : cfg.in_dim),
+                                                       &rng, mask);
+                st = tbert_cuda_head_forward(gh, m, b.xb, b.z, err); /* logits before the step, for the accuracy */
+                if (!st)
+                    st = tbert_cuda_head_train_step(gh, &adam, m, b.xb, b.yb, hp->class_weights_auto ? cw : NULL, mask, &l, err);
+                if (st) break;
+            } else {
+                st = tbert_head_forward(h, b.ws, m, b.xb, true, &rng, b.z, err);
+                if (!st) st = tbert_head_loss(&cfg, m, b.z, b.yb, hp->class_weights_auto ? cw : NULL, &l, b.dz, err);
+                if (!st) st = tbert_head_backward(h, b.ws, m, b.xb, b.dz, b.grad, err);
+                if (st) break;
+                /* dz is the gradient of the batch mean; Adam sees it as is */
+                tbert_adam_step(&adam, h->params, b.grad);
+            }
             lsum += l * m;
             for (int k = 0; k < m; k++) {
                 int pred = cfg.binary ? (b.z[k] >= 0 ? cfg.positive : 1 - cfg.positive) : 0;
@@ -446,6 +473,7 @@ tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const t
                 tbert_progress_update(pb, (uint64_t)(i + m), note);
             }
         }
+        if (!st && gh) st = tbert_cuda_head_download(gh, h, &adam, err);
         if (st) {
             if (pb) tbert_progress_finish(pb, "failed");
             break;
@@ -481,6 +509,8 @@ tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const t
         }
     }
     free(perm);
+    free(mask);
+    tbert_cuda_head_free(gh);
     if (st) goto done;
     r->epochs_run = hp->epochs;
     if (r->best_epoch == 0) { /* resumed a finished run with no improvement recorded: keep the current head */

@@ -395,6 +395,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     st = tbert_encoder_create(m, &eo, &enc, err);
     if (!st) st = tbert_featurizer_create(r, m, enc, &fz, err);
     if (st) goto done;
+    /* the head trains where the encoder runs */
+    if (tbert_encoder_is_cuda(enc)) hp.cuda_device = o->device.kind == TBERT_DEVICE_CUDA ? o->device.index : 0;
     size_t dim = tbert_featurizer_dim(fz);
     X = tbert_malloc_array((size_t)L.n, dim * sizeof(float));
     if (!X) {

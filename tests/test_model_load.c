@@ -93,7 +93,7 @@ static void add_tensor(tbert_st_writer *w, gen_set *g, tu_rng *r, const spec *s,
     assert_non_null(v);
     for (size_t i = 0; i < n; i++) v[i] = draw(r, s->dtype);
     if (s->nan_tensor && !strcmp(s->nan_tensor, name)) v[n / 2] = NAN;
-    char full[160];
+    char full[176]; /* "bert." + a name of up to 159 bytes */
     const char *stored = name;
     char alt[160];
     if (s->old_ln_names && strstr(name, "LayerNorm.")) { /* TF-era spelling */

@@ -1,7 +1,8 @@
 /* The scoring pipeline in-process, on the committed random model tests/models/bert_tiny_shape and a head
  * with random weights under the mail recipe (windows, lexical + evidence channels):
  *   - one record per item, in input order, with the score that featurize + predict give for that item alone;
- *   - a run cut after a partial record and continued with resume is byte-identical to one uninterrupted run;
+ *   - a run cut after a partial record and continued with resume gives the records of one uninterrupted run
+ *     (same order and fields; scores within 1e-5);
  *   - shards 0..2 of 3 together hold every record of the full run exactly once;
  *   - CSV output, tables, and error records for unreadable items.
  * (tests/test_score.sh covers the CLI: kill -9 and resume, shards, filter, on the shared corpus.) */
@@ -146,7 +147,7 @@ static void test_records_match_direct_scoring(void **state) {
             assert_int_equal(tbert_featurize(f->ctx.fz, 1, &doc, feat, &toks, &err), TBERT_OK);
             assert_int_equal(tbert_classifier_predict(f->ctx.clf, 1, feat, &p, &li, &err), TBERT_OK);
             double got = cJSON_GetObjectItem(j, "score")->valuedouble;
-            if (!(got >= p - 1e-6 && got <= p + 1e-6)) fail_msg("%s: score %f, alone %f", item.source, got, (double)p);
+            if (!(got >= p - 2e-6 && got <= p + 2e-6)) fail_msg("%s: score %f, alone %f", item.source, got, (double)p);
             assert_int_equal(cJSON_GetObjectItem(j, "tokens")->valueint, toks);
             const char *label = cJSON_GetObjectItem(j, "label")->valuestring;
             assert_string_equal(label, p >= 0.5f ? "spam" : "ham");
@@ -172,7 +173,33 @@ static void test_records_match_direct_scoring(void **state) {
     free(text);
 }
 
-static void test_resume_is_identical(void **state) {
+/* The same records in the same order; scores within 1e-5 (batches are composed differently in a resumed run
+ * and BLAS sums need not be bitwise equal), every other byte equal. */
+static void assert_same_records(const char *got, const char *ref) {
+    int line = 1;
+    while (*got && *ref) {
+        const char *gs = strstr(got, "\"score\":"), *rs = strstr(ref, "\"score\":");
+        const char *gn = strchr(got, '\n'), *rn = strchr(ref, '\n');
+        assert_true(gn && rn);
+        if (gs && gs < gn && rs && rs < rn) {
+            if (gs - got != rs - ref || memcmp(got, ref, (size_t)(gs - got))) fail_msg("record %d differs before the score", line);
+            char *ge, *re;
+            double a = strtod(gs + 8, &ge), b = strtod(rs + 8, &re);
+            if (a - b > 1e-5 || b - a > 1e-5) fail_msg("record %d: score %f vs %f", line, a, b);
+            got = ge;
+            ref = re;
+            gn = strchr(got, '\n');
+            rn = strchr(ref, '\n');
+        }
+        if (gn - got != rn - ref || memcmp(got, ref, (size_t)(gn - got))) fail_msg("record %d differs", line);
+        got = gn + 1;
+        ref = rn + 1;
+        line++;
+    }
+    if (*got || *ref) fail_msg("different number of records (differ from record %d)", line);
+}
+
+static void test_resume_gives_the_same_records(void **state) {
     fixture *f = *state;
     char mail[1024], full[200], part[200];
     tu_tests_path("data/mail", mail, sizeof mail);
@@ -204,8 +231,7 @@ static void test_resume_is_identical(void **state) {
         assert_int_equal((int)stats.records, lines - k);
         size_t l2;
         char *got = slurp(part, &l2);
-        assert_int_equal(l2, len);
-        assert_memory_equal(got, ref, len);
+        assert_same_records(got, ref);
         free(got);
     }
     /* --resume with no output yet starts fresh */
@@ -215,13 +241,38 @@ static void test_resume_is_identical(void **state) {
     assert_false(stats.resumed);
     size_t l3;
     char *got = slurp(part, &l3);
-    assert_int_equal(l3, len);
+    assert_same_records(got, ref);
     free(got);
     free(ref);
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+/* An input named twice gives its records twice; a resume keeps that count (pairs are counted, not a set). */
+static void test_resume_with_repeated_input(void **state) {
+    fixture *f = *state;
+    char md[1024], out[200];
+    tu_tests_path("data/mail/maildir", md, sizeof md);
+    snprintf(out, sizeof out, "%s/twice.jsonl", f->dir);
+    const char *in[] = {md, md};
+    tbert_score_stats stats;
+    tbert_score_opts o = {.out_path = out};
+    run(f, in, 2, &o, &stats);
+    assert_int_equal((int)stats.records, 4);
+    size_t len;
+    char *ref = slurp(out, &len);
+    size_t cut = 0;
+    for (int lines = 0; lines < 3 && cut < len; cut++) lines += ref[cut] == '\n';
+    assert_int_equal(tbert_write_file_atomic(out, ref, cut, NULL), TBERT_OK);
+    o.resume = true;
+    run(f, in, 2, &o, &stats);
+    assert_int_equal((int)stats.skipped_done, 3);
+    assert_int_equal((int)stats.records, 1);
+    char *got = slurp(out, &len);
+    assert_same_records(got, ref);
+    free(got);
+    free(ref);
+}
 
+/* Shard K's j-th record is item j*N + K of the whole run: merged round-robin, the shards are the run. */
 static void test_shards_cover_once(void **state) {
     fixture *f = *state;
     char mail[1024], path[200];
@@ -234,37 +285,29 @@ static void test_shards_cover_once(void **state) {
     size_t len;
     char *whole = slurp(path, &len);
     int n = count_lines(whole);
-    GString *cat = g_string_new("");
+    char *part[3], *pos[3];
+    int total = 0;
     for (int k = 0; k < 3; k++) {
         snprintf(path, sizeof path, "%s/shard%d.jsonl", f->dir, k);
-        tbert_score_opts s = {.out_path = path, .input = {.shard_k = k, .shard_n = 3}};
-        run(f, in, 1, &s, &stats);
-        char *part = slurp(path, &len);
-        g_string_append(cat, part);
-        free(part);
+        tbert_score_opts sh = {.out_path = path, .batch = 2 + k, .input = {.shard_k = k, .shard_n = 3}};
+        run(f, in, 1, &sh, &stats);
+        pos[k] = part[k] = slurp(path, &len);
+        total += count_lines(part[k]);
+        assert_true(count_lines(part[k]) >= n / 3);
     }
-    assert_int_equal(count_lines(cat->str), n);
-    /* same multiset of lines */
-    char **a = malloc((size_t)n * sizeof *a), **b = malloc((size_t)n * sizeof *b);
-    char *sa = whole, *sb = cat->str;
+    assert_int_equal(total, n);
+    GString *merged = g_string_new("");
     for (int i = 0; i < n; i++) {
-        a[i] = sa;
-        b[i] = sb;
-        sa = strchr(sa, '\n');
-        *sa++ = '\0';
-        sb = strchr(sb, '\n');
-        *sb++ = '\0';
+        char **p = &pos[i % 3];
+        char *nl = strchr(*p, '\n');
+        assert_non_null(nl);
+        g_string_append_len(merged, *p, nl - *p + 1);
+        *p = nl + 1;
     }
-    qsort(a, (size_t)n, sizeof *a, cmp_str);
-    qsort(b, (size_t)n, sizeof *b, cmp_str);
-    for (int i = 0; i < n; i++) {
-        assert_string_equal(a[i], b[i]);
-        if (i) assert_string_not_equal(a[i], a[i - 1]);
-    }
-    free(a);
-    free(b);
+    assert_same_records(merged->str, whole);
+    for (int k = 0; k < 3; k++) free(part[k]);
     free(whole);
-    g_string_free(cat, TRUE);
+    g_string_free(merged, TRUE);
 }
 
 static void test_csv_tables_and_errors(void **state) {
@@ -312,7 +355,8 @@ int main(void) {
     tu_tests_path("models/bert_tiny_shape", g_model_dir, sizeof g_model_dir);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_records_match_direct_scoring),
-        cmocka_unit_test(test_resume_is_identical),
+        cmocka_unit_test(test_resume_gives_the_same_records),
+        cmocka_unit_test(test_resume_with_repeated_input),
         cmocka_unit_test(test_shards_cover_once),
         cmocka_unit_test(test_csv_tables_and_errors),
     };

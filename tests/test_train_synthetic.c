@@ -129,11 +129,113 @@ static void test_split(void **state) {
     free(seen);
 }
 
+/* The optimiser reaches the optimum: a linear head trained with full-batch Adam on a non-separable problem
+ * ends at the maximum-likelihood logistic regression found independently by Newton's method in double
+ * precision (loss within 1e-6 relative, weights within 2e-3). */
+static double lr_loss(int n, int D, const float *X, const int *y, const double *w) {
+    double l = 0;
+    for (int i = 0; i < n; i++) {
+        double z = w[D];
+        for (int d = 0; d < D; d++) z += w[d] * X[(size_t)i * D + d];
+        l += fmax(z, 0) - z * y[i] + log1p(exp(-fabs(z)));
+    }
+    return l / n;
+}
+
+static void newton_lr(int n, int D, const float *X, const int *y, double *w) {
+    int P = D + 1;
+    double *Hm = malloc(sizeof(double) * P * P), g[16];
+    memset(w, 0, sizeof(double) * P);
+    for (int it = 0; it < 50; it++) {
+        memset(Hm, 0, sizeof(double) * P * P);
+        memset(g, 0, sizeof g);
+        for (int i = 0; i < n; i++) {
+            double xi[16], z = 0;
+            for (int d = 0; d < D; d++) xi[d] = X[(size_t)i * D + d];
+            xi[D] = 1;
+            for (int d = 0; d < P; d++) z += w[d] * xi[d];
+            double p = 1 / (1 + exp(-z)), s = p * (1 - p);
+            for (int a = 0; a < P; a++) {
+                g[a] += (p - y[i]) * xi[a];
+                for (int b = 0; b < P; b++) Hm[a * P + b] += s * xi[a] * xi[b];
+            }
+        }
+        /* solve Hm dx = g by Gaussian elimination with partial pivoting */
+        double A[16][17];
+        for (int a = 0; a < P; a++) {
+            for (int b = 0; b < P; b++) A[a][b] = Hm[a * P + b];
+            A[a][P] = g[a];
+        }
+        for (int c = 0; c < P; c++) {
+            int piv = c;
+            for (int r = c + 1; r < P; r++)
+                if (fabs(A[r][c]) > fabs(A[piv][c])) piv = r;
+            for (int k = 0; k <= P; k++) {
+                double t = A[c][k];
+                A[c][k] = A[piv][k];
+                A[piv][k] = t;
+            }
+            for (int r = 0; r < P; r++) {
+                if (r == c) continue;
+                double f = A[r][c] / A[c][c];
+                for (int k = c; k <= P; k++) A[r][k] -= f * A[c][k];
+            }
+        }
+        for (int a = 0; a < P; a++) w[a] -= A[a][P] / A[a][a];
+    }
+    free(Hm);
+}
+
+static void test_reaches_logistic_optimum(void **state) {
+    uint64_t seed = tu_seed_from_env("test_train_optimum");
+    tu_rng r = {seed};
+    int n = 400, D = 5;
+    float *X = malloc(sizeof(float) * n * D);
+    int *y = malloc(sizeof(int) * n), *idx = malloc(sizeof(int) * n);
+    double wt[6] = {1.5, -2.0, 0.5, 0.0, 1.0, -0.3};
+    for (int i = 0; i < n; i++) {
+        double z = wt[D];
+        for (int d = 0; d < D; d++) z += wt[d] * (X[(size_t)i * D + d] = tu_normal(&r));
+        y[i] = tu_uniform(&r) < 1 / (1 + exp(-z)); /* labels drawn from the model: not separable */
+        idx[i] = i;
+    }
+    double w[6];
+    newton_lr(n, D, X, y, w);
+    double lref = lr_loss(n, D, X, y, w);
+    tbert_fit_data d = {.n_classes = 2, .positive = 1, .dim = (size_t)D, .X = X, .y = y, .n_train = n, .train_idx = idx};
+    tbert_hparams hp;
+    tbert_hparams_preset("seed", &hp);
+    hp.hidden = 0;
+    hp.batch = n; /* full batch: a deterministic objective */
+    hp.epochs = 3000;
+    hp.lr = 0.02;
+    hp.progress = TBERT_PROGRESS_OFF;
+    hp.threshold = "0.5";
+    tbert_fit_result res;
+    tbert_error err;
+    assert_int_equal(tbert_fit(&d, &hp, NULL, &res, &err), TBERT_OK);
+    double got[6];
+    for (int k = 0; k < D; k++) got[k] = res.best->w2[k];
+    got[D] = res.best->b2[0];
+    double lgot = lr_loss(n, D, X, y, got);
+    print_message("newton loss %.9f, tbert loss %.9f (train metric %.9f); w* = %.4f %.4f %.4f %.4f %.4f b %.4f\n", lref, lgot,
+                  res.train.loss, w[0], w[1], w[2], w[3], w[4], w[5]);
+    assert_true(lgot >= lref - 1e-12);
+    assert_true(lgot - lref <= 1e-6 * lref);
+    for (int k = 0; k <= D; k++)
+        if (fabs(got[k] - w[k]) > 2e-3) fail_msg("weight %d: tbert %.6f vs newton %.6f", k, got[k], w[k]);
+    tbert_fit_result_free(&res);
+    free(X);
+    free(y);
+    free(idx);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_separable),
         cmocka_unit_test(test_shuffled_labels_chance),
         cmocka_unit_test(test_split),
+        cmocka_unit_test(test_reaches_logistic_optimum),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

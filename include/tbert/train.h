@@ -26,6 +26,7 @@ typedef struct {
     bool class_weights_auto; /* w_c = n / (C * n_c) */
     const char *threshold; /* f1 | fpr=X | VALUE */
     tbert_progress_mode progress;
+    int cuda_device;       /* >= 0: train steps on this CUDA device (src/head_cuda.c); -1: CPU */
 } tbert_hparams;
 
 /* Defaults of a recipe preset ("text", "seed", "mail"). */

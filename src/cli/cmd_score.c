@@ -29,7 +29,8 @@ static void usage(FILE *f) {
             "  --out FILE              output file (default: stdout)\n"
             "  --format F              jsonl (default) or csv\n"
             "  --resume                keep the records already in --out (a partly written last line is\n"
-            "                          dropped) and score only the items that are not there (by source and offset)\n"
+            "                          dropped) and score only the items that are not there (by source and\n"
+            "                          offset: name the inputs the same way as in the first run)\n"
             "  --shard K/N             score only items whose input-order index i has i %% N == K (0 <= K < N);\n"
             "                          N machines running K = 0..N-1 together cover the input exactly once\n"
             "  --max-message-bytes N   cap on one message's size; larger ones are cut and marked truncated\n"
@@ -40,6 +41,7 @@ static void usage(FILE *f) {
             "  --input-format F        tsv|csv|jsonl|auto for table inputs (default auto: by extension)\n"
             "  --text-col COL          table text column: header name or number from 1 (default 2 / \"text\")\n"
             "  --header H              auto|yes|no for TSV/CSV tables (default auto)\n"
+            "  --json                  print the run's totals as one JSON object on stdout (needs --out)\n"
             "  --quiet                 no progress on stderr\n"
             "  --help                  this text\n"
             "\n"
@@ -62,7 +64,7 @@ static bool parse_shard(const char *s, int *k, int *n) {
 
 int cmd_score(int argc, char **argv) {
     enum { O_HEAD = 256, O_MODEL, O_OUT, O_FORMAT, O_RESUME, O_SHARD, O_MAXB, O_THREADS, O_BATCH, O_DEVICE, O_INFMT,
-           O_TEXTCOL, O_HEADER, O_QUIET, O_HELP };
+           O_TEXTCOL, O_HEADER, O_QUIET, O_JSON, O_HELP };
     static const struct option longopts[] = {
         {"head", required_argument, NULL, O_HEAD},       {"model", required_argument, NULL, O_MODEL},
         {"out", required_argument, NULL, O_OUT},         {"format", required_argument, NULL, O_FORMAT},
@@ -71,9 +73,11 @@ int cmd_score(int argc, char **argv) {
         {"batch", required_argument, NULL, O_BATCH},     {"device", required_argument, NULL, O_DEVICE},
         {"input-format", required_argument, NULL, O_INFMT}, {"text-col", required_argument, NULL, O_TEXTCOL},
         {"header", required_argument, NULL, O_HEADER},   {"quiet", no_argument, NULL, O_QUIET},
+        {"json", no_argument, NULL, O_JSON},
         {"help", no_argument, NULL, O_HELP},             {NULL, 0, NULL, 0},
     };
     const char *head = NULL, *model = NULL, *device = NULL;
+    bool json = false;
     tbert_score_opts o = {0};
     o.progress = true;
     o.input.table.label_optional = true; /* tables to score need no labels */
@@ -116,12 +120,15 @@ int cmd_score(int argc, char **argv) {
             if (tbert_header_mode_parse(optarg, &o.input.table.header, &err)) return cli_report(&err);
             break;
         case O_QUIET: o.progress = false; break;
+        case O_JSON: json = true; break;
         case O_HELP: usage(stdout); return CLI_OK;
         default: return CLI_USAGE;
         }
     }
     if (!head) return cli_usage_error(CMD, "--head CKPT_DIR is required");
     if (optind >= argc) return cli_usage_error(CMD, "no INPUT given (mbox, Maildir, folder, message file, table or -)");
+    if (json && (!o.out_path || !strcmp(o.out_path, "-")))
+        return cli_usage_error(CMD, "--json prints on stdout, so the records need --out FILE");
     o.kill_at_record = tbert_kill_at_record();
 
     tbert_score_ctx ctx;
@@ -143,5 +150,15 @@ int cmd_score(int argc, char **argv) {
                 o.threads > 0 ? o.threads : tbert_num_cores(), (o.threads > 0 ? o.threads : tbert_num_cores()) == 1 ? "" : "s");
     if (stats.skipped_done)
         fprintf(stderr, "tbert score: --resume skipped %llu items already in the output\n", (unsigned long long)stats.skipped_done);
+    if (json) {
+        double sec = stats.seconds > 0 ? stats.seconds : 1e-9;
+        printf("{\"records\": %llu, \"errors\": %llu, \"skipped_done\": %llu, \"input_bytes\": %llu, \"seconds\": %.3f, "
+               "\"records_per_s\": %.2f, \"mb_per_s\": %.3f, \"featurize_seconds\": %.3f, \"head_seconds\": %.3f, "
+               "\"write_seconds\": %.3f, \"wait_seconds\": %.3f, \"parse_seconds\": %.3f}\n",
+               (unsigned long long)stats.records, (unsigned long long)stats.errors, (unsigned long long)stats.skipped_done,
+               (unsigned long long)stats.bytes, stats.seconds, (double)stats.records / sec, (double)stats.bytes / 1e6 / sec,
+               stats.featurize_seconds, stats.head_seconds, stats.write_seconds, stats.wait_seconds, stats.parse_seconds);
+        fflush(stdout);
+    }
     return CLI_OK;
 }

@@ -15,6 +15,7 @@
 
 #include "tbert/checkpoint.h"
 #include "tbert/dataset.h"
+#include "tbert/fileio.h"
 #include "tbert/mail.h"
 #include "tbert/metrics.h"
 #include "tbert/model.h"
@@ -185,7 +186,8 @@ static void remove_model_tmpdir(void) {
 
 static const char *model_tmpdir(void) {
     if (!g_model_dir[0]) {
-        snprintf(g_model_dir, sizeof g_model_dir, "/tmp/tbert_fuzz_vocab_%ld", (long)getpid());
+        /* tmpfs when there is one: this target writes two files per input */
+        snprintf(g_model_dir, sizeof g_model_dir, "%s/tbert_fuzz_vocab_%ld", tbert_is_dir("/dev/shm") ? "/dev/shm" : "/tmp", (long)getpid());
         if (mkdir(g_model_dir, 0700) != 0 && errno != EEXIST) abort();
         atexit(remove_model_tmpdir);
     }
