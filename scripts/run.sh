@@ -16,6 +16,8 @@ sms=$(bash data/fetch.sh sms | tail -n1)
 
 echo "== training on $sms (80/20 stratified split, seed 42) =="
 "$bin" train --data "$sms" --out "$run_dir" --test-fraction 0.2 --seed 42
-echo "== evaluating $run_dir on the held-out test split =="
-"$bin" eval --head "$run_dir" --data "$run_dir/test.tsv" --input-format tsv
+# split.tsv (row, line, split, label) records which corpus lines train held out for testing
+awk -F'\t' 'NR == FNR { if ($3 == "test") keep[$2] = 1; next } (FNR in keep)' "$run_dir/split.tsv" "$sms" > "$run_dir/test.tsv"
+echo "== evaluating $run_dir on the held-out test split ($(wc -l < "$run_dir/test.tsv") messages) =="
+"$bin" eval --head "$run_dir" --data "$run_dir/test.tsv" --input-format tsv --header no
 echo "report: $root/$run_dir/report.html"

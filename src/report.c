@@ -31,7 +31,7 @@ static void esc(GString *s, const char *t) {
 /* a line chart 520x340 with axes, ticks, grid and legend */
 /* legend_low: legend in the lower right (curves that rise to the top); int_x: whole-number x ticks (epochs) */
 static void chart(GString *s, const char *title, const char *xl, const char *yl, const series *sv, int ns, double x0, double x1,
-                  double y0, double y1, bool diagonal, bool legend_low, bool int_x) {
+                  double y0, double y1, bool diagonal, bool legend_low, bool int_x, double mark_x) {
     const double W = 520, H = 340, L = 60, R = 20, T = 34, B = 48;
     double pw = W - L - R, ph = H - T - B;
     if (!(x1 > x0)) x1 = x0 + 1;
@@ -62,6 +62,10 @@ static void chart(GString *s, const char *title, const char *xl, const char *yl,
                            T + ph / 2, T + ph / 2);
     esc(s, yl);
     g_string_append(s, "</text>");
+    if (isfinite(mark_x) && mark_x >= x0 && mark_x <= x1) /* the best epoch */
+        g_string_append_printf(s, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#2ca02c' stroke-dasharray='5 3'/>"
+                                  "<text x='%.1f' y='%.1f' font-size='11' fill='#2ca02c'>best</text>",
+                               PX(mark_x), T, PX(mark_x), T + ph, PX(mark_x) + 3, T + 12);
     if (diagonal)
         g_string_append_printf(s, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#aaa' stroke-dasharray='4 4'/>", PX(x0),
                                PY(y0), PX(x1), PY(y1));
@@ -180,10 +184,10 @@ tbert_status tbert_report_write(const char *path, const tbert_fit_result *f, con
     double lo, hi;
     range(f->train_loss, f->val_loss, E, &lo, &hi);
     series ls[2] = {{"train loss", "#1f77b4", ep, f->train_loss, E}, {"validation loss", "#ff7f0e", ep, f->val_loss, E}};
-    chart(s, "Loss per epoch", "epoch", "loss", ls, d->n_val ? 2 : 1, 1, E > 1 ? E : 2, fmax(lo, 0), hi, false, false, true);
+    chart(s, "Loss per epoch", "epoch", "loss", ls, d->n_val ? 2 : 1, 1, E > 1 ? E : 2, fmax(lo, 0), hi, false, false, true, f->best_epoch);
     range(f->train_acc, f->val_acc, E, &lo, &hi);
     series as[2] = {{"train accuracy", "#1f77b4", ep, f->train_acc, E}, {"validation accuracy", "#ff7f0e", ep, f->val_acc, E}};
-    chart(s, "Accuracy per epoch", "epoch", "accuracy", as, d->n_val ? 2 : 1, 1, E > 1 ? E : 2, lo, fmin(hi, 1.0), false, true, true);
+    chart(s, "Accuracy per epoch", "epoch", "accuracy", as, d->n_val ? 2 : 1, 1, E > 1 ? E : 2, lo, fmin(hi, 1.0), false, true, true, f->best_epoch);
     g_string_append(s, "</div>");
     /* curves and confusion on test, else validation */
     const tbert_metrics *cm = f->test.n ? &f->test : (f->val.n ? &f->val : &f->train);
@@ -211,8 +215,8 @@ tbert_status tbert_report_write(const char *path, const tbert_fit_result *f, con
         snprintf(t1, sizeof t1, "ROC curve (AUC %.4f)", cm->roc_auc);
         snprintf(t2, sizeof t2, "Precision-recall (AP %.4f)", cm->pr_auc);
         series rs = {"ROC", "#2ca02c", rx, ry, rn}, ps = {"PR", "#9467bd", px, py, pn};
-        chart(s, t1, "false-positive rate", "true-positive rate", &rs, rx ? 1 : 0, 0, 1, 0, 1, true, true, false);
-        chart(s, t2, "recall", "precision", &ps, px ? 1 : 0, 0, 1, 0, 1, false, true, false);
+        chart(s, t1, "false-positive rate", "true-positive rate", &rs, rx ? 1 : 0, 0, 1, 0, 1, true, true, false, NAN);
+        chart(s, t2, "recall", "precision", &ps, px ? 1 : 0, 0, 1, 0, 1, false, true, false, NAN);
         g_string_append(s, "</div>");
         free(sc);
         free(pos);

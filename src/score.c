@@ -144,18 +144,18 @@ static void format_record(GString *o, tbert_score_format fmt, const record *r) {
         g_string_append_printf(o, ",%llu,", (unsigned long long)r->offset);
         if (r->id) csv_str(o, r->id);
         if (r->error) {
-            g_string_append(o, ",,,0,");
+            g_string_append(o, ",,,0,,");
             csv_str(o, r->error);
         } else {
             g_string_append_printf(o, ",%.6f,", r->score);
             csv_str(o, r->label);
-            g_string_append_printf(o, ",%d,%s", r->tokens, r->truncated ? "truncated" : "");
+            g_string_append_printf(o, ",%d,%s,", r->tokens, r->truncated ? "true" : "");
         }
         g_string_append_c(o, '\n');
     }
 }
 
-static const char CSV_HEADER[] = "source,offset,id,score,label,tokens,error\n";
+static const char CSV_HEADER[] = "source,offset,id,score,label,tokens,truncated,error\n";
 
 static tbert_status write_all(int fd, const char *p, size_t n, const char *name, tbert_error *err) {
     while (n > 0) {

@@ -338,6 +338,15 @@ static void test_csv_tables_and_errors(void **state) {
     assert_string_equal(t.text[3], empty);
     tbert_table_free(&t);
     assert_non_null(strstr(csv, ",empty file\n"));
+    assert_true(!strncmp(csv, "source,offset,id,score,label,tokens,truncated,error\n", 52));
+    tbert_table_opts te = {.format = TBERT_TABLE_CSV, .header = TBERT_HEADER_YES, .text_col = "error", .label_col = "label"};
+    assert_int_equal(tbert_table_parse(csv, len, out, TBERT_TABLE_CSV, &te, &t, &err), TBERT_OK);
+    assert_int_equal(t.n, 4);
+    assert_string_equal(t.text[0], "");
+    assert_true(!strcmp(t.label[0], "ham") || !strcmp(t.label[0], "spam"));
+    assert_string_equal(t.text[3], "empty file");
+    assert_string_equal(t.label[3], "");
+    tbert_table_free(&t);
     /* resume over CSV: nothing left to do, the file is unchanged */
     o.resume = true;
     run(f, in, 2, &o, &stats);
