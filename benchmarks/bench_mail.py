@@ -61,7 +61,7 @@ def f1_fpr(labels, preds):
     prec = tp / (tp + fp) if tp + fp else 0.0
     rec = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    return f1, fp / neg if neg else 0.0
+    return f1, fp / neg if neg else 0.0, fp, fn
 
 
 def bogofilter(train, test, work):
@@ -95,8 +95,8 @@ def bogofilter(train, test, work):
     return own, half, t_train, t_test
 
 
-def tbert(args, train, test, work):
-    out = os.path.join(work, "head")
+def tbert(args, train, test, work, split):
+    out = os.path.join(work, "head-" + split)
     shutil.rmtree(out, ignore_errors=True)
     ham = [f for f, y in train if y == 0]
     spam = [f for f, y in train if y == 1]
@@ -107,7 +107,7 @@ def tbert(args, train, test, work):
     t_train = time.time() - t0
     if r.returncode != 0:
         sys.exit(f"bench_mail: tbert train failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
-    scores = os.path.join(work, "scores.jsonl")
+    scores = os.path.join(work, "scores-" + split + ".jsonl")
     if os.path.exists(scores):
         os.unlink(scores)
     cmd = [args.tbert, "score", "--model", args.model, "--head", out, "--out", scores] + [f for f, _ in test]
@@ -146,15 +146,17 @@ def main():
     for split in (["half", "time"] if args.split == "both" else [args.split]):
         train, test = make_split(root, split)
         own, half, bt, bs = bogofilter(train, test, work)
-        (tf1, tfpr), tt, ts = tbert(args, train, test, work)
+        tm, tt, ts = tbert(args, train, test, work, split)
         n = len(test)
-        rows.append((split, "bogofilter 1.2.5, own Spam verdict", own[0], own[1], bt, bs, n))
-        rows.append((split, "bogofilter 1.2.5, spamicity >= 0.5", half[0], half[1], bt, bs, n))
-        rows.append((split, f"tbert ({args.model} {args.train_args or 'default mail recipe'})", tf1, tfpr, tt, ts, n))
-    print(f"\n| split | system | spam F1 | FPR | train s | test s | test msgs/s |")
-    print("|---|---|---|---|---|---|---|")
-    for split, name, f1, fpr, t1, t2, n in rows:
-        print(f"| {split} | {name} | {f1:.3f} | {100 * fpr:.2f}% | {t1:.1f} | {t2:.1f} | {n / t2:.0f} |")
+        rows.append((split, "bogofilter 1.2.5, own Spam verdict", own, bt, bs, n))
+        rows.append((split, "bogofilter 1.2.5, spamicity >= 0.5", half, bt, bs, n))
+        rows.append((split, f"tbert ({args.model} {args.train_args or 'default mail recipe'})", tm, tt, ts, n))
+        print(f"bench_mail: {split}: bogofilter own {own[0]:.3f}/{own[2]} FP, >=0.5 {half[0]:.3f}/{half[2]} FP; "
+              f"tbert {tm[0]:.4f} F1, {tm[2]} FP, {tm[3]} FN", file=sys.stderr, flush=True)
+    print(f"\n| split | system | spam F1 | FPR | FP | FN | train s | test s | test msgs/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for split, name, m, t1, t2, n in rows:
+        print(f"| {split} | {name} | {m[0]:.3f} | {100 * m[1]:.2f}% | {m[2]} | {m[3]} | {t1:.1f} | {t2:.1f} | {n / t2:.0f} |")
 
 
 if __name__ == "__main__":

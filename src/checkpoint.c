@@ -133,6 +133,15 @@ static tbert_status read_i64s(const tbert_safetensors *st, const char *path, con
     return TBERT_OK;
 }
 
+/* a JSON number that is a whole number within [lo, hi] (checked in double before any conversion) */
+static bool json_int(const cJSON *v, double lo, double hi, int *out) {
+    if (!cJSON_IsNumber(v)) return false;
+    double d = v->valuedouble;
+    if (!(d >= lo && d <= hi) || d != floor(d)) return false;
+    *out = (int)d;
+    return true;
+}
+
 static tbert_status parse_head_cfg(const char *json, const char *path, const tbert_recipe *r, tbert_head_config *c,
                                    tbert_error *err) {
     cJSON *o = json ? cJSON_Parse(json) : NULL;
@@ -140,11 +149,11 @@ static tbert_status parse_head_cfg(const char *json, const char *path, const tbe
     const cJSON *in = cJSON_GetObjectItemCaseSensitive(o, "in_dim"), *hid = cJSON_GetObjectItemCaseSensitive(o, "hidden"),
                 *nc = cJSON_GetObjectItemCaseSensitive(o, "n_classes"), *bin = cJSON_GetObjectItemCaseSensitive(o, "binary"),
                 *dr = cJSON_GetObjectItemCaseSensitive(o, "dropout");
-    bool ok = cJSON_IsNumber(in) && cJSON_IsNumber(hid) && cJSON_IsNumber(nc) && cJSON_IsBool(bin) && cJSON_IsNumber(dr);
+    /* the same caps as tbert_head_create; checked before the conversion to int (1e300 would be UB) */
+    bool ok = json_int(in, 1, (double)(1 << 24), &c->in_dim) && json_int(hid, 0, (double)(1 << 16), &c->hidden) &&
+              json_int(nc, 2, (double)TBERT_MAX_LABELS, &c->n_classes) && cJSON_IsBool(bin) && cJSON_IsNumber(dr) &&
+              dr->valuedouble >= 0 && dr->valuedouble < 1;
     if (ok) {
-        c->in_dim = (int)in->valuedouble;
-        c->hidden = (int)hid->valuedouble;
-        c->n_classes = (int)nc->valuedouble;
         c->binary = cJSON_IsTrue(bin);
         c->dropout = (float)dr->valuedouble;
         c->positive = r->positive >= 0 ? r->positive : 0;
@@ -158,6 +167,29 @@ static tbert_status parse_head_cfg(const char *json, const char *path, const tbe
         return tbert_fail(err, TBERT_E_FORMAT, "%s: head has %d classes but %d labels", path, c->n_classes, r->n_labels);
     if (c->binary != (r->positive >= 0))
         return tbert_fail(err, TBERT_E_FORMAT, "%s: head and recipe disagree on binary vs multi-class", path);
+    return TBERT_OK;
+}
+
+/* The parameter tensors the file holds must have the shapes the claimed config implies (F32, so the
+ * allocation tbert_head_create makes is bounded by the file's own size) before anything is allocated. */
+static tbert_status check_head_shapes(const tbert_safetensors *st, const char *path, const tbert_head_config *c,
+                                      tbert_error *err) {
+    int64_t O = tbert_head_out_dim(c), K = c->hidden > 0 ? c->hidden : c->in_dim;
+    struct {
+        const char *name;
+        int64_t d0, d1;
+    } want[4] = {{"fc2.weight", O, K}, {"fc2.bias", O, 0}, {"fc1.weight", c->hidden, c->in_dim}, {"fc1.bias", c->hidden, 0}};
+    int n = c->hidden > 0 ? 4 : 2;
+    for (int i = 0; i < n; i++) {
+        const tbert_st_tensor *t = tbert_st_find(st, want[i].name);
+        if (!t) return tbert_fail(err, TBERT_E_FORMAT, "%s: tensor '%s' is missing", path, want[i].name);
+        int nd = want[i].d1 ? 2 : 1;
+        if (t->dtype != TBERT_DT_F32 || t->ndim != nd || t->shape[0] != want[i].d0 || (nd == 2 && t->shape[1] != want[i].d1))
+            return tbert_fail(err, TBERT_E_FORMAT, "%s: tensor '%s' should be F32 of shape (%lld%s%lld) for the head in its metadata",
+                              path, want[i].name, (long long)want[i].d0, nd == 2 ? "," : "", nd == 2 ? (long long)want[i].d1 : 0LL);
+    }
+    if (c->hidden == 0 && tbert_st_find(st, "fc1.weight"))
+        return tbert_fail(err, TBERT_E_FORMAT, "%s: tensor 'fc1.weight' in a linear head", path);
     return TBERT_OK;
 }
 
@@ -222,6 +254,7 @@ tbert_status tbert_checkpoint_load(const char *path, tbert_head **out, tbert_ckp
     }
     tbert_head_config cfg;
     s = parse_head_cfg(tbert_st_meta(st, "head"), path, &meta->recipe, &cfg, err);
+    if (!s) s = check_head_shapes(st, path, &cfg, err);
     if (s) goto fail;
     s = tbert_head_create(&cfg, &h, err);
     if (s) {

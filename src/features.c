@@ -161,6 +161,10 @@ static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc
         if (sparse && r->lexical_dim > 0) {
             float *lex = row + fz->dense_dim;
             for (size_t k = 0; k < ids.n; k++) lex[fmix64((uint64_t)ids.v[k] + 1) % (uint64_t)r->lexical_dim] += 1.0f;
+            for (size_t k = 1; r->lexical_ngrams >= 2 && k < ids.n; k++) {
+                uint64_t pair = ((uint64_t)(uint32_t)(ids.v[k - 1] + 1) << 32) | (uint32_t)(ids.v[k] + 1);
+                lex[fmix64(pair ^ 0x9e3779b97f4a7c15ull) % (uint64_t)r->lexical_dim] += 1.0f;
+            }
             if (r->evidence == TBERT_EVIDENCE_LEXICAL) hash_evidence(docs[i].evidence, lex, r->lexical_dim);
             log1p_l2(lex, r->lexical_dim);
         }
@@ -236,6 +240,7 @@ static bool cache_path(const tbert_featurizer *fz, const char *data_hash, char *
     k.positive = -1;
     k.threshold = 0;
     k.lexical_dim = 0;
+    k.lexical_ngrams = 1;
     k.evidence = TBERT_EVIDENCE_NONE;
     k.evidence_dim = 0;
     char *json = tbert_recipe_to_json(&k);

@@ -2,6 +2,7 @@
 #include "tbert/metrics.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -227,12 +228,33 @@ static bool parse_unit(const char *s, double *out) {
     return true;
 }
 
+/* "fpr=X" or "fpr=X,recall=R" (R = -1 when absent) */
+static bool parse_fpr_spec(const char *spec, double *fpr, double *recall) {
+    if (strncmp(spec, "fpr=", 4)) return false;
+    char buf[64];
+    if (strlen(spec) >= sizeof buf) return false;
+    snprintf(buf, sizeof buf, "%s", spec + 4);
+    *recall = -1;
+    char *comma = strchr(buf, ',');
+    if (comma) {
+        *comma = 0;
+        if (strncmp(comma + 1, "recall=", 7) || !parse_unit(comma + 8, recall)) return false;
+    }
+    return parse_unit(buf, fpr);
+}
+
 tbert_status tbert_threshold_parse(const char *spec, tbert_error *err) {
-    double v = 0;
+    double v = 0, r = 0;
     if (!spec || !strcmp(spec, "f1")) return TBERT_OK;
-    if (!strncmp(spec, "fpr=", 4) && parse_unit(spec + 4, &v)) return TBERT_OK;
+    if (parse_fpr_spec(spec, &v, &r)) return TBERT_OK;
     if (parse_unit(spec, &v)) return TBERT_OK;
-    return tbert_fail(err, TBERT_E_ARG, "--threshold expects f1, fpr=X or a number in [0,1], got '%s'", spec ? spec : "");
+    return tbert_fail(err, TBERT_E_ARG, "--threshold expects f1, fpr=X, fpr=X,recall=R or a number in [0,1], got '%s'",
+                      spec ? spec : "");
+}
+
+static int cmp_float_asc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
 }
 
 /* midpoint between the lowest score called positive (group k) and the next lower distinct score */
@@ -255,8 +277,8 @@ tbert_status tbert_threshold_choose(const char *spec, int n, const float *score,
         return TBERT_OK;
     }
     bool f1 = !spec || !strcmp(spec, "f1");
-    double max_fpr = 0;
-    if (!f1) parse_unit(spec + 4, &max_fpr);
+    double max_fpr = 0, min_recall = -1;
+    if (!f1) parse_fpr_spec(spec, &max_fpr, &min_recall);
     *out = 0.5f;
     if (n <= 0) return TBERT_OK;
     scored *s = sorted_desc(n, score, is_pos);
@@ -296,6 +318,24 @@ tbert_status tbert_threshold_choose(const char *spec, int n, const float *score,
         i = j;
     }
     if (!found) best_t = nextafterf(s[0].s, INFINITY); /* even the top score exceeds the FPR: call nothing positive */
+    if (!f1 && min_recall >= 0) {
+        /* never keep more than min_recall of the validation positives: the (1 - R) quantile of their scores
+         * (ascending, linear interpolation, numpy's default) is a floor for the threshold */
+        float *ps = malloc((size_t)P * sizeof *ps);
+        if (!ps) {
+            free(s);
+            return tbert_fail(err, TBERT_E_NOMEM, "threshold: out of memory");
+        }
+        int np = 0;
+        for (int i = 0; i < n; i++)
+            if (s[i].pos) ps[np++] = s[i].s;
+        qsort(ps, (size_t)np, sizeof *ps, cmp_float_asc);
+        double h = (1.0 - min_recall) * (np - 1);
+        int lo = (int)floor(h);
+        double q = lo + 1 < np ? ps[lo] + (h - lo) * ((double)ps[lo + 1] - ps[lo]) : ps[np - 1];
+        if ((float)q > best_t) best_t = (float)q;
+        free(ps);
+    }
     *out = best_t;
     free(s);
     return TBERT_OK;

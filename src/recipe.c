@@ -20,6 +20,7 @@ tbert_status tbert_recipe_preset(const char *name, tbert_recipe *r, tbert_error 
     r->evidence = TBERT_EVIDENCE_NONE;
     r->positive = -1;
     r->threshold = 0.5f;
+    r->lexical_ngrams = 1;
     if (!name || !strcmp(name, "text")) {
         /* hashed WordPiece counts next to the sentence embedding: +0.5% accuracy on SMS (RESULTS_head.md) */
         snprintf(r->name, sizeof r->name, "text");
@@ -29,9 +30,12 @@ tbert_status tbert_recipe_preset(const char *name, tbert_recipe *r, tbert_error 
         r->pool = TBERT_POOL_FLATTEN;
     } else if (!strcmp(name, "mail")) {
         snprintf(r->name, sizeof r->name, "mail");
+        /* docs/mail-recipe-research.md + benchmarks/RESULTS_mailbench.md: a WordPiece-sized lexical block and
+         * the header evidence in its own L2-normalised block (mixed into the lexical counts it costs FPs) */
         r->windows = 4;
-        r->lexical_dim = 4096;
-        r->evidence = TBERT_EVIDENCE_LEXICAL;
+        r->lexical_dim = 30522;
+        r->evidence = TBERT_EVIDENCE_BLOCK;
+        r->evidence_dim = 1024;
     } else {
         return tbert_fail(err, TBERT_E_ARG, "unknown recipe '%s' (expected text, seed or mail)", name);
     }
@@ -64,6 +68,8 @@ static tbert_status check_fields(const tbert_recipe *r, const char *label, tbert
         return tbert_fail(err, TBERT_E_FORMAT, "%s: flatten pooling needs windows = 1", l);
     if (r->lexical_dim < 0 || r->lexical_dim > (1 << 22))
         return tbert_fail(err, TBERT_E_FORMAT, "%s: lexical_dim %d out of range", l, r->lexical_dim);
+    if (r->lexical_ngrams < 1 || r->lexical_ngrams > 2)
+        return tbert_fail(err, TBERT_E_FORMAT, "%s: lexical_ngrams %d out of range (1 or 2)", l, r->lexical_ngrams);
     if (r->evidence == TBERT_EVIDENCE_LEXICAL && r->lexical_dim == 0)
         return tbert_fail(err, TBERT_E_FORMAT, "%s: evidence into the lexical space needs lexical_dim > 0", l);
     if (r->evidence == TBERT_EVIDENCE_BLOCK && (r->evidence_dim < 1 || r->evidence_dim > (1 << 22)))
@@ -136,6 +142,8 @@ char *tbert_recipe_to_json(const tbert_recipe *r) {
     ok &= cJSON_AddBoolToObject(o, "normalize", r->normalize) != NULL;
     ok &= cJSON_AddStringToObject(o, "precision", tbert_precision_name(r->precision)) != NULL;
     ok &= cJSON_AddNumberToObject(o, "lexical_dim", r->lexical_dim) != NULL;
+    /* only when not the default, so that recipes (and feature-cache keys) without it stay as they were */
+    if (r->lexical_ngrams != 1) ok &= cJSON_AddNumberToObject(o, "lexical_ngrams", r->lexical_ngrams) != NULL;
     ok &= cJSON_AddStringToObject(o, "evidence", evidence_names[r->evidence]) != NULL;
     ok &= cJSON_AddNumberToObject(o, "evidence_dim", r->evidence_dim) != NULL;
     cJSON *labels = cJSON_AddArrayToObject(o, "labels");
@@ -180,6 +188,7 @@ tbert_status tbert_recipe_from_json(const char *json, const char *label, tbert_r
     tbert_status st = TBERT_OK;
     const char *bad = NULL;
     char pool[32], prec[32], ev[32];
+    r->lexical_ngrams = 1;
     if (!get_int(o, "recipe_version", &r->recipe_version)) bad = "recipe_version";
     else if (r->recipe_version != TBERT_RECIPE_VERSION) {
         cJSON_Delete(o);
@@ -197,6 +206,8 @@ tbert_status tbert_recipe_from_json(const char *json, const char *label, tbert_r
     else if (!cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(o, "normalize"))) bad = "normalize";
     else if (!get_str(o, "precision", prec, sizeof prec) || tbert_precision_parse(prec, &r->precision, NULL)) bad = "precision";
     else if (!get_int(o, "lexical_dim", &r->lexical_dim)) bad = "lexical_dim";
+    else if (cJSON_GetObjectItemCaseSensitive(o, "lexical_ngrams") && !get_int(o, "lexical_ngrams", &r->lexical_ngrams))
+        bad = "lexical_ngrams";
     else if (!get_str(o, "evidence", ev, sizeof ev)) bad = "evidence";
     else if (!get_int(o, "evidence_dim", &r->evidence_dim)) bad = "evidence_dim";
     if (!bad) {

@@ -15,12 +15,11 @@
 
 void tbert_train_opts_default(tbert_train_opts *o) {
     memset(o, 0, sizeof *o);
-    o->pool = o->max_len = o->layers = o->windows = o->normalize = o->lexical_dim = -1;
+    o->pool = o->max_len = o->layers = o->windows = o->normalize = o->lexical_dim = o->lexical_ngrams = o->evidence_dim = -1;
     o->hidden = o->epochs = o->batch = -1;
     o->lr = o->weight_decay = o->dropout = -1;
     o->seed = 42;
-    o->val_fraction = 0.1;
-    o->test_fraction = 0.2;
+    o->val_fraction = o->test_fraction = -1; /* the recipe's: text 0.1 / 0.2, mail 0.2 / 0 */
     o->device.kind = TBERT_DEVICE_AUTO;
     o->precision = TBERT_PREC_FP32;
 }
@@ -312,6 +311,14 @@ static tbert_status build_recipe(const tbert_train_opts *o, const char *name, tb
         r->lexical_dim = o->lexical_dim;
         if (!r->lexical_dim && r->evidence == TBERT_EVIDENCE_LEXICAL) r->evidence = TBERT_EVIDENCE_NONE;
     }
+    if (o->lexical_ngrams > 0) r->lexical_ngrams = o->lexical_ngrams;
+    if (o->evidence_dim > 0 && r->evidence != TBERT_EVIDENCE_NONE) {
+        r->evidence = TBERT_EVIDENCE_BLOCK;
+        r->evidence_dim = o->evidence_dim;
+    } else if (o->evidence_dim == 0 && r->evidence == TBERT_EVIDENCE_BLOCK) {
+        r->evidence = r->lexical_dim > 0 ? TBERT_EVIDENCE_LEXICAL : TBERT_EVIDENCE_NONE;
+        r->evidence_dim = 0;
+    }
     r->precision = o->precision;
     if (r->pool == TBERT_POOL_FLATTEN && r->windows != 1)
         return tbert_fail(err, TBERT_E_ARG, "--pool flatten cannot average %d windows (use --windows 1)", r->windows);
@@ -330,6 +337,13 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     memset(res, 0, sizeof *res);
     double t0 = tbert_now();
     const char *rname = o->recipe ? o->recipe : (o->data ? "text" : "mail");
+    /* split fractions left at -1 take the recipe's defaults: mail validates on 0.2 (its fpr=0 threshold needs
+     * enough ham) and keeps no test part (the training mail is all for the head; benchmarks test elsewhere) */
+    tbert_train_opts resolved = *o;
+    bool mail_defaults = !strcmp(rname, "mail");
+    if (resolved.val_fraction < 0) resolved.val_fraction = mail_defaults ? 0.2 : 0.1;
+    if (resolved.test_fraction < 0) resolved.test_fraction = mail_defaults ? 0.0 : 0.2;
+    o = &resolved;
     if (!o->out_dir) return tbert_fail(err, TBERT_E_ARG, "train: --out CKPT_DIR is required");
     if (!o->data && o->n_ham + o->n_spam == 0) return tbert_fail(err, TBERT_E_ARG, "train: give --data FILE or --ham/--spam");
     if (o->data && o->n_ham + o->n_spam > 0) return tbert_fail(err, TBERT_E_ARG, "train: --data and --ham/--spam exclude each other");

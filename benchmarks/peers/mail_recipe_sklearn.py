@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Mail feature-recipe research for issue 7 (peer/reference code, not product code).
 
-Measures feature recipes (hashed or vocab-id WordPiece counts, header evidence tokens, optional MiniLM window
-vectors), heads (logistic regression, tbert-like AdamW linear / MLP heads) and threshold rules (f1, fpr=X)
-chosen on a stratified validation part of the TRAINING data only, on the two SpamAssassin splits of
+Measures feature recipes (hashed or vocab-id WordPiece counts, header evidence tokens; MiniLM window vectors
+were not measured: too slow on the shared CPU), heads (logistic regression, tbert-like AdamW linear / MLP
+heads) and threshold rules (f1, fpr=X, fpr=X+recall=R, VALUE) chosen on a stratified validation part of the TRAINING data only, on the two SpamAssassin splits of
 ../shared/notes/mail-baselines.md (half: even/odd positions; time: easy_ham+spam -> easy_ham_2+spam_2).
 
 Usage: nice -n 10 /opt/golden/bin/python benchmarks/peers/mail_recipe_sklearn.py [--corpus DIR] [--cache DIR]
-       [--only NAME[,NAME...]] [--encoder]
-Prints one markdown table row per (split, option). Parsed mail, token ids and encoder vectors are cached in
+       [--only NAME[,NAME...]] [--seed S] [--val-fraction X] [--rules f1,fpr=0,fpr=0+recall=0.9,0.99]
+Prints one markdown table row per (split, option). Parsed mail and token ids are cached in
 --cache (default /tmp/recipe).
 """
 import argparse
@@ -447,6 +447,10 @@ OPTIONS = {
                           dict(head="torch", hidden=0, lr=1e-2, wd=0.0, epochs=30)),
     "lin_h30522_e12blk1": (dict(lex_dim=30522, ev="e12", ev_mode="block", ev_weight=1.0),
                            dict(head="torch", hidden=0, lr=1e-2, wd=0.0, epochs=30)),
+    "lin_h30522_e1blk": (dict(lex_dim=30522, ev="e1", ev_mode="block", ev_weight=0.5),
+                         dict(head="torch", hidden=0, lr=1e-2, wd=0.0, epochs=30)),
+    "lin_vocab_e1blk1": (dict(lex_mode="vocab", lex_dim=30522, ev="e1", ev_mode="block", ev_weight=1.0),
+                         dict(head="torch", hidden=0, lr=1e-2, wd=0.0, epochs=30)),
     "lr_h4096": (dict(lex_dim=4096), dict(head="lr")),
     "lr_vocab": (dict(lex_mode="vocab", lex_dim=30522), dict(head="lr")),
     "lr_h16384": (dict(lex_dim=16384), dict(head="lr")),

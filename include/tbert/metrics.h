@@ -46,7 +46,10 @@ tbert_status tbert_pr_curve(int n, const float *score, const bool *is_pos, doubl
 
 /* Threshold spec: "f1" (maximise F1 of the positive class; the threshold is the midpoint between the
  * lowest score called positive and the next lower distinct score), "fpr=X" (the lowest threshold whose
- * false-positive rate is <= X, same midpoint rule), or a number VALUE in [0,1]. */
+ * false-positive rate is <= X, same midpoint rule), "fpr=X,recall=R" (the fpr=X threshold, raised to the
+ * (1 - R) quantile of the positives' scores (ascending, linear interpolation) when that is higher: the
+ * zero-FP cut that never keeps more than R of the validation positives, a margin for mail unlike the
+ * validation mail), or a number VALUE in [0,1]. */
 tbert_status tbert_threshold_parse(const char *spec, tbert_error *err);
 tbert_status tbert_threshold_choose(const char *spec, int n, const float *score, const bool *is_pos, float *out,
                                     tbert_error *err);

@@ -7,12 +7,14 @@
  *     pooled vectors of up to `windows` windows of max_len tokens are averaged (then L2-normalised when
  *     normalize is set) |
  *     lexical: when lexical_dim > 0, counts of the text's WordPiece ids hashed into lexical_dim buckets
- *     (all tokens of the text, not only the encoded windows), log1p, then L2 normalisation of the block |
+ *     (all tokens of the text, not only the encoded windows; with lexical_ngrams 2 also each pair of
+ *     adjacent ids), log1p, then L2 normalisation of the block |
  *     evidence: when evidence == TBERT_EVIDENCE_BLOCK, the message's evidence tokens (space-separated)
  *     hashed into evidence_dim buckets, log1p + L2 ]
  * With evidence == TBERT_EVIDENCE_LEXICAL the evidence tokens are hashed into the lexical block (before
  * its log1p + L2) and evidence_dim is 0. A doc without evidence (NULL or "") contributes nothing there.
- * Hashes: WordPiece id k -> bucket fmix64(k + 1) % lexical_dim; evidence token s -> fmix64(fnv1a64(s)) % dim
+ * Hashes: WordPiece id k -> bucket fmix64(k + 1) % lexical_dim; pair (a, b) -> fmix64(((a + 1) << 32 | (b + 1)) ^
+ * 0x9e3779b97f4a7c15) % lexical_dim; evidence token s -> fmix64(fnv1a64(s)) % dim
  * (fmix64 = MurmurHash3's 64-bit finaliser). */
 #ifndef TBERT_RECIPE_H
 #define TBERT_RECIPE_H
@@ -49,6 +51,7 @@ typedef struct {
     tbert_precision precision; /* encoder precision the features were made with */
     /* sparse channels */
     int lexical_dim;           /* 0 = off */
+    int lexical_ngrams;        /* 1: WordPiece ids; 2: ids and pairs of adjacent ids (JSON key only when != 1) */
     tbert_evidence_mode evidence;
     int evidence_dim;          /* > 0 only for TBERT_EVIDENCE_BLOCK */
     /* classification */
@@ -61,7 +64,8 @@ typedef struct {
 /* Presets (model fields left empty until bind_model):
  *   "text": mean pooling, max_len 128, 1 window, no normalize, lexical 1024, no evidence
  *   "seed": flatten, max_len 128, 1 window (the tutorial's recipe)
- *   "mail": mean pooling, max_len 128, 4 windows, lexical 4096 + evidence into the lexical space */
+ *   "mail": mean pooling, max_len 128, 4 windows, lexical 30522 (the WordPiece vocabulary's size) and the
+ *           header evidence in its own block of 1024 (docs/mail-recipe-research.md) */
 tbert_status tbert_recipe_preset(const char *name, tbert_recipe *out, tbert_error *err);
 /* Fills model_hash, vocab_hash, model_hidden, model_layers; resolves layers (0 = all). Checks the recipe
  * fits (max_len <= max_position, pooler present for pooling "pooler"). */

@@ -322,11 +322,11 @@ int cmd_bench(int argc, char **argv) {
         printf("{\"engine\": \"tbert\", \"device\": \"%s\", \"precision\": \"%s\", \"threads\": %d, \"model\": \"%s\", "
                "\"layers\": %d, \"hidden\": %d, \"mode\": \"%s\", \"pool\": \"%s\", \"padding\": \"%s\", \"batch\": %ld, "
                "\"max_len\": %ld, \"sequences\": %ld, \"batches\": %ld, \"tokens\": %.0f, \"padded_tokens\": %.0f, "
-               "\"seconds\": %.4f, \"cpu_seconds\": %.4f, \"sequences_per_s\": %.2f, \"tokens_per_s\": %.1f, \"gflops_per_s\": %.2f, "
+               "\"gflop\": %.9g, \"seconds\": %.4f, \"cpu_seconds\": %.4f, \"sequences_per_s\": %.2f, \"tokens_per_s\": %.1f, \"gflops_per_s\": %.2f, "
                "\"sgemm_peak_gflops_per_s\": %.2f, \"sgemm_ffn_gflops_per_s\": %.2f, \"peak_rss_mb\": %.1f}\n",
                devname, tbert_precision_name(used.precision), cuda ? 0 : used.threads, dir, used.layers,
                m->cfg.hidden, mode, tbert_pool_name(a.pool), padding, a.batch, a.data ? a.max_len : a.seq_len,
-               res.sequences, res.batches, res.tokens, res.padded_tokens, res.seconds, res.cpu_seconds, sps, tps, gf, sg_peak, sg_ffn,
+               res.sequences, res.batches, res.tokens, res.padded_tokens, res.flops / 1e9, res.seconds, res.cpu_seconds, sps, tps, gf, sg_peak, sg_ffn,
                peak_rss_mb());
     } else {
         printf("model     %s (L%d H%d A%d I%d, %d layers used)\n", dir, m->cfg.layers, m->cfg.hidden, m->cfg.heads,

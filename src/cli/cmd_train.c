@@ -21,7 +21,8 @@ static void usage(FILE *f) {
             "  --header MODE          auto|yes|no (default auto)\n"
             "  --text-col COL         header name or number from 1 (default 2; JSONL: text)\n"
             "  --label-col COL        header name or number from 1 (default 1; JSONL: label)\n"
-            "  --ham PATH, --spam PATH  mail (mbox, Maildir, folders, message files), repeatable; mail recipe\n"
+            "  --ham PATH..., --spam PATH...  mail (mbox, Maildir, folders, message files); each flag takes one or\n"
+            "                         more paths and may be repeated; mail recipe\n"
             "recipe (features):\n"
             "  --recipe NAME          text (default for --data: mean pooling, max_len 128, 1024 hashed WordPiece\n"
             "                         counts, MLP 512, AdamW lr 3e-4, batch 64, 20 epochs),\n"
@@ -34,15 +35,20 @@ static void usage(FILE *f) {
             "  --layers K             use the first K encoder layers\n"
             "  --normalize            L2-normalise the pooled vector\n"
             "  --lexical-dim N        hashed WordPiece count features (0 = off)\n"
+            "  --lexical-ngrams N     1: WordPiece ids; 2: also pairs of adjacent ids (hashed into the same block)\n"
+            "  --evidence-dim N       mail header evidence in its own hashed block of N (0: inside the lexical block)\n"
             "head and optimiser:\n"
             "  --hidden N             MLP hidden units (0 = linear head)\n"
             "  --dropout P            dropout before the last layer\n"
             "  --epochs N  --batch N  --lr X  --weight-decay X (AdamW, decoupled; 0 = Adam)\n"
             "  --class-weights auto   weight classes by n / (C * n_c)\n"
             "  --positive LABEL       positive class of a binary head (default spam, else the second label)\n"
-            "  --threshold T          f1 | fpr=X | VALUE, chosen on validation (default f1)\n"
+            "  --threshold T          f1 | fpr=X | fpr=X,recall=R | VALUE, chosen on validation (default f1; mail\n"
+            "                         fpr=0,recall=0.9: the zero-false-positive cut, keeping at most 90%% of the\n"
+            "                         validation spam)\n"
             "split and run:\n"
-            "  --val-fraction X       (default 0.1)   --test-fraction X (default 0.2); stratified, 0 allowed\n"
+            "  --val-fraction X       (default 0.1; mail 0.2)   --test-fraction X (default 0.2; mail 0); stratified,\n"
+            "                         0 allowed\n"
             "  --seed N               (default 42)\n"
             "  --device D             auto|cpu|cuda[:N] (encoder)   --precision fp32|tf32|bf16   --threads N\n"
             "  --resume               continue from CKPT_DIR/last.safetensors (same result as an uninterrupted run)\n"
@@ -53,7 +59,7 @@ static void usage(FILE *f) {
 
 enum {
     O_DATA = 256, O_OUT, O_MODEL, O_FMT, O_HEADER, O_TEXT, O_LABEL, O_HAM, O_SPAM, O_RECIPE, O_POOL, O_MAXLEN, O_WINDOWS,
-    O_LAYERS, O_NORMALIZE, O_LEX, O_HIDDEN, O_DROPOUT, O_EPOCHS, O_BATCH, O_LR, O_WD, O_CW, O_POS, O_THR, O_VAL, O_TEST,
+    O_LAYERS, O_NORMALIZE, O_LEX, O_NGRAMS, O_EVDIM, O_HIDDEN, O_DROPOUT, O_EPOCHS, O_BATCH, O_LR, O_WD, O_CW, O_POS, O_THR, O_VAL, O_TEST,
     O_SEED, O_DEVICE, O_PREC, O_THREADS, O_RESUME, O_EXPORT, O_JSON, O_QUIET, O_HELP
 };
 
@@ -65,6 +71,7 @@ static const struct option longopts[] = {
     {"pool", required_argument, 0, O_POOL}, {"max-len", required_argument, 0, O_MAXLEN},
     {"windows", required_argument, 0, O_WINDOWS}, {"layers", required_argument, 0, O_LAYERS},
     {"normalize", no_argument, 0, O_NORMALIZE}, {"lexical-dim", required_argument, 0, O_LEX},
+    {"lexical-ngrams", required_argument, 0, O_NGRAMS}, {"evidence-dim", required_argument, 0, O_EVDIM},
     {"hidden", required_argument, 0, O_HIDDEN}, {"dropout", required_argument, 0, O_DROPOUT},
     {"epochs", required_argument, 0, O_EPOCHS}, {"batch", required_argument, 0, O_BATCH}, {"lr", required_argument, 0, O_LR},
     {"weight-decay", required_argument, 0, O_WD}, {"class-weights", required_argument, 0, O_CW},
@@ -156,8 +163,15 @@ int cmd_train(int argc, char **argv) {
         case O_HEADER: if (tbert_header_mode_parse(optarg, &o.table.header, &err)) rc = cli_report(&err); break;
         case O_TEXT: o.table.text_col = optarg; break;
         case O_LABEL: o.table.label_col = optarg; break;
-        case O_HAM: ham[o.n_ham++] = optarg; break;
-        case O_SPAM: spam[o.n_spam++] = optarg; break;
+        case O_HAM:
+        case O_SPAM: {
+            /* each flag takes one or more paths: the words after it up to the next option */
+            const char **dst = c == O_HAM ? ham : spam;
+            int *cnt = c == O_HAM ? &o.n_ham : &o.n_spam;
+            dst[(*cnt)++] = optarg;
+            while (optind < argc && argv[optind][0] != '-') dst[(*cnt)++] = argv[optind++];
+            break;
+        }
         case O_RECIPE:
             if (strcmp(optarg, "text") && strcmp(optarg, "seed") && strcmp(optarg, "mail"))
                 rc = cli_usage_error(cmd, "--recipe expects text, seed or mail, got '%s'", optarg);
@@ -174,6 +188,8 @@ int cmd_train(int argc, char **argv) {
         case O_LAYERS: if (!cli_parse_int(cmd, "--layers", optarg, 1, 1000, &v)) rc = CLI_USAGE; o.layers = (int)v; break;
         case O_NORMALIZE: o.normalize = 1; break;
         case O_LEX: if (!cli_parse_int(cmd, "--lexical-dim", optarg, 0, 1 << 22, &v)) rc = CLI_USAGE; o.lexical_dim = (int)v; break;
+        case O_NGRAMS: if (!cli_parse_int(cmd, "--lexical-ngrams", optarg, 1, 2, &v)) rc = CLI_USAGE; o.lexical_ngrams = (int)v; break;
+        case O_EVDIM: if (!cli_parse_int(cmd, "--evidence-dim", optarg, 0, 1 << 22, &v)) rc = CLI_USAGE; o.evidence_dim = (int)v; break;
         case O_HIDDEN: if (!cli_parse_int(cmd, "--hidden", optarg, 0, 65536, &v)) rc = CLI_USAGE; o.hidden = (int)v; break;
         case O_DROPOUT: if (!cli_parse_double(cmd, "--dropout", optarg, 0, 0.99, &x)) rc = CLI_USAGE; o.dropout = x; break;
         case O_EPOCHS: if (!cli_parse_int(cmd, "--epochs", optarg, 1, 1000000, &v)) rc = CLI_USAGE; o.epochs = (int)v; break;
@@ -210,7 +226,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc && !o.out_dir) rc = cli_usage_error(cmd, "--out CKPT_DIR is required");
     if (!rc && !o.data && o.n_ham + o.n_spam == 0) rc = cli_usage_error(cmd, "give --data FILE, or --ham PATH and --spam PATH");
     if (!rc && !o.data && (o.n_ham == 0 || o.n_spam == 0)) rc = cli_usage_error(cmd, "--ham and --spam go together");
-    if (!rc && o.val_fraction + o.test_fraction >= 1) rc = cli_usage_error(cmd, "--val-fraction + --test-fraction must be below 1");
+    if (!rc && o.val_fraction >= 0 && o.test_fraction >= 0 && o.val_fraction + o.test_fraction >= 1) rc = cli_usage_error(cmd, "--val-fraction + --test-fraction must be below 1");
     if (rc) {
         free(ham);
         free(spam);
