@@ -9,7 +9,10 @@ Spam is the positive class; F1 and false-positive rate on the test part. bogofil
 operating points (its own Spam verdict with Unsure counted as ham; spamicity >= 0.5).
 
 Usage: benchmarks/bench_mail.py --tbert build/cpu/tbert [--split half|time|both] [--model minilm]
-       [--train-args "..."] [--work DIR]
+       [--train-args "..."] [--score-args "..."] [--work DIR]
+Prints one line per split on stderr as it goes, then a Markdown table (F1, FPR, FP and FN counts, times).
+The tbert head and scores of each split stay in the work folder (head-SPLIT/, scores-SPLIT.jsonl).
+Throughput (messages/s, MB/s beside bogofilter -B): benchmarks/bench_mail_throughput.sh.
 Standard library only; needs bogofilter (Debian) on PATH. Fails loudly when a peer cannot run.
 """
 import argparse

@@ -44,8 +44,8 @@ row() { # name seconds
 mkhead() { # out extra-args...
     local out=$1; shift
     local hamf spamf
-    hamf=$(find "$CORPUS/hard_ham" -maxdepth 1 -type f | LC_ALL=C sort | head -60)
-    spamf=$(find "$CORPUS/spam" -maxdepth 1 -type f | LC_ALL=C sort | head -60)
+    hamf=$(find "$CORPUS/hard_ham" -maxdepth 1 -type f | LC_ALL=C sort | sed -n 1,60p)
+    spamf=$(find "$CORPUS/spam" -maxdepth 1 -type f | LC_ALL=C sort | sed -n 1,60p)
     # shellcheck disable=SC2086
     "$TBERT" train --quiet --out "$out" --epochs 3 --test-fraction 0 "$@" --ham $hamf --spam $spamf >/dev/null
 }
@@ -54,8 +54,10 @@ mkhead() { # out extra-args...
 
 # bogofilter: registers the sample's ham and spam (by folder), then classifies it with -B
 mkdir -p "$WORK/bogo"
-grep -v '/spam' "$WORK/sample" | xargs -d '\n' bogofilter -d "$WORK/bogo" -n -B
-grep '/spam' "$WORK/sample" | xargs -d '\n' bogofilter -d "$WORK/bogo" -s -B
+grep -v -e '/spam/' -e '/spam_2/' "$WORK/sample" >"$WORK/sample.ham" || true
+grep -e '/spam/' -e '/spam_2/' "$WORK/sample" >"$WORK/sample.spam" || true
+[ -s "$WORK/sample.ham" ] && xargs -d '\n' bogofilter -d "$WORK/bogo" -n -B <"$WORK/sample.ham"
+[ -s "$WORK/sample.spam" ] && xargs -d '\n' bogofilter -d "$WORK/bogo" -s -B <"$WORK/sample.spam"
 t0=$(now)
 xargs -d '\n' bogofilter -d "$WORK/bogo" -v -B <"$WORK/sample" >"$WORK/bogo.out" || true
 t1=$(now)
@@ -77,6 +79,6 @@ T2=$(score "$HEAD_2")
 
 echo "| system | messages | MB | seconds | messages/s | MB/s |"
 echo "|---|---|---|---|---|---|"
-row "bogofilter $(bogofilter -V 2>&1 | head -1 | awk '{print $2}') -B (peer)" "$BOGO"
+row "bogofilter $(bogofilter -V 2>&1 | sed -n 1p | awk '{print $3}') -B (peer)" "$BOGO"
 row "tbert score, CPU, default mail recipe" "$TD"
 row "tbert score, CPU, default mail recipe + --layers 2" "$T2"

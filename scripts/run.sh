@@ -20,4 +20,4 @@ echo "== training on $sms (80/20 stratified split, seed 42) =="
 awk -F'\t' 'NR == FNR { if ($3 == "test") keep[$2] = 1; next } (FNR in keep)' "$run_dir/split.tsv" "$sms" > "$run_dir/test.tsv"
 echo "== evaluating $run_dir on the held-out test split ($(wc -l < "$run_dir/test.tsv") messages) =="
 "$bin" eval --head "$run_dir" --data "$run_dir/test.tsv" --input-format tsv --header no
-echo "report: $root/$run_dir/report.html"
+echo "report: $(cd "$run_dir" && pwd)/report.html"

@@ -8,6 +8,10 @@
  * spent on pads. Real rows are therefore exactly what transformers computes with its additive mask
  * (there exp(mask) underflows to exactly 0 for padded keys).
  *
+ * OpenBLAS's thread count is process-wide: each forward sets it to 1 (the workers call sgemm concurrently,
+ * each on its own thread) or, for a batch that fits one worker (e.g. a single text), to all threads. An
+ * encoder runs one call at a time; pooling reads the packed rows directly (no [B,T,H] round trip).
+ *
  * Per layer (N packed tokens, H hidden, I intermediate, A heads of d = H/A):
  *   qkv[N,3H]  = x @ Wqkv^T + bqkv          (Wq|Wk|Wv fused at create time; q pre-scaled by 1/sqrt(d))
  *   ctx[N,H]   = softmax(q k^T) v           per (sequence, head)

@@ -62,14 +62,24 @@ static uint64_t fnv1a64(const char *s, size_t n) {
     return h;
 }
 
-static void hash_evidence(const char *ev, float *block, int dim) {
+static bool e1_key(const char *s, size_t n) {
+    static const char *const keys[] = {"from_domain:", "from_tld:", "mailer:", "rcvd_hops:", "ctype:", "body:",
+                                       "attach:", "charset:", "has:", "no:"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        size_t k = strlen(keys[i]);
+        if (n > k && !memcmp(s, keys[i], k)) return true;
+    }
+    return false;
+}
+
+static void hash_evidence(const char *ev, int set, float *block, int dim) {
     if (!ev) return;
     const char *p = ev;
     while (*p) {
         while (*p == ' ' || *p == '\t' || *p == '\n') p++;
         const char *s = p;
         while (*p && *p != ' ' && *p != '\t' && *p != '\n') p++;
-        if (p > s) block[fmix64(fnv1a64(s, (size_t)(p - s))) % (uint64_t)dim] += 1.0f;
+        if (p > s && (set == 0 || e1_key(s, (size_t)(p - s)))) block[fmix64(fnv1a64(s, (size_t)(p - s))) % (uint64_t)dim] += 1.0f;
     }
 }
 
@@ -165,12 +175,12 @@ static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc
                 uint64_t pair = ((uint64_t)(uint32_t)(ids.v[k - 1] + 1) << 32) | (uint32_t)(ids.v[k] + 1);
                 lex[fmix64(pair ^ 0x9e3779b97f4a7c15ull) % (uint64_t)r->lexical_dim] += 1.0f;
             }
-            if (r->evidence == TBERT_EVIDENCE_LEXICAL) hash_evidence(docs[i].evidence, lex, r->lexical_dim);
+            if (r->evidence == TBERT_EVIDENCE_LEXICAL) hash_evidence(docs[i].evidence, r->evidence_set, lex, r->lexical_dim);
             log1p_l2(lex, r->lexical_dim);
         }
         if (sparse && r->evidence == TBERT_EVIDENCE_BLOCK) {
             float *evb = row + fz->dense_dim + r->lexical_dim;
-            hash_evidence(docs[i].evidence, evb, r->evidence_dim);
+            hash_evidence(docs[i].evidence, r->evidence_set, evb, r->evidence_dim);
             log1p_l2(evb, r->evidence_dim);
         }
     }
@@ -241,6 +251,7 @@ static bool cache_path(const tbert_featurizer *fz, const char *data_hash, char *
     k.threshold = 0;
     k.lexical_dim = 0;
     k.lexical_ngrams = 1;
+    k.evidence_set = 0;
     k.evidence = TBERT_EVIDENCE_NONE;
     k.evidence_dim = 0;
     char *json = tbert_recipe_to_json(&k);

@@ -32,10 +32,17 @@ tbert_status tbert_recipe_preset(const char *name, tbert_recipe *r, tbert_error 
         snprintf(r->name, sizeof r->name, "mail");
         /* docs/mail-recipe-research.md + benchmarks/RESULTS_mailbench.md: a WordPiece-sized lexical block and
          * the header evidence in its own L2-normalised block (mixed into the lexical counts it costs FPs) */
-        r->windows = 4;
+        /* one window: on these corpora the encoder vector adds little next to the sparse blocks (baselines
+         * note: windows + counts = counts), and 4 windows cost up to 4x the encoder time; the vector is
+         * L2-normalised so that the three blocks weigh alike for the linear head */
+        r->windows = 1;
+        r->normalize = true;
         r->lexical_dim = 30522;
         r->evidence = TBERT_EVIDENCE_BLOCK;
         r->evidence_dim = 1024;
+        /* only the research's E1 keys: hdr:NAME would carry upstream filters' headers (X-Razor-Id,
+         * X-SpamCop-*, X-Spamadvice occur in this corpus), which a filter must not learn from */
+        r->evidence_set = 1;
     } else {
         return tbert_fail(err, TBERT_E_ARG, "unknown recipe '%s' (expected text, seed or mail)", name);
     }
@@ -68,6 +75,8 @@ static tbert_status check_fields(const tbert_recipe *r, const char *label, tbert
         return tbert_fail(err, TBERT_E_FORMAT, "%s: flatten pooling needs windows = 1", l);
     if (r->lexical_dim < 0 || r->lexical_dim > (1 << 22))
         return tbert_fail(err, TBERT_E_FORMAT, "%s: lexical_dim %d out of range", l, r->lexical_dim);
+    if (r->evidence_set < 0 || r->evidence_set > 1)
+        return tbert_fail(err, TBERT_E_FORMAT, "%s: evidence_set %d out of range (0 or 1)", l, r->evidence_set);
     if (r->lexical_ngrams < 1 || r->lexical_ngrams > 2)
         return tbert_fail(err, TBERT_E_FORMAT, "%s: lexical_ngrams %d out of range (1 or 2)", l, r->lexical_ngrams);
     if (r->evidence == TBERT_EVIDENCE_LEXICAL && r->lexical_dim == 0)
@@ -144,6 +153,7 @@ char *tbert_recipe_to_json(const tbert_recipe *r) {
     ok &= cJSON_AddNumberToObject(o, "lexical_dim", r->lexical_dim) != NULL;
     /* only when not the default, so that recipes (and feature-cache keys) without it stay as they were */
     if (r->lexical_ngrams != 1) ok &= cJSON_AddNumberToObject(o, "lexical_ngrams", r->lexical_ngrams) != NULL;
+    if (r->evidence_set != 0) ok &= cJSON_AddNumberToObject(o, "evidence_set", r->evidence_set) != NULL;
     ok &= cJSON_AddStringToObject(o, "evidence", evidence_names[r->evidence]) != NULL;
     ok &= cJSON_AddNumberToObject(o, "evidence_dim", r->evidence_dim) != NULL;
     cJSON *labels = cJSON_AddArrayToObject(o, "labels");
@@ -208,6 +218,8 @@ tbert_status tbert_recipe_from_json(const char *json, const char *label, tbert_r
     else if (!get_int(o, "lexical_dim", &r->lexical_dim)) bad = "lexical_dim";
     else if (cJSON_GetObjectItemCaseSensitive(o, "lexical_ngrams") && !get_int(o, "lexical_ngrams", &r->lexical_ngrams))
         bad = "lexical_ngrams";
+    else if (cJSON_GetObjectItemCaseSensitive(o, "evidence_set") && !get_int(o, "evidence_set", &r->evidence_set))
+        bad = "evidence_set";
     else if (!get_str(o, "evidence", ev, sizeof ev)) bad = "evidence";
     else if (!get_int(o, "evidence_dim", &r->evidence_dim)) bad = "evidence_dim";
     if (!bad) {

@@ -47,7 +47,10 @@ void tbert_hparams_preset(const char *name, tbert_hparams *hp) {
         hp->batch = 32;
         hp->lr = 1e-2;
         hp->weight_decay = 0;
-        hp->threshold = "fpr=0,recall=0.9";
+        /* fpr=0.003 tolerates one validation ham in 333+: with 415 validation ham on the half split, one
+         * Japanese hard_ham message scores 0.9995 (next: 0.93) and the strict zero-FP cut keeps under half
+         * the spam (RESULTS_mailbench.md) */
+        hp->threshold = "fpr=0.003,recall=0.9";
     }
 }
 

@@ -15,7 +15,7 @@
 
 void tbert_train_opts_default(tbert_train_opts *o) {
     memset(o, 0, sizeof *o);
-    o->pool = o->max_len = o->layers = o->windows = o->normalize = o->lexical_dim = o->lexical_ngrams = o->evidence_dim = -1;
+    o->pool = o->max_len = o->layers = o->windows = o->normalize = o->lexical_dim = o->lexical_ngrams = o->evidence_dim = o->evidence_set = -1;
     o->hidden = o->epochs = o->batch = -1;
     o->lr = o->weight_decay = o->dropout = -1;
     o->seed = 42;
@@ -312,6 +312,7 @@ static tbert_status build_recipe(const tbert_train_opts *o, const char *name, tb
         if (!r->lexical_dim && r->evidence == TBERT_EVIDENCE_LEXICAL) r->evidence = TBERT_EVIDENCE_NONE;
     }
     if (o->lexical_ngrams > 0) r->lexical_ngrams = o->lexical_ngrams;
+    if (o->evidence_set >= 0) r->evidence_set = o->evidence_set;
     if (o->evidence_dim > 0 && r->evidence != TBERT_EVIDENCE_NONE) {
         r->evidence = TBERT_EVIDENCE_BLOCK;
         r->evidence_dim = o->evidence_dim;

@@ -164,8 +164,16 @@ static void test_recipe_json(void **state) {
     assert_non_null(j);
     assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_OK);
     assert_memory_equal(&r, &back, sizeof r); /* every field, the float threshold bit for bit */
-    assert_int_equal(tbert_recipe_dim(&back), 384 + 4096);
+    assert_int_equal(tbert_recipe_dim(&back), 384 + 30522 + 1024); /* mail: lexical 30522 + evidence block 1024 */
+    assert_null(strstr(j, "lexical_ngrams")); /* the default (1) is not written: older recipes and cache keys stay */
     free(j);
+    r.lexical_ngrams = 2;
+    j = tbert_recipe_to_json(&r);
+    assert_non_null(strstr(j, "\"lexical_ngrams\":2"));
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_OK);
+    assert_memory_equal(&r, &back, sizeof r);
+    free(j);
+    r.lexical_ngrams = 1;
     const char *bad[][2] = {
         {"{\"recipe_version\":2}", "recipe_version 2"},
         {"[1,2]", "not a JSON object"},

@@ -34,6 +34,25 @@ static void test_threshold_choice(void **state) {
     assert_float_equal(t, 0.75f, 1e-6);
     assert_int_equal(tbert_threshold_choose("fpr=0", 7, S, Y, &t, NULL), TBERT_OK);
     assert_float_equal(t, 0.85f, 1e-6);
+    /* fpr=X,recall=R: max(fpr cut, (1-R) quantile of the positives {0.6, 0.8, 0.9}, linear interpolation):
+     * R 0.4 -> h = 0.6 * 2 = 1.2 -> 0.8 + 0.2 * 0.1 = 0.82 (raises 0.75); R 0.9 -> 0.64 (keeps 0.75) */
+    assert_int_equal(tbert_threshold_choose("fpr=0.25,recall=0.4", 7, S, Y, &t, NULL), TBERT_OK);
+    assert_float_equal(t, 0.82f, 1e-6);
+    assert_int_equal(tbert_threshold_choose("fpr=0.25,recall=0.9", 7, S, Y, &t, NULL), TBERT_OK);
+    assert_float_equal(t, 0.75f, 1e-6);
+    assert_int_equal(tbert_threshold_choose("fpr=0,recall=0.5", 7, S, Y, &t, NULL), TBERT_OK);
+    assert_float_equal(t, 0.85f, 1e-6);
+    assert_int_equal(tbert_threshold_choose("fpr=0,recall=1", 7, S, Y, &t, NULL), TBERT_OK);
+    assert_float_equal(t, 0.85f, 1e-6);
+    assert_int_equal(tbert_threshold_choose("fpr=0,recall=0", 7, S, Y, &t, NULL), TBERT_OK);
+    assert_float_equal(t, 0.9f, 1e-6);
+    {
+        tbert_error e2;
+        assert_int_equal(tbert_threshold_parse("fpr=0,recall=2", &e2), TBERT_E_ARG);
+        assert_int_equal(tbert_threshold_parse("fpr=0,recal=0.9", &e2), TBERT_E_ARG);
+        assert_int_equal(tbert_threshold_parse("fpr=0,", &e2), TBERT_E_ARG);
+        assert_int_equal(tbert_threshold_parse("fpr=0.003,recall=0.9", &e2), TBERT_OK);
+    }
     assert_int_equal(tbert_threshold_choose("0.3", 7, S, Y, &t, NULL), TBERT_OK);
     assert_float_equal(t, 0.3f, 1e-7);
     tbert_error err;

@@ -100,6 +100,29 @@ open(os.path.join(sys.argv[2], "best.safetensors"), "wb").write(struct.pack("<Q"
 PYEOF
 EXPECT="recipe_version 99" expect_usage "unknown recipe_version" eval --model "$MODEL" --head "$TMP/v99" --data "$DATA"
 
+# --ham/--spam take several paths each (and may be repeated); the mail recipe's defaults land in the
+# checkpoint: lexical 30522 + E1 evidence block 1024, linear head, the fpr=0.003,recall=0.9 threshold rule
+M=$TESTS/data/mail
+"$BIN" train --model "$MODEL" --out "$TMP/mail" --max-len 32 --epochs 2 --val-fraction 0 --quiet --json \
+    --ham "$M/alternative.eml" "$M/nested.eml" --ham "$M/crlf.eml" --spam "$M/html_only.eml" "$M/qp_latin1.eml" \
+    "$M/rfc2047.eml" >"$TMP/mail.json" 2>"$TMP/mail.err" || { echo "FAIL: train --ham A B --spam C D E: $(cat "$TMP/mail.err")"; fail=1; }
+"$PY" - "$TMP/mail.json" "$TMP/mail/metrics.json" <<'PYEOF' || fail=1
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert o["split"] == "train" and o["n"] == 6, (o["split"], o["n"])
+assert o["per_class"]["ham"]["support"] == 3 and o["per_class"]["spam"]["support"] == 3, o["per_class"]
+PYEOF
+"$PY" - "$TMP/mail/best.safetensors" <<'PYEOF' || fail=1
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+meta = json.loads(b[8:8 + n])["__metadata__"]
+r = json.loads(meta["recipe"]); h = json.loads(meta["head"]); t = json.loads(meta["train"])["settings"]
+assert r["name"] == "mail" and r["lexical_dim"] == 30522 and r["evidence"] == "block" and r["evidence_dim"] == 1024, r
+assert r["evidence_set"] == 1 and r["windows"] == 1 and r["normalize"] is True, r
+assert h["hidden"] == 0, h
+assert t["threshold"] == "fpr=0.003,recall=0.9" and t["test_fraction"] == 0, t
+PYEOF
+
 # read-only output folder: one-line error naming it, exit 2, the previous checkpoint untouched
 "$BIN" train "${T[@]}" --out "$TMP/ro" >/dev/null 2>&1 || { echo "FAIL: train into ro"; fail=1; }
 cp "$TMP/ro/best.safetensors" "$TMP/best.before"

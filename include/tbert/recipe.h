@@ -54,6 +54,9 @@ typedef struct {
     int lexical_ngrams;        /* 1: WordPiece ids; 2: ids and pairs of adjacent ids (JSON key only when != 1) */
     tbert_evidence_mode evidence;
     int evidence_dim;          /* > 0 only for TBERT_EVIDENCE_BLOCK */
+    int evidence_set;          /* 0: every evidence token; 1: only the "E1" keys (from_domain from_tld mailer
+                                  rcvd_hops ctype body attach charset has: no:; docs/mail-recipe-research.md).
+                                  JSON key "evidence_set" only when != 0 */
     /* classification */
     int n_labels;
     char labels[TBERT_MAX_LABELS][TBERT_MAX_LABEL_LEN]; /* sorted byte-wise, unique */
@@ -64,8 +67,8 @@ typedef struct {
 /* Presets (model fields left empty until bind_model):
  *   "text": mean pooling, max_len 128, 1 window, no normalize, lexical 1024, no evidence
  *   "seed": flatten, max_len 128, 1 window (the tutorial's recipe)
- *   "mail": mean pooling, max_len 128, 4 windows, lexical 30522 (the WordPiece vocabulary's size) and the
- *           header evidence in its own block of 1024 (docs/mail-recipe-research.md) */
+ *   "mail": mean pooling, max_len 128, 1 window, normalize, lexical 30522 (the WordPiece vocabulary's size) and the
+ *           header evidence (E1 keys) in its own block of 1024 (docs/mail-recipe-research.md) */
 tbert_status tbert_recipe_preset(const char *name, tbert_recipe *out, tbert_error *err);
 /* Fills model_hash, vocab_hash, model_hidden, model_layers; resolves layers (0 = all). Checks the recipe
  * fits (max_len <= max_position, pooler present for pooling "pooler"). */

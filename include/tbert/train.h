@@ -85,6 +85,7 @@ typedef struct {
     const char *recipe;              /* NULL: text for --data, mail for --ham/--spam */
     /* recipe overrides: < 0 (or NULL) = keep the preset's */
     int pool, max_len, layers, windows, normalize, lexical_dim, lexical_ngrams;
+    int evidence_set; /* -1: the preset's; 0 all evidence tokens; 1 the E1 keys */
     int evidence_dim; /* -1: the preset; 0: evidence into the lexical block (when the preset has evidence); > 0: own block */
     /* hyper-parameter overrides */
     int hidden, epochs, batch;
