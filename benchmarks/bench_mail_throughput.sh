@@ -32,6 +32,7 @@ if [ "$N" -le 0 ] || [ "$N" -ge "$TOTAL" ]; then cp "$WORK/all" "$WORK/sample"; 
     awk -v n="$N" -v t="$TOTAL" 'BEGIN{k=t/n} { if (NR-1 >= c*k && c < n) { print; c++ } }' "$WORK/all" >"$WORK/sample"
 fi
 NMSG=$(wc -l <"$WORK/sample")
+mapfile -t FILES <"$WORK/sample"
 BYTES=$(xargs -d '\n' stat -c %s <"$WORK/sample" | awk '{s+=$1} END{print s}')
 
 now() { date +%s.%N; }
@@ -67,7 +68,8 @@ BOGO=$(echo "$t1 - $t0" | bc -l)
 score() { # head -> seconds
     local t0 t1
     t0=$(now)
-    xargs -d '\n' "$TBERT" score --quiet --head "$1" --out "$WORK/score.jsonl" <"$WORK/sample" 2>"$WORK/score.err" ||
+    # one process for the whole sample (xargs would split the list and each part would overwrite --out)
+    "$TBERT" score --quiet --head "$1" --out "$WORK/score.jsonl" "${FILES[@]}" 2>"$WORK/score.err" ||
         { cat "$WORK/score.err" >&2; exit 1; }
     t1=$(now)
     [ "$(wc -l <"$WORK/score.jsonl")" -eq "$NMSG" ] || { echo "bench_mail_throughput: tbert score wrote $(wc -l <"$WORK/score.jsonl") records for $NMSG messages" >&2; exit 1; }
