@@ -108,6 +108,7 @@ EOF
 )
 echo "$TABLE"
 if [ "$WRITE" = 1 ]; then
+    mkdir -p "$ROOT/build"
     {
         echo "# CPU encoder benchmark (enc)"
         echo
@@ -118,6 +119,6 @@ if [ "$WRITE" = 1 ]; then
         echo "- best of $ROUNDS rounds per engine, engines alternating; load average before the run: $LOAD"
         echo
         echo "$TABLE"
-    } > "$ROOT/benchmarks/RESULTS_enc.md"
-    echo "wrote benchmarks/RESULTS_enc.md"
+    } > "${RESULTS_OUT:-$ROOT/build/RESULTS_enc.md}"
+    echo "wrote ${RESULTS_OUT:-$ROOT/build/RESULTS_enc.md}; merge its table into benchmarks/RESULTS.md"
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tokenizer benchmark (issue 3): tbert vs Hugging Face `tokenizers` in one run, on the SMS corpus's text
 # column repeated 20 times, max_len 128: single thread (HF with RAYON_NUM_THREADS=1, encode_batch), then tbert
-# with 2 threads (texts split over threads, and one padded tbert_encode_batch). Prints a markdown table; with --write also writes benchmarks/RESULTS_tok.md.
+# with 2 threads (texts split over threads, and one padded tbert_encode_batch). Prints a markdown table; with --write also writes build/RESULTS_tok.md (to merge into benchmarks/RESULTS.md).
 # usage: benchmarks/bench_tokenizer.sh [--write] [BUILD_DIR]   (BUILD_DIR default: build)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +41,7 @@ END {
 }' "$OUT")
 echo "$TABLE"
 if [ "$WRITE" = 1 ]; then
+    mkdir -p "$ROOT/build"
     {
         echo "# Tokenizer benchmark (tok)"
         echo
@@ -53,6 +54,6 @@ if [ "$WRITE" = 1 ]; then
         echo "- load average before the run: $LOAD (the 2 cores are shared with other work; rerun on a quiet machine for clean numbers)"
         echo
         echo "$TABLE"
-    } > "$ROOT/benchmarks/RESULTS_tok.md"
-    echo "wrote benchmarks/RESULTS_tok.md"
+    } > "${RESULTS_OUT:-$ROOT/build/RESULTS_tok.md}"
+    echo "wrote ${RESULTS_OUT:-$ROOT/build/RESULTS_tok.md}; merge its table into benchmarks/RESULTS.md"
 fi

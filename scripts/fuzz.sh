@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECONDS_PER=60
 BUILD=${TBERT_FUZZ_BUILD:-$ROOT/build-fuzz}
-TARGETS="tokenizer safetensors config vocab table message html mbox recipe checkpoint threshold"
+TARGETS="tokenizer safetensors config vocab table message html mbox recipe checkpoint threshold shard"
 SEEDS=0
 JOBS=2
 while [ $# -gt 0 ]; do
@@ -92,7 +92,10 @@ for t in $TARGETS; do
     log=$BUILD/fuzz-$t.log
     # shellcheck disable=SC2046
     "$exe" -max_total_time="$SECONDS_PER" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
-        $(dict_for "$t") -artifact_prefix="$art/" "$work" ${seeds:+"$seeds"} > "$log" 2>&1 || true
+        $(dict_for "$t") -artifact_prefix="$art/" "$work" ${seeds:+"$seeds"} > "$log" 2>&1 &
+    pid=$!
+    wait "$pid" || true
+    rm -rf "/dev/shm/tbert_fuzz_vocab_$pid" "/tmp/tbert_fuzz_vocab_$pid" # the vocab target's folder (libFuzzer skips atexit)
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
     # a crash stops the run before the final stats: take the last status line instead

@@ -312,8 +312,18 @@ static void base_domain(const char *d, size_t n, char *out, size_t cap) {
     out[len] = '\0';
 }
 
+/* Headers that spam filters upstream add (verdicts, scores, signatures): their presence says what another
+ * filter decided, so a head must never learn from them. */
+static bool is_filter_verdict_header(const char *name) {
+    static const char *const prefixes[] = {"X-Spam", "X-Razor", "X-SpamCop", "X-Spamadvice", "X-MailScanner",
+                                           "X-Bogosity", "X-Virus", "X-DSPAM", "X-CRM114", "X-Barracuda"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+        if (!g_ascii_strncasecmp(name, prefixes[i], strlen(prefixes[i]))) return true;
+    return false;
+}
+
 /* Evidence beyond the basics, of the kind bogofilter gets from tokenising whole headers: which header fields
- * are present (hdr:NAME; X-Spam-* left out, filters upstream add them), the domains of Message-ID, Reply-To
+ * are present (hdr:NAME; headers of upstream filters left out, see is_filter_verdict_header), the domains of Message-ID, Reply-To
  * and Return-Path, the relays named in Received "from" clauses (their last two labels), the number of To
  * recipients, and a reply/forward marker in the Subject. */
 static void more_evidence(GMimeMessage *msg, GMimeHeaderList *hl, int nh, GString *ev) {
@@ -323,7 +333,7 @@ static void more_evidence(GMimeMessage *msg, GMimeHeaderList *hl, int nh, GStrin
     for (int i = 0; i < nh && seen; i++) {
         GMimeHeader *h = g_mime_header_list_get_header_at(hl, i);
         const char *name = h ? g_mime_header_get_name(h) : NULL;
-        if (!name || !*name || !g_ascii_strncasecmp(name, "X-Spam", 6)) continue;
+        if (!name || !*name || is_filter_verdict_header(name)) continue;
         char *lower = g_ascii_strdown(name, -1);
         if (!g_hash_table_contains(seen, lower) && g_hash_table_size(seen) < 64) { /* bounded: hostile mail */
             evidence(ev, "hdr", lower);

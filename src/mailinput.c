@@ -594,3 +594,26 @@ void tbert_input_item_free(tbert_input_item *item) {
     free(item->error);
     memset(item, 0, sizeof *item);
 }
+
+static bool parse_decimal(const char *s, const char **end, long max, long *out) {
+    long v = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        v = v * 10 + (*p - '0');
+        if (v > max) return false;
+    }
+    *end = p;
+    *out = v;
+    return p != s;
+}
+
+tbert_status tbert_shard_parse(const char *s, int *k, int *n, tbert_error *err) {
+    const long max_n = 1000000;
+    const char *p;
+    long a, b;
+    if (!parse_decimal(s, &p, max_n, &a) || *p != '/' || !parse_decimal(p + 1, &p, max_n, &b) || *p || b < 1 || a >= b)
+        return tbert_fail(err, TBERT_E_ARG, "--shard expects K/N with 0 <= K < N <= %ld, got '%.64s'", max_n, s);
+    *k = (int)a;
+    *n = (int)b;
+    return TBERT_OK;
+}

@@ -22,7 +22,7 @@ tbert_status tbert_recipe_preset(const char *name, tbert_recipe *r, tbert_error 
     r->threshold = 0.5f;
     r->lexical_ngrams = 1;
     if (!name || !strcmp(name, "text")) {
-        /* hashed WordPiece counts next to the sentence embedding: +0.5% accuracy on SMS (RESULTS_head.md) */
+        /* hashed WordPiece counts next to the sentence embedding: +0.5% accuracy on SMS (benchmarks/RESULTS.md, head training) */
         snprintf(r->name, sizeof r->name, "text");
         r->lexical_dim = 1024;
     } else if (!strcmp(name, "seed")) {
@@ -30,7 +30,7 @@ tbert_status tbert_recipe_preset(const char *name, tbert_recipe *r, tbert_error 
         r->pool = TBERT_POOL_FLATTEN;
     } else if (!strcmp(name, "mail")) {
         snprintf(r->name, sizeof r->name, "mail");
-        /* docs/mail-recipe-research.md + benchmarks/RESULTS_mailbench.md: a WordPiece-sized lexical block and
+        /* docs/mail-recipe-research.md + benchmarks/RESULTS.md (mail accuracy): a WordPiece-sized lexical block and
          * the header evidence in its own L2-normalised block (mixed into the lexical counts it costs FPs) */
         /* one window: on these corpora the encoder vector adds little next to the sparse blocks (baselines
          * note: windows + counts = counts), and 4 windows cost up to 4x the encoder time; the vector is

@@ -30,7 +30,7 @@ void tbert_hparams_preset(const char *name, tbert_hparams *hp) {
         hp->lr = 1e-4;
         return;
     }
-    /* tuned on the SMS validation split (benchmarks/RESULTS_head.md) */
+    /* tuned on the SMS validation split (benchmarks/RESULTS.md, head training) */
     hp->hidden = 512;
     hp->dropout = 0.1f;
     hp->epochs = 20;
@@ -49,7 +49,7 @@ void tbert_hparams_preset(const char *name, tbert_hparams *hp) {
         hp->weight_decay = 0;
         /* fpr=0.003 tolerates one validation ham in 333+: with 415 validation ham on the half split, one
          * Japanese hard_ham message scores 0.9995 (next: 0.93) and the strict zero-FP cut keeps under half
-         * the spam (RESULTS_mailbench.md) */
+         * the spam (benchmarks/RESULTS.md, mail accuracy) */
         hp->threshold = "fpr=0.003,recall=0.9";
     }
 }

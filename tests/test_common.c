@@ -6,6 +6,7 @@
 
 #include "testutil.h"
 #include "tbert/fileio.h"
+#include "tbert/mail.h"
 
 static void test_size_overflow(void **state) {
     size_t out;
@@ -64,12 +65,30 @@ static void test_resolve_model(void **state) {
     rmdir(dir);
 }
 
+static void test_shard_parse(void **state) {
+    int k = -1, n = -1;
+    tbert_error err;
+    assert_int_equal(tbert_shard_parse("0/1", &k, &n, &err), TBERT_OK);
+    assert_int_equal(k, 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(tbert_shard_parse("7/8", &k, &n, &err), TBERT_OK);
+    assert_int_equal(k, 7);
+    assert_int_equal(n, 8);
+    const char *bad[] = {"", "1", "1/", "/2", "2/2", "3/2", "-1/2", "1/-2", " 1/2", "1/2 ", "1/0", "0/1000001",
+                         "99999999999999999999/3", "1/2/3", "a/b", "0x1/2"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(tbert_shard_parse(bad[i], &k, &n, &err), TBERT_E_ARG);
+        assert_non_null(strstr(err.msg, "--shard"));
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_size_overflow),
         cmocka_unit_test(test_atomic_write_replaces),
         cmocka_unit_test(test_sha256),
         cmocka_unit_test(test_resolve_model),
+        cmocka_unit_test(test_shard_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

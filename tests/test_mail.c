@@ -95,6 +95,7 @@ static void test_headers_decoded(void **state) {
     /* a leading mbox "From " line is not a header; Received hops are counted */
     const char *msg = "From x@y Mon Sep  2 10:00:00 2002\nReceived: from relay.mx.Example.COM (relay [10.0.0.1]) by b\n"
                       "Received: b\nReceived: c\nSubject: Re: hi\nUser-Agent: Mutt/1.5.4i\nX-Spam-Status: No\n"
+                      "X-Razor-Id: 1234\nX-SpamCop-Checked: 1\nX-MailScanner: clean\nX-Virus-Scanned: yes\n"
                       "Message-ID: <abc@Host.Example.ORG>\nTo: a@x, b@y, c@z\nReturn-Path: <bounce@lists.example.net>\n\nbody\n";
     assert_int_equal(tbert_message_parse(msg, strlen(msg), "m", &m, &err), TBERT_OK);
     assert_string_equal(m.subject, "Re: hi");
@@ -107,7 +108,11 @@ static void test_headers_decoded(void **state) {
     assert_true(has_token(m.evidence, "return_path_domain:lists.example.net"));
     assert_true(has_token(m.evidence, "to_count:2-5"));
     assert_true(has_token(m.evidence, "subj:reply"));
-    assert_null(strstr(m.evidence, "x-spam")); /* upstream filters' verdicts never become evidence */
+    /* upstream filters' verdicts never become evidence */
+    assert_null(strstr(m.evidence, "x-spam"));
+    assert_null(strstr(m.evidence, "x-razor"));
+    assert_null(strstr(m.evidence, "x-mailscanner"));
+    assert_null(strstr(m.evidence, "x-virus"));
     tbert_message_free(&m);
     /* empty input: an error naming the message, no crash */
     assert_int_equal(tbert_message_parse("\n\n", 2, "empty.eml", &m, &err), TBERT_E_FORMAT);

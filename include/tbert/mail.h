@@ -64,6 +64,9 @@ typedef struct {
     void *skip_ctx;
 } tbert_input_opts;
 
+/* --shard K/N: 0 <= K < N <= 1,000,000, both plain decimal numbers. */
+tbert_status tbert_shard_parse(const char *s, int *k, int *n, tbert_error *err);
+
 typedef struct tbert_inputs tbert_inputs;
 /* Opens the inputs (files, folders read recursively in byte-sorted path order, Maildir cur/ + new/,
  * mbox files (start with "From "), .gz mbox, "-" = one message on stdin, tables by extension or

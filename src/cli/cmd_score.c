@@ -51,18 +51,6 @@ static void usage(FILE *f) {
             "not writable). See docs/distributed.md for sharding over machines and merging the results.\n");
 }
 
-static bool parse_shard(const char *s, int *k, int *n) {
-    char *end;
-    long a = strtol(s, &end, 10);
-    if (end == s || *end != '/') return false;
-    const char *q = end + 1;
-    long b = strtol(q, &end, 10);
-    if (end == q || *end || b < 1 || b > 1000000 || a < 0 || a >= b) return false;
-    *k = (int)a;
-    *n = (int)b;
-    return true;
-}
-
 int cmd_score(int argc, char **argv) {
     enum { O_HEAD = 256, O_MODEL, O_OUT, O_FORMAT, O_RESUME, O_SHARD, O_MAXB, O_THREADS, O_BATCH, O_DEVICE, O_INFMT,
            O_TEXTCOL, O_HEADER, O_QUIET, O_JSON, O_HELP };
@@ -97,8 +85,8 @@ int cmd_score(int argc, char **argv) {
             break;
         case O_RESUME: o.resume = true; break;
         case O_SHARD:
-            if (!parse_shard(optarg, &o.input.shard_k, &o.input.shard_n))
-                return cli_usage_error(CMD, "--shard expects K/N with 0 <= K < N, got '%s'", optarg);
+            if (tbert_shard_parse(optarg, &o.input.shard_k, &o.input.shard_n, &err))
+                return cli_usage_error(CMD, "%s", err.msg);
             break;
         case O_MAXB:
             if (!cli_parse_int(CMD, "--max-message-bytes", optarg, 1024, 1L << 34, &v)) return CLI_USAGE;

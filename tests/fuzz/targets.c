@@ -363,9 +363,23 @@ int fuzz_threshold(const uint8_t *data, size_t size) {
     return 0;
 }
 
+int fuzz_shard(const uint8_t *data, size_t size) {
+    char *s = malloc(size + 1);
+    if (!s) return 0;
+    memcpy(s, data, size);
+    s[size] = '\0';
+    int k = -1, n = -1;
+    tbert_error err;
+    if (tbert_shard_parse(s, &k, &n, &err) == TBERT_OK) CHECK(k >= 0 && n >= 1 && k < n);
+    else CHECK(err.msg[0] != '\0');
+    free(s);
+    return 0;
+}
+
 const fuzz_target fuzz_targets[] = {
     {"tokenizer", fuzz_tokenizer}, {"safetensors", fuzz_safetensors}, {"config", fuzz_config},
     {"vocab", fuzz_vocab},         {"table", fuzz_table},             {"message", fuzz_message},
     {"html", fuzz_html},           {"mbox", fuzz_mbox},               {"recipe", fuzz_recipe},
-    {"checkpoint", fuzz_checkpoint}, {"threshold", fuzz_threshold},   {NULL, NULL},
+    {"checkpoint", fuzz_checkpoint}, {"threshold", fuzz_threshold},   {"shard", fuzz_shard},
+    {NULL, NULL},
 };

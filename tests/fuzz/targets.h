@@ -18,7 +18,8 @@ int fuzz_html(const uint8_t *data, size_t size);        /* HTML to text */
 int fuzz_mbox(const uint8_t *data, size_t size);        /* an input file: mbox split + every message parsed */
 int fuzz_recipe(const uint8_t *data, size_t size);      /* recipe JSON of head checkpoints (round trip) */
 int fuzz_checkpoint(const uint8_t *data, size_t size);  /* head checkpoint file (tbert_checkpoint_load) */
-int fuzz_threshold(const uint8_t *data, size_t size);   /* --threshold f1|fpr=X|VALUE */
+int fuzz_threshold(const uint8_t *data, size_t size);
+int fuzz_shard(const uint8_t *data, size_t size);       /* --shard K/N */   /* --threshold f1|fpr=X|VALUE */
 
 typedef struct {
     const char *name;
