@@ -108,10 +108,10 @@ static bool injected_write_failure(const char *path) {
 }
 
 tbert_status tbert_atomic_write(tbert_atomic_file *f, const void *data, size_t len, tbert_error *err) {
-    const char *path = f->tmp ? f->tmp : f->path;
+    /* errors name the destination the user asked for, not the temp file beside it */
     if (injected_write_failure(f->path))
-        return tbert_fail(err, TBERT_E_IO, "%s: write failed: %s", path, strerror(ENOSPC));
-    return write_all(f->fd, data, len, path, err);
+        return tbert_fail(err, TBERT_E_IO, "%s: write failed: %s", f->path, strerror(ENOSPC));
+    return write_all(f->fd, data, len, f->path, err);
 }
 
 static void free_atomic(tbert_atomic_file *f) {

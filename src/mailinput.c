@@ -89,8 +89,25 @@ static bool is_dir_at(const char *dir, const char *name) {
 /* Collects the files under `dir`. Hidden files are skipped (.DS_Store, .mh_sequences, Dovecot indexes);
  * hidden folders are walked (Maildir++ keeps subfolders as .Name); tmp/ of a Maildir holds mail still being
  * delivered and is skipped. Errors reading a folder become error items later (kind FOLDER_FILE, size 0). */
-static tbert_status walk_dir(const char *dir, srcvec *sv, int depth, tbert_error *err) {
+/* The folders on the path from the walk's root to the current one: a symlink back to any of them would
+ * make the walk loop (or, with two such links, grow exponentially), so such a folder is not entered again. */
+typedef struct dir_chain {
+    dev_t dev;
+    ino_t ino;
+    const struct dir_chain *up;
+} dir_chain;
+
+static bool on_chain(const dir_chain *c, const struct stat *st) {
+    for (; c; c = c->up)
+        if (c->dev == st->st_dev && c->ino == st->st_ino) return true;
+    return false;
+}
+
+static tbert_status walk_dir(const char *dir, srcvec *sv, int depth, const dir_chain *up, tbert_error *err) {
     if (depth > 64) return TBERT_OK;
+    struct stat self = {0};
+    if (stat(dir, &self) == 0 && on_chain(up, &self)) return TBERT_OK;
+    dir_chain here = {self.st_dev, self.st_ino, up};
     DIR *d = opendir(dir);
     if (!d) return src_push(sv, dir, SRC_FOLDER_FILE, 0) ? TBERT_OK : tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", dir);
     bool maildir = is_dir_at(dir, "cur") && is_dir_at(dir, "new");
@@ -105,7 +122,7 @@ static tbert_status walk_dir(const char *dir, srcvec *sv, int depth, tbert_error
         if (stat(p, &stt) != 0) continue; /* dangling link */
         if (S_ISDIR(stt.st_mode)) {
             if (maildir && !strcmp(name, "tmp")) continue;
-            st = walk_dir(p, sv, depth + 1, err);
+            st = walk_dir(p, sv, depth + 1, &here, err);
         } else if (S_ISREG(stt.st_mode)) {
             if (name[0] == '.') continue;
             if (!src_push(sv, p, SRC_FOLDER_FILE, (uint64_t)stt.st_size)) st = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", dir);
@@ -150,8 +167,8 @@ tbert_status tbert_inputs_open(const char *const *paths, int n_paths, const tber
             st = tbert_fail(err, TBERT_E_IO, "%s: cannot open: %s", p, strerror(errno));
         } else if (S_ISDIR(stt.st_mode)) {
             size_t first = sv.n;
-            st = walk_dir(p, &sv, 0, err);
-            if (st == TBERT_OK) qsort(sv.v + first, sv.n - first, sizeof *sv.v, cmp_source_path);
+            st = walk_dir(p, &sv, 0, NULL, err);
+            if (st == TBERT_OK && sv.n > first) qsort(sv.v + first, sv.n - first, sizeof *sv.v, cmp_source_path);
         } else {
             if (access(p, R_OK) != 0) {
                 st = tbert_fail(err, TBERT_E_IO, "%s: cannot open: %s", p, strerror(errno));

@@ -318,6 +318,47 @@ static void test_maildir_and_order(void **state) {
     rmdir(dir);
 }
 
+/* Symlinks back to a folder on the current path are not followed again (one such link used to repeat every
+ * message 33 times, two made the walk grow exponentially); an empty folder gives no items and no error. */
+static void test_symlink_loops_and_empty_folder(void **state) {
+    char dir[] = "/tmp/tbert_loop_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char f[1200], l[1200];
+    snprintf(f, sizeof f, "%s/l", dir);
+    assert_int_equal(mkdir(f, 0755), 0);
+    snprintf(f, sizeof f, "%s/msg", dir);
+    FILE *fp = fopen(f, "w");
+    assert_non_null(fp);
+    fputs("Subject: once\n\nbody\n", fp);
+    fclose(fp);
+    snprintf(l, sizeof l, "%s/l/u", dir);
+    assert_int_equal(symlink("..", l), 0);
+    snprintf(l, sizeof l, "%s/l/v", dir);
+    assert_int_equal(symlink("..", l), 0);
+    const char *paths[] = {dir};
+    items it;
+    collect_items(paths, 1, NULL, &it);
+    assert_int_equal(it.n, 1);
+    assert_non_null(ends_with(it.source[0], "/msg"));
+    items_free(&it);
+
+    char empty[] = "/tmp/tbert_empty_XXXXXX";
+    assert_non_null(mkdtemp(empty));
+    const char *epaths[] = {empty};
+    collect_items(epaths, 1, NULL, &it);
+    assert_int_equal(it.n, 0);
+    items_free(&it);
+    rmdir(empty);
+    unlink(f);
+    snprintf(l, sizeof l, "%s/l/u", dir);
+    unlink(l);
+    snprintf(l, sizeof l, "%s/l/v", dir);
+    unlink(l);
+    snprintf(f, sizeof f, "%s/l", dir);
+    rmdir(f);
+    rmdir(dir);
+}
+
 static void test_shards(void **state) {
     char a[1024], b[1024];
     tu_tests_path("data/mail/three.mbox", a, sizeof a);
@@ -440,6 +481,7 @@ int main(void) {
         cmocka_unit_test(test_handmade_messages), cmocka_unit_test(test_headers_decoded),
         cmocka_unit_test(test_html_to_text),      cmocka_unit_test(test_mbox),
         cmocka_unit_test(test_maildir_and_order), cmocka_unit_test(test_shards),
+        cmocka_unit_test(test_symlink_loops_and_empty_folder),
         cmocka_unit_test(test_tables_stdin_missing), cmocka_unit_test(test_mutation_sweep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -187,7 +187,7 @@ int cmd_train(int argc, char **argv) {
             o.pool = (int)p;
             break;
         }
-        case O_MAXLEN: if (!cli_parse_int(cmd, "--max-len", optarg, 2, 8192, &v)) rc = CLI_USAGE; o.max_len = (int)v; break;
+        case O_MAXLEN: if (!cli_parse_int(cmd, "--max-len", optarg, 3, 8192, &v)) rc = CLI_USAGE; o.max_len = (int)v; break;
         case O_WINDOWS: if (!cli_parse_int(cmd, "--windows", optarg, 1, 1024, &v)) rc = CLI_USAGE; o.windows = (int)v; break;
         case O_LAYERS: if (!cli_parse_int(cmd, "--layers", optarg, 1, 1000, &v)) rc = CLI_USAGE; o.layers = (int)v; break;
         case O_NORMALIZE: o.normalize = 1; break;
