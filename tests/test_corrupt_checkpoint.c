@@ -74,16 +74,6 @@ static void free_checkpoint(ckpt_file *c) {
     free(c->bytes);
 }
 
-/* Rewrites the file in place: no O_TRUNC, no fsync. (ext4 flushes a file that was truncated to zero and
- * rewritten when it is closed, which would make thousands of rewrites wait on a busy disk.) */
-static void write_bytes(const char *path, const uint8_t *b, size_t len) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-    assert_true(fd >= 0);
-    assert_int_equal(pwrite(fd, b, len, 0), (ssize_t)len);
-    assert_int_equal(ftruncate(fd, (off_t)len), 0);
-    assert_int_equal(close(fd), 0);
-}
-
 /* Loads path with every optional part requested; returns the status, err filled. */
 static tbert_status load(const char *path, tbert_error *err) {
     tbert_head *h = NULL;
@@ -99,15 +89,6 @@ static tbert_status load(const char *path, tbert_error *err) {
         assert_null(h);
     }
     return s;
-}
-
-static void check_error(const tbert_error *err, tbert_status s, const char *name, size_t pos, int value) {
-    if (s == TBERT_OK) return;
-    if (!err->msg[0] || strchr(err->msg, '\n') || !strstr(err->msg, name) || s >= TBERT_STATUS_COUNT) {
-        fprintf(stderr, "byte %zu = 0x%02x: unclear error %s '%s' (must name %s)\n", pos, value, tbert_status_name(s), err->msg,
-                name);
-        fail();
-    }
 }
 
 static void test_checkpoint_sweep(void **state) {
@@ -126,10 +107,10 @@ static void test_checkpoint_sweep(void **state) {
             if (values[k] == c.bytes[pos]) continue;
             memcpy(work, c.bytes, c.len);
             work[pos] = (uint8_t)values[k];
-            write_bytes(c.path, work, c.len);
+            tu_write_bytes(c.path, work, c.len);
             tbert_error e = {0};
             tbert_status s = load(c.path, &e);
-            check_error(&e, s, c.path, pos, values[k]);
+            tu_check_corrupt_error(&e, s, c.path, pos, values[k]);
             if (s == TBERT_OK) loaded++;
             else refused++;
         }
@@ -148,14 +129,14 @@ static void test_checkpoint_truncations(void **state) {
     size_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = (hl << 8) | c.bytes[i];
     for (size_t len = 0; len < c.len; len += len < 8 + hl + 16 ? 1 : 7) {
-        write_bytes(c.path, c.bytes, len);
+        tu_write_bytes(c.path, c.bytes, len);
         tbert_error e = {0};
         tbert_status s = load(c.path, &e);
         if (s == TBERT_OK) {
             fprintf(stderr, "checkpoint truncated to %zu of %zu bytes still loads\n", len, c.len);
             fail();
         }
-        check_error(&e, s, c.path, len, -1);
+        tu_check_corrupt_error(&e, s, c.path, len, -1);
     }
     free_checkpoint(&c);
 }
@@ -216,7 +197,7 @@ static void test_checkpoint_claimed_sizes(void **state) {
         tbert_status s = load(bad, &e);
         fprintf(stderr, "%s = %s: %s\n", cases[i].key, cases[i].value, s ? e.msg : "loaded");
         assert_int_not_equal(s, TBERT_OK);
-        check_error(&e, s, bad, i, -1);
+        tu_check_corrupt_error(&e, s, bad, i, -1);
     }
     unlink(bad);
     free_checkpoint(&c);

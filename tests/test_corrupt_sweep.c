@@ -126,26 +126,6 @@ static void free_tiny(tiny_model *m) {
     free(m->bytes);
 }
 
-/* Rewrites the file in place: no O_TRUNC, no fsync. (ext4 flushes a file that was truncated to zero and
- * rewritten when it is closed, which would make thousands of rewrites wait on a busy disk.) */
-static void write_bytes(const char *path, const uint8_t *b, size_t len) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-    assert_true(fd >= 0);
-    assert_int_equal(pwrite(fd, b, len, 0), (ssize_t)len);
-    assert_int_equal(ftruncate(fd, (off_t)len), 0);
-    assert_int_equal(close(fd), 0);
-}
-
-/* A failure must be one non-empty line that names `name`. */
-static void check_error(const tbert_error *err, tbert_status s, const char *name, size_t pos, int value) {
-    if (s == TBERT_OK) return;
-    if (!err->msg[0] || strchr(err->msg, '\n') || !strstr(err->msg, name) || s >= TBERT_STATUS_COUNT) {
-        fprintf(stderr, "byte %zu = 0x%02x: unclear error %s '%s' (must name %s)\n", pos, value, tbert_status_name(s), err->msg,
-                name);
-        fail();
-    }
-}
-
 static void sweep(tiny_model *m, const char *what) {
     uint8_t *work = malloc(m->len);
     assert_non_null(work);
@@ -160,7 +140,7 @@ static void sweep(tiny_model *m, const char *what) {
             tbert_safetensors *st = NULL;
             tbert_error err = {0};
             tbert_status s = tbert_st_parse(work, m->len, "sweep.safetensors", &st, &err);
-            check_error(&err, s, "sweep.safetensors", pos, values[k]);
+            tu_check_corrupt_error(&err, s, "sweep.safetensors", pos, values[k]);
             if (s == TBERT_OK) {
                 for (int i = 0; i < tbert_st_count(st); i++) { /* every tensor lies inside the buffer */
                     const tbert_st_tensor *t = tbert_st_at(st, i);
@@ -169,11 +149,11 @@ static void sweep(tiny_model *m, const char *what) {
                 tbert_st_close(st);
             }
             /* 2: the whole model load from the folder */
-            write_bytes(m->path, work, m->len);
+            tu_write_bytes(m->path, work, m->len);
             tbert_model *model = NULL;
             tbert_error err2 = {0};
             tbert_status s2 = tbert_model_load(m->dir, &model, &err2);
-            check_error(&err2, s2, m->path, pos, values[k]);
+            tu_check_corrupt_error(&err2, s2, m->path, pos, values[k]);
             if (s2 == TBERT_OK) {
                 assert_int_equal(s, TBERT_OK); /* the loader cannot accept what the parser refuses */
                 loaded++;
@@ -184,7 +164,7 @@ static void sweep(tiny_model *m, const char *what) {
             }
         }
     }
-    write_bytes(m->path, m->bytes, m->len);
+    tu_write_bytes(m->path, m->bytes, m->len);
     fprintf(stderr, "%s: %d corrupted variants loaded (still valid), %d refused with a clear error\n", what, loaded, refused);
     assert_true(refused > 0);
     free(work);
@@ -233,11 +213,11 @@ static void test_sweep_config(void **state) {
             if (values[k] == (uint8_t)orig[pos]) continue;
             memcpy(work, orig, len);
             work[pos] = (uint8_t)values[k];
-            write_bytes(path, work, len);
+            tu_write_bytes(path, work, len);
             tbert_model *model = NULL;
             tbert_error e = {0};
             tbert_status s = tbert_model_load(m.dir, &model, &e);
-            check_error(&e, s, m.dir, pos, values[k]);
+            tu_check_corrupt_error(&e, s, m.dir, pos, values[k]);
             if (s == TBERT_OK) {
                 loaded++;
                 tbert_model_free(model);
@@ -268,7 +248,7 @@ static void test_every_truncation(void **state) {
             fprintf(stderr, "truncated to %zu of %zu bytes and still accepted\n", len, m.len);
             fail();
         }
-        check_error(&err, s, "cut.safetensors", len, -1);
+        tu_check_corrupt_error(&err, s, "cut.safetensors", len, -1);
         free(b);
     }
     /* extra bytes at the end are refused as well */
@@ -305,7 +285,7 @@ static void test_resource_limits(void **state) {
     assert_non_null(strstr(err.msg, "'num_hidden_layers' must be an integer in [1, 512]"));
     /* a 12-byte model.safetensors claiming a 2^63-byte header */
     uint8_t twelve[12] = {0, 0, 0, 0, 0, 0, 0, 0x80, '{', '}', ' ', ' '};
-    write_bytes(m.path, twelve, sizeof twelve);
+    tu_write_bytes(m.path, twelve, sizeof twelve);
     write_text(m.dir, "config.json",
                "{\"vocab_size\": 24, \"hidden_size\": 8, \"num_hidden_layers\": 1, \"num_attention_heads\": 2,"
                " \"intermediate_size\": 16, \"max_position_embeddings\": 8}");
@@ -318,7 +298,7 @@ static void test_resource_limits(void **state) {
     assert_non_null(b);
     b[0] = (uint8_t)hl;
     memcpy(b + 8, h, hl);
-    write_bytes(m.path, b, 8 + hl);
+    tu_write_bytes(m.path, b, 8 + hl);
     assert_int_equal(tbert_model_load(m.dir, &model, &err), TBERT_E_FORMAT);
     assert_non_null(strstr(err.msg, "outside the data area (0 bytes)"));
     free(b);

@@ -18,13 +18,7 @@
 #if TBERT_HAVE_CUDA
 #include <cuda_runtime.h>
 
-#include "tbert/cuda_kernels.h"
-
-#define CK(call)                                                                                                 \
-    do {                                                                                                         \
-        int rc_ = (int)(call);                                                                                   \
-        if (rc_) fail_msg("%s failed: %s (%s:%d)", #call, tbert_cuda_error_string(rc_), __FILE__, __LINE__);     \
-    } while (0)
+#include "testutil_cuda.h"
 
 static uint64_t g_seed(void **state) {
     return *(uint64_t *)*state;
@@ -361,10 +355,7 @@ int main(void) {
     printf("test_cuda_head: skipped (built without CUDA)\n");
     return TEST_SKIP;
 #else
-    if (tbert_cuda_device_count_impl() <= 0) {
-        printf("test_cuda_head: skipped (no CUDA device)\n");
-        return TEST_SKIP;
-    }
+    if (tu_no_cuda_device("test_cuda_head")) return TEST_SKIP;
     static uint64_t seed;
     seed = tu_seed_from_env("test_cuda_head");
     const struct CMUnitTest tests[] = {

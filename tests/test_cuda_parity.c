@@ -19,13 +19,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "tbert/cuda_kernels.h"
-
-#define CK(call)                                                                                                 \
-    do {                                                                                                         \
-        int rc_ = (int)(call);                                                                                   \
-        if (rc_) fail_msg("%s failed: %s (%s:%d)", #call, tbert_cuda_error_string(rc_), __FILE__, __LINE__);     \
-    } while (0)
+#include "testutil_cuda.h"
 #define CKB(call)                                                                                                \
     do {                                                                                                         \
         int st_ = (int)(call);                                                                                   \
@@ -732,10 +726,7 @@ int main(void) {
     printf("test_cuda_parity: skipped (built without CUDA)\n");
     return TEST_SKIP;
 #else
-    if (tbert_cuda_device_count_impl() <= 0) {
-        printf("test_cuda_parity: skipped (no CUDA device)\n");
-        return TEST_SKIP;
-    }
+    if (tu_no_cuda_device("test_cuda_parity")) return TEST_SKIP;
     static uint64_t seed;
     seed = tu_seed_from_env("test_cuda_parity");
     const struct CMUnitTest kernels[] = {

@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 
 #include "cli.h"
+#include "encoder_common.h"
 #include "tbert/dataset.h"
 #include "tbert/encoder.h"
 #include "tbert/fileio.h"
@@ -273,11 +274,9 @@ int cmd_bench(int argc, char **argv) {
     bench_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc < 0 ? CLI_OK : rc;
+    tbert_encoder_opts eo;
+    if ((rc = cli_encoder_opts(CMD, a.device, a.precision, a.threads, a.layers, a.batch, a.json, &eo))) return rc;
     tbert_error err = {0};
-    tbert_encoder_opts eo = tbert_encoder_default_opts();
-    if (tbert_device_parse(a.device, &eo.device, &err) || tbert_precision_parse(a.precision, &eo.precision, &err))
-        return cli_usage_error(CMD, "%s", err.msg);
-    eo.threads = (int)a.threads, eo.layers = (int)a.layers, eo.batch = (int)a.batch, eo.quiet = a.json;
 
     char dir[4096];
     tbert_model *m = NULL;
@@ -293,8 +292,7 @@ int cmd_bench(int argc, char **argv) {
         st = tbert_resolve_model_dir(a.model, dir, sizeof dir, &err);
         if (!st) st = tbert_model_load(dir, &m, &err);
     }
-    if (!st && a.pool == TBERT_POOL_POOLER && !m->pooler_w)
-        st = tbert_fail(&err, TBERT_E_ARG, "%s: --pool pooler needs a pooler, and this checkpoint has none", dir);
+    if (!st) st = cli_check_pooler(m, a.pool, dir, &err);
     if (!st) st = tbert_encoder_create(m, &eo, &enc, &err);
     if (!st) st = a.data ? corpus_workload(&a, m, &w, &err) : synthetic_workload(&a, m, &w, &err);
     bench_result warm, res = {0};

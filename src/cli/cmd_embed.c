@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "encoder_common.h"
 #include "tbert/dataset.h"
 #include "tbert/encoder.h"
 #include "tbert/fileio.h"
@@ -257,11 +258,9 @@ int cmd_embed(int argc, char **argv) {
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc < 0 ? CLI_OK : rc;
 
+    tbert_encoder_opts eo;
+    if ((rc = cli_encoder_opts(CMD, a.device, a.precision, a.threads, a.layers, a.batch, a.quiet, &eo))) return rc;
     tbert_error err = {0};
-    tbert_encoder_opts eo = tbert_encoder_default_opts();
-    if (tbert_device_parse(a.device, &eo.device, &err) || tbert_precision_parse(a.precision, &eo.precision, &err))
-        return cli_usage_error(CMD, "%s", err.msg);
-    eo.threads = (int)a.threads, eo.layers = (int)a.layers, eo.batch = (int)a.batch, eo.quiet = a.quiet;
     tbert_table_opts to = {.text_col = a.text_col, .label_col = a.label_col};
     if (a.input_format && tbert_table_format_parse(a.input_format, &to.format, &err))
         return cli_usage_error(CMD, "%s", err.msg);
@@ -283,8 +282,7 @@ int cmd_embed(int argc, char **argv) {
     if (!st && a.max_len > m->cfg.max_position)
         st = tbert_fail(&err, TBERT_E_ARG, "--max-len %ld: %s allows at most %d positions", a.max_len, dir,
                         m->cfg.max_position);
-    if (!st && a.pool == TBERT_POOL_POOLER && !m->pooler_w)
-        st = tbert_fail(&err, TBERT_E_ARG, "%s: --pool pooler needs a pooler, and this checkpoint has none", dir);
+    if (!st) st = cli_check_pooler(m, a.pool, dir, &err);
     if (!st) st = tbert_encoder_create(m, &eo, &enc, &err);
     if (!st && a.data) {
         st = tbert_table_read(a.data, &to, &tab, &err);

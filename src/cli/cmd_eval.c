@@ -22,7 +22,10 @@ static void usage(FILE *f) {
             "  --json                 one JSON object: accuracy, roc_auc, pr_auc, threshold, confusion, per_class\n");
 }
 
-enum { O_MODEL = 256, O_HEAD, O_DATA, O_FMT, O_HEADER, O_TEXT, O_LABEL, O_MINACC, O_DEVICE, O_THREADS, O_JSON, O_HELP };
+enum {
+    O_MODEL = CLI_HEAD_O_MODEL, O_HEAD = CLI_HEAD_O_HEAD, O_DEVICE = CLI_HEAD_O_DEVICE, O_THREADS = CLI_HEAD_O_THREADS,
+    O_DATA = CLI_HEAD_O_OWN, O_FMT, O_HEADER, O_TEXT, O_LABEL, O_MINACC, O_JSON, O_HELP
+};
 static const struct option longopts[] = {
     {"model", required_argument, 0, O_MODEL}, {"head", required_argument, 0, O_HEAD}, {"data", required_argument, 0, O_DATA},
     {"input-format", required_argument, 0, O_FMT}, {"header", required_argument, 0, O_HEADER},
@@ -49,34 +52,32 @@ static void print_table(const tbert_metrics *m, const tbert_recipe *r) {
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *cmd = "eval", *model = NULL, *head = NULL, *data = NULL;
+    const char *cmd = "eval", *data = NULL;
+    cli_head_args ha = {.dev = {TBERT_DEVICE_AUTO, 0}};
     tbert_table_opts topt = {0};
-    tbert_device dev = {TBERT_DEVICE_AUTO, 0};
     double min_acc = -1;
-    long threads = 0;
     bool json = false;
-    int rc = CLI_OK, c;
+    int rc = CLI_OK, oc, c;
     tbert_error err;
     while ((c = cli_getopt(cmd, argc, argv, "h", longopts)) != -1) {
+        if (cli_head_getopt(cmd, c, &ha, &oc)) {
+            if (oc) return oc;
+            continue;
+        }
         switch (c) {
         case 'h':
         case O_HELP: usage(stdout); return CLI_OK;
-        case O_MODEL: model = optarg; break;
-        case O_HEAD: head = optarg; break;
         case O_DATA: data = optarg; break;
         case O_FMT: if (tbert_table_format_parse(optarg, &topt.format, &err)) return cli_report(&err); break;
         case O_HEADER: if (tbert_header_mode_parse(optarg, &topt.header, &err)) return cli_report(&err); break;
         case O_TEXT: topt.text_col = optarg; break;
         case O_LABEL: topt.label_col = optarg; break;
         case O_MINACC: if (!cli_parse_double(cmd, "--min-accuracy", optarg, 0, 1, &min_acc)) return CLI_USAGE; break;
-        case O_DEVICE: if (tbert_device_parse(optarg, &dev, &err)) return cli_report(&err); break;
-        case O_THREADS: if (!cli_parse_int(cmd, "--threads", optarg, 0, 4096, &threads)) return CLI_USAGE; break;
         case O_JSON: json = true; break;
         default: return CLI_USAGE;
         }
     }
-    if (optind < argc) return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    if (!head) return cli_usage_error(cmd, "--head CKPT_DIR is required");
+    if ((oc = cli_head_args_check(cmd, argc, argv, &ha))) return oc;
     if (!data) return cli_usage_error(cmd, "--data FILE is required");
     tbert_table t;
     if (tbert_table_read(data, &topt, &t, &err)) return cli_report(&err);
@@ -85,7 +86,7 @@ int cmd_eval(int argc, char **argv) {
         return cli_usage_error(cmd, "%s has no label column", data);
     }
     cli_head_ctx ctx;
-    if (cli_head_open(model, head, dev, (int)threads, &ctx, &err)) {
+    if (cli_head_open(ha.model, ha.head, ha.dev, (int)ha.threads, &ctx, &err)) {
         tbert_table_free(&t);
         return cli_report(&err);
     }

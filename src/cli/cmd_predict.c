@@ -18,7 +18,10 @@ static void usage(FILE *f) {
             "  --device D  --threads N\n");
 }
 
-enum { O_MODEL = 256, O_HEAD, O_BATCH, O_DEVICE, O_THREADS, O_HELP };
+enum {
+    O_MODEL = CLI_HEAD_O_MODEL, O_HEAD = CLI_HEAD_O_HEAD, O_DEVICE = CLI_HEAD_O_DEVICE, O_THREADS = CLI_HEAD_O_THREADS,
+    O_BATCH = CLI_HEAD_O_OWN, O_HELP
+};
 static const struct option longopts[] = {{"model", required_argument, 0, O_MODEL}, {"head", required_argument, 0, O_HEAD},
                                          {"batch", required_argument, 0, O_BATCH}, {"device", required_argument, 0, O_DEVICE},
                                          {"threads", required_argument, 0, O_THREADS}, {"help", no_argument, 0, O_HELP},
@@ -40,27 +43,26 @@ static int flush_batch(cli_head_ctx *ctx, char **lines, size_t *lens, int n, flo
 }
 
 int cmd_predict(int argc, char **argv) {
-    const char *cmd = "predict", *model = NULL, *head = NULL;
-    tbert_device dev = {TBERT_DEVICE_AUTO, 0};
-    long threads = 0, batch = 64;
-    int c;
+    const char *cmd = "predict";
+    cli_head_args ha = {.dev = {TBERT_DEVICE_AUTO, 0}};
+    long batch = 64;
+    int oc, c;
     tbert_error err;
     while ((c = cli_getopt(cmd, argc, argv, "h", longopts)) != -1) {
+        if (cli_head_getopt(cmd, c, &ha, &oc)) {
+            if (oc) return oc;
+            continue;
+        }
         switch (c) {
         case 'h':
         case O_HELP: usage(stdout); return CLI_OK;
-        case O_MODEL: model = optarg; break;
-        case O_HEAD: head = optarg; break;
         case O_BATCH: if (!cli_parse_int(cmd, "--batch", optarg, 1, 1024, &batch)) return CLI_USAGE; break;
-        case O_DEVICE: if (tbert_device_parse(optarg, &dev, &err)) return cli_report(&err); break;
-        case O_THREADS: if (!cli_parse_int(cmd, "--threads", optarg, 0, 4096, &threads)) return CLI_USAGE; break;
         default: return CLI_USAGE;
         }
     }
-    if (optind < argc) return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    if (!head) return cli_usage_error(cmd, "--head CKPT_DIR is required");
+    if ((oc = cli_head_args_check(cmd, argc, argv, &ha))) return oc;
     cli_head_ctx ctx;
-    if (cli_head_open(model, head, dev, (int)threads, &ctx, &err)) return cli_report(&err);
+    if (cli_head_open(ha.model, ha.head, ha.dev, (int)ha.threads, &ctx, &err)) return cli_report(&err);
     if (isatty(STDIN_FILENO)) batch = 1;
     size_t dim = tbert_featurizer_dim(ctx.fz);
     char **lines = calloc((size_t)batch, sizeof(char *));

@@ -2,6 +2,7 @@
 
 #include <string.h>
 
+#include "cli.h"
 #include "tbert/fileio.h"
 
 tbert_status cli_head_open(const char *model, const char *head_dir, tbert_device dev, int threads, cli_head_ctx *ctx,
@@ -34,4 +35,26 @@ void cli_head_close(cli_head_ctx *ctx) {
     tbert_classifier_free(ctx->clf);
     tbert_model_free(ctx->model);
     memset(ctx, 0, sizeof *ctx);
+}
+
+bool cli_head_getopt(const char *cmd, int c, cli_head_args *a, int *rc) {
+    tbert_error err;
+    *rc = CLI_OK;
+    switch (c) {
+    case CLI_HEAD_O_MODEL: a->model = optarg; return true;
+    case CLI_HEAD_O_HEAD: a->head = optarg; return true;
+    case CLI_HEAD_O_DEVICE:
+        if (tbert_device_parse(optarg, &a->dev, &err)) *rc = cli_report(&err);
+        return true;
+    case CLI_HEAD_O_THREADS:
+        if (!cli_parse_int(cmd, "--threads", optarg, 0, 4096, &a->threads)) *rc = CLI_USAGE;
+        return true;
+    default: return false;
+    }
+}
+
+int cli_head_args_check(const char *cmd, int argc, char **argv, const cli_head_args *a) {
+    if (optind < argc) return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    if (!a->head) return cli_usage_error(cmd, "--head CKPT_DIR is required");
+    return CLI_OK;
 }

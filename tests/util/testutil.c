@@ -1,10 +1,15 @@
 #include "testutil.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "tbert/encoder.h"
 
 const char *tu_shared_path(const char *rel, char *buf, size_t n) {
     const char *root = getenv("TBERT_SHARED_DATA");
@@ -67,4 +72,27 @@ size_t tu_compare(const char *what, const float *got, const float *ref, size_t n
 
 size_t tu_compare_f64(const char *what, const float *got, const double *ref, size_t n, double atol, double rtol) {
     return compare_impl(what, got, NULL, ref, n, atol, rtol);
+}
+
+void tu_write_bytes(const char *path, const uint8_t *b, size_t len) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, b, len, 0), (ssize_t)len);
+    assert_int_equal(ftruncate(fd, (off_t)len), 0);
+    assert_int_equal(close(fd), 0);
+}
+
+void tu_check_corrupt_error(const tbert_error *err, tbert_status s, const char *name, size_t pos, int value) {
+    if (s == TBERT_OK) return;
+    if (!err->msg[0] || strchr(err->msg, '\n') || !strstr(err->msg, name) || s >= TBERT_STATUS_COUNT) {
+        fprintf(stderr, "byte %zu = 0x%02x: unclear error %s '%s' (must name %s)\n", pos, value, tbert_status_name(s), err->msg,
+                name);
+        fail();
+    }
+}
+
+bool tu_no_cuda_device(const char *test_name) {
+    if (tbert_cuda_device_count() > 0) return false;
+    printf("%s: skipped (no CUDA device)\n", test_name);
+    return true;
 }

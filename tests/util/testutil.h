@@ -4,6 +4,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
@@ -28,5 +29,15 @@ float tu_normal(tu_rng *r);            /* N(0,1) */
  * relative norm ||got-ref||/||ref||. Returns the number of violations. */
 size_t tu_compare(const char *what, const float *got, const float *ref, size_t n, double atol, double rtol);
 size_t tu_compare_f64(const char *what, const float *got, const double *ref, size_t n, double atol, double rtol);
+
+/* Rewrites the file in place: no O_TRUNC, no fsync. (ext4 flushes a file that was truncated to zero and
+ * rewritten when it is closed, which would make thousands of rewrites wait on a busy disk.) */
+void tu_write_bytes(const char *path, const uint8_t *b, size_t len);
+/* For the corruption sweeps: unless s is TBERT_OK, the error must be one non-empty line that names `name`
+ * and a known status; otherwise prints byte `pos` = `value` and fails the test. */
+void tu_check_corrupt_error(const tbert_error *err, tbert_status s, const char *name, size_t pos, int value);
+
+/* For the CUDA tests: true, after printing "<test_name>: skipped (no CUDA device)", when no device is there. */
+bool tu_no_cuda_device(const char *test_name);
 
 #endif
