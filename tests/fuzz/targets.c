@@ -307,10 +307,8 @@ int fuzz_mbox(const uint8_t *data, size_t size) {
 /* ---- head checkpoints ---- */
 
 int fuzz_recipe(const uint8_t *data, size_t size) {
-    char *s = malloc(size + 1);
+    char *s = tbert_strndup((const char *)data, size);
     if (!s) return 0;
-    memcpy(s, data, size);
-    s[size] = '\0';
     tbert_recipe r, r2;
     tbert_error err;
     if (tbert_recipe_from_json(s, "fuzz recipe", &r, &err) == TBERT_OK) {
@@ -349,10 +347,8 @@ int fuzz_checkpoint(const uint8_t *data, size_t size) {
 }
 
 int fuzz_threshold(const uint8_t *data, size_t size) {
-    char *s = malloc(size + 1);
+    char *s = tbert_strndup((const char *)data, size);
     if (!s) return 0;
-    memcpy(s, data, size);
-    s[size] = '\0';
     tbert_error err;
     if (tbert_threshold_parse(s, &err) == TBERT_OK) {
         float score[6] = {0.9f, 0.8f, 0.8f, 0.3f, 0.2f, 0.1f}, thr = NAN;
@@ -364,10 +360,8 @@ int fuzz_threshold(const uint8_t *data, size_t size) {
 }
 
 int fuzz_shard(const uint8_t *data, size_t size) {
-    char *s = malloc(size + 1);
+    char *s = tbert_strndup((const char *)data, size);
     if (!s) return 0;
-    memcpy(s, data, size);
-    s[size] = '\0';
     int k = -1, n = -1;
     tbert_error err;
     if (tbert_shard_parse(s, &k, &n, &err) == TBERT_OK) CHECK(k >= 0 && n >= 1 && k < n);
