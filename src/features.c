@@ -72,6 +72,16 @@ static bool e1_key(const char *s, size_t n) {
     return false;
 }
 
+/* Which evidence tokens a block takes: the recipe's evidence_set (0: all but the header words, 1: the E1
+ * keys) or, for the header block, only the header words "h.NAME:word". */
+enum { EV_ALL = 0, EV_E1 = 1, EV_HEADER_WORDS = 2 };
+
+static bool takes_token(int set, const char *s, size_t n) {
+    bool word = n > 2 && s[0] == 'h' && s[1] == '.';
+    if (set == EV_HEADER_WORDS) return word;
+    return !word && (set == EV_ALL || e1_key(s, n));
+}
+
 static void hash_evidence(const char *ev, int set, float *block, int dim) {
     if (!ev) return;
     const char *p = ev;
@@ -79,7 +89,7 @@ static void hash_evidence(const char *ev, int set, float *block, int dim) {
         while (*p == ' ' || *p == '\t' || *p == '\n') p++;
         const char *s = p;
         while (*p && *p != ' ' && *p != '\t' && *p != '\n') p++;
-        if (p > s && (set == 0 || e1_key(s, (size_t)(p - s)))) block[fmix64(fnv1a64(s, (size_t)(p - s))) % (uint64_t)dim] += 1.0f;
+        if (p > s && takes_token(set, s, (size_t)(p - s))) block[fmix64(fnv1a64(s, (size_t)(p - s))) % (uint64_t)dim] += 1.0f;
     }
 }
 
@@ -183,6 +193,12 @@ static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc
             hash_evidence(docs[i].evidence, r->evidence_set, evb, r->evidence_dim);
             log1p_l2(evb, r->evidence_dim);
         }
+        if (sparse && r->header_dim > 0) {
+            float *hb = row + fz->dense_dim + r->lexical_dim + (r->evidence == TBERT_EVIDENCE_BLOCK ? r->evidence_dim : 0);
+            hash_evidence(docs[i].evidence, EV_HEADER_WORDS, hb, r->header_dim);
+            log1p_l2(hb, r->header_dim);
+            for (int k = 0; k < r->header_dim; k++) hb[k] *= r->header_weight;
+        }
     }
     tbert_i32vec_free(&ids);
     if (!st && total_w > 0) {
@@ -254,6 +270,8 @@ static bool cache_path(const tbert_featurizer *fz, const char *data_hash, char *
     k.evidence_set = 0;
     k.evidence = TBERT_EVIDENCE_NONE;
     k.evidence_dim = 0;
+    k.header_dim = 0;
+    k.header_weight = 0;
     char *json = tbert_recipe_to_json(&k);
     if (!json) return false;
     size_t len = strlen(json) + 1 + strlen(data_hash);

@@ -386,6 +386,46 @@ static void more_evidence(GMimeMessage *msg, GMimeHeaderList *hl, int nh, GStrin
     else if (subj && (!g_ascii_strncasecmp(subj, "fw:", 3) || !g_ascii_strncasecmp(subj, "fwd:", 4))) evidence(ev, "subj", "forward");
 }
 
+/* Every word of every header value as "h.NAME:word", the way bogofilter tokenises headers: what identifies a
+ * sender (addresses, relay host names and IPs, list ids, mailer builds) lies there, and the mail recipe's
+ * header block learns it per sender. A word is a run of [A-Za-z0-9.$_@-] trimmed to start and end with a
+ * letter or digit, lowercased; all-digit words and words over 40 bytes are skipped. Upstream filters'
+ * headers are left out (is_filter_verdict_header); bounded for hostile mail (64 KiB of values, 2,000 words). */
+static void header_words(GMimeHeaderList *hl, int nh, GString *ev) {
+    size_t budget = 64 * 1024;
+    int words = 0;
+    for (int i = 0; i < nh && budget > 0 && words < 2000; i++) {
+        GMimeHeader *h = g_mime_header_list_get_header_at(hl, i);
+        const char *name = h ? g_mime_header_get_name(h) : NULL;
+        const char *v = h ? g_mime_header_get_raw_value(h) : NULL;
+        if (!name || !*name || !v || is_filter_verdict_header(name)) continue;
+        char key[36];
+        size_t k = 0;
+        for (const char *p = name; *p && k < 32; p++)
+            if (g_ascii_isalnum(*p) || *p == '-') key[k++] = g_ascii_tolower(*p);
+        if (k == 0) continue;
+        key[k] = '\0';
+        size_t n = strlen(v);
+        if (n > budget) n = budget;
+        budget -= n;
+        for (size_t a = 0; a < n && words < 2000;) {
+            while (a < n && !g_ascii_isalnum(v[a])) a++;
+            size_t b = a;
+            while (b < n && (g_ascii_isalnum(v[b]) || v[b] == '.' || v[b] == '$' || v[b] == '_' || v[b] == '@' || v[b] == '-')) b++;
+            size_t e = b;
+            while (e > a && !g_ascii_isalnum(v[e - 1])) e--;
+            bool digits = true;
+            for (size_t j = a; j < e && digits; j++) digits = g_ascii_isdigit(v[j]) != 0;
+            if (e > a && e - a <= 40 && !digits) {
+                g_string_append_printf(ev, "%sh.%s:", ev->len ? " " : "", key);
+                for (size_t j = a; j < e; j++) g_string_append_c(ev, g_ascii_tolower(v[j]));
+                words++;
+            }
+            a = b;
+        }
+    }
+}
+
 static void gather_evidence(GMimeMessage *msg, const body_acc *acc, bool from_html, GString *ev) {
     GMimeObject *o = GMIME_OBJECT(msg);
     /* sender domain */
@@ -439,6 +479,7 @@ static void gather_evidence(GMimeMessage *msg, const body_acc *acc, bool from_ht
     for (size_t i = 0; i < sizeof present / sizeof present[0]; i++)
         evidence(ev, g_mime_object_get_header(o, present[i][0]) ? "has" : "no", present[i][1]);
     more_evidence(msg, hl, nh, ev);
+    header_words(hl, nh, ev);
 }
 
 /* ---- public -------------------------------------------------------------- */

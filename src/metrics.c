@@ -228,16 +228,24 @@ static bool parse_unit(const char *s, double *out) {
     return true;
 }
 
-/* "fpr=X" or "fpr=X,recall=R" (R = -1 when absent) */
-static bool parse_fpr_spec(const char *spec, double *fpr, double *recall) {
+/* "fpr=X", "fpr=X,recall=R" or "fpr=X,recall=R,margin=M" (R, M = -1 when absent; M in logits, 0..50) */
+static bool parse_fpr_spec(const char *spec, double *fpr, double *recall, double *margin) {
     if (strncmp(spec, "fpr=", 4)) return false;
-    char buf[64];
+    char buf[96];
     if (strlen(spec) >= sizeof buf) return false;
     snprintf(buf, sizeof buf, "%s", spec + 4);
-    *recall = -1;
+    *recall = *margin = -1;
     char *comma = strchr(buf, ',');
     if (comma) {
         *comma = 0;
+        char *next = strchr(comma + 1, ',');
+        if (next) {
+            *next = 0;
+            char *end;
+            if (strncmp(next + 1, "margin=", 7)) return false;
+            *margin = strtod(next + 8, &end);
+            if (end == next + 8 || *end || !(*margin >= 0 && *margin <= 50)) return false;
+        }
         if (strncmp(comma + 1, "recall=", 7) || !parse_unit(comma + 8, recall)) return false;
     }
     return parse_unit(buf, fpr);
@@ -246,9 +254,11 @@ static bool parse_fpr_spec(const char *spec, double *fpr, double *recall) {
 tbert_status tbert_threshold_parse(const char *spec, tbert_error *err) {
     double v = 0, r = 0;
     if (!spec || !strcmp(spec, "f1")) return TBERT_OK;
-    if (parse_fpr_spec(spec, &v, &r)) return TBERT_OK;
+    double m = 0;
+    if (parse_fpr_spec(spec, &v, &r, &m)) return TBERT_OK;
     if (parse_unit(spec, &v)) return TBERT_OK;
-    return tbert_fail(err, TBERT_E_ARG, "--threshold expects f1, fpr=X, fpr=X,recall=R or a number in [0,1], got '%s'",
+    return tbert_fail(err, TBERT_E_ARG,
+                      "--threshold expects f1, fpr=X, fpr=X,recall=R, fpr=X,recall=R,margin=M or a number in [0,1], got '%s'",
                       spec ? spec : "");
 }
 
@@ -277,8 +287,8 @@ tbert_status tbert_threshold_choose(const char *spec, int n, const float *score,
         return TBERT_OK;
     }
     bool f1 = !spec || !strcmp(spec, "f1");
-    double max_fpr = 0, min_recall = -1;
-    if (!f1) parse_fpr_spec(spec, &max_fpr, &min_recall);
+    double max_fpr = 0, min_recall = -1, margin = -1;
+    if (!f1) parse_fpr_spec(spec, &max_fpr, &min_recall, &margin);
     *out = 0.5f;
     if (n <= 0) return TBERT_OK;
     scored *s = sorted_desc(n, score, is_pos);
@@ -333,6 +343,15 @@ tbert_status tbert_threshold_choose(const char *spec, int n, const float *score,
         double h = (1.0 - min_recall) * (np - 1);
         int lo = (int)floor(h);
         double q = lo + 1 < np ? ps[lo] + (h - lo) * ((double)ps[lo + 1] - ps[lo]) : ps[np - 1];
+        if (margin >= 0) {
+            /* but never more than `margin` logits above the fpr cut itself: when the positives score far above
+             * the negatives here, new positives that score lower (mail from another time or source) are
+             * still caught while they stay well clear of the negatives. Anchored at the fpr cut, not at the
+             * single highest negative, which one odd example can move by logits. */
+            double pc = fmin(fmax((double)best_t, 1e-12), 1 - 1e-12);
+            double ceiling = 1.0 / (1.0 + exp(-(log(pc / (1 - pc)) + margin)));
+            if (ceiling < q) q = ceiling;
+        }
         if ((float)q > best_t) best_t = (float)q;
         free(ps);
     }

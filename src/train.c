@@ -47,10 +47,14 @@ void tbert_hparams_preset(const char *name, tbert_hparams *hp) {
         hp->batch = 32;
         hp->lr = 1e-2;
         hp->weight_decay = 0;
-        /* fpr=0.003 tolerates one validation ham in 333+: with 415 validation ham on the half split, one
-         * Japanese hard_ham message scores 0.9995 (next: 0.93) and the strict zero-FP cut keeps under half
-         * the spam (benchmarks/RESULTS.md, mail accuracy) */
-        hp->threshold = "fpr=0.003,recall=0.9";
+        /* chosen on cross-validation inside the half split's training part (benchmarks/RESULTS.md, mail accuracy):
+         * on the out-of-fold scores (train_run.c makes the mail recipe cross-fit), at most 1 ham in 333 above
+         * the cut, and never more than 80% of the spam kept (with 90% a few newsletters in hard_ham scored
+         * above the cut; with 80% none did), but that raise never more than 5 logits above the ham cut:
+         * without that ceiling, spam of another time (the time split) scored below a cut set among the far
+         * more confident training spam; 5 is the smallest ceiling that let no newsletter through on the
+         * development folds (4: one) */
+        hp->threshold = "fpr=0.003,recall=0.8,margin=5";
     }
 }
 
@@ -66,6 +70,7 @@ void tbert_fit_result_free(tbert_fit_result *r) {
     tbert_metrics_free(&r->test);
     free(r->val_probs);
     free(r->test_probs);
+    free(r->oof_idx);
     memset(r, 0, sizeof *r);
 }
 
@@ -310,8 +315,19 @@ static tbert_status final_metrics(tbert_fit_result *r, fit_bufs *b, const tbert_
 static char *fit_metrics_json(const tbert_fit_result *r, const tbert_recipe *rec);
 
 /* ---- fit ---- */
+static tbert_status fit_once(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
+                             tbert_error *err);
+static tbert_status fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
+                           tbert_error *err);
+
 tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
                        tbert_error *err) {
+    if (hp->cv_folds >= 2) return fit_cv(d, hp, ck, r, err);
+    return fit_once(d, hp, ck, r, err);
+}
+
+static tbert_status fit_once(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
+                             tbert_error *err) {
     memset(r, 0, sizeof *r);
     double t0 = tbert_now();
     if (hp->epochs < 1 || hp->batch < 1) return tbert_fail(err, TBERT_E_ARG, "train: epochs and batch must be positive");
@@ -505,7 +521,7 @@ tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const t
         if (pb) tbert_progress_finish(pb, note);
         else if (pm != TBERT_PROGRESS_OFF) fprintf(stderr, "tbert: epoch %d/%d %s\n", e + 1, hp->epochs, note);
         double score = d->n_val ? r->val_loss[e] : r->train_loss[e];
-        bool improved = score < best_score;
+        bool improved = hp->keep_last || score < best_score;
         if (improved) {
             best_score = score;
             r->best_epoch = e + 1;
@@ -547,6 +563,127 @@ done:
     bufs_free(&b);
     tbert_adam_free(&adam);
     tbert_head_free(h);
+    return st;
+}
+
+/* ---- cross-fitting (tbert_fit with cv_folds >= 2) ---- */
+
+/* K stratified folds of idx[0..n): per class, shuffled with the seed, dealt round-robin. fold[i] = fold of idx[i]. */
+static void assign_folds(const tbert_fit_data *d, const int *idx, int n, int K, uint64_t seed, int *fold, int *scratch) {
+    tbert_rng rng;
+    tbert_rng_seed(&rng, seed ^ 0x6376666f6c6473ull); /* "cvfolds" */
+    for (int c = 0; c < d->n_classes; c++) {
+        int m = 0;
+        for (int i = 0; i < n; i++)
+            if (d->y[idx[i]] == c) scratch[m++] = i;
+        tbert_rng_shuffle(&rng, scratch, m);
+        for (int j = 0; j < m; j++) fold[scratch[j]] = j % K;
+    }
+}
+
+static int cmp_int_asc(const void *a, const void *b) { return cmp_int(a, b); }
+
+static tbert_status fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
+                           tbert_error *err) {
+    memset(r, 0, sizeof *r);
+    const int K = hp->cv_folds, n = d->n_train, C = d->n_classes;
+    if (d->n_val > 0) return tbert_fail(err, TBERT_E_ARG, "train: cross-validation takes its folds from the training split (use --val-fraction 0)");
+    if (n < 2 * K) return tbert_fail(err, TBERT_E_ARG, "train: %d training examples are too few for %d folds", n, K);
+    int *fold = tbert_malloc_array((size_t)n, sizeof(int)), *scratch = tbert_malloc_array((size_t)n, sizeof(int));
+    int *ftr = tbert_malloc_array((size_t)n, sizeof(int)), *fva = tbert_malloc_array((size_t)n, sizeof(int));
+    int *best_epochs = tbert_malloc_array((size_t)K, sizeof(int)), *y = tbert_malloc_array((size_t)n, sizeof(int));
+    float *oof = tbert_malloc_array((size_t)n, (size_t)C * sizeof(float)), *s = tbert_malloc_array((size_t)n, sizeof(float));
+    bool *pos = tbert_malloc_array((size_t)n, sizeof(bool));
+    int *pool = tbert_malloc_array((size_t)n, sizeof(int));
+    tbert_status st = TBERT_OK;
+    if (!fold || !scratch || !ftr || !fva || !best_epochs || !y || !oof || !s || !pos || !pool)
+        st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory for %d-fold cross-validation", K);
+    if (!st) assign_folds(d, d->train_idx, n, K, hp->seed, fold, scratch);
+    tbert_progress_mode pm = hp->progress == TBERT_PROGRESS_AUTO ? (isatty(2) ? TBERT_PROGRESS_BAR : TBERT_PROGRESS_LOG) : hp->progress;
+    for (int k = 0; k < K && !st; k++) {
+        int nt = 0, nv = 0;
+        for (int i = 0; i < n; i++) {
+            if (fold[i] == k) fva[nv++] = d->train_idx[i];
+            else ftr[nt++] = d->train_idx[i];
+        }
+        tbert_fit_data fd = *d;
+        fd.train_idx = ftr;
+        fd.n_train = nt;
+        fd.val_idx = fva;
+        fd.n_val = nv;
+        fd.n_test = 0;
+        tbert_hparams fh = *hp;
+        fh.cv_folds = 0;
+        fh.keep_last = false;
+        fh.threshold = "f1"; /* unused: the threshold comes from all folds together */
+        fh.seed = hp->seed + 1000003ull * (uint64_t)(k + 1);
+        fh.progress = TBERT_PROGRESS_OFF;
+        tbert_fit_result fr;
+        st = fit_once(&fd, &fh, NULL, &fr, err);
+        if (!st) {
+            best_epochs[k] = fr.best_epoch;
+            int j = 0;
+            for (int i = 0; i < n; i++) /* val_idx is ascending, as the train_idx it came from */
+                if (fold[i] == k) memcpy(oof + (size_t)i * C, fr.val_probs + (size_t)j++ * C, (size_t)C * sizeof(float));
+            if (pm != TBERT_PROGRESS_OFF)
+                fprintf(stderr, "tbert: cross-validation fold %d/%d: best epoch %d, held-out loss %.4f acc %.4f\n", k + 1, K,
+                        fr.best_epoch, fr.val_loss[fr.best_epoch - 1], fr.val_acc[fr.best_epoch - 1]);
+        }
+        tbert_fit_result_free(&fr);
+    }
+    float thr = 0.5f;
+    int pos_cls = d->positive >= 0 && C == 2 ? d->positive : -1;
+    for (int i = 0; !st && i < n; i++) {
+        y[i] = d->y[d->train_idx[i]];
+        pool[i] = d->train_idx[i];
+        if (pos_cls >= 0) {
+            s[i] = oof[(size_t)i * C + pos_cls];
+            pos[i] = y[i] == pos_cls;
+        }
+    }
+    if (!st && pos_cls >= 0) st = tbert_threshold_choose(hp->threshold, n, s, pos, &thr, err);
+    int E = hp->epochs;
+    if (!st) {
+        qsort(best_epochs, (size_t)K, sizeof(int), cmp_int_asc);
+        E = best_epochs[K / 2];
+    }
+    tbert_metrics oofm = {0};
+    if (!st) st = tbert_metrics_compute(n, C, oof, y, pos_cls, thr, &oofm, err);
+    if (!st) {
+        char spec[32];
+        snprintf(spec, sizeof spec, "%.9g", (double)thr);
+        tbert_hparams fh = *hp;
+        fh.cv_folds = 0;
+        fh.keep_last = true;
+        fh.epochs = E;
+        fh.threshold = spec;
+        if (pm != TBERT_PROGRESS_OFF)
+            fprintf(stderr, "tbert: cross-validation: threshold %.4f on %d out-of-fold scores (%s), %d epochs; training the head on all %d\n",
+                    (double)thr, n, hp->threshold ? hp->threshold : "f1", E, n);
+        st = fit_once(d, &fh, ck, r, err);
+    }
+    if (!st) { /* the held-out view: out-of-fold metrics and probabilities stand in for validation */
+        tbert_metrics_free(&r->val);
+        r->val = oofm;
+        memset(&oofm, 0, sizeof oofm);
+        free(r->val_probs);
+        r->val_probs = oof;
+        oof = NULL;
+        r->oof_idx = pool;
+        r->n_oof = n;
+        pool = NULL;
+    }
+    tbert_metrics_free(&oofm);
+    free(fold);
+    free(scratch);
+    free(ftr);
+    free(fva);
+    free(best_epochs);
+    free(y);
+    free(oof);
+    free(s);
+    free(pos);
+    free(pool);
     return st;
 }
 

@@ -59,6 +59,8 @@ static void test_featurizer_blocks(void **state) {
     r.lexical_dim = 64;
     r.evidence = TBERT_EVIDENCE_BLOCK;
     r.evidence_dim = 16;
+    r.header_dim = 32;
+    r.header_weight = 2.5f;
     assert_int_equal(tbert_recipe_bind_model(&r, m, &err), TBERT_OK);
     tbert_encoder_opts eo = tbert_encoder_default_opts();
     eo.device.kind = TBERT_DEVICE_CPU;
@@ -68,10 +70,12 @@ static void test_featurizer_blocks(void **state) {
     tbert_featurizer *fz;
     assert_int_equal(tbert_featurizer_create(&r, m, enc, &fz, &err), TBERT_OK);
     const int H = m->cfg.hidden, D = (int)tbert_featurizer_dim(fz);
-    assert_int_equal(D, H + 64 + 16);
+    assert_int_equal(D, H + 64 + 16 + 32);
     const char *texts[4] = {"win a free prize now call to claim your cash today", "", "see you at lunch",
                             "free free free free prize prize cash claim claim claim claim now now now now now now now"};
-    const char *ev[4] = {"from_domain:example.com rcvd_hops:3", NULL, "", "mailer:x mailer:x from_domain:a.b"};
+    /* "h." words go to the header block only; the evidence block takes the rest */
+    const char *ev[4] = {"from_domain:example.com rcvd_hops:3 h.from:bob@example.com h.received:mx.example.com", NULL, "",
+                         "mailer:x h.x-mailer:x mailer:x from_domain:a.b h.x-mailer:x"};
     tbert_doc docs[4];
     for (int i = 0; i < 4; i++) docs[i] = (tbert_doc){texts[i], strlen(texts[i]), ev[i]};
     float *X = malloc(sizeof(float) * 4 * D);
@@ -100,7 +104,7 @@ static void test_featurizer_blocks(void **state) {
         char what[64];
         snprintf(what, sizeof what, "dense block doc %d", i);
         assert_int_equal(tu_compare_f64(what, X + (size_t)i * D, ref, (size_t)H, 1e-6, 1e-5), 0);
-        double lex[64] = {0}, evb[16] = {0};
+        double lex[64] = {0}, evb[16] = {0}, hdb[32] = {0};
         for (size_t k = 0; k < ids.n; k++) lex[fmix64((uint64_t)ids.v[k] + 1) % 64] += 1;
         log1p_l2_ref(lex, 64);
         snprintf(what, sizeof what, "lexical block doc %d", i);
@@ -110,9 +114,15 @@ static void test_featurizer_blocks(void **state) {
             while (*p == ' ') p++;
             const char *s = p;
             while (*p && *p != ' ') p++;
-            if (p > s) evb[fmix64(fnv1a64(s, (size_t)(p - s))) % 16] += 1;
+            bool word = p - s > 2 && !strncmp(s, "h.", 2);
+            if (p > s && !word) evb[fmix64(fnv1a64(s, (size_t)(p - s))) % 16] += 1;
+            if (word) hdb[fmix64(fnv1a64(s, (size_t)(p - s))) % 32] += 1;
         }
         log1p_l2_ref(evb, 16);
+        log1p_l2_ref(hdb, 32);
+        for (int k = 0; k < 32; k++) hdb[k] *= 2.5;
+        snprintf(what, sizeof what, "header block doc %d", i);
+        assert_int_equal(tu_compare_f64(what, X + (size_t)i * D + H + 64 + 16, hdb, 32, 1e-7, 1e-6), 0);
         snprintf(what, sizeof what, "evidence block doc %d", i);
         assert_int_equal(tu_compare_f64(what, X + (size_t)i * D + H + 64, evb, 16, 1e-7, 1e-6), 0);
         tbert_i32vec_free(&ids);
@@ -164,7 +174,9 @@ static void test_recipe_json(void **state) {
     assert_non_null(j);
     assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_OK);
     assert_memory_equal(&r, &back, sizeof r); /* every field, the float threshold bit for bit */
-    assert_int_equal(tbert_recipe_dim(&back), 384 + 30522 + 1024); /* mail: lexical 30522 + evidence block 1024 */
+    /* mail: lexical 30522 + evidence block 1024 + header words 16384 */
+    assert_int_equal(tbert_recipe_dim(&back), 384 + 30522 + 1024 + 16384);
+    assert_non_null(strstr(j, "\"header_dim\":16384,\"header_weight\":4"));
     assert_null(strstr(j, "lexical_ngrams")); /* the default (1) is not written: older recipes and cache keys stay */
     free(j);
     r.lexical_ngrams = 2;
@@ -174,6 +186,33 @@ static void test_recipe_json(void **state) {
     assert_memory_equal(&r, &back, sizeof r);
     free(j);
     r.lexical_ngrams = 1;
+    /* no header block: no header keys (recipes written before it read back the same) */
+    tbert_recipe t;
+    assert_int_equal(tbert_recipe_preset("text", &t, &err), TBERT_OK);
+    memcpy(t.model_hash, r.model_hash, sizeof t.model_hash);
+    memcpy(t.vocab_hash, r.vocab_hash, sizeof t.vocab_hash);
+    t.model_hidden = 384;
+    t.model_layers = 6;
+    t.layers = 6;
+    j = tbert_recipe_to_json(&t);
+    assert_null(strstr(j, "header_"));
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_OK);
+    assert_memory_equal(&t, &back, sizeof t);
+    free(j);
+    /* a header block without its weight, or with a weight out of range: refused, naming the field */
+    j = tbert_recipe_to_json(&r);
+    char *w = strstr(j, ",\"header_weight\":4");
+    assert_non_null(w);
+    memmove(w, w + strlen(",\"header_weight\":4"), strlen(w + strlen(",\"header_weight\":4")) + 1);
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
+    assert_non_null(strstr(err.msg, "header_weight"));
+    free(j);
+    r.header_weight = -1;
+    j = tbert_recipe_to_json(&r);
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
+    assert_non_null(strstr(err.msg, "header_weight"));
+    free(j);
+    r.header_weight = 4;
     const char *bad[][2] = {
         {"{\"recipe_version\":2}", "recipe_version 2"},
         {"[1,2]", "not a JSON object"},

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <glib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -96,7 +97,8 @@ static void test_headers_decoded(void **state) {
     const char *msg = "From x@y Mon Sep  2 10:00:00 2002\nReceived: from relay.mx.Example.COM (relay [10.0.0.1]) by b\n"
                       "Received: b\nReceived: c\nSubject: Re: hi\nUser-Agent: Mutt/1.5.4i\nX-Spam-Status: No\n"
                       "X-Razor-Id: 1234\nX-SpamCop-Checked: 1\nX-MailScanner: clean\nX-Virus-Scanned: yes\n"
-                      "Message-ID: <abc@Host.Example.ORG>\nTo: a@x, b@y, c@z\nReturn-Path: <bounce@lists.example.net>\n\nbody\n";
+                      "Message-ID: <abc@Host.Example.ORG>\nTo: a@x, b@y, c@z\nReturn-Path: <bounce@lists.example.net>\n"
+                      "X-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa ok 12345 -a-b- $x$\n\nbody\n";
     assert_int_equal(tbert_message_parse(msg, strlen(msg), "m", &m, &err), TBERT_OK);
     assert_string_equal(m.subject, "Re: hi");
     assert_string_equal(m.body, "body");
@@ -113,6 +115,21 @@ static void test_headers_decoded(void **state) {
     assert_null(strstr(m.evidence, "x-razor"));
     assert_null(strstr(m.evidence, "x-mailscanner"));
     assert_null(strstr(m.evidence, "x-virus"));
+    /* the header words, in header order: runs of [A-Za-z0-9.$_@-] trimmed to letters/digits at both ends,
+     * lowercased; all-digit words, words over 40 bytes and upstream filters' headers left out */
+    GString *words = g_string_new("");
+    for (const char *p = m.evidence; *p;) {
+        const char *e = strchr(p, ' ');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n > 2 && !strncmp(p, "h.", 2)) g_string_append_printf(words, "%s%.*s", words->len ? " " : "", (int)n, p);
+        p += n + (e != NULL);
+    }
+    assert_string_equal(words->str,
+                        "h.received:from h.received:relay.mx.example.com h.received:relay h.received:10.0.0.1 h.received:by "
+                        "h.received:b h.received:b h.received:c h.subject:re h.subject:hi h.user-agent:mutt "
+                        "h.user-agent:1.5.4i h.message-id:abc@host.example.org h.to:a@x h.to:b@y h.to:c@z "
+                        "h.return-path:bounce@lists.example.net h.x-long:ok h.x-long:a-b h.x-long:x");
+    g_string_free(words, TRUE);
     tbert_message_free(&m);
     /* empty input: an error naming the message, no crash */
     assert_int_equal(tbert_message_parse("\n\n", 2, "empty.eml", &m, &err), TBERT_E_FORMAT);

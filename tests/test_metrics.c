@@ -46,6 +46,30 @@ static void test_threshold_choice(void **state) {
     assert_float_equal(t, 0.85f, 1e-6);
     assert_int_equal(tbert_threshold_choose("fpr=0,recall=0", 7, S, Y, &t, NULL), TBERT_OK);
     assert_float_equal(t, 0.9f, 1e-6);
+    /* margin=M: the recall raise never goes more than M logits above the fpr cut. Separable: negatives
+     * {0.1, 0.2}, positives {0.97, 0.98, 0.99}; fpr=0 cut = 0.585 (midpoint of 0.97 and 0.2); R 0.5 ->
+     * median 0.98; the ceiling sigmoid(logit(0.585) + 3) = 0.9659 caps it */
+    {
+        float s6[5] = {0.99f, 0.98f, 0.97f, 0.2f, 0.1f};
+        bool y6[5] = {1, 1, 1, 0, 0};
+        double ceil3 = 1.0 / (1.0 + exp(-(log(0.585 / 0.415) + 3.0)));
+        assert_int_equal(tbert_threshold_choose("fpr=0,recall=0.5", 5, s6, y6, &t, NULL), TBERT_OK);
+        assert_float_equal(t, 0.98f, 1e-6);
+        assert_int_equal(tbert_threshold_choose("fpr=0,recall=0.5,margin=3", 5, s6, y6, &t, NULL), TBERT_OK);
+        assert_float_equal(t, (float)ceil3, 1e-5);
+        /* margin 0: the ceiling is the cut itself */
+        assert_int_equal(tbert_threshold_choose("fpr=0,recall=0.5,margin=0", 5, s6, y6, &t, NULL), TBERT_OK);
+        assert_float_equal(t, 0.585f, 1e-6);
+        /* a ceiling above the quantile changes nothing: margin 10 */
+        assert_int_equal(tbert_threshold_choose("fpr=0,recall=0.5,margin=10", 5, s6, y6, &t, NULL), TBERT_OK);
+        assert_float_equal(t, 0.98f, 1e-6);
+        tbert_error e3;
+        assert_int_equal(tbert_threshold_parse("fpr=0,recall=0.5,margin=-1", &e3), TBERT_E_ARG);
+        assert_int_equal(tbert_threshold_parse("fpr=0,recall=0.5,margin=x", &e3), TBERT_E_ARG);
+        assert_int_equal(tbert_threshold_parse("fpr=0,recall=0.5,marg=1", &e3), TBERT_E_ARG);
+        assert_int_equal(tbert_threshold_parse("fpr=0,recall=0.5,margin=3,", &e3), TBERT_E_ARG);
+        assert_int_equal(tbert_threshold_parse("fpr=0.003,recall=0.8,margin=3", &e3), TBERT_OK);
+    }
     {
         tbert_error e2;
         assert_int_equal(tbert_threshold_parse("fpr=0,recall=2", &e2), TBERT_E_ARG);

@@ -101,7 +101,8 @@ PYEOF
 EXPECT="recipe_version 99" expect_usage "unknown recipe_version" eval --model "$MODEL" --head "$TMP/v99" --data "$DATA"
 
 # --ham/--spam take several paths each (and may be repeated); the mail recipe's defaults land in the
-# checkpoint: lexical 30522 + E1 evidence block 1024, linear head, the fpr=0.003,recall=0.9 threshold rule
+# checkpoint: lexical 30522 + evidence block 1024 + header words 16384 x 4, linear head, the
+# fpr=0.003,recall=0.8,margin=5 threshold rule (6 messages: too few for the 5 folds, so no cross-fitting)
 M=$TESTS/data/mail
 "$BIN" train --model "$MODEL" --out "$TMP/mail" --max-len 32 --epochs 2 --val-fraction 0 --quiet --json \
     --ham "$M/alternative.eml" "$M/nested.eml" --ham "$M/crlf.eml" --spam "$M/html_only.eml" "$M/qp_latin1.eml" \
@@ -118,10 +119,37 @@ b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
 meta = json.loads(b[8:8 + n])["__metadata__"]
 r = json.loads(meta["recipe"]); h = json.loads(meta["head"]); t = json.loads(meta["train"])["settings"]
 assert r["name"] == "mail" and r["lexical_dim"] == 30522 and r["evidence"] == "block" and r["evidence_dim"] == 1024, r
-assert r["evidence_set"] == 1 and r["windows"] == 1 and r["normalize"] is True, r
+assert "evidence_set" not in r and r["windows"] == 1 and r["normalize"] is True, r
+assert r["header_dim"] == 16384 and r["header_weight"] == 4, r
 assert h["hidden"] == 0, h
-assert t["threshold"] == "fpr=0.003,recall=0.9" and t["test_fraction"] == 0, t
+assert t["threshold"] == "fpr=0.003,recall=0.8,margin=5" and t["test_fraction"] == 0 and "cv_folds" not in t, t
 PYEOF
+
+# cross-fitting (--cv K): refused beside a validation split; the held-out view covers every training
+# example; killed in the final head's epochs and resumed, it ends bit for bit as an uninterrupted run
+EXPECT="--cv" expect_usage "--cv with a validation split" train "${T[@]}" --out "$TMP/x" --cv 3 --val-fraction 0.2
+CV=(--model "$MODEL" --data "$DATA" --max-len 32 --hidden 0 --epochs 6 --batch 4 --lr 3e-2 --quiet --cv 4 --val-fraction 0 --test-fraction 0.2)
+"$BIN" train "${CV[@]}" --out "$TMP/cv" --json >"$TMP/cv.json" 2>"$TMP/err" || { echo "FAIL: train --cv: $(cat "$TMP/err")"; fail=1; }
+"$PY" - "$TMP/cv.json" "$TMP/cv/best.safetensors" <<'PYEOF' || fail=1
+import json, struct, sys
+o = json.load(open(sys.argv[1]))
+assert o["val"]["n"] == o["train"]["n"] == 32 and o["test"]["n"] == 8, (o["train"]["n"], o["val"]["n"], o["test"]["n"])
+assert 1 <= o["best_epoch"] == o["epochs"] <= 6, (o["best_epoch"], o["epochs"])
+b = open(sys.argv[2], "rb").read()
+meta = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])["__metadata__"]
+assert json.loads(meta["train"])["settings"]["cv_folds"] == 4, meta["train"]
+assert abs(float(meta["threshold"]) - o["val"]["threshold"]) < 1e-6
+PYEOF
+E=$("$PY" -c "import json;print(json.load(open('$TMP/cv.json'))['epochs'])" 2>/dev/null || echo 0)
+if [ "${E:-0}" -ge 2 ]; then
+    TBERT_TEST_KILL_AT=epoch:1 "$BIN" train "${CV[@]}" --out "$TMP/cvk" >/dev/null 2>&1
+    "$BIN" train "${CV[@]}" --out "$TMP/cvk" --resume >/dev/null 2>"$TMP/err" || { echo "FAIL: --cv --resume: $(cat "$TMP/err")"; fail=1; }
+    for f in best last; do
+        cmp -s "$TMP/cv/$f.safetensors" "$TMP/cvk/$f.safetensors" || { echo "FAIL: --cv killed + resumed: $f.safetensors differs"; fail=1; }
+    done
+else
+    echo "note: the final head trained $E epoch(s); kill/resume of --cv not exercised"
+fi
 
 # read-only output folder: one-line error naming it, exit 2, the previous checkpoint untouched
 "$BIN" train "${T[@]}" --out "$TMP/ro" >/dev/null 2>&1 || { echo "FAIL: train into ro"; fail=1; }

@@ -94,6 +94,73 @@ static void test_shuffled_labels_chance(void **state) {
     free(y);
 }
 
+/* Cross-fitting (cv_folds): the out-of-fold probabilities are really held out (with labels independent of X
+ * the final head memorises its training set, but the out-of-fold accuracy and ROC-AUC stay at chance), every
+ * training example gets one, the threshold is the rule applied to them, and the kept head trained for the
+ * median fold epoch count on all of the training split. */
+static void test_cross_fitting(void **state) {
+    uint64_t seed = tu_seed_from_env("test_train_cv");
+    tu_rng r = {seed};
+    int n = 500, D = 400, K = 5;
+    float *X = malloc(sizeof(float) * n * D);
+    int *y = malloc(sizeof(int) * n);
+    for (int i = 0; i < n * D; i++) X[i] = tu_normal(&r);
+    for (int i = 0; i < n; i++) y[i] = (int)(tu_next(&r) & 1);
+    int *tr, *va, *te, ntr, nva, nte;
+    assert_int_equal(tbert_split_stratified(n, y, 2, 0, 0.2, seed, &tr, &ntr, &va, &nva, &te, &nte, NULL), TBERT_OK);
+    assert_int_equal(nva, 0);
+    tbert_fit_data d = {.n_classes = 2, .positive = 1, .dim = (size_t)D, .X = X, .y = y, .n_train = ntr, .n_val = 0,
+                        .n_test = nte, .train_idx = tr, .val_idx = va, .test_idx = te};
+    tbert_hparams hp;
+    tbert_hparams_preset("text", &hp);
+    hp.hidden = 0;
+    hp.dropout = 0;
+    hp.epochs = 40;
+    hp.batch = 8; /* many steps per epoch: one epoch already memorises part of the training set */
+    hp.lr = 3e-2;
+    hp.progress = TBERT_PROGRESS_OFF;
+    hp.threshold = "fpr=0.1";
+    hp.cv_folds = K;
+    tbert_fit_result res;
+    tbert_error err;
+    tbert_status st = tbert_fit(&d, &hp, NULL, &res, &err);
+    if (st) fail_msg("fit: %s", err.msg);
+    print_message("cv: final head %d epochs (train ROC-AUC %.3f), out-of-fold acc %.3f ROC-AUC %.3f, threshold %.4f\n",
+                  res.epochs_run, res.train.roc_auc, res.val.accuracy, res.val.roc_auc, (double)res.threshold);
+    assert_int_equal(res.n_oof, ntr);
+    assert_int_equal(res.val.n, ntr);
+    for (int i = 0; i < ntr; i++) assert_int_equal(res.oof_idx[i], tr[i]);
+    assert_true(res.epochs_run >= 1 && res.epochs_run <= hp.epochs);
+    assert_int_equal(res.best_epoch, res.epochs_run); /* the last epoch is kept */
+    double bound = 0.5 + 4 * sqrt(0.25 / ntr);
+    double auc_bound = 0.5 + 4 * sqrt(1.0 / (3.0 * ntr));
+    assert_true(res.train.roc_auc > auc_bound); /* in-sample probabilities are far from chance */
+    assert_true(res.val.accuracy <= bound);
+    assert_true(res.val.roc_auc <= auc_bound);
+    /* the threshold is the rule on the out-of-fold scores: at most 10% of the negatives above it */
+    float *s = malloc(sizeof(float) * ntr);
+    bool *pos = malloc(sizeof(bool) * ntr);
+    for (int i = 0; i < ntr; i++) {
+        s[i] = res.val_probs[(size_t)i * 2 + 1];
+        pos[i] = y[tr[i]] == 1;
+    }
+    float t;
+    assert_int_equal(tbert_threshold_choose("fpr=0.1", ntr, s, pos, &t, NULL), TBERT_OK);
+    assert_float_equal(t, res.threshold, 0);
+    free(s);
+    free(pos);
+    tbert_fit_result_free(&res);
+    /* too few examples for the folds: one line, no crash */
+    d.n_train = 2 * K - 1;
+    assert_int_equal(tbert_fit(&d, &hp, NULL, &res, &err), TBERT_E_ARG);
+    assert_non_null(strstr(err.msg, "folds"));
+    free(tr);
+    free(va);
+    free(te);
+    free(X);
+    free(y);
+}
+
 static void test_split(void **state) {
     int n = 1003, y[1003];
     for (int i = 0; i < n; i++) y[i] = i % 10 == 0 ? 1 : (i % 10 < 4 ? 2 : 0); /* 10% / 30% / 60% */
@@ -234,6 +301,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_separable),
         cmocka_unit_test(test_shuffled_labels_chance),
+        cmocka_unit_test(test_cross_fitting),
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_reaches_logistic_optimum),
     };

@@ -27,8 +27,9 @@ typedef struct {
                        precedence reply_to x_priority x_msmail_priority organization mime_version cc,
                        hdr:NAME per header field present (X-Spam-* never), rcvd_from (last two labels of
                        each Received "from" host, up to 8), msgid_domain, reply_to_domain,
-                       return_path_domain, to_count (0|1|2-5|6plus), subj:reply|forward; "parse:failed"
-                       when GMime found no message structure */
+                       return_path_domain, to_count (0|1|2-5|6plus), subj:reply|forward; then every word
+                       of every header value as h.NAME:word (src/mail.c header_words; the mail recipe's
+                       header block); "parse:failed" when GMime found no message structure */
 } tbert_message;
 
 /* Parses one raw message (any bytes; never crashes). Malformed MIME still yields whatever text is

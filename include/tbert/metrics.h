@@ -49,7 +49,9 @@ tbert_status tbert_pr_curve(int n, const float *score, const bool *is_pos, doubl
  * false-positive rate is <= X, same midpoint rule), "fpr=X,recall=R" (the fpr=X threshold, raised to the
  * (1 - R) quantile of the positives' scores (ascending, linear interpolation) when that is higher: the
  * zero-FP cut that never keeps more than R of the validation positives, a margin for mail unlike the
- * validation mail), or a number VALUE in [0,1]. */
+ * validation mail), "fpr=X,recall=R,margin=M" (the same, but that raise never goes more than M logits
+ * above the fpr=X cut: a ceiling for when the positives score far above the negatives), or a number VALUE
+ * in [0,1]. */
 tbert_status tbert_threshold_parse(const char *spec, tbert_error *err);
 tbert_status tbert_threshold_choose(const char *spec, int n, const float *score, const bool *is_pos, float *out,
                                     tbert_error *err);

@@ -2,7 +2,7 @@
  * cache, and the trained classifier (a head checkpoint + its recipe) that train/eval/predict/score/filter
  * use. CONVENTIONS.md "Files and caches".
  *
- * Feature vector layout (dim = dense + lexical_dim + evidence_dim):
+ * Feature vector layout (dim = dense + lexical_dim + evidence_dim + header_dim):
  *   [ dense: pooled encoder output, tbert_pool_dim(model, pool, max_len) floats; with windows > 1 the
  *     pooled vectors of up to `windows` windows of max_len tokens are averaged (then L2-normalised when
  *     normalize is set) |
@@ -10,7 +10,10 @@
  *     (all tokens of the text, not only the encoded windows; with lexical_ngrams 2 also each pair of
  *     adjacent ids), log1p, then L2 normalisation of the block |
  *     evidence: when evidence == TBERT_EVIDENCE_BLOCK, the message's evidence tokens (space-separated)
- *     hashed into evidence_dim buckets, log1p + L2 ]
+ *     hashed into evidence_dim buckets, log1p + L2 |
+ *     headers: when header_dim > 0, the message's header words (evidence tokens "h.NAME:word", src/mail.c)
+ *     hashed into header_dim buckets, log1p, L2, times header_weight ]
+ * The evidence block never takes the "h." header words (they have their own block).
  * With evidence == TBERT_EVIDENCE_LEXICAL the evidence tokens are hashed into the lexical block (before
  * its log1p + L2) and evidence_dim is 0. A doc without evidence (NULL or "") contributes nothing there.
  * Hashes: WordPiece id k -> bucket fmix64(k + 1) % lexical_dim; pair (a, b) -> fmix64(((a + 1) << 32 | (b + 1)) ^
@@ -57,6 +60,8 @@ typedef struct {
     int evidence_set;          /* 0: every evidence token; 1: only the "E1" keys (from_domain from_tld mailer
                                   rcvd_hops ctype body attach charset has: no:; docs/mail-recipe-research.md).
                                   JSON key "evidence_set" only when != 0 */
+    int header_dim;            /* 0 = off; JSON keys "header_dim"/"header_weight" only when > 0 */
+    float header_weight;       /* scale of the L2-normalised header block (> 0) */
     /* classification */
     int n_labels;
     char labels[TBERT_MAX_LABELS][TBERT_MAX_LABEL_LEN]; /* sorted byte-wise, unique */
@@ -68,7 +73,8 @@ typedef struct {
  *   "text": mean pooling, max_len 128, 1 window, no normalize, lexical 1024, no evidence
  *   "seed": flatten, max_len 128, 1 window (the tutorial's recipe)
  *   "mail": mean pooling, max_len 128, 1 window, normalize, lexical 30522 (the WordPiece vocabulary's size) and the
- *           header evidence (E1 keys) in its own block of 1024 (docs/mail-recipe-research.md) */
+ *           every header evidence key in its own block of 1024, and the header words in a block of 16384
+ *           weighted 4 (benchmarks/RESULTS.md, mail accuracy) */
 tbert_status tbert_recipe_preset(const char *name, tbert_recipe *out, tbert_error *err);
 /* Fills model_hash, vocab_hash, model_hidden, model_layers; resolves layers (0 = all). Checks the recipe
  * fits (max_len <= max_position, pooler present for pooling "pooler"). */

@@ -27,6 +27,8 @@ typedef struct {
     const char *threshold; /* f1 | fpr=X | VALUE */
     tbert_progress_mode progress;
     int cuda_device;       /* >= 0: train steps on this CUDA device (src/head_cuda.c); -1: CPU */
+    int cv_folds;          /* >= 2: cross-fitted threshold and epoch count, then one head on all of train (tbert_fit) */
+    bool keep_last;        /* the last epoch is the one kept (no validation to pick by) */
 } tbert_hparams;
 
 /* Defaults of a recipe preset ("text", "seed", "mail"). */
@@ -50,6 +52,8 @@ typedef struct {
     tbert_head *best;                 /* weights of the best epoch */
     tbert_metrics train, val, test;   /* of the best head at the chosen threshold (n = 0 when a split is empty) */
     float *val_probs, *test_probs;    /* n_val x C, n_test x C (for curves) */
+    int *oof_idx, n_oof;              /* cross-validation: the examples whose out-of-fold probabilities
+                                         val_probs holds (= train_idx), and val their metrics */
     double seconds;
 } tbert_fit_result;
 void tbert_fit_result_free(tbert_fit_result *r);
@@ -64,7 +68,14 @@ typedef struct {
     const char *settings_json; /* what must match on --resume (hyper-parameters, split, recipe) */
 } tbert_fit_ckpt;
 
-/* Trains from scratch (or resumes, see ckpt) and fills res. Epoch lines / bars on stderr. */
+/* Trains from scratch (or resumes, see ckpt) and fills res. Epoch lines / bars on stderr.
+ * With hp->cv_folds = K >= 2 (and no validation split): K heads are trained on stratified folds of the training
+ * split, each validated on its held-out fold (best epoch by its loss); the threshold is chosen on the
+ * out-of-fold probabilities of every training example, the epoch count is the median of the folds' best
+ * epochs, and the head that is kept is trained on the whole training split for that many epochs. The
+ * threshold thus rests on K times more held-out examples than a validation split gives, and no example is
+ * kept out of the final head. The fold heads are deterministic: --resume recomputes them, then resumes the
+ * final head. */
 tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ckpt, tbert_fit_result *res,
                        tbert_error *err);
 
@@ -87,11 +98,14 @@ typedef struct {
     int pool, max_len, layers, windows, normalize, lexical_dim, lexical_ngrams;
     int evidence_set; /* -1: the preset's; 0 all evidence tokens; 1 the E1 keys */
     int evidence_dim; /* -1: the preset; 0: evidence into the lexical block (when the preset has evidence); > 0: own block */
+    int header_dim;   /* -1: the preset's; 0: no header-word block; > 0: its size */
+    double header_weight; /* < 0: the preset's (or 1 when the preset has no header block) */
     /* hyper-parameter overrides */
     int hidden, epochs, batch;
     double lr, weight_decay, dropout;
     uint64_t seed;
     double val_fraction, test_fraction;
+    int cv_folds;                    /* -1: the recipe's (mail 5, else 0); >= 2: cross-fitting (tbert_fit) */
     bool class_weights_auto;
     const char *positive, *threshold;
     tbert_device device;
