@@ -140,7 +140,7 @@ static void confusion_table(GString *s, const tbert_metrics *m, const tbert_reci
 
 static void metrics_table(GString *s, const tbert_fit_result *f, const tbert_recipe *r) {
     const tbert_metrics *ms[3] = {&f->train, &f->val, &f->test};
-    const char *names[3] = {"train", "validation", "test"};
+    const char *names[3] = {"train", f->n_oof ? "out-of-fold" : "validation", "test"};
     g_string_append(s, "<table class='m'><tr><th>split</th><th>n</th><th>accuracy</th><th>ROC-AUC</th><th>PR-AUC</th>");
     for (int k = 0; k < r->n_labels; k++) {
         g_string_append(s, "<th>F1 ");
@@ -195,7 +195,7 @@ tbert_status tbert_report_write(const char *path, const tbert_fit_result *f, con
     const float *probs = f->test.n ? f->test_probs : f->val_probs;
     const int *idx = f->test.n ? d->test_idx : d->val_idx;
     int n = f->test.n ? d->n_test : d->n_val;
-    const char *which = f->test.n ? "test" : (f->val.n ? "validation" : "training");
+    const char *which = f->test.n ? "test" : (f->val.n ? (f->n_oof ? "out-of-fold (cross-fitting)" : "validation") : "training");
     if (r->positive >= 0 && probs && n > 0) {
         float *sc = tbert_malloc_array((size_t)n, sizeof(float));
         bool *pos = tbert_malloc_array((size_t)n, sizeof(bool));

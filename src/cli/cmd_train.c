@@ -62,7 +62,9 @@ static void usage(FILE *f) {
             "                         held-out score and the epoch count; the kept head trains on all of it\n"
             "  --seed N               (default 42)\n"
             "  --device D             auto|cpu|cuda[:N] (encoder)   --precision fp32|tf32|bf16   --threads N\n"
-            "  --resume               continue from CKPT_DIR/last.safetensors (same result as an uninterrupted run)\n"
+            "  --resume               continue from CKPT_DIR/last.safetensors (same result as an uninterrupted run);\n"
+            "                         a retrain into a folder that holds a run writes to CKPT_DIR/.tbert-staging and\n"
+            "                         moves in when done, so a failed retrain leaves the previous run whole\n"
             "  --export-features F    also write the feature matrix as .npy (row order = input order)\n"
             "  --json                 print the final metrics as one JSON object on stdout\n"
             "  --quiet                no progress output\n");
