@@ -345,6 +345,25 @@ static void bb_put(bytebuf *b, const char *s, size_t n, size_t limit, bool *trun
     b->p[b->n] = '\0';
 }
 
+/* Hands b (taken over) on as the message at source/offset, or an error item when reading it ran out of memory. */
+static int message_item(tbert_input_item *item, const char *source, uint64_t offset, bytebuf *b, bool trunc, tbert_error *err) {
+    if (b->oom) {
+        free(b->p);
+        return item_error(item, source, offset, "%s", "out of memory reading the message", err);
+    }
+    item->source = tbert_strdup(source);
+    item->offset = offset;
+    item->is_message = true;
+    item->raw = b->p ? b->p : tbert_strdup("");
+    item->raw_len = b->n;
+    item->truncated = trunc;
+    if (!item->source || !item->raw) {
+        tbert_input_item_free(item);
+        return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", source), -1;
+    }
+    return 1;
+}
+
 /* Reads the rest of lr as one message (a file that is not an mbox, or stdin). */
 static int read_whole(tbert_inputs *in, const char *source, const char *first, size_t first_n, bool keep,
                       tbert_input_item *item, tbert_error *err) {
@@ -362,20 +381,7 @@ static int read_whole(tbert_inputs *in, const char *source, const char *first, s
         free(b.p);
         return item_error(item, source, 0, "read failed: %s", in->lr.errmsg, err);
     }
-    if (b.oom) {
-        free(b.p);
-        return item_error(item, source, 0, "%s", "out of memory reading the message", err);
-    }
-    item->source = tbert_strdup(source);
-    item->is_message = true;
-    item->raw = b.p ? b.p : tbert_strdup("");
-    item->raw_len = b.n;
-    item->truncated = trunc;
-    if (!item->source || !item->raw) {
-        tbert_input_item_free(item);
-        return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", source), -1;
-    }
-    return 1;
+    return message_item(item, source, 0, &b, trunc, err);
 }
 
 /* Next message of the mbox in lr (lr holds a pending From line at from_off). 1 item, 0 end of the mbox. */
@@ -421,26 +427,12 @@ static int mbox_next(tbert_inputs *in, const char *source, tbert_input_item *ite
             free(b.p);
             return item_error(item, source, msg_off, "read failed: %s", in->lr.errmsg, err);
         }
-        if (b.oom) {
-            free(b.p);
-            return item_error(item, source, msg_off, "%s", "out of memory reading the message", err);
-        }
         /* the blank line that ends each mbox message (before the next "From " line or the end) is not part of it */
-        if (!trunc) {
+        if (!trunc && !b.oom) {
             if (b.n >= 2 && b.p[b.n - 1] == '\n' && b.p[b.n - 2] == '\n') b.p[--b.n] = '\0';
             else if (b.n >= 4 && !memcmp(b.p + b.n - 4, "\r\n\r\n", 4)) b.p[b.n -= 2] = '\0';
         }
-        item->source = tbert_strdup(source);
-        item->offset = msg_off;
-        item->is_message = true;
-        item->raw = b.p ? b.p : tbert_strdup("");
-        item->raw_len = b.n;
-        item->truncated = trunc;
-        if (!item->source || !item->raw) {
-            tbert_input_item_free(item);
-            return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", source), -1;
-        }
-        return 1;
+        return message_item(item, source, msg_off, &b, trunc, err);
     }
 }
 

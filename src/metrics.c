@@ -220,13 +220,16 @@ tbert_status tbert_metrics_compute(int n, int C, const float *probs, const int *
 }
 
 /* ---- threshold ---- */
-static bool parse_unit(const char *s, double *out) {
+/* the whole of s is a number in [lo, hi] */
+static bool parse_in(const char *s, double lo, double hi, double *out) {
     char *end;
     double v = strtod(s, &end);
-    if (end == s || *end || !isfinite(v) || v < 0 || v > 1) return false;
+    if (end == s || *end || !isfinite(v) || v < lo || v > hi) return false;
     *out = v;
     return true;
 }
+
+static bool parse_unit(const char *s, double *out) { return parse_in(s, 0, 1, out); }
 
 /* "fpr=X", "fpr=X,recall=R" or "fpr=X,recall=R,margin=M" (R, M = -1 when absent; M in logits, 0..50) */
 static bool parse_fpr_spec(const char *spec, double *fpr, double *recall, double *margin) {
@@ -241,10 +244,7 @@ static bool parse_fpr_spec(const char *spec, double *fpr, double *recall, double
         char *next = strchr(comma + 1, ',');
         if (next) {
             *next = 0;
-            char *end;
-            if (strncmp(next + 1, "margin=", 7)) return false;
-            *margin = strtod(next + 8, &end);
-            if (end == next + 8 || *end || !(*margin >= 0 && *margin <= 50)) return false;
+            if (strncmp(next + 1, "margin=", 7) || !parse_in(next + 8, 0, 50, margin)) return false;
         }
         if (strncmp(comma + 1, "recall=", 7) || !parse_unit(comma + 8, recall)) return false;
     }

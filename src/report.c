@@ -184,7 +184,7 @@ tbert_status tbert_report_write(const char *path, const tbert_fit_result *f, con
     double lo, hi;
     range(f->train_loss, f->val_loss, E, &lo, &hi);
     series ls[2] = {{"train loss", "#1f77b4", ep, f->train_loss, E}, {"validation loss", "#ff7f0e", ep, f->val_loss, E}};
-    int nser = d->n_val && E > 0 && isfinite(f->val_loss[0]) ? 2 : 1; /* cross-fitting: no per-epoch validation */
+    int nser = d->n_val && !f->n_oof ? 2 : 1; /* cross-fitting: no per-epoch validation */
     chart(s, "Loss per epoch", "epoch", "loss", ls, nser, 1, E > 1 ? E : 2, fmax(lo, 0), hi, false, false, true, f->best_epoch);
     range(f->train_acc, f->val_acc, E, &lo, &hi);
     series as[2] = {{"train accuracy", "#1f77b4", ep, f->train_acc, E}, {"validation accuracy", "#ff7f0e", ep, f->val_acc, E}};

@@ -70,7 +70,6 @@ void tbert_fit_result_free(tbert_fit_result *r) {
     tbert_metrics_free(&r->test);
     free(r->val_probs);
     free(r->test_probs);
-    free(r->oof_idx);
     memset(r, 0, sizeof *r);
 }
 
@@ -581,8 +580,6 @@ static void assign_folds(const tbert_fit_data *d, const int *idx, int n, int K, 
     }
 }
 
-static int cmp_int_asc(const void *a, const void *b) { return cmp_int(a, b); }
-
 static tbert_status fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
                            tbert_error *err) {
     memset(r, 0, sizeof *r);
@@ -594,9 +591,8 @@ static tbert_status fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, con
     int *best_epochs = tbert_malloc_array((size_t)K, sizeof(int)), *y = tbert_malloc_array((size_t)n, sizeof(int));
     float *oof = tbert_malloc_array((size_t)n, (size_t)C * sizeof(float)), *s = tbert_malloc_array((size_t)n, sizeof(float));
     bool *pos = tbert_malloc_array((size_t)n, sizeof(bool));
-    int *pool = tbert_malloc_array((size_t)n, sizeof(int));
     tbert_status st = TBERT_OK;
-    if (!fold || !scratch || !ftr || !fva || !best_epochs || !y || !oof || !s || !pos || !pool)
+    if (!fold || !scratch || !ftr || !fva || !best_epochs || !y || !oof || !s || !pos)
         st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory for %d-fold cross-validation", K);
     if (!st) assign_folds(d, d->train_idx, n, K, hp->seed, fold, scratch);
     tbert_progress_mode pm = hp->progress == TBERT_PROGRESS_AUTO ? (isatty(2) ? TBERT_PROGRESS_BAR : TBERT_PROGRESS_LOG) : hp->progress;
@@ -635,7 +631,6 @@ static tbert_status fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, con
     int pos_cls = d->positive >= 0 && C == 2 ? d->positive : -1;
     for (int i = 0; !st && i < n; i++) {
         y[i] = d->y[d->train_idx[i]];
-        pool[i] = d->train_idx[i];
         if (pos_cls >= 0) {
             s[i] = oof[(size_t)i * C + pos_cls];
             pos[i] = y[i] == pos_cls;
@@ -644,7 +639,7 @@ static tbert_status fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, con
     if (!st && pos_cls >= 0) st = tbert_threshold_choose(hp->threshold, n, s, pos, &thr, err);
     int E = hp->epochs;
     if (!st) {
-        qsort(best_epochs, (size_t)K, sizeof(int), cmp_int_asc);
+        qsort(best_epochs, (size_t)K, sizeof(int), cmp_int);
         E = best_epochs[K / 2];
     }
     tbert_metrics oofm = {0};
@@ -669,9 +664,7 @@ static tbert_status fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, con
         free(r->val_probs);
         r->val_probs = oof;
         oof = NULL;
-        r->oof_idx = pool;
         r->n_oof = n;
-        pool = NULL;
     }
     tbert_metrics_free(&oofm);
     free(fold);
@@ -683,7 +676,6 @@ static tbert_status fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, con
     free(oof);
     free(s);
     free(pos);
-    free(pool);
     return st;
 }
 

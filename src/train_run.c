@@ -699,8 +699,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     work_report = g_strdup_printf("%s/report.html", plan.work);
     tbert_fit_data dr = d; /* cross-fitting: the out-of-fold view is the report's validation */
     if (res->fit.n_oof > 0) {
-        dr.val_idx = res->fit.oof_idx;
-        dr.n_val = res->fit.n_oof;
+        dr.val_idx = d.train_idx;
+        dr.n_val = d.n_train;
     }
     if (!st) st = tbert_report_write(work_report, &res->fit, &dr, r, settings, err);
     if (!st && plan.staged) st = stage_commit(o->out_dir, plan.stage, err);

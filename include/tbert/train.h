@@ -52,8 +52,8 @@ typedef struct {
     tbert_head *best;                 /* weights of the best epoch */
     tbert_metrics train, val, test;   /* of the best head at the chosen threshold (n = 0 when a split is empty) */
     float *val_probs, *test_probs;    /* n_val x C, n_test x C (for curves) */
-    int *oof_idx, n_oof;              /* cross-validation: the examples whose out-of-fold probabilities
-                                         val_probs holds (= train_idx), and val their metrics */
+    int n_oof;                        /* cross-validation: val_probs holds the out-of-fold probabilities of
+                                         the n_oof = n_train examples of train_idx, and val their metrics */
     double seconds;
 } tbert_fit_result;
 void tbert_fit_result_free(tbert_fit_result *r);
