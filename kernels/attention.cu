@@ -1,17 +1,20 @@
-// Scaled dot-product attention with the key padding mask, three implementations:
-//  1. fused v1 (the first, simplest version): one block per (16 queries, head, sequence); K and V stream through
+// Scaled dot-product attention over packed sequences (a batch's real tokens concatenated; sequence b owns the
+// rows cu_seqlens[b] .. cu_seqlens[b+1]-1 and attends only to them), three implementations:
+//  1. fused v1 (the first, simplest version): one block per (16 queries, head, sequence), ceil(length / 16)
+//     query tiles per sequence (cu_tiles, binary-searched by the block); K and V stream through
 //     shared memory in tiles of 32 keys, each warp keeps an online softmax (running max, running sum, output
 //     accumulator in registers) for its 4 queries, so the [B, heads, T, T] scores never reach global memory.
 //     Any T works; the model's positions cap T at 512 for BERT.
 //  2. fused v2 (ships): v1's tiling and online softmax, with the warp's 4 queries sharing every shared-memory
 //     load: 16-byte loads of a K row per lane (lane = key), 16-byte broadcast loads of Q, one V load per key for
 //     all 4 queries. v1 spends two 4-byte loads per FMA in the score loop; v2 about 1.25 / 4.
-//  3. unfused (reference): heads split to float32, cuBLAS strided-batched Q K^T, masked softmax kernel,
-//     cuBLAS P V, heads merged. Simple enough to trust; the parity test checks 1 and 2 against 3 and all
-//     three against a CPU loop.
+//  3. unfused (reference): heads split to a padded float32 [B, heads, T, d] layout (zeros past each length),
+//     cuBLAS strided-batched Q K^T, masked softmax kernel, cuBLAS P V, real rows merged back into the packed
+//     layout. Simple enough to trust; the parity test checks 1 and 2 against 3 and all three against a CPU loop.
 #include <math.h>
 
 #include "elementwise.cuh"
+#include "packed.cuh"
 
 namespace {
 
@@ -19,29 +22,43 @@ constexpr int kKeyTile = 32; // keys per shared-memory tile: one per lane
 constexpr int kWarps = 4;
 constexpr int kQueriesPerWarp = 4;
 constexpr int kQueryTile = kWarps * kQueriesPerWarp;
-constexpr int kMaxGridZ = 65535;
+static_assert(kQueryTile == TBERT_CUDA_QUERY_TILE, "the host's tile table (tbert_cuda_query_tiles) uses this tile");
+
+// The block's sequence and first query: tile blockIdx.x belongs to the b with cu_tiles[b] <= tile < cu_tiles[b+1]
+// (the largest such b: sequences of length 0 own no tile). Every thread computes the same answer.
+struct tile_pos {
+    int start, len, q0;
+};
+__device__ __forceinline__ tile_pos find_tile(const int32_t *cu_seqlens, const int32_t *cu_tiles, int B) {
+    const int tile = blockIdx.x, lo = tbert::last_le(cu_tiles, B, tile);
+    tile_pos p;
+    p.start = cu_seqlens[lo];
+    p.len = cu_seqlens[lo + 1] - p.start;
+    p.q0 = (tile - cu_tiles[lo]) * kQueryTile;
+    return p;
+}
 
 // qkv rows hold [Q | K | V] for all heads; NC = ceil(d / 32) output columns per lane.
 template <typename T, int NC>
 __global__ void __launch_bounds__(kWarps * 32)
-    attention_fused_v1_kernel(T *ctx, const T *qkv, const float *bias, const int32_t *lengths, int Tn, int heads, int d,
-                              float scale) {
+    attention_fused_v1_kernel(T *ctx, const T *qkv, const float *bias, const int32_t *cu_seqlens, const int32_t *cu_tiles,
+                              int B, int heads, int d, float scale) {
     extern __shared__ float smem[];
     float *Qs = smem;                        // [kQueryTile][d], pre-scaled by 1/sqrt(d)
     float *Ks = Qs + kQueryTile * d;         // [kKeyTile][d + 1]: the pad keeps lane j's row j conflict-free
     float *Vs = Ks + kKeyTile * (d + 1);     // [kKeyTile][d]
-    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kQueryTile;
+    const tile_pos tp = find_tile(cu_seqlens, cu_tiles, B);
+    const int h = blockIdx.y, q0 = tp.q0, len = tp.len;
+    if (q0 >= len) return; // only with an inconsistent tile table; uniform over the block
     const int H = heads * d;
     const size_t row3 = (size_t)3 * H;
-    const T *base = qkv + (size_t)b * Tn * row3 + (size_t)h * d;
+    const T *base = qkv + (size_t)tp.start * row3 + (size_t)h * d;
     const float *bq = bias ? bias + (size_t)h * d : nullptr; // this head's Q bias; K's at +H, V's at +2H
-    int len = lengths[b];
-    len = len < 0 ? 0 : (len > Tn ? Tn : len);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
     for (int idx = threadIdx.x; idx < kQueryTile * d; idx += blockDim.x) {
         const int i = idx / d, c = idx - i * d, t = q0 + i;
-        Qs[idx] = t < Tn ? (tbert::to_f(base[(size_t)t * row3 + c]) + (bq ? bq[c] : 0.0f)) * scale : 0.0f;
+        Qs[idx] = t < len ? (tbert::to_f(base[(size_t)t * row3 + c]) + (bq ? bq[c] : 0.0f)) * scale : 0.0f;
     }
     float m[kQueriesPerWarp], l[kQueriesPerWarp], acc[kQueriesPerWarp][NC];
 #pragma unroll
@@ -95,9 +112,9 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int qi = 0; qi < kQueriesPerWarp; qi++) {
         const int t = q0 + warp * kQueriesPerWarp + qi;
-        if (t >= Tn) continue;
-        const float inv = l[qi] > 0.0f ? 1.0f / l[qi] : 0.0f; // length 0: zeros
-        T *o = ctx + ((size_t)b * Tn + t) * H + (size_t)h * d;
+        if (t >= len) continue;
+        const float inv = l[qi] > 0.0f ? 1.0f / l[qi] : 0.0f;
+        T *o = ctx + ((size_t)tp.start + t) * H + (size_t)h * d;
 #pragma unroll
         for (int cc = 0; cc < NC; cc++) {
             const int c = lane + 32 * cc;
@@ -114,25 +131,25 @@ __host__ __device__ inline int v2_kstride(int d) { return (v2_qstride(d) / 4) % 
 
 template <typename T, int NC>
 __global__ void __launch_bounds__(kWarps * 32)
-    attention_fused_v2_kernel(T *ctx, const T *qkv, const float *bias, const int32_t *lengths, int Tn, int heads, int d,
-                              float scale) {
+    attention_fused_v2_kernel(T *ctx, const T *qkv, const float *bias, const int32_t *cu_seqlens, const int32_t *cu_tiles,
+                              int B, int heads, int d, float scale) {
     extern __shared__ float4 smem4[]; // float4: 16-byte alignment of the tiles
     const int dq = v2_qstride(d), ks = v2_kstride(d), n4 = dq / 4;
     float *Qs = reinterpret_cast<float *>(smem4); // [kQueryTile][dq], pre-scaled, zero padded
     float *Ks = Qs + kQueryTile * dq;              // [kKeyTile][ks], zero padded
     float *Vs = Ks + kKeyTile * ks;                // [kKeyTile][d]
-    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kQueryTile;
+    const tile_pos tp = find_tile(cu_seqlens, cu_tiles, B);
+    const int h = blockIdx.y, q0 = tp.q0, len = tp.len;
+    if (q0 >= len) return; // only with an inconsistent tile table; uniform over the block
     const int H = heads * d;
     const size_t row3 = (size_t)3 * H;
-    const T *base = qkv + (size_t)b * Tn * row3 + (size_t)h * d;
+    const T *base = qkv + (size_t)tp.start * row3 + (size_t)h * d;
     const float *bq = bias ? bias + (size_t)h * d : nullptr; // this head's Q bias; K's at +H, V's at +2H
-    int len = lengths[b];
-    len = len < 0 ? 0 : (len > Tn ? Tn : len);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
     for (int idx = threadIdx.x; idx < kQueryTile * dq; idx += blockDim.x) {
         const int i = idx / dq, c = idx - i * dq, t = q0 + i;
-        Qs[idx] = t < Tn && c < d ? (tbert::to_f(base[(size_t)t * row3 + c]) + (bq ? bq[c] : 0.0f)) * scale : 0.0f;
+        Qs[idx] = t < len && c < d ? (tbert::to_f(base[(size_t)t * row3 + c]) + (bq ? bq[c] : 0.0f)) * scale : 0.0f;
     }
     float m[kQueriesPerWarp], l[kQueriesPerWarp], acc[kQueriesPerWarp][NC];
 #pragma unroll
@@ -202,9 +219,9 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int qi = 0; qi < kQueriesPerWarp; qi++) {
         const int t = q0 + warp * kQueriesPerWarp + qi;
-        if (t >= Tn) continue;
-        const float inv = l[qi] > 0.0f ? 1.0f / l[qi] : 0.0f; // length 0: zeros
-        T *o = ctx + ((size_t)b * Tn + t) * H + (size_t)h * d;
+        if (t >= len) continue;
+        const float inv = l[qi] > 0.0f ? 1.0f / l[qi] : 0.0f;
+        T *o = ctx + ((size_t)tp.start + t) * H + (size_t)h * d;
 #pragma unroll
         for (int cc = 0; cc < NC; cc++) {
             const int c = lane + 32 * cc;
@@ -214,47 +231,47 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 template <typename T, int NC>
-int launch_fused(int version, T *ctx, const T *qkv, const float *bias, const int32_t *lengths, int B, int Tn, int heads,
-                 int d, cudaStream_t s) {
+int launch_fused(int version, T *ctx, const T *qkv, const float *bias, const int32_t *cu_seqlens,
+                 const int32_t *cu_tiles, int B, int tiles, int heads, int d, cudaStream_t s) {
     const size_t smem = version == 1
                             ? ((size_t)kQueryTile * d + (size_t)kKeyTile * (d + 1) + (size_t)kKeyTile * d) * sizeof(float)
                             : ((size_t)kQueryTile * v2_qstride(d) + (size_t)kKeyTile * v2_kstride(d) +
                                (size_t)kKeyTile * d) * sizeof(float);
     const float scale = 1.0f / sqrtf((float)d);
-    const size_t H = (size_t)heads * d;
-    for (int b0 = 0; b0 < B; b0 += kMaxGridZ) {
-        const int nb = B - b0 < kMaxGridZ ? B - b0 : kMaxGridZ;
-        dim3 grid(TBERT_CEIL_DIV(Tn, kQueryTile), heads, nb);
-        T *o = ctx + (size_t)b0 * Tn * H;
-        const T *in = qkv + (size_t)b0 * Tn * 3 * H;
-        if (version == 1)
-            attention_fused_v1_kernel<T, NC><<<grid, kWarps * 32, smem, s>>>(o, in, bias, lengths + b0, Tn, heads, d,
-                                                                             scale);
-        else
-            attention_fused_v2_kernel<T, NC><<<grid, kWarps * 32, smem, s>>>(o, in, bias, lengths + b0, Tn, heads, d,
-                                                                             scale);
-        LAUNCH_CHECK(s);
-    }
+    const dim3 grid((unsigned)tiles, (unsigned)heads);
+    if (version == 1)
+        attention_fused_v1_kernel<T, NC><<<grid, kWarps * 32, smem, s>>>(ctx, qkv, bias, cu_seqlens, cu_tiles, B, heads,
+                                                                         d, scale);
+    else
+        attention_fused_v2_kernel<T, NC><<<grid, kWarps * 32, smem, s>>>(ctx, qkv, bias, cu_seqlens, cu_tiles, B, heads,
+                                                                         d, scale);
+    LAUNCH_CHECK(s);
     return 0;
 }
 
 template <typename T>
-int dispatch_fused(int version, void *ctx, const void *qkv, const float *bias, const int32_t *lengths, int B, int Tn,
-                   int heads, int d, cudaStream_t s) {
+int dispatch_fused(int version, void *ctx, const void *qkv, const float *bias, const int32_t *cu_seqlens,
+                   const int32_t *cu_tiles, int B, int tiles, int heads, int d, cudaStream_t s) {
     T *o = (T *)ctx;
     const T *in = (const T *)qkv;
-    if (d <= 32) return launch_fused<T, 1>(version, o, in, bias, lengths, B, Tn, heads, d, s);
-    if (d <= 64) return launch_fused<T, 2>(version, o, in, bias, lengths, B, Tn, heads, d, s);
-    if (d <= 96) return launch_fused<T, 3>(version, o, in, bias, lengths, B, Tn, heads, d, s);
-    return launch_fused<T, 4>(version, o, in, bias, lengths, B, Tn, heads, d, s);
+    if (d <= 32) return launch_fused<T, 1>(version, o, in, bias, cu_seqlens, cu_tiles, B, tiles, heads, d, s);
+    if (d <= 64) return launch_fused<T, 2>(version, o, in, bias, cu_seqlens, cu_tiles, B, tiles, heads, d, s);
+    if (d <= 96) return launch_fused<T, 3>(version, o, in, bias, cu_seqlens, cu_tiles, B, tiles, heads, d, s);
+    return launch_fused<T, 4>(version, o, in, bias, cu_seqlens, cu_tiles, B, tiles, heads, d, s);
 }
 
 // ---- unfused reference path ----
 
-// qkv (dt [B, T, 3H]) -> q, k, v float32 [B, heads, T, d]
+__device__ __forceinline__ int seq_len(const int32_t *cu_seqlens, size_t b, int Tn) {
+    const int len = cu_seqlens[b + 1] - cu_seqlens[b];
+    return len < 0 ? 0 : (len > Tn ? Tn : len);
+}
+
+// packed qkv (dt [N, 3H]) -> q, k, v float32 [B, heads, T, d], zeros at t >= length (padded V rows meet
+// probability 0 in P V: they must be finite)
 template <typename T>
-__global__ void split_heads_kernel(float *q, float *k, float *v, const T *qkv, const float *bias, int Tn, int heads, int d,
-                                   size_t n) {
+__global__ void split_heads_kernel(float *q, float *k, float *v, const T *qkv, const float *bias,
+                                   const int32_t *cu_seqlens, int Tn, int heads, int d, size_t n) {
     const int H = heads * d;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const int col = (int)(i % (size_t)(3 * H));
@@ -263,17 +280,18 @@ __global__ void split_heads_kernel(float *q, float *k, float *v, const T *qkv, c
         const size_t b = bt / (size_t)Tn;
         const int part = col / H, hc = col - part * H, h = hc / d, c = hc - h * d;
         float *dst = part == 0 ? q : (part == 1 ? k : v);
-        dst[((b * heads + h) * Tn + t) * d + c] = tbert::to_f(qkv[i]) + (bias ? bias[col] : 0.0f);
+        float val = 0.0f;
+        if (t < seq_len(cu_seqlens, b, Tn))
+            val = tbert::to_f(qkv[((size_t)cu_seqlens[b] + t) * 3 * H + col]) + (bias ? bias[col] : 0.0f);
+        dst[((b * heads + h) * Tn + t) * d + c] = val;
     }
 }
 
 // One block per score row (b, h, i): p[j] = softmax_j(s[j] * scale) over j < len, 0 for j >= len.
-__global__ void masked_softmax_kernel(float *S, const int32_t *lengths, int Tn, int heads, float scale) {
+__global__ void masked_softmax_kernel(float *S, const int32_t *cu_seqlens, int Tn, int heads, float scale) {
     __shared__ float scratch[32];
     const size_t row = blockIdx.x;
-    const int b = (int)(row / ((size_t)heads * Tn));
-    int len = lengths[b];
-    len = len < 0 ? 0 : (len > Tn ? Tn : len);
+    const int len = seq_len(cu_seqlens, row / ((size_t)heads * Tn), Tn);
     float *r = S + row * Tn;
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < len; j += blockDim.x) mx = fmaxf(mx, r[j] * scale);
@@ -290,41 +308,48 @@ __global__ void masked_softmax_kernel(float *S, const int32_t *lengths, int Tn, 
     for (int j = threadIdx.x; j < Tn; j += blockDim.x) r[j] = j < len ? expf(r[j] * scale - mx) * inv : 0.0f;
 }
 
-// o float32 [B, heads, T, d] -> ctx dt [B, T, H]
+// o float32 [B, heads, T, d] -> packed ctx dt [N, H]: the rows t < length only
 template <typename T>
-__global__ void merge_heads_kernel(T *ctx, const float *o, int Tn, int heads, int d, size_t n) {
+__global__ void merge_heads_kernel(T *ctx, const float *o, const int32_t *cu_seqlens, int Tn, int heads, int d,
+                                   size_t n) {
     const int H = heads * d;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const int col = (int)(i % (size_t)H);
         const size_t bt = i / (size_t)H;
         const int t = (int)(bt % (size_t)Tn);
         const size_t b = bt / (size_t)Tn;
+        if (t >= seq_len(cu_seqlens, b, Tn)) continue;
         const int h = col / d, c = col - h * d;
-        ctx[i] = tbert::from_f<T>(o[((b * heads + h) * Tn + t) * d + c]);
+        ctx[((size_t)cu_seqlens[b] + t) * H + col] = tbert::from_f<T>(o[((b * heads + h) * Tn + t) * d + c]);
     }
 }
 
 } // namespace
 
-static int attention_fused(int version, void *ctx, const void *qkv, const float *bias, const int32_t *lengths,
-                           tbert_cuda_dtype dt, int B, int T, int heads, int d, cudaStream_t s) {
-    SHAPE_CHECK(ctx && qkv && lengths && B >= 0 && T > 0 && heads > 0 && heads <= 65535 && d > 0 && d <= 128);
+static int attention_fused(int version, void *ctx, const void *qkv, const float *bias, const int32_t *cu_seqlens,
+                           const int32_t *cu_tiles, tbert_cuda_dtype dt, int B, int tiles, int heads, int d,
+                           cudaStream_t s) {
+    SHAPE_CHECK(ctx && qkv && cu_seqlens && cu_tiles && B >= 0 && tiles >= 0 && heads > 0 && heads <= 65535 &&
+                d > 0 && d <= 128);
     SHAPE_CHECK(ctx != qkv);
-    if (B == 0) return 0;
-    if (dt == TBERT_CUDA_F32) return dispatch_fused<float>(version, ctx, qkv, bias, lengths, B, T, heads, d, s);
+    if (B == 0 || tiles == 0) return 0;
+    if (dt == TBERT_CUDA_F32)
+        return dispatch_fused<float>(version, ctx, qkv, bias, cu_seqlens, cu_tiles, B, tiles, heads, d, s);
     if (dt == TBERT_CUDA_BF16)
-        return dispatch_fused<__nv_bfloat16>(version, ctx, qkv, bias, lengths, B, T, heads, d, s);
+        return dispatch_fused<__nv_bfloat16>(version, ctx, qkv, bias, cu_seqlens, cu_tiles, B, tiles, heads, d, s);
     return TBERT_CUDA_EBADSHAPE;
 }
 
-extern "C" int tbert_cuda_attention_fused(void *ctx, const void *qkv, const float *bias, const int32_t *lengths,
-                                          tbert_cuda_dtype dt, int B, int T, int heads, int d, cudaStream_t s) {
-    return attention_fused(2, ctx, qkv, bias, lengths, dt, B, T, heads, d, s);
+extern "C" int tbert_cuda_attention_fused(void *ctx, const void *qkv, const float *bias, const int32_t *cu_seqlens,
+                                          const int32_t *cu_tiles, tbert_cuda_dtype dt, int B, int tiles, int heads,
+                                          int d, cudaStream_t s) {
+    return attention_fused(2, ctx, qkv, bias, cu_seqlens, cu_tiles, dt, B, tiles, heads, d, s);
 }
 
-extern "C" int tbert_cuda_attention_fused_v1(void *ctx, const void *qkv, const float *bias, const int32_t *lengths,
-                                             tbert_cuda_dtype dt, int B, int T, int heads, int d, cudaStream_t s) {
-    return attention_fused(1, ctx, qkv, bias, lengths, dt, B, T, heads, d, s);
+extern "C" int tbert_cuda_attention_fused_v1(void *ctx, const void *qkv, const float *bias, const int32_t *cu_seqlens,
+                                             const int32_t *cu_tiles, tbert_cuda_dtype dt, int B, int tiles,
+                                             int heads, int d, cudaStream_t s) {
+    return attention_fused(1, ctx, qkv, bias, cu_seqlens, cu_tiles, dt, B, tiles, heads, d, s);
 }
 
 extern "C" size_t tbert_cuda_attention_unfused_work_floats(int B, int T, int heads, int d) {
@@ -334,9 +359,10 @@ extern "C" size_t tbert_cuda_attention_unfused_work_floats(int B, int T, int hea
 }
 
 extern "C" int tbert_cuda_attention_unfused(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void *ctx,
-                                            const void *qkv, const float *bias, const int32_t *lengths, float *work,
-                                            tbert_cuda_dtype dt, int B, int T, int heads, int d, cudaStream_t s) {
-    SHAPE_CHECK(h && ctx && qkv && lengths && work && B >= 0 && T > 0 && heads > 0 && d > 0);
+                                            const void *qkv, const float *bias, const int32_t *cu_seqlens,
+                                            float *work, tbert_cuda_dtype dt, int B, int T, int heads, int d,
+                                            cudaStream_t s) {
+    SHAPE_CHECK(h && ctx && qkv && cu_seqlens && work && B >= 0 && T > 0 && heads > 0 && d > 0);
     if (B == 0) return 0;
     const size_t H = (size_t)heads * d, bt = (size_t)B * T, per = bt * H;
     const size_t batches = (size_t)B * heads;
@@ -344,7 +370,7 @@ extern "C" int tbert_cuda_attention_unfused(tbert_cublas_handle h, tbert_cuda_ge
     float *q = work, *k = q + per, *v = k + per, *o = v + per, *S = o + per; // S: [B*heads, T, T]
     const size_t n3 = 3 * per;
     TBERT_DISPATCH_DTYPE(dt, split_heads_kernel<Act><<<tbert::elt_grid(n3), tbert::kEltBlock, 0, s>>>(
-                                 q, k, v, (const Act *)qkv, bias, T, heads, d, n3));
+                                 q, k, v, (const Act *)qkv, bias, cu_seqlens, T, heads, d, n3));
     LAUNCH_CHECK(s);
     const cublasComputeType_t ct = mode == TBERT_CUDA_GEMM_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     const float one = 1.0f, zero = 0.0f;
@@ -355,14 +381,14 @@ extern "C" int tbert_cuda_attention_unfused(tbert_cublas_handle h, tbert_cuda_ge
                                             CUBLAS_GEMM_DEFAULT));
     const size_t rows = batches * T;
     SHAPE_CHECK(rows <= 0x7fffffffu);
-    masked_softmax_kernel<<<(unsigned)rows, 128, 0, s>>>(S, lengths, T, heads, 1.0f / sqrtf((float)d));
+    masked_softmax_kernel<<<(unsigned)rows, 128, 0, s>>>(S, cu_seqlens, T, heads, 1.0f / sqrtf((float)d));
     LAUNCH_CHECK(s);
     // O (row-major [i][c], column-major O^T) = V^T P^T per (b, h)
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, d, T, T, &one, v, CUDA_R_32F, d, sQ, S,
                                             CUDA_R_32F, T, sS, &zero, o, CUDA_R_32F, d, sQ, (int)batches, ct,
                                             CUBLAS_GEMM_DEFAULT));
     TBERT_DISPATCH_DTYPE(dt, merge_heads_kernel<Act><<<tbert::elt_grid(per), tbert::kEltBlock, 0, s>>>(
-                                 (Act *)ctx, o, T, heads, d, per));
+                                 (Act *)ctx, o, cu_seqlens, T, heads, d, per));
     LAUNCH_CHECK(s);
     return 0;
 }

@@ -8,7 +8,8 @@
  * ids is B*T row-major (entries at t >= lengths[b] are ignored; any value allowed there),
  * 1 <= lengths[b] <= T. Token type ids are all 0. The attention mask is (t < lengths[b]) and
  * is applied as an additive mask on the scores, as transformers does (-inf-like large negative, so
- * padded keys get weight 0; padded query rows are computed but never read by pooling).
+ * padded keys get weight 0). Neither backend computes padded positions: the CPU walks each sequence's
+ * own tokens, the CUDA backend packs the real tokens (sequence offsets) before the first layer.
  *
  * Rules for the CUDA backend (src/encoder_cuda.c, owned by the CUDA engineer):
  * - src/encoder.c calls tbert_cuda_* only when TBERT_HAVE_CUDA is 1; with TBERT_HAVE_CUDA 0 it returns

@@ -3,12 +3,16 @@
  * - Weights are uploaded once at create: embeddings, biases and layernorm parameters as float32; the four
  *   matrices of each layer (Q|K|V concatenated into one (3H, H) matrix, attention output, intermediate,
  *   output) in the precision's storage type (float32 for fp32/tf32, bf16 for bf16).
- * - One device arena holds the activations of one chunk of sequences plus two input and two output slots;
- *   it is sized for the largest (chunk rows, T, feature dim) seen and only grows. Device out of memory while
- *   sizing it: the chunk is halved and the arena retried (said once on stderr).
- * - A call is cut into chunks of at most kChunkTokens tokens. Two streams and two slots pipeline them: the
- *   copy stream uploads chunk k+1's token ids and downloads chunk k-1's features (into pinned host buffers)
- *   while the compute stream runs chunk k.
+ * - The device sees packed tokens only: the host copies each sequence's real ids (not its padding) into a
+ *   pinned slot, with the sequence offsets cu_seqlens [rows+1] and the attention's query-tile table cu_tiles
+ *   [rows+1] (include/tbert/cuda_kernels.h, "packed batches"). Every GEMM, layernorm and GELU runs on the N
+ *   real tokens; the attention reads a sequence's own rows; pooling reads the packed rows.
+ * - One device arena holds the activations of one chunk (at most cap.rows sequences and cap.tokens tokens)
+ *   plus two input and two output slots; it is sized for the largest chunk seen and only grows. Device out of
+ *   memory while sizing it: the chunk is halved and the arena retried (said once on stderr).
+ * - A call is cut into chunks of at most kChunkTokens real tokens (and kMaxChunkRows sequences), in input
+ *   order. Two streams and two slots pipeline them: the copy stream uploads chunk k+1's token ids and
+ *   downloads chunk k-1's features (into pinned host buffers) while the compute stream runs chunk k.
  * With TBERT_HAVE_CUDA 0 this file compiles to nothing: src/encoder.c answers TBERT_E_NODEV itself. */
 #include "encoder_backend.h"
 
@@ -29,11 +33,24 @@ typedef struct {
     float *b_qkv, *b_o, *ln1_g, *ln1_b, *b_i, *b_o2, *ln2_g, *ln2_b;
 } dev_layer;
 
-/* Device pointers into the arena for one call's chunk shape. */
+/* The largest chunk a call's arena holds: rows sequences, tokens packed tokens, sequences of at most T tokens
+ * (T sizes the unfused attention's padded workspace). */
+typedef struct {
+    int rows, tokens, T;
+} chunk_cap;
+
+/* One chunk as staged in a slot: rows input rows from row0, tokens packed tokens, tiles query tiles, maxlen
+ * its longest sequence. */
+typedef struct {
+    int row0, rows, tokens, tiles, maxlen;
+} chunk_info;
+
+/* Device pointers into the arena for one call's chunk shape. seq[s] holds cu_seqlens [rows+1] then cu_tiles
+ * [rows+1] of the chunk in slot s. */
 typedef struct {
     void *x, *qkv, *ctx, *inter;
     float *att_work, *cls;
-    int32_t *ids[2], *lens[2];
+    int32_t *ids[2], *seq[2];
     float *out[2];
 } arena_layout;
 
@@ -46,7 +63,8 @@ struct tbert_cuda_encoder {
     size_t act_bytes; /* bytes per activation element */
     bool unfused, fused_v1, has_pooler, oom_said; /* attention: TBERT_CUDA_ATTENTION=unfused|fused1 */
     int max_chunk_rows; /* halved on out-of-memory */
-    int chunk_tokens;   /* tokens per chunk: kChunkTokens, or TBERT_CUDA_CHUNK_TOKENS (tests use it to force many chunks) */
+    int chunk_tokens;   /* real tokens per chunk: kChunkTokens, or TBERT_CUDA_CHUNK_TOKENS (tests use it to force many
+                         * chunks); halved on out-of-memory (never below a call's longest sequence) */
     size_t fake_oom_bytes; /* TBERT_CUDA_FAKE_OOM_BYTES: arenas above this fail as out of memory (tests the halving) */
 
     cublasHandle_t blas;
@@ -60,30 +78,33 @@ struct tbert_cuda_encoder {
 
     void *arena;
     size_t arena_bytes;
-    int32_t *h_ids[2], *h_lens[2];
+    int32_t *h_ids[2], *h_seq[2];
     float *h_out[2];
-    size_t h_ids_n, h_lens_n, h_out_n; /* elements per pinned slot */
+    size_t h_ids_n, h_seq_n, h_out_n; /* elements per pinned slot */
 };
 
 static size_t align_up(size_t n) {
     return (n + kAlign - 1) / kAlign * kAlign;
 }
 
-/* Bytes the arena needs for a chunk of rows x T with dim output floats per row; fills lay when arena != NULL. */
-static size_t arena_plan(const tbert_cuda_encoder *e, int rows, int T, size_t dim, char *arena, arena_layout *lay) {
-    const size_t N = (size_t)rows * T, H = (size_t)e->cfg.hidden, I = (size_t)e->cfg.intermediate;
+/* Bytes the arena needs for chunks up to cap with dim output floats per row; fills lay when arena != NULL. */
+static size_t arena_plan(const tbert_cuda_encoder *e, chunk_cap cap, size_t dim, char *arena, arena_layout *lay) {
+    const size_t N = (size_t)cap.tokens, rows = (size_t)cap.rows, H = (size_t)e->cfg.hidden,
+                 I = (size_t)e->cfg.intermediate;
     size_t sizes[12], off = 0;
     int k = 0;
     sizes[k++] = N * H * e->act_bytes;     /* x */
     sizes[k++] = N * 3 * H * e->act_bytes; /* qkv (also the GEMM outputs before each layernorm) */
     sizes[k++] = N * H * e->act_bytes;     /* ctx */
     sizes[k++] = N * I * e->act_bytes;     /* inter */
-    sizes[k++] = e->unfused ? tbert_cuda_attention_unfused_work_floats(rows, T, e->cfg.heads, e->cfg.hidden / e->cfg.heads) * sizeof(float) : 0;
-    sizes[k++] = (size_t)rows * H * sizeof(float); /* cls rows for the pooler */
+    sizes[k++] = e->unfused ? tbert_cuda_attention_unfused_work_floats(cap.rows, cap.T, e->cfg.heads,
+                                                                       e->cfg.hidden / e->cfg.heads) * sizeof(float)
+                            : 0;
+    sizes[k++] = rows * H * sizeof(float); /* cls rows for the pooler */
     for (int s = 0; s < 2; s++) {
-        sizes[k++] = N * sizeof(int32_t);
-        sizes[k++] = (size_t)rows * sizeof(int32_t);
-        sizes[k++] = (size_t)rows * dim * sizeof(float);
+        sizes[k++] = N * sizeof(int32_t);              /* packed ids */
+        sizes[k++] = 2 * (rows + 1) * sizeof(int32_t); /* cu_seqlens, cu_tiles */
+        sizes[k++] = rows * dim * sizeof(float);
     }
     char *p[12];
     for (int i = 0; i < k; i++) {
@@ -99,7 +120,7 @@ static size_t arena_plan(const tbert_cuda_encoder *e, int rows, int T, size_t di
         lay->cls = (float *)p[5];
         for (int s = 0; s < 2; s++) {
             lay->ids[s] = (int32_t *)p[6 + 3 * s];
-            lay->lens[s] = (int32_t *)p[7 + 3 * s];
+            lay->seq[s] = (int32_t *)p[7 + 3 * s];
             lay->out[s] = (float *)p[8 + 3 * s];
         }
     }
@@ -109,13 +130,13 @@ static size_t arena_plan(const tbert_cuda_encoder *e, int rows, int T, size_t di
 static void free_pinned(tbert_cuda_encoder *e) {
     for (int s = 0; s < 2; s++) {
         if (e->h_ids[s]) cudaFreeHost(e->h_ids[s]);
-        if (e->h_lens[s]) cudaFreeHost(e->h_lens[s]);
+        if (e->h_seq[s]) cudaFreeHost(e->h_seq[s]);
         if (e->h_out[s]) cudaFreeHost(e->h_out[s]);
         e->h_ids[s] = NULL;
-        e->h_lens[s] = NULL;
+        e->h_seq[s] = NULL;
         e->h_out[s] = NULL;
     }
-    e->h_ids_n = e->h_lens_n = e->h_out_n = 0;
+    e->h_ids_n = e->h_seq_n = e->h_out_n = 0;
 }
 
 void tbert_cuda_encoder_free(tbert_cuda_encoder *e) {
@@ -298,9 +319,9 @@ fail:
 
 /* ---- workspace ---- */
 
-/* Grows the arena and the pinned slots to fit a chunk of rows x T with dim output floats per row. */
-static tbert_status ensure_capacity(tbert_cuda_encoder *e, int rows, int T, size_t dim, tbert_error *err) {
-    size_t need = arena_plan(e, rows, T, dim, NULL, NULL);
+/* Grows the arena and the pinned slots to fit chunks up to cap with dim output floats per row. */
+static tbert_status ensure_capacity(tbert_cuda_encoder *e, chunk_cap cap, size_t dim, tbert_error *err) {
+    size_t need = arena_plan(e, cap, dim, NULL, NULL);
     if (e->fake_oom_bytes && need > e->fake_oom_bytes)
         return tbert_fail(err, TBERT_E_NOMEM, "CUDA: cudaMalloc of a %zu-byte arena failed: out of memory (simulated: TBERT_CUDA_FAKE_OOM_BYTES)", need);
     if (need > e->arena_bytes) {
@@ -310,68 +331,82 @@ static tbert_status ensure_capacity(tbert_cuda_encoder *e, int rows, int T, size
         TBERT_CUDA_CHECK(err, cudaMalloc(&e->arena, need));
         e->arena_bytes = need;
     }
-    size_t nids = (size_t)rows * T, nout = (size_t)rows * dim;
-    if (nids > e->h_ids_n || (size_t)rows > e->h_lens_n || nout > e->h_out_n) {
-        size_t ni = nids > e->h_ids_n ? nids : e->h_ids_n, nl = (size_t)rows > e->h_lens_n ? (size_t)rows : e->h_lens_n;
+    size_t nids = (size_t)cap.tokens, nseq = 2 * ((size_t)cap.rows + 1), nout = (size_t)cap.rows * dim;
+    if (nids > e->h_ids_n || nseq > e->h_seq_n || nout > e->h_out_n) {
+        size_t ni = nids > e->h_ids_n ? nids : e->h_ids_n, ns = nseq > e->h_seq_n ? nseq : e->h_seq_n;
         size_t no = nout > e->h_out_n ? nout : e->h_out_n;
         free_pinned(e);
         for (int s = 0; s < 2; s++) {
             TBERT_CUDA_CHECK(err, cudaMallocHost((void **)&e->h_ids[s], ni * sizeof(int32_t)));
-            TBERT_CUDA_CHECK(err, cudaMallocHost((void **)&e->h_lens[s], nl * sizeof(int32_t)));
+            TBERT_CUDA_CHECK(err, cudaMallocHost((void **)&e->h_seq[s], ns * sizeof(int32_t)));
             TBERT_CUDA_CHECK(err, cudaMallocHost((void **)&e->h_out[s], no * sizeof(float)));
         }
         e->h_ids_n = ni;
-        e->h_lens_n = nl;
+        e->h_seq_n = ns;
         e->h_out_n = no;
     }
     return TBERT_OK;
 }
 
-/* Chunk rows for length T: at most kChunkTokens tokens, halved further after an out-of-memory. */
-static int chunk_rows_for(const tbert_cuda_encoder *e, int B, int T) {
-    int r = e->chunk_tokens / T;
-    if (r < 1) r = 1;
-    if (r > e->max_chunk_rows) r = e->max_chunk_rows;
-    return r < B ? r : B;
+/* The chunk capacity for a call of B sequences, total real tokens, the longest maxlen: at most chunk_tokens
+ * tokens (but one longest sequence always fits) and max_chunk_rows sequences. The unfused attention pads each
+ * chunk to maxlen in its workspace, so it also keeps rows * maxlen within the token budget. */
+static chunk_cap chunk_cap_for(const tbert_cuda_encoder *e, int B, int maxlen, size_t total) {
+    chunk_cap c;
+    c.T = maxlen;
+    c.tokens = (size_t)e->chunk_tokens < total ? e->chunk_tokens : (int)total;
+    if (c.tokens < maxlen) c.tokens = maxlen;
+    c.rows = e->max_chunk_rows < B ? e->max_chunk_rows : B;
+    if (e->unfused) {
+        int r = c.tokens / maxlen;
+        if (r < c.rows) c.rows = r < 1 ? 1 : r;
+    }
+    return c;
 }
 
-/* Sizes the workspace for chunks of *rows, halving on device out-of-memory (said once). */
-static tbert_status fit_workspace(tbert_cuda_encoder *e, int *rows, int T, size_t dim, tbert_error *err) {
+/* Sizes the workspace for chunks up to *cap, halving its rows and tokens on device out-of-memory (said once);
+ * the smaller chunk stays for the encoder's lifetime. */
+static tbert_status fit_workspace(tbert_cuda_encoder *e, chunk_cap *cap, size_t dim, tbert_error *err) {
     for (;;) {
-        tbert_status st = ensure_capacity(e, *rows, T, dim, err);
-        if (st != TBERT_E_NOMEM || *rows <= 1) return st;
+        tbert_status st = ensure_capacity(e, *cap, dim, err);
+        if (st != TBERT_E_NOMEM || (cap->rows <= 1 && cap->tokens <= cap->T)) return st;
         cudaGetLastError(); /* clear the allocation error */
-        int half = *rows / 2;
+        chunk_cap half = {cap->rows > 1 ? cap->rows / 2 : 1, cap->tokens / 2 > cap->T ? cap->tokens / 2 : cap->T, cap->T};
         if (!e->oom_said) {
-            fprintf(stderr, "tbert: CUDA out of memory for a batch of %d sequences of %d tokens; halving the batch to %d and retrying\n",
-                    *rows, T, half);
+            fprintf(stderr, "tbert: CUDA out of memory for a chunk of %d sequences (%d tokens); halving it to %d sequences (%d tokens) and retrying\n",
+                    cap->rows, cap->tokens, half.rows, half.tokens);
             e->oom_said = true;
         }
-        e->max_chunk_rows = half;
-        *rows = half;
+        e->max_chunk_rows = half.rows;
+        if (half.tokens < e->chunk_tokens) e->chunk_tokens = half.tokens;
+        *cap = half;
     }
 }
 
 /* ---- the model on one chunk (compute stream) ---- */
 
-static tbert_status run_layers(tbert_cuda_encoder *e, const arena_layout *a, const int32_t *d_ids, const int32_t *d_lens,
-                               int rows, int T, tbert_error *err) {
+static tbert_status run_layers(tbert_cuda_encoder *e, const arena_layout *a, int slot, const chunk_info *ch,
+                               tbert_error *err) {
     const tbert_config *c = &e->cfg;
-    const int N = rows * T, H = c->hidden, I = c->intermediate, A = c->heads, d = H / A;
+    const int N = ch->tokens, B = ch->rows, H = c->hidden, I = c->intermediate, A = c->heads, d = H / A;
+    const int32_t *cu_seqlens = a->seq[slot], *cu_tiles = a->seq[slot] + B + 1;
     cudaStream_t s = e->compute;
-    TBERT_CUDA_CHECK(err, tbert_cuda_embeddings_ln(a->x, e->dt, d_ids, e->word, e->pos, e->type, e->emb_g, e->emb_b,
-                                                   c->layer_norm_eps, rows, T, H, c->vocab_size, s));
+    TBERT_CUDA_CHECK(err, tbert_cuda_embeddings_ln(a->x, e->dt, a->ids[slot], cu_seqlens, B, N, e->word, e->pos,
+                                                   e->type, e->emb_g, e->emb_b, c->layer_norm_eps, H, c->vocab_size,
+                                                   c->max_position, s));
     for (int l = 0; l < e->layers; l++) {
         const dev_layer *w = &e->L[l];
         /* the Q|K|V bias is added by the attention kernels as they load qkv (one pass less over [N, 3H]) */
         TBERT_CUDA_CHECK(err, tbert_cuda_linear(e->blas, e->gemm, a->qkv, a->x, w->w_qkv, N, H, 3 * H));
         if (e->unfused)
-            TBERT_CUDA_CHECK(err, tbert_cuda_attention_unfused(e->blas, e->gemm, a->ctx, a->qkv, w->b_qkv, d_lens,
-                                                               a->att_work, e->dt, rows, T, A, d, s));
+            TBERT_CUDA_CHECK(err, tbert_cuda_attention_unfused(e->blas, e->gemm, a->ctx, a->qkv, w->b_qkv, cu_seqlens,
+                                                               a->att_work, e->dt, B, ch->maxlen, A, d, s));
         else if (e->fused_v1)
-            TBERT_CUDA_CHECK(err, tbert_cuda_attention_fused_v1(a->ctx, a->qkv, w->b_qkv, d_lens, e->dt, rows, T, A, d, s));
+            TBERT_CUDA_CHECK(err, tbert_cuda_attention_fused_v1(a->ctx, a->qkv, w->b_qkv, cu_seqlens, cu_tiles, e->dt,
+                                                                B, ch->tiles, A, d, s));
         else
-            TBERT_CUDA_CHECK(err, tbert_cuda_attention_fused(a->ctx, a->qkv, w->b_qkv, d_lens, e->dt, rows, T, A, d, s));
+            TBERT_CUDA_CHECK(err, tbert_cuda_attention_fused(a->ctx, a->qkv, w->b_qkv, cu_seqlens, cu_tiles, e->dt, B,
+                                                             ch->tiles, A, d, s));
         /* the qkv buffer is dead after attention: it takes the GEMM outputs that feed each layernorm */
         TBERT_CUDA_CHECK(err, tbert_cuda_linear(e->blas, e->gemm, a->qkv, a->ctx, w->w_o, N, H, H));
         TBERT_CUDA_CHECK(err, tbert_cuda_bias_residual_ln(a->x, a->qkv, w->b_o, a->x, w->ln1_g, w->ln1_b,
@@ -385,27 +420,30 @@ static tbert_status run_layers(tbert_cuda_encoder *e, const arena_layout *a, con
     return TBERT_OK;
 }
 
-static tbert_status pool_chunk(tbert_cuda_encoder *e, const arena_layout *a, const int32_t *d_lens, int rows, int T,
-                               tbert_pool pool, int out_T, float *d_out, size_t dim, tbert_error *err) {
-    const int H = e->cfg.hidden;
+static tbert_status pool_chunk(tbert_cuda_encoder *e, const arena_layout *a, int slot, const chunk_info *ch,
+                               tbert_pool pool, int out_T, tbert_error *err) {
+    const int H = e->cfg.hidden, B = ch->rows;
+    const int32_t *cu_seqlens = a->seq[slot];
+    float *d_out = a->out[slot];
+    const size_t dim = pool == TBERT_POOL_FLATTEN ? (size_t)out_T * H : (size_t)H;
     cudaStream_t s = e->compute;
     switch (pool) {
     case TBERT_POOL_MEAN:
-        TBERT_CUDA_CHECK(err, tbert_cuda_pool(d_out, dim, a->x, d_lens, TBERT_CUDA_POOL_MEAN, e->dt, rows, T, H, T, s));
+        TBERT_CUDA_CHECK(err, tbert_cuda_pool(d_out, dim, a->x, cu_seqlens, TBERT_CUDA_POOL_MEAN, e->dt, B, H, 1, s));
         break;
     case TBERT_POOL_CLS:
-        TBERT_CUDA_CHECK(err, tbert_cuda_pool(d_out, dim, a->x, d_lens, TBERT_CUDA_POOL_CLS, e->dt, rows, T, H, T, s));
+        TBERT_CUDA_CHECK(err, tbert_cuda_pool(d_out, dim, a->x, cu_seqlens, TBERT_CUDA_POOL_CLS, e->dt, B, H, 1, s));
         break;
     case TBERT_POOL_FLATTEN:
-        TBERT_CUDA_CHECK(err, tbert_cuda_pool(d_out, dim, a->x, d_lens, TBERT_CUDA_POOL_FLATTEN, e->dt, rows, T, H,
+        TBERT_CUDA_CHECK(err, tbert_cuda_pool(d_out, dim, a->x, cu_seqlens, TBERT_CUDA_POOL_FLATTEN, e->dt, B, H,
                                               out_T, s));
         break;
     case TBERT_POOL_POOLER:
         /* tanh(pooler_w @ cls + b) in float32 whatever the precision: it is one small product */
-        TBERT_CUDA_CHECK(err, tbert_cuda_pool(a->cls, (size_t)H, a->x, d_lens, TBERT_CUDA_POOL_CLS, e->dt, rows, T, H,
-                                              T, s));
-        TBERT_CUDA_CHECK(err, tbert_cuda_linear(e->blas, TBERT_CUDA_GEMM_FP32, d_out, a->cls, e->pooler_w, rows, H, H));
-        TBERT_CUDA_CHECK(err, tbert_cuda_bias_tanh(d_out, e->pooler_b, rows, H, s));
+        TBERT_CUDA_CHECK(err, tbert_cuda_pool(a->cls, (size_t)H, a->x, cu_seqlens, TBERT_CUDA_POOL_CLS, e->dt, B, H, 1,
+                                              s));
+        TBERT_CUDA_CHECK(err, tbert_cuda_linear(e->blas, TBERT_CUDA_GEMM_FP32, d_out, a->cls, e->pooler_w, B, H, H));
+        TBERT_CUDA_CHECK(err, tbert_cuda_bias_tanh(d_out, e->pooler_b, B, H, s));
         break;
     default:
         return tbert_fail(err, TBERT_E_ARG, "CUDA encoder: unknown pooling %d", (int)pool);
@@ -415,13 +453,16 @@ static tbert_status pool_chunk(tbert_cuda_encoder *e, const arena_layout *a, con
 
 /* ---- the pipeline ---- */
 
+/* Validates the batch; *maxlen gets its longest sequence and *total its real tokens. */
 static tbert_status check_batch(const tbert_cuda_encoder *e, int B, int T, const int32_t *ids, const int32_t *lengths,
-                                tbert_error *err) {
+                                int *maxlen, size_t *total, tbert_error *err) {
     if (B < 1 || T < 1 || T > e->cfg.max_position)
         return tbert_fail(err, TBERT_E_ARG, "CUDA encoder: bad batch shape B=%d T=%d (1 <= T <= %d)", B, T,
                           e->cfg.max_position);
     if ((size_t)B * (size_t)T > (size_t)0x7fffffff)
         return tbert_fail(err, TBERT_E_ARG, "CUDA encoder: batch of %d x %d tokens is too large", B, T);
+    *maxlen = 0;
+    *total = 0;
     for (int b = 0; b < B; b++) {
         if (lengths[b] < 1 || lengths[b] > T)
             return tbert_fail(err, TBERT_E_ARG, "CUDA encoder: sequence %d has length %d outside [1, %d]", b, lengths[b], T);
@@ -430,75 +471,84 @@ static tbert_status check_batch(const tbert_cuda_encoder *e, int B, int T, const
             if (r[t] < 0 || r[t] >= e->cfg.vocab_size)
                 return tbert_fail(err, TBERT_E_ARG, "CUDA encoder: token id %d (sequence %d, position %d) is outside the vocabulary of %d",
                                   r[t], b, t, e->cfg.vocab_size);
+        if (lengths[b] > *maxlen) *maxlen = lengths[b];
+        *total += (size_t)lengths[b];
     }
     return TBERT_OK;
 }
 
-typedef struct {
-    int row0, rows; /* the chunk a slot holds */
-} slot_state;
-
-/* Copies chunk k's ids and lengths into pinned slot s and queues their upload on the copy stream. */
-static tbert_status stage_chunk(tbert_cuda_encoder *e, const arena_layout *a, int s, int row0, int rows, int T,
-                                const int32_t *ids, const int32_t *lengths, tbert_error *err) {
+/* Packs the next chunk, input rows row0.. (as many as cap allows), into pinned slot s: each sequence's real
+ * ids, cu_seqlens and cu_tiles; queues their upload on the copy stream and describes the chunk in *ch. */
+static tbert_status stage_chunk(tbert_cuda_encoder *e, const arena_layout *a, const chunk_cap *cap, int s, int row0,
+                                int B, int T, const int32_t *ids, const int32_t *lengths, chunk_info *ch,
+                                tbert_error *err) {
     TBERT_CUDA_CHECK(err, cudaEventSynchronize(e->ev_in[s])); /* the slot's previous upload has left */
-    memcpy(e->h_ids[s], ids + (size_t)row0 * T, (size_t)rows * T * sizeof(int32_t));
-    memcpy(e->h_lens[s], lengths + row0, (size_t)rows * sizeof(int32_t));
+    int32_t *h_ids = e->h_ids[s], *cu = e->h_seq[s];
+    int rows = 0, n = 0, maxlen = 0;
+    cu[0] = 0;
+    while (row0 + rows < B && rows < cap->rows && n + lengths[row0 + rows] <= cap->tokens) {
+        const int len = lengths[row0 + rows];
+        memcpy(h_ids + n, ids + (size_t)(row0 + rows) * T, (size_t)len * sizeof(int32_t));
+        n += len;
+        if (len > maxlen) maxlen = len;
+        cu[++rows] = n;
+    }
+    /* cap.tokens >= the call's longest sequence: a chunk always takes at least one */
+    const int tiles = tbert_cuda_query_tiles(cu + rows + 1, cu, rows);
+    *ch = (chunk_info){row0, rows, n, tiles, maxlen};
     /* the compute stream must be done reading this slot's device ids (chunk k-2) */
     TBERT_CUDA_CHECK(err, cudaStreamWaitEvent(e->copy, e->ev_comp[s], 0));
-    TBERT_CUDA_CHECK(err, cudaMemcpyAsync(a->ids[s], e->h_ids[s], (size_t)rows * T * sizeof(int32_t),
-                                          cudaMemcpyHostToDevice, e->copy));
-    TBERT_CUDA_CHECK(err, cudaMemcpyAsync(a->lens[s], e->h_lens[s], (size_t)rows * sizeof(int32_t),
+    TBERT_CUDA_CHECK(err, cudaMemcpyAsync(a->ids[s], h_ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, e->copy));
+    TBERT_CUDA_CHECK(err, cudaMemcpyAsync(a->seq[s], cu, 2 * ((size_t)rows + 1) * sizeof(int32_t),
                                           cudaMemcpyHostToDevice, e->copy));
     TBERT_CUDA_CHECK(err, cudaEventRecord(e->ev_in[s], e->copy));
     return TBERT_OK;
 }
 
 /* Waits for slot s's download and copies its rows into out. */
-static tbert_status drain_slot(tbert_cuda_encoder *e, int s, const slot_state *st, size_t dim, float *out,
+static tbert_status drain_slot(tbert_cuda_encoder *e, int s, const chunk_info *ch, size_t dim, float *out,
                                tbert_error *err) {
-    if (st->rows <= 0) return TBERT_OK;
+    if (ch->rows <= 0) return TBERT_OK;
     TBERT_CUDA_CHECK(err, cudaEventSynchronize(e->ev_out[s]));
-    memcpy(out + (size_t)st->row0 * dim, e->h_out[s], (size_t)st->rows * dim * sizeof(float));
+    memcpy(out + (size_t)ch->row0 * dim, e->h_out[s], (size_t)ch->rows * dim * sizeof(float));
     return TBERT_OK;
 }
 
 static tbert_status run_pipeline(tbert_cuda_encoder *e, int B, int T, const int32_t *ids, const int32_t *lengths,
-                                 tbert_pool pool, int out_T, size_t dim, float *out, tbert_error *err) {
-    int chunk = chunk_rows_for(e, B, T);
-    tbert_status st = fit_workspace(e, &chunk, T, dim, err);
+                                 int maxlen, size_t total, tbert_pool pool, int out_T, size_t dim, float *out,
+                                 tbert_error *err) {
+    chunk_cap cap = chunk_cap_for(e, B, maxlen, total);
+    tbert_status st = fit_workspace(e, &cap, dim, err);
     if (st != TBERT_OK) return st;
     arena_layout a;
-    arena_plan(e, chunk, T, dim, (char *)e->arena, &a);
-    const int nchunks = (B + chunk - 1) / chunk;
-    slot_state slot[2] = {{0, 0}, {0, 0}};
-    if ((st = stage_chunk(e, &a, 0, 0, chunk < B ? chunk : B, T, ids, lengths, err)) != TBERT_OK) return st;
-    for (int k = 0; k < nchunks; k++) {
-        const int s = k & 1, row0 = k * chunk, rows = B - row0 < chunk ? B - row0 : chunk;
+    arena_plan(e, cap, dim, (char *)e->arena, &a);
+    chunk_info staged[2] = {{0}}, held[2] = {{0}}; /* held[s]: the rows whose features slot s's pinned buffer gets */
+    if ((st = stage_chunk(e, &a, &cap, 0, 0, B, T, ids, lengths, &staged[0], err)) != TBERT_OK) return st;
+    int s = 0;
+    for (;;) {
+        const chunk_info ch = staged[s];
         TBERT_CUDA_CHECK(err, cudaStreamWaitEvent(e->compute, e->ev_in[s], 0));
         TBERT_CUDA_CHECK(err, cudaStreamWaitEvent(e->compute, e->ev_out[s], 0)); /* chunk k-2's download is done */
-        if ((st = run_layers(e, &a, a.ids[s], a.lens[s], rows, T, err)) != TBERT_OK) return st;
-        if ((st = pool_chunk(e, &a, a.lens[s], rows, T, pool, out_T, a.out[s], dim, err)) != TBERT_OK) return st;
+        if ((st = run_layers(e, &a, s, &ch, err)) != TBERT_OK) return st;
+        if ((st = pool_chunk(e, &a, s, &ch, pool, out_T, err)) != TBERT_OK) return st;
         TBERT_CUDA_CHECK(err, cudaEventRecord(e->ev_comp[s], e->compute));
-        /* chunk k is queued: the host prepares chunk k+1 while the device works */
-        if (k + 1 < nchunks) {
-            const int r1 = row0 + chunk, n1 = B - r1 < chunk ? B - r1 : chunk;
-            if ((st = stage_chunk(e, &a, s ^ 1, r1, n1, T, ids, lengths, err)) != TBERT_OK) return st;
-        }
+        /* chunk k is queued: the host packs chunk k+1 while the device works */
+        const int next = ch.row0 + ch.rows;
+        if (next < B && (st = stage_chunk(e, &a, &cap, s ^ 1, next, B, T, ids, lengths, &staged[s ^ 1], err)) != TBERT_OK)
+            return st;
         /* the pinned slot still holds chunk k-2's features: hand them over before they are overwritten */
-        if ((st = drain_slot(e, s, &slot[s], dim, out, err)) != TBERT_OK) return st;
+        if ((st = drain_slot(e, s, &held[s], dim, out, err)) != TBERT_OK) return st;
         TBERT_CUDA_CHECK(err, cudaStreamWaitEvent(e->copy, e->ev_comp[s], 0));
-        TBERT_CUDA_CHECK(err, cudaMemcpyAsync(e->h_out[s], a.out[s], (size_t)rows * dim * sizeof(float),
+        TBERT_CUDA_CHECK(err, cudaMemcpyAsync(e->h_out[s], a.out[s], (size_t)ch.rows * dim * sizeof(float),
                                               cudaMemcpyDeviceToHost, e->copy));
         TBERT_CUDA_CHECK(err, cudaEventRecord(e->ev_out[s], e->copy));
-        slot[s].row0 = row0;
-        slot[s].rows = rows;
+        held[s] = ch;
+        if (next >= B) break;
+        s ^= 1;
     }
-    /* the last two chunks, in input order */
-    for (int k = nchunks - 2; k < nchunks; k++) {
-        if (k < 0) continue;
-        if ((st = drain_slot(e, k & 1, &slot[k & 1], dim, out, err)) != TBERT_OK) return st;
-    }
+    /* the last two chunks */
+    if ((st = drain_slot(e, s ^ 1, &held[s ^ 1], dim, out, err)) != TBERT_OK) return st;
+    if ((st = drain_slot(e, s, &held[s], dim, out, err)) != TBERT_OK) return st;
     TBERT_CUDA_CHECK(err, cudaStreamSynchronize(e->compute));
     TBERT_CUDA_CHECK(err, cudaGetLastError());
     return TBERT_OK;
@@ -507,7 +557,9 @@ static tbert_status run_pipeline(tbert_cuda_encoder *e, int B, int T, const int3
 tbert_status tbert_cuda_encoder_forward_pool(tbert_cuda_encoder *e, int B, int T, const int32_t *ids,
                                              const int32_t *lengths, tbert_pool pool, int out_T, float *out,
                                              tbert_error *err) {
-    tbert_status st = check_batch(e, B, T, ids, lengths, err);
+    int maxlen = 0;
+    size_t total = 0;
+    tbert_status st = check_batch(e, B, T, ids, lengths, &maxlen, &total, err);
     if (st != TBERT_OK) return st;
     if (pool == TBERT_POOL_FLATTEN && out_T < T)
         return tbert_fail(err, TBERT_E_ARG, "flatten pooling: output length %d < batch length %d", out_T, T);
@@ -516,7 +568,7 @@ tbert_status tbert_cuda_encoder_forward_pool(tbert_cuda_encoder *e, int B, int T
     if ((unsigned)pool >= TBERT_POOL_COUNT) return tbert_fail(err, TBERT_E_ARG, "unknown pooling %d", (int)pool);
     TBERT_CUDA_CHECK(err, cudaSetDevice(e->device));
     size_t dim = pool == TBERT_POOL_FLATTEN ? (size_t)out_T * e->cfg.hidden : (size_t)e->cfg.hidden;
-    return run_pipeline(e, B, T, ids, lengths, pool, out_T, dim, out, err);
+    return run_pipeline(e, B, T, ids, lengths, maxlen, total, pool, out_T, dim, out, err);
 }
 
 tbert_status tbert_cuda_encoder_forward(tbert_cuda_encoder *e, int B, int T, const int32_t *ids,

@@ -171,6 +171,16 @@ static int32_t *rand_lengths(tu_rng *r, int B, int T, int zero_at) {
     return len;
 }
 
+/* cu_seqlens [B+1] of a packed batch with these lengths (caller frees); *N gets the token count */
+static int32_t *cu_from_lengths(const int32_t *len, int B, int *N) {
+    int32_t *cu = malloc(((size_t)B + 1) * sizeof *cu);
+    assert_non_null(cu);
+    cu[0] = 0;
+    for (int b = 0; b < B; b++) cu[b + 1] = cu[b] + len[b];
+    *N = cu[B];
+    return cu;
+}
+
 /* ---- references (float64) ---- */
 static void ref_layernorm(double *out, const double *x, const float *g, const float *b, double eps, int H) {
     double mean = 0, var = 0;
@@ -226,29 +236,36 @@ static void test_convert(void **state) {
     g_free(&dback);
 }
 
-static void check_embeddings(tu_rng *r, tbert_cuda_dtype dt, int B, int T, int H, int V) {
+/* packed embeddings: B sequences of random lengths in [1, T] (a zero-length one when zero_at >= 0); the
+ * position table has exactly T rows, so a wrong position reads out of bounds (ASan under the emulator) */
+static void check_embeddings(tu_rng *r, tbert_cuda_dtype dt, int B, int T, int H, int V, int zero_at) {
+    int32_t *len = rand_lengths(r, B, T, zero_at);
+    int N;
+    int32_t *cu = cu_from_lengths(len, B, &N);
     float *word = rand_vec(r, (size_t)V * H, 1.0f, 0.0f), *pos = rand_vec(r, (size_t)T * H, 1.0f, 0.0f);
     float *type = rand_vec(r, 2 * (size_t)H, 1.0f, 0.0f), *g = rand_vec(r, H, 0.2f, 1.0f), *b = rand_vec(r, H, 0.2f, 0.0f);
-    size_t N = (size_t)B * T;
-    int32_t *ids = malloc(N * sizeof *ids);
-    for (size_t i = 0; i < N; i++) ids[i] = rand_int(r, 0, V - 1);
+    int32_t *ids = malloc(((size_t)N + 1) * sizeof *ids);
+    for (int i = 0; i < N; i++) ids[i] = rand_int(r, 0, V - 1);
     const float eps = 1e-12f;
     gbuf dw = up_bytes(word, (size_t)V * H * 4), dp = up_bytes(pos, (size_t)T * H * 4), dty = up_bytes(type, 2 * (size_t)H * 4);
-    gbuf dg = up_bytes(g, H * 4), db = up_bytes(b, H * 4), di = up_bytes(ids, N * 4), dout = g_alloc(N * H * dt_size(dt));
-    CK(tbert_cuda_embeddings_ln(dout.p, dt, (const int32_t *)di.p, dw.p, dp.p, dty.p, dg.p, db.p, eps, B, T, H, V, NULL));
+    gbuf dg = up_bytes(g, H * 4), db = up_bytes(b, H * 4), di = up_bytes(ids, (size_t)N * 4 + 4);
+    gbuf dcu = up_bytes(cu, ((size_t)B + 1) * 4), dout = g_alloc((size_t)N * H * dt_size(dt));
+    CK(tbert_cuda_embeddings_ln(dout.p, dt, (const int32_t *)di.p, (const int32_t *)dcu.p, B, N, dw.p, dp.p, dty.p,
+                                dg.p, db.p, eps, H, V, T, NULL));
     g_check(&dout, "embeddings_ln");
-    float *got = down_act(&dout, N * H, dt);
-    double *ref = dvec(N * H), *row = dvec(H);
-    for (size_t i = 0; i < N; i++) {
-        int t = (int)(i % (size_t)T);
-        for (int c = 0; c < H; c++) row[c] = (double)word[(size_t)ids[i] * H + c] + pos[(size_t)t * H + c] + type[c];
-        ref_layernorm(ref + i * H, row, g, b, eps, H);
-    }
+    float *got = down_act(&dout, (size_t)N * H, dt);
+    double *ref = dvec((size_t)N * H), *row = dvec(H);
+    for (int s = 0; s < B; s++)
+        for (int t = 0; t < len[s]; t++) {
+            const size_t i = (size_t)cu[s] + t;
+            for (int c = 0; c < H; c++) row[c] = (double)word[(size_t)ids[i] * H + c] + pos[(size_t)t * H + c] + type[c];
+            ref_layernorm(ref + i * H, row, g, b, eps, H);
+        }
     char what[128];
-    snprintf(what, sizeof what, "embeddings_ln %s B=%d T=%d H=%d", dt_name(dt), B, T, H);
-    expect_close(what, got, ref, N * H, dt_tol(dt));
-    free(got), free(ref), free(row), free(word), free(pos), free(type), free(g), free(b), free(ids);
-    gbuf *all[] = {&dw, &dp, &dty, &dg, &db, &di, &dout};
+    snprintf(what, sizeof what, "embeddings_ln %s B=%d T=%d N=%d H=%d", dt_name(dt), B, T, N, H);
+    expect_close(what, got, ref, (size_t)N * H, dt_tol(dt));
+    free(got), free(ref), free(row), free(word), free(pos), free(type), free(g), free(b), free(ids), free(len), free(cu);
+    gbuf *all[] = {&dw, &dp, &dty, &dg, &db, &di, &dcu, &dout};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) g_free(all[i]);
 }
 
@@ -256,9 +273,10 @@ static void test_embeddings(void **state) {
     tu_rng r = {g_seed(state) ^ 2};
     for (int k = 0; k < 2; k++) {
         tbert_cuda_dtype dt = k ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
-        check_embeddings(&r, dt, 3, 7, 128, 50);
-        check_embeddings(&r, dt, 1, 1, 384, 30);
-        check_embeddings(&r, dt, 2, 128, 100, 1000);
+        check_embeddings(&r, dt, 3, 7, 128, 50, -1);
+        check_embeddings(&r, dt, 1, 1, 384, 30, -1);
+        check_embeddings(&r, dt, 2, 128, 100, 1000, -1);
+        check_embeddings(&r, dt, 6, 512, 36, 100, 4); /* lengths 512, 1, ..., a zero-length sequence */
     }
 }
 
@@ -376,70 +394,84 @@ static void test_linear(void **state) {
     cublasDestroy(h);
 }
 
-/* attention reference: qkv [B,T,3H] (float values as the GPU sees them) */
-static void ref_attention(double *ctx, const float *qkv, const int32_t *len, int B, int T, int A, int d) {
+/* attention reference on a packed qkv [N, 3H] (float values as the GPU sees them): each sequence's queries
+ * attend to its own keys */
+static void ref_attention(double *ctx, const float *qkv, const int32_t *cu, int B, int A, int d) {
     const int H = A * d;
-    double *p = dvec(T);
-    for (int b = 0; b < B; b++)
+    for (int b = 0; b < B; b++) {
+        const int len = cu[b + 1] - cu[b];
+        const float *base = qkv + (size_t)cu[b] * 3 * H;
+        double *p = dvec((size_t)len + 1);
         for (int h = 0; h < A; h++)
-            for (int i = 0; i < T; i++) {
-                double *o = ctx + ((size_t)b * T + i) * H + (size_t)h * d;
+            for (int i = 0; i < len; i++) {
+                double *o = ctx + ((size_t)cu[b] + i) * H + (size_t)h * d;
                 for (int c = 0; c < d; c++) o[c] = 0;
-                if (len[b] == 0) continue;
-                const float *q = qkv + ((size_t)b * T + i) * 3 * H + (size_t)h * d;
+                const float *q = base + (size_t)i * 3 * H + (size_t)h * d;
                 double mx = -INFINITY, sum = 0;
-                for (int j = 0; j < len[b]; j++) {
-                    const float *k = qkv + ((size_t)b * T + j) * 3 * H + H + (size_t)h * d;
+                for (int j = 0; j < len; j++) {
+                    const float *k = base + (size_t)j * 3 * H + H + (size_t)h * d;
                     double s = 0;
                     for (int c = 0; c < d; c++) s += (double)q[c] * k[c];
                     p[j] = s / sqrt((double)d);
                     if (p[j] > mx) mx = p[j];
                 }
-                for (int j = 0; j < len[b]; j++) sum += (p[j] = exp(p[j] - mx));
-                for (int j = 0; j < len[b]; j++) {
-                    const float *v = qkv + ((size_t)b * T + j) * 3 * H + 2 * H + (size_t)h * d;
+                for (int j = 0; j < len; j++) sum += (p[j] = exp(p[j] - mx));
+                for (int j = 0; j < len; j++) {
+                    const float *v = base + (size_t)j * 3 * H + 2 * H + (size_t)h * d;
                     for (int c = 0; c < d; c++) o[c] += p[j] / sum * v[c];
                 }
             }
-    free(p);
+        free(p);
+    }
 }
 
-static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B, int T, int A, int d) {
+/* B packed sequences of lengths len (NULL: random in [1, T] with T and 1 present, and a zero-length one when
+ * B > 3); the unfused path pads to T. */
+static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B, int T, int A, int d,
+                            const int32_t *lengths) {
     const int H = A * d;
-    const size_t n3 = (size_t)B * T * 3 * H, n = (size_t)B * T * H;
-    float *qkv = rand_vec(r, n3, 1.0f, 0.0f), *bias = rand_vec(r, 3 * (size_t)H, 0.5f, 0.0f);
     int32_t *len = rand_lengths(r, B, T, B > 3 ? 2 : -1);
+    if (lengths) memcpy(len, lengths, (size_t)B * sizeof *len);
+    int N;
+    int32_t *cu = cu_from_lengths(len, B, &N);
+    int32_t *tiles = malloc(((size_t)B + 1) * sizeof *tiles);
+    assert_non_null(tiles);
+    const int ntiles = tbert_cuda_query_tiles(tiles, cu, B);
+    const size_t n3 = (size_t)N * 3 * H, n = (size_t)N * H;
+    float *qkv = rand_vec(r, n3, 1.0f, 0.0f), *bias = rand_vec(r, 3 * (size_t)H, 0.5f, 0.0f);
     const bool use_bias = (B + T) % 2 == 0; /* half the cases run with the fused Q|K|V bias */
-    gbuf dq = up_act(qkv, n3, dt), dl = up_bytes(len, (size_t)B * 4), db = up_bytes(bias, 3 * (size_t)H * 4);
+    gbuf dq = up_act(qkv, n3, dt), dcu = up_bytes(cu, ((size_t)B + 1) * 4), dt_ = up_bytes(tiles, ((size_t)B + 1) * 4);
+    gbuf db = up_bytes(bias, 3 * (size_t)H * 4);
     const float *bp = use_bias ? (const float *)db.p : NULL;
     /* the reference sees the values the kernels see: the stored qkv (bf16-rounded when bf16) plus the bias */
-    float *qkvb = malloc(n3 * sizeof *qkvb);
+    float *qkvb = malloc(n3 * sizeof *qkvb + 4);
     assert_non_null(qkvb);
     for (size_t i = 0; i < n3; i++) qkvb[i] = (float)((double)qkv[i] + (use_bias ? bias[i % (3 * (size_t)H)] : 0.0));
     gbuf df = g_alloc(n * dt_size(dt)), d1 = g_alloc(n * dt_size(dt)), du = g_alloc(n * dt_size(dt));
     gbuf dw = g_alloc(tbert_cuda_attention_unfused_work_floats(B, T, A, d) * 4);
-    CK(tbert_cuda_attention_fused(df.p, dq.p, bp, dl.p, dt, B, T, A, d, NULL));
-    CK(tbert_cuda_attention_fused_v1(d1.p, dq.p, bp, dl.p, dt, B, T, A, d, NULL));
+    const int32_t *pcu = dcu.p, *pt = dt_.p;
+    CK(tbert_cuda_attention_fused(df.p, dq.p, bp, pcu, pt, dt, B, ntiles, A, d, NULL));
+    CK(tbert_cuda_attention_fused_v1(d1.p, dq.p, bp, pcu, pt, dt, B, ntiles, A, d, NULL));
     CKB(cublasSetStream(h, NULL));
-    CK(tbert_cuda_attention_unfused(h, TBERT_CUDA_GEMM_FP32, du.p, dq.p, bp, dl.p, dw.p, dt, B, T, A, d, NULL));
+    CK(tbert_cuda_attention_unfused(h, TBERT_CUDA_GEMM_FP32, du.p, dq.p, bp, pcu, dw.p, dt, B, T, A, d, NULL));
     g_check(&df, "attention fused");
     g_check(&d1, "attention fused v1");
     g_check(&du, "attention unfused");
     float *gf = down_act(&df, n, dt), *g1 = down_act(&d1, n, dt), *gu = down_act(&du, n, dt);
     double *ref = dvec(n), *uref = dvec(n);
-    ref_attention(ref, qkvb, len, B, T, A, d);
+    ref_attention(ref, qkvb, cu, B, A, d);
     char what[160];
-    snprintf(what, sizeof what, "attention fused %s B=%d T=%d heads=%d d=%d", dt_name(dt), B, T, A, d);
+    snprintf(what, sizeof what, "attention fused %s B=%d T=%d N=%d heads=%d d=%d", dt_name(dt), B, T, N, A, d);
     expect_close(what, gf, ref, n, dt_tol(dt));
-    snprintf(what, sizeof what, "attention fused v1 %s B=%d T=%d heads=%d d=%d", dt_name(dt), B, T, A, d);
+    snprintf(what, sizeof what, "attention fused v1 %s B=%d T=%d N=%d heads=%d d=%d", dt_name(dt), B, T, N, A, d);
     expect_close(what, g1, ref, n, dt_tol(dt));
-    snprintf(what, sizeof what, "attention unfused %s B=%d T=%d heads=%d d=%d", dt_name(dt), B, T, A, d);
+    snprintf(what, sizeof what, "attention unfused %s B=%d T=%d N=%d heads=%d d=%d", dt_name(dt), B, T, N, A, d);
     expect_close(what, gu, ref, n, dt_tol(dt));
     for (size_t i = 0; i < n; i++) uref[i] = gu[i];
-    snprintf(what, sizeof what, "attention fused vs unfused %s B=%d T=%d heads=%d d=%d", dt_name(dt), B, T, A, d);
+    snprintf(what, sizeof what, "attention fused vs unfused %s B=%d T=%d N=%d heads=%d d=%d", dt_name(dt), B, T, N, A, d);
     expect_close(what, gf, uref, n, dt_tol(dt));
-    free(gf), free(g1), free(gu), free(ref), free(uref), free(qkv), free(qkvb), free(bias), free(len);
-    g_free(&dq), g_free(&dl), g_free(&db), g_free(&df), g_free(&d1), g_free(&du), g_free(&dw);
+    free(gf), free(g1), free(gu), free(ref), free(uref), free(qkv), free(qkvb), free(bias), free(len), free(cu), free(tiles);
+    g_free(&dq), g_free(&dcu), g_free(&dt_), g_free(&db), g_free(&df), g_free(&d1), g_free(&du), g_free(&dw);
 }
 
 static void test_attention(void **state) {
@@ -454,24 +486,32 @@ static void test_attention(void **state) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         if (small_only() && cases[i][0] * cases[i][1] > 1100) continue;
-        check_attention(&r, h, TBERT_CUDA_F32, cases[i][0], cases[i][1], cases[i][2], cases[i][3]);
-        if (i % 2 == 1) check_attention(&r, h, TBERT_CUDA_BF16, cases[i][0], cases[i][1], cases[i][2], cases[i][3]);
+        check_attention(&r, h, TBERT_CUDA_F32, cases[i][0], cases[i][1], cases[i][2], cases[i][3], NULL);
+        if (i % 2 == 1) check_attention(&r, h, TBERT_CUDA_BF16, cases[i][0], cases[i][1], cases[i][2], cases[i][3], NULL);
     }
+    /* one packed batch mixing lengths 1..512 around the 16-query tiles and 32-key tiles, a zero-length sequence
+     * inside it, unsorted */
+    static const int32_t mixed[] = {17, 512, 1, 0, 16, 33, 511, 2, 15, 32, 257, 100};
+    const int nmixed = small_only() ? 4 : (int)(sizeof mixed / sizeof *mixed);
+    check_attention(&r, h, TBERT_CUDA_F32, nmixed, 512, 3, 40, mixed);
+    check_attention(&r, h, TBERT_CUDA_BF16, nmixed, 512, 2, 64, mixed);
     cublasDestroy(h);
 }
 
 static void check_pool(tu_rng *r, tbert_cuda_dtype dt, tbert_cuda_pool_kind kind, int B, int T, int H, int out_T) {
-    const size_t n = (size_t)B * T * H, dim = kind == TBERT_CUDA_POOL_FLATTEN ? (size_t)out_T * H : (size_t)H;
+    int32_t *len = rand_lengths(r, B, T, kind != TBERT_CUDA_POOL_FLATTEN && B > 3 ? 3 : -1);
+    int N;
+    int32_t *cu = cu_from_lengths(len, B, &N);
+    const size_t n = (size_t)N * H, dim = kind == TBERT_CUDA_POOL_FLATTEN ? (size_t)out_T * H : (size_t)H;
     float *x = rand_vec(r, n, 1.0f, 0.0f);
-    int32_t *len = rand_lengths(r, B, T, kind == TBERT_CUDA_POOL_MEAN && B > 3 ? 3 : -1);
-    gbuf dx = up_act(x, n, dt), dl = up_bytes(len, (size_t)B * 4), dout = g_alloc((size_t)B * dim * 4);
-    CK(tbert_cuda_pool(dout.p, dim, dx.p, dl.p, kind, dt, B, T, H, out_T, NULL));
+    gbuf dx = up_act(x, n, dt), dcu = up_bytes(cu, ((size_t)B + 1) * 4), dout = g_alloc((size_t)B * dim * 4);
+    CK(tbert_cuda_pool(dout.p, dim, dx.p, dcu.p, kind, dt, B, H, out_T, NULL));
     g_check(&dout, "pool");
     float *got = down_act(&dout, (size_t)B * dim, TBERT_CUDA_F32);
     double *ref = dvec((size_t)B * dim);
     for (int b = 0; b < B; b++) {
         double *o = ref + (size_t)b * dim;
-        const float *xb = x + (size_t)b * T * H;
+        const float *xb = x + (size_t)cu[b] * H;
         if (kind == TBERT_CUDA_POOL_MEAN) {
             for (int c = 0; c < H; c++) {
                 double s = 0;
@@ -479,16 +519,16 @@ static void check_pool(tu_rng *r, tbert_cuda_dtype dt, tbert_cuda_pool_kind kind
                 o[c] = len[b] ? s / len[b] : 0.0;
             }
         } else if (kind == TBERT_CUDA_POOL_CLS) {
-            for (int c = 0; c < H; c++) o[c] = xb[c];
+            for (int c = 0; c < H; c++) o[c] = len[b] ? xb[c] : 0.0;
         } else {
             for (size_t j = 0; j < dim; j++) o[j] = (int)(j / (size_t)H) < len[b] ? xb[j] : 0.0;
         }
     }
     char what[128];
-    snprintf(what, sizeof what, "pool kind=%d %s B=%d T=%d H=%d out_T=%d", (int)kind, dt_name(dt), B, T, H, out_T);
+    snprintf(what, sizeof what, "pool kind=%d %s B=%d T=%d N=%d H=%d out_T=%d", (int)kind, dt_name(dt), B, T, N, H, out_T);
     expect_close(what, got, ref, (size_t)B * dim, TOL_FP32); /* float32 sums of exact inputs */
-    free(got), free(ref), free(x), free(len);
-    g_free(&dx), g_free(&dl), g_free(&dout);
+    free(got), free(ref), free(x), free(len), free(cu);
+    g_free(&dx), g_free(&dcu), g_free(&dout);
 }
 
 static void test_pooling(void **state) {
@@ -499,6 +539,7 @@ static void test_pooling(void **state) {
             check_pool(&r, dt, (tbert_cuda_pool_kind)kind, 5, 7, 128, 9);
             check_pool(&r, dt, (tbert_cuda_pool_kind)kind, 1, 1, 384, 1);
             if (!small_only()) check_pool(&r, dt, (tbert_cuda_pool_kind)kind, 1000, 3, 33, 4);
+            check_pool(&r, dt, (tbert_cuda_pool_kind)kind, 6, 512, 20, 515); /* lengths 512, 1, a zero, random */
         }
     }
     /* L2 normalisation, a zero row included */
@@ -604,11 +645,15 @@ static tbert_encoder *make_encoder(const tbert_model *m, tbert_device_kind kind,
     return e;
 }
 
-static void encoder_case(tu_rng *r, const tbert_model *m, tbert_encoder *cpu, tbert_encoder *gpu[3], int B, int T,
-                         const char *name) {
+/* One padded batch through the CPU and the CUDA encoders (gpu[p] for precision p, NULL to skip). lengths: NULL
+ * for random ones in [1, T] (T and 1 among them), else B given lengths. Padded positions hold random ids too:
+ * the CUDA encoder packs the real tokens and must never read them. */
+static void encoder_case_len(tu_rng *r, const tbert_model *m, tbert_encoder *cpu, tbert_encoder *gpu[3], int B, int T,
+                             const int32_t *lengths, const char *name) {
     const int H = m->cfg.hidden;
     const size_t N = (size_t)B * T;
     int32_t *ids = malloc(N * sizeof *ids), *len = rand_lengths(r, B, T, -1);
+    if (lengths) memcpy(len, lengths, (size_t)B * sizeof *len);
     for (size_t i = 0; i < N; i++) ids[i] = rand_int(r, 0, m->cfg.vocab_size - 1);
     float *ref = malloc(N * H * sizeof *ref), *got = malloc(N * H * sizeof *got);
     double *dref = dvec(N * H);
@@ -651,6 +696,11 @@ static void encoder_case(tu_rng *r, const tbert_model *m, tbert_encoder *cpu, tb
         }
     }
     free(ids), free(len), free(ref), free(got), free(dref);
+}
+
+static void encoder_case(tu_rng *r, const tbert_model *m, tbert_encoder *cpu, tbert_encoder *gpu[3], int B, int T,
+                         const char *name) {
+    encoder_case_len(r, m, cpu, gpu, B, T, NULL, name);
 }
 
 static void run_encoder_config(void **state, uint64_t salt, const char *name, int L, int H, int A, int I,
@@ -700,6 +750,46 @@ static void test_encoder_minilm(void **state) {
     run_encoder_config(state, 9, "minilm", 6, 384, 12, 1536, shapes, sizeof shapes / sizeof *shapes);
 }
 
+/* Packed batches that mix lengths 1..512 (unsorted, around the 16-query and 32-key tiles), batch 1 at both
+ * extremes and an odd T, on a model with d = 40 (not 64, not a multiple of 32): fp32, tf32 and bf16 against the
+ * CPU backend, every pooling; then the same batch cut into many chunks by tokens (fused and unfused attention).
+ * Under the emulated device the mixed batch keeps lengths 1 and 512 but has fewer sequences. */
+static void test_encoder_packed(void **state) {
+    tu_rng r = {g_seed(state) ^ 11};
+#ifdef TBERT_CUDA_EMULATED
+    const bool emulated = true;
+#else
+    const bool emulated = false;
+#endif
+    rand_model *rm = random_model(&r, 2, 120, 3, 256, 300, 512);
+    tbert_encoder *cpu = make_encoder(&rm->m, TBERT_DEVICE_CPU, TBERT_PREC_FP32);
+    tbert_encoder *gpu[3];
+    for (int p = 0; p < 3; p++) gpu[p] = make_encoder(&rm->m, TBERT_DEVICE_CUDA, (tbert_precision)p);
+    static const int32_t mixed[] = {17, 512, 1, 300, 16, 33, 511, 2, 15, 32, 257, 64, 100, 3, 129, 48};
+    static const int32_t mixed_emu[] = {512, 1, 37, 200};
+    const int32_t *lens = emulated || small_only() ? mixed_emu : mixed;
+    const int nl = emulated || small_only() ? (int)(sizeof mixed_emu / sizeof *mixed_emu) : (int)(sizeof mixed / sizeof *mixed);
+    static const int32_t one_full[] = {512}, one_short[] = {1}, odd[] = {37, 1, 36, 19, 37};
+    encoder_case_len(&r, &rm->m, cpu, gpu, nl, 512, lens, "packed d40");
+    encoder_case_len(&r, &rm->m, cpu, gpu, 1, 512, one_full, "packed d40");
+    encoder_case_len(&r, &rm->m, cpu, gpu, 1, 1, one_short, "packed d40");
+    encoder_case_len(&r, &rm->m, cpu, gpu, 5, 37, odd, "packed d40");
+    for (int p = 0; p < 3; p++) tbert_encoder_free(gpu[p]);
+    /* chunks of at most 600 real tokens: 512 and 1 share one, many sequences share others */
+    setenv("TBERT_CUDA_CHUNK_TOKENS", "600", 1);
+    tbert_encoder *chunked[3] = {make_encoder(&rm->m, TBERT_DEVICE_CUDA, TBERT_PREC_FP32), NULL, NULL};
+    setenv("TBERT_CUDA_ATTENTION", "unfused", 1);
+    tbert_encoder *unfused[3] = {make_encoder(&rm->m, TBERT_DEVICE_CUDA, TBERT_PREC_FP32), NULL, NULL};
+    unsetenv("TBERT_CUDA_ATTENTION");
+    unsetenv("TBERT_CUDA_CHUNK_TOKENS");
+    encoder_case_len(&r, &rm->m, cpu, chunked, nl, 512, lens, "packed d40 chunks");
+    encoder_case_len(&r, &rm->m, cpu, unfused, nl, 512, lens, "packed d40 unfused chunks");
+    tbert_encoder_free(chunked[0]);
+    tbert_encoder_free(unfused[0]);
+    tbert_encoder_free(cpu);
+    free_model(rm);
+}
+
 static void test_encoder_errors(void **state) {
     tu_rng r = {g_seed(state) ^ 10};
     rand_model *rm = random_model(&r, 1, 64, 2, 128, 50, 16);
@@ -738,6 +828,7 @@ int main(void) {
     const struct CMUnitTest encoders[] = {
         cmocka_unit_test_prestate(test_encoder_tiny_bert, &seed),
         cmocka_unit_test_prestate(test_encoder_minilm, &seed),
+        cmocka_unit_test_prestate(test_encoder_packed, &seed),
     };
     int fails = cmocka_run_group_tests_name("cuda kernels", kernels, NULL, NULL);
     fails += cmocka_run_group_tests_name("cuda encoder", encoders, NULL, NULL);

@@ -77,12 +77,33 @@ int tbert_cuda_to_f32(float *out, const void *in, tbert_cuda_dtype dt, size_t n,
 int tbert_cuda_linear(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void *y, const void *x, const void *W, int rows,
                       int in, int out);
 
+/* ---- packed batches ----
+ * The encoder works on packed tokens: a batch's real tokens concatenated (N = sum of the lengths rows, no
+ * padding), sequence b owning rows cu_seqlens[b] .. cu_seqlens[b+1]-1. cu_seqlens is int32 [B+1] in device
+ * memory with cu_seqlens[0] = 0, non-decreasing, cu_seqlens[B] = N. Every activation below is [N, ...] in that
+ * row order; GEMMs, layernorm and GELU see N plain rows.
+ * The fused attention gives each sequence ceil(length / TBERT_CUDA_QUERY_TILE) blocks per head, found through
+ * a second table cu_tiles (int32 [B+1], device memory) that tbert_cuda_query_tiles() fills on the host. */
+enum { TBERT_CUDA_QUERY_TILE = 16 };
+/* Host: cu_tiles[b] = sum over i < b of ceil((cu_seqlens[i+1] - cu_seqlens[i]) / TBERT_CUDA_QUERY_TILE) for
+ * b = 0..B (host arrays); returns cu_tiles[B], the number of query tiles. */
+static inline int tbert_cuda_query_tiles(int32_t *cu_tiles, const int32_t *cu_seqlens, int B) {
+    int32_t n = 0;
+    cu_tiles[0] = 0;
+    for (int b = 0; b < B; b++) {
+        n += (cu_seqlens[b + 1] - cu_seqlens[b] + TBERT_CUDA_QUERY_TILE - 1) / TBERT_CUDA_QUERY_TILE;
+        cu_tiles[b + 1] = n;
+    }
+    return n;
+}
+
 /* ---- embeddings (kernels/embeddings.cu) ----
- * out[b, t, :] = LN(word[ids[b,t]] + pos[t] + type[0]) * g + beta, for every t < T (padded positions too;
- * ids outside [0, V) are clamped: the host validates real tokens). out is dt [B, T, H]. */
-int tbert_cuda_embeddings_ln(void *out, tbert_cuda_dtype dt, const int32_t *ids, const float *word, const float *pos,
-                             const float *type, const float *g, const float *beta, float eps, int B, int T, int H,
-                             int V, tbert_cuda_stream s);
+ * out[r, :] = LN(word[ids[r]] + pos[t] + type[0]) * g + beta for the N packed rows r, where t = r -
+ * cu_seqlens[b] is the position of row r in its sequence b. out is dt [N, H]. The host validates ids (in [0, V))
+ * and lengths (<= P positions); the kernel clamps both only to keep its reads in bounds. */
+int tbert_cuda_embeddings_ln(void *out, tbert_cuda_dtype dt, const int32_t *ids, const int32_t *cu_seqlens, int B,
+                             int N, const float *word, const float *pos, const float *type, const float *g,
+                             const float *beta, float eps, int H, int V, int P, tbert_cuda_stream s);
 
 /* ---- layernorm (kernels/layernorm.cu) ----
  * out[r, :] = LN(x[r, :] + bias + residual[r, :]) * g + beta for r < rows; bias and residual may be NULL.
@@ -100,33 +121,39 @@ int tbert_cuda_bias_add(void *x, const float *bias, tbert_cuda_dtype dt, int row
 int tbert_cuda_bias_tanh(float *x, const float *bias, int rows, int cols, tbert_cuda_stream s);
 
 /* ---- attention (kernels/attention.cu) ----
- * qkv is dt [B, T, 3H] with Q in columns [0, H), K in [H, 2H), V in [2H, 3H), as the QKV product left it;
+ * qkv is packed dt [N, 3H] with Q in columns [0, H), K in [H, 2H), V in [2H, 3H), as the QKV product left it;
  * bias (float32 [3H], or NULL) is added as the kernels load it. Head h uses columns h*d .. h*d+d-1 of each
- * part (H = heads*d). Key t of sequence b takes part only when
- * t < lengths[b] (1 <= lengths[b] <= T; a 0 gives zeros); every query row t < T is computed.
- * ctx is dt [B, T, H]: softmax(Q K^T / sqrt(d) + mask) V. */
-/* Fused: one pass with an online softmax, scores never leave the chip. d <= 128. This is v2 (the one the
- * encoder uses); v1 is its first, simpler version, kept as a second opinion (TBERT_CUDA_ATTENTION=fused1). */
-int tbert_cuda_attention_fused(void *ctx, const void *qkv, const float *bias, const int32_t *lengths,
-                               tbert_cuda_dtype dt, int B, int T, int heads, int d, tbert_cuda_stream s);
-int tbert_cuda_attention_fused_v1(void *ctx, const void *qkv, const float *bias, const int32_t *lengths,
-                                  tbert_cuda_dtype dt, int B, int T, int heads, int d, tbert_cuda_stream s);
-/* Unfused reference path: heads split to float32 [B, heads, T, d], cuBLAS strided-batched Q K^T into a
- * [B*heads, T, T] float32 score tensor, a masked softmax kernel, cuBLAS P V, heads merged back. mode is
- * FP32 or TF32 (the float32 products; BF16 is treated as FP32). work holds
- * tbert_cuda_attention_unfused_work_floats() floats. The handle's stream must be s. */
+ * part (H = heads*d). The queries of sequence b attend to the keys of sequence b only (its own rows: no mask,
+ * no padding). ctx is packed dt [N, H]: softmax(Q K^T / sqrt(d)) V per sequence and head; a sequence of length
+ * 0 has no rows. */
+/* Fused: one pass with an online softmax, scores never leave the chip. One block per (query tile of
+ * TBERT_CUDA_QUERY_TILE rows, head): grid (tiles, heads) with tiles = cu_tiles[B] (tbert_cuda_query_tiles).
+ * d <= 128, any length. This is v2 (the one the encoder uses); v1 is its first, simpler version, kept as a
+ * second opinion (TBERT_CUDA_ATTENTION=fused1). */
+int tbert_cuda_attention_fused(void *ctx, const void *qkv, const float *bias, const int32_t *cu_seqlens,
+                               const int32_t *cu_tiles, tbert_cuda_dtype dt, int B, int tiles, int heads, int d,
+                               tbert_cuda_stream s);
+int tbert_cuda_attention_fused_v1(void *ctx, const void *qkv, const float *bias, const int32_t *cu_seqlens,
+                                  const int32_t *cu_tiles, tbert_cuda_dtype dt, int B, int tiles, int heads, int d,
+                                  tbert_cuda_stream s);
+/* Unfused reference path: heads split to a padded float32 [B, heads, T, d] layout (T >= every length; zeros
+ * beyond each length), cuBLAS strided-batched Q K^T into a [B*heads, T, T] float32 score tensor, a masked
+ * softmax kernel, cuBLAS P V, the real rows merged back into packed ctx. mode is FP32 or TF32 (the float32
+ * products; BF16 is treated as FP32). work holds tbert_cuda_attention_unfused_work_floats() floats. The
+ * handle's stream must be s. */
 size_t tbert_cuda_attention_unfused_work_floats(int B, int T, int heads, int d);
 int tbert_cuda_attention_unfused(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void *ctx, const void *qkv,
-                                 const float *bias, const int32_t *lengths, float *work, tbert_cuda_dtype dt, int B, int T, int heads,
-                                 int d, tbert_cuda_stream s);
+                                 const float *bias, const int32_t *cu_seqlens, float *work, tbert_cuda_dtype dt, int B,
+                                 int T, int heads, int d, tbert_cuda_stream s);
 
 /* ---- pooling (kernels/pooling.cu) ----
- * From x (dt [B, T, H]) into out (float32, row b at out + b*ld):
- *   MEAN: masked mean over t < lengths[b] (zeros for length 0); CLS: x[b, 0, :];
- *   FLATTEN: x[b, t, :] for t < lengths[b], zeros for lengths[b] <= t < out_T (out_T >= T; ld >= out_T*H). */
+ * From packed x (dt [N, H]) into out (float32, row b at out + b*ld), with len_b = cu_seqlens[b+1] - cu_seqlens[b]:
+ *   MEAN: mean of sequence b's rows (zeros for length 0); CLS: its first row (zeros for length 0);
+ *   FLATTEN: its rows t < len_b at out[b, t*H ..], zeros for len_b <= t < out_T (ld >= out_T*H; rows past out_T
+ *   are dropped: the host keeps len_b <= out_T). B <= 65535. */
 typedef enum { TBERT_CUDA_POOL_MEAN = 0, TBERT_CUDA_POOL_CLS, TBERT_CUDA_POOL_FLATTEN } tbert_cuda_pool_kind;
-int tbert_cuda_pool(float *out, size_t ld, const void *x, const int32_t *lengths, tbert_cuda_pool_kind kind,
-                    tbert_cuda_dtype dt, int B, int T, int H, int out_T, tbert_cuda_stream s);
+int tbert_cuda_pool(float *out, size_t ld, const void *x, const int32_t *cu_seqlens, tbert_cuda_pool_kind kind,
+                    tbert_cuda_dtype dt, int B, int H, int out_T, tbert_cuda_stream s);
 /* Each of the rows of x (dim floats, row stride dim) divided by max(||row||, 1e-12); zero rows stay zero. */
 int tbert_cuda_l2_normalize(float *x, int rows, int dim, tbert_cuda_stream s);
 
