@@ -43,6 +43,11 @@ tbert_status tbert_featurizer_create(const tbert_recipe *r, const tbert_model *m
 void tbert_featurizer_free(tbert_featurizer *fz) { free(fz); }
 size_t tbert_featurizer_dim(const tbert_featurizer *fz) { return fz->dim; }
 
+tbert_status tbert_featurizer_tokenize(const tbert_featurizer *fz, const tbert_doc *doc, tbert_i32vec *ids, tbert_error *err) {
+    ids->n = 0;
+    return tbert_tokenize(fz->m->vocab, doc->text ? doc->text : "", doc->text ? doc->len : 0, ids, err);
+}
+
 /* ---- hashing ---- */
 static uint64_t fmix64(uint64_t k) {
     k ^= k >> 33;
@@ -139,8 +144,8 @@ static void chunk_free(chunk_buf *c, int n) {
 
 /* Rows of n docs into out (row stride fz->dim). dense: the pooled block; sparse: the lexical/evidence blocks
  * (each part leaves the other's columns untouched). */
-static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen, bool dense,
-                                    bool sparse, tbert_error *err) {
+static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc *docs, const tbert_i32vec *pre, float *out,
+                                    int *tokens_seen, bool dense, bool sparse, tbert_error *err) {
     const tbert_recipe *r = &fz->r;
     int W = r->windows;
     size_t nwmax = (size_t)n * (size_t)W;
@@ -165,11 +170,17 @@ static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc
         if (sparse) memset(row + fz->dense_dim, 0, (fz->dim - fz->dense_dim) * sizeof(float));
     }
     for (int i = 0; i < n && !st; i++) {
-        ids.n = 0;
-        st = tbert_tokenize(fz->m->vocab, docs[i].text ? docs[i].text : "", docs[i].text ? docs[i].len : 0, &ids, err);
-        if (st) break;
-        if (tokens_seen) tokens_seen[i] = ids.n > INT32_MAX ? INT32_MAX : (int)ids.n;
-        st = tbert_make_windows(fz->m->vocab, ids.v, ids.n, r->max_len, W, &c.win[i], c.starts + (size_t)i * W,
+        /* tv, tn: the doc's token ids, tokenized here or by the caller (tbert_featurizer_tokenize) */
+        const int32_t *tv = pre ? pre[i].v : NULL;
+        size_t tn = pre ? pre[i].n : 0;
+        if (!pre) {
+            st = tbert_featurizer_tokenize(fz, &docs[i], &ids, err);
+            if (st) break;
+            tv = ids.v;
+            tn = ids.n;
+        }
+        if (tokens_seen) tokens_seen[i] = tn > INT32_MAX ? INT32_MAX : (int)tn;
+        st = tbert_make_windows(fz->m->vocab, tv, tn, r->max_len, W, &c.win[i], c.starts + (size_t)i * W,
                                 c.lens + (size_t)i * W, &c.nwin[i], err);
         if (st) break;
         for (int w = 0; dense && w < c.nwin[i]; w++) {
@@ -180,9 +191,9 @@ static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc
         float *row = out + (size_t)i * fz->dim;
         if (sparse && r->lexical_dim > 0) {
             float *lex = row + fz->dense_dim;
-            for (size_t k = 0; k < ids.n; k++) lex[fmix64((uint64_t)ids.v[k] + 1) % (uint64_t)r->lexical_dim] += 1.0f;
-            for (size_t k = 1; r->lexical_ngrams >= 2 && k < ids.n; k++) {
-                uint64_t pair = ((uint64_t)(uint32_t)(ids.v[k - 1] + 1) << 32) | (uint32_t)(ids.v[k] + 1);
+            for (size_t k = 0; k < tn; k++) lex[fmix64((uint64_t)tv[k] + 1) % (uint64_t)r->lexical_dim] += 1.0f;
+            for (size_t k = 1; r->lexical_ngrams >= 2 && k < tn; k++) {
+                uint64_t pair = ((uint64_t)(uint32_t)(tv[k - 1] + 1) << 32) | (uint32_t)(tv[k] + 1);
                 lex[fmix64(pair ^ 0x9e3779b97f4a7c15ull) % (uint64_t)r->lexical_dim] += 1.0f;
             }
             if (r->evidence == TBERT_EVIDENCE_LEXICAL) hash_evidence(docs[i].evidence, r->evidence_set, lex, r->lexical_dim);
@@ -223,14 +234,14 @@ static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc
     return st;
 }
 
-static tbert_status featurize_progress(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen,
-                                       bool dense, bool sparse, const char *label, tbert_error *err) {
+static tbert_status featurize_progress(tbert_featurizer *fz, int n, const tbert_doc *docs, const tbert_i32vec *pre, float *out,
+                                       int *tokens_seen, bool dense, bool sparse, const char *label, tbert_error *err) {
     tbert_progress *p = label ? tbert_progress_start(label, (uint64_t)n, "docs", TBERT_PROGRESS_AUTO) : NULL;
     tbert_status st = TBERT_OK;
     for (int i = 0; i < n && !st; i += DOCS_PER_CHUNK) {
         int m = n - i < DOCS_PER_CHUNK ? n - i : DOCS_PER_CHUNK;
-        st = featurize_chunk(fz, m, docs + i, out + (size_t)i * fz->dim, tokens_seen ? tokens_seen + i : NULL, dense, sparse,
-                             err);
+        st = featurize_chunk(fz, m, docs + i, pre ? pre + i : NULL, out + (size_t)i * fz->dim, tokens_seen ? tokens_seen + i : NULL,
+                             dense, sparse, err);
         tbert_progress_update(p, (uint64_t)(i + m), NULL);
     }
     if (p) tbert_progress_finish(p, st ? "failed" : NULL);
@@ -238,7 +249,12 @@ static tbert_status featurize_progress(tbert_featurizer *fz, int n, const tbert_
 }
 
 tbert_status tbert_featurize(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen, tbert_error *err) {
-    return featurize_progress(fz, n, docs, out, tokens_seen, true, true, NULL, err);
+    return featurize_progress(fz, n, docs, NULL, out, tokens_seen, true, true, NULL, err);
+}
+
+tbert_status tbert_featurize_ids(tbert_featurizer *fz, int n, const tbert_doc *docs, const tbert_i32vec *ids, float *out,
+                                 int *tokens_seen, tbert_error *err) {
+    return featurize_progress(fz, n, docs, ids, out, tokens_seen, true, true, NULL, err);
 }
 
 /* ---- cache ---- */
@@ -336,9 +352,9 @@ tbert_status tbert_featurize_cached(tbert_featurizer *fz, int n, const tbert_doc
     bool sparse = fz->dim > fz->dense_dim;
     if (have_path && cache_read(path, n, fz->dense_dim, fz->dim, out)) {
         if (hit) *hit = true;
-        return sparse ? featurize_progress(fz, n, docs, out, NULL, false, true, NULL, err) : TBERT_OK;
+        return sparse ? featurize_progress(fz, n, docs, NULL, out, NULL, false, true, NULL, err) : TBERT_OK;
     }
-    tbert_status st = featurize_progress(fz, n, docs, out, NULL, true, sparse, progress_label, err);
+    tbert_status st = featurize_progress(fz, n, docs, NULL, out, NULL, true, sparse, progress_label, err);
     if (st || !have_path) return st;
     /* a cache that cannot be written (read-only home, full disk) costs time, not the run */
     tbert_error werr;

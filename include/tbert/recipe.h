@@ -108,10 +108,21 @@ tbert_status tbert_featurizer_create(const tbert_recipe *r, const tbert_model *m
                                      tbert_error *err);
 void tbert_featurizer_free(tbert_featurizer *fz);
 size_t tbert_featurizer_dim(const tbert_featurizer *fz);
+/* The featurizer in two stages (tbert score runs the first in its parse workers, the second on its scoring
+ * thread):
+ * 1. document -> token ids: the featurizer's tokenization of doc's text, into ids (cleared first). Needs no
+ *    encoder and changes nothing: any number of threads may call it at once, also while another thread
+ *    featurizes.
+ * 2. token ids -> encoder batches -> rows: tbert_featurize_ids below. */
+tbert_status tbert_featurizer_tokenize(const tbert_featurizer *fz, const tbert_doc *doc, tbert_i32vec *ids, tbert_error *err);
 /* Features of n docs into out (n x dim, row i = docs[i]). tokens_seen (may be NULL): per doc, the number
  * of WordPiece tokens of its text (before truncation to the windows). */
 tbert_status tbert_featurize(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen,
                              tbert_error *err);
+/* tbert_featurize with the docs' token ids given: ids[i] from tbert_featurizer_tokenize(docs[i]) (the text
+ * is then not tokenized again; evidence is still read). Same rows, bit for bit. */
+tbert_status tbert_featurize_ids(tbert_featurizer *fz, int n, const tbert_doc *docs, const tbert_i32vec *ids, float *out,
+                                 int *tokens_seen, tbert_error *err);
 
 /* Same with the feature cache $TBERT_CACHE/features/<key>.f32. The cache holds the dense (encoder) block;
  * the lexical/evidence blocks are recomputed (cheap). key = sha256 over every recipe field that shapes the
