@@ -21,20 +21,6 @@
 #include "tbert/fileio.h"
 #include "tbert/progress.h"
 
-/* ---- doc text ------------------------------------------------------------ */
-
-char *tbert_message_text(const tbert_message *m, size_t *len) {
-    size_t ls = strlen(m->subject), lb = strlen(m->body), n;
-    if (!tbert_add_size(ls, lb, &n) || !tbert_add_size(n, 2, &n)) return NULL;
-    char *t = malloc(n);
-    if (!t) return NULL;
-    memcpy(t, m->subject, ls);
-    t[ls] = '\n';
-    memcpy(t + ls + 1, m->body, lb + 1);
-    if (len) *len = ls + 1 + lb;
-    return t;
-}
-
 uint64_t tbert_kill_at_record(void) {
     const char *s = getenv("TBERT_TEST_KILL_AT");
     if (!s || strncmp(s, "record:", 7)) return 0;
@@ -81,9 +67,7 @@ enum { SLOT_FREE = 0, SLOT_READ, SLOT_PARSED };
 typedef struct {
     int state;
     tbert_input_item item;
-    char *text; /* doc text (malloc'd) */
-    size_t len;
-    char *evidence, *id, *error;
+    tbert_score_doc doc; /* what the parse worker made of it */
 } slot;
 
 typedef struct {
@@ -104,10 +88,10 @@ typedef struct {
 
 static void slot_clear(slot *s) {
     tbert_input_item_free(&s->item);
-    free(s->text);
-    free(s->evidence);
-    free(s->id);
-    free(s->error);
+    free(s->doc.text);
+    free(s->doc.evidence);
+    free(s->doc.id);
+    free(s->doc.error);
     memset(s, 0, sizeof *s);
 }
 
@@ -170,8 +154,8 @@ static void *reader_main(void *arg) {
     return NULL;
 }
 
-static void parse_slot(slot *s) {
-    tbert_input_item *it = &s->item;
+void tbert_score_parse_item(tbert_input_item *it, tbert_score_doc *s) {
+    memset(s, 0, sizeof *s);
     if (it->error) {
         s->error = tbert_strdup(it->error);
         return;
@@ -192,13 +176,17 @@ static void parse_slot(slot *s) {
         s->error = tbert_strdup(msg);
         return;
     }
-    s->text = tbert_message_text(&m, &s->len);
-    s->evidence = m.evidence;
-    m.evidence = NULL;
+    tbert_mail_doc doc;
+    if (tbert_mail_document(&m, &doc, &e) == TBERT_OK) {
+        s->text = doc.text;
+        s->len = doc.len;
+        s->evidence = doc.evidence;
+    } else {
+        s->error = tbert_strdup("out of memory");
+    }
     s->id = m.message_id;
     m.message_id = NULL;
     tbert_message_free(&m);
-    if (!s->text) s->error = tbert_strdup("out of memory");
     /* the raw bytes are not needed any more: free them early (flat memory) */
     free(it->raw);
     it->raw = NULL;
@@ -214,7 +202,7 @@ static void *worker_main(void *arg) {
         p->n_parse++;
         pthread_mutex_unlock(&p->mu);
         double t0 = tbert_now();
-        parse_slot(s);
+        tbert_score_parse_item(&s->item, &s->doc);
         double dt = tbert_now() - t0;
         pthread_mutex_lock(&p->mu);
         p->parse_seconds += dt;
@@ -244,8 +232,8 @@ typedef struct {
 static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *err) {
     int n = 0;
     for (int i = 0; i < k; i++) {
-        if (slots[i]->error) continue;
-        sc->docs[n] = (tbert_doc){slots[i]->text, slots[i]->len, slots[i]->evidence};
+        if (slots[i]->doc.error) continue;
+        sc->docs[n] = (tbert_doc){slots[i]->doc.text, slots[i]->doc.len, slots[i]->doc.evidence};
         sc->doc_slot[n++] = i;
     }
     if (n == 0) return TBERT_OK;
@@ -259,7 +247,7 @@ static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *er
     if (st == TBERT_OK) return TBERT_OK;
     if (st == TBERT_E_NOMEM || st == TBERT_E_CUDA || st == TBERT_E_INTERNAL || st == TBERT_E_MISMATCH || n == 1) {
         if (n == 1 && st != TBERT_E_NOMEM && st != TBERT_E_CUDA && st != TBERT_E_INTERNAL && st != TBERT_E_MISMATCH) {
-            slots[sc->doc_slot[0]]->error = tbert_strdup(e.msg);
+            slots[sc->doc_slot[0]]->doc.error = tbert_strdup(e.msg);
             return TBERT_OK;
         }
         *err = e;
@@ -272,7 +260,7 @@ static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *er
             *err = e;
             return s1;
         }
-        if (s1 != TBERT_OK) slots[sc->doc_slot[j]]->error = tbert_strdup(e.msg);
+        if (s1 != TBERT_OK) slots[sc->doc_slot[j]]->doc.error = tbert_strdup(e.msg);
     }
     return TBERT_OK;
 }
@@ -391,8 +379,8 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
         double twr = tbert_now();
         for (int i = 0; i < k && st == TBERT_OK; i++) {
             slot *s = batch_slots[i];
-            tbert_score_record r = {s->item.source, s->item.offset, s->id, 0, NULL, 0, s->item.truncated, s->error};
-            if (!s->error) {
+            tbert_score_record r = {s->item.source, s->item.offset, s->doc.id, 0, NULL, 0, s->item.truncated, s->doc.error};
+            if (!s->doc.error) {
                 r.score = sc.prob[d];
                 int li = sc.label_idx[d];
                 r.label = li >= 0 && li < rec->n_labels ? rec->labels[li] : "?";
@@ -403,7 +391,7 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
             st = tbert_score_write_all(fd, line->str, line->len, out_name, err);
             if (st) break;
             stats->records++;
-            stats->errors += s->error != NULL;
+            stats->errors += s->doc.error != NULL;
             if (opts->kill_at_record && stats->records == opts->kill_at_record) raise(SIGKILL);
         }
         t_write += tbert_now() - twr;

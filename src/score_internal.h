@@ -7,6 +7,18 @@
 
 #include "tbert/score.h"
 
+/* ---- score.c ---- */
+/* What a parse worker makes of one input item (all malloc'd): the document the recipe sees (text, len,
+ * evidence; a message's through tbert_mail_document, a table row's text as it is), the Message-ID, or an
+ * error (the record's error field; then no document). */
+typedef struct {
+    char *text;
+    size_t len;
+    char *evidence, *id, *error;
+} tbert_score_doc;
+/* The parse step of tbert score's workers (and nothing else), for one item; frees it->raw once parsed. */
+void tbert_score_parse_item(tbert_input_item *it, tbert_score_doc *out);
+
 /* ---- score_output.c ---- */
 typedef struct {
     const char *source;

@@ -5,6 +5,26 @@
 
 #include "tbert/train.h"
 
+/* ---- train_data.c: the labelled documents of a run ---- */
+typedef struct {
+    int n, cap;
+    tbert_doc *docs;
+    char **label;   /* borrowed (table) or static "ham"/"spam" */
+    char **owned;   /* strings to free */
+    int n_owned, cap_owned;
+    int64_t *line;  /* table line numbers (or item index for mail) */
+    tbert_table table;
+    bool have_table;
+} tbert_labelled;
+
+/* Appends the rows of --data (o->data, o->table) to L. */
+tbert_status tbert_labelled_read_table(const tbert_train_opts *o, tbert_labelled *L, tbert_error *err);
+/* Appends every item of the mail inputs with this label: a message's document through tbert_mail_document,
+ * a table row's text as it is. Items that cannot be read or parsed are skipped with a line on stderr and
+ * counted in *skipped. */
+tbert_status tbert_labelled_read_mail(const char *const *paths, int n, char *label, tbert_labelled *L, int *skipped, tbert_error *err);
+void tbert_labelled_free(tbert_labelled *L);
+
 /* qsort comparator of ints, ascending */
 int tbert_cmp_int(const void *a, const void *b);
 /* tbert_fit without cross-fitting: epochs on train_idx, best epoch on val_idx (src/train.c) */

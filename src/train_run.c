@@ -33,127 +33,11 @@ void tbert_train_result_free(tbert_train_result *r) {
     tbert_fit_result_free(&r->fit);
 }
 
-/* ---- labelled documents ---- */
-typedef struct {
-    int n, cap;
-    tbert_doc *docs;
-    char **label;   /* borrowed (table) or static "ham"/"spam" */
-    char **owned;   /* strings to free */
-    int n_owned, cap_owned;
-    int64_t *line;  /* table line numbers (or item index for mail) */
-    tbert_table table;
-    bool have_table;
-} labelled;
-
-static void labelled_free(labelled *L) {
-    for (int i = 0; i < L->n_owned; i++) free(L->owned[i]);
-    free(L->owned);
-    free(L->docs);
-    free(L->label);
-    free(L->line);
-    if (L->have_table) tbert_table_free(&L->table);
-    memset(L, 0, sizeof *L);
-}
-
-static bool own(labelled *L, char *s) {
-    if (!s) return false;
-    if (L->n_owned == L->cap_owned) {
-        int nc = L->cap_owned ? 2 * L->cap_owned : 256;
-        char **p = tbert_realloc_array(L->owned, (size_t)nc, sizeof *p);
-        if (!p) {
-            free(s);
-            return false;
-        }
-        L->owned = p;
-        L->cap_owned = nc;
-    }
-    L->owned[L->n_owned++] = s;
-    return true;
-}
-
-static bool push_doc(labelled *L, const char *text, size_t len, const char *evidence, char *label, int64_t line) {
-    if (L->n == L->cap) {
-        int nc = L->cap ? 2 * L->cap : 1024;
-        tbert_doc *d = tbert_realloc_array(L->docs, (size_t)nc, sizeof *d);
-        if (d) L->docs = d;
-        char **l = tbert_realloc_array(L->label, (size_t)nc, sizeof *l);
-        if (l) L->label = l;
-        int64_t *ln = tbert_realloc_array(L->line, (size_t)nc, sizeof *ln);
-        if (ln) L->line = ln;
-        if (!d || !l || !ln) return false;
-        L->cap = nc;
-    }
-    L->docs[L->n] = (tbert_doc){text, len, evidence};
-    L->label[L->n] = label;
-    L->line[L->n] = line;
-    L->n++;
-    return true;
-}
-
-static tbert_status read_table(const tbert_train_opts *o, labelled *L, tbert_error *err) {
-    tbert_status st = tbert_table_read(o->data, &o->table, &L->table, err);
-    if (st) return st;
-    L->have_table = true;
-    if (!L->table.label) return tbert_fail(err, TBERT_E_ARG, "%s: training needs a label column", o->data);
-    for (int i = 0; i < L->table.n; i++)
-        if (!push_doc(L, L->table.text[i], L->table.text_len[i], NULL, L->table.label[i], L->table.line[i]))
-            return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", o->data);
-    return TBERT_OK;
-}
-
-static char *mail_text(const tbert_message *m) {
-    size_t a = strlen(m->subject), b = strlen(m->body);
-    char *s = malloc(a + b + 2);
-    if (!s) return NULL;
-    memcpy(s, m->subject, a);
-    s[a] = '\n';
-    memcpy(s + a + 1, m->body, b + 1);
-    return s;
-}
-
-static tbert_status read_mail(const char *const *paths, int n, char *label, labelled *L, int *skipped, tbert_error *err) {
-    if (n == 0) return TBERT_OK;
-    tbert_input_opts io = {0};
-    tbert_inputs *in;
-    tbert_status st = tbert_inputs_open(paths, n, &io, &in, err);
-    if (st) return st;
-    tbert_input_item it;
-    int r;
-    int64_t k = 0;
-    while ((r = tbert_inputs_next(in, &it, err)) == 1) {
-        k++;
-        if (it.error) {
-            fprintf(stderr, "tbert: skipping %s: %s\n", it.source, it.error);
-            (*skipped)++;
-        } else if (it.is_message) {
-            tbert_message m;
-            tbert_error merr;
-            if (tbert_message_parse(it.raw, it.raw_len, it.source, &m, &merr)) {
-                fprintf(stderr, "tbert: skipping %s\n", merr.msg);
-                (*skipped)++;
-            } else {
-                char *text = mail_text(&m), *ev = tbert_strdup(m.evidence);
-                tbert_message_free(&m);
-                bool ok = own(L, text) && own(L, ev) && push_doc(L, text, strlen(text), ev, label, k);
-                if (!ok) st = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", it.source);
-            }
-        } else {
-            char *text = tbert_strndup(it.text ? it.text : "", it.text_len);
-            bool ok = own(L, text) && push_doc(L, text, it.text_len, NULL, label, k);
-            if (!ok) st = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", it.source);
-        }
-        tbert_input_item_free(&it);
-        if (st) break;
-    }
-    if (r < 0 && !st) st = err ? err->code : TBERT_E_IO;
-    tbert_inputs_close(in);
-    return st;
-}
-
+/* ---- labels ---- */
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* labels sorted byte-wise and unique; y[i] = index of doc i's label */
-static tbert_status discover_labels(const labelled *L, const char *positive, tbert_recipe *r, int *y, const char *src,
+static tbert_status discover_labels(const tbert_labelled *L, const char *positive, tbert_recipe *r, int *y, const char *src,
                                     tbert_error *err) {
     char **tmp = tbert_malloc_array((size_t)L->n + 1, sizeof(char *));
     if (!tmp) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
@@ -190,7 +74,7 @@ static tbert_status discover_labels(const labelled *L, const char *positive, tbe
     return TBERT_OK;
 }
 
-static void data_hash(const labelled *L, const char *docs_hash, char out[65]) {
+static void data_hash(const tbert_labelled *L, const char *docs_hash, char out[65]) {
     GChecksum *cs = g_checksum_new(G_CHECKSUM_SHA256);
     g_checksum_update(cs, (const guchar *)docs_hash, 64);
     for (int i = 0; i < L->n; i++) g_checksum_update(cs, (const guchar *)L->label[i], strlen(L->label[i]) + 1);
@@ -224,7 +108,7 @@ static tbert_status write_npy(const char *path, const float *X, int n, size_t di
     return tbert_atomic_commit(f, err);
 }
 
-static tbert_status write_split(const char *dir, const labelled *L, const tbert_fit_data *d, tbert_error *err) {
+static tbert_status write_split(const char *dir, const tbert_labelled *L, const tbert_fit_data *d, tbert_error *err) {
     char *split = calloc((size_t)L->n + 1, 1);
     if (!split) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
     for (int i = 0; i < d->n_train; i++) split[d->train_idx[i]] = 't';
@@ -362,7 +246,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     st = check_out_dir(o->out_dir, err);
     if (st) return st;
 
-    labelled L = {0};
+    tbert_labelled L = {0};
     tbert_model *m = NULL;
     tbert_encoder *enc = NULL;
     tbert_featurizer *fz = NULL;
@@ -372,10 +256,10 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     int skipped = 0;
     tbert_ckpt_plan plan = {0};
     bool planned = false;
-    if (o->data) st = read_table(o, &L, err);
+    if (o->data) st = tbert_labelled_read_table(o, &L, err);
     else {
-        st = read_mail(o->ham, o->n_ham, "ham", &L, &skipped, err);
-        if (!st) st = read_mail(o->spam, o->n_spam, "spam", &L, &skipped, err);
+        st = tbert_labelled_read_mail(o->ham, o->n_ham, "ham", &L, &skipped, err);
+        if (!st) st = tbert_labelled_read_mail(o->spam, o->n_spam, "spam", &L, &skipped, err);
     }
     if (st) goto done;
     const char *src = o->data ? o->data : "--ham/--spam";
@@ -491,6 +375,6 @@ done:
     tbert_featurizer_free(fz);
     tbert_encoder_free(enc);
     tbert_model_free(m);
-    labelled_free(&L);
+    tbert_labelled_free(&L);
     return st;
 }
