@@ -47,7 +47,7 @@ find "$S/spam" -maxdepth 1 -type f | LC_ALL=C sort | head -n 60 | while read -r 
 find -L "$W/ham" -type f -print0 | xargs -0 bogofilter -d "$W/bogo" -n -B > /dev/null
 find -L "$W/spam" -type f -print0 | xargs -0 bogofilter -d "$W/bogo" -s -B > /dev/null
 
-run() { # run NAME OUT CMD...: prints "NAME wall user sys" and keeps stderr's last line (the time split)
+run() { # run NAME STDOUT CMD...: appends "NAME wall user sys" to $W/times
     local name=$1 out=$2
     shift 2
     /usr/bin/time -f '%e %U %S' -o "$W/time.txt" "$@" > "$out" 2> "$W/$name.err" || {
@@ -59,13 +59,15 @@ run() { # run NAME OUT CMD...: prints "NAME wall user sys" and keeps stderr's la
 }
 
 for r in $(seq 1 "$ROUNDS"); do
-    run before "$W/before.jsonl" "$BEFORE" score --model "$MINILM" --head "$W/head" "${FILES[@]}"
-    run after "$W/after.jsonl" "$AFTER" score --model "$MINILM" --head "$W/head" "${FILES[@]}"
+    # --json: the run's totals (featurize / head / write / wait seconds on the scoring thread, parse seconds
+    # summed over the workers) on stdout; the records go to --out
+    run before "$W/before.json" "$BEFORE" score --model "$MINILM" --head "$W/head" --out "$W/before.jsonl" --json "${FILES[@]}"
+    run after "$W/after.json" "$AFTER" score --model "$MINILM" --head "$W/head" --out "$W/after.jsonl" --json "${FILES[@]}"
     run bogofilter "$W/bogo.txt" bogofilter -d "$W/bogo" -B "${FILES[@]}"
     cmp -s "$W/before.jsonl" "$W/after.jsonl" || { echo "bench_score_workers.sh: round $r: outputs differ" >&2; exit 1; }
     [ "$(wc -l < "$W/after.jsonl")" -eq "$NMSG" ] || { echo "bench_score_workers.sh: round $r: not one record per message" >&2; exit 1; }
-    echo "# round $r: before: $(tail -n 1 "$W/before.err")"
-    echo "# round $r: after:  $(tail -n 1 "$W/after.err")"
+    echo "# round $r: before: $(cat "$W/before.json")"
+    echo "# round $r: after:  $(cat "$W/after.json")"
 done
 echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo

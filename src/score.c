@@ -1,7 +1,9 @@
 /* tbert score's pipeline. One reader thread enumerates items (mailinput.c) into a ring of C slots; N parse
- * workers turn claimed slots into docs (MIME decoding, Subject + body, header evidence); the calling thread
- * takes contiguous parsed slots in input order, featurizes and classifies them a batch at a time and writes
- * one record per item, flushed with one write() each, in input order. The ring bounds memory: the reader
+ * workers turn claimed slots into docs (MIME decoding, Subject + body, header evidence) and tokenize them
+ * (document -> token ids: tbert_featurizer_tokenize); the calling thread takes contiguous parsed slots in input
+ * order, turns their token ids into encoder batches and classifies them a batch at a time
+ * (tbert_featurize_ids, then the head) and writes one record per item, flushed with one write() each, in input
+ * order. The ring bounds memory: the reader
  * waits when it is C items ahead of the writer. One mutex + one condition variable guard the ring; all heavy
  * work (reading, parsing, encoding) happens outside the lock. The records are formatted in src/score_output.c,
  * --resume reads the existing output in src/score_resume.c. */
@@ -68,6 +70,8 @@ typedef struct {
     int state;
     tbert_input_item item;
     tbert_score_doc doc; /* what the parse worker made of it */
+    tbert_i32vec ids;    /* the doc's token ids, when tokenized (then doc.text is freed) */
+    bool tokenized;
 } slot;
 
 typedef struct {
@@ -79,7 +83,8 @@ typedef struct {
     bool reader_done, abort;
     uint64_t bytes_done, bytes_total;
     uint64_t skipped; /* reader thread only until joined */
-    double parse_seconds;
+    double parse_seconds, tokenize_seconds;
+    const tbert_featurizer *fz; /* the workers only tokenize with it (thread-safe) */
     tbert_inputs *in;
     GHashTable *done;
     tbert_error reader_err;
@@ -92,6 +97,7 @@ static void slot_clear(slot *s) {
     free(s->doc.evidence);
     free(s->doc.id);
     free(s->doc.error);
+    tbert_i32vec_free(&s->ids);
     memset(s, 0, sizeof *s);
 }
 
@@ -192,6 +198,19 @@ void tbert_score_parse_item(tbert_input_item *it, tbert_score_doc *s) {
     it->raw = NULL;
 }
 
+/* The featurizer's first stage, in the worker: document -> token ids. The text is not needed after that (flat
+ * memory). A failure (out of memory) leaves the slot untokenized: the scoring thread then tokenizes it and
+ * meets the failure as before. */
+static void tokenize_slot(const tbert_featurizer *fz, slot *s) {
+    if (s->doc.error) return;
+    tbert_doc d = {s->doc.text, s->doc.len, s->doc.evidence};
+    tbert_error e;
+    if (tbert_featurizer_tokenize(fz, &d, &s->ids, &e) != TBERT_OK) return;
+    s->tokenized = true;
+    free(s->doc.text);
+    s->doc.text = NULL;
+}
+
 static void *worker_main(void *arg) {
     pipeline *p = arg;
     pthread_mutex_lock(&p->mu);
@@ -203,9 +222,12 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&p->mu);
         double t0 = tbert_now();
         tbert_score_parse_item(&s->item, &s->doc);
-        double dt = tbert_now() - t0;
+        double t1 = tbert_now();
+        tokenize_slot(p->fz, s);
+        double t2 = tbert_now();
         pthread_mutex_lock(&p->mu);
-        p->parse_seconds += dt;
+        p->parse_seconds += t1 - t0;
+        p->tokenize_seconds += t2 - t1;
         s->state = SLOT_PARSED;
         pthread_cond_broadcast(&p->cv);
     }
@@ -223,23 +245,35 @@ typedef struct {
     float *feats, *prob;
     int *label_idx, *tokens;
     tbert_doc *docs;
+    tbert_i32vec *ids; /* per doc of the batch: its slot's token ids (a view) */
     int *doc_slot;
     double t_feat, t_head;
 } scorer;
 
-/* Featurizes and classifies the docs of slots [0, k); a batch that fails is retried doc by doc so that
- * one bad doc becomes one error record. Fatal errors (memory, device) stop the run. */
+/* Featurizes (token ids -> encoder batches -> rows) and classifies the docs of slots [0, k); a batch that fails
+ * is retried doc by doc so that one bad doc becomes one error record. Fatal errors (memory, device) stop the
+ * run. */
 static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *err) {
     int n = 0;
+    tbert_error e;
+    double t0 = tbert_now();
     for (int i = 0; i < k; i++) {
-        if (slots[i]->doc.error) continue;
-        sc->docs[n] = (tbert_doc){slots[i]->doc.text, slots[i]->doc.len, slots[i]->doc.evidence};
+        slot *s = slots[i];
+        if (s->doc.error) continue;
+        sc->docs[n] = (tbert_doc){s->doc.text, s->doc.len, s->doc.evidence};
+        if (!s->tokenized) { /* the worker could not: the featurizer's own tokenization, its failure fatal as before */
+            tbert_status st = tbert_featurizer_tokenize(sc->fz, &sc->docs[n], &s->ids, &e);
+            if (st) {
+                *err = e;
+                return st;
+            }
+            s->tokenized = true;
+        }
+        sc->ids[n] = s->ids;
         sc->doc_slot[n++] = i;
     }
     if (n == 0) return TBERT_OK;
-    tbert_error e;
-    double t0 = tbert_now();
-    tbert_status st = tbert_featurize(sc->fz, n, sc->docs, sc->feats, sc->tokens, &e);
+    tbert_status st = tbert_featurize_ids(sc->fz, n, sc->docs, sc->ids, sc->feats, sc->tokens, &e);
     double t1 = tbert_now();
     if (st == TBERT_OK) st = tbert_classifier_predict(sc->c, n, sc->feats, sc->prob, sc->label_idx, &e);
     sc->t_feat += t1 - t0;
@@ -254,7 +288,7 @@ static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *er
         return st;
     }
     for (int j = 0; j < n; j++) {
-        tbert_status s1 = tbert_featurize(sc->fz, 1, &sc->docs[j], sc->feats + (size_t)j * sc->dim, &sc->tokens[j], &e);
+        tbert_status s1 = tbert_featurize_ids(sc->fz, 1, &sc->docs[j], &sc->ids[j], sc->feats + (size_t)j * sc->dim, &sc->tokens[j], &e);
         if (s1 == TBERT_OK) s1 = tbert_classifier_predict(sc->c, 1, sc->feats + (size_t)j * sc->dim, &sc->prob[j], &sc->label_idx[j], &e);
         if (s1 == TBERT_E_NOMEM || s1 == TBERT_E_CUDA || s1 == TBERT_E_INTERNAL) {
             *err = e;
@@ -306,7 +340,7 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
         st = tbert_score_write_all(fd, TBERT_SCORE_CSV_HEADER, sizeof TBERT_SCORE_CSV_HEADER - 1, out_name, err);
 
     pipeline p = {0};
-    scorer sc = {c, fz, tbert_featurizer_dim(fz), batch, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
+    scorer sc = {c, fz, tbert_featurizer_dim(fz), batch, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
     double t_write = 0, t_wait = 0;
     p.cap = (uint64_t)batch * 2 + (uint64_t)threads * 4;
     p.ring = tbert_calloc_array(p.cap, sizeof *p.ring);
@@ -315,9 +349,10 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
     sc.label_idx = tbert_malloc_array((size_t)batch, sizeof *sc.label_idx);
     sc.tokens = tbert_malloc_array((size_t)batch, sizeof *sc.tokens);
     sc.docs = tbert_malloc_array((size_t)batch, sizeof *sc.docs);
+    sc.ids = tbert_malloc_array((size_t)batch, sizeof *sc.ids);
     sc.doc_slot = tbert_malloc_array((size_t)batch, sizeof *sc.doc_slot);
     slot **batch_slots = tbert_malloc_array((size_t)batch, sizeof *batch_slots);
-    if (st == TBERT_OK && (!p.ring || !sc.feats || !sc.prob || !sc.label_idx || !sc.tokens || !sc.docs || !sc.doc_slot || !batch_slots))
+    if (st == TBERT_OK && (!p.ring || !sc.feats || !sc.prob || !sc.label_idx || !sc.tokens || !sc.docs || !sc.ids || !sc.doc_slot || !batch_slots))
         st = tbert_fail(err, TBERT_E_NOMEM, "score: out of memory for batches of %d", batch);
     tbert_input_opts iopts = opts->input;
     if (g_hash_table_size(done) > 0) {
@@ -325,6 +360,7 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
         iopts.skip_ctx = &p;
     }
     p.done = done;
+    p.fz = fz;
     if (st == TBERT_OK) st = tbert_inputs_open(inputs, n_inputs, &iopts, &p.in, err);
 
     pthread_t reader, *workers = NULL;
@@ -426,6 +462,7 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
         pthread_cond_destroy(&p.cv);
         stats->skipped_done = p.skipped;
         stats->parse_seconds = p.parse_seconds;
+        stats->tokenize_seconds = p.tokenize_seconds;
         stats->bytes = p.bytes_done;
     }
     stats->seconds = tbert_now() - t0;
@@ -450,6 +487,7 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
     free(sc.label_idx);
     free(sc.tokens);
     free(sc.docs);
+    free(sc.ids);
     free(sc.doc_slot);
     free(batch_slots);
     g_hash_table_destroy(done);

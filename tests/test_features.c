@@ -1,7 +1,8 @@
 /* The featurizer on a small committed model: the dense block is the mean of the windows' pooled vectors
  * (computed here independently through tbert_make_windows + tbert_encoder_pool), the lexical and evidence
  * blocks are the documented hashed log1p counts, L2-normalised; the feature cache returns the same bytes;
- * the recipe JSON round-trips and refuses unknown versions and bad fields. */
+ * the featurizer's two stages (tokenize, then featurize the token ids) give the same bytes; the recipe JSON
+ * round-trips and refuses unknown versions and bad fields. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,6 +128,27 @@ static void test_featurizer_blocks(void **state) {
         assert_int_equal(tu_compare_f64(what, X + (size_t)i * D + H + 64, evb, 16, 1e-7, 1e-6), 0);
         tbert_i32vec_free(&ids);
         tbert_i32vec_free(&win);
+    }
+    /* the featurizer in two stages (score's workers tokenize, its scoring thread encodes): the same bytes */
+    {
+        tbert_i32vec tok[4] = {{0}};
+        for (int i = 3; i >= 0; i--) /* any order: the stage has no state */
+            assert_int_equal(tbert_featurizer_tokenize(fz, &docs[i], &tok[i], &err), TBERT_OK);
+        tbert_i32vec ref_ids = {0};
+        assert_int_equal(tbert_tokenize(m->vocab, texts[0], strlen(texts[0]), &ref_ids, &err), TBERT_OK);
+        assert_int_equal(tok[0].n, ref_ids.n);
+        assert_memory_equal(tok[0].v, ref_ids.v, ref_ids.n * sizeof(int32_t));
+        tbert_doc no_text[4]; /* the second stage must not read the text */
+        for (int i = 0; i < 4; i++) no_text[i] = (tbert_doc){NULL, 0, ev[i]};
+        float *X2 = malloc(sizeof(float) * 4 * D);
+        int seen2[4];
+        memset(X2, 0xff, sizeof(float) * 4 * D);
+        assert_int_equal(tbert_featurize_ids(fz, 4, no_text, tok, X2, seen2, &err), TBERT_OK);
+        assert_memory_equal(X, X2, sizeof(float) * 4 * D);
+        assert_memory_equal(seen, seen2, sizeof seen);
+        free(X2);
+        tbert_i32vec_free(&ref_ids);
+        for (int i = 0; i < 4; i++) tbert_i32vec_free(&tok[i]);
     }
     /* the cache: a miss writes, a hit returns the same bytes; another lexical_dim reuses the dense block */
     char cache[] = "/tmp/tbert_featcache_XXXXXX";

@@ -1,4 +1,4 @@
-/* Batch scoring of mail archives and tables (tbert score): reader -> parse workers -> batcher ->
+/* Batch scoring of mail archives and tables (tbert score): reader -> parse + tokenize workers -> batcher ->
  * featurizer (encoder) + head -> ordered writer, with bounded queues (memory stays flat whatever the
  * archive size), record-by-record flushed output and --resume by (source, offset). */
 #ifndef TBERT_SCORE_H
@@ -33,8 +33,9 @@ typedef struct {
     uint64_t skipped_done;  /* found in the existing output (--resume) */
     uint64_t bytes;         /* input bytes read */
     double seconds;
-    /* where the time went (wall seconds on the scoring thread; parse is summed over the parse workers) */
-    double featurize_seconds, head_seconds, write_seconds, wait_seconds, parse_seconds;
+    /* where the time went (wall seconds on the scoring thread; parse and tokenize are summed over the parse
+     * workers; featurize is token ids -> encoder -> rows) */
+    double featurize_seconds, head_seconds, write_seconds, wait_seconds, parse_seconds, tokenize_seconds;
     bool resumed;           /* an existing output was found and continued */
 } tbert_score_stats;
 

@@ -133,9 +133,10 @@ int cmd_score(int argc, char **argv) {
             stats.seconds > 0 ? (double)stats.bytes / 1e6 / stats.seconds : 0.0);
     if (o.progress)
         fprintf(stderr,
-                "tbert score: time on the scoring thread: featurize (tokenize + encode) %.2f s, head %.2f s, write %.2f s, "
-                "waiting for input %.2f s; MIME parsing %.2f s summed over %d thread%s\n",
+                "tbert score: time on the scoring thread: featurize (token ids -> encode) %.2f s, head %.2f s, write %.2f s, "
+                "waiting for input %.2f s; MIME parsing %.2f s and tokenizing %.2f s summed over %d thread%s\n",
                 stats.featurize_seconds, stats.head_seconds, stats.write_seconds, stats.wait_seconds, stats.parse_seconds,
+                stats.tokenize_seconds,
                 o.threads > 0 ? o.threads : tbert_num_cores(), (o.threads > 0 ? o.threads : tbert_num_cores()) == 1 ? "" : "s");
     if (stats.skipped_done)
         fprintf(stderr, "tbert score: --resume skipped %llu items already in the output\n", (unsigned long long)stats.skipped_done);
@@ -143,10 +144,11 @@ int cmd_score(int argc, char **argv) {
         double sec = stats.seconds > 0 ? stats.seconds : 1e-9;
         printf("{\"records\": %llu, \"errors\": %llu, \"skipped_done\": %llu, \"input_bytes\": %llu, \"seconds\": %.3f, "
                "\"records_per_s\": %.2f, \"mb_per_s\": %.3f, \"featurize_seconds\": %.3f, \"head_seconds\": %.3f, "
-               "\"write_seconds\": %.3f, \"wait_seconds\": %.3f, \"parse_seconds\": %.3f}\n",
+               "\"write_seconds\": %.3f, \"wait_seconds\": %.3f, \"parse_seconds\": %.3f, \"tokenize_seconds\": %.3f}\n",
                (unsigned long long)stats.records, (unsigned long long)stats.errors, (unsigned long long)stats.skipped_done,
                (unsigned long long)stats.bytes, stats.seconds, (double)stats.records / sec, (double)stats.bytes / 1e6 / sec,
-               stats.featurize_seconds, stats.head_seconds, stats.write_seconds, stats.wait_seconds, stats.parse_seconds);
+               stats.featurize_seconds, stats.head_seconds, stats.write_seconds, stats.wait_seconds, stats.parse_seconds,
+               stats.tokenize_seconds);
         fflush(stdout);
     }
     return CLI_OK;
