@@ -85,14 +85,17 @@ fi
 
 # ---- 3. the CUDA toolkit out of reach ----
 cat > "$TMP/hide.sh" <<'EOF'
-# runs inside `unshare -m`: hides the toolkit, then runs "$@"
+# runs inside `unshare -m`: hides the toolkit, then runs "$@" (its own messages go to hide.log, so that the
+# command's stderr holds only the command's lines)
 set -e
+exec 3>&2 2>> "$HIDE_TMP/hide.log"
 for d in /usr/local/cuda*; do
-    [ -d "$d" ] && [ ! -L "$d" ] && mount -t tmpfs none "$d"
+    if [ -d "$d" ] && [ ! -L "$d" ]; then mount -t tmpfs none "$d"; fi
 done
-grep -hv cuda /etc/ld.so.conf /etc/ld.so.conf.d/*.conf 2>/dev/null | grep -v '^include' > "$HIDE_TMP/ld.so.conf" || true
+grep -hv cuda /etc/ld.so.conf /etc/ld.so.conf.d/*.conf | grep -v '^include' > "$HIDE_TMP/ld.so.conf" || true
 ldconfig -C "$HIDE_TMP/ld.so.cache" -f "$HIDE_TMP/ld.so.conf"
 mount --bind "$HIDE_TMP/ld.so.cache" /etc/ld.so.cache
+exec 2>&3 3>&-
 set +e
 exec "$@"
 EOF
@@ -105,7 +108,7 @@ hide() { HIDE_TMP=$TMP unshare -m sh "$TMP/hide.sh" "$@"; }
 hide sh -c 'for d in /usr/local/cuda*/; do ls -A "$d"; done | wc -l; ldconfig -p | grep -c -e libcudart -e libcublas' > "$TMP/probe" 2>&1 ||
     true
 if [ "$(tr '\n' ' ' < "$TMP/probe")" != "0 0 " ]; then
-    echo "test_cuda_plugin: could not hide the CUDA toolkit (mount refused?): $(cat "$TMP/probe"): part 3 skipped" >&2
+    echo "test_cuda_plugin: could not hide the CUDA toolkit (mount refused?): $(cat "$TMP/probe" "$TMP/hide.log" 2>/dev/null): part 3 skipped" >&2
     [ "$fails" = 0 ] || exit 1
     exit 77
 fi
