@@ -16,7 +16,7 @@
 #else
 #define PLUGIN_STR2(x) #x
 #define PLUGIN_STR(x) PLUGIN_STR2(x)
-#define PLUGIN_NAME "CUDA + cuBLAS (built with CUDART_VERSION " PLUGIN_STR(CUDART_VERSION) ")"
+#define PLUGIN_NAME "CUDA + cuBLAS, built with cudart " PLUGIN_STR(CUDART_VERSION)
 #define PLUGIN_EMULATED 0
 #endif
 

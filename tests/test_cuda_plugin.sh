@@ -2,7 +2,8 @@
 # The CUDA backend is a plugin (libtbert_cuda.so, include/tbert/cuda_plugin.h): tbert itself never links CUDA,
 # and runs CPU jobs where the plugin or its CUDA libraries cannot be loaded.
 #  1. readelf: tbert has no libcudart/libcublas NEEDED; in a CUDA build the plugin exists next to it and has a
-#     RUNPATH holding the folder of the libcudart it was linked against.
+#     RUNPATH holding the folder of the libcudart it was linked against. `tbert info --backend --json` names
+#     the backend it finds (cuda / emulated / none, with the reason) here and in each case below.
 #  2. TBERT_CUDA_PLUGIN=/nonexistent: `embed --device auto` succeeds with the same bytes as `--device cpu`, says
 #     why in exactly one stderr line that names CUDA, the CPU and the variable; `--device cuda` exits 2 with one
 #     line and no stdout.
@@ -76,11 +77,26 @@ check_fallback() {
     done
 }
 
+# ---- `tbert info --backend --json` agrees: $1 names the case, $2 the backend, $3 a word of the reason ----
+check_info() {
+    local name=$1 want=$2 word=$3
+    shift 3
+    "$@" "$BIN" info --backend --json > "$TMP/info.json" 2> "$TMP/info.err" || fail "$name: info --backend: exit $?: $(cat "$TMP/info.err")"
+    grep -q "\"backend\":\"$want\"" "$TMP/info.json" || fail "$name: info --backend: want backend $want: $(cat "$TMP/info.json")"
+    [ -z "$word" ] || grep -q "\"reason\":\"[^\"]*$word" "$TMP/info.json" || fail "$name: info --backend: the reason does not name $word: $(cat "$TMP/info.json")"
+}
+case "$cuda_build" in
+ON | AUTO) [ -f "$plugin" ] && check_info "as built" cuda "" ;;
+EMU) check_info "as built" emulated "" ;;
+*) check_info "as built" none "without CUDA" ;;
+esac
+
 # ---- 2. a plugin path that does not exist ----
 if [ "$cuda_build" = OFF ]; then
     check_fallback "TBERT_CUDA_PLUGIN=/nonexistent (CPU-only build)" "without CUDA" env TBERT_CUDA_PLUGIN=/nonexistent
 else
     check_fallback "TBERT_CUDA_PLUGIN=/nonexistent" "TBERT_CUDA_PLUGIN" env TBERT_CUDA_PLUGIN=/nonexistent
+    check_info "TBERT_CUDA_PLUGIN=/nonexistent" none "TBERT_CUDA_PLUGIN" env TBERT_CUDA_PLUGIN=/nonexistent
 fi
 
 # ---- 3. the CUDA toolkit out of reach ----
@@ -122,6 +138,7 @@ if [ "$cuda_build" = EMU ]; then
         fail "emulated build without the toolkit: --device cuda failed: $(cat "$TMP/err")"
 else
     check_fallback "CUDA toolkit hidden" "$word" hide
+    check_info "CUDA toolkit hidden" none "$word" hide
 fi
 
 [ "$fails" = 0 ] && echo "test_cuda_plugin: ok" >&2

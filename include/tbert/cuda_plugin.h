@@ -32,7 +32,7 @@ typedef struct tbert_cuda_head tbert_cuda_head;
 typedef struct {
     int abi;             /* TBERT_CUDA_ABI */
     const char *version; /* TBERT_VERSION the plugin was built as */
-    const char *name;    /* e.g. "CUDA 13.0 runtime + cuBLAS", "emulated CUDA device (CPU)" */
+    const char *name;    /* e.g. "CUDA + cuBLAS, built with cudart 13000", "emulated CUDA device (...)" */
     int emulated;        /* 1: the -DTBERT_CUDA=EMU build (kernels run on the CPU under kernels/emu/) */
     /* Usable devices; 0 with a one-line reason in why[cap] (e.g. "cudaGetDeviceCount: no CUDA-capable
      * device is detected"). Never fails otherwise. */

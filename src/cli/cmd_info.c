@@ -88,12 +88,12 @@ static tbert_status summarize_file(const tbert_model *m, file_summary *fs, tbert
     return TBERT_OK;
 }
 
-/* "cuda: plugin PATH (NAME), N device(s)" or "cuda: none (REASON); --device auto uses the CPU" */
+/* "cuda: plugin PATH: NAME[, emulated], N device(s)[: REASON]" or "cuda: none (REASON); --device auto uses the CPU" */
 static void print_backend_text(const tbert_cuda_probe_info *b) {
     if (!b->loaded) printf("cuda:         none (%s); --device auto uses the CPU\n", b->why);
     else
-        printf("cuda:         plugin %s (%s%s), %d device(s)%s%s%s\n", b->path, b->name, b->emulated ? ", emulated" : "",
-               b->devices, b->why[0] ? " (" : "", b->why, b->why[0] ? ")" : "");
+        printf("cuda:         plugin %s: %s%s, %d device(s)%s%s\n", b->path, b->name, b->emulated ? ", emulated" : "",
+               b->devices, b->why[0] ? ": " : "", b->why);
 }
 
 static cJSON *backend_json(const tbert_cuda_probe_info *b) {
