@@ -7,6 +7,7 @@
 #  2. TBERT_CUDA_PLUGIN=/nonexistent: `embed --device auto` succeeds with the same bytes as `--device cpu`, says
 #     why in exactly one stderr line that names CUDA, the CPU and the variable; `--device cuda` exits 2 with one
 #     line and no stdout.
+#     The same for three files that are not our plugin (no entry point, another ABI, another tbert version).
 #  3. The same with the CUDA toolkit out of reach: a private mount namespace (unshare -m) with a tmpfs over
 #     every /usr/local/cuda* folder and an ld.so.cache rebuilt without the CUDA entries. In a CUDA build the
 #     fallback line then names the missing CUDA library (the plugin itself was found).
@@ -97,6 +98,31 @@ if [ "$cuda_build" = OFF ]; then
 else
     check_fallback "TBERT_CUDA_PLUGIN=/nonexistent" "TBERT_CUDA_PLUGIN" env TBERT_CUDA_PLUGIN=/nonexistent
     check_info "TBERT_CUDA_PLUGIN=/nonexistent" none "TBERT_CUDA_PLUGIN" env TBERT_CUDA_PLUGIN=/nonexistent
+fi
+
+# ---- 2b. files that are not our plugin (built, then refused: one line each, CPU fallback) ----
+if [ "$cuda_build" != OFF ]; then
+    SRC=${TBERT_SOURCE_DIR:-$TESTS/..}
+    cat > "$TMP/fake.c" <<'EOF'
+#include "tbert/cuda_plugin.h"
+#if FAKE == 1
+int tbert_cuda_not_the_entry = 1; /* no entry point */
+#elif FAKE == 2
+const tbert_cuda_api *tbert_cuda_plugin_api(int abi) { (void)abi; return NULL; } /* refuses our ABI */
+#else
+static const tbert_cuda_api api = {.abi = TBERT_CUDA_ABI, .version = "0.0.0-other"}; /* another tbert */
+const tbert_cuda_api *tbert_cuda_plugin_api(int abi) { (void)abi; return &api; }
+#endif
+EOF
+    for k in 1:"not a tbert CUDA plugin" 2:"ABI differs" 3:"plugin of tbert 0.0.0-other"; do
+        n=${k%%:*} want=${k#*:}
+        if ! cc -shared -fPIC -std=c17 -DFAKE="$n" -I"$SRC/include" -o "$TMP/fake$n.so" "$TMP/fake.c" 2> "$TMP/cc.err"; then
+            fail "cannot build fake plugin $n: $(cat "$TMP/cc.err")"
+            continue
+        fi
+        check_fallback "fake plugin $n" "$want" env TBERT_CUDA_PLUGIN="$TMP/fake$n.so"
+        check_info "fake plugin $n" none "$want" env TBERT_CUDA_PLUGIN="$TMP/fake$n.so"
+    done
 fi
 
 # ---- 3. the CUDA toolkit out of reach ----
