@@ -10,6 +10,8 @@
 #   benchmarks/bench_score_workers.sh BEFORE_TBERT AFTER_TBERT [MESSAGES (default 2000; 0 = all 6,046)] [ROUNDS (default 3)]
 #                                     [MODEL (default minilm; e.g. tests/models/bert_tiny_shape, where the encoder
 #                                      costs least and the stages around it show most)]
+# TRAIN_ARGS (environment) adds options to the head's training, e.g. TRAIN_ARGS="--max-len 64" for a model of 64
+# positions.
 #
 # Needs the shared corpus (../shared/data/mail/spamassassin or $TBERT_SHARED_DATA), the MiniLM model
 # (models/fetch.sh minilm) and bogofilter.
@@ -37,7 +39,7 @@ fi
 NMSG=$(wc -l < "$W/sample")
 mapfile -t FILES < "$W/sample"
 
-echo "# bench_score_workers.sh, $(date -u '+%Y-%m-%d %H:%M UTC'), $NMSG messages, $ROUNDS rounds, model $MINILM --layers 1"
+echo "# bench_score_workers.sh, $(date -u '+%Y-%m-%d %H:%M UTC'), $NMSG messages, $ROUNDS rounds, model $MINILM --layers 1 ${TRAIN_ARGS:-}"
 lscpu | grep -E '^(Model name|CPU\(s\))' | sed 's/^/# /'
 echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -45,7 +47,9 @@ echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 mkdir -p "$W/ham" "$W/spam"
 find "$S/hard_ham" -maxdepth 1 -type f | LC_ALL=C sort | head -n 60 | while read -r f; do ln -s "$f" "$W/ham/"; done
 find "$S/spam" -maxdepth 1 -type f | LC_ALL=C sort | head -n 60 | while read -r f; do ln -s "$f" "$W/spam/"; done
-"$AFTER" train --model "$MINILM" --layers 1 --ham "$W/ham" --spam "$W/spam" --out "$W/head" --quiet > /dev/null 2>&1
+# shellcheck disable=SC2086
+"$AFTER" train --model "$MINILM" --layers 1 ${TRAIN_ARGS:-} --ham "$W/ham" --spam "$W/spam" --out "$W/head" --quiet > /dev/null 2> "$W/train.err" ||
+    { echo "bench_score_workers.sh: training the head failed:" >&2; tail -n 3 "$W/train.err" >&2; exit 1; }
 # bogofilter learns the same messages
 find -L "$W/ham" -type f -print0 | xargs -0 bogofilter -d "$W/bogo" -n -B > /dev/null
 find -L "$W/spam" -type f -print0 | xargs -0 bogofilter -d "$W/bogo" -s -B > /dev/null
