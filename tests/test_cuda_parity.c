@@ -647,9 +647,10 @@ static tbert_encoder *make_encoder(const tbert_model *m, tbert_device_kind kind,
 
 /* One padded batch through the CPU and the CUDA encoders (gpu[p] for precision p, NULL to skip). lengths: NULL
  * for random ones in [1, T] (T and 1 among them), else B given lengths. Padded positions hold random ids too:
- * the CUDA encoder packs the real tokens and must never read them. */
+ * the CUDA encoder packs the real tokens and must never read them. pools: also every pooling (fp32) through
+ * the front end, with and without normalisation. */
 static void encoder_case_len(tu_rng *r, const tbert_model *m, tbert_encoder *cpu, tbert_encoder *gpu[3], int B, int T,
-                             const int32_t *lengths, const char *name) {
+                             const int32_t *lengths, bool pools, const char *name) {
     const int H = m->cfg.hidden;
     const size_t N = (size_t)B * T;
     int32_t *ids = malloc(N * sizeof *ids), *len = rand_lengths(r, B, T, -1);
@@ -674,7 +675,7 @@ static void encoder_case_len(tu_rng *r, const tbert_model *m, tbert_encoder *cpu
                 if (got[(size_t)b * T * H + j] != 0.0f) fail_msg("%s: padded row not zero (seq %d)", what, b);
     }
     /* pooled features through the front end: every pooling, with and without normalisation (fp32) */
-    if (gpu[0]) {
+    if (gpu[0] && pools) {
         for (int pool = 0; pool < TBERT_POOL_COUNT; pool++) {
             int out_T = pool == TBERT_POOL_FLATTEN ? T + 3 : T;
             size_t dim = tbert_pool_dim(m, (tbert_pool)pool, out_T);
@@ -700,7 +701,7 @@ static void encoder_case_len(tu_rng *r, const tbert_model *m, tbert_encoder *cpu
 
 static void encoder_case(tu_rng *r, const tbert_model *m, tbert_encoder *cpu, tbert_encoder *gpu[3], int B, int T,
                          const char *name) {
-    encoder_case_len(r, m, cpu, gpu, B, T, NULL, name);
+    encoder_case_len(r, m, cpu, gpu, B, T, NULL, true, name);
 }
 
 static void run_encoder_config(void **state, uint64_t salt, const char *name, int L, int H, int A, int I,
@@ -752,38 +753,44 @@ static void test_encoder_minilm(void **state) {
 
 /* Packed batches that mix lengths 1..512 (unsorted, around the 16-query and 32-key tiles), batch 1 at both
  * extremes and an odd T, on a model with d = 40 (not 64, not a multiple of 32): fp32, tf32 and bf16 against the
- * CPU backend, every pooling; then the same batch cut into many chunks by tokens (fused and unfused attention).
- * Under the emulated device the mixed batch keeps lengths 1 and 512 but has fewer sequences. */
+ * CPU backend, every pooling; then batches cut into many chunks by tokens (fused and unfused attention).
+ * Under the emulated device (every CUDA thread a fiber, under ASan) the 512-token batch keeps lengths 1 and 512
+ * but has fewer sequences and is checked on the hidden state; the poolings and the chunking run on the odd-T
+ * batch. */
 static void test_encoder_packed(void **state) {
     tu_rng r = {g_seed(state) ^ 11};
 #ifdef TBERT_CUDA_EMULATED
-    const bool emulated = true;
+    const bool small = true;
 #else
-    const bool emulated = false;
+    const bool small = small_only();
 #endif
     rand_model *rm = random_model(&r, 2, 120, 3, 256, 300, 512);
     tbert_encoder *cpu = make_encoder(&rm->m, TBERT_DEVICE_CPU, TBERT_PREC_FP32);
     tbert_encoder *gpu[3];
     for (int p = 0; p < 3; p++) gpu[p] = make_encoder(&rm->m, TBERT_DEVICE_CUDA, (tbert_precision)p);
     static const int32_t mixed[] = {17, 512, 1, 300, 16, 33, 511, 2, 15, 32, 257, 64, 100, 3, 129, 48};
-    static const int32_t mixed_emu[] = {512, 1, 37, 200};
-    const int32_t *lens = emulated || small_only() ? mixed_emu : mixed;
-    const int nl = emulated || small_only() ? (int)(sizeof mixed_emu / sizeof *mixed_emu) : (int)(sizeof mixed / sizeof *mixed);
-    static const int32_t one_full[] = {512}, one_short[] = {1}, odd[] = {37, 1, 36, 19, 37};
-    encoder_case_len(&r, &rm->m, cpu, gpu, nl, 512, lens, "packed d40");
-    encoder_case_len(&r, &rm->m, cpu, gpu, 1, 512, one_full, "packed d40");
-    encoder_case_len(&r, &rm->m, cpu, gpu, 1, 1, one_short, "packed d40");
-    encoder_case_len(&r, &rm->m, cpu, gpu, 5, 37, odd, "packed d40");
+    static const int32_t mixed_small[] = {512, 1, 33};
+    const int32_t *lens = small ? mixed_small : mixed;
+    const int nl = small ? (int)(sizeof mixed_small / sizeof *mixed_small) : (int)(sizeof mixed / sizeof *mixed);
+    static const int32_t one_full[] = {512}, one_short[] = {1}, one_odd[] = {37}, odd[] = {37, 1, 36, 19, 37, 16, 17};
+    const int nodd = (int)(sizeof odd / sizeof *odd);
+    encoder_case_len(&r, &rm->m, cpu, gpu, nl, 512, lens, !small, "packed d40");
+    if (!small) encoder_case_len(&r, &rm->m, cpu, gpu, 1, 512, one_full, true, "packed d40");
+    encoder_case_len(&r, &rm->m, cpu, gpu, 1, 1, one_short, true, "packed d40");
+    encoder_case_len(&r, &rm->m, cpu, gpu, 1, 37, one_odd, false, "packed d40");
+    encoder_case_len(&r, &rm->m, cpu, gpu, nodd, 37, odd, true, "packed d40");
     for (int p = 0; p < 3; p++) tbert_encoder_free(gpu[p]);
-    /* chunks of at most 600 real tokens: 512 and 1 share one, many sequences share others */
-    setenv("TBERT_CUDA_CHUNK_TOKENS", "600", 1);
+    /* chunks cut by real tokens (600, or 40 on the small batch: 37 and 1 share one, 36 has one alone, ...) */
+    setenv("TBERT_CUDA_CHUNK_TOKENS", small ? "40" : "600", 1);
     tbert_encoder *chunked[3] = {make_encoder(&rm->m, TBERT_DEVICE_CUDA, TBERT_PREC_FP32), NULL, NULL};
     setenv("TBERT_CUDA_ATTENTION", "unfused", 1);
     tbert_encoder *unfused[3] = {make_encoder(&rm->m, TBERT_DEVICE_CUDA, TBERT_PREC_FP32), NULL, NULL};
     unsetenv("TBERT_CUDA_ATTENTION");
     unsetenv("TBERT_CUDA_CHUNK_TOKENS");
-    encoder_case_len(&r, &rm->m, cpu, chunked, nl, 512, lens, "packed d40 chunks");
-    encoder_case_len(&r, &rm->m, cpu, unfused, nl, 512, lens, "packed d40 unfused chunks");
+    encoder_case_len(&r, &rm->m, cpu, chunked, small ? nodd : nl, small ? 37 : 512, small ? odd : lens, false,
+                     "packed d40 chunks");
+    encoder_case_len(&r, &rm->m, cpu, unfused, small ? nodd : nl, small ? 37 : 512, small ? odd : lens, false,
+                     "packed d40 unfused chunks");
     tbert_encoder_free(chunked[0]);
     tbert_encoder_free(unfused[0]);
     tbert_encoder_free(cpu);
