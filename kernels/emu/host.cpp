@@ -187,7 +187,9 @@ std::string describe_locked(State &s, const void *p, size_t bytes) {
                       pass ? "FREED " : "", it->second.size, it->second.device ? "device" : "pinned host",
                       (void *)it->first,
                       pass ? " (use after cudaFree)"
-                           : (off >= it->second.size ? " (past its end)" : " and runs past its end"));
+                           : off >= it->second.size            ? " (past its end)"
+                           : bytes > it->second.size - off     ? " and runs past its end"
+                                                               : "");
         return buf;
     }
     std::snprintf(buf, sizeof buf, "[%p, +%zu) is not in any device or pinned allocation", p, bytes);
