@@ -170,6 +170,14 @@ void gemm_drop(void *ctx) { delete (Gemm *)ctx; }
 
 bool op_ok(cublasOperation_t t) { return t == CUBLAS_OP_N || t == CUBLAS_OP_T || t == CUBLAS_OP_C; }
 
+// A cublasOperation_t argument from C may hold any int: read its bytes (loading an out-of-range value as the enum
+// is undefined in C++), and map values that are not operations to CUBLAS_OP_CONJG, which gemm rejects.
+cublasOperation_t op_arg(const cublasOperation_t *p) {
+    int v;
+    std::memcpy(&v, p, sizeof v);
+    return v == CUBLAS_OP_N || v == CUBLAS_OP_T || v == CUBLAS_OP_C ? (cublasOperation_t)v : CUBLAS_OP_CONJG;
+}
+
 cublasStatus_t submit(cublasHandle_t h, Gemm g, const void *alpha, const void *beta, cublasComputeType_t compute_type,
                       cublasGemmAlgo_t algo, cudaDataType bt) {
     if (!valid(h)) return CUBLAS_STATUS_NOT_INITIALIZED;
@@ -294,7 +302,7 @@ extern "C" const char *cublasGetStatusString(cublasStatus_t s) {
 extern "C" cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m,
                                       int n, int k, const float *alpha, const float *A, int lda, const float *B,
                                       int ldb, const float *beta, float *C, int ldc) {
-    Gemm g{"cublasSgemm", transa, transb, m, n, k, 0.0f, 0.0f, A, B, C, CUDA_R_32F, CUDA_R_32F, lda, ldb, ldc,
+    Gemm g{"cublasSgemm", op_arg(&transa), op_arg(&transb), m, n, k, 0.0f, 0.0f, A, B, C, CUDA_R_32F, CUDA_R_32F, lda, ldb, ldc,
            0, 0, 0, 1, false};
     return submit(handle, g, alpha, beta, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT, CUDA_R_32F);
 }
@@ -304,7 +312,7 @@ extern "C" cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t 
                                        const void *B, cudaDataType Btype, int ldb, const void *beta, void *C,
                                        cudaDataType Ctype, int ldc, cublasComputeType_t computeType,
                                        cublasGemmAlgo_t algo) {
-    Gemm g{"cublasGemmEx", transa, transb, m, n, k, 0.0f, 0.0f, A, B, C, Atype, Ctype, lda, ldb, ldc, 0, 0, 0, 1, false};
+    Gemm g{"cublasGemmEx", op_arg(&transa), op_arg(&transb), m, n, k, 0.0f, 0.0f, A, B, C, Atype, Ctype, lda, ldb, ldc, 0, 0, 0, 1, false};
     return submit(handle, g, alpha, beta, computeType, algo, Btype);
 }
 
@@ -315,7 +323,7 @@ extern "C" cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cubl
                                                      const void *beta, void *C, cudaDataType Ctype, int ldc,
                                                      long long int strideC, int batchCount,
                                                      cublasComputeType_t computeType, cublasGemmAlgo_t algo) {
-    Gemm g{"cublasGemmStridedBatchedEx", transa, transb, m, n, k, 0.0f, 0.0f, A, B, C, Atype, Ctype, lda, ldb, ldc,
+    Gemm g{"cublasGemmStridedBatchedEx", op_arg(&transa), op_arg(&transb), m, n, k, 0.0f, 0.0f, A, B, C, Atype, Ctype, lda, ldb, ldc,
            strideA, strideB, strideC, batchCount, false};
     return submit(handle, g, alpha, beta, computeType, algo, Btype);
 }
