@@ -17,8 +17,6 @@
 // on a handle in CUBLAS_TF32_TENSOR_OP_MATH, rounded to tf32: 10 mantissa bits, round to nearest even), products
 // are summed in double in l order, then alpha * sum + beta * C is rounded once to float (and to bf16, nearest
 // even, for a bf16 C). beta == 0 means C is not read, so NaN poison in C does not propagate.
-#include "cublas_v2.h"
-#include "cuda_bf16.h"
 
 #include <cinttypes>
 #include <cstdint>
@@ -27,6 +25,10 @@
 #include <mutex>
 #include <set>
 #include <string>
+
+// (after the standard headers: the device half defines CUDA qualifier macros such as __noinline__)
+#include "cublas_v2.h"
+#include "cuda_bf16.h"
 
 struct cublasContext {
     cudaStream_t stream = nullptr;

@@ -14,7 +14,6 @@
 //
 // Locks: `mu` guards every table and is never held while work runs (a kernel calls tbert_emu_find_allocation and
 // tbert_emu_fault); `run_mu` lets one thread at a time run work, as a device has one queue engine.
-#include "cuda_runtime.h"
 
 #include <algorithm>
 #include <chrono>
@@ -44,6 +43,9 @@
 #ifdef TBERT_EMU_ASAN
 #include <sanitizer/asan_interface.h>
 #endif
+
+// (after the standard headers: the device half defines CUDA qualifier macros such as __noinline__)
+#include "cuda_runtime.h"
 
 struct CUstream_st {
     unsigned flags = 0;     // cudaStreamDefault (blocking) or cudaStreamNonBlocking
