@@ -99,6 +99,7 @@ struct State {
     CUstream_st legacy, per_thread;
     std::set<CUstream_st *> streams; // created ones and per_thread (legacy is separate)
     std::set<CUevent_st *> events;
+    std::vector<uint64_t> orphans; // last items of destroyed blocking streams: the legacy stream still waits for them
     uint64_t next_id = 1;
     std::unordered_map<uint64_t, Item *> pending;
     // errors
@@ -296,6 +297,9 @@ uint64_t enqueue_locked(State &s, CUstream_st *q, std::function<void()> run, std
     if (q == &s.legacy) {
         for (CUstream_st *b : s.streams)
             if (!(b->flags & cudaStreamNonBlocking) && is_pending_locked(s, b->last)) it->deps.push_back(b->last);
+        s.orphans.erase(std::remove_if(s.orphans.begin(), s.orphans.end(), [&](uint64_t id) { return !is_pending_locked(s, id); }),
+                        s.orphans.end());
+        for (uint64_t id : s.orphans) it->deps.push_back(id);
     } else if (!(q->flags & cudaStreamNonBlocking) && is_pending_locked(s, s.legacy.last)) {
         it->deps.push_back(s.legacy.last);
     }
@@ -715,6 +719,7 @@ extern "C" cudaError_t cudaDeviceReset(void) {
             if (q != &s.per_thread) delete q;
         s.streams.clear();
         s.streams.insert(&s.per_thread);
+        s.orphans.clear();
         s.per_thread.last = s.legacy.last = 0;
         for (CUevent_st *ev : s.events) delete ev;
         s.events.clear();
@@ -834,6 +839,7 @@ extern "C" cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     if (stream == nullptr || stream == cudaStreamLegacy || stream == cudaStreamPerThread || !s.streams.count(stream))
         return fail(cudaErrorInvalidResourceHandle);
     s.streams.erase(stream);
+    if (!(stream->flags & cudaStreamNonBlocking) && is_pending_locked(s, stream->last)) s.orphans.push_back(stream->last);
     delete stream;
     return s.sticky != cudaSuccess ? fail(s.sticky) : cudaSuccess;
 }

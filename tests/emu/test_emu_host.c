@@ -343,6 +343,15 @@ static void test_legacy_blocking_nonblocking(void **state) {
         CK(cudaFree(m));
         CK(cudaFree(r));
     }
+    /* a destroyed blocking stream's queued work still orders the legacy stream */
+    cudaStream_t gone;
+    CK(cudaStreamCreate(&gone));
+    float *g = dev_floats(N);
+    launch_axpb(gone, g, NULL, N, 0.0f, 6.0f);
+    CK(cudaStreamDestroy(gone));
+    download(out, g, N);
+    for (int i = 0; i < N; i++) assert_true(out[i] == 6.0f);
+    CK(cudaFree(g));
     /* cudaStreamLegacy is the legacy stream */
     float *w = dev_floats(N);
     launch_axpb(cudaStreamLegacy, w, NULL, N, 0.0f, 9.0f);
