@@ -558,11 +558,24 @@ extern "C" const char *tbert_emu_last_fault(void) {
     return copy.c_str();
 }
 
+// Also discards the work still queued (a faulted device never runs it), so a test starts on an idle device.
 extern "C" void tbert_emu_reset_faults(void) {
     State &s = S();
-    std::lock_guard<std::mutex> g(s.mu);
-    s.sticky = cudaSuccess;
-    s.last_fault.clear();
+    std::lock_guard<std::recursive_mutex> rg(s.run_mu); // not while another thread runs work
+    std::vector<Item *> items;
+    {
+        std::lock_guard<std::mutex> g(s.mu);
+        if (s.sticky != cudaSuccess) {
+            for (auto &kv : s.pending) items.push_back(kv.second);
+            s.pending.clear();
+        }
+        s.sticky = cudaSuccess;
+        s.last_fault.clear();
+    }
+    for (Item *it : items) {
+        if (it->drop) it->drop();
+        delete it;
+    }
     t_last_error = cudaSuccess;
 }
 

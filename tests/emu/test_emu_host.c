@@ -504,9 +504,11 @@ static void fault_run(void *p) {
 
 static void test_faults(void **state) {
     (void)state;
-    count_ctx before = {0, 0}, after = {0, 0};
-    cudaStream_t s;
+    count_ctx before = {0, 0}, after = {0, 0}, elsewhere = {0, 0};
+    cudaStream_t s, other;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+    CK(tbert_emu_enqueue(other, count_run, &elsewhere, count_drop, "elsewhere")); /* not waited for below */
     CK(tbert_emu_enqueue(s, count_run, &before, count_drop, "before"));
     CK(tbert_emu_enqueue(s, fault_run, NULL, NULL, "faulting kernel"));
     CK(tbert_emu_enqueue(s, count_run, &after, count_drop, "after"));
@@ -521,7 +523,12 @@ static void test_faults(void **state) {
     assert_int_equal(tbert_emu_enqueue(s, count_run, &late, count_drop, "late"), cudaErrorLaunchFailure);
     assert_int_equal(late.dropped, 1);
     assert_int_equal(cudaPeekAtLastError(), cudaErrorLaunchFailure);
-    tbert_emu_reset_faults();
+    assert_int_equal(tbert_emu_pending_work(), 1); /* "elsewhere" */
+    tbert_emu_reset_faults(); /* discards it: a faulted device never runs it */
+    assert_int_equal(elsewhere.ran, 0);
+    assert_int_equal(elsewhere.dropped, 1);
+    assert_int_equal(tbert_emu_pending_work(), 0);
+    CK(cudaStreamDestroy(other));
     assert_string_equal(tbert_emu_last_fault(), "");
     assert_int_equal(cudaGetLastError(), cudaSuccess);
 
