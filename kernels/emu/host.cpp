@@ -189,7 +189,7 @@ std::string describe_locked(State &s, const void *p, size_t bytes) {
         std::snprintf(buf, sizeof buf, "[%p, +%zu) starts %zu bytes into a %s%zu-byte %s block at %p%s", p, bytes, off,
                       pass ? "FREED " : "", it->second.size, it->second.device ? "device" : "pinned host",
                       (void *)it->first,
-                      pass ? " (use after cudaFree)"
+                      pass ? " (use after free)"
                            : off >= it->second.size            ? " (past its end)"
                            : bytes > it->second.size - off     ? " and runs past its end"
                                                                : "");
@@ -247,8 +247,10 @@ cudaError_t free_block(void *p, bool device, const char *fn) {
         if (it == s.live.end() || it->second.device != device) {
             std::string why = it != s.live.end() ? (device ? "a pinned host block, not device memory" : "device memory, not a pinned host block")
                                                  : describe_locked(s, p, 0);
-            s.last_fault = std::string(fn) + "(" + std::to_string((uintptr_t)p) + "): " + why;
-            std::fprintf(stderr, "tbert-emu: %s(%p): %s\n", fn, p, why.c_str());
+            char head[96];
+            std::snprintf(head, sizeof head, "%s(%p): ", fn, p);
+            s.last_fault = head + why;
+            std::fprintf(stderr, "tbert-emu: %s\n", s.last_fault.c_str());
             return fail(device ? cudaErrorInvalidDevicePointer : cudaErrorInvalidValue);
         }
         Alloc a = it->second;

@@ -462,7 +462,7 @@ static void test_use_after_free(void **state) {
     float *d = dev_floats(N);
     CK(cudaFree(d));
     assert_int_equal(cudaMemcpy(d, h, sizeof h, cudaMemcpyHostToDevice), cudaErrorInvalidValue);
-    assert_non_null(strstr(tbert_emu_last_fault(), "use after cudaFree"));
+    assert_non_null(strstr(tbert_emu_last_fault(), "use after free"));
     cudaGetLastError();
 
     cudaStream_t s;
@@ -472,7 +472,7 @@ static void test_use_after_free(void **state) {
     CK(cudaFree(a)); /* BUG: the copy reading a has not run */
     assert_int_equal(cudaStreamSynchronize(s), cudaErrorIllegalAddress);
     assert_non_null(strstr(tbert_emu_last_fault(), "when it ran"));
-    assert_non_null(strstr(tbert_emu_last_fault(), "use after cudaFree"));
+    assert_non_null(strstr(tbert_emu_last_fault(), "use after free"));
     /* sticky: every later call fails, cudaGetLastError does not clear it */
     void *p = NULL;
     assert_int_equal(cudaMalloc(&p, 4), cudaErrorIllegalAddress);
