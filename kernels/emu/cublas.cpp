@@ -18,9 +18,11 @@
 // are summed in double (four partial sums over l, a fixed order), then alpha * sum + beta * C is rounded once to
 // float (and to bf16, nearest even, for a bf16 C). beta == 0 means C is not read, so NaN poison in C does not propagate.
 
+#include <chrono>
 #include <cinttypes>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <set>
@@ -180,6 +182,44 @@ void compute(const Gemm &g) {
     }
 }
 
+// TBERT_EMU_PROFILE=1: calls, GFLOP and seconds per cuBLAS function, printed to stderr at exit next to the
+// execution half's kernel table.
+struct ProfileRow {
+    const char *fn;
+    uint64_t calls;
+    double flop, seconds;
+};
+struct Profile {
+    std::mutex mu;
+    std::vector<ProfileRow> rows;
+};
+Profile &profile() {
+    static Profile *p = new Profile;
+    return *p;
+}
+void print_profile() {
+    Profile &p = profile();
+    std::lock_guard<std::mutex> g(p.mu);
+    for (const ProfileRow &r : p.rows)
+        std::fprintf(stderr, "tbert-emu profile: %-44s %8" PRIu64 " calls %10.3f GFLOP %9.3f s\n", r.fn, r.calls,
+                     r.flop * 1e-9, r.seconds);
+}
+bool profiling() {
+    const char *e = std::getenv("TBERT_EMU_PROFILE");
+    return e && std::strcmp(e, "1") == 0;
+}
+void add_profile(const char *fn, double flop, double seconds) {
+    Profile &p = profile();
+    std::lock_guard<std::mutex> g(p.mu);
+    if (p.rows.empty()) std::atexit(print_profile);
+    for (ProfileRow &r : p.rows)
+        if (std::strcmp(r.fn, fn) == 0) {
+            r.calls++, r.flop += flop, r.seconds += seconds;
+            return;
+        }
+    p.rows.push_back(ProfileRow{fn, 1, flop, seconds});
+}
+
 void gemm_run(void *ctx) {
     Gemm *g = (Gemm *)ctx;
     std::string bad = check_extents(*g);
@@ -188,7 +228,12 @@ void gemm_run(void *ctx) {
                         g->k, g->batch, bad.c_str());
         return;
     }
+    const bool prof = profiling();
+    auto t0 = std::chrono::steady_clock::now();
     compute(*g);
+    if (prof)
+        add_profile(g->fn, 2.0 * g->m * g->n * (double)g->k * g->batch,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
 void gemm_drop(void *ctx) { delete (Gemm *)ctx; }
