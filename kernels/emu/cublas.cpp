@@ -15,7 +15,7 @@
 //
 // Arithmetic: inputs are loaded as float (bf16 exactly; with CUBLAS_COMPUTE_32F_FAST_TF32, or CUBLAS_COMPUTE_32F
 // on a handle in CUBLAS_TF32_TENSOR_OP_MATH, rounded to tf32: 10 mantissa bits, round to nearest even), products
-// are summed in double (four partial sums over l, a fixed order), then alpha * sum + beta * C is rounded once to
+// are summed in double (two partial sums over even and odd l, a fixed order), then alpha * sum + beta * C is rounded once to
 // float (and to bf16, nearest even, for a bf16 C). beta == 0 means C is not read, so NaN poison in C does not propagate.
 
 #include <chrono>
@@ -137,24 +137,33 @@ float load(const void *p, cudaDataType t, size_t i, bool tf32) {
     return tf32 ? to_tf32(v) : v;
 }
 
-// Sum of x[l] y[l] in double: four partial sums, always in this order. Not instrumented by the sanitizers: it
-// reads only the emulator's own gathered rows (the reads of device memory, in compute(), are), and it is where an
-// emulated GEMM spends its time.
-__attribute__((no_sanitize("address", "undefined"))) double dot(const float *x, const float *y, int k) {
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+// out[c] = sum over l of x[l] y_c[l], in double, for four rows y_0..y_3 at once (x is loaded once for the four):
+// two partial sums per row (even and odd l, the two lanes of a v2d), always combined in the same order. Not
+// instrumented by the sanitizers: it reads only the emulator's own gathered rows (the reads of device memory, in
+// compute(), are), and it is where an emulated GEMM spends its time.
+typedef double v2d __attribute__((vector_size(16)));
+
+__attribute__((no_sanitize("address", "undefined"))) void dot4(const float *x, const float *const y[4], int k,
+                                                                double out[4]) {
+    const float *y0 = y[0], *y1 = y[1], *y2 = y[2], *y3 = y[3];
+    v2d s0 = {0, 0}, s1 = {0, 0}, s2 = {0, 0}, s3 = {0, 0};
     int l = 0;
-    for (; l + 4 <= k; l += 4) {
-        s0 += (double)x[l] * (double)y[l];
-        s1 += (double)x[l + 1] * (double)y[l + 1];
-        s2 += (double)x[l + 2] * (double)y[l + 2];
-        s3 += (double)x[l + 3] * (double)y[l + 3];
+    for (; l + 2 <= k; l += 2) {
+        const v2d u = {x[l], x[l + 1]};
+        s0 += u * (v2d){y0[l], y0[l + 1]};
+        s1 += u * (v2d){y1[l], y1[l + 1]};
+        s2 += u * (v2d){y2[l], y2[l + 1]};
+        s3 += u * (v2d){y3[l], y3[l + 1]};
     }
-    for (; l < k; l++) s0 += (double)x[l] * (double)y[l];
-    return (s0 + s1) + (s2 + s3);
+    if (l < k) {
+        const double u = x[l];
+        s0[0] += u * y0[l], s1[0] += u * y1[l], s2[0] += u * y2[l], s3[0] += u * y3[l];
+    }
+    out[0] = s0[0] + s0[1], out[1] = s1[0] + s1[1], out[2] = s2[0] + s2[1], out[3] = s3[0] + s3[1];
 }
 
 // Per batch: op(A) gathered into m x k rows and op(B) into n x k rows (each element read once, by the index
-// formula at the top of this file), then every C(i, j) is a dot product of two rows, summed in double.
+// formula at the top of this file), then every C(i, j) is a dot product of two rows, summed in double (dot4).
 void compute(const Gemm &g) {
     std::vector<float> a((size_t)g.m * g.k), b((size_t)g.n * g.k);
     for (int bt = 0; bt < g.batch; bt++) {
@@ -167,16 +176,20 @@ void compute(const Gemm &g) {
         for (int j = 0; j < g.n; j++)
             for (int l = 0; l < g.k; l++)
                 b[(size_t)j * g.k + l] = load(B, g.at, g.tb == CUBLAS_OP_N ? (size_t)l + (size_t)j * g.ldb : (size_t)j + (size_t)l * g.ldb, g.tf32);
-        for (int j = 0; j < g.n; j++) {
-            const float *bj = b.data() + (size_t)j * g.k;
+        for (int j0 = 0; j0 < g.n; j0 += 4) { // four columns of C at a time; a short last group repeats a column
+            const float *y[4];
+            for (int c = 0; c < 4; c++) y[c] = b.data() + (size_t)(j0 + c < g.n ? j0 + c : j0) * g.k;
             for (int i = 0; i < g.m; i++) {
-                double sum = dot(a.data() + (size_t)i * g.k, bj, g.k);
-                size_t ic = (size_t)i + (size_t)j * g.ldc;
-                double r = (double)g.alpha * sum;
-                if (g.beta != 0.0f) r += (double)g.beta * (double)load(C, g.ct, ic, false);
-                float f = (float)r;
-                if (g.ct == CUDA_R_16BF) ((unsigned short *)C)[ic] = tbert_emu_f32_to_bf16_bits(f);
-                else ((float *)C)[ic] = f;
+                double sum[4];
+                dot4(a.data() + (size_t)i * g.k, y, g.k, sum);
+                for (int c = 0; c < 4 && j0 + c < g.n; c++) {
+                    size_t ic = (size_t)i + (size_t)(j0 + c) * g.ldc;
+                    double r = (double)g.alpha * sum[c];
+                    if (g.beta != 0.0f) r += (double)g.beta * (double)load(C, g.ct, ic, false);
+                    float f = (float)r;
+                    if (g.ct == CUDA_R_16BF) ((unsigned short *)C)[ic] = tbert_emu_f32_to_bf16_bits(f);
+                    else ((float *)C)[ic] = f;
+                }
             }
         }
     }
