@@ -606,12 +606,13 @@ static void conn_close(int fd) {
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     char buf[4096];
     size_t total = 0;
+    double until = tbert_now() + 2;
     for (;;) {
         ssize_t r = recv(fd, buf, sizeof buf, 0);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) break;
         total += (size_t)r;
-        if (total > 65536) break;
+        if (total > 65536 || tbert_now() > until) break; /* at most 64 KB and 2 s */
     }
     close(fd);
 }
