@@ -283,9 +283,14 @@ tbert_status serve_score(serve_ctx *s, const char *raw, size_t len, bool truncat
     s->in_flight++;
     pthread_mutex_unlock(&s->mu);
 
+    /* our own header names (forged, or from an earlier pass) are never evidence */
+    size_t clen = 0;
+    char *clean = serve_rewrite_message(raw, len, "", false, &clen);
     tbert_message m;
     tbert_mail_doc md = {0};
-    tbert_status st = tbert_message_parse(raw, len, "message", &m, err);
+    tbert_status st = clean ? tbert_message_parse(clean, clen, "message", &m, err)
+                            : tbert_fail(err, TBERT_E_NOMEM, "serve: out of memory");
+    free(clean);
     if (!st) {
         st = tbert_mail_document(&m, &md, err);
         tbert_message_free(&m);

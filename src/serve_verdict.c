@@ -42,7 +42,8 @@ const char *serve_symbol_name(int symbol) {
 size_t serve_our_headers(const serve_result *r, const char *version, char *out, size_t cap) {
     char sc[16], stars[64];
     serve_format_score(r->score, r->spam, sc);
-    int n = r->score >= 1 ? (int)floor(r->score) : 0;
+    double shown = strtod(sc, NULL); /* the stars agree with the score as printed */
+    int n = shown >= 1 ? (int)floor(shown) : 0;
     if (n > (int)SERVE_SCORE_CAP) n = (int)SERVE_SCORE_CAP;
     memset(stars, '*', (size_t)n);
     stars[n] = '\0';

@@ -19,33 +19,8 @@
 #     hang, and the server still answers; SIGHUP under load swaps the head without a failed request;
 #     SIGTERM drains and exits 0;
 #   - HTTP: POST /score gives the same p and score, /health, /metrics counts, /learn, 404/405.
-set -u
-BIN=${TBERT_BIN:?TBERT_BIN not set}
-TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
-PY=${TBERT_PYTHON:-python3}
-MODEL=$TESTS/models/bert_tiny_shape
-D=$TESTS/data/mail
-for tool in spamc curl; do
-    command -v $tool > /dev/null || { echo "FAIL $tool is not installed (scripts/install-deps.sh installs it)"; exit 1; }
-done
-W=$(mktemp -d /tmp/tbert_serve_spamd.XXXXXX)
-SERVER=
-cleanup() { [ -n "$SERVER" ] && kill -KILL "$SERVER" 2> /dev/null; rm -rf "$W"; }
-trap cleanup EXIT
-export TBERT_CACHE=$W/cache
-fails=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
-
-# ---- a head on the committed messages (8 ham, 8 spam)
-HAM=("$D/alternative.eml" "$D/crlf.eml" "$D/html_only.eml" "$D/nested.eml" "$D/qp_latin1.eml" "$D/rfc2047.eml" "$D/maildir")
-SPAM=("$D/attachment_only.eml" "$D/bad_bytes.eml" "$D/cp1252_8bit.eml" "$D/shift_jis.eml" "$D/utf8_base64.eml" "$D/three.mbox")
-train() { # train OUT SEED
-    "$BIN" train --model "$MODEL" --ham "${HAM[@]}" --spam "${SPAM[@]}" --out "$1" --max-len 32 --lexical-dim 512 \
-        --epochs 30 --seed "$2" --quiet > "$W/train.log" 2>&1 || { cat "$W/train.log"; echo "FAIL tbert train"; exit 1; }
-}
+SERVE_TOOLS=(spamc curl)
+. "$(dirname "$0")/serve_common.sh"
 train "$W/head" 42
 THR=$("$PY" -c "import json,sys; print(repr(json.load(open(sys.argv[1]))['threshold']))" "$W/head/metrics.json")
 HEAD_ID=$(sha256sum "$W/head/best.safetensors" | cut -c1-16)
@@ -54,26 +29,11 @@ MSGS=("$D"/*.eml "$D/maildir/cur/1000.a:2,S" "$D/maildir/new/1001.b")
 check "reference scores from tbert score" [ "$(wc -l < "$W/ref.jsonl")" -eq ${#MSGS[@]} ]
 
 # ---- the server
-start_server() { # start_server LOG ARGS...: sets SERVER, waits for its "listening on" lines
-    local log=$1; shift
-    "$BIN" serve --model "$MODEL" --head "$W/head" "$@" 2> "$log" &
-    SERVER=$!
-    for _ in $(seq 1 300); do
-        local want=0 have=0
-        for a in "$@"; do case $a in --spamd | --http | --milter) want=$((want + 1)) ;; esac; done
-        have=$(grep -c "listening on" "$log")
-        [ "$have" -ge "$want" ] && return 0
-        kill -0 "$SERVER" 2> /dev/null || { cat "$log"; return 1; }
-        sleep 0.1
-    done
-    cat "$log"
-    return 1
-}
 LOG=$W/serve.log
 start_server "$LOG" --spamd 127.0.0.1:0 --http 127.0.0.1:0 --timeout 2 || { echo "FAIL tbert serve did not start"; exit 1; }
 PORT=$(sed -n 's/.*listening on spamd 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$LOG")
 HPORT=$(sed -n 's/.*listening on http 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$LOG")
-check "listening lines name the ports ($PORT, $HPORT)" [ -n "$PORT" ] && [ -n "$HPORT" ] && [ "$PORT" -gt 0 ]
+check "listening lines name the ports ($PORT, $HPORT)" [ "${PORT:-0}" -gt 0 -a "${HPORT:-0}" -gt 0 ]
 
 # expected "score/5.0" (one decimal; a ham never reaches 5.0), from p and the threshold
 expect() { # expect P LABEL
@@ -124,7 +84,7 @@ for i in "${!MSGS[@]}"; do
         bad_h=$((bad_h + 1))
     fi
 done
-check "both verdicts occur ($n_spam spam, $n_ham ham)" [ "$n_spam" -ge 3 ] && [ "$n_ham" -ge 3 ]
+check "both verdicts occur ($n_spam spam, $n_ham ham)" [ "$n_spam" -ge 3 -a "$n_ham" -ge 3 ]
 check "spamc -c: score = 5 + logit(p) - logit(t) (+-0.05) and exit status = label, ${#MSGS[@]} messages" [ $bad_c -eq 0 ]
 check "spamc -y: TBERT_SPAM/TBERT_HAM = label" [ $bad_y -eq 0 ]
 check "spamc -R: score line, p, threshold and head id" [ $bad_r -eq 0 ]
@@ -218,7 +178,7 @@ cp "$W/head_b/best.safetensors" "$W/head/best.safetensors.new" && mv "$W/head/be
 kill -HUP "$SERVER"
 wait $LOADER
 read -r ok bad < "$W/load.txt"
-check "SIGHUP under load: 60 requests, $bad failed" [ "$bad" -eq 0 ] && [ "$ok" -eq 60 ]
+check "SIGHUP under load: 60 requests, $bad failed" [ "$bad" -eq 0 -a "$ok" -eq 60 ]
 NEW_ID=$(sha256sum "$W/head_b/best.safetensors" | cut -c1-16)
 for _ in $(seq 1 50); do grep -q "reloaded: head $NEW_ID" "$LOG" && break; sleep 0.1; done
 spamc -d 127.0.0.1 -p "$PORT" -R < "$D/crlf.eml" > "$W/report_b.txt"
@@ -234,7 +194,7 @@ check "SIGTERM: 'drained' logged" grep -q "drained; exiting" "$LOG"
 
 # ---- usage errors
 "$BIN" serve --head "$W/head" 2> "$W/e1"
-check "no listener: exit 2 with one line" [ $? -eq 2 ] && [ "$(wc -l < "$W/e1")" -eq 1 ]
+check "no listener: exit 2 with one line" [ $? -eq 2 -a "$(wc -l < "$W/e1")" -eq 1 ]
 "$BIN" serve --head "$W/head" --spamd 127.0.0.1:0 --allow 10.0.0.0/33 2> /dev/null
 check "bad --allow: exit 2" [ $? -eq 2 ]
 "$BIN" serve --model "$MODEL" --head "$W/nonexistent" --spamd 127.0.0.1:0 2> /dev/null
