@@ -42,3 +42,7 @@ start_server() { # start_server LOG ARGS...: sets SERVER, waits for its "listeni
     cat "$log"
     return 1
 }
+
+log_clean() { # log_clean LOG...: no sanitizer report (ASan/UBSan/LSan builds) in the server's logs
+    ! grep -h -A5 -E "Sanitizer|runtime error:" "$@"
+}

@@ -202,5 +202,6 @@ check "missing head: exit 2" [ $? -eq 2 ]
 "$BIN" serve --help | grep -q -- "--max-connections"
 check "--help lists the options" [ $? -eq 0 ]
 
+check "no sanitizer report in the server logs" log_clean "$LOG"
 echo "$fails failure(s)"
 [ $fails -eq 0 ]
