@@ -11,6 +11,8 @@
  * to the batcher, which swaps it in between two batches; requests in flight finish on the old one. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <fcntl.h>
 #include <glib.h>
 #include <math.h>
@@ -774,6 +776,25 @@ static void do_reload(serve_ctx *s) {
     slog(s, "reloaded: head %s (%.2f s)", nm->head_id, tbert_now() - t0);
 }
 
+/* --user: the listeners are bound (ports below 1024 need root), the model is loaded; from here on the
+ * process (all its threads: glibc applies setuid to every thread) and the milter child run as the user. The
+ * unix sockets and the private folder become the user's so that it can remove them at exit. */
+static tbert_status drop_privileges(serve_ctx *s, const char *user, const char *http_path, tbert_error *err) {
+    struct passwd *pw = getpwnam(user);
+    if (!pw) return tbert_fail(err, TBERT_E_ARG, "serve: --user %s: no such user", user);
+    const char *paths[] = {s->unix_spamd_path[0] ? s->unix_spamd_path : NULL, http_path,
+                           s->internal_path[0] ? s->internal_path : NULL, s->tmpdir[0] ? s->tmpdir : NULL};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        if (paths[i] && chown(paths[i], pw->pw_uid, pw->pw_gid) != 0)
+            return tbert_fail(err, TBERT_E_IO, "serve: --user %s: cannot hand %s over: %s", user, paths[i], strerror(errno));
+    if (initgroups(pw->pw_name, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0)
+        return tbert_fail(err, TBERT_E_IO, "serve: --user %s: cannot switch to it: %s", user, strerror(errno));
+    if (pw->pw_uid != 0 && (setuid(0) == 0 || geteuid() == 0))
+        return tbert_fail(err, TBERT_E_INTERNAL, "serve: --user %s: root privileges could be regained", user);
+    slog(s, "running as user %s (uid %d)", pw->pw_name, (int)pw->pw_uid);
+    return TBERT_OK;
+}
+
 tbert_status serve_run(const serve_opts *o, tbert_error *err) {
     /* signals first: every thread started from here on (encoder threads too) inherits the mask */
     sigset_t set;
@@ -822,6 +843,7 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
         }
     }
     if (!st && o->http) st = serve_listen(o->http, o->socket_mode, 512, &http_fd, name, sizeof name, err);
+    if (!st && o->user) st = drop_privileges(s, o->user, http_fd >= 0 && o->http && !strncmp(o->http, "unix:", 5) ? o->http + 5 : NULL, err);
     if (!st) {
         if (pthread_create(&batcher, NULL, batcher_main, s) != 0) st = tbert_fail(err, TBERT_E_NOMEM, "serve: cannot start the batcher");
         else batcher_on = true;

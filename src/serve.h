@@ -50,6 +50,7 @@ typedef struct {
     double reject_above, quarantine_above; /* milter: P above which to reject / quarantine; > 1 = off */
     int socket_mode;                       /* unix sockets' mode (default 0660) */
     bool syslog;                           /* log to syslog (facility mail) as well as stderr */
+    const char *user;                      /* --user: drop to this user once the listeners are bound */
     const char *exe;                       /* this binary, for the milter child (default /proc/self/exe) */
 } serve_opts;
 

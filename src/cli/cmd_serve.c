@@ -20,8 +20,8 @@ static void usage(FILE *f) {
             "  --spamd ADDR            SpamAssassin's spamd protocol (spamc, Exim spamd_address): CHECK, SYMBOLS,\n"
             "                          REPORT, REPORT_IFSPAM, PROCESS, HEADERS, PING, SKIP, TELL. spamc -u USER is\n"
             "                          accepted and ignored: one global head answers every user\n"
-            "  --milter ADDR           milter for Postfix/Sendmail (a child process owns libmilter; needs a fixed\n"
-            "                          port or unix:PATH)\n"
+            "  --milter ADDR           milter for Postfix/Sendmail (a child process owns libmilter; unix:PATH, or\n"
+            "                          a loopback HOST:PORT with a fixed port: libmilter cannot filter peers)\n"
             "  --http ADDR             HTTP/JSON: POST /score, POST /learn?class=spam|ham, GET /health, GET /metrics\n"
             "\n"
             "model:\n"
@@ -49,6 +49,8 @@ static void usage(FILE *f) {
             "                          must arrive within 4 x S\n"
             "  --socket-mode OCTAL     mode of unix sockets (default 660)\n"
             "  --syslog                log to syslog (facility mail) too\n"
+            "  --user NAME             once the listeners are bound, run as NAME (the head folder must be\n"
+            "                          readable by NAME for reloads, writable for learned.jsonl)\n"
             "\n"
             "signals: SIGHUP reloads the model and the head (new connections are never dropped; requests in\n"
             "flight finish on the old head); SIGTERM or SIGINT stops accepting, drains and exits 0.\n"
@@ -78,7 +80,7 @@ static bool parse_allow(serve_opts *o, const char *arg) {
 int cmd_serve(int argc, char **argv) {
     enum {
         O_HEAD = 256, O_MODEL, O_DEVICE, O_THREADS, O_SPAMD, O_MILTER, O_HTTP, O_ALLOW, O_MAXCONN, O_MAXMSG, O_TIMEOUT,
-        O_BATCH, O_WINDOW, O_UNSURE, O_REJECT, O_QUAR, O_SOCKMODE, O_SYSLOG, O_HELP, O_CHILD, O_UPSTREAM
+        O_BATCH, O_WINDOW, O_UNSURE, O_REJECT, O_QUAR, O_SOCKMODE, O_SYSLOG, O_USER, O_HELP, O_CHILD, O_UPSTREAM
     };
     static const struct option longopts[] = {
         {"head", required_argument, NULL, O_HEAD},
@@ -99,6 +101,7 @@ int cmd_serve(int argc, char **argv) {
         {"milter-quarantine-above", required_argument, NULL, O_QUAR},
         {"socket-mode", required_argument, NULL, O_SOCKMODE},
         {"syslog", no_argument, NULL, O_SYSLOG},
+        {"user", required_argument, NULL, O_USER},
         {"help", no_argument, NULL, O_HELP},
         {"milter-child", required_argument, NULL, O_CHILD},       /* internal: serve.c starts it */
         {"milter-upstream", required_argument, NULL, O_UPSTREAM}, /* internal */
@@ -178,6 +181,7 @@ int cmd_serve(int argc, char **argv) {
             break;
         }
         case O_SYSLOG: o.syslog = true; break;
+        case O_USER: o.user = optarg; break;
         case O_HELP: usage(stdout); return CLI_OK;
         case O_CHILD: child = optarg; break;
         case O_UPSTREAM: upstream = optarg; break;
@@ -196,6 +200,12 @@ int cmd_serve(int argc, char **argv) {
         const char *colon = strrchr(o.milter, ':');
         if (!colon || !colon[1] || !strcmp(colon + 1, "0"))
             return cli_usage_error(CMD, "--milter %s: needs HOST:PORT with a fixed port, or unix:PATH", o.milter);
+        size_t hl = (size_t)(colon - o.milter);
+        bool loop = hl == 0 || (hl == 9 && !strncmp(o.milter, "localhost", 9)) || !strncmp(o.milter, "127.", 4) ||
+                    (hl == 5 && !strncmp(o.milter, "[::1]", 5));
+        if (!loop)
+            return cli_usage_error(CMD, "--milter %s: libmilter accepts any peer, so a TCP milter listens on loopback only "
+                                        "(127.0.0.1:PORT, [::1]:PORT) or use unix:PATH", o.milter);
     }
     tbert_error err;
     if (serve_run(&o, &err) != TBERT_OK) return cli_report(&err);
