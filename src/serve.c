@@ -145,6 +145,7 @@ struct serve_ctx {
     uint64_t lat_hist[N_LAT + 1], batch_hist[N_BATCH + 1], batches, batch_docs;
     double lat_sum;
     /* listeners */
+    request **batch_rq; /* the batcher's list of the requests in its batch */
     int spamd_fd, internal_fd, wake[2];
     char spamd_name[512], internal_path[256], tmpdir[128];
     char unix_spamd_path[512];
@@ -206,7 +207,7 @@ static void run_batch(serve_model *m, request **rq, int k) {
 
 static void *batcher_main(void *arg) {
     serve_ctx *s = arg;
-    request **rq = tbert_malloc_array((size_t)s->o.batch, sizeof *rq);
+    request **rq = s->batch_rq;
     pthread_mutex_lock(&s->mu);
     for (;;) {
         if (s->pending) { /* reload: swap between two batches */
@@ -235,7 +236,7 @@ static void *batcher_main(void *arg) {
                 if (pthread_cond_timedwait(&s->batch_cv, &s->mu, &dl) == ETIMEDOUT) break;
         }
         int k = 0;
-        while (s->q_head && k < s->o.batch && rq) {
+        while (s->q_head && k < s->o.batch) {
             rq[k++] = s->q_head;
             s->q_head = s->q_head->next;
             s->q_n--;
@@ -243,9 +244,6 @@ static void *batcher_main(void *arg) {
         if (!s->q_head) s->q_tail = NULL;
         serve_model *m = s->cur;
         pthread_mutex_unlock(&s->mu);
-        if (!rq) { /* could not allocate the batch list: fail this request, keep going */
-            break;
-        }
         run_batch(m, rq, k);
         pthread_mutex_lock(&s->mu);
         s->batches++;
@@ -258,7 +256,7 @@ static void *batcher_main(void *arg) {
             pthread_cond_signal(&rq[i]->cv);
         }
     }
-    /* anything still queued (only when stopping with requests queued, or without memory) fails */
+    /* anything still queued when stopping fails */
     for (request *r = s->q_head; r; r = r->next) {
         r->st = tbert_fail(&r->err, TBERT_E_INTERNAL, "serve: shutting down");
         r->done = true;
@@ -267,7 +265,6 @@ static void *batcher_main(void *arg) {
     s->q_head = s->q_tail = NULL;
     s->q_n = 0;
     pthread_mutex_unlock(&s->mu);
-    free(rq);
     return NULL;
 }
 
@@ -752,6 +749,19 @@ static void raise_nofile(serve_ctx *s, rlim_t need) {
              (unsigned long long)want, (unsigned long long)need);
 }
 
+/* VmRSS and VmHWM (peak) of this process in MiB, from /proc/self/status; -1 when unknown. */
+static void memory_mib(long *rss, long *hwm) {
+    *rss = *hwm = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return;
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "VmRSS:", 6)) *rss = strtol(line + 6, NULL, 10) / 1024;
+        if (!strncmp(line, "VmHWM:", 6)) *hwm = strtol(line + 6, NULL, 10) / 1024;
+    }
+    fclose(f);
+}
+
 static void do_reload(serve_ctx *s) {
     double t0 = tbert_now();
     slog(s, "SIGHUP: reloading the model and the head");
@@ -773,7 +783,10 @@ static void do_reload(serve_ctx *s) {
     pthread_cond_broadcast(&s->batch_cv);
     pthread_mutex_unlock(&s->mu);
     model_free(stale);
-    slog(s, "reloaded: head %s (%.2f s)", nm->head_id, tbert_now() - t0);
+    long rss, hwm;
+    memory_mib(&rss, &hwm);
+    slog(s, "reloaded: head %s (%.2f s; resident %ld MiB, peak so far %ld MiB: old and new model side by side)",
+         nm->head_id, tbert_now() - t0, rss, hwm);
 }
 
 /* --user: the listeners are bound (ports below 1024 need root), the model is loaded; from here on the
@@ -818,12 +831,19 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
 
     double t0 = tbert_now();
     tbert_status st = model_load(&s->o, &s->cur, err);
-    if (!st) slog(s, "loaded head %s (threshold %.4f) in %.2f s", s->cur->head_id, s->cur->threshold, tbert_now() - t0);
+    if (!st) {
+        long rss, hwm;
+        memory_mib(&rss, &hwm);
+        slog(s, "loaded head %s (threshold %.4f) in %.2f s; resident %ld MiB", s->cur->head_id, s->cur->threshold,
+             tbert_now() - t0, rss);
+    }
     serve_http *http = NULL;
     int http_fd = -1;
     char name[512];
     pthread_t batcher, acceptor;
     bool batcher_on = false, acceptor_on = false;
+    if (!st && !(s->batch_rq = tbert_malloc_array((size_t)o->batch, sizeof *s->batch_rq)))
+        st = tbert_fail(err, TBERT_E_NOMEM, "serve: out of memory");
     if (!st && pipe2(s->wake, O_CLOEXEC) != 0) st = tbert_fail(err, TBERT_E_IO, "serve: pipe: %s", strerror(errno));
     if (!st && o->spamd) {
         st = serve_listen(o->spamd, o->socket_mode, 512, &s->spamd_fd, s->spamd_name, sizeof s->spamd_name, err);
@@ -945,6 +965,7 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->batch_cv);
         pthread_cond_destroy(&s->conn_cv);
+        free(s->batch_rq);
         free(s);
     }
     return st;

@@ -115,7 +115,7 @@ if not closed:
         closed = False
 el = time.time() - t0
 s.close()
-check("a trickling client is closed after %.1f s (limit 4 x %g s + slack)" % (el, TIMEOUT), closed and el <= 4 * TIMEOUT + 5)
+check("a trickling client is closed after %.1f s (limit 4 x %g s + 2 s closing + 6 s slack)" % (el, TIMEOUT), closed and el <= 4 * TIMEOUT + 8)
 
 # many clients at once
 socks = []

@@ -192,16 +192,34 @@ SERVER=
 check "SIGTERM: exit status 0" [ $rc -eq 0 ]
 check "SIGTERM: 'drained' logged" grep -q "drained; exiting" "$LOG"
 
+# ---- --user (as root only): the process runs as nobody once the socket is bound, and still answers
+if [ "$(id -u)" = 0 ] && id nobody > /dev/null 2>&1; then
+    chmod 711 "$W"
+    mkdir -m 777 "$W/u"
+    start_server "$W/user.log" --spamd "unix:$W/u/spamd.sock" --user nobody || { echo "FAIL --user nobody did not start"; exit 1; }
+    check "--user nobody: the server runs as nobody" [ "$(ps -o user= -p "$SERVER" | tr -d ' ')" = nobody ]
+    check "--user nobody: the socket is nobody's" [ "$(stat -c %U "$W/u/spamd.sock")" = nobody ]
+    check "--user nobody: spamc -U gets an answer" [ -n "$(spamc -U "$W/u/spamd.sock" -c < "$D/crlf.eml")" ]
+    kill -TERM "$SERVER"; wait "$SERVER"; SERVER=
+    check "--user nobody: the socket is removed at exit" [ ! -e "$W/u/spamd.sock" ]
+else
+    echo "     --user not checked: needs root and a user 'nobody'"
+fi
+
 # ---- usage errors
 "$BIN" serve --head "$W/head" 2> "$W/e1"
 check "no listener: exit 2 with one line" [ $? -eq 2 -a "$(wc -l < "$W/e1")" -eq 1 ]
 "$BIN" serve --head "$W/head" --spamd 127.0.0.1:0 --allow 10.0.0.0/33 2> /dev/null
 check "bad --allow: exit 2" [ $? -eq 2 ]
+"$BIN" serve --head "$W/head" --milter 192.0.2.1:8891 2> /dev/null
+check "a TCP milter off loopback: exit 2" [ $? -eq 2 ]
+"$BIN" serve --head "$W/head" --spamd 127.0.0.1:0 --user no-such-user-tbert --model "$MODEL" 2> "$W/e2"
+check "--user with an unknown user: exit 2" [ $? -eq 2 ]
 "$BIN" serve --model "$MODEL" --head "$W/nonexistent" --spamd 127.0.0.1:0 2> /dev/null
 check "missing head: exit 2" [ $? -eq 2 ]
 "$BIN" serve --help | grep -q -- "--max-connections"
 check "--help lists the options" [ $? -eq 0 ]
 
-check "no sanitizer report in the server logs" log_clean "$LOG"
+check "no sanitizer report in the server logs" log_clean "$W"/*.log
 echo "$fails failure(s)"
 [ $fails -eq 0 ]
