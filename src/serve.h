@@ -125,6 +125,18 @@ bool serve_parse_cidr(const char *s, serve_cidr *c);
 bool serve_write_all(int fd, const void *buf, size_t n);
 
 /* ---- protocols ---------------------------------------------------------------------------------- */
+/* A spamd request's line and headers. */
+typedef struct {
+    int verb; /* index into CHECK SYMBOLS REPORT REPORT_IFSPAM PROCESS HEADERS PING SKIP TELL MILTER */
+    int vmaj, vmin;
+    long long clen; /* Content-length (>= 0 after a successful parse, except PING/SKIP: -1) */
+    bool zlib, set_local, remove_local;
+    char klass[8]; /* TELL Message-class: "spam", "ham" or "" */
+} spamd_request;
+/* Parses the head of a spamd request held in memory (what serve_spamd_conn reads from a socket; the fuzz
+ * target): 0 = a request, > 0 = the sysexits code of the protocol error (*why names it), -1 = the input ended
+ * first, -2 = out of memory. */
+int serve_spamd_parse(const char *buf, size_t n, spamd_request *q, const char **why);
 /* One spamd connection, from its first byte to its close (the caller closes fd). internal: the milter child's
  * connection on the private socket (it may use the MILTER command). */
 void serve_spamd_conn(serve_ctx *s, int fd, bool internal);

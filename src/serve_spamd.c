@@ -39,7 +39,9 @@ enum {
 };
 
 typedef struct {
-    int fd;
+    int fd;               /* -1: read from mem (serve_spamd_parse, the fuzz target) */
+    const char *mem;
+    size_t mem_len;
     double deadline;
     char buf[16384];
     size_t pos, len;
@@ -48,6 +50,19 @@ typedef struct {
 
 static bool fill(reader *r) {
     if (r->failed) return false;
+    if (r->fd < 0) {
+        size_t k = r->mem_len < sizeof r->buf ? r->mem_len : sizeof r->buf;
+        if (!k) {
+            r->failed = true;
+            return false;
+        }
+        memcpy(r->buf, r->mem, k);
+        r->mem += k;
+        r->mem_len -= k;
+        r->pos = 0;
+        r->len = k;
+        return true;
+    }
     if (tbert_now() > r->deadline) {
         r->failed = true;
         return false;
@@ -146,6 +161,111 @@ static char *inflate_body(const char *z, size_t zlen, size_t cap, size_t *out_le
     return o;
 }
 
+
+enum { V_CHECK, V_SYMBOLS, V_REPORT, V_REPORT_IFSPAM, V_PROCESS, V_HEADERS, V_PING, V_SKIP, V_TELL, V_MILTER, V_N };
+static const char *const VERBS[V_N] = {"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS",
+                                       "HEADERS", "PING", "SKIP", "TELL", "MILTER"};
+
+/* The request line and headers. 0: a request (q filled; PING and SKIP stop after the request line);
+ * > 0: the sysexits code to answer with, *why says what was wrong; -1: the input ended or timed out before
+ * a request line (*why: NULL when nothing at all came). line: a buffer of SERVE_MAX_HEADER_LINE bytes. */
+static int parse_head(reader *r, char *line, spamd_request *q, const char **why) {
+    memset(q, 0, sizeof *q);
+    q->clen = -1;
+    size_t n = 0;
+    int lr = read_line(r, line, SERVE_MAX_HEADER_LINE, &n);
+    if (lr == 0) {
+        *why = "request line too long";
+        return EX_PROTOCOL_;
+    }
+    if (lr < 0) {
+        *why = n > 0 ? "no request line" : NULL;
+        return -1;
+    }
+    char verb[32];
+    if (sscanf(line, "%31s SPAMC/%d.%d", verb, &q->vmaj, &q->vmin) != 3 || q->vmaj != 1) {
+        *why = "bad request line (expected VERB SPAMC/1.x)";
+        return EX_PROTOCOL_;
+    }
+    q->verb = 0;
+    while (q->verb < V_N && strcmp(verb, VERBS[q->verb])) q->verb++;
+    if (q->verb == V_N) {
+        *why = "unknown command";
+        return EX_PROTOCOL_;
+    }
+    if (q->verb == V_PING || q->verb == V_SKIP) return 0;
+    int nh = 0;
+    for (;;) {
+        lr = read_line(r, line, SERVE_MAX_HEADER_LINE, &n);
+        if (lr == 0) {
+            *why = "header line too long";
+            return EX_PROTOCOL_;
+        }
+        if (lr < 0) {
+            *why = "request ended inside its headers";
+            return -1;
+        }
+        if (n == 0) break;
+        if (++nh > SERVE_MAX_HEADERS) {
+            *why = "too many headers";
+            return EX_PROTOCOL_;
+        }
+        const char *val;
+        if (header_is(line, "Content-length", &val)) {
+            char *end;
+            errno = 0;
+            long long x = strtoll(val, &end, 10);
+            while (*end == ' ' || *end == '\t') end++;
+            if (end == val || *end || errno || x < 0) {
+                *why = "bad Content-length";
+                return EX_PROTOCOL_;
+            }
+            q->clen = x;
+        } else if (header_is(line, "Compress", &val)) {
+            if (strcasecmp(val, "zlib")) {
+                *why = "unknown Compress value";
+                return EX_PROTOCOL_;
+            }
+            q->zlib = true;
+        } else if (header_is(line, "Message-class", &val)) {
+            if (!strcasecmp(val, "spam")) strcpy(q->klass, "spam");
+            else if (!strcasecmp(val, "ham")) strcpy(q->klass, "ham");
+            else {
+                *why = "Message-class must be spam or ham";
+                return EX_PROTOCOL_;
+            }
+        } else if (header_is(line, "Set", &val)) {
+            q->set_local = strstr(val, "local") != NULL;
+        } else if (header_is(line, "Remove", &val)) {
+            q->remove_local = strstr(val, "local") != NULL;
+        } /* User and anything else: ignored (one global head) */
+    }
+    if (q->clen < 0) {
+        *why = "missing Content-length";
+        return EX_PROTOCOL_;
+    }
+    if (q->verb == V_TELL && (!(q->set_local || q->remove_local) || (q->set_local && !q->klass[0]))) {
+        *why = "TELL needs Message-class and Set: local, or Remove: local";
+        return EX_PROTOCOL_;
+    }
+    return 0;
+}
+
+int serve_spamd_parse(const char *buf, size_t n, spamd_request *q, const char **why) {
+    reader *r = calloc(1, sizeof *r);
+    char *line = malloc(SERVE_MAX_HEADER_LINE);
+    int code = -2;
+    if (r && line) {
+        r->fd = -1;
+        r->mem = buf;
+        r->mem_len = n;
+        code = parse_head(r, line, q, why);
+    }
+    free(line);
+    free(r);
+    return code;
+}
+
 void serve_spamd_conn(serve_ctx *s, int fd, bool internal) {
     const serve_opts *o = serve_options(s);
     const char *proto = internal ? "milter" : "spamd";
@@ -160,92 +280,31 @@ void serve_spamd_conn(serve_ctx *s, int fd, bool internal) {
     r->fd = fd;
     r->deadline = tbert_now() + 4.0 * o->timeout_s;
 
-    size_t n;
-    int lr = read_line(r, line, SERVE_MAX_HEADER_LINE, &n);
-    if (lr <= 0) {
-        if (lr == 0) reply_error(fd, EX_PROTOCOL_, "EX_PROTOCOL request line too long");
-        if (lr == 0 || n > 0) serve_protocol_error(s, proto, lr == 0 ? "request line too long" : "no request line");
+    spamd_request q;
+    const char *why = NULL;
+    int code = parse_head(r, line, &q, &why);
+    if (code < 0) { /* the client sent nothing at all, or left: nothing to answer */
+        if (why) serve_protocol_error(s, proto, why);
         goto done;
     }
-    char verb[32];
-    int vmaj = 0, vmin = 0;
-    if (sscanf(line, "%31s SPAMC/%d.%d", verb, &vmaj, &vmin) != 3 || vmaj != 1) {
-        reply_error(fd, EX_PROTOCOL_, "EX_PROTOCOL bad request line");
-        serve_protocol_error(s, proto, "bad request line (expected VERB SPAMC/1.x)");
+    if (code > 0 || (q.verb == V_MILTER && !internal)) {
+        char text[160];
+        snprintf(text, sizeof text, "%s %s", code == EX_TOOBIG_ ? "EX_TOOBIG" : "EX_PROTOCOL",
+                 why ? why : "unknown command");
+        reply_error(fd, code > 0 ? code : EX_PROTOCOL_, text);
+        serve_protocol_error(s, proto, why ? why : "unknown command");
         goto done;
     }
-    enum { V_CHECK, V_SYMBOLS, V_REPORT, V_REPORT_IFSPAM, V_PROCESS, V_HEADERS, V_PING, V_SKIP, V_TELL, V_MILTER, V_N };
-    static const char *const verbs[V_N] = {"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS",
-                                           "HEADERS", "PING", "SKIP", "TELL", "MILTER"};
-    int v = 0;
-    while (v < V_N && strcmp(verb, verbs[v])) v++;
-    if (v == V_N || (v == V_MILTER && !internal)) {
-        reply_error(fd, EX_PROTOCOL_, "EX_PROTOCOL unknown command");
-        serve_protocol_error(s, proto, "unknown command");
-        goto done;
-    }
-    if (v == V_PING) { /* no body; spamc >= 1.5 sends a blank line, older ones nothing: answer at once */
+    if (q.verb == V_PING) { /* no body; spamc >= 1.5 sends a blank line, older ones nothing: answer at once */
         serve_write_all(fd, "SPAMD/1.5 0 PONG\r\n", 18);
         goto done;
     }
-    if (v == V_SKIP) goto done;
-
-    /* headers */
-    long long clen = -1;
-    bool zlib = false, set_local = false, remove_local = false;
-    char klass[8] = "";
-    int nh = 0;
-    for (;;) {
-        lr = read_line(r, line, SERVE_MAX_HEADER_LINE, &n);
-        if (lr <= 0) {
-            if (lr == 0) reply_error(fd, EX_PROTOCOL_, "EX_PROTOCOL header line too long");
-            serve_protocol_error(s, proto, lr == 0 ? "header line too long" : "request ended inside its headers");
-            goto done;
-        }
-        if (n == 0) break;
-        if (++nh > SERVE_MAX_HEADERS) {
-            reply_error(fd, EX_PROTOCOL_, "EX_PROTOCOL too many headers");
-            serve_protocol_error(s, proto, "too many headers");
-            goto done;
-        }
-        const char *val;
-        if (header_is(line, "Content-length", &val)) {
-            char *end;
-            errno = 0;
-            long long x = strtoll(val, &end, 10);
-            while (*end == ' ' || *end == '\t') end++;
-            if (end == val || *end || errno || x < 0) {
-                reply_error(fd, EX_PROTOCOL_, "EX_PROTOCOL bad Content-length");
-                serve_protocol_error(s, proto, "bad Content-length");
-                goto done;
-            }
-            clen = x;
-        } else if (header_is(line, "Compress", &val)) {
-            if (strcasecmp(val, "zlib")) {
-                reply_error(fd, EX_PROTOCOL_, "EX_PROTOCOL unknown Compress");
-                serve_protocol_error(s, proto, "unknown Compress value");
-                goto done;
-            }
-            zlib = true;
-        } else if (header_is(line, "Message-class", &val)) {
-            if (!strcasecmp(val, "spam")) strcpy(klass, "spam");
-            else if (!strcasecmp(val, "ham")) strcpy(klass, "ham");
-            else {
-                reply_error(fd, EX_PROTOCOL_, "EX_PROTOCOL Message-class must be spam or ham");
-                serve_protocol_error(s, proto, "bad Message-class");
-                goto done;
-            }
-        } else if (header_is(line, "Set", &val)) {
-            set_local = strstr(val, "local") != NULL;
-        } else if (header_is(line, "Remove", &val)) {
-            remove_local = strstr(val, "local") != NULL;
-        } /* User and anything else: ignored (one global head) */
-    }
-    if (clen < 0) {
-        reply_error(fd, EX_PROTOCOL_, "EX_PROTOCOL missing Content-length");
-        serve_protocol_error(s, proto, "missing Content-length");
-        goto done;
-    }
+    if (q.verb == V_SKIP) goto done;
+    int v = q.verb;
+    long long clen = q.clen;
+    bool zlib = q.zlib, set_local = q.set_local, remove_local = q.remove_local;
+    char *klass = q.klass;
+    const char *verb = VERBS[v];
 
     /* the message: the first max_message bytes in memory */
     size_t cap = o->max_message, got, len;
@@ -316,11 +375,6 @@ void serve_spamd_conn(serve_ctx *s, int fd, bool internal) {
     msg[len] = '\0';
 
     if (v == V_TELL) {
-        if (!(set_local || remove_local) || (set_local && !klass[0])) {
-            reply_error(fd, EX_PROTOCOL_, "EX_PROTOCOL TELL needs Message-class and Set: local, or Remove: local");
-            serve_protocol_error(s, proto, "TELL without Message-class/Set/Remove");
-            goto done;
-        }
         tbert_error e;
         tbert_status st = serve_learn(s, set_local ? "learn" : "forget", klass[0] ? klass : "any", msg, len, truncated, proto,
                                       NULL, &e);
