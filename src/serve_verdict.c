@@ -98,13 +98,16 @@ char *serve_rewrite_message(const char *raw, size_t len, const char *ours, bool 
         bool cont = raw[i] == ' ' || raw[i] == '\t';
         if (!cont) {
             const char *colon = memchr(raw + i, ':', content);
-            /* a line that is no header field (no colon, or a space in the name) ends the header block:
-             * it is the body of a message without a blank line (RFC 5322 allows none for an empty body) */
-            bool field = colon && colon > raw + i;
-            for (const char *c = raw + i; field && c < colon; c++)
+            /* a line that is no header field (no colon, or a space inside the name) ends the header block:
+             * it is the body of a message without a blank line. White space between the name and the colon
+             * is the obsolete syntax RFC 5322 still reads ("Subject : x"). */
+            const char *ne = colon ? colon : raw + i;
+            while (ne > raw + i && (ne[-1] == ' ' || ne[-1] == '\t')) ne--;
+            bool field = colon && ne > raw + i;
+            for (const char *c = raw + i; field && c < ne; c++)
                 if (*c == ' ' || *c == '\t') field = false;
             if (!field && !(i == 0 && content >= 5 && !memcmp(raw, "From ", 5))) break;
-            skipping = field && serve_is_our_header(raw + i, (size_t)(colon - (raw + i)));
+            skipping = field && serve_is_our_header(raw + i, (size_t)(ne - (raw + i)));
         }
         if (!skipping) put(&o, raw + i, ll);
         if (!e) { /* header block ran to the end without a newline */

@@ -101,6 +101,8 @@ static void test_rewrite(void **state) {
         {"", false, "X-Spam-Flag: NO\nX-TBert-Spam: No\n\n"},
         {"From a@b Mon Sep  2 10:00:00 2002\nA: 1\n\nb", false, "From a@b Mon Sep  2 10:00:00 2002\nA: 1\nX-Spam-Flag: NO\nX-TBert-Spam: No\n\nb"},
         {"X-Spam-Level: ***\nX-Spam-Level: ****\n\n", false, "X-Spam-Flag: NO\nX-TBert-Spam: No\n\n"},
+        {"Subject : obsolete\nX-Spam-Flag : YES\nA: 1\n\nb", false, "Subject : obsolete\nA: 1\nX-Spam-Flag: NO\nX-TBert-Spam: No\n\nb"},
+        {"A: 1\nnot a header line\nB: 2\n", false, "A: 1\nX-Spam-Flag: NO\nX-TBert-Spam: No\n\nnot a header line\nB: 2\n"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t n;
