@@ -17,7 +17,7 @@
 #   - a 600 KB message is scored on its first 500 KB, says so, and PROCESS gives all 600 KB back;
 #   - malformed, vanishing, slow and 1,000 concurrent clients (tests/serve_abuse.py): protocol errors, no
 #     hang, and the server still answers; SIGHUP under load swaps the head without a failed request;
-#     SIGTERM drains and exits 0;
+#     SIGTERM answers the request in flight, refuses new connections, exits 0; --user (as root);
 #   - HTTP: POST /score gives the same p and score, /health, /metrics counts, /learn, 404/405.
 SERVE_TOOLS=(spamc curl)
 . "$(dirname "$0")/serve_common.sh"
@@ -184,11 +184,39 @@ for _ in $(seq 1 50); do grep -q "reloaded: head $NEW_ID" "$LOG" && break; sleep
 spamc -d 127.0.0.1 -p "$PORT" -R < "$D/crlf.eml" > "$W/report_b.txt"
 check "SIGHUP: reloaded, and REPORT names the new head $NEW_ID" grep -q "head=$NEW_ID" "$W/report_b.txt"
 
-# ---- SIGTERM: drain and exit 0
+# ---- SIGTERM: a request in flight is still answered, new connections are refused, exit 0
+"$PY" - "$PORT" "$D/crlf.eml" "$W/drain.txt" << 'EOF' &
+import socket, sys, time
+port, msg, out = int(sys.argv[1]), open(sys.argv[2], "rb").read(), sys.argv[3]
+s = socket.create_connection(("127.0.0.1", port), timeout=20)
+s.sendall(b"CHECK SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(msg) + msg[:10])
+open(out + ".started", "w").close()
+time.sleep(1.5)  # SIGTERM arrives meanwhile
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    refused = "new connection accepted"
+except OSError:
+    refused = "new connection refused"
+s.sendall(msg[10:])
+s.shutdown(socket.SHUT_WR)
+ans = b""
+while True:
+    b = s.recv(4096)
+    if not b:
+        break
+    ans += b
+open(out, "w").write(refused + "\n" + ans.decode("latin-1"))
+EOF
+DRAINER=$!
+for _ in $(seq 1 50); do [ -e "$W/drain.txt.started" ] && break; sleep 0.1; done
+sleep 0.3
 kill -TERM "$SERVER"
 wait "$SERVER"
 rc=$?
 SERVER=
+wait $DRAINER
+check "SIGTERM: the request in flight was answered" grep -q "^SPAMD/1.1 0 EX_OK" "$W/drain.txt"
+check "SIGTERM: new connections refused while draining" grep -q "^new connection refused" "$W/drain.txt"
 check "SIGTERM: exit status 0" [ $rc -eq 0 ]
 check "SIGTERM: 'drained' logged" grep -q "drained; exiting" "$LOG"
 
