@@ -46,3 +46,16 @@ start_server() { # start_server LOG ARGS...: sets SERVER, waits for its "listeni
 log_clean() { # log_clean LOG...: no sanitizer report (ASan/UBSan/LSan builds) in the server's logs
     ! grep -h -A5 -E "Sanitizer|runtime error:" "$@"
 }
+
+# From /proc, so that a minimal Debian without procps runs the tests too:
+children_of() { # children_of PID: the PIDs whose parent is PID
+    local f
+    for f in /proc/[0-9]*/stat; do
+        awk -v p="$1" '{ sub(/^.*\) /, ""); if ($2 == p) { split(FILENAME, a, "/"); print a[3] } }' "$f" 2> /dev/null
+    done
+}
+procs_matching() { # procs_matching TEXT: PIDs whose command line contains TEXT
+    local f
+    for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < "$f" 2> /dev/null | grep -qF -- "$1" && basename "$(dirname "$f")"; done
+}
+proc_user() { id -nu "$(awk '/^Uid:/ { print $2 }' /proc/"$1"/status)"; } # proc_user PID: its real user's name

@@ -75,7 +75,7 @@ check "spamd on a unix socket beside the milter answers" [ $bad_spamd -eq 0 ]
 check "the milter's requests are logged one line each" [ "$(grep -c '^tbert serve: milter ' "$LOG")" -ge ${#MSGS[@]} ]
 
 # ---- the child dies: the parent restarts it
-CHILD=$(pgrep -P "$SERVER" | head -1)
+CHILD=$(children_of "$SERVER" | head -1)
 check "a milter child process runs" [ -n "$CHILD" ]
 kill -KILL "$CHILD"
 for _ in $(seq 1 100); do [ "$(grep -c 'listening on milter' "$LOG")" -ge 2 ] && break; sleep 0.1; done
@@ -100,7 +100,7 @@ rc=$?
 SERVER=
 check "SIGTERM: exit 0" [ $rc -eq 0 ]
 check "SIGTERM: the milter socket is gone" [ ! -e "$MS" ]
-check "SIGTERM: no milter child left" [ -z "$(pgrep -f "milter-upstream $W" || true)" ]
+check "SIGTERM: no milter child left" [ -z "$(procs_matching "--milter-upstream $W")" ]
 if [ "$("$PY" -c "import sys; print(int(float(sys.argv[1]) - float(sys.argv[2]) > 0.004 and float(sys.argv[2]) - float(sys.argv[3]) > 0.004))" "$P1" "$P2" "$P3")" = 1 ]; then
     start_server "$W/serve2.log" --milter "unix:$MS" --milter-reject-above "$REJ" --milter-quarantine-above "$QUA" ||
         { echo "FAIL tbert serve did not start"; exit 1; }

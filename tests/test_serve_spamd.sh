@@ -225,7 +225,7 @@ if [ "$(id -u)" = 0 ] && id nobody > /dev/null 2>&1; then
     chmod 711 "$W"
     mkdir -m 777 "$W/u"
     start_server "$W/user.log" --spamd "unix:$W/u/spamd.sock" --user nobody || { echo "FAIL --user nobody did not start"; exit 1; }
-    check "--user nobody: the server runs as nobody" [ "$(ps -o user= -p "$SERVER" | tr -d ' ')" = nobody ]
+    check "--user nobody: the server runs as nobody" [ "$(proc_user "$SERVER")" = nobody ]
     check "--user nobody: the socket is nobody's" [ "$(stat -c %U "$W/u/spamd.sock")" = nobody ]
     check "--user nobody: spamc -U gets an answer" [ -n "$(spamc -U "$W/u/spamd.sock" -c < "$D/crlf.eml")" ]
     kill -TERM "$SERVER"; wait "$SERVER"; SERVER=
