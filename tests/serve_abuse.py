@@ -1,12 +1,14 @@
 """Misbehaving spamd clients for tests/test_serve_spamd.sh (stdlib only; loopback only; stops by itself).
 
-usage: serve_abuse.py HOST PORT MESSAGE_FILE TIMEOUT_S N_CONCURRENT
+usage: serve_abuse.py HOST PORT MESSAGE_FILE TIMEOUT_S N_CONCURRENT [HTTP_PORT]
 
 Each case prints "ok   ..." or "FAIL ..."; the exit status is the number of failures (capped at 100).
 Cases: malformed request lines and headers (each must get a "SPAMD/1.1 76" protocol error), clients that
 vanish mid-headers / mid-message / with a reset, a client too slow to finish its request (must be closed
 within 4 x TIMEOUT_S + slack), and N_CONCURRENT clients connected at once that each send a CHECK (each
 must get an answer: EX_OK, or EX_TEMPFAIL beyond --max-connections, or a closed connection; none may hang).
+With HTTP_PORT also malformed HTTP (a garbage request line, a 100 KB header, a body that stops short): an
+error status or a closed connection, and GET /health still answers 200.
 """
 import os
 import selectors
@@ -166,4 +168,37 @@ check("%d concurrent clients: none hangs, none gets a malformed answer" % N_CONC
 check("%d concurrent clients: at least 64 scored" % N_CONC, answers["ok"] >= 64)
 out = exchange(req)
 check("the server still answers after the crowd", out.startswith(b"SPAMD/1.1 0 EX_OK"))
+
+if len(sys.argv) > 6:
+    HPORT = int(sys.argv[6])
+
+    def http(data, wait=10.0):
+        s = socket.create_connection((HOST, HPORT), timeout=wait)
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                out += b
+            return out
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+        finally:
+            s.close()
+
+    def status(out):
+        return int(out.split(b" ")[1]) if out.startswith(b"HTTP/1.") and len(out.split(b" ")) > 1 else 0
+
+    for what, data in [("garbage request line", b"GARBAGE\r\n\r\n"),
+                       ("100 KB header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"A" * 100000 + b"\r\n\r\n"),
+                       ("body shorter than its Content-Length", b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + MSG[:50]),
+                       ("bad Content-Length", b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\n")]:
+        out = http(data)
+        st = status(out)
+        check("HTTP %s -> an error status or a closed connection (%s)" % (what, st or "closed"), st == 0 or st >= 400)
+    out = http(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    check("HTTP: GET /health still answers 200", status(out) == 200)
 sys.exit(min(fails, 100))

@@ -161,7 +161,7 @@ grep -q '^tbert_batch_size_count ' "$W/metrics.txt" || { echo "FAIL batch size h
 
 # ---- misbehaving clients, then 1,000 at once
 ulimit -n 4096 2> /dev/null || true
-"$PY" "$TESTS/serve_abuse.py" 127.0.0.1 "$PORT" "$D/crlf.eml" 2 1000
+"$PY" "$TESTS/serve_abuse.py" 127.0.0.1 "$PORT" "$D/crlf.eml" 2 1000 "$HPORT"
 [ $? -eq 0 ] || fails=$((fails + 1))
 check "the server is alive after the abuse" kill -0 "$SERVER"
 rss=$(awk '/^VmRSS/ {print $2}' /proc/"$SERVER"/status)
