@@ -1,6 +1,7 @@
 # Shared by tests/test_serve_spamd.sh and tests/test_serve_milter.sh (sourced): the tools, a work folder
 # removed on exit (and the server killed), check(), a head trained on the committed test messages
-# (tests/data/mail: 8 ham, 8 spam) with the small committed model, and start_server.
+# (tests/data/mail: 8 ham, 8 spam) with the small committed model, and start_server. Everything runs with
+# --device cpu: these tests are about the protocols, the same in every build configuration.
 set -u
 BIN=${TBERT_BIN:?TBERT_BIN not set}
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
@@ -24,7 +25,7 @@ check() { # check DESCRIPTION COMMAND...
 HAM=("$D/alternative.eml" "$D/crlf.eml" "$D/html_only.eml" "$D/nested.eml" "$D/qp_latin1.eml" "$D/rfc2047.eml" "$D/maildir")
 SPAM=("$D/attachment_only.eml" "$D/bad_bytes.eml" "$D/cp1252_8bit.eml" "$D/shift_jis.eml" "$D/utf8_base64.eml" "$D/three.mbox")
 train() { # train OUT SEED
-    "$BIN" train --model "$MODEL" --ham "${HAM[@]}" --spam "${SPAM[@]}" --out "$1" --max-len 32 --lexical-dim 512 \
+    "$BIN" train --device cpu --model "$MODEL" --ham "${HAM[@]}" --spam "${SPAM[@]}" --out "$1" --max-len 32 --lexical-dim 512 \
         --epochs 30 --seed "$2" --quiet > "$W/train.log" 2>&1 || { cat "$W/train.log"; echo "FAIL tbert train"; exit 1; }
 }
 
@@ -32,7 +33,7 @@ start_server() { # start_server LOG ARGS...: sets SERVER, waits for its "listeni
     local log=$1; shift
     local want=0
     for a in "$@"; do case $a in --spamd | --http | --milter) want=$((want + 1)) ;; esac; done
-    "$BIN" serve --model "$MODEL" --head "$W/head" "$@" 2> "$log" &
+    "$BIN" serve --device cpu --model "$MODEL" --head "$W/head" "$@" 2> "$log" &
     SERVER=$!
     for _ in $(seq 1 300); do
         [ "$(grep -c "listening on" "$log")" -ge "$want" ] && return 0

@@ -15,7 +15,7 @@ SERVE_TOOLS=(miltertest spamc)
 train "$W/head" 42
 THR=$("$PY" -c "import json,sys; print(repr(json.load(open(sys.argv[1]))['threshold']))" "$W/head/metrics.json")
 MSGS=("$D"/*.eml)
-"$BIN" score --model "$MODEL" --head "$W/head" --quiet --out "$W/ref.jsonl" "${MSGS[@]}" 2> /dev/null
+"$BIN" score --device cpu --model "$MODEL" --head "$W/head" --quiet --out "$W/ref.jsonl" "${MSGS[@]}" 2> /dev/null
 check "reference scores from tbert score" [ "$(wc -l < "$W/ref.jsonl")" -eq ${#MSGS[@]} ]
 
 LOG=$W/serve.log

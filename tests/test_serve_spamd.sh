@@ -25,7 +25,7 @@ train "$W/head" 42
 THR=$("$PY" -c "import json,sys; print(repr(json.load(open(sys.argv[1]))['threshold']))" "$W/head/metrics.json")
 HEAD_ID=$(sha256sum "$W/head/best.safetensors" | cut -c1-16)
 MSGS=("$D"/*.eml "$D/maildir/cur/1000.a:2,S" "$D/maildir/new/1001.b")
-"$BIN" score --model "$MODEL" --head "$W/head" --quiet --out "$W/ref.jsonl" "${MSGS[@]}" 2> /dev/null
+"$BIN" score --device cpu --model "$MODEL" --head "$W/head" --quiet --out "$W/ref.jsonl" "${MSGS[@]}" 2> /dev/null
 check "reference scores from tbert score" [ "$(wc -l < "$W/ref.jsonl")" -eq ${#MSGS[@]} ]
 
 # ---- the server
