@@ -17,7 +17,8 @@
 #   - a 600 KB message is scored on its first 500 KB, says so, and PROCESS gives all 600 KB back;
 #   - malformed, vanishing, slow and 1,000 concurrent clients (tests/serve_abuse.py): protocol errors, no
 #     hang, and the server still answers; SIGHUP under load swaps the head without a failed request;
-#     SIGTERM answers the request in flight, refuses new connections, exits 0; --user (as root);
+#     SIGTERM answers the request in flight, refuses new connections, exits 0; --user (as root); the
+#     allow-list end to end (a peer on this machine's address off loopback: EX_NOPERM, then --allow);
 #   - HTTP: POST /score gives the same p and score, /health, /metrics counts, /learn, 404/405.
 SERVE_TOOLS=(spamc curl)
 . "$(dirname "$0")/serve_common.sh"
@@ -167,6 +168,28 @@ check "the server is alive after the abuse" kill -0 "$SERVER"
 rss=$(awk '/^VmRSS/ {print $2}' /proc/"$SERVER"/status)
 echo "     server resident memory after 1,000 clients: $((rss / 1024)) MB"
 check "tempfail refusals were logged" grep -q "refused a connection: over --max-connections" "$LOG"
+
+# ---- the allow-list, end to end, when this machine has an address off loopback
+EXT=$(hostname -I 2> /dev/null | tr ' ' '\n' | grep -E '^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' | grep -v '^127\.' | head -1)
+if [ -n "$EXT" ]; then
+    SAVED=$SERVER
+    start_server "$W/allow.log" --spamd 0.0.0.0:0 || { echo "FAIL tbert serve on 0.0.0.0 did not start"; exit 1; }
+    APORT=$(sed -n 's/.*listening on spamd 0\.0\.0\.0:\([0-9]*\).*/\1/p' "$W/allow.log")
+    out=$("$PY" -c "
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+print(s.recv(200).decode().strip())" "$EXT" "$APORT" 2>&1)
+    check "a peer off loopback ($EXT) without --allow: EX_NOPERM ('$out')" [ "${out#SPAMD/1.5 77 }" != "$out" ]
+    check "... while loopback is still served" [ -n "$(spamc -d 127.0.0.1 -p "$APORT" -c < "$D/crlf.eml")" ]
+    kill -TERM "$SERVER"; wait "$SERVER"
+    start_server "$W/allow2.log" --spamd 0.0.0.0:0 --allow "$EXT/32" || { echo "FAIL tbert serve --allow did not start"; exit 1; }
+    APORT=$(sed -n 's/.*listening on spamd 0\.0\.0\.0:\([0-9]*\).*/\1/p' "$W/allow2.log")
+    check "the same peer with --allow $EXT/32: answered" [ -n "$(spamc -d "$EXT" -p "$APORT" -c < "$D/crlf.eml")" ]
+    kill -TERM "$SERVER"; wait "$SERVER"
+    SERVER=$SAVED
+else
+    echo "     allow-list not checked end to end: no IPv4 address off loopback here"
+fi
 
 # ---- SIGHUP under load: a new head is swapped in, no request fails
 train "$W/head_b" 7
