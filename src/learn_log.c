@@ -30,6 +30,7 @@ tbert_status tbert_learn_append(const char *head_dir, const char *action, const 
                            (long long)time(NULL), action, klass, hex, len, via, truncated ? "true" : "false", b64);
     g_free(b64);
     tbert_status st = TBERT_OK;
+    bool created = access(path, F_OK) != 0;
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) {
         st = tbert_fail(err, TBERT_E_IO, "%s: cannot open for appending: %s", path, strerror(errno));
@@ -54,6 +55,12 @@ tbert_status tbert_learn_append(const char *head_dir, const char *action, const 
         if (!st && fsync(fd) != 0) st = tbert_fail(err, TBERT_E_IO, "%s: fsync failed: %s", path, strerror(errno));
         flock(fd, LOCK_UN);
         if (close(fd) != 0 && !st) st = tbert_fail(err, TBERT_E_IO, "%s: close failed: %s", path, strerror(errno));
+        if (!st && created) { /* a new file: its name must be on disk too */
+            int dfd = open(head_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dfd < 0 || fsync(dfd) != 0)
+                st = tbert_fail(err, TBERT_E_IO, "%s: fsync of the folder failed: %s", head_dir, strerror(errno));
+            if (dfd >= 0) close(dfd);
+        }
     }
     g_string_free(line, TRUE);
     return st;
