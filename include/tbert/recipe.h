@@ -26,6 +26,8 @@
 #include "tbert/encoder.h"
 #include "tbert/head.h"
 #include "tbert/model.h"
+#include "tbert/rows.h"
+#include "tbert/store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -108,17 +110,29 @@ tbert_status tbert_featurizer_create(const tbert_recipe *r, const tbert_model *m
                                      tbert_error *err);
 void tbert_featurizer_free(tbert_featurizer *fz);
 size_t tbert_featurizer_dim(const tbert_featurizer *fz);
-/* Features of n docs into out (n x dim, row i = docs[i]). tokens_seen (may be NULL): per doc, the number
- * of WordPiece tokens of its text (before truncation to the windows). */
+/* Rows of the featurizer's shape (dense block: the pooled encoder output; sparse blocks: lexical, evidence,
+ * header, those the recipe has, in that order), empty. */
+tbert_status tbert_featurizer_rows_init(const tbert_featurizer *fz, tbert_rows *rows, tbert_error *err);
+/* Features of n docs appended to out (a batch from tbert_featurizer_rows_init). tokens_seen (may be NULL):
+ * per doc, the number of WordPiece tokens of its text (before truncation to the windows). The sparse
+ * values are bit for bit those the dense layout had (recipe.h). */
+tbert_status tbert_featurize_rows(tbert_featurizer *fz, int n, const tbert_doc *docs, tbert_rows *out, int *tokens_seen,
+                                  tbert_error *err);
+/* The same as dense feature vectors: out (n x dim, row i = docs[i]) = the rows densified. */
 tbert_status tbert_featurize(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen,
                              tbert_error *err);
 
-/* Same with the feature cache $TBERT_CACHE/features/<key>.f32. The cache holds the dense (encoder) block;
- * the lexical/evidence blocks are recomputed (cheap). key = sha256 over every recipe field that shapes the
- * dense block (model hash, vocab hash, pooling, max_len, layers, windows, normalize, precision) and
- * data_hash (a hash of all docs' bytes in order; NULL: computed here). A hit reads the file; a miss computes
- * and writes it atomically. progress_label
- * (may be NULL) names the stage on the progress bar. *hit (may be NULL) tells which happened. */
+/* tbert_featurize_rows with the row store (store.h; NULL: none): a document whose dense block the store
+ * holds (same text, same model, same dense-shaping recipe fields) is not encoded again; the others are
+ * encoded and stored. progress_label (may be NULL) names the stage on the progress bar. */
+typedef struct {
+    int docs, encoded, from_store, corrupt; /* corrupt: store entries found damaged (recomputed) */
+    bool write_failed;                      /* the store could not be written (warned once on stderr) */
+} tbert_feature_stats;
+tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, int n, const tbert_doc *docs,
+                                    const char *progress_label, tbert_rows *out, tbert_feature_stats *stats, tbert_error *err);
+/* Dense-output form over the default store ($TBERT_CACHE/store): *hit (may be NULL) = no document needed
+ * encoding. data_hash is ignored (kept for callers of the old whole-data-set cache). */
 tbert_status tbert_featurize_cached(tbert_featurizer *fz, int n, const tbert_doc *docs, const char *data_hash,
                                     const char *progress_label, float *out, bool *hit, tbert_error *err);
 /* sha256 hex over the docs (text and evidence bytes, length-prefixed, in order). */
