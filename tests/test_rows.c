@@ -1,5 +1,6 @@
 /* The feature row format (src/rows.c): dense <-> rows round trips bit for bit, gather keeps rows intact,
  * the CSR invariants are enforced, memory is what the format promises. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -104,7 +105,51 @@ static void test_invariants(void **state) {
     tbert_rows_free(&rows);
 }
 
+/* .npz export: numpy reads back the exact arrays (checked by the venv's Python against raw dumps) */
+static void test_npz(void **state) {
+    (void)state;
+    assert_int_equal(tbert_crc32(0, "123456789", 9), 0xCBF43926u); /* the CRC-32 check value */
+    const char *py = getenv("TBERT_PYTHON");
+    if (!py) py = "python3";
+    tu_rng r = {tu_seed_from_env("test_rows_npz")};
+    size_t widths[2] = {30, 9}, dd = 6, dim = dd + 39;
+    int n = 11;
+    float *x = random_dense(&r, n, dd, dim, 0.3);
+    tbert_rows rows;
+    assert_int_equal(tbert_rows_init(&rows, dd, 2, widths, NULL), TBERT_OK);
+    assert_int_equal(tbert_rows_append_dense(&rows, n, x, NULL), TBERT_OK);
+    char dir[] = "/tmp/tbert_npz_XXXXXX", npz[128], raw[128], cmd[4096];
+    assert_non_null(mkdtemp(dir));
+    snprintf(npz, sizeof npz, "%s/rows.npz", dir);
+    snprintf(raw, sizeof raw, "%s/dense.f32", dir);
+    assert_int_equal(tbert_rows_write_npz(npz, &rows, NULL), TBERT_OK);
+    FILE *f = fopen(raw, "wb");
+    fwrite(x, sizeof(float), (size_t)n * dim, f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "'%s' -c \"import numpy as np, zipfile, sys\n"
+             "z = np.load('%s')\n"
+             "assert zipfile.ZipFile('%s').testzip() is None\n"
+             "x = np.fromfile('%s', '<f4').reshape(%d, %zu)\n"
+             "assert bytes(z['format']) == b'csr' and list(z['shape']) == [%d, 39], (z['format'], z['shape'])\n"
+             "assert z['data'].dtype == np.float32 and z['indices'].dtype == np.int32 and z['indptr'].dtype == np.int64\n"
+             "assert list(z['block_start']) == [0, 30, 39]\n"
+             "s = np.zeros((%d, 39), np.float32)\n"
+             "for i in range(%d):\n"
+             "    a, b = z['indptr'][i], z['indptr'][i + 1]\n"
+             "    s[i, z['indices'][a:b]] = z['data'][a:b]\n"
+             "assert np.array_equal(np.hstack([z['dense'], s]).view(np.uint32), x.view(np.uint32))\n"
+             "print('npz ok', len(z['data']))\"",
+             py, npz, npz, raw, n, dim, n, n, n);
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    tbert_rows_free(&rows);
+    free(x);
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_round_trip), cmocka_unit_test(test_invariants)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_round_trip), cmocka_unit_test(test_invariants),
+                                       cmocka_unit_test(test_npz)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
