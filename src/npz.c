@@ -56,14 +56,14 @@ static void put32(unsigned char *p, uint32_t v) {
     put16(p + 2, v >> 16);
 }
 
-tbert_status tbert_rows_write_npz(const char *path, const tbert_rows *r, tbert_error *err) {
+tbert_status tbert_rows_write_npz(const char *path, const tbert_rows *r, const int32_t *labels, tbert_error *err) {
     size_t nnz = tbert_rows_nnz(r);
     int64_t zero = 0;
     int64_t shape_csr[2] = {r->n, (int64_t)r->sparse_dim}, nnz1[1] = {(int64_t)nnz}, ip1[1] = {(int64_t)r->n + 1},
             dshape[2] = {r->n, (int64_t)r->dense_dim}, two[1] = {2}, nb1[1] = {(int64_t)r->n_blocks + 1};
     int64_t starts[TBERT_ROWS_MAX_BLOCKS + 1];
     for (int b = 0; b <= r->n_blocks; b++) starts[b] = (int64_t)r->block_start[b];
-    npz_member m[7];
+    npz_member m[8];
     memset(m, 0, sizeof m);
     bool ok = true;
     int k = 0;
@@ -96,6 +96,13 @@ tbert_status tbert_rows_write_npz(const char *path, const tbert_rows *r, tbert_e
     ok &= npy_header(&m[k], "<i8", 1, nb1);
     m[k].data = starts;
     m[k++].data_len = (size_t)(r->n_blocks + 1) * sizeof(int64_t);
+    int64_t n1[1] = {r->n};
+    if (labels) {
+        snprintf(m[k].name, sizeof m[k].name, "labels.npy");
+        ok &= npy_header(&m[k], "<i4", 1, n1);
+        m[k].data = labels;
+        m[k++].data_len = (size_t)r->n * sizeof(int32_t);
+    }
     if (!ok) return tbert_fail(err, TBERT_E_ARG, "%s: array header too long", path);
     uint64_t off = 0;
     for (int i = 0; i < k; i++) {

@@ -122,7 +122,8 @@ static void test_npz(void **state) {
     assert_non_null(mkdtemp(dir));
     snprintf(npz, sizeof npz, "%s/rows.npz", dir);
     snprintf(raw, sizeof raw, "%s/dense.f32", dir);
-    assert_int_equal(tbert_rows_write_npz(npz, &rows, NULL), TBERT_OK);
+    int32_t labels[11] = {0, 1, 2, 1, 0, 1, 1, 1, 0, 0, 7};
+    assert_int_equal(tbert_rows_write_npz(npz, &rows, labels, NULL), TBERT_OK);
     FILE *f = fopen(raw, "wb");
     fwrite(x, sizeof(float), (size_t)n * dim, f);
     fclose(f);
@@ -134,6 +135,7 @@ static void test_npz(void **state) {
              "assert bytes(z['format']) == b'csr' and list(z['shape']) == [%d, 39], (z['format'], z['shape'])\n"
              "assert z['data'].dtype == np.float32 and z['indices'].dtype == np.int32 and z['indptr'].dtype == np.int64\n"
              "assert list(z['block_start']) == [0, 30, 39]\n"
+             "assert list(z['labels']) == [0, 1, 2, 1, 0, 1, 1, 1, 0, 0, 7] and z['labels'].dtype == np.int32\n"
              "s = np.zeros((%d, 39), np.float32)\n"
              "for i in range(%d):\n"
              "    a, b = z['indptr'][i], z['indptr'][i + 1]\n"

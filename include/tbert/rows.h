@@ -67,9 +67,10 @@ size_t tbert_rows_bytes(const tbert_rows *r);
 /* Writes the rows as an uncompressed .npz, atomically (temp + fsync + rename; src/npz.c), in the layout of
  * scipy.sparse.save_npz for the sparse part, so numpy alone reads it and scipy.sparse.load_npz too:
  *   data (float32, nnz), indices (int32, nnz), indptr (int64, n+1), shape (int64 [n, sparse_dim]),
- *   format (b"csr"), plus dense (float32, n x dense_dim) and block_start (int64, n_blocks + 1).
+ *   format (b"csr"), plus dense (float32, n x dense_dim), block_start (int64, n_blocks + 1) and, when
+ *   labels is not NULL, labels (int32, n: class indices).
  * Refuses (TBERT_E_ARG) a file over 4 GB (no zip64). */
-tbert_status tbert_rows_write_npz(const char *path, const tbert_rows *r, tbert_error *err);
+tbert_status tbert_rows_write_npz(const char *path, const tbert_rows *r, const int32_t *labels, tbert_error *err);
 /* CRC-32 (zip, PNG) of len bytes, continuing from crc (0 to start). */
 uint32_t tbert_crc32(uint32_t crc, const void *data, size_t len);
 
