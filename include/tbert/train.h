@@ -38,8 +38,8 @@ void tbert_hparams_preset(const char *recipe_name, tbert_hparams *hp);
 typedef struct {
     int n_classes;
     int positive; /* binary: the positive class; -1 multi-class */
-    size_t dim;
-    const float *X; /* n x dim */
+    size_t dim;          /* tbert_rows_dim(X) */
+    const tbert_rows *X; /* n rows: dense block + sparse blocks (include/tbert/rows.h) */
     const int *y;   /* n */
     int n_train, n_val, n_test;
     const int *train_idx, *val_idx, *test_idx;
@@ -112,7 +112,7 @@ typedef struct {
     tbert_precision precision;
     int threads;
     bool resume;
-    const char *export_features;     /* write the feature matrix as .npy (benchmarks) */
+    const char *export_features;     /* write the features: F.npz = the rows (rows.h), else a dense .npy matrix */
     bool quiet;
 } tbert_train_opts;
 void tbert_train_opts_default(tbert_train_opts *o);
@@ -122,7 +122,8 @@ typedef struct {
     tbert_recipe recipe;
     int n_docs;
     double seconds_total, seconds_features;
-    bool cache_hit;
+    bool cache_hit;   /* no document needed encoding (every dense block came from the row store) */
+    int docs_encoded; /* documents encoded by this run (the others came from the store) */
     char report_path[4096];
 } tbert_train_result;
 void tbert_train_result_free(tbert_train_result *r);
