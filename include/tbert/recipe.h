@@ -151,6 +151,10 @@ const tbert_head *tbert_classifier_head(const tbert_classifier *c);
  * p >= threshold). Either output may be NULL. Thread-safe (no shared scratch). */
 tbert_status tbert_classifier_predict(const tbert_classifier *c, int n, const float *feats, float *p_positive, int *label_idx,
                                       tbert_error *err);
+/* The same on rows (tbert_featurize_rows): bit for bit what tbert_classifier_predict gives on the rows
+ * densified (tbert_head_predict_rows), so a head scores as it did before the row format. */
+tbert_status tbert_classifier_predict_rows(const tbert_classifier *c, const tbert_rows *rows, float *p_positive, int *label_idx,
+                                           tbert_error *err);
 
 #ifdef __cplusplus
 }
