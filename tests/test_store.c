@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "testutil.h"
@@ -314,8 +315,74 @@ static void test_featurize_stored(void **state) {
     tbert_model_free(m);
 }
 
+/* Four processes write, read and trim one store at once: every read is a miss or the exact payload (never a
+ * torn or foreign entry), none is counted corrupt, and afterwards every entry reads back whole. */
+static void test_concurrent(void **state) {
+    (void)state;
+    char *dir = make_tmp();
+    enum { PROCS = 4, KEYS = 64, ROUNDS = 300, LEN = 4096 };
+    char key[65];
+    tbert_store_field f[1] = {{"kind", "race"}};
+    assert_int_equal(tbert_store_key(1, f, key, NULL), TBERT_OK);
+    pid_t pids[PROCS];
+    for (int p = 0; p < PROCS; p++) {
+        pids[p] = fork();
+        assert_true(pids[p] >= 0);
+        if (pids[p] > 0) continue;
+        tbert_store_opts o = {.dir = dir};
+        tbert_store *s;
+        if (tbert_store_open(&o, &s, NULL)) _exit(3);
+        uint8_t buf[LEN], back[LEN];
+        uint64_t x = (uint64_t)p * 7919 + 1;
+        int bad = 0;
+        for (int r = 0; r < ROUNDS && !bad; r++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            int k = (int)((x >> 33) % KEYS);
+            char name[16], content[65];
+            snprintf(name, sizeof name, "k%d", k);
+            tbert_store_content_hash(name, strlen(name), content);
+            memset(buf, k, LEN); /* the payload of key k is always the same bytes */
+            bool found;
+            if (r % 3 == 0) bad |= tbert_store_put(s, key, content, buf, LEN, NULL) != TBERT_OK;
+            else bad |= tbert_store_get(s, key, content, back, LEN, &found, NULL) != TBERT_OK || (found && memcmp(back, buf, LEN));
+            if (r % 50 == 49) {
+                uint64_t ev;
+                bad |= tbert_store_trim(s, (uint64_t)(KEYS / 2) * (LEN + 24), &ev, NULL) != TBERT_OK;
+            }
+        }
+        bad |= tbert_store_get_stats(s)->corrupt != 0;
+        tbert_store_close(s);
+        _exit(bad ? 1 : 0);
+    }
+    for (int p = 0; p < PROCS; p++) {
+        int status;
+        assert_int_equal(waitpid(pids[p], &status, 0), pids[p]);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail_msg("writer %d: status %d", p, status);
+    }
+    tbert_store_opts o = {.dir = dir};
+    tbert_store *s;
+    assert_int_equal(tbert_store_open(&o, &s, NULL), TBERT_OK);
+    int present = 0;
+    for (int k = 0; k < KEYS; k++) {
+        char name[16], content[65];
+        uint8_t buf[LEN], back[LEN];
+        snprintf(name, sizeof name, "k%d", k);
+        tbert_store_content_hash(name, strlen(name), content);
+        memset(buf, k, LEN);
+        bool found;
+        assert_int_equal(tbert_store_get(s, key, content, back, LEN, &found, NULL), TBERT_OK);
+        if (found) assert_memory_equal(back, buf, LEN);
+        present += found;
+    }
+    assert_true(present > 0);
+    assert_int_equal(tbert_store_get_stats(s)->corrupt, 0);
+    tbert_store_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_keys), cmocka_unit_test(test_entries), cmocka_unit_test(test_trim_lru),
-                                       cmocka_unit_test(test_featurize_stored)};
+                                       cmocka_unit_test(test_featurize_stored), cmocka_unit_test(test_concurrent)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
