@@ -1,5 +1,6 @@
-/* The featurizer (recipe -> feature rows: pooled windows, hashed WordPiece counts, hashed header evidence)
- * and the feature cache under $TBERT_CACHE/features (include/tbert/recipe.h). */
+/* The featurizer (recipe -> feature rows, include/tbert/rows.h: pooled windows as the dense block; hashed
+ * WordPiece counts, hashed header evidence and header words as sparse blocks) and its use of the row store
+ * for the dense blocks (include/tbert/recipe.h, include/tbert/store.h, docs/store.md). */
 #include "tbert/recipe.h"
 
 #include <glib.h>
@@ -326,7 +327,7 @@ tbert_status tbert_featurize(tbert_featurizer *fz, int n, const tbert_doc *docs,
     return st;
 }
 
-/* ---- cache ---- */
+/* ---- hashes of documents ---- */
 void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]) {
     GChecksum *cs = g_checksum_new(G_CHECKSUM_SHA256);
     for (int i = 0; i < n; i++) {
@@ -413,23 +414,5 @@ tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, in
     if (p) tbert_progress_finish(p, st ? "failed" : NULL);
     free(dense);
     free(content);
-    return st;
-}
-
-tbert_status tbert_featurize_cached(tbert_featurizer *fz, int n, const tbert_doc *docs, const char *data_hash,
-                                    const char *progress_label, float *out, bool *hit, tbert_error *err) {
-    (void)data_hash;
-    if (hit) *hit = false;
-    tbert_store *store = NULL;
-    tbert_error serr;
-    if (tbert_store_open(NULL, &store, &serr)) fprintf(stderr, "tbert: warning: no feature store: %s\n", serr.msg);
-    tbert_rows rows;
-    tbert_feature_stats fs;
-    tbert_status st = tbert_featurizer_rows_init(fz, &rows, err);
-    if (!st) st = tbert_featurize_stored(fz, store, n, docs, progress_label, &rows, &fs, err);
-    if (!st) tbert_rows_densify(&rows, 0, n, out, fz->dim);
-    if (!st && hit) *hit = fs.encoded == 0;
-    tbert_rows_free(&rows);
-    tbert_store_close(store);
     return st;
 }

@@ -1,5 +1,5 @@
-/* The feature recipe (how a text becomes a feature vector), the featurizer that applies it, the feature
- * cache, and the trained classifier (a head checkpoint + its recipe) that train/eval/predict/score/filter
+/* The feature recipe (how a text becomes a feature vector), the featurizer that applies it (rows, through
+ * the row store), and the trained classifier (a head checkpoint + its recipe) that train/eval/predict/score/filter
  * use. CONVENTIONS.md "Files and caches".
  *
  * Feature vector layout (dim = dense + lexical_dim + evidence_dim + header_dim):
@@ -91,7 +91,7 @@ size_t tbert_recipe_dense_dim(const tbert_recipe *r);
 /* Index of a label, -1 when absent. */
 int tbert_recipe_label_index(const tbert_recipe *r, const char *label);
 
-/* JSON (one object, keys in a fixed order) for checkpoint metadata and cache keys. from_json refuses an
+/* JSON (one object, keys in a fixed order) for checkpoint metadata and store keys. from_json refuses an
  * unknown recipe_version or missing/invalid fields with a one-line error that names `label`. */
 char *tbert_recipe_to_json(const tbert_recipe *r); /* malloc'd, NULL on OOM */
 tbert_status tbert_recipe_from_json(const char *json, const char *label, tbert_recipe *out, tbert_error *err);
@@ -131,10 +131,6 @@ typedef struct {
 } tbert_feature_stats;
 tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, int n, const tbert_doc *docs,
                                     const char *progress_label, tbert_rows *out, tbert_feature_stats *stats, tbert_error *err);
-/* Dense-output form over the default store ($TBERT_CACHE/store): *hit (may be NULL) = no document needed
- * encoding. data_hash is ignored (kept for callers of the old whole-data-set cache). */
-tbert_status tbert_featurize_cached(tbert_featurizer *fz, int n, const tbert_doc *docs, const char *data_hash,
-                                    const char *progress_label, float *out, bool *hit, tbert_error *err);
 /* sha256 hex over the docs (text and evidence bytes, length-prefixed, in order). */
 void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]);
 
