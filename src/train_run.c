@@ -1,5 +1,5 @@
 /* The `tbert train` job: read labelled texts (a table, or --ham/--spam mail), build the recipe, encode once
- * (feature cache), split, fit, write checkpoints, metrics.json, split.tsv and report.html. */
+ * (dense blocks through the row store), split, fit, write checkpoints, metrics.json, split.tsv and report.html. */
 #include <cjson/cJSON.h>
 #include <glib.h>
 #include <math.h>

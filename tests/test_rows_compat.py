@@ -122,8 +122,10 @@ try:
     env4 = dict(env, TBERT_CACHE=os.path.join(tmp, "cache4"))
     a = run(["train", "--model", MODEL, "--out", os.path.join(tmp, "h5"), "--max-len", "32", "--epochs", "1", "--val-fraction",
              "0", "--threads", "1", "--ham"] + HAM + ["--spam"] + SPAM[:2], env4).stderr
-    b = run(["train", "--model", MODEL, "--out", os.path.join(tmp, "h6"), "--max-len", "32", "--epochs", "1", "--val-fraction",
-             "0", "--threads", "1", "--ham"] + HAM + ["--spam"] + SPAM, env4).stderr
+    p6 = run(["train", "--model", MODEL, "--out", os.path.join(tmp, "h6"), "--max-len", "32", "--epochs", "1", "--val-fraction",
+              "0", "--threads", "1", "--json", "--ham"] + HAM + ["--spam"] + SPAM, env4)
+    b = p6.stderr
+    check(json.loads(p6.stdout)["docs_encoded"] == 1, "--json docs_encoded: %s" % p6.stdout)
     check("features: 5 documents, 5 encoded, 0 from the store" in a, "first run: %s" % a)
     check("features: 6 documents, 1 encoded, 5 from the store" in b, "second run: %s" % b)
     store = os.path.join(tmp, "cache4", "store")

@@ -139,6 +139,7 @@ static void print_json(const tbert_train_result *res, const char *out_dir) {
     cJSON_AddNumberToObject(o, "seconds", res->seconds_total);
     cJSON_AddNumberToObject(o, "seconds_features", res->seconds_features);
     cJSON_AddBoolToObject(o, "feature_cache_hit", res->cache_hit);
+    cJSON_AddNumberToObject(o, "docs_encoded", res->docs_encoded);
     cJSON_AddStringToObject(o, "checkpoint", out_dir);
     cJSON_AddStringToObject(o, "report", res->report_path);
     cJSON_AddItemToObject(o, "train", parsed(&f->train, &res->recipe));

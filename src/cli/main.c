@@ -27,7 +27,7 @@ static void print_usage(FILE *f) {
     fprintf(f, "usage: tbert SUBCOMMAND [options]   (tbert SUBCOMMAND --help for its options)\n\nsubcommands:\n");
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++)
         fprintf(f, "  %-10s %s\n", subcommands[i].name, subcommands[i].summary);
-    fprintf(f, "\nenvironment: TBERT_CACHE (models and feature caches; default ~/.cache/tbert)\n");
+    fprintf(f, "\nenvironment: TBERT_CACHE (models and the row store; default ~/.cache/tbert)\n");
 }
 
 int main(int argc, char **argv) {
