@@ -65,7 +65,9 @@ static void usage(FILE *f) {
             "  --resume               continue from CKPT_DIR/last.safetensors (same result as an uninterrupted run);\n"
             "                         a retrain into a folder that holds a run writes to CKPT_DIR/.tbert-staging and\n"
             "                         moves in when done, so a failed retrain leaves the previous run whole\n"
-            "  --export-features F    also write the feature matrix as .npy (row order = input order)\n"
+            "  --export-features F    also write the features (row order = input order): F.npz = the rows\n"
+            "                         (scipy CSR layout for the sparse blocks, 'dense', 'labels'; docs/store.md),\n"
+            "                         any other name = the dense matrix as .npy\n"
             "  --json                 print the final metrics as one JSON object on stdout\n"
             "  --quiet                no progress output\n");
 }
