@@ -195,7 +195,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     tbert_rows_densify(&rows, 0, n, X, dim);
-    printf("rows: %d x (%zu dense + %zu sparse), %.1f sparse entries per row; linear head hidden=%d, batch %d, lr %g\n", n, dd,
+    printf("rows: %d x (%zu dense + %zu sparse), %.1f sparse entries per row; head hidden=%d (0: linear), batch %d, lr %g\n", n, dd,
            sparse, (double)nnz / n, hidden, batch, lr);
     tbert_head_config cfg = {.in_dim = (int)dim, .hidden = hidden, .n_classes = 2, .binary = true, .positive = 1};
     side sd, ss;
