@@ -11,6 +11,7 @@
 #include "tbert/metrics.h"
 #include "tbert/progress.h"
 #include "tbert/recipe.h"
+#include "tbert/threshold.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -124,6 +125,11 @@ typedef struct {
     double seconds_total, seconds_features;
     bool cache_hit;
     char report_path[4096];
+    /* binary heads with a held-out part: the operating point on the scores the threshold was chosen on
+     * (out-of-fold under cross-fitting, else validation), with its intervals; kept in CKPT_DIR/oof.safetensors */
+    bool has_op;
+    tbert_operating_point op;
+    char op_source[16];
 } tbert_train_result;
 void tbert_train_result_free(tbert_train_result *r);
 

@@ -19,6 +19,7 @@ static const subcommand subcommands[] = {
     {"predict", cmd_predict, "label texts read from stdin with a trained head"},
     {"score", cmd_score, "batch-score mbox / Maildir / message files / tables with a trained head"},
     {"filter", cmd_filter, "classify one message on stdin (bogofilter-compatible exit codes)"},
+    {"threshold", cmd_threshold, "re-pick a trained head's threshold from its stored held-out scores"},
     {"bench", cmd_bench, "measure tokenizer / encoder / head throughput"},
 };
 
