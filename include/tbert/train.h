@@ -72,11 +72,12 @@ typedef struct {
 /* Trains from scratch (or resumes, see ckpt) and fills res. Epoch lines / bars on stderr.
  * With hp->cv_folds = K >= 2 (and no validation split): K heads are trained on stratified folds of the training
  * split, each validated on its held-out fold (best epoch by its loss); the threshold is chosen on the
- * out-of-fold probabilities of every training example, the epoch count is the median of the folds' best
- * epochs, and the head that is kept is trained on the whole training split for that many epochs. The
- * threshold thus rests on K times more held-out examples than a validation split gives, and no example is
- * kept out of the final head. The fold heads are deterministic: --resume recomputes them, then resumes the
- * final head. */
+ * out-of-fold probabilities of every training example, and the head that is kept is the ensemble of the K
+ * fold heads (the mean of their logits, written as one ordinary head: src/crossfit.c), so that the scores the
+ * threshold was chosen on are what the kept model's members give mail they never saw. res->val is then the
+ * out-of-fold view, res->epochs_run the epochs each fold ran (the history is the folds' mean) and
+ * res->best_epoch the median of their best epochs. The fold heads are deterministic: --resume recomputes
+ * them. */
 tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ckpt, tbert_fit_result *res,
                        tbert_error *err);
 
