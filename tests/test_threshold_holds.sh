@@ -46,6 +46,9 @@ done
 "$PY" - "$H/metrics.json" "$TMP/ham.jsonl" "$TMP/spam.jsonl" <<'PYEOF'
 import json, struct, sys
 m = json.load(open(sys.argv[1]))
+if "operating_point" not in m:
+    print("FAIL: metrics.json promises no operating point (no operating_point object)")
+    sys.exit(1)
 op = m["operating_point"]
 thr = m["threshold"]
 assert op["source"] == "out-of-fold" and abs(op["threshold"] - thr) < 1e-7, op
