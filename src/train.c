@@ -188,7 +188,7 @@ static cJSON *num_array(const double *v, int n) {
     return a;
 }
 
-char *tbert_fit_state_json(const char *settings, const tbert_fit_result *r, int epochs_done, double best_score) {
+static char *train_state_json(const char *settings, const tbert_fit_result *r, int epochs_done, double best_score) {
     cJSON *o = cJSON_CreateObject();
     cJSON *s = cJSON_Parse(settings ? settings : "{}");
     if (!o || !s) {
@@ -233,7 +233,7 @@ static bool same_head(const tbert_head_config *a, const tbert_head_config *b) {
            a->positive == b->positive && a->dropout == b->dropout;
 }
 
-tbert_status tbert_fit_save_ckpt(const tbert_fit_ckpt *ck, const char *file, const tbert_head *h, const tbert_adam *adam,
+static tbert_status save_ckpt(const tbert_fit_ckpt *ck, const char *file, const tbert_head *h, const tbert_adam *adam,
                               const tbert_rng *rng, float threshold, int epoch, int best_epoch, const char *train_json,
                               const char *metrics_json, tbert_error *err) {
     char path[4200];
@@ -533,10 +533,10 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
         }
         r->epochs_run = e + 1;
         if (ck && !st) {
-            char *tj = tbert_fit_state_json(ck->settings_json, r, e + 1, best_score);
+            char *tj = train_state_json(ck->settings_json, r, e + 1, best_score);
             if (!tj) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory");
-            if (!st && improved) st = tbert_fit_save_ckpt(ck, "best.safetensors", r->best, NULL, NULL, best_thr, e + 1, r->best_epoch, tj, NULL, err);
-            if (!st) st = tbert_fit_save_ckpt(ck, "last.safetensors", h, &adam, &rng, best_thr, e + 1, r->best_epoch, tj, NULL, err);
+            if (!st && improved) st = save_ckpt(ck, "best.safetensors", r->best, NULL, NULL, best_thr, e + 1, r->best_epoch, tj, NULL, err);
+            if (!st) st = save_ckpt(ck, "last.safetensors", h, &adam, &rng, best_thr, e + 1, r->best_epoch, tj, NULL, err);
             free(tj);
             if (!st && kill_at == e + 1) raise(SIGKILL); /* crash tests: die right after this epoch's checkpoint */
         }
@@ -554,10 +554,10 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
     st = choose_threshold(r->best, &b, d, hp->threshold, &r->threshold, err);
     if (!st) st = final_metrics(r, &b, d, err);
     if (!st && ck) { /* best.safetensors again, now with the final metrics of the best epoch */
-        char *tj = tbert_fit_state_json(ck->settings_json, r, hp->epochs, best_score);
+        char *tj = train_state_json(ck->settings_json, r, hp->epochs, best_score);
         char *mj = tbert_fit_metrics_json(r, &ck->recipe);
         if (!tj || !mj) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory");
-        if (!st) st = tbert_fit_save_ckpt(ck, "best.safetensors", r->best, NULL, NULL, r->threshold, hp->epochs, r->best_epoch, tj, mj, err);
+        if (!st) st = save_ckpt(ck, "best.safetensors", r->best, NULL, NULL, r->threshold, hp->epochs, r->best_epoch, tj, mj, err);
         free(tj);
         free(mj);
     }
@@ -568,4 +568,15 @@ done:
     tbert_adam_free(&adam);
     tbert_head_free(h);
     return st;
+}
+
+/* for src/crossfit.c (train_internal.h): the same checkpoint metadata and files as the epochs loop writes */
+char *tbert_fit_state_json(const char *settings, const tbert_fit_result *r, int epochs_done, double best_score) {
+    return train_state_json(settings, r, epochs_done, best_score);
+}
+
+tbert_status tbert_fit_save_ckpt(const tbert_fit_ckpt *ck, const char *file, const tbert_head *h, const tbert_adam *adam,
+                                 const tbert_rng *rng, float threshold, int epoch, int best_epoch, const char *train_json,
+                                 const char *metrics_json, tbert_error *err) {
+    return save_ckpt(ck, file, h, adam, rng, threshold, epoch, best_epoch, train_json, metrics_json, err);
 }
