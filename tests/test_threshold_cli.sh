@@ -28,7 +28,7 @@ expect_usage() { # description args...
 "$BIN" threshold --help | grep -q -- "--fpr" || { echo "FAIL: threshold --help"; fail=1; }
 H=$TMP/h
 "$BIN" train --model "$MODEL" --data "$DATA" --max-len 32 --hidden 0 --epochs 6 --batch 4 --lr 3e-2 --quiet --cv 4 \
-    --val-fraction 0 --test-fraction 0 --threshold fpr=0.1 --out "$H" >/dev/null 2>"$TMP/train.err" ||
+    --val-fraction 0 --test-fraction 0 --threshold fpr=0.1 --out "$H" --json >"$TMP/train.json" 2>"$TMP/train.err" ||
     { echo "FAIL: train: $(cat "$TMP/train.err")"; exit 1; }
 [ -f "$H/oof.safetensors" ] || { echo "FAIL: train kept no oof.safetensors"; exit 1; }
 # 40 examples, 20 ham: fpr=0.1 needs 36 ham at 95%: the warning line
@@ -111,6 +111,7 @@ if mode == "train":
     assert (c[0][1], c[1][1]) == (op["false_positives"], op["true_positives"]), (c, op)
     assert op["fpr_target"] == 0.1 and op["negatives_needed"] == 36 and "warning" in op, op
     op_check(op, scores, pos, thr, "train")
+    assert json.load(open(sys.argv[3]))["operating_point"] == op, "train --json and metrics.json differ"
 else:
     x = float(sys.argv[3]); out = json.load(open(sys.argv[4]))
     want = fpr_rule(scores, pos, x) if mode == "fpr" else x
@@ -124,7 +125,7 @@ else:
     assert (c[0][1], c[1][1]) == (out["false_positives"], out["true_positives"]), (c, out)
 print(mode, "ok: threshold", thr)
 PYEOF
-"$PY" "$TMP/check.py" train "$H" || fail=1
+"$PY" "$TMP/check.py" train "$H" "$TMP/train.json" || fail=1
 
 # --fpr X: the rule on the stored scores; best.safetensors, metrics.json, oof.safetensors rewritten
 "$BIN" threshold --head "$H" --fpr 0.3 --json >"$TMP/op.json" 2>"$TMP/err" || { echo "FAIL: threshold --fpr: $(cat "$TMP/err")"; fail=1; }

@@ -147,6 +147,15 @@ static void print_json(const tbert_train_result *res, const char *out_dir) {
     cJSON_AddItemToObject(o, "train", parsed(&f->train, &res->recipe));
     cJSON_AddItemToObject(o, "val", parsed(&f->val, &res->recipe));
     cJSON_AddItemToObject(o, "test", parsed(&f->test, &res->recipe));
+    if (res->has_op) { /* as metrics.json: the held-out operating point with its 95% intervals */
+        char *op = tbert_operating_point_json(&res->op, res->op_source, NULL);
+        cJSON *v = op ? cJSON_Parse(op) : NULL;
+        free(op);
+        if (v) {
+            cJSON_DeleteItemFromObjectCaseSensitive(v, "rule");
+            cJSON_AddItemToObject(o, "operating_point", v);
+        }
+    }
     char *s = cJSON_PrintUnformatted(o);
     if (s) printf("%s\n", s);
     free(s);
