@@ -581,3 +581,14 @@ done:
     tbert_head_free(h);
     return st;
 }
+
+/* for src/crossfit.c (train_internal.h): the same checkpoint metadata and files as the epochs loop writes */
+char *tbert_fit_state_json(const char *settings, const tbert_fit_result *r, int epochs_done, double best_score) {
+    return train_state_json(settings, r, epochs_done, best_score);
+}
+
+tbert_status tbert_fit_save_ckpt(const tbert_fit_ckpt *ck, const char *file, const tbert_head *h, const tbert_adam *adam,
+                                 const tbert_rng *rng, float threshold, int epoch, int best_epoch, const char *train_json,
+                                 const char *metrics_json, tbert_error *err) {
+    return save_ckpt(ck, file, h, adam, rng, threshold, epoch, best_epoch, train_json, metrics_json, err);
+}

@@ -210,6 +210,40 @@ static tbert_status check_out_dir(const char *dir, tbert_error *err) {
     return TBERT_OK;
 }
 
+/* The held-out scores the threshold was chosen on (out-of-fold, else validation) into work/oof.safetensors, and
+ * the operating point there with its intervals into res (metrics.json); one stderr line when the held-out ham
+ * are too few for the rule's false-positive target. Nothing for multi-class heads or without a held-out part. */
+static tbert_status keep_heldout_scores(const char *work, const tbert_fit_data *d, const tbert_hparams *hp, const tbert_recipe *r,
+                                        tbert_train_result *res, bool quiet, tbert_error *err) {
+    const tbert_fit_result *f = &res->fit;
+    const int *idx = f->n_oof ? d->train_idx : d->val_idx;
+    int n = f->n_oof ? f->n_oof : d->n_val;
+    if (r->positive < 0 || r->n_labels != 2 || n == 0 || !f->val_probs) return TBERT_OK;
+    tbert_oof o = {.n = n, .threshold = f->threshold};
+    snprintf(o.source, sizeof o.source, "%s", f->n_oof ? "out-of-fold" : "validation");
+    snprintf(o.rule, sizeof o.rule, "%s", hp->threshold ? hp->threshold : "f1");
+    o.score = tbert_malloc_array((size_t)n, sizeof(float));
+    o.is_pos = tbert_malloc_array((size_t)n, sizeof(bool));
+    tbert_status st = TBERT_OK;
+    if (!o.score || !o.is_pos) st = tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    for (int i = 0; !st && i < n; i++) {
+        o.score[i] = f->val_probs[(size_t)i * 2 + r->positive];
+        o.is_pos[i] = d->y[idx[i]] == r->positive;
+    }
+    if (!st) st = tbert_oof_save(work, &o, r, err);
+    if (!st) {
+        tbert_operating_point_compute(n, o.score, o.is_pos, f->threshold, o.rule, &res->op);
+        snprintf(res->op_source, sizeof res->op_source, "%s", o.source);
+        res->has_op = true;
+        if (res->op.warning[0]) fprintf(stderr, "tbert: warning: %s\n", res->op.warning);
+        else if (!quiet)
+            fprintf(stderr, "tbert: %s operating point: false-positive rate %.4g [%.4g, %.4g], recall %.4g [%.4g, %.4g] (95%% intervals)\n",
+                    o.source, res->op.fpr, res->op.fpr_lo, res->op.fpr_hi, res->op.recall, res->op.recall_lo, res->op.recall_hi);
+    }
+    tbert_oof_free(&o);
+    return st;
+}
+
 tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res, tbert_error *err) {
     memset(res, 0, sizeof *res);
     double t0 = tbert_now();
@@ -375,7 +409,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     r->threshold = res->fit.threshold;
     res->n_docs = L.n;
     res->seconds_total = tbert_now() - t0;
-    st = tbert_train_metrics_write(plan.work, res, r, err);
+    st = keep_heldout_scores(plan.work, &d, &hp, r, res, o->quiet, err);
+    if (!st) st = tbert_train_metrics_write(plan.work, res, r, err);
     work_report = g_strdup_printf("%s/report.html", plan.work);
     tbert_fit_data dr = d; /* cross-fitting: the out-of-fold view is the report's validation */
     if (res->fit.n_oof > 0) {
