@@ -1,0 +1,221 @@
+/* The CPU encoder's matrix products with pre-packed weights (see gemm_cpu.h for the contract).
+ *
+ * Why not OpenBLAS alone: it re-packs the weight matrix on every call (about 10% of the encoder's time),
+ * it has no public API to keep a packed copy, and the kernel it picks depends on its CPU detection (machines
+ * that set OPENBLAS_CORETYPE=Haswell to work around old builds get the AVX2 kernels at half the AVX-512
+ * rate). Here the weights are packed once and an AVX-512 kernel, chosen by a run-time CPU check, multiplies.
+ *
+ * Blocking (per call, one thread): rows in blocks of MC (the a block, MC x KC floats, stays in L2), for each
+ * panel of NR = 32 output columns (KC x 32 floats of packed weights: L1), k in blocks of at most KC, and a
+ * 12 x 32 register tile (24 zmm accumulators) that reads a straight from its rows (broadcast per element),
+ * so only the weights are ever packed. The last k block adds the bias in registers before the store; GELU
+ * then runs over the finished tile while it is in L1.
+ *
+ * The plain version (the reference the tests compare against, and the path on CPUs without AVX-512):
+ * cblas_sgemm on the unpacked weights, then the same bias/GELU epilogue per row. */
+#include "gemm_cpu.h"
+
+#include <cblas.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "cpu_math.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TBERT_HAVE_AVX512_KERNEL 1
+#include <immintrin.h>
+#else
+#define TBERT_HAVE_AVX512_KERNEL 0
+#endif
+
+enum { NR = 32, MR = 12, KC = 384, MC = 192 };
+
+TBERT_VEC void tbert_bias_gelu_row(float *x, const float *bias, int n) {
+    if (bias)
+        for (int j = 0; j < n; j++) x[j] += bias[j];
+    for (int j = 0; j < n; j++) {
+        float v = x[j];
+        x[j] = 0.5f * v * (1.0f + tbert_erf_approx(v * 0.70710678118654752f));
+    }
+}
+
+TBERT_VEC static void bias_row(float *x, const float *bias, int n) {
+    for (int j = 0; j < n; j++) x[j] += bias[j];
+}
+
+bool tbert_gemm_avx512_supported(void) {
+#if TBERT_HAVE_AVX512_KERNEL
+    return __builtin_cpu_supports("avx512f");
+#else
+    return false;
+#endif
+}
+
+void tbert_packed_free(tbert_packed_w *p) {
+    if (!p) return;
+    free(p->packed);
+    *p = (tbert_packed_w){0};
+}
+
+tbert_status tbert_pack_weights(const float *w, int n, int k, tbert_gemm_kind kind, tbert_packed_w *out,
+                                tbert_error *err) {
+    *out = (tbert_packed_w){.w = w, .n = n, .k = k};
+    if (n <= 0 || k <= 0) return tbert_fail(err, TBERT_E_ARG, "gemm: bad weight shape %d x %d", n, k);
+    bool avx = tbert_gemm_avx512_supported();
+    if (kind == TBERT_GEMM_AVX512 && !avx)
+        return tbert_fail(err, TBERT_E_UNSUPPORTED, "gemm: this CPU has no AVX-512");
+    if (kind == TBERT_GEMM_BLAS || !avx) return TBERT_OK;
+    size_t panels = ((size_t)n + NR - 1) / NR;
+    size_t bytes = panels * (size_t)k * NR * sizeof(float); /* a multiple of 64: NR floats are 128 bytes */
+    float *p = aligned_alloc(64, bytes);
+    if (!p) return tbert_fail(err, TBERT_E_NOMEM, "gemm: out of memory packing %d x %d weights", n, k);
+    for (size_t jp = 0; jp < panels; jp++) {
+        float *dst = p + jp * (size_t)k * NR;
+        for (int kk = 0; kk < k; kk++)
+            for (int j = 0; j < NR; j++) {
+                size_t col = jp * NR + (size_t)j;
+                dst[(size_t)kk * NR + (size_t)j] = col < (size_t)n ? w[col * (size_t)k + (size_t)kk] : 0.0f;
+            }
+    }
+    out->packed = p;
+    return TBERT_OK;
+}
+
+static void gemm_blas(int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias, bool accumulate,
+                      bool gelu, float *c, size_t ldc) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, w->n, w->k, 1.0f, a, (int)lda, w->w, w->k,
+                accumulate ? 1.0f : 0.0f, c, (int)ldc);
+    for (int i = 0; i < m; i++) {
+        float *r = c + (size_t)i * ldc;
+        if (gelu) tbert_bias_gelu_row(r, bias, w->n);
+        else if (bias) bias_row(r, bias, w->n);
+    }
+}
+
+#if TBERT_HAVE_AVX512_KERNEL
+#define AVX512 __attribute__((target("avx512f,fma")))
+/* the row loops of a tile must unroll completely, or the accumulators go to the stack */
+#if defined(__clang__)
+#define UNROLL_ROWS _Pragma("unroll")
+#else
+#define UNROLL_ROWS _Pragma("GCC unroll 12")
+#endif
+
+/* c[mr, 32] (+)= a[mr, kc] (row stride lda) @ b[kc, 32] (row stride ldb: NR for a packed panel), + bias when bias != NULL; columns
+ * outside the masks are neither read nor written. mr is a constant in every inlined copy, so the
+ * accumulators live in registers. */
+static inline __attribute__((always_inline)) AVX512 void tile(const int mr, int kc, const float *a, size_t lda,
+                                                              const float *b, size_t ldb, float *c, size_t ldc,
+                                                              __mmask16 m0, __mmask16 m1, bool load_c,
+                                                              const float *bias) {
+    __m512 x0[MR], x1[MR];
+    UNROLL_ROWS for (int i = 0; i < mr; i++) {
+        if (load_c) {
+            x0[i] = _mm512_maskz_loadu_ps(m0, c + (size_t)i * ldc);
+            x1[i] = _mm512_maskz_loadu_ps(m1, c + (size_t)i * ldc + 16);
+        } else {
+            x0[i] = _mm512_setzero_ps();
+            x1[i] = _mm512_setzero_ps();
+        }
+    }
+    for (int p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, b + (size_t)p * ldb), b1 = _mm512_maskz_loadu_ps(m1, b + (size_t)p * ldb + 16);
+        UNROLL_ROWS for (int i = 0; i < mr; i++) {
+            __m512 ai = _mm512_set1_ps(a[(size_t)i * lda + (size_t)p]);
+            x0[i] = _mm512_fmadd_ps(ai, b0, x0[i]);
+            x1[i] = _mm512_fmadd_ps(ai, b1, x1[i]);
+        }
+    }
+    if (bias) {
+        __m512 c0 = _mm512_maskz_loadu_ps(m0, bias), c1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+        UNROLL_ROWS for (int i = 0; i < mr; i++) {
+            x0[i] = _mm512_add_ps(x0[i], c0);
+            x1[i] = _mm512_add_ps(x1[i], c1);
+        }
+    }
+    UNROLL_ROWS for (int i = 0; i < mr; i++) {
+        _mm512_mask_storeu_ps(c + (size_t)i * ldc, m0, x0[i]);
+        _mm512_mask_storeu_ps(c + (size_t)i * ldc + 16, m1, x1[i]);
+    }
+}
+
+#define TILE_CASE(R)                                                                                                 \
+    case R: tile(R, kc, a, lda, b, ldb, c, ldc, m0, m1, load_c, bias); break;
+
+static __attribute__((noinline, noclone)) AVX512 void tile_any(int mr, int kc, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                            size_t ldc, __mmask16 m0, __mmask16 m1, bool load_c, const float *bias) {
+    switch (mr) {
+        TILE_CASE(12) TILE_CASE(11) TILE_CASE(10) TILE_CASE(9) TILE_CASE(8) TILE_CASE(7)
+        TILE_CASE(6) TILE_CASE(5) TILE_CASE(4) TILE_CASE(3) TILE_CASE(2) TILE_CASE(1)
+    default: break;
+    }
+}
+
+static inline __mmask16 mask_lo(int nr) {
+    return (__mmask16)(nr >= 16 ? 0xffff : (1u << nr) - 1);
+}
+
+static inline __mmask16 mask_hi(int nr) {
+    return (__mmask16)(nr >= 32 ? 0xffff : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
+}
+
+/* c[m, n] = a[m, k] @ b[k, n], all row-major, b unpacked (small products: attention) */
+static AVX512 void gemm_nn_avx512(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                                  size_t ldc) {
+    for (int j0 = 0; j0 < n; j0 += NR) {
+        int nr = n - j0 < NR ? n - j0 : NR;
+        for (int i = 0; i < m; i += MR)
+            tile_any(m - i < MR ? m - i : MR, k, a + (size_t)i * lda, lda, b + j0, ldb, c + (size_t)i * ldc + j0, ldc,
+                     mask_lo(nr), mask_hi(nr), false, NULL);
+    }
+}
+
+static AVX512 void gemm_avx512(int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias,
+                               bool accumulate, bool gelu, float *c, size_t ldc) {
+    int n = w->n, k = w->k, panels = (n + NR - 1) / NR;
+    for (int i0 = 0; i0 < m; i0 += MC) {
+        int i1 = m - i0 < MC ? m : i0 + MC;
+        for (int jp = 0; jp < panels; jp++) {
+            int j0 = jp * NR, nr = n - j0 < NR ? n - j0 : NR;
+            __mmask16 m0 = mask_lo(nr), m1 = mask_hi(nr);
+            const float *bp = w->packed + (size_t)jp * (size_t)k * NR;
+            for (int p0 = 0; p0 < k; p0 += KC) {
+                int kc = k - p0 < KC ? k - p0 : KC;
+                bool load_c = p0 > 0 || accumulate, last = p0 + kc == k;
+                for (int i = i0; i < i1; i += MR) {
+                    int mr = i1 - i < MR ? i1 - i : MR;
+                    float *ct = c + (size_t)i * ldc + (size_t)j0;
+                    tile_any(mr, kc, a + (size_t)i * lda + (size_t)p0, lda, bp + (size_t)p0 * NR, NR, ct, ldc, m0, m1,
+                             load_c, last && bias ? bias + j0 : NULL);
+                    if (last && gelu)
+                        for (int r = 0; r < mr; r++) tbert_bias_gelu_row(ct + (size_t)r * ldc, NULL, nr);
+                }
+            }
+        }
+    }
+}
+#endif
+
+void tbert_gemm_packed(int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias, bool accumulate,
+                       bool gelu, float *c, size_t ldc) {
+    if (m <= 0) return;
+#if TBERT_HAVE_AVX512_KERNEL
+    if (w->packed) {
+        gemm_avx512(m, a, lda, w, bias, accumulate, gelu, c, ldc);
+        return;
+    }
+#endif
+    gemm_blas(m, a, lda, w, bias, accumulate, gelu, c, ldc);
+}
+
+void tbert_gemm_nn(bool avx512, int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+                   size_t ldc) {
+    if (m <= 0 || n <= 0) return;
+#if TBERT_HAVE_AVX512_KERNEL
+    if (avx512) {
+        gemm_nn_avx512(m, n, k, a, lda, b, ldb, c, ldc);
+        return;
+    }
+#endif
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, (int)lda, b, (int)ldb, 0.0f, c, (int)ldc);
+}
