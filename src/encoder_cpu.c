@@ -196,6 +196,7 @@ tbert_status tbert_cpu_encoder_create(const tbert_model *m, const tbert_encoder_
 
 static bool grow(float **p, size_t *cap, size_t need) {
     if (*cap >= need) return true;
+    if (need < *cap / 2 * 3) need = *cap / 2 * 3; /* geometric: length-sorted batches grow a little each time */
     float *q = tbert_realloc_array(*p, need, sizeof(float));
     if (!q) return false;
     *p = q;
@@ -206,7 +207,8 @@ static bool grow(float **p, size_t *cap, size_t need) {
 static bool worker_reserve(cpu_worker *w, const tbert_config *c, size_t n_tok, int lmax) {
     size_t H = (size_t)c->hidden, wide = 3 * H > (size_t)c->intermediate ? 3 * H : (size_t)c->intermediate;
     if (w->cap_tokens < n_tok) {
-        size_t n = n_tok;
+        /* geometric growth: batches come sorted by length, and each fresh buffer costs page faults */
+        size_t n = n_tok < w->cap_tokens / 2 * 3 ? w->cap_tokens / 2 * 3 : n_tok;
         float *x = tbert_malloc_array(n, H * sizeof(float)), *ctx = tbert_malloc_array(n, H * sizeof(float));
         float *big = tbert_malloc_array(n, wide * sizeof(float));
         if (!x || !ctx || !big) {

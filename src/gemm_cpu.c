@@ -6,7 +6,8 @@
  * rate). Here the weights are packed once and an AVX-512 kernel, chosen by a run-time CPU check, multiplies.
  *
  * Blocking (per call, one thread): rows in blocks of MC (the a block, MC x KC floats, stays in L2), for each
- * panel of NR = 32 output columns (KC x 32 floats of packed weights: L1), k in blocks of at most KC, and a
+ * panel of NR = 32 output columns (KC x 32 floats of packed weights: L1/L2; while one panel is multiplied its
+ * tiles prefetch the next panel into L2), k in blocks of at most KC, and a
  * 12 x 32 register tile (24 zmm accumulators) that reads a straight from its rows (broadcast per element),
  * so only the weights are ever packed. The last k block adds the bias in registers before the store; GELU
  * then runs over the finished tile while it is in L1.
@@ -28,7 +29,7 @@
 #define TBERT_HAVE_AVX512_KERNEL 0
 #endif
 
-enum { NR = 32, MR = 12, KC = 384, MC = 192 };
+enum { NR = 32, MR = 12, KC = 384, MC = 480 };
 
 TBERT_VEC void tbert_bias_gelu_row(float *x, const float *bias, int n) {
     if (bias)
@@ -159,6 +160,14 @@ static inline __mmask16 mask_hi(int nr) {
     return (__mmask16)(nr >= 32 ? 0xffff : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
 }
 
+/* Tile number (row / MR) of the rows tiles of one panel prefetches its share of the next panel's kc x NR block
+ * into L2, so that the next panel does not start with a wait on L3. */
+static inline void prefetch_share(const float *next, int kc, int rows, int row) {
+    size_t lines = (size_t)kc * NR * sizeof(float) / 64, tiles = (size_t)(rows + MR - 1) / MR;
+    size_t per = (lines + tiles - 1) / tiles, q0 = (size_t)row / MR * per;
+    for (size_t q = q0; q < q0 + per && q < lines; q++) _mm_prefetch((const char *)next + q * 64, _MM_HINT_T1);
+}
+
 /* c[m, n] = a[m, k] @ b[k, n], all row-major, b unpacked (small products: attention) */
 static AVX512 void gemm_nn_avx512(int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
                                   size_t ldc) {
@@ -185,6 +194,7 @@ static AVX512 void gemm_avx512(int m, const float *a, size_t lda, const tbert_pa
                 for (int i = i0; i < i1; i += MR) {
                     int mr = i1 - i < MR ? i1 - i : MR;
                     float *ct = c + (size_t)i * ldc + (size_t)j0;
+                    if (jp + 1 < panels) prefetch_share(bp + (size_t)k * NR + (size_t)p0 * NR, kc, i1 - i0, i - i0);
                     tile_any(mr, kc, a + (size_t)i * lda + (size_t)p0, lda, bp + (size_t)p0 * NR, NR, ct, ldc, m0, m1,
                              load_c, last && bias ? bias + j0 : NULL);
                     if (last && gelu)
