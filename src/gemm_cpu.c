@@ -5,12 +5,12 @@
  * that set OPENBLAS_CORETYPE=Haswell to work around old builds get the AVX2 kernels at half the AVX-512
  * rate). Here the weights are packed once and an AVX-512 kernel, chosen by a run-time CPU check, multiplies.
  *
- * Blocking (per call, one thread): rows in blocks of MC (the a block, MC x KC floats, stays in L2), for each
- * panel of NR = 32 output columns (KC x 32 floats of packed weights: L1/L2; while one panel is multiplied its
- * tiles prefetch the next panel into L2), k in blocks of at most KC, and a
- * 12 x 32 register tile (24 zmm accumulators) that reads a straight from its rows (broadcast per element),
- * so only the weights are ever packed. The last k block adds the bias in registers before the store; GELU
- * then runs over the finished tile while it is in L1.
+ * Blocking (per call, one thread): rows in blocks of MC and k in blocks of KC; the a block (MC x KC floats) is
+ * copied k-major in tiles of 12 rows into the caller's workspace (it then stays in L2, and a tile's 12 values
+ * of one k are adjacent), and for each panel of NR = 32 output columns (KC x 32 floats of packed weights: L1/L2; while one panel is multiplied its
+ * tiles prefetch the next panel into L2) a 12 x 32 register tile (24 zmm accumulators) multiplies, one
+ * broadcast of a per row and k. The last k block adds the bias and applies GELU in registers before
+ * the store.
  *
  * The plain version (the reference the tests compare against, and the path on CPUs without AVX-512):
  * cblas_sgemm on the unpacked weights, then the same bias/GELU epilogue per row. */
@@ -102,13 +102,48 @@ static void gemm_blas(int m, const float *a, size_t lda, const tbert_packed_w *w
 #define UNROLL_ROWS _Pragma("GCC unroll 12")
 #endif
 
-/* c[mr, 32] (+)= a[mr, kc] (row stride lda) @ b[kc, 32] (row stride ldb: NR for a packed panel), + bias when bias != NULL; columns
- * outside the masks are neither read nor written. mr is a constant in every inlined copy, so the
- * accumulators live in registers. */
-static inline __attribute__((always_inline)) AVX512 void tile(const int mr, int kc, const float *a, size_t lda,
-                                                              const float *b, size_t ldb, float *c, size_t ldc,
+/* exp(x) as tbert_exp_approx (cpu_math.h): 2^k p(r), the degree-6 polynomial, 2^k applied by scalef */
+static inline __attribute__((always_inline)) AVX512 __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, k);
+}
+
+/* gelu(v) = v/2 (1 + erf(v/sqrt 2)) = (v + |v| e)/2 with e = erf(|v|/sqrt 2) by Abramowitz & Stegun 7.1.26
+ * (as tbert_erf_approx; 1/(1 + p z) by rcp14 and one Newton step) */
+static inline __attribute__((always_inline)) AVX512 __m512 gelu16(__m512 v) {
+    __m512 av = _mm512_abs_ps(v);
+    __m512 z = _mm512_mul_ps(av, _mm512_set1_ps(0.70710678118654752f));
+    __m512 d = _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f));
+    __m512 t = _mm512_rcp14_ps(d);
+    t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.0f)));
+    __m512 y = _mm512_set1_ps(1.061405429f);
+    y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(-1.453152027f));
+    y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(1.421413741f));
+    y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(-0.284496736f));
+    y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(0.254829592f));
+    __m512 ex = exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z));
+    __m512 e = _mm512_fnmadd_ps(_mm512_mul_ps(y, t), ex, _mm512_set1_ps(1.0f));
+    return _mm512_mul_ps(_mm512_fmadd_ps(av, e, v), _mm512_set1_ps(0.5f));
+}
+
+/* c[mr, 32] (+)= a[mr, kc] (element (i, p) at a[i ars + p aks]) @ b[kc, 32] (row stride ldb: NR for a packed panel), + bias when
+ * bias != NULL; columns outside the masks are neither read nor written; gelu (with the bias) finishes the tile. mr is a constant
+ * in every inlined copy, so the accumulators live in registers. */
+static inline __attribute__((always_inline)) AVX512 void tile(const int mr, int kc, const float *a, size_t ars,
+                                                              size_t aks, const float *b, size_t ldb, float *c, size_t ldc,
                                                               __mmask16 m0, __mmask16 m1, bool load_c,
-                                                              const float *bias) {
+                                                              const float *bias, bool gelu, const bool mask_b) {
     __m512 x0[MR], x1[MR];
     UNROLL_ROWS for (int i = 0; i < mr; i++) {
         if (load_c) {
@@ -120,9 +155,16 @@ static inline __attribute__((always_inline)) AVX512 void tile(const int mr, int 
         }
     }
     for (int p = 0; p < kc; p++) {
-        __m512 b0 = _mm512_maskz_loadu_ps(m0, b + (size_t)p * ldb), b1 = _mm512_maskz_loadu_ps(m1, b + (size_t)p * ldb + 16);
+        __m512 b0, b1;
+        if (mask_b) {
+            b0 = _mm512_maskz_loadu_ps(m0, b + (size_t)p * ldb);
+            b1 = _mm512_maskz_loadu_ps(m1, b + (size_t)p * ldb + 16);
+        } else { /* a packed panel: aligned, zero-padded to NR columns */
+            b0 = _mm512_load_ps(b + (size_t)p * ldb);
+            b1 = _mm512_load_ps(b + (size_t)p * ldb + 16);
+        }
         UNROLL_ROWS for (int i = 0; i < mr; i++) {
-            __m512 ai = _mm512_set1_ps(a[(size_t)i * lda + (size_t)p]);
+            __m512 ai = _mm512_set1_ps(a[(size_t)i * ars + (size_t)p * aks]);
             x0[i] = _mm512_fmadd_ps(ai, b0, x0[i]);
             x1[i] = _mm512_fmadd_ps(ai, b1, x1[i]);
         }
@@ -134,20 +176,42 @@ static inline __attribute__((always_inline)) AVX512 void tile(const int mr, int 
             x1[i] = _mm512_add_ps(x1[i], c1);
         }
     }
+    if (gelu)
+        UNROLL_ROWS for (int i = 0; i < mr; i++) {
+            x0[i] = gelu16(x0[i]);
+            x1[i] = gelu16(x1[i]);
+        }
     UNROLL_ROWS for (int i = 0; i < mr; i++) {
         _mm512_mask_storeu_ps(c + (size_t)i * ldc, m0, x0[i]);
         _mm512_mask_storeu_ps(c + (size_t)i * ldc + 16, m1, x1[i]);
     }
 }
 
-#define TILE_CASE(R)                                                                                                 \
-    case R: tile(R, kc, a, lda, b, ldb, c, ldc, m0, m1, load_c, bias); break;
+#define TILE_CASE(R, ARS, AKS, MASK_B)                                                                               \
+    case R: tile(R, kc, a, ARS, AKS, b, ldb, c, ldc, m0, m1, load_c, bias, gelu, MASK_B); break;
 
-static __attribute__((noinline, noclone)) AVX512 void tile_any(int mr, int kc, const float *a, size_t lda, const float *b, size_t ldb, float *c,
-                            size_t ldc, __mmask16 m0, __mmask16 m1, bool load_c, const float *bias) {
+/* a tile whose a rows are in place (stride lda) */
+static __attribute__((noinline, noclone)) AVX512 void tile_rows(int mr, int kc, const float *a, size_t lda,
+                                                                const float *b, size_t ldb, float *c, size_t ldc,
+                                                                __mmask16 m0, __mmask16 m1, bool load_c,
+                                                                const float *bias, bool gelu) {
     switch (mr) {
-        TILE_CASE(12) TILE_CASE(11) TILE_CASE(10) TILE_CASE(9) TILE_CASE(8) TILE_CASE(7)
-        TILE_CASE(6) TILE_CASE(5) TILE_CASE(4) TILE_CASE(3) TILE_CASE(2) TILE_CASE(1)
+        TILE_CASE(12, lda, 1, true) TILE_CASE(11, lda, 1, true) TILE_CASE(10, lda, 1, true) TILE_CASE(9, lda, 1, true)
+        TILE_CASE(8, lda, 1, true) TILE_CASE(7, lda, 1, true) TILE_CASE(6, lda, 1, true) TILE_CASE(5, lda, 1, true)
+        TILE_CASE(4, lda, 1, true) TILE_CASE(3, lda, 1, true) TILE_CASE(2, lda, 1, true) TILE_CASE(1, lda, 1, true)
+    default: break;
+    }
+}
+
+/* a tile whose a block is packed k-major (a[p MR + i]: the MR values of one k are one 48-byte run) */
+static __attribute__((noinline, noclone)) AVX512 void tile_packed(int mr, int kc, const float *a, const float *b,
+                                                                  size_t ldb, float *c, size_t ldc, __mmask16 m0,
+                                                                  __mmask16 m1, bool load_c, const float *bias,
+                                                                  bool gelu) {
+    switch (mr) {
+        TILE_CASE(12, 1, MR, false) TILE_CASE(11, 1, MR, false) TILE_CASE(10, 1, MR, false) TILE_CASE(9, 1, MR, false)
+        TILE_CASE(8, 1, MR, false) TILE_CASE(7, 1, MR, false) TILE_CASE(6, 1, MR, false) TILE_CASE(5, 1, MR, false)
+        TILE_CASE(4, 1, MR, false) TILE_CASE(3, 1, MR, false) TILE_CASE(2, 1, MR, false) TILE_CASE(1, 1, MR, false)
     default: break;
     }
 }
@@ -174,31 +238,46 @@ static AVX512 void gemm_nn_avx512(int m, int n, int k, const float *a, size_t ld
     for (int j0 = 0; j0 < n; j0 += NR) {
         int nr = n - j0 < NR ? n - j0 : NR;
         for (int i = 0; i < m; i += MR)
-            tile_any(m - i < MR ? m - i : MR, k, a + (size_t)i * lda, lda, b + j0, ldb, c + (size_t)i * ldc + j0, ldc,
-                     mask_lo(nr), mask_hi(nr), false, NULL);
+            tile_rows(m - i < MR ? m - i : MR, k, a + (size_t)i * lda, lda, b + j0, ldb, c + (size_t)i * ldc + j0, ldc,
+                     mask_lo(nr), mask_hi(nr), false, NULL, false);
+    }
+}
+
+/* ap[t][p][i] = a[t MR + i][p] for the rows tiles of an [rows, kc] block (rows past the end: zero) */
+static void pack_a(const float *a, size_t lda, int rows, int kc, float *ap) {
+    for (int t = 0; t * MR < rows; t++) {
+        float *dst = ap + (size_t)t * kc * MR;
+        int mr = rows - t * MR < MR ? rows - t * MR : MR;
+        const float *src[MR];
+        for (int i = 0; i < MR; i++) src[i] = a + (size_t)(t * MR + (i < mr ? i : 0)) * lda;
+        if (mr == MR) {
+            for (int p = 0; p < kc; p++, dst += MR)
+                for (int i = 0; i < MR; i++) dst[i] = src[i][p];
+        } else {
+            for (int p = 0; p < kc; p++, dst += MR)
+                for (int i = 0; i < MR; i++) dst[i] = i < mr ? src[i][p] : 0.0f;
+        }
     }
 }
 
 static AVX512 void gemm_avx512(int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias,
-                               bool accumulate, bool gelu, float *c, size_t ldc) {
+                               bool accumulate, bool gelu, float *c, size_t ldc, float *work) {
     int n = w->n, k = w->k, panels = (n + NR - 1) / NR;
     for (int i0 = 0; i0 < m; i0 += MC) {
         int i1 = m - i0 < MC ? m : i0 + MC;
-        for (int jp = 0; jp < panels; jp++) {
-            int j0 = jp * NR, nr = n - j0 < NR ? n - j0 : NR;
-            __mmask16 m0 = mask_lo(nr), m1 = mask_hi(nr);
-            const float *bp = w->packed + (size_t)jp * (size_t)k * NR;
-            for (int p0 = 0; p0 < k; p0 += KC) {
-                int kc = k - p0 < KC ? k - p0 : KC;
-                bool load_c = p0 > 0 || accumulate, last = p0 + kc == k;
+        for (int p0 = 0; p0 < k; p0 += KC) {
+            int kc = k - p0 < KC ? k - p0 : KC;
+            bool load_c = p0 > 0 || accumulate, last = p0 + kc == k;
+            pack_a(a + (size_t)i0 * lda + (size_t)p0, lda, i1 - i0, kc, work);
+            for (int jp = 0; jp < panels; jp++) {
+                int j0 = jp * NR, nr = n - j0 < NR ? n - j0 : NR;
+                __mmask16 m0 = mask_lo(nr), m1 = mask_hi(nr);
+                const float *bp = w->packed + (size_t)jp * (size_t)k * NR + (size_t)p0 * NR;
                 for (int i = i0; i < i1; i += MR) {
                     int mr = i1 - i < MR ? i1 - i : MR;
-                    float *ct = c + (size_t)i * ldc + (size_t)j0;
-                    if (jp + 1 < panels) prefetch_share(bp + (size_t)k * NR + (size_t)p0 * NR, kc, i1 - i0, i - i0);
-                    tile_any(mr, kc, a + (size_t)i * lda + (size_t)p0, lda, bp + (size_t)p0 * NR, NR, ct, ldc, m0, m1,
-                             load_c, last && bias ? bias + j0 : NULL);
-                    if (last && gelu)
-                        for (int r = 0; r < mr; r++) tbert_bias_gelu_row(ct + (size_t)r * ldc, NULL, nr);
+                    if (jp + 1 < panels) prefetch_share(bp + (size_t)k * NR, kc, i1 - i0, i - i0);
+                    tile_packed(mr, kc, work + (size_t)(i - i0) * kc, bp, NR, c + (size_t)i * ldc + (size_t)j0, ldc,
+                                m0, m1, load_c, last && bias ? bias + j0 : NULL, last && gelu);
                 }
             }
         }
@@ -206,12 +285,16 @@ static AVX512 void gemm_avx512(int m, const float *a, size_t lda, const tbert_pa
 }
 #endif
 
+size_t tbert_gemm_work_floats(void) {
+    return (size_t)MC * KC;
+}
+
 void tbert_gemm_packed(int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias, bool accumulate,
-                       bool gelu, float *c, size_t ldc) {
+                       bool gelu, float *c, size_t ldc, float *work) {
     if (m <= 0) return;
 #if TBERT_HAVE_AVX512_KERNEL
     if (w->packed) {
-        gemm_avx512(m, a, lda, w, bias, accumulate, gelu, c, ldc);
+        gemm_avx512(m, a, lda, w, bias, accumulate, gelu, c, ldc, work);
         return;
     }
 #endif

@@ -1,6 +1,6 @@
 /* The CPU encoder's matrix products (src/gemm_cpu.c) against float64 loops: both kernels (OpenBLAS and the
  * packed AVX-512 one, where the CPU has it), awkward shapes (1 row, rows across the 12-row tile and the
- * 192-row block, columns across the 16-lane halves and the 32-column panel, k across the 384 block), every
+ * 480-row block, columns across the 16-lane halves and the 32-column panel, k across the 384 block), every
  * epilogue (accumulate, bias, GELU), guard values around and between the output rows. Then the whole
  * encoder with TBERT_CPU_GEMM=blas against TBERT_CPU_GEMM=avx512 on a random model (each is also checked
  * against transformers by test_encoder_cpu, which runs the default kernel).
@@ -29,8 +29,9 @@ typedef struct {
     int m, n, k;
 } shape;
 
-static const shape shapes[] = {{1, 1, 1},    {1, 32, 384}, {7, 17, 5},    {12, 16, 64},  {13, 33, 385},
-                               {25, 100, 7}, {5, 15, 800}, {200, 48, 96}, {197, 64, 31}, {40, 1152, 384}};
+static const shape shapes[] = {{1, 1, 1},     {1, 32, 384},  {7, 17, 5},    {12, 16, 64},   {13, 33, 385},
+                               {25, 100, 7},  {5, 15, 800},  {200, 48, 96}, {197, 64, 31},  {40, 1152, 384},
+                               {481, 40, 20}, {973, 33, 9}};
 
 static void fill(tu_rng *r, float *x, size_t n, float scale) {
     for (size_t i = 0; i < n; i++) x[i] = tu_normal(r) * scale;
@@ -55,6 +56,8 @@ static size_t check(const char *what, const float *buf, const double *ref, int m
 }
 
 static void run_packed(tbert_gemm_kind kind, const char *kname, tu_rng *r) {
+    float *work = aligned_alloc(64, tbert_gemm_work_floats() * sizeof(float));
+    assert_non_null(work);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int m = shapes[s].m, n = shapes[s].n, k = shapes[s].k;
         size_t ldc = (size_t)n + 3, lda = (size_t)k + 2;
@@ -84,7 +87,7 @@ static void run_packed(tbert_gemm_kind kind, const char *kname, tu_rng *r) {
                     if (has_bias) v += bias[j];
                     ref[(size_t)i * n + j] = gelu ? gelu64(v) : v;
                 }
-            tbert_gemm_packed(m, a, lda, &p, has_bias ? bias : NULL, acc, gelu, c, ldc);
+            tbert_gemm_packed(m, a, lda, &p, has_bias ? bias : NULL, acc, gelu, c, ldc, work);
             char what[160];
             snprintf(what, sizeof what, "%s %dx%dx%d acc=%d bias=%d gelu=%d", kname, m, n, k, acc, has_bias, gelu);
             assert_int_equal(check(what, buf, ref, m, n, ldc), 0);
@@ -92,6 +95,7 @@ static void run_packed(tbert_gemm_kind kind, const char *kname, tu_rng *r) {
         tbert_packed_free(&p);
         free(a), free(w), free(bias), free(c0), free(buf), free(ref);
     }
+    free(work);
 }
 
 static void run_nn(bool avx512, const char *kname, tu_rng *r) {
