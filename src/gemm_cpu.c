@@ -250,13 +250,20 @@ static void pack_a(const float *a, size_t lda, int rows, int kc, float *ap) {
         int mr = rows - t * MR < MR ? rows - t * MR : MR;
         const float *src[MR];
         for (int i = 0; i < MR; i++) src[i] = a + (size_t)(t * MR + (i < mr ? i : 0)) * lda;
-        if (mr == MR) {
-            for (int p = 0; p < kc; p++, dst += MR)
-                for (int i = 0; i < MR; i++) dst[i] = src[i][p];
-        } else {
-            for (int p = 0; p < kc; p++, dst += MR)
-                for (int i = 0; i < MR; i++) dst[i] = i < mr ? src[i][p] : 0.0f;
-        }
+        int p = 0;
+        if (mr == MR) /* 4 x 4 transposes: four rows' 4 values of k in, four k's 4 rows out */
+            for (; p + 4 <= kc; p += 4)
+                for (int i = 0; i < MR; i += 4) {
+                    __m128 r0 = _mm_loadu_ps(src[i] + p), r1 = _mm_loadu_ps(src[i + 1] + p);
+                    __m128 r2 = _mm_loadu_ps(src[i + 2] + p), r3 = _mm_loadu_ps(src[i + 3] + p);
+                    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+                    _mm_storeu_ps(dst + (size_t)p * MR + i, r0);
+                    _mm_storeu_ps(dst + (size_t)(p + 1) * MR + i, r1);
+                    _mm_storeu_ps(dst + (size_t)(p + 2) * MR + i, r2);
+                    _mm_storeu_ps(dst + (size_t)(p + 3) * MR + i, r3);
+                }
+        for (; p < kc; p++)
+            for (int i = 0; i < MR; i++) dst[(size_t)p * MR + i] = i < mr ? src[i][p] : 0.0f;
     }
 }
 
