@@ -1,7 +1,8 @@
-/* CPU backend of the encoder (OpenBLAS), the reference the CUDA backend is tested against.
+/* CPU backend of the encoder, the reference the CUDA backend is tested against. Matrix products: gemm_cpu.c
+ * (weights packed once for an AVX-512 kernel; OpenBLAS where the CPU lacks AVX-512 or TBERT_CPU_GEMM=blas).
  *
  * Layout: the batch is split by sequence into one chunk per thread (balanced by estimated cost), and
- * each thread runs the whole layer stack on its chunk with single-threaded OpenBLAS: no barriers, no
+ * each thread runs the whole layer stack on its chunk with single-threaded matrix products: no barriers, no
  * false sharing, and each GEMM still has hundreds of rows. Inside a chunk the sequences are packed
  * (only real tokens, no padding rows): every linear layer works per token, and attention runs per
  * (sequence, head) over that sequence's own keys, so no padding mask is needed at all and no work is
@@ -9,14 +10,15 @@
  * (there exp(mask) underflows to exactly 0 for padded keys).
  *
  * OpenBLAS's thread count is process-wide: each forward sets it to 1 (the workers call sgemm concurrently,
- * each on its own thread) or, for a batch that fits one worker (e.g. a single text), to all threads. An
- * encoder runs one call at a time; pooling reads the packed rows directly (no [B,T,H] round trip).
+ * each on its own thread) or, for a batch that fits one worker (e.g. a single text), to all threads (the
+ * AVX-512 kernel runs such a batch on one thread). An encoder runs one call at a time; pooling reads the
+ * packed rows directly (no [B,T,H] round trip).
  *
  * Per layer (N packed tokens, H hidden, I intermediate, A heads of d = H/A):
- *   qkv[N,3H]  = x @ Wqkv^T + bqkv          (Wq|Wk|Wv fused at create time; q pre-scaled by 1/sqrt(d))
- *   ctx[N,H]   = softmax(q k^T) v           per (sequence, head)
+ *   qkv[N,3H]  = x @ Wqkv^T + bqkv          (Wq|Wk|Wv fused at create time; Wq, bq pre-scaled by 1/sqrt(d))
+ *   ctx[N,H]   = softmax(q k^T) v           per (sequence, head): two small products on k transposed
  *   x          = LN(x + ctx @ Wo^T + bo)     (GEMM accumulates into x: beta = 1)
- *   inter[N,I] = gelu(x @ Wi^T + bi)         (exact erf GELU)
+ *   inter[N,I] = gelu(x @ Wi^T + bi)         (exact erf GELU, in the product's epilogue)
  *   x          = LN(x + inter @ Wout^T + bout)
  */
 #include <assert.h>
