@@ -77,7 +77,6 @@ TBERT_VEC static void bias_layernorm(float *x, const float *bias, const float *g
 typedef struct {
     float *x, *ctx, *big, *scores; /* [N,H], [N,H], [N,max(3H,I)], [(H+Lmax)*Lmax] (attention) */
     size_t cap_tokens, cap_scores;
-    float *gemm_work;               /* tbert_gemm_work_floats(), 64-byte aligned */
     int *seq;                       /* indices into the batch of this worker's sequences */
     int n_seq;
     size_t n_tok;
@@ -117,7 +116,6 @@ void tbert_cpu_encoder_free(tbert_cpu_encoder *e) {
             free(e->w[i].ctx);
             free(e->w[i].big);
             free(e->w[i].scores);
-            free(e->w[i].gemm_work);
             free(e->w[i].seq);
         }
     free(e->w);
@@ -194,12 +192,6 @@ tbert_status tbert_cpu_encoder_create(const tbert_model *m, const tbert_encoder_
         return st;
     }
     e->avx512 = e->lp[0].qkv.packed != NULL;
-    size_t work = tbert_gemm_work_floats() * sizeof(float); /* a multiple of 64 */
-    for (int i = 0; e->avx512 && i < e->threads; i++)
-        if (!(e->w[i].gemm_work = aligned_alloc(64, work))) {
-            tbert_cpu_encoder_free(e);
-            return tbert_fail(err, TBERT_E_NOMEM, "CPU encoder: out of memory for the GEMM workspace");
-        }
     *out = e;
     return TBERT_OK;
 }
@@ -302,13 +294,12 @@ static void layer_forward(const tbert_cpu_encoder *e, int l, cpu_worker *w, cons
     int H = c->hidden, IM = c->intermediate, N = (int)w->n_tok;
     float *x = w->x, *ctx = w->ctx, *big = w->big;
 
-    tbert_gemm_packed(N, x, (size_t)H, &p->qkv, e->qkv_b + (size_t)l * 3 * H, false, false, big, 3 * (size_t)H,
-                      w->gemm_work);
+    tbert_gemm_packed(N, x, (size_t)H, &p->qkv, e->qkv_b + (size_t)l * 3 * H, false, false, big, 3 * (size_t)H);
     attention(e, w, lengths, big, ctx);
-    tbert_gemm_packed(N, ctx, (size_t)H, &p->attn_out, lw->attn_out_b, true, false, x, (size_t)H, w->gemm_work);
+    tbert_gemm_packed(N, ctx, (size_t)H, &p->attn_out, lw->attn_out_b, true, false, x, (size_t)H);
     bias_layernorm(x, NULL, lw->attn_ln_g, lw->attn_ln_b, (size_t)N, H, c->layer_norm_eps);
-    tbert_gemm_packed(N, x, (size_t)H, &p->inter, lw->inter_b, false, true, big, (size_t)IM, w->gemm_work);
-    tbert_gemm_packed(N, big, (size_t)IM, &p->out, lw->out_b, true, false, x, (size_t)H, w->gemm_work);
+    tbert_gemm_packed(N, x, (size_t)H, &p->inter, lw->inter_b, false, true, big, (size_t)IM);
+    tbert_gemm_packed(N, big, (size_t)IM, &p->out, lw->out_b, true, false, x, (size_t)H);
     bias_layernorm(x, NULL, lw->out_ln_g, lw->out_ln_b, (size_t)N, H, c->layer_norm_eps);
 }
 

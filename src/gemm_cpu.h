@@ -3,8 +3,8 @@
  *   c[m, n] = a[m, k] @ w^T (+ c when accumulate) + bias, then GELU when gelu      (w is HF's (out=n, in=k))
  *
  * With AVX-512 (checked at run time) w is copied into panels of 32 output columns, each k x 32 contiguous
- * and 64-byte aligned, and an own register-blocked kernel (12 rows x 32 columns per tile) multiplies blocks
- * of the activations copied k-major into a workspace; bias and GELU are applied to each finished tile while it is in
+ * and 64-byte aligned, and an own register-blocked kernel (12 rows x 32 columns per tile) multiplies
+ * straight from the row-major activations; bias and GELU are applied to each finished tile while it is in
  * cache. Without AVX-512 the product goes to cblas_sgemm on the unpacked w, followed by the same epilogue.
  * Not a public header. */
 #ifndef TBERT_GEMM_CPU_H
@@ -32,14 +32,10 @@ tbert_status tbert_pack_weights(const float *w, int n, int k, tbert_gemm_kind ki
                                 tbert_error *err);
 void tbert_packed_free(tbert_packed_w *p);
 
-/* floats of the workspace tbert_gemm_packed needs (64-byte aligned, one per concurrent caller) */
-size_t tbert_gemm_work_floats(void);
-
 /* c[m, n] (ldc >= n) = a[m, k] (lda >= k) @ w^T, plus c itself when accumulate, plus bias[n] (may be NULL),
- * then the exact-erf GELU when gelu. Single-threaded (the encoder's workers call it concurrently, each with its
- * own work, tbert_gemm_work_floats() floats, 64-byte aligned). */
+ * then the exact-erf GELU when gelu. Single-threaded (the encoder's workers call it concurrently). */
 void tbert_gemm_packed(int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias, bool accumulate,
-                       bool gelu, float *c, size_t ldc, float *work);
+                       bool gelu, float *c, size_t ldc);
 
 /* c[m, n] = a[m, k] @ b[k, n] (row-major, b not packed: the attention's small products); the AVX-512 kernel
  * when avx512 (the caller checked tbert_gemm_avx512_supported), else cblas_sgemm. k >= 1. */

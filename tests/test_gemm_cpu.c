@@ -56,8 +56,6 @@ static size_t check(const char *what, const float *buf, const double *ref, int m
 }
 
 static void run_packed(tbert_gemm_kind kind, const char *kname, tu_rng *r) {
-    float *work = aligned_alloc(64, tbert_gemm_work_floats() * sizeof(float));
-    assert_non_null(work);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int m = shapes[s].m, n = shapes[s].n, k = shapes[s].k;
         size_t ldc = (size_t)n + 3, lda = (size_t)k + 2;
@@ -87,7 +85,7 @@ static void run_packed(tbert_gemm_kind kind, const char *kname, tu_rng *r) {
                     if (has_bias) v += bias[j];
                     ref[(size_t)i * n + j] = gelu ? gelu64(v) : v;
                 }
-            tbert_gemm_packed(m, a, lda, &p, has_bias ? bias : NULL, acc, gelu, c, ldc, work);
+            tbert_gemm_packed(m, a, lda, &p, has_bias ? bias : NULL, acc, gelu, c, ldc);
             char what[160];
             snprintf(what, sizeof what, "%s %dx%dx%d acc=%d bias=%d gelu=%d", kname, m, n, k, acc, has_bias, gelu);
             assert_int_equal(check(what, buf, ref, m, n, ldc), 0);
@@ -95,7 +93,6 @@ static void run_packed(tbert_gemm_kind kind, const char *kname, tu_rng *r) {
         tbert_packed_free(&p);
         free(a), free(w), free(bias), free(c0), free(buf), free(ref);
     }
-    free(work);
 }
 
 static void run_nn(bool avx512, const char *kname, tu_rng *r) {
