@@ -15,7 +15,8 @@
 # usage: benchmarks/bench_embed_process.sh [--write] [BUILD_DIR]     (BUILD_DIR default: build/cpu)
 #   env: THREADS (2), ROUNDS (5), PEER_PY (~/.cache/tbert-peers/bin/python: onnxruntime, tokenizers, numpy;
 #        torch + transformers only for the one-time export), TBERT_EXTRA (extra tbert embed arguments),
-#        LABEL (name of the tbert row, default "tbert")
+#        LABEL (name of the tbert row, default "tbert"), PEER_EXTRA (extra peer arguments: --no-spin makes ORT's
+#        idle pool threads sleep instead of spinning, which the default counts as CPU time)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WRITE=0
@@ -44,7 +45,8 @@ cut -f2- "$DATA" > "$TMP/texts.txt"
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 read -r -a EXTRA <<< "${TBERT_EXTRA:-}"
 TB=("$TBERT" embed --model "$MODEL" --threads "$THREADS" --quiet "${EXTRA[@]}")
-OR=("$PY" "$PEER" --model "$MODEL" --threads "$THREADS")
+read -r -a PEXTRA <<< "${PEER_EXTRA:-}"
+OR=("$PY" "$PEER" --model "$MODEL" --threads "$THREADS" "${PEXTRA[@]}")
 
 TABLE=$("$PY" - "$TMP" "$ROUNDS" "$LABEL" "$VERSIONS" "${#TB[@]}" "${TB[@]}" "${OR[@]}" <<'EOF'
 import os, statistics, subprocess, sys, time
@@ -102,7 +104,7 @@ if [ "$WRITE" = 1 ]; then
     {
         echo "- date: $(date -u)"
         echo "- machine: $(lscpu | grep -m1 'Model name' | sed 's/.*: *//'), $(nproc) cores ($(uname -m), KVM), shared with other work; load average before the run: $LOAD"
-        echo "- command: \`benchmarks/bench_embed_process.sh --write ${1:-build/cpu}\` (THREADS=$THREADS ROUNDS=$ROUNDS TBERT_EXTRA='${TBERT_EXTRA:-}' OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset})"
+        echo "- command: \`benchmarks/bench_embed_process.sh --write ${1:-build/cpu}\` (THREADS=$THREADS ROUNDS=$ROUNDS TBERT_EXTRA='${TBERT_EXTRA:-}' PEER_EXTRA='${PEER_EXTRA:-}' OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset})"
         echo
         echo "$TABLE"
     } > "${RESULTS_OUT:-$ROOT/build/RESULTS_embed_process.md}"
