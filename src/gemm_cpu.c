@@ -7,9 +7,9 @@
  *
  * Blocking (per call, one thread): rows in blocks of MC and k in blocks of KC (the a block, MC x KC floats,
  * stays in L2; copying it k-major first was measured 2.5% slower overall, so a is read in place), and for
- * each panel of NR = 32 output columns (KC x 32 floats of packed weights: L1/L2; while one panel is multiplied its
- * tiles prefetch the next panel into L2) a 12 x 32 register tile (24 zmm accumulators) multiplies, one
- * broadcast of a per row and k. The last k block adds the bias and applies GELU in registers before
+ * each panel of NR = 32 output columns (KC x 32 floats of packed weights: L1/L2; while one panel is
+ * multiplied its tiles prefetch the next panel into L2) a 12 x 32 register tile (24 zmm accumulators)
+ * multiplies, one broadcast of a per row and k. The last k block adds the bias and applies GELU in registers before
  * the store.
  *
  * The plain version (the reference the tests compare against, and the path on CPUs without AVX-512):
@@ -137,12 +137,13 @@ static inline __attribute__((always_inline)) AVX512 __m512 gelu16(__m512 v) {
     return _mm512_mul_ps(_mm512_fmadd_ps(av, e, v), _mm512_set1_ps(0.5f));
 }
 
-/* c[mr, 32] (+)= a[mr, kc] (element (i, p) at a[i ars + p aks]) @ b[kc, 32] (row stride ldb: NR for a packed panel), + bias when
- * bias != NULL; columns outside the masks are neither read nor written; gelu (with the bias) finishes the tile. mr is a constant
- * in every inlined copy, so the accumulators live in registers. */
+/* c[mr, 32] (+)= a[mr, kc] (element (i, p) at a[i ars + p aks]) @ b[kc, 32] (row stride ldb), + bias when
+ * bias != NULL, then GELU when gelu. Columns outside the masks m0/m1 are neither read nor written in c; b is
+ * read through them only when mask_b (a packed panel is zero-padded instead). mr, ars, aks and mask_b are
+ * constants in every inlined copy, so the accumulators live in registers and the addressing folds. */
 static inline __attribute__((always_inline)) AVX512 void tile(const int mr, int kc, const float *a, size_t ars,
-                                                              size_t aks, const float *b, size_t ldb, float *c, size_t ldc,
-                                                              __mmask16 m0, __mmask16 m1, bool load_c,
+                                                              size_t aks, const float *b, size_t ldb, float *c,
+                                                              size_t ldc, __mmask16 m0, __mmask16 m1, bool load_c,
                                                               const float *bias, bool gelu, const bool mask_b) {
     __m512 x0[MR], x1[MR];
     UNROLL_ROWS for (int i = 0; i < mr; i++) {
@@ -226,8 +227,8 @@ static inline __mmask16 mask_hi(int nr) {
     return (__mmask16)(nr >= 32 ? 0xffff : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
 }
 
-/* Tile number (row / MR) of the rows tiles of one panel prefetches its share of the next panel's kc x NR block
- * into L2, so that the next panel does not start with a wait on L3. */
+/* The tile starting at `row` (of the `rows` rows multiplied with one panel) prefetches its share of the next
+ * panel's kc x NR block into L2, so that the next panel does not start with a wait on L3. */
 static inline void prefetch_share(const float *next, int kc, int rows, int row) {
     size_t lines = (size_t)kc * NR * sizeof(float) / 64, tiles = (size_t)(rows + MR - 1) / MR;
     size_t per = (lines + tiles - 1) / tiles, q0 = (size_t)row / MR * per;
