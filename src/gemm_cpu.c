@@ -98,8 +98,11 @@ static void gemm_blas(int m, const float *a, size_t lda, const tbert_packed_w *w
 /* the row loops of a tile must unroll completely, or the accumulators go to the stack */
 #if defined(__clang__)
 #define UNROLL_ROWS _Pragma("unroll")
+#define TILE_FN static __attribute__((noinline)) AVX512 void
 #else
 #define UNROLL_ROWS _Pragma("GCC unroll 12")
+/* noclone: a constant-propagated clone once lost the register allocation of the accumulators */
+#define TILE_FN static __attribute__((noinline, noclone)) AVX512 void
 #endif
 
 /* exp(x) as tbert_exp_approx (cpu_math.h): 2^k p(r), the degree-6 polynomial, 2^k applied by scalef */
@@ -192,10 +195,8 @@ static inline __attribute__((always_inline)) AVX512 void tile(const int mr, int 
     case R: tile(R, kc, a, ARS, AKS, b, ldb, c, ldc, m0, m1, load_c, bias, gelu, MASK_B); break;
 
 /* a tile whose a rows are in place (stride lda) */
-static __attribute__((noinline, noclone)) AVX512 void tile_rows(int mr, int kc, const float *a, size_t lda,
-                                                                const float *b, size_t ldb, float *c, size_t ldc,
-                                                                __mmask16 m0, __mmask16 m1, bool load_c,
-                                                                const float *bias, bool gelu) {
+TILE_FN tile_rows(int mr, int kc, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc,
+                  __mmask16 m0, __mmask16 m1, bool load_c, const float *bias, bool gelu) {
     switch (mr) {
         TILE_CASE(12, lda, 1, true) TILE_CASE(11, lda, 1, true) TILE_CASE(10, lda, 1, true) TILE_CASE(9, lda, 1, true)
         TILE_CASE(8, lda, 1, true) TILE_CASE(7, lda, 1, true) TILE_CASE(6, lda, 1, true) TILE_CASE(5, lda, 1, true)
@@ -205,10 +206,8 @@ static __attribute__((noinline, noclone)) AVX512 void tile_rows(int mr, int kc, 
 }
 
 /* a tile of a packed weight panel (aligned, zero-padded to NR columns: loads need no mask); a rows in place */
-static __attribute__((noinline, noclone)) AVX512 void tile_panel(int mr, int kc, const float *a, size_t lda,
-                                                                 const float *b, float *c, size_t ldc, __mmask16 m0,
-                                                                 __mmask16 m1, bool load_c, const float *bias,
-                                                                 bool gelu) {
+TILE_FN tile_panel(int mr, int kc, const float *a, size_t lda, const float *b, float *c, size_t ldc, __mmask16 m0,
+                   __mmask16 m1, bool load_c, const float *bias, bool gelu) {
     const size_t ldb = NR;
     switch (mr) {
         TILE_CASE(12, lda, 1, false) TILE_CASE(11, lda, 1, false) TILE_CASE(10, lda, 1, false)
