@@ -25,6 +25,11 @@ typedef struct {
     bool progress;             /* progress bar / log lines on stderr */
     uint64_t kill_at_record;   /* test hook (TBERT_TEST_KILL_AT=record:N): SIGKILL after writing record N; 0 = off */
     tbert_input_opts input;
+    /* the label column of a binary head: P >= threshold is the positive label (have_threshold; else the
+     * head's stored threshold); with have_unsure, P < unsure_lo is the other label, P >= unsure_hi the
+     * positive one and anything between "unsure" (tbert filter's band) */
+    bool have_threshold, have_unsure;
+    double threshold, unsure_lo, unsure_hi;
 } tbert_score_opts;
 
 typedef struct {
