@@ -152,5 +152,23 @@ rc=$?
 checks "score on an empty folder: exit 0, no records, says so" \
     '[ $rc -eq 0 ] && [ ! -s "$W/o.txt" ] && grep -q "hold no messages" "$W/e.txt"'
 
+# ---- 5. not a message: a per-item error (a NUL byte in the first 8 KB; no header line before the first blank line)
+mkdir -p "$W/mixed"
+cp "$D/crlf.eml" "$W/mixed/a.eml"
+{ printf 'Subject: looks like mail\n\n'; head -c 100 /dev/zero; } > "$W/mixed/b.bin"
+printf 'hello world, just text\nno headers here: at all\n\nmore\n' > "$W/mixed/c.txt"
+{ printf 'From: x@example.org\nSubject: fine\n\nbody\n'; } > "$W/mixed/d.eml"
+"$BIN" score "${H[@]}" --head "$W/head" --quiet --out "$W/mixed.jsonl" "$W/mixed" 2> /dev/null
+rc=$?
+checks "score: exit 0, 4 records; the binary and the text file are error records, the two messages scored" \
+    '[ $rc -eq 0 ] && [ "$(wc -l < "$W/mixed.jsonl")" -eq 4 ] &&
+     [ "$(grep -c "\"error\":\".*not a mail message (a NUL byte" "$W/mixed.jsonl")" -eq 1 ] && grep -q "b.bin.*NUL byte" "$W/mixed.jsonl" &&
+     [ "$(grep -c "\"error\":\".*not a mail message (no header line" "$W/mixed.jsonl")" -eq 1 ] && grep -q "c.txt.*no header line" "$W/mixed.jsonl" &&
+     [ "$(grep -c "\"score\":0\.[0-9]" "$W/mixed.jsonl")" -eq 2 ]'
+"$BIN" filter "${H[@]}" -d "$W/head" -p -e < "$W/mixed/c.txt" > "$W/o.txt" 2> "$W/e.txt"
+rc=$?
+checks "filter -p -e on a text file: exit 3, one line, the input passed through unchanged" \
+    '[ $rc -eq 3 ] && [ "$(wc -l < "$W/e.txt")" -eq 1 ] && grep -q "not a mail message" "$W/e.txt" && cmp -s "$W/o.txt" "$W/mixed/c.txt"'
+
 [ $fails -eq 0 ] || { echo "$fails check(s) failed"; exit 1; }
 echo "all checks passed"
