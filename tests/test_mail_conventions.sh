@@ -12,9 +12,14 @@
 #   3. eval --ham/--spam: its confusion matrix equals the one counted from score's labels; score --threshold
 #      VALUE and --unsure LO,HI set the label column (checked against P in awk); --threshold f1 exits 2.
 #   4. an empty folder: score says so in one line and exits 0.
+#   5. not a message (a NUL byte in the first 8 KB, no header line before the first blank line): an error
+#      record in score, exit 3 in filter (-p passes the input through).
+#   6. score --resume matches inputs by resolved path, writes OUT.tbert.json (head, model, recipe, label
+#      rule) and refuses to append when another head or label rule wrote the output.
 set -u
 BIN=${TBERT_BIN:?TBERT_BIN not set}
-TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
+TESTS=$(cd "${TBERT_TESTS_DIR:-$(dirname "$0")}" && pwd)
+case $BIN in /*) ;; *) BIN=$PWD/$BIN ;; esac # part 6 runs from another folder
 MODEL=$TESTS/models/bert_tiny_shape
 D=$TESTS/data/mail
 W=$(mktemp -d /tmp/tbert_mailconv.XXXXXX)
@@ -36,9 +41,9 @@ done
 
 HAM=("$D/alternative.eml" "$D/crlf.eml" "$D/html_only.eml" "$D/nested.eml" "$D/qp_latin1.eml" "$D/rfc2047.eml" "$D/maildir")
 SPAM=("$D/attachment_only.eml" "$D/bad_bytes.eml" "$D/cp1252_8bit.eml" "$D/shift_jis.eml" "$D/utf8_base64.eml" "$D/three.mbox")
-train() { # train OUT HAM_DIR SPAM_DIR
+train() { # train OUT HAM_DIR SPAM_DIR [SEED]
     "$BIN" train --device cpu --model "$MODEL" --ham "$2" --spam "$3" --out "$1" --max-len 32 --lexical-dim 512 \
-        --epochs 30 --seed 7 --quiet > "$W/train.log" 2>&1 || { cat "$W/train.log"; echo "FAIL tbert train"; exit 1; }
+        --epochs 30 --seed "${4:-7}" --quiet > "$W/train.log" 2>&1 || { cat "$W/train.log"; echo "FAIL tbert train"; exit 1; }
 }
 # clean and forged copies of the single-file messages, as folders (every file one message)
 mkdir -p "$W/clean/ham" "$W/clean/spam" "$W/forged/ham" "$W/forged/spam"
@@ -54,6 +59,7 @@ for f in "$W"/clean/*/*.eml; do
 done
 train "$W/head" "$W/clean/ham" "$W/clean/spam"
 train "$W/head_forged" "$W/forged/ham" "$W/forged/spam"
+train "$W/head_seed8" "$W/clean/ham" "$W/clean/spam" 8
 echo "ok   trained heads on clean and on forged copies"
 H=(--device cpu --model "$MODEL")
 
@@ -116,6 +122,8 @@ check "score: forged verdict headers leave every P exactly as without them" \
     cmp -s <(field score < "$W/clean.jsonl") <(field score < "$W/forged.jsonl")
 check "train: a head trained on forged copies scores every message exactly as the clean head" \
     cmp -s <(field score < "$W/clean.jsonl") <(field score < "$W/forged_head.jsonl")
+check "train: the head trained on forged copies is byte-identical (same documents, same data hash)" \
+    cmp -s "$W/head/best.safetensors" "$W/head_forged/best.safetensors"
 # the scores are not all equal (so that the comparisons above could fail)
 checks "the head's scores differ between messages" '[ "$(field score < "$W/clean.jsonl" | sort -u | wc -l)" -ge 5 ]'
 
@@ -169,6 +177,28 @@ checks "score: exit 0, 4 records; the binary and the text file are error records
 rc=$?
 checks "filter -p -e on a text file: exit 3, one line, the input passed through unchanged" \
     '[ $rc -eq 3 ] && [ "$(wc -l < "$W/e.txt")" -eq 1 ] && grep -q "not a mail message" "$W/e.txt" && cmp -s "$W/o.txt" "$W/mixed/c.txt"'
+
+# ---- 6. score --resume: resolved paths, and the sidecar OUT.tbert.json
+"$BIN" score "${H[@]}" --head "$W/head" --quiet --out "$W/r.jsonl" "$W/clean" 2> /dev/null
+head -8 "$W/r.jsonl" > "$W/r8.jsonl"; cp "$W/r8.jsonl" "$W/r.jsonl"
+(cd "$W" && "$BIN" score "${H[@]}" --head "$W/head" --quiet --resume --out r.jsonl ./clean/ 2> /dev/null)
+checks "--resume with the input spelled ./clean/: 11 records, each message once, the first 8 kept" \
+    '[ "$(wc -l < "$W/r.jsonl")" -eq 11 ] && [ "$(field source < "$W/r.jsonl" | xargs -n1 basename | sort -u | wc -l)" -eq 11 ] &&
+     cmp -s <(head -8 "$W/r.jsonl") "$W/r8.jsonl"'
+hid=$(sha256sum "$W/head/best.safetensors" | cut -c1-16)
+mh=$(sha256sum "$MODEL/model.safetensors" | cut -c1-64)
+checks "r.jsonl.tbert.json names the head ($hid), the model and the label rule; the records do not" \
+    'grep -q "\"head\":[[:space:]]*\"$hid\"" "$W/r.jsonl.tbert.json" && grep -q "\"model\":[[:space:]]*\"$mh\"" "$W/r.jsonl.tbert.json" &&
+     grep -q "\"labels\":[[:space:]]*\"head\"" "$W/r.jsonl.tbert.json" && ! grep -q "$hid" "$W/r.jsonl"'
+cp "$W/r.jsonl" "$W/r_before.jsonl"
+"$BIN" score "${H[@]}" --head "$W/head_seed8" --quiet --resume --out "$W/r.jsonl" "$W/clean" "$W/forged" > /dev/null 2> "$W/e.txt"
+rc=$?
+checks "--resume with another head: exit 2, one line naming the head, output untouched" \
+    '[ $rc -eq 2 ] && [ "$(wc -l < "$W/e.txt")" -eq 1 ] && grep -q "refusing to --resume" "$W/e.txt" && cmp -s "$W/r.jsonl" "$W/r_before.jsonl"'
+"$BIN" score "${H[@]}" --head "$W/head" --quiet --resume --threshold 0.5 --out "$W/r.jsonl" "$W/clean" "$W/forged" > /dev/null 2> "$W/e.txt"
+rc=$?
+checks "--resume with another label rule (--threshold 0.5): exit 2, output untouched" \
+    '[ $rc -eq 2 ] && grep -q "labels" "$W/e.txt" && cmp -s "$W/r.jsonl" "$W/r_before.jsonl"'
 
 [ $fails -eq 0 ] || { echo "$fails check(s) failed"; exit 1; }
 echo "all checks passed"

@@ -49,6 +49,11 @@ typedef struct {
 tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, const char *const *inputs, int n_inputs,
                              const tbert_score_opts *opts, tbert_score_stats *stats, tbert_error *err);
 
+/* Run metadata in OUT.tbert.json beside opts->out_path (src/score_sidecar.c): with --resume and an existing
+ * output, refuses (TBERT_E_MISMATCH) when the head, model, recipe or label rule differ from the sidecar's;
+ * then writes this run's sidecar atomically. Nothing for stdout or outputs that are not regular files. */
+tbert_status tbert_score_sidecar(const char *head, const tbert_classifier *c, const tbert_score_opts *opts, tbert_error *err);
+
 /* Everything scoring needs, loaded from --model and --head: the model, the classifier, an encoder made
  * with the recipe's layers and precision, and the featurizer. */
 typedef struct {

@@ -29,8 +29,10 @@ static void usage(FILE *f) {
             "  --out FILE              output file (default: stdout)\n"
             "  --format F              jsonl (default) or csv\n"
             "  --resume                keep the records already in --out (a partly written last line is\n"
-            "                          dropped) and score only the items that are not there (by source and\n"
-            "                          offset: name the inputs the same way as in the first run)\n"
+            "                          dropped) and score only the items that are not there (by resolved\n"
+            "                          path and offset: ./x.mbox and x.mbox are the same input). Refused when\n"
+            "                          OUT.tbert.json says another head, model, recipe or label rule wrote it\n"
+            "  (--out FILE also writes FILE.tbert.json: the head, model and recipe of the run, atomically)\n"
             "  --shard K/N             score only items whose input-order index i has i %% N == K (0 <= K < N);\n"
             "                          N machines running K = 0..N-1 together cover the input exactly once\n"
             "  --max-message-bytes N   cap on one message's size; larger ones are cut and marked truncated\n"
@@ -157,6 +159,10 @@ int cmd_score(int argc, char **argv) {
     if ((o.have_threshold || o.have_unsure) && (rec->n_labels != 2 || rec->positive < 0)) {
         tbert_score_ctx_close(&ctx);
         return cli_usage_error(CMD, "--threshold and --unsure need a binary head; %s has %d labels", head, rec->n_labels);
+    }
+    if (tbert_score_sidecar(head, ctx.clf, &o, &err)) {
+        tbert_score_ctx_close(&ctx);
+        return cli_report(&err);
     }
     tbert_score_stats stats;
     tbert_status st = tbert_score_run(ctx.clf, ctx.fz, (const char *const *)argv + optind, argc - optind, &o, &stats, &err);
