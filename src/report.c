@@ -66,8 +66,9 @@ static void chart(GString *s, const char *title, const char *xl, const char *yl,
     g_string_append(s, "</text>");
     if (isfinite(mark_x) && mark_x >= x0 && mark_x <= x1) /* the best epoch */
         g_string_append_printf(s, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#2ca02c' stroke-dasharray='5 3'/>"
-                                  "<text x='%.1f' y='%.1f' font-size='11' fill='#2ca02c'>best</text>",
-                               PX(mark_x), T, PX(mark_x), T + ph, PX(mark_x) + 3, T + 12);
+                                  "<text x='%.1f' y='%.1f' font-size='11' fill='#2ca02c' text-anchor='%s'>best</text>",
+                               PX(mark_x), T, PX(mark_x), T + ph, PX(mark_x) + (PX(mark_x) > L + pw - 40 ? -3 : 3), T + 12,
+                               PX(mark_x) > L + pw - 40 ? "end" : "start");
     if (diagonal)
         g_string_append_printf(s, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#aaa' stroke-dasharray='4 4'/>", PX(x0),
                                PY(y0), PX(x1), PY(y1));

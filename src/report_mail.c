@@ -115,10 +115,13 @@ static void roc_log(GString *s, int n, const float *score, const bool *pos, doub
             if (score[i] >= thr) *(pos[i] ? &otp : &ofp) += 1;
         double ox = PX((double)ofp / nn), oy = PY((double)otp / np);
         g_string_append_printf(s, "<circle cx='%.2f' cy='%.2f' r='5' fill='#d62728'/>", ox, oy);
-        g_string_append_printf(s, "<text x='%.2f' y='%.2f' font-size='11' fill='#d62728' text-anchor='%s'>threshold %.4f: FPR "
-                                  "%.2f%% (%d), recall %.1f%%</text>",
-                               ox + (ox > L + pw / 2 ? -8 : 8), oy + (oy < T + 30 ? 16 : -8), ox > L + pw / 2 ? "end" : "start",
-                               thr, 100.0 * ofp / nn, ofp, 100.0 * otp / np);
+        /* its legend in the lower right, clear of the curve (which rises to the top left) */
+        g_string_append_printf(s, "<rect x='%g' y='%g' width='300' height='34' fill='#fff' fill-opacity='0.9'/>"
+                                  "<circle cx='%g' cy='%g' r='5' fill='#d62728'/>"
+                                  "<text x='%g' y='%g' font-size='11' fill='#d62728'>operating point: threshold %.4f</text>"
+                                  "<text x='%g' y='%g' font-size='11' fill='#d62728'>FPR %.2f%% (%d of %d), recall %.1f%%</text>",
+                               L + pw - 306, T + ph - 42, L + pw - 294, T + ph - 30, L + pw - 284, T + ph - 26, thr,
+                               L + pw - 284, T + ph - 12, 100.0 * ofp / nn, ofp, nn, 100.0 * otp / np);
     }
     free(ord);
     g_string_append(s, "</svg>");

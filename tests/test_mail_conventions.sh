@@ -112,6 +112,17 @@ check "-e without -p exits 3" [ $? -eq 3 ]
 checks "-H tbert (default) leaves an upstream X-Spam-Status alone, adds one X-TBert-Spam" \
     'grep -q "^X-Spam-Status: No, score=-1.0 required=5.0 tests=UPSTREAM" "$W/u.eml" && [ "$(grep -c "^X-TBert-Spam:" "$W/u.eml")" -eq 1 ]'
 
+# ---- report.html of a mail head: the mail view, the command line, the misclassified messages by path
+R=$W/head/report.html
+nwrong=$(grep -o "Misclassified at threshold [0-9.]* ([0-9]*)" "$R" | sed 's/.*(\([0-9]*\))/\1/')
+rows=$(grep -o "<tr><td style='text-align:left'>[^<]*</td>" "$R" | sed "s/<[^>]*>//g")
+checks "report.html: mail view (log ROC, histograms, recall at 0.1/0.5/1% FPR), the command line, $nwrong misclassified listed by path" \
+    'grep -q "ROC, logarithmic false-positive axis" "$R" && grep -q "Scores per class" "$R" &&
+     [ "$(grep -o "<tr><td>[0-9.]*%</td><td>[0-9]* of [0-9]*" "$R" | wc -l)" -eq 3 ] &&
+     grep -q "<pre id=.command-line.>tbert train --device cpu --model $MODEL --ham $W/clean/ham --spam $W/clean/spam --out $W/head " "$R" &&
+     [ -n "$nwrong" ] && [ "$(echo -n "$rows" | grep -c .)" -eq "$nwrong" ] &&
+     { [ "$nwrong" -eq 0 ] || echo "$rows" | while read -r f; do [ -f "$f" ] && [[ $f == "$W"/clean/* ]] || exit 1; done; }'
+
 # ---- 2. never evidence: score's document and train's document
 "$BIN" score "${H[@]}" --head "$W/head" --quiet --out "$W/clean.jsonl" "$W/clean" 2> /dev/null
 "$BIN" score "${H[@]}" --head "$W/head" --quiet --out "$W/forged.jsonl" "$W/forged" 2> /dev/null

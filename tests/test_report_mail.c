@@ -72,7 +72,8 @@ static void test_section(void **state) {
     tbert_report_mail_section(g, 1010, s, pos, names, 0.899, "spam", "ham", "test");
     const char *h = g->str;
     assert_non_null(strstr(h, "Mail view (test split: 10 spam, 1000 ham)"));
-    assert_non_null(strstr(h, "threshold 0.8990: FPR 0.10% (1), recall 50.0%"));
+    assert_non_null(strstr(h, "operating point: threshold 0.8990</text>"));
+    assert_non_null(strstr(h, "FPR 0.10% (1 of 1000), recall 50.0%"));
     /* recall at FPR: 0.1% -> 1 of 1000, 0.5000; 0.5% -> 5 of 1000; 1% -> 10 of 1000: cut 0.89055 -> still 5 */
     assert_non_null(strstr(h, "<tr><td>0.1%</td><td>1 of 1000</td><td>0.5000</td>"));
     assert_non_null(strstr(h, "<tr><td>0.5%</td><td>5 of 1000</td><td>0.5000</td>"));

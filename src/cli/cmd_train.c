@@ -259,8 +259,8 @@ int cmd_train(int argc, char **argv) {
     o.ham = ham;
     o.spam = spam;
     /* the command line for report.html, quoted as a shell would need it */
-    GString *cl = g_string_new("tbert");
-    for (int i = 1; i < argc; i++) {
+    GString *cl = g_string_new("tbert"); /* argv[0] is the subcommand's name */
+    for (int i = 0; i < argc; i++) {
         bool plain = argv[i][0] != '\0';
         for (const char *q = argv[i]; *q && plain; q++)
             plain = g_ascii_isalnum(*q) || strchr("-_./=:,@%+", *q) != NULL;
