@@ -90,7 +90,7 @@ static tbert_status split_metrics(const tbert_head *h, const tbert_fit_data *d, 
     if (!p || !xb || !y) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory");
     for (int i = 0; i < n && !st; i += B) {
         int b = n - i < B ? n - i : B;
-        for (int j = 0; j < b; j++) memcpy(xb + (size_t)j * d->dim, d->X + (size_t)idx[i + j] * d->dim, d->dim * sizeof(float));
+        for (int j = 0; j < b; j++) tbert_rows_densify(d->X, idx[i + j], 1, xb + (size_t)j * d->dim, d->dim);
         st = tbert_head_predict(h, b, xb, p + (size_t)i * C, err);
     }
     double loss = 0;
