@@ -151,13 +151,15 @@ T=$(field score < "$W/all.jsonl" | sort -g | awk '{ v[NR] = $1 } END { printf "%
 checks "--threshold $T (the median): label spam exactly when P >= $T, 8 of 16" \
     '[ "$(paste -d" " <(field score < "$W/t.jsonl") <(field label < "$W/t.jsonl") |
           awk -v t="$T" "{ if ((\$1 >= t) != (\$2 == \"spam\")) bad++; s += \$2 == \"spam\" } END { print bad + 0, s }")" = "0 8" ]'
-LO=$(field score < "$W/all.jsonl" | sort -g | sed -n 4p)
-HI=$(field score < "$W/all.jsonl" | sort -g | sed -n 13p)
+# the cuts halfway between neighbouring printed scores (a cut at a printed score would sit on a rounding)
+LO=$(field score < "$W/all.jsonl" | sort -g | awk 'NR == 4 { a = $1 } NR == 5 { printf "%.7f", (a + $1) / 2 }')
+HI=$(field score < "$W/all.jsonl" | sort -g | awk 'NR == 12 { a = $1 } NR == 13 { printf "%.7f", (a + $1) / 2 }')
 "$BIN" score "${H[@]}" --head "$W/head" --quiet --unsure "$LO,$HI" "${HAM[@]}" "${SPAM[@]}" > "$W/u.jsonl" 2> /dev/null
-checks "--unsure $LO,$HI: labels ham below, spam from HI, unsure between (9 unsure)" \
-    '[ "$(paste -d" " <(field score < "$W/u.jsonl") <(field label < "$W/u.jsonl") |
-          awk -v lo="$LO" -v hi="$HI" "{ w = \$1 >= hi ? \"spam\" : \$1 < lo ? \"ham\" : \"unsure\"; if (w != \$2) bad++; u += \$2 == \"unsure\" }
-                                      END { print bad + 0, u }")" = "0 9" ]'
+# (ties among the 16 scores move the counts: every label is checked against P, and all three occur)
+checks "--unsure $LO,$HI: labels ham below, spam from HI, unsure between" \
+    '[[ "$(paste -d" " <(field score < "$W/u.jsonl") <(field label < "$W/u.jsonl") |
+          awk -v lo="$LO" -v hi="$HI" "{ w = \$1 >= hi ? \"spam\" : \$1 < lo ? \"ham\" : \"unsure\"; if (w != \$2) bad++; n[\$2]++ }
+                                      END { print bad + 0, (n[\"unsure\"] >= 1 && n[\"ham\"] >= 1 && n[\"spam\"] >= 1) }")" == "0 1" ]]'
 for bad in f1 fpr=0.01 1.5 x; do
     "$BIN" score "${H[@]}" --head "$W/head" --quiet --threshold "$bad" "$m" > /dev/null 2> "$W/e.txt"
     rc=$?
