@@ -162,20 +162,42 @@ __attribute__((no_sanitize("address", "undefined"))) void dot2x4(const double *c
     out[1][0] = s10[0] + s10[1], out[1][1] = s11[0] + s11[1], out[1][2] = s12[0] + s12[1], out[1][3] = s13[0] + s13[1];
 }
 
-// Per batch: op(A) gathered into m x k rows and op(B) into n x k rows, as doubles (each element read once, by the
-// index formula at the top of this file), then every C(i, j) is a dot product of two rows (dot2x4).
+// dst[r * k + l] = element (r, l) of op(X), whose address is src + r * rs + l * ls elements: the index formulas at
+// the top of this file with (rs, ls) = (1, ld) for OP_N and (ld, 1) for OP_T, as doubles (tf32-rounded when asked).
+// Not instrumented: check_extents() has just checked that every element read here lies in a live device block.
+__attribute__((no_sanitize("address", "undefined"))) void gather(double *dst, const void *src, cudaDataType t, int rows,
+                                                                  int k, size_t rs, size_t ls, bool tf32) {
+    for (int r = 0; r < rows; r++) {
+        double *d = dst + (size_t)r * k;
+        if (t == CUDA_R_16BF) {
+            const unsigned short *p = (const unsigned short *)src + (size_t)r * rs;
+            for (int l = 0; l < k; l++) d[l] = tbert_emu_bf16_bits_to_f32(p[(size_t)l * ls]);
+        } else if (tf32) {
+            const float *p = (const float *)src + (size_t)r * rs;
+            for (int l = 0; l < k; l++) d[l] = to_tf32(p[(size_t)l * ls]);
+        } else if (ls == 1) {
+            const float *p = (const float *)src + (size_t)r * rs;
+            for (int l = 0; l < k; l++) d[l] = p[l];
+        } else {
+            const float *p = (const float *)src + (size_t)r * rs;
+            for (int l = 0; l < k; l++) d[l] = p[(size_t)l * ls];
+        }
+    }
+}
+
+// Per batch: op(A) gathered into m x k rows and op(B) into n x k rows, as doubles (gather), then every C(i, j) is a
+// dot product of two rows (dot2x4). The row buffers are the calling thread's, reused from call to call.
 void compute(const Gemm &g) {
-    std::vector<double> a((size_t)g.m * g.k), b((size_t)g.n * g.k);
+    thread_local std::vector<double> a, b;
+    if (a.size() < (size_t)g.m * g.k) a.resize((size_t)g.m * g.k);
+    if (b.size() < (size_t)g.n * g.k) b.resize((size_t)g.n * g.k);
     for (int bt = 0; bt < g.batch; bt++) {
         const char *A = (const char *)g.A + (ptrdiff_t)((long long)bt * g.sA * (long long)type_size(g.at));
         const char *B = (const char *)g.B + (ptrdiff_t)((long long)bt * g.sB * (long long)type_size(g.at));
         char *C = (char *)g.C + (ptrdiff_t)((long long)bt * g.sC * (long long)type_size(g.ct));
-        for (int i = 0; i < g.m; i++)
-            for (int l = 0; l < g.k; l++)
-                a[(size_t)i * g.k + l] = load(A, g.at, g.ta == CUBLAS_OP_N ? (size_t)i + (size_t)l * g.lda : (size_t)l + (size_t)i * g.lda, g.tf32);
-        for (int j = 0; j < g.n; j++)
-            for (int l = 0; l < g.k; l++)
-                b[(size_t)j * g.k + l] = load(B, g.at, g.tb == CUBLAS_OP_N ? (size_t)l + (size_t)j * g.ldb : (size_t)j + (size_t)l * g.ldb, g.tf32);
+        // opA(i, l) = A[i + l*lda] (OP_N) or A[l + i*lda] (OP_T); opB as rows j: B[l + j*ldb] (OP_N) or B[j + l*ldb]
+        gather(a.data(), A, g.at, g.m, g.k, g.ta == CUBLAS_OP_N ? 1 : (size_t)g.lda, g.ta == CUBLAS_OP_N ? (size_t)g.lda : 1, g.tf32);
+        gather(b.data(), B, g.at, g.n, g.k, g.tb == CUBLAS_OP_N ? (size_t)g.ldb : 1, g.tb == CUBLAS_OP_N ? 1 : (size_t)g.ldb, g.tf32);
         // blocks of 2 rows x 4 columns of C; a short last block repeats a row / a column and drops the copies
         for (int j0 = 0; j0 < g.n; j0 += 4) {
             const double *y[4];
