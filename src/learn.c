@@ -17,6 +17,9 @@
 #include "tbert/checkpoint.h"
 #include "tbert/fileio.h"
 #include "tbert/learn.h"
+#include "tbert/mail.h"
+#include "tbert/recipe.h"
+#include "tbert/store.h"
 #include "tbert/threshold.h"
 #include "tbert/train.h"
 
@@ -400,5 +403,69 @@ tbert_status tbert_learn(const tbert_learn_opts *o, tbert_learn_result *res, tbe
     }
     res->seconds_register = tbert_now() - t0;
     if (st || o->no_retrain) return st;
+    return tbert_learn_retrain(o, res, err);
+}
+
+/* ---- forget ---- */
+static bool in_force(GPtrArray *cs, const char *sha) {
+    for (guint i = 0; cs && i < cs->len; i++)
+        if (!strcmp(((correction *)cs->pdata[i])->sha, sha)) return true;
+    return false;
+}
+
+tbert_status tbert_forget(const tbert_learn_opts *o, tbert_learn_result *res, int *rows_removed, tbert_error *err) {
+    memset(res, 0, sizeof *res);
+    *rows_removed = 0;
+    double t0 = tbert_now();
+    char *best = g_strdup_printf("%s/best.safetensors", o->head);
+    tbert_head *h = NULL;
+    tbert_ckpt_meta meta = {0};
+    tbert_status st = tbert_checkpoint_load(best, &h, &meta, NULL, NULL, err);
+    tbert_head_free(h);
+    g_free(best);
+    char key[65];
+    if (!st) st = tbert_features_dense_key(&meta.recipe, key, err);
+    tbert_ckpt_meta_free(&meta);
+    tbert_store *store = NULL;
+    if (!st) st = tbert_store_open(NULL, &store, err);
+    GPtrArray *cs = NULL;
+    if (!st) st = corrections_read(o->head, &cs, err);
+    bool retrain = false;
+    for (int i = 0; !st && i < o->n_files; i++) {
+        char *raw = NULL, sha[65], content[65];
+        size_t len = 0;
+        st = tbert_read_file(o->files[i], MAX_MESSAGE, &raw, &len, err);
+        tbert_message m;
+        if (!st) st = tbert_message_parse(raw, len, o->files[i], &m, err);
+        if (!st) {
+            tbert_mail_doc doc;
+            st = tbert_mail_document(&m, &doc, err);
+            tbert_message_free(&m);
+            if (!st) {
+                bool removed = false;
+                tbert_store_content_hash(doc.text ? doc.text : "", doc.text ? doc.len : 0, content);
+                st = tbert_store_remove(store, key, content, &removed, err);
+                *rows_removed += removed;
+                tbert_mail_doc_free(&doc);
+            }
+        }
+        if (!st) st = tbert_learn_append(o->head, "forget", "any", raw, len, false, "cli", sha, err);
+        if (!st) {
+            res->registered++;
+            retrain = retrain || in_force(cs, sha);
+        }
+        free(raw);
+    }
+    corrections_free(cs);
+    tbert_store_close(store);
+    res->seconds_register = tbert_now() - t0;
+    if (st) return st;
+    if (!retrain || o->no_retrain) { /* the learned/ folder follows the log either way */
+        GPtrArray *now = NULL;
+        st = corrections_read(o->head, &now, err);
+        if (!st) st = materialize(o->head, now, &res->learned_ham, &res->learned_spam, err);
+        corrections_free(now);
+        return st;
+    }
     return tbert_learn_retrain(o, res, err);
 }

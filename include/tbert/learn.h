@@ -44,6 +44,10 @@ typedef struct {
 tbert_status tbert_learn(const tbert_learn_opts *o, tbert_learn_result *res, tbert_error *err);
 /* Retrains DIR from training.json + the corrections in force (keeps the current head in DIR/history). */
 tbert_status tbert_learn_retrain(const tbert_learn_opts *o, tbert_learn_result *res, tbert_error *err);
+/* `tbert forget`: removes each message's dense block from the row store (the key of the head's recipe) and
+ * appends a "forget" for it to learned.jsonl; retrains (unless no_retrain) when one of them was a correction
+ * in force. A message in training.json's folders stays in training: take it out of the folder. */
+tbert_status tbert_forget(const tbert_learn_opts *o, tbert_learn_result *res, int *rows_removed, tbert_error *err);
 /* Puts the newest head of DIR/history back in DIR atomically and drops it from the history. */
 tbert_status tbert_learn_rollback(const char *head, tbert_error *err);
 

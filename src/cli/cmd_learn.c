@@ -101,3 +101,55 @@ int cmd_learn(int argc, char **argv) {
     printf("\n");
     return CLI_OK;
 }
+
+/* ---- tbert forget ---- */
+static void forget_usage(FILE *f) {
+    fprintf(f,
+            "usage: tbert forget --head DIR [--no-retrain] [--device D] [--threads N] [--quiet] FILE...\n\n"
+            "Forgets messages (one per FILE): removes what the feature store keeps of each (its encoded dense block,\n"
+            "under the head's recipe and model) and appends a removal of it to DIR/learned.jsonl, so that a\n"
+            "correction of it is no longer in force; the head is then retrained without it when it was one (unless\n"
+            "--no-retrain). A message in the folders the head was trained from stays in its training set: take it\n"
+            "out of the folder and retrain (`tbert learn --head DIR --retrain`).\n\n"
+            "Prints one line: messages forgotten, store entries removed, corrections in force.\n"
+            "exit status: 0 done; 2 bad usage or failure.\n");
+}
+
+int cmd_forget(int argc, char **argv) {
+    const char *cmd = "forget";
+    tbert_learn_opts o = {0};
+    o.device.kind = TBERT_DEVICE_AUTO;
+    int c;
+    long v;
+    tbert_error err;
+    while ((c = cli_getopt(cmd, argc, argv, "h", longopts)) != -1) {
+        switch (c) {
+        case 'h':
+        case O_HELP: forget_usage(stdout); return CLI_OK;
+        case O_HEAD: o.head = optarg; break;
+        case O_NORETRAIN: o.no_retrain = true; break;
+        case O_DEVICE:
+            if (tbert_device_parse(optarg, &o.device, &err)) return cli_report(&err);
+            break;
+        case O_THREADS:
+            if (!cli_parse_int(cmd, "--threads", optarg, 1, 1024, &v)) return CLI_USAGE;
+            o.threads = (int)v;
+            break;
+        case O_QUIET: o.quiet = true; break;
+        case '?': return CLI_USAGE;
+        default: return cli_usage_error(cmd, "%s is an option of tbert learn, not of forget", argv[optind - 1]);
+        }
+    }
+    if (!o.head) return cli_usage_error(cmd, "--head DIR is required");
+    o.files = (const char *const *)argv + optind;
+    o.n_files = argc - optind;
+    if (!o.n_files) return cli_usage_error(cmd, "give at least one message FILE");
+    tbert_learn_result r;
+    int removed;
+    if (tbert_forget(&o, &r, &removed, &err)) return cli_report(&err);
+    printf("forgot %d message(s): %d store entr%s removed; in force: %d ham, %d spam", r.registered, removed, removed == 1 ? "y" : "ies",
+           r.learned_ham, r.learned_spam);
+    if (r.retrained) printf("; retrained on %d documents, threshold %.6g", r.docs, (double)r.threshold);
+    printf("\n");
+    return CLI_OK;
+}
