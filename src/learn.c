@@ -194,10 +194,26 @@ static void remove_entry(const char *dir) {
 
 /* hard links of DIR's head files in DIR/history/N (N = newest + 1), made under a temp name and renamed;
  * the oldest entries beyond keep go. The links stay valid: every head file is replaced by rename. */
+/* whether DIR/history/N's best.safetensors is DIR's (the same file: a retrain killed after its push) */
+static bool same_head(const char *head, long n) {
+    char *a = g_strdup_printf("%s/best.safetensors", head), *b = g_strdup_printf("%s/history/%ld/best.safetensors", head, n);
+    struct stat sa, sb;
+    bool same = stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev;
+    g_free(a);
+    g_free(b);
+    return same;
+}
+
 static tbert_status history_push(const char *head, int keep, long *made, tbert_error *err) {
+    *made = 0;
     char *h = g_strdup_printf("%s/history", head);
     tbert_status st = tbert_mkdirs(h, err);
     GArray *a = history_list(head);
+    if (!st && a->len && same_head(head, g_array_index(a, long, a->len - 1))) { /* already kept */
+        g_array_free(a, TRUE);
+        g_free(h);
+        return TBERT_OK;
+    }
     long n = a->len ? g_array_index(a, long, a->len - 1) + 1 : 1;
     char *tmp = g_strdup_printf("%s/.new.%ld", h, (long)getpid()), *fin = g_strdup_printf("%s/%ld", h, n);
     if (!st) {
@@ -235,6 +251,12 @@ tbert_status tbert_learn_rollback(const char *head, tbert_error *err) {
     tbert_status st = lock_head(head, &lfd, err);
     if (st) return st;
     GArray *a = history_list(head);
+    while (a->len && same_head(head, g_array_index(a, long, a->len - 1))) { /* the current head itself: not a previous one */
+        char *e = g_strdup_printf("%s/history/%ld", head, g_array_index(a, long, a->len - 1));
+        remove_entry(e);
+        g_free(e);
+        g_array_set_size(a, a->len - 1);
+    }
     if (!a->len) {
         g_array_free(a, TRUE);
         unlock_head(lfd);
@@ -362,11 +384,11 @@ tbert_status tbert_learn_retrain(const tbert_learn_opts *lo, tbert_learn_result 
     tbert_train_result tr = {0};
     if (!st) {
         st = tbert_train_run(&o, &tr, err);
-        if (st) { /* the head is unchanged (staged run): its copy in the history is not a previous head */
+        if (st && made) { /* the head is unchanged (staged run): its copy in the history is not a previous head */
             char *e = g_strdup_printf("%s/history/%ld", lo->head, made);
             remove_entry(e);
             g_free(e);
-        } else {
+        } else if (!st) {
             res->retrained = true;
             res->docs = tr.n_docs;
             res->docs_encoded = tr.docs_encoded;
