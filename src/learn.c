@@ -424,7 +424,14 @@ tbert_status tbert_learn(const tbert_learn_opts *o, tbert_learn_result *res, tbe
         free(raw);
     }
     res->seconds_register = tbert_now() - t0;
-    if (st || o->no_retrain) return st;
+    if (st) return st;
+    if (o->no_retrain) { /* count what is in force now (the learned/ folder follows at the retrain) */
+        GPtrArray *cs = NULL;
+        st = corrections_read(o->head, &cs, err);
+        for (guint i = 0; !st && i < cs->len; i++) (*(strcmp(((correction *)cs->pdata[i])->klass, "spam") ? &res->learned_ham : &res->learned_spam))++;
+        corrections_free(cs);
+        return st;
+    }
     return tbert_learn_retrain(o, res, err);
 }
 
