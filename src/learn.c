@@ -428,7 +428,10 @@ tbert_status tbert_learn(const tbert_learn_opts *o, tbert_learn_result *res, tbe
     if (o->no_retrain) { /* count what is in force now (the learned/ folder follows at the retrain) */
         GPtrArray *cs = NULL;
         st = corrections_read(o->head, &cs, err);
-        for (guint i = 0; !st && i < cs->len; i++) (*(strcmp(((correction *)cs->pdata[i])->klass, "spam") ? &res->learned_ham : &res->learned_spam))++;
+        for (guint i = 0; !st && i < cs->len; i++) {
+            bool spam = !strcmp(((correction *)cs->pdata[i])->klass, "spam");
+            (*(spam ? &res->learned_spam : &res->learned_ham))++;
+        }
         corrections_free(cs);
         return st;
     }
