@@ -54,6 +54,16 @@ static void unlock_head(int fd) {
     if (fd >= 0) close(fd);
 }
 
+/* A retrain killed while its files moved in (src/checkpoint_folder.c) leaves DIR half-moved, without a
+ * loadable head, until the next run finishes the move: learn, rollback and forget finish it first. */
+static tbert_status finish_move(const char *head, tbert_error *err) {
+    tbert_ckpt_plan p = {0};
+    tbert_status st = tbert_ckpt_plan_open(head, false, &p, err);
+    if (!st && p.staged) rmdir(p.stage); /* the empty staging folder plan_open made for a run */
+    tbert_ckpt_plan_free(&p);
+    return st;
+}
+
 /* ---- the corrections in force ---- */
 typedef struct {
     char sha[65];
@@ -249,7 +259,11 @@ static tbert_status history_push(const char *head, int keep, long *made, tbert_e
 tbert_status tbert_learn_rollback(const char *head, tbert_error *err) {
     int lfd = -1;
     tbert_status st = lock_head(head, &lfd, err);
-    if (st) return st;
+    if (!st) st = finish_move(head, err);
+    if (st) {
+        unlock_head(lfd);
+        return st;
+    }
     GArray *a = history_list(head);
     while (a->len && same_head(head, g_array_index(a, long, a->len - 1))) { /* the current head itself: not a previous one */
         char *e = g_strdup_printf("%s/history/%ld", head, g_array_index(a, long, a->len - 1));
@@ -312,7 +326,11 @@ tbert_status tbert_learn_retrain(const tbert_learn_opts *lo, tbert_learn_result 
     double t0 = tbert_now();
     int lfd = -1;
     tbert_status st = lock_head(lo->head, &lfd, err);
-    if (st) return st;
+    if (!st) st = finish_move(lo->head, err);
+    if (st) {
+        unlock_head(lfd);
+        return st;
+    }
     char *mpath = g_strdup_printf("%s/training.json", lo->head), *txt = NULL;
     size_t len;
     cJSON *m = NULL;
@@ -452,7 +470,11 @@ tbert_status tbert_forget(const tbert_learn_opts *o, tbert_learn_result *res, in
     char *best = g_strdup_printf("%s/best.safetensors", o->head);
     tbert_head *h = NULL;
     tbert_ckpt_meta meta = {0};
-    tbert_status st = tbert_checkpoint_load(best, &h, &meta, NULL, NULL, err);
+    int lfd = -1;
+    tbert_status st = lock_head(o->head, &lfd, err);
+    if (!st) st = finish_move(o->head, err);
+    unlock_head(lfd);
+    if (!st) st = tbert_checkpoint_load(best, &h, &meta, NULL, NULL, err);
     tbert_head_free(h);
     g_free(best);
     char key[65];

@@ -103,6 +103,13 @@ for d in 0.01 0.03 0.05 0.08 0.12 0.18 0.25 0.35; do
     sleep "$d"
     kill -KILL "$pid" 2> /dev/null
     wait "$pid" 2> /dev/null
+    # a kill while the new head's files move in leaves the folder half-moved (no best.safetensors: nothing
+    # loads it; a running serve keeps its head) until the next run finishes the move: a learn does it first
+    if [ -f "$H/.tbert-staging/.complete" ]; then
+        echo "     (the kill after ${d}s stopped the move-in: the next learn finishes it)"
+        learn --spam "$MISS" --no-retrain > /dev/null
+        learn --retrain > /dev/null
+    fi
     s=$(score)
     whole=no
     if cmp -s "$W/best0" "$H/best.safetensors" || cmp -s "$W/best1" "$H/best.safetensors"; then whole=yes; fi
@@ -128,6 +135,17 @@ check "the retrain after the kills gives the learned head's bytes" cmp -s "$W/be
 "$BIN" learn --head "$H" --rollback > /dev/null
 check "rollback after the kills: the first head (a killed retrain's history entry is not a head of its own)" \
     cmp -s "$W/best0" "$H/best.safetensors"
+
+# a move-in stopped part-way (simulated as tests/test_checkpoint_retrain.sh does: the marker, the old files
+# gone, two new ones in): the folder has no training.json and no best; learn finishes the move first
+RF=(split.tsv metrics.json report.html training.json best.safetensors last.safetensors oof.safetensors)
+mkdir "$H/.tbert-staging" && (cd "$H" && cp -a "${RF[@]}" .tbert-staging/ && rm -f "${RF[@]}") &&
+    : > "$H/.tbert-staging/.complete" && mv "$H/.tbert-staging/split.tsv" "$H/.tbert-staging/training.json" "$H/"
+learn --retrain > /dev/null
+rc=$?
+check "learn after a stopped move-in: finished the move and retrained (exit $rc)" \
+    eval '[ $rc -eq 0 ] && cmp -s "$W/best1" "$H/best.safetensors" && [ ! -e "$H/.tbert-staging" ]'
+check "the head before that retrain is the history's newest" cmp -s "$W/best0" "$H/history/$(ls "$H/history" | sort -n | tail -1)/best.safetensors"
 
 # serve reloads when the head changes
 "$BIN" serve --device cpu --model "$MODEL" --head "$H" --http "unix:$W/http.sock" 2> "$W/serve.log" &
