@@ -9,7 +9,8 @@ PY=${TBERT_PYTHON:-python3}
 MODEL=$TESTS/models/bert_tiny_shape
 OTHER=$TESTS/models/minilm_like_f16   # same vocabulary, hidden 192 instead of 128
 DATA=$TESTS/data/head/tiny.tsv
-[ -f "$MODEL/model.safetensors" ] || { echo "skip: $MODEL missing"; exit 77; }
+source "$TESTS/util/testlib.sh"
+tl_require_fixture "$MODEL/model.safetensors" "$OTHER/model.safetensors" "$DATA"
 TMP=$(mktemp -d /tmp/tbert_train_cli.XXXXXX)
 cleanup() { chattr -i "$TMP/ro" 2>/dev/null; chmod -R u+w "$TMP" 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
@@ -148,7 +149,8 @@ if [ "${E:-0}" -ge 2 ]; then
         cmp -s "$TMP/cv/$f.safetensors" "$TMP/cvk/$f.safetensors" || { echo "FAIL: --cv killed + resumed: $f.safetensors differs"; fail=1; }
     done
 else
-    echo "note: the final head trained $E epoch(s); kill/resume of --cv not exercised"
+    echo "FAIL: the final --cv head trained $E epoch(s) on the committed data: kill/resume of --cv is no longer exercised"
+    fail=1
 fi
 
 # read-only output folder: one-line error naming it, exit 2, the previous checkpoint untouched
@@ -156,11 +158,12 @@ fi
 cp "$TMP/ro/best.safetensors" "$TMP/best.before"
 if [ "$(id -u)" -eq 0 ]; then chattr +i "$TMP/ro" 2>/dev/null; else chmod a-w "$TMP/ro"; fi
 if touch "$TMP/ro/probe" 2>/dev/null; then
-    rm -f "$TMP/ro/probe"; echo "note: cannot make a read-only folder here; that check skipped"
+    rm -f "$TMP/ro/probe"
+    tl_skip_part "cannot make a read-only folder here (root without chattr +i on $(df --output=fstype "$TMP" | tail -n1)); test_faults_mount.sh covers a read-only mount"
 else
     EXPECT="$TMP/ro" expect_usage "read-only output folder" train "${T[@]}" --out "$TMP/ro" --seed 5
     cmp -s "$TMP/ro/best.safetensors" "$TMP/best.before" || { echo "FAIL: previous best.safetensors changed"; fail=1; }
 fi
 chattr -i "$TMP/ro" 2>/dev/null; chmod u+w "$TMP/ro"
 [ $fail -eq 0 ] && echo ok
-exit $fail
+tl_exit $fail
