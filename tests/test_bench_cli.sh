@@ -9,7 +9,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 fails=0
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
-source "$TESTS/util/testlib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_python json
 tl_require_fixture "$TESTS/models/deep4_f32/config.json"
 

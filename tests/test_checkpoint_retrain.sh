@@ -14,7 +14,7 @@ TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 PY=${TBERT_PYTHON:-python3}
 MODEL=$TESTS/models/bf16_nopooler # the smallest committed model (H64, 2 layers)
 DATA=$TESTS/data/faults/tiny.tsv
-source "$TESTS/util/testlib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_fixture "$MODEL/model.safetensors" "$DATA"
 tl_require_python json struct
 TMP=$(mktemp -d /tmp/tbert_retrain.XXXXXX)

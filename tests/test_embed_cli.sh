@@ -12,7 +12,7 @@ trap 'rm -rf "$TMP"' EXIT
 fails=0
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 
-source "$TESTS/util/testlib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_python numpy
 tl_require_fixture "$MODEL/model.safetensors" "$TESTS/data/encoder/minilm_sms_mean.json" "$TESTS/data/encoder/minilm_sms_mean.f64"
 

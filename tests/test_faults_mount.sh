@@ -15,7 +15,7 @@ T=(--model "$MODEL" --data "$DATA" --max-len 24 --hidden 8 --epochs 3 --batch 8 
 FILES=(best.safetensors last.safetensors metrics.json report.html)
 
 if [ "${1:-}" != "--inside" ]; then
-    source "$TESTS/util/testlib.sh"
+    source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
     tl_require_fixture "$MODEL/model.safetensors" "$DATA"
     NS=()
     if unshare -rm true 2>/dev/null; then NS=(unshare -rm)

@@ -12,7 +12,7 @@ trap 'rm -rf "$work"' EXIT
 fails=0
 bad() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 TESTS=$tests
-source "$tests/util/testlib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_python json struct numpy safetensors.numpy
 
 checked=0

@@ -13,7 +13,7 @@ BIN=${TBERT_BIN:?TBERT_BIN not set}
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 S=${TBERT_SHARED_DATA:-$TESTS/../../shared/data}/mail/spamassassin
 MODEL=$TESTS/models/bert_tiny_shape
-source "$TESTS/util/testlib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_fixture "$MODEL/model.safetensors"
 tl_external "$S/spam" || tl_skip_external "shared corpus not found at $S"
 W=$(mktemp -d /tmp/tbert_score_sh.XXXXXX)

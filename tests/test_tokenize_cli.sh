@@ -7,7 +7,7 @@ BIN=${TBERT_BIN:?TBERT_BIN not set}
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 CACHE=${TBERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tbert}
 VOCAB=$CACHE/models/minilm/vocab.txt
-source "$TESTS/util/testlib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_external "$VOCAB" || tl_skip_external "$VOCAB not found (models/fetch.sh minilm)"
 tl_require_fixture "$TESTS/data/tokenizer/sms_ids.txt"
 TMP=$(mktemp -d)

@@ -9,7 +9,7 @@ PY=${TBERT_PYTHON:-python3}
 MODEL=$TESTS/models/bert_tiny_shape
 OTHER=$TESTS/models/minilm_like_f16   # same vocabulary, hidden 192 instead of 128
 DATA=$TESTS/data/head/tiny.tsv
-source "$TESTS/util/testlib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_fixture "$MODEL/model.safetensors" "$OTHER/model.safetensors" "$DATA"
 TMP=$(mktemp -d /tmp/tbert_train_cli.XXXXXX)
 cleanup() { chattr -i "$TMP/ro" 2>/dev/null; chmod -R u+w "$TMP" 2>/dev/null; rm -rf "$TMP"; }
