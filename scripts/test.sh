@@ -90,7 +90,8 @@ for cfg in $configs; do
         step "ctest emu: CUDA and end-to-end tests (TBERT_EMU_ORDER=forward)"
         TBERT_EMU_ORDER=forward run_ctest emu "$clog/forward-full.log" -L 'cuda|e2e' -LE emu-kernels || rc=$?
         step "ctest emu: kernel tests under forward, reverse, random:$TBERT_TEST_SEED"
-        CTEST_LOG_DIR="$clog" bash scripts/test-emu-orders.sh "build/$cfg" || { r=$?; [ $rc -ne 0 ] || rc=$r; }
+        ASAN_OPTIONS="$ASAN_OPTIONS:log_path=$logs/asan" UBSAN_OPTIONS="$UBSAN_OPTIONS:log_path=$logs/ubsan" \
+            CTEST_LOG_DIR="$clog" bash scripts/test-emu-orders.sh "build/$cfg" || { r=$?; [ $rc -ne 0 ] || rc=$r; }
     else
         step "ctest $cfg"
         run_ctest "$cfg" "$clog/all.log" || rc=$?
