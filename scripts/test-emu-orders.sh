@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test-emu-orders.sh BUILD_DIR: the emulated device's schedule check (scripts/test.sh runs it in the
-# emu configuration; run it alone on a built emu folder to repeat it). Runs the ctest label emu-kernels three
+# emu configuration; run it alone on a built emu folder to repeat it). Runs the kernel tests (ctest labels
+# emu-kernels: test_cuda_parity_kernels, test_cuda_head; emu: the emulator's own tests in tests/emu/) three
 # times, under TBERT_EMU_ORDER=forward, reverse and random:$TBERT_TEST_SEED, all with the same TBERT_TEST_SEED
 # (so the same inputs), each dumping its compared results into BUILD_DIR/emu-dumps/ORDER/TEST/CASE.bin
 # (TBERT_TEST_DUMP_DIR, tu_dump in tests/util/testutil.c), then compares every dump with forward's byte for
@@ -8,13 +9,14 @@
 # Dumps whose TEST/CASE.bin path matches a glob in tests/emu-nondeterministic.txt (kernels docs/cuda.md marks
 # non-deterministic, e.g. atomics) need only be present in every order.
 # Fails on a failed or skipped test, a difference, a dump missing in one order, or no dump at all.
-# TBERT_TEST_KERNEL_LABEL (default emu-kernels) names another label (to try the plumbing on a CPU build).
+# TBERT_TEST_KERNEL_LABEL (a ctest label regex, default ^(emu-kernels|emu)$) picks other tests (e.g. to try the
+# plumbing on a CPU build).
 set -uo pipefail
 build=${1:?usage: scripts/test-emu-orders.sh BUILD_DIR}
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "$build" && pwd)
 export TBERT_TEST_SEED=${TBERT_TEST_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
-label=${TBERT_TEST_KERNEL_LABEL:-emu-kernels}
+label=${TBERT_TEST_KERNEL_LABEL:-^(emu-kernels|emu)\$}
 logdir=${CTEST_LOG_DIR:-$build/ctest-logs}
 jobs=$(nproc 2>/dev/null || echo 2)
 dumps=$build/emu-dumps
