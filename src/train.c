@@ -15,6 +15,7 @@
 
 #include "head_cuda.h"
 #include "tbert/checkpoint.h"
+#include "tbert/cuda_plugin.h"
 #include "tbert/fileio.h"
 #include "train_internal.h"
 
@@ -441,16 +442,23 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
     }
     /* CUDA: parameters and moments live on the device during an epoch; downloaded after each one for
      * validation and checkpoints (same dropout stream, same AdamW arithmetic; GEMMs in cuBLAS float32) */
+    tbert_cuda_plugin *plug = NULL; /* the CUDA head is reached through the plugin's table */
+    const tbert_cuda_api *cu = NULL;
     tbert_cuda_head *gh = NULL;
     float *mask = NULL;
     if (hp->cuda_device >= 0) {
-        st = tbert_cuda_head_create(h, &adam, b.cap, hp->cuda_device, &gh, err);
+        st = tbert_cuda_plugin_open(&plug, err);
+        if (!st) {
+            cu = tbert_cuda_plugin_table(plug);
+            st = cu->head_create(h, &adam, b.cap, hp->cuda_device, &gh, err);
+        }
         if (!st && cfg.dropout > 0) {
             mask = tbert_malloc_array((size_t)b.cap, (size_t)(cfg.hidden ? cfg.hidden : cfg.in_dim) * sizeof(float));
             if (!mask) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory");
         }
         if (st) {
-            tbert_cuda_head_free(gh);
+            if (gh) cu->head_free(gh);
+            tbert_cuda_plugin_close(plug);
             free(perm);
             goto done;
         }
@@ -472,9 +480,9 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
             if (gh) {
                 if (mask) tbert_cuda_head_dropout_mask(cfg.dropout, (size_t)m * (size_t)(cfg.hidden ? cfg.hidden : cfg.in_dim),
                                                        &rng, mask);
-                st = tbert_cuda_head_forward(gh, m, b.xb, b.z, err); /* logits before the step, for the accuracy */
+                st = cu->head_forward(gh, m, b.xb, b.z, err); /* logits before the step, for the accuracy */
                 if (!st)
-                    st = tbert_cuda_head_train_step(gh, &adam, m, b.xb, b.yb, hp->class_weights_auto ? cw : NULL, mask, &l, err);
+                    st = cu->head_train_step(gh, &adam, m, b.xb, b.yb, hp->class_weights_auto ? cw : NULL, mask, &l, err);
                 if (st) break;
             } else {
                 st = tbert_head_forward(h, b.ws, m, b.xb, true, &rng, b.z, err);
@@ -498,7 +506,7 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
                 tbert_progress_update(pb, (uint64_t)(i + m), note);
             }
         }
-        if (!st && gh) st = tbert_cuda_head_download(gh, h, &adam, err);
+        if (!st && gh) st = cu->head_download(gh, h, &adam, err);
         if (st) {
             if (pb) tbert_progress_finish(pb, "failed");
             break;
@@ -535,7 +543,8 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
     }
     free(perm);
     free(mask);
-    tbert_cuda_head_free(gh);
+    if (gh) cu->head_free(gh);
+    tbert_cuda_plugin_close(plug);
     if (st) goto done;
     r->epochs_run = hp->epochs;
     if (r->best_epoch == 0) { /* resumed a finished run with no improvement recorded: keep the current head */
