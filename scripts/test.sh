@@ -77,7 +77,9 @@ run_ctest() {
 }
 
 configs=${TBERT_TEST_CONFIGS:-"cuda cpu asan emu"}
+times=""
 for cfg in $configs; do
+    tc=$(date +%s)
     step "build $cfg"
     bash scripts/build.sh "$cfg" -DTBERT_PYTHON="$py" >/dev/null
     logs="$root/build/$cfg/sanitizer-logs"
@@ -103,5 +105,6 @@ for cfg in $configs; do
     fi
     check_skips "$cfg" "$clog"/*.log || { [ $rc -ne 0 ] || rc=1; }
     [ $rc -eq 0 ] || { echo "test.sh: configuration $cfg FAILED (seed $TBERT_TEST_SEED)" >&2; exit $rc; }
+    times="$times $cfg $(( $(date +%s) - tc )) s,"
 done
-step "all configurations passed ($configs; seed $TBERT_TEST_SEED)"
+step "all configurations passed ($configs; seed $TBERT_TEST_SEED); build + tests:${times%,}"
