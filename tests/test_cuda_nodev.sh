@@ -3,8 +3,9 @@
 #   ON (CUDA build) and OFF (CPU-only build): `tbert embed --device cuda` (and cuda:3) exits 2 with exactly one
 #     line on stderr naming CUDA and nothing on stdout; `--device auto` falls back to the CPU, says so in exactly
 #     one line (naming CUDA and the CPU), and writes the same bytes as `--device cpu`.
-#   EMU (the emulated device): `--device auto` means the CPU, silently (no line about CUDA; issue 12's decision:
-#     the emulator is a test device, never chosen by itself) with the same bytes as `--device cpu`;
+#   EMU (the emulated device): `--device auto` means the CPU (issue 12's decision: the emulator is a test device,
+#     never chosen by itself), with the same bytes as `--device cpu` and exactly one line that names CUDA, says
+#     the device is emulated and that the CPU is used (as the fallback line of the other builds says why);
 #     `--device cuda` runs on the emulated device and SUCCEEDS with output within CONVENTIONS' CUDA fp32 vs CPU
 #     tolerances (per element |d| <= 1e-4, ||d||/||ref|| < 1e-5); `--device cuda:3` (no such device) exits 2.
 # `--device cuda` succeeding in an ON or OFF build is a failure, unless a real GPU is present (/dev/nvidia0 or
@@ -49,7 +50,9 @@ cmp -s "$TMP/auto.f32" "$TMP/cpu.f32" || fail "--device auto and --device cpu ou
 n=$(grep -ci "cuda" "$TMP/auto.err")
 
 if [ "$KIND" = EMU ]; then
-    [ "$n" = 0 ] || fail "EMU build, --device auto: $n stderr lines mention CUDA, want none (auto = the CPU, silently): $(cat "$TMP/auto.err")"
+    [ "$n" = 1 ] || fail "EMU build, --device auto: $n stderr lines mention CUDA, want exactly 1: $(cat "$TMP/auto.err")"
+    grep -i cuda "$TMP/auto.err" | grep -i emulated | grep -qi cpu ||
+        fail "EMU build, --device auto: the line does not say the device is emulated and the CPU is used: $(cat "$TMP/auto.err")"
     embed cuda "$TMP/cuda.f32" "$TMP/cuda.err"
     rc=$?
     if [ "$rc" != 0 ]; then
