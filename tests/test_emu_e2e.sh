@@ -7,10 +7,10 @@
 #      CUDA fp32 vs CPU tolerance (|d| <= 1e-4 per element, ||d||/||ref|| < 1e-5); tf32 (ratio < 1e-3) and
 #      bf16 (ratio < 2e-2) against the same CPU output.
 #   2. `tbert train --device cuda` (the head trains on the device) vs `--device cpu`, same seed, dropout on:
-#      the same best epoch; every loss in metrics.json within 1e-3 relative; each head's `predict --device
-#      cpu` probabilities within 1e-3 of the other's (features differ by up to 1e-4 between the devices, and
-#      six epochs of AdamW carry that into the weights), the labels equal wherever a probability is more than
-#      1e-3 from the threshold.
+#      the same best epoch; every loss in metrics.json within 1e-4 relative; each head's `predict --device
+#      cpu` probabilities within 1e-4 of the other's (CONVENTIONS' per-element fp32 tolerance, kept through six
+#      epochs of AdamW; measured on the emulated device: 1e-6, the printing step), the labels equal wherever a
+#      probability is more than 1e-4 from the threshold.
 #   3. `tbert score --device cuda` vs `--device cpu` with one head, on the mail and the table: the same
 #      records (source, offset, id, tokens) in the same order, scores within 1e-4 (+1e-6 printing), labels
 #      equal wherever the score is more than that from the head's threshold.
@@ -80,7 +80,7 @@ if [ -s "$TMP/pred.cpu" ] && [ -s "$TMP/pred.cuda" ]; then
     "$PY" - "$TMP" <<'EOF' || fail "train --device cuda vs cpu (above)"
 import json, sys
 tmp = sys.argv[1]
-TOL = 1e-3  # stated above: features differ by <= 1e-4, six epochs of AdamW carry it into the head
+TOL = 1e-4  # stated above: CONVENTIONS' fp32 per-element tolerance, through six epochs of AdamW
 m = {d: json.load(open(f"{tmp}/ck.{d}/metrics.json")) for d in ("cpu", "cuda")}
 bad = []
 if m["cpu"]["best_epoch"] != m["cuda"]["best_epoch"]:
