@@ -355,12 +355,13 @@ void tbert_classifier_free(tbert_classifier *c) {
 const tbert_recipe *tbert_classifier_recipe(const tbert_classifier *c) { return &c->recipe; }
 const tbert_head *tbert_classifier_head(const tbert_classifier *c) { return c->head; }
 
-tbert_status tbert_classifier_predict(const tbert_classifier *c, int n, const float *feats, float *p_positive, int *label_idx,
-                                      tbert_error *err) {
+/* one of feats (dense) or rows */
+static tbert_status classifier_predict(const tbert_classifier *c, int n, const float *feats, const tbert_rows *rows,
+                                       float *p_positive, int *label_idx, tbert_error *err) {
     int C = c->head->cfg.n_classes;
     float *probs = tbert_malloc_array((size_t)(n > 0 ? n : 1), (size_t)C * sizeof(float));
     if (!probs) return tbert_fail(err, TBERT_E_NOMEM, "classifier: out of memory for %d rows", n);
-    tbert_status s = tbert_head_predict(c->head, n, feats, probs, err);
+    tbert_status s = rows ? tbert_head_predict_rows(c->head, rows, probs, err) : tbert_head_predict(c->head, n, feats, probs, err);
     if (!s) {
         const tbert_recipe *r = &c->recipe;
         for (int i = 0; i < n; i++) {
@@ -380,4 +381,14 @@ tbert_status tbert_classifier_predict(const tbert_classifier *c, int n, const fl
     }
     free(probs);
     return s;
+}
+
+tbert_status tbert_classifier_predict(const tbert_classifier *c, int n, const float *feats, float *p_positive, int *label_idx,
+                                      tbert_error *err) {
+    return classifier_predict(c, n, feats, NULL, p_positive, label_idx, err);
+}
+
+tbert_status tbert_classifier_predict_rows(const tbert_classifier *c, const tbert_rows *rows, float *p_positive, int *label_idx,
+                                           tbert_error *err) {
+    return classifier_predict(c, rows->n, NULL, rows, p_positive, label_idx, err);
 }

@@ -1,5 +1,6 @@
-/* The featurizer (recipe -> feature rows: pooled windows, hashed WordPiece counts, hashed header evidence)
- * and the feature cache under $TBERT_CACHE/features (include/tbert/recipe.h). */
+/* The featurizer (recipe -> feature rows, include/tbert/rows.h: pooled windows as the dense block; hashed
+ * WordPiece counts, hashed header evidence and header words as sparse blocks) and its use of the row store
+ * for the dense blocks (include/tbert/recipe.h, include/tbert/store.h, docs/store.md). */
 #include "tbert/recipe.h"
 
 #include <glib.h>
@@ -10,6 +11,7 @@
 
 #include "tbert/fileio.h"
 #include "tbert/progress.h"
+#include "tbert/store.h"
 #include "tbert/tokenizer.h"
 
 enum { DOCS_PER_CHUNK = 128 };
@@ -82,27 +84,60 @@ static bool takes_token(int set, const char *s, size_t n) {
     return !word && (set == EV_ALL || e1_key(s, n));
 }
 
-static void hash_evidence(const char *ev, int set, float *block, int dim) {
-    if (!ev) return;
+/* appends the bucket of every evidence token the set takes */
+static bool hash_evidence(const char *ev, int set, int dim, tbert_i32vec *buckets) {
+    if (!ev) return true;
     const char *p = ev;
     while (*p) {
         while (*p == ' ' || *p == '\t' || *p == '\n') p++;
         const char *s = p;
         while (*p && *p != ' ' && *p != '\t' && *p != '\n') p++;
-        if (p > s && takes_token(set, s, (size_t)(p - s))) block[fmix64(fnv1a64(s, (size_t)(p - s))) % (uint64_t)dim] += 1.0f;
+        if (p > s && takes_token(set, s, (size_t)(p - s)) &&
+            !tbert_i32vec_push(buckets, (int32_t)(fmix64(fnv1a64(s, (size_t)(p - s))) % (uint64_t)dim)))
+            return false;
     }
+    return true;
 }
 
-static void log1p_l2(float *v, int dim) {
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* One sparse block from its buckets (one entry per hashed token): counts, log1p, L2 over the block, times
+ * `weight` when it is not 1, appended to (idx, val) with columns offset by `base`. The operations and their
+ * order are those of the dense block this replaces (float log1pf of the count, a double sum of squares over
+ * ascending columns, one float multiply by the inverse norm, then by the weight), so the values are the same
+ * bits. */
+static bool sparse_block(tbert_i32vec *buckets, int32_t base, float weight, tbert_i32vec *idx, float **val, size_t *val_cap) {
+    size_t n = buckets->n, k = 0, first = idx->n;
+    if (n == 0) return true;
+    qsort(buckets->v, n, sizeof(int32_t), cmp_i32);
+    for (size_t i = 0; i < n; i++) k += i == 0 || buckets->v[i] != buckets->v[i - 1];
+    if (idx->n + k > *val_cap) {
+        size_t cap = (idx->n + k) * 2;
+        float *v = tbert_realloc_array(*val, cap, sizeof(float));
+        if (!v) return false;
+        *val = v;
+        *val_cap = cap;
+    }
+    if (!tbert_i32vec_reserve(idx, idx->n + k)) return false;
     double ss = 0;
-    for (int i = 0; i < dim; i++) {
-        v[i] = log1pf(v[i]);
-        ss += (double)v[i] * v[i];
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j < n && buckets->v[j] == buckets->v[i]) j++;
+        float v = log1pf((float)(j - i));
+        ss += (double)v * v;
+        (*val)[idx->n] = v;
+        idx->v[idx->n++] = base + buckets->v[i];
+        i = j;
     }
-    if (ss > 0) {
-        float inv = (float)(1.0 / sqrt(ss));
-        for (int i = 0; i < dim; i++) v[i] *= inv;
+    float inv = (float)(1.0 / sqrt(ss));
+    for (size_t e = first; e < idx->n; e++) {
+        (*val)[e] *= inv;
+        if (weight != 1.0f) (*val)[e] *= weight;
     }
+    return true;
 }
 
 static void l2_normalize(float *v, size_t dim) {
@@ -137,13 +172,47 @@ static void chunk_free(chunk_buf *c, int n) {
     free(c->pooled);
 }
 
-/* Rows of n docs into out (row stride fz->dim). dense: the pooled block; sparse: the lexical/evidence blocks
- * (each part leaves the other's columns untouched). */
-static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen, bool dense,
-                                    bool sparse, tbert_error *err) {
+/* The sparse entries of one doc (token ids `ids`) appended to (idx, val) in block order; buckets is scratch. */
+static bool doc_sparse(const tbert_recipe *r, const tbert_doc *doc, const tbert_i32vec *ids, tbert_i32vec *buckets,
+                       tbert_i32vec *idx, float **val, size_t *val_cap) {
+    int32_t base = 0;
+    if (r->lexical_dim > 0) {
+        buckets->n = 0;
+        if (!tbert_i32vec_reserve(buckets, ids->n)) return false;
+        for (size_t k = 0; k < ids->n; k++) buckets->v[buckets->n++] = (int32_t)(fmix64((uint64_t)ids->v[k] + 1) % (uint64_t)r->lexical_dim);
+        for (size_t k = 1; r->lexical_ngrams >= 2 && k < ids->n; k++) {
+            uint64_t pair = ((uint64_t)(uint32_t)(ids->v[k - 1] + 1) << 32) | (uint32_t)(ids->v[k] + 1);
+            if (!tbert_i32vec_push(buckets, (int32_t)(fmix64(pair ^ 0x9e3779b97f4a7c15ull) % (uint64_t)r->lexical_dim))) return false;
+        }
+        if (r->evidence == TBERT_EVIDENCE_LEXICAL && !hash_evidence(doc->evidence, r->evidence_set, r->lexical_dim, buckets))
+            return false;
+        if (!sparse_block(buckets, base, 1.0f, idx, val, val_cap)) return false;
+        base += r->lexical_dim;
+    }
+    if (r->evidence == TBERT_EVIDENCE_BLOCK) {
+        buckets->n = 0;
+        if (!hash_evidence(doc->evidence, r->evidence_set, r->evidence_dim, buckets) ||
+            !sparse_block(buckets, base, 1.0f, idx, val, val_cap))
+            return false;
+        base += r->evidence_dim;
+    }
+    if (r->header_dim > 0) {
+        buckets->n = 0;
+        if (!hash_evidence(doc->evidence, EV_HEADER_WORDS, r->header_dim, buckets) ||
+            !sparse_block(buckets, base, r->header_weight, idx, val, val_cap))
+            return false;
+    }
+    return true;
+}
+
+/* Rows of n docs appended to out. dense (n x dense_dim) holds the dense blocks of the docs with need[i] false
+ * (from the store) and receives those of the docs with need[i] true (need NULL: every doc), which are
+ * encoded here; *encoded (may be NULL) counts them. */
+static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc *docs, float *dense, const bool *need,
+                                    tbert_rows *out, int *tokens_seen, int *encoded, tbert_error *err) {
     const tbert_recipe *r = &fz->r;
     int W = r->windows;
-    size_t nwmax = (size_t)n * (size_t)W;
+    size_t nwmax = (size_t)n * (size_t)W, dd = fz->dense_dim;
     chunk_buf c = {0};
     c.win = calloc((size_t)n, sizeof *c.win);
     c.starts = tbert_malloc_array(nwmax, sizeof *c.starts);
@@ -151,97 +220,114 @@ static tbert_status featurize_chunk(tbert_featurizer *fz, int n, const tbert_doc
     c.nwin = tbert_malloc_array((size_t)n, sizeof *c.nwin);
     c.seqs = tbert_malloc_array(nwmax, sizeof *c.seqs);
     c.seq_lens = tbert_malloc_array(nwmax, sizeof *c.seq_lens);
-    c.pooled = tbert_malloc_array(nwmax, fz->dense_dim * sizeof(float));
-    tbert_i32vec ids = {0};
+    c.pooled = tbert_malloc_array(nwmax, dd * sizeof(float));
+    tbert_i32vec ids = {0}, buckets = {0}, idx = {0};
+    float *val = NULL;
+    size_t val_cap = 0;
     if (!c.win || !c.starts || !c.lens || !c.nwin || !c.seqs || !c.seq_lens || !c.pooled) {
         chunk_free(&c, n);
         return tbert_fail(err, TBERT_E_NOMEM, "featurizer: out of memory for %d documents", n);
     }
     tbert_status st = TBERT_OK;
     int total_w = 0;
-    for (int i = 0; i < n; i++) {
-        float *row = out + (size_t)i * fz->dim;
-        if (dense) memset(row, 0, fz->dense_dim * sizeof(float));
-        if (sparse) memset(row + fz->dense_dim, 0, (fz->dim - fz->dense_dim) * sizeof(float));
-    }
+    size_t *first = tbert_malloc_array((size_t)n + 1, sizeof *first); /* per doc: its first entry in (idx, val) */
+    if (!first) st = tbert_fail(err, TBERT_E_NOMEM, "featurizer: out of memory for %d documents", n);
     for (int i = 0; i < n && !st; i++) {
+        bool enc = !need || need[i];
         ids.n = 0;
         st = tbert_tokenize(fz->m->vocab, docs[i].text ? docs[i].text : "", docs[i].text ? docs[i].len : 0, &ids, err);
         if (st) break;
         if (tokens_seen) tokens_seen[i] = ids.n > INT32_MAX ? INT32_MAX : (int)ids.n;
-        st = tbert_make_windows(fz->m->vocab, ids.v, ids.n, r->max_len, W, &c.win[i], c.starts + (size_t)i * W,
-                                c.lens + (size_t)i * W, &c.nwin[i], err);
-        if (st) break;
-        for (int w = 0; dense && w < c.nwin[i]; w++) {
-            c.seqs[total_w] = c.win[i].v + c.starts[(size_t)i * W + w];
-            c.seq_lens[total_w] = c.lens[(size_t)i * W + w];
-            total_w++;
-        }
-        float *row = out + (size_t)i * fz->dim;
-        if (sparse && r->lexical_dim > 0) {
-            float *lex = row + fz->dense_dim;
-            for (size_t k = 0; k < ids.n; k++) lex[fmix64((uint64_t)ids.v[k] + 1) % (uint64_t)r->lexical_dim] += 1.0f;
-            for (size_t k = 1; r->lexical_ngrams >= 2 && k < ids.n; k++) {
-                uint64_t pair = ((uint64_t)(uint32_t)(ids.v[k - 1] + 1) << 32) | (uint32_t)(ids.v[k] + 1);
-                lex[fmix64(pair ^ 0x9e3779b97f4a7c15ull) % (uint64_t)r->lexical_dim] += 1.0f;
+        c.nwin[i] = 0;
+        if (enc) {
+            st = tbert_make_windows(fz->m->vocab, ids.v, ids.n, r->max_len, W, &c.win[i], c.starts + (size_t)i * W,
+                                    c.lens + (size_t)i * W, &c.nwin[i], err);
+            if (st) break;
+            for (int w = 0; w < c.nwin[i]; w++) {
+                c.seqs[total_w] = c.win[i].v + c.starts[(size_t)i * W + w];
+                c.seq_lens[total_w] = c.lens[(size_t)i * W + w];
+                total_w++;
             }
-            if (r->evidence == TBERT_EVIDENCE_LEXICAL) hash_evidence(docs[i].evidence, r->evidence_set, lex, r->lexical_dim);
-            log1p_l2(lex, r->lexical_dim);
         }
-        if (sparse && r->evidence == TBERT_EVIDENCE_BLOCK) {
-            float *evb = row + fz->dense_dim + r->lexical_dim;
-            hash_evidence(docs[i].evidence, r->evidence_set, evb, r->evidence_dim);
-            log1p_l2(evb, r->evidence_dim);
-        }
-        if (sparse && r->header_dim > 0) {
-            float *hb = row + fz->dense_dim + r->lexical_dim + (r->evidence == TBERT_EVIDENCE_BLOCK ? r->evidence_dim : 0);
-            hash_evidence(docs[i].evidence, EV_HEADER_WORDS, hb, r->header_dim);
-            log1p_l2(hb, r->header_dim);
-            for (int k = 0; k < r->header_dim; k++) hb[k] *= r->header_weight;
-        }
+        first[i] = idx.n;
+        if (!doc_sparse(r, &docs[i], &ids, &buckets, &idx, &val, &val_cap))
+            st = tbert_fail(err, TBERT_E_NOMEM, "featurizer: out of memory for the sparse blocks");
     }
+    if (!st) first[n] = idx.n;
     tbert_i32vec_free(&ids);
+    tbert_i32vec_free(&buckets);
     if (!st && total_w > 0) {
         bool norm_each = r->normalize && W == 1;
         st = tbert_encoder_pool(fz->enc, total_w, c.seqs, c.seq_lens, r->max_len, r->pool, norm_each, c.pooled, err);
     }
-    if (!st && dense) {
+    if (!st) {
         int w0 = 0;
         for (int i = 0; i < n; i++) {
-            float *row = out + (size_t)i * fz->dim;
+            if (need && !need[i]) continue;
+            float *row = dense + (size_t)i * dd;
             double inv = 1.0 / c.nwin[i];
-            for (size_t d = 0; d < fz->dense_dim; d++) {
+            for (size_t d = 0; d < dd; d++) {
                 double s = 0;
-                for (int w = 0; w < c.nwin[i]; w++) s += c.pooled[(size_t)(w0 + w) * fz->dense_dim + d];
+                for (int w = 0; w < c.nwin[i]; w++) s += c.pooled[(size_t)(w0 + w) * dd + d];
                 row[d] = (float)(s * inv);
             }
-            if (r->normalize && W > 1) l2_normalize(row, fz->dense_dim);
+            if (r->normalize && W > 1) l2_normalize(row, dd);
             w0 += c.nwin[i];
+            if (encoded) (*encoded)++;
         }
     }
+    if (!st) st = tbert_rows_reserve(out, (size_t)n, idx.n, err);
+    for (int i = 0; i < n && !st; i++)
+        st = tbert_rows_append(out, dense + (size_t)i * dd, first[i + 1] - first[i], idx.v + first[i], val + first[i], err);
+    free(first);
+    free(val);
+    tbert_i32vec_free(&idx);
     chunk_free(&c, n);
     return st;
 }
 
-static tbert_status featurize_progress(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen,
-                                       bool dense, bool sparse, const char *label, tbert_error *err) {
+tbert_status tbert_featurizer_rows_init(const tbert_featurizer *fz, tbert_rows *rows, tbert_error *err) {
+    const tbert_recipe *r = &fz->r;
+    size_t w[3];
+    int nb = 0;
+    if (r->lexical_dim > 0) w[nb++] = (size_t)r->lexical_dim;
+    if (r->evidence == TBERT_EVIDENCE_BLOCK) w[nb++] = (size_t)r->evidence_dim;
+    if (r->header_dim > 0) w[nb++] = (size_t)r->header_dim;
+    return tbert_rows_init(rows, fz->dense_dim, nb, w, err);
+}
+
+static tbert_status featurize_progress(tbert_featurizer *fz, int n, const tbert_doc *docs, tbert_rows *out, int *tokens_seen,
+                                       const char *label, tbert_error *err) {
     tbert_progress *p = label ? tbert_progress_start(label, (uint64_t)n, "docs", TBERT_PROGRESS_AUTO) : NULL;
-    tbert_status st = TBERT_OK;
+    float *dense = tbert_malloc_array(DOCS_PER_CHUNK, (fz->dense_dim ? fz->dense_dim : 1) * sizeof(float));
+    tbert_status st = dense ? TBERT_OK : tbert_fail(err, TBERT_E_NOMEM, "featurizer: out of memory");
     for (int i = 0; i < n && !st; i += DOCS_PER_CHUNK) {
         int m = n - i < DOCS_PER_CHUNK ? n - i : DOCS_PER_CHUNK;
-        st = featurize_chunk(fz, m, docs + i, out + (size_t)i * fz->dim, tokens_seen ? tokens_seen + i : NULL, dense, sparse,
-                             err);
+        st = featurize_chunk(fz, m, docs + i, dense, NULL, out, tokens_seen ? tokens_seen + i : NULL, NULL, err);
         tbert_progress_update(p, (uint64_t)(i + m), NULL);
     }
+    free(dense);
     if (p) tbert_progress_finish(p, st ? "failed" : NULL);
     return st;
 }
 
-tbert_status tbert_featurize(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen, tbert_error *err) {
-    return featurize_progress(fz, n, docs, out, tokens_seen, true, true, NULL, err);
+tbert_status tbert_featurize_rows(tbert_featurizer *fz, int n, const tbert_doc *docs, tbert_rows *out, int *tokens_seen,
+                                  tbert_error *err) {
+    if (out->dense_dim != fz->dense_dim || tbert_rows_dim(out) != fz->dim)
+        return tbert_fail(err, TBERT_E_ARG, "featurizer: rows of %zu features for a recipe of %zu", tbert_rows_dim(out), fz->dim);
+    return featurize_progress(fz, n, docs, out, tokens_seen, NULL, err);
 }
 
-/* ---- cache ---- */
+tbert_status tbert_featurize(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen, tbert_error *err) {
+    tbert_rows rows;
+    tbert_status st = tbert_featurizer_rows_init(fz, &rows, err);
+    if (!st) st = featurize_progress(fz, n, docs, &rows, tokens_seen, NULL, err);
+    if (!st) tbert_rows_densify(&rows, 0, n, out, fz->dim);
+    tbert_rows_free(&rows);
+    return st;
+}
+
+/* ---- hashes of documents ---- */
 void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]) {
     GChecksum *cs = g_checksum_new(G_CHECKSUM_SHA256);
     for (int i = 0; i < n; i++) {
@@ -254,12 +340,13 @@ void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]) {
     g_checksum_free(cs);
 }
 
-static const char CACHE_MAGIC[8] = {'T', 'B', 'F', 'E', 'A', 'T', '1', 0};
-
-/* The cache holds the dense (encoder) block only: the sparse blocks are cheap to recompute, and a change of
- * lexical_dim then needs no re-encoding. Key: every recipe field that shapes the dense block (model hash,
- * vocab hash, pooling, max_len, layers, windows, normalize, precision) and the docs' hash. */
-static bool cache_path(const tbert_featurizer *fz, const char *data_hash, char *path, size_t n) {
+/* ---- the store ---- */
+/* The dense (encoder) block of each document is kept in the row store (include/tbert/store.h); the sparse
+ * blocks are recomputed (cheap), so a change of lexical_dim needs no re-encoding. Key fields: kind
+ * "dense-block", dtype "f32", and the recipe's JSON with every field that does not shape the dense block
+ * cleared (the model and vocabulary hashes, pooling, max_len, layers, windows, normalize and precision
+ * remain); content: the sha256 of the document's text (evidence does not reach the dense block). */
+static tbert_status dense_key(const tbert_featurizer *fz, char key[65], tbert_error *err) {
     tbert_recipe k = fz->r;
     memset(k.name, 0, sizeof k.name);
     k.n_labels = 0;
@@ -273,76 +360,59 @@ static bool cache_path(const tbert_featurizer *fz, const char *data_hash, char *
     k.header_dim = 0;
     k.header_weight = 0;
     char *json = tbert_recipe_to_json(&k);
-    if (!json) return false;
-    size_t len = strlen(json) + 1 + strlen(data_hash);
-    char *buf = malloc(len + 1);
-    if (!buf) {
-        free(json);
-        return false;
-    }
-    snprintf(buf, len + 1, "%s\n%s", json, data_hash);
-    char key[65], dir[4096];
-    tbert_sha256_hex(buf, len, key);
-    free(buf);
+    if (!json) return tbert_fail(err, TBERT_E_NOMEM, "featurizer: out of memory");
+    tbert_store_field f[3] = {{"kind", "dense-block"}, {"dtype", "f32"}, {"recipe", json}};
+    tbert_status st = tbert_store_key(3, f, key, err);
     free(json);
-    tbert_cache_dir(dir, sizeof dir);
-    return snprintf(path, n, "%s/features/%s.f32", dir, key) < (int)n;
+    return st;
 }
 
-/* reads n rows of ddim floats into out (row stride stride) */
-static bool cache_read(const char *path, int n, size_t ddim, size_t stride, float *out) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return false;
-    char magic[8];
-    int64_t hdr[2];
-    bool ok = fread(magic, 1, 8, f) == 8 && !memcmp(magic, CACHE_MAGIC, 8) && fread(hdr, sizeof hdr, 1, f) == 1 &&
-              hdr[0] == n && hdr[1] == (int64_t)ddim;
-    for (int i = 0; ok && i < n; i++) ok = fread(out + (size_t)i * stride, sizeof(float), ddim, f) == ddim;
-    ok = ok && fgetc(f) == EOF;
-    fclose(f);
-    return ok;
-}
-
-static tbert_status cache_write(const char *path, int n, size_t ddim, size_t stride, const float *feats, tbert_error *err) {
-    char dir[4400];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = 0;
-    tbert_status st = tbert_mkdirs(dir, err);
+tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, int n, const tbert_doc *docs,
+                                    const char *progress_label, tbert_rows *out, tbert_feature_stats *stats, tbert_error *err) {
+    if (out->dense_dim != fz->dense_dim || tbert_rows_dim(out) != fz->dim)
+        return tbert_fail(err, TBERT_E_ARG, "featurizer: rows of %zu features for a recipe of %zu", tbert_rows_dim(out), fz->dim);
+    tbert_feature_stats local = {0};
+    if (!stats) stats = &local;
+    memset(stats, 0, sizeof *stats);
+    stats->docs = n;
+    char key[65];
+    tbert_status st = store ? dense_key(fz, key, err) : TBERT_OK;
     if (st) return st;
-    tbert_atomic_file *f;
-    st = tbert_atomic_open(path, &f, err);
-    if (st) return st;
-    int64_t hdr[2] = {n, (int64_t)ddim};
-    st = tbert_atomic_write(f, CACHE_MAGIC, 8, err);
-    if (!st) st = tbert_atomic_write(f, hdr, sizeof hdr, err);
-    for (int i = 0; i < n && !st; i++) st = tbert_atomic_write(f, feats + (size_t)i * stride, ddim * sizeof(float), err);
-    if (st) {
-        tbert_atomic_abort(f);
-        return st;
+    size_t dd = fz->dense_dim;
+    float *dense = tbert_malloc_array(DOCS_PER_CHUNK, (dd ? dd : 1) * sizeof(float));
+    char(*content)[65] = tbert_malloc_array(DOCS_PER_CHUNK, 65);
+    bool need[DOCS_PER_CHUNK];
+    if (!dense || !content) st = tbert_fail(err, TBERT_E_NOMEM, "featurizer: out of memory");
+    tbert_progress *p = progress_label && !st ? tbert_progress_start(progress_label, (uint64_t)n, "docs", TBERT_PROGRESS_AUTO) : NULL;
+    for (int i = 0; i < n && !st; i += DOCS_PER_CHUNK) {
+        int m = n - i < DOCS_PER_CHUNK ? n - i : DOCS_PER_CHUNK;
+        for (int j = 0; j < m && !st; j++) {
+            need[j] = true;
+            if (!store || !dd) continue;
+            const tbert_doc *d = &docs[i + j];
+            tbert_store_content_hash(d->text ? d->text : "", d->text ? d->len : 0, content[j]);
+            bool found;
+            uint64_t corrupt = tbert_store_get_stats(store)->corrupt;
+            st = tbert_store_get(store, key, content[j], dense + (size_t)j * dd, dd * sizeof(float), &found, err);
+            need[j] = !found;
+            stats->from_store += found;
+            stats->corrupt += (int)(tbert_store_get_stats(store)->corrupt - corrupt);
+        }
+        int enc = 0;
+        if (!st) st = featurize_chunk(fz, m, docs + i, dense, need, out, NULL, &enc, err);
+        stats->encoded += enc;
+        for (int j = 0; j < m && !st && store && dd; j++) {
+            if (!need[j]) continue;
+            tbert_error werr; /* a store that cannot be written (read-only home, full disk) costs time, not the run */
+            if (tbert_store_put(store, key, content[j], dense + (size_t)j * dd, dd * sizeof(float), &werr)) {
+                if (!stats->write_failed) fprintf(stderr, "tbert: warning: feature store not written: %s\n", werr.msg);
+                stats->write_failed = true;
+            }
+        }
+        tbert_progress_update(p, (uint64_t)(i + m), NULL);
     }
-    return tbert_atomic_commit(f, err);
-}
-
-tbert_status tbert_featurize_cached(tbert_featurizer *fz, int n, const tbert_doc *docs, const char *data_hash,
-                                    const char *progress_label, float *out, bool *hit, tbert_error *err) {
-    char dh[65], path[4400];
-    if (hit) *hit = false;
-    if (!data_hash) {
-        tbert_docs_hash(n, docs, dh);
-        data_hash = dh;
-    }
-    bool have_path = cache_path(fz, data_hash, path, sizeof path);
-    bool sparse = fz->dim > fz->dense_dim;
-    if (have_path && cache_read(path, n, fz->dense_dim, fz->dim, out)) {
-        if (hit) *hit = true;
-        return sparse ? featurize_progress(fz, n, docs, out, NULL, false, true, NULL, err) : TBERT_OK;
-    }
-    tbert_status st = featurize_progress(fz, n, docs, out, NULL, true, sparse, progress_label, err);
-    if (st || !have_path) return st;
-    /* a cache that cannot be written (read-only home, full disk) costs time, not the run */
-    tbert_error werr;
-    if (cache_write(path, n, fz->dense_dim, fz->dim, out, &werr))
-        fprintf(stderr, "tbert: warning: feature cache not written: %s\n", werr.msg);
-    return TBERT_OK;
+    if (p) tbert_progress_finish(p, st ? "failed" : NULL);
+    free(dense);
+    free(content);
+    return st;
 }

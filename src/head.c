@@ -1,6 +1,7 @@
 /* Classifier head on the CPU: forward, loss, hand-written backward, init, and the deterministic RNG.
  * Semantics are documented in include/tbert/head.h (kernels/head.cu implements the same). */
 #include "tbert/head.h"
+#include "tbert/rows.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -232,7 +233,7 @@ tbert_status tbert_head_forward(const tbert_head *h, tbert_head_ws *ws, int n, c
         if (drop) apply_dropout(ws, n, c->dropout, rng, ws->h);
         last_in = ws->h;
     } else if (drop) {
-        memcpy(ws->h, x, (size_t)n * (size_t)c->in_dim * sizeof(float));
+        if (x != ws->h) memcpy(ws->h, x, (size_t)n * (size_t)c->in_dim * sizeof(float));
         apply_dropout(ws, n, c->dropout, rng, ws->h);
         last_in = ws->h;
     }
@@ -317,6 +318,112 @@ tbert_status tbert_head_backward(const tbert_head *h, tbert_head_ws *ws, int n, 
     return TBERT_OK;
 }
 
+/* ---- sparse input (tbert_rows: dense block + CSR) ----
+ * The feature column c of the dense layout is the rows' dense column c < dd, or sparse column c - dd.
+ * W (out x in) keeps the dense layout; the dense block goes through one GEMM on W's first dd columns
+ * (leading dimension in), the CSR part is a gather-dot per output row (forward) and a scatter-add into the
+ * columns present (backward), both in row order, so the result is deterministic. */
+
+/* y (n x out) = x @ W^T + b for rows x (x->n rows, in = dense_dim + sparse_dim) */
+static void rows_linear_forward(const tbert_rows *x, int in, int outd, const float *W, const float *b, float *y) {
+    int n = x->n, dd = (int)x->dense_dim;
+    for (int i = 0; i < n; i++) memcpy(y + (size_t)i * outd, b, (size_t)outd * sizeof(float));
+    if (dd > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, outd, dd, 1.0f, x->dense, dd, W, in, 1.0f, y, outd);
+    for (int o = 0; o < outd; o++) {
+        const float *w = W + (size_t)o * in + dd;
+        for (int i = 0; i < n; i++) {
+            double s = 0.0;
+            for (int64_t e = x->indptr[i]; e < x->indptr[i + 1]; e++) s += (double)x->values[e] * w[x->indices[e]];
+            y[(size_t)i * outd + o] += (float)s;
+        }
+    }
+}
+
+/* dW (out x in) = dy^T @ x: GEMM for the dense columns, scatter-add for the sparse ones (the rest zero);
+ * db = column sums of dy (double) */
+static void rows_linear_backward_params(const tbert_rows *x, int in, int outd, const float *dy, float *dW, float *db) {
+    int n = x->n, dd = (int)x->dense_dim;
+    for (int o = 0; o < outd; o++) memset(dW + (size_t)o * in + dd, 0, (size_t)(in - dd) * sizeof(float));
+    if (dd > 0) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, outd, dd, n, 1.0f, dy, outd, x->dense, dd, 0.0f, dW, in);
+    for (int o = 0; o < outd; o++) {
+        float *w = dW + (size_t)o * in + dd;
+        for (int i = 0; i < n; i++) {
+            float g = dy[(size_t)i * outd + o];
+            for (int64_t e = x->indptr[i]; e < x->indptr[i + 1]; e++) w[x->indices[e]] += g * x->values[e];
+        }
+    }
+    for (int k = 0; k < outd; k++) {
+        double s = 0.0;
+        for (int i = 0; i < n; i++) s += dy[(size_t)i * outd + k];
+        db[k] = (float)s;
+    }
+}
+
+static tbert_status check_rows(const tbert_head *h, const tbert_head_ws *ws, const tbert_rows *x, tbert_error *err) {
+    if (tbert_rows_dim(x) != (size_t)h->cfg.in_dim)
+        return tbert_fail(err, TBERT_E_ARG, "head: rows of %zu features for a head of %d", tbert_rows_dim(x), h->cfg.in_dim);
+    if (x->n < 0 || x->n > ws->max_n)
+        return tbert_fail(err, TBERT_E_ARG, "head: batch of %d rows exceeds the workspace (%d)", x->n, ws->max_n);
+    return TBERT_OK;
+}
+
+/* A linear head with dropout drops input columns, zeros included (one draw per element, as the dense path):
+ * it runs the dense path on the densified batch, so the two agree bit for bit. */
+static bool rows_use_dense(const tbert_head *h, bool train) { return h->cfg.hidden == 0 && train && h->cfg.dropout > 0; }
+
+tbert_status tbert_head_forward_rows(const tbert_head *h, tbert_head_ws *ws, const tbert_rows *x, bool train, tbert_rng *rng,
+                                     float *z, tbert_error *err) {
+    tbert_status st = check_rows(h, ws, x, err);
+    if (st || x->n == 0) return st;
+    const tbert_head_config *c = &h->cfg;
+    int n = x->n;
+    if (rows_use_dense(h, train)) {
+        tbert_rows_densify(x, 0, n, ws->h, (size_t)c->in_dim);
+        return tbert_head_forward(h, ws, n, ws->h, train, rng, z, err); /* copies ws->h onto itself: same bits */
+    }
+    bool drop = train && c->dropout > 0;
+    if (drop && !rng) return tbert_fail(err, TBERT_E_ARG, "head: dropout needs an RNG");
+    ws->train = drop;
+    int O = tbert_head_out_dim(c);
+    if (c->hidden == 0) {
+        rows_linear_forward(x, c->in_dim, O, h->w2, h->b2, z);
+        return TBERT_OK;
+    }
+    size_t total = (size_t)n * (size_t)c->hidden;
+    rows_linear_forward(x, c->in_dim, c->hidden, h->w1, h->b1, ws->a);
+    for (size_t i = 0; i < total; i++) ws->h[i] = gelu(ws->a[i]);
+    if (drop) apply_dropout(ws, n, c->dropout, rng, ws->h);
+    linear_forward(n, ws->K, O, ws->h, h->w2, h->b2, z);
+    return TBERT_OK;
+}
+
+tbert_status tbert_head_backward_rows(const tbert_head *h, tbert_head_ws *ws, const tbert_rows *x, const float *dz, float *grad,
+                                      tbert_error *err) {
+    tbert_status st = check_rows(h, ws, x, err);
+    if (st) return st;
+    const tbert_head_config *c = &h->cfg;
+    int n = x->n;
+    if (n <= 0) return tbert_fail(err, TBERT_E_ARG, "head: backward batch of %d rows out of range", n);
+    if (c->hidden == 0 && ws->train) return tbert_head_backward(h, ws, n, ws->h, dz, grad, err); /* see rows_use_dense */
+    int O = tbert_head_out_dim(c);
+    if (c->hidden == 0) {
+        rows_linear_backward_params(x, c->in_dim, O, dz, grad + h->tensors[0].offset, grad + h->tensors[1].offset);
+        return TBERT_OK;
+    }
+    linear_backward_params(n, ws->K, O, ws->h, dz, grad + h->tensors[2].offset, grad + h->tensors[3].offset);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c->hidden, O, 1.0f, dz, O, h->w2, c->hidden, 0.0f, ws->dh,
+                c->hidden);
+    size_t total = (size_t)n * (size_t)c->hidden;
+    float scale = ws->train ? 1.0f / (1.0f - c->dropout) : 1.0f;
+    for (size_t i = 0; i < total; i++) {
+        double g = ws->dh[i];
+        if (ws->train) g = ws->keep[i] ? g * scale : 0.0;
+        ws->dh[i] = (float)(g * gelu_grad(ws->a[i]));
+    }
+    rows_linear_backward_params(x, c->in_dim, c->hidden, ws->dh, grad + h->tensors[0].offset, grad + h->tensors[1].offset);
+    return TBERT_OK;
+}
+
 /* ---- inference ---- */
 void tbert_head_probs(const tbert_head_config *c, int n, const float *z, float *probs) {
     int O = tbert_head_out_dim(c), C = c->n_classes;
@@ -355,5 +462,24 @@ tbert_status tbert_head_predict(const tbert_head *h, int n, const float *x, floa
     }
     free(z);
     tbert_head_ws_free(ws);
+    return st;
+}
+
+tbert_status tbert_head_predict_rows(const tbert_head *h, const tbert_rows *x, float *probs, tbert_error *err) {
+    enum { CHUNK = 256 }; /* the chunks of tbert_head_predict: the same GEMM shapes, so the same bits */
+    size_t D = (size_t)h->cfg.in_dim;
+    if (tbert_rows_dim(x) != D)
+        return tbert_fail(err, TBERT_E_ARG, "head: rows of %zu features for a head of %d", tbert_rows_dim(x), h->cfg.in_dim);
+    int cap = x->n < CHUNK ? x->n : CHUNK;
+    if (cap == 0) return TBERT_OK;
+    float *buf = tbert_malloc_array((size_t)cap, D * sizeof(float));
+    if (!buf) return tbert_fail(err, TBERT_E_NOMEM, "head: out of memory for %d rows of %zu features", cap, D);
+    tbert_status st = TBERT_OK;
+    for (int i = 0; i < x->n && !st; i += CHUNK) {
+        int m = x->n - i < CHUNK ? x->n - i : CHUNK;
+        tbert_rows_densify(x, i, m, buf, D);
+        st = tbert_head_predict(h, m, buf, probs + (size_t)i * h->cfg.n_classes, err);
+    }
+    free(buf);
     return st;
 }

@@ -262,6 +262,11 @@ tbert_status tbert_threshold_parse(const char *spec, tbert_error *err) {
                       spec ? spec : "");
 }
 
+double tbert_threshold_fpr_target(const char *spec) {
+    double v, r, m;
+    return spec && parse_fpr_spec(spec, &v, &r, &m) ? v : NAN;
+}
+
 static int cmp_float_asc(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
     return (x > y) - (x < y);

@@ -81,6 +81,15 @@ tbert_status tbert_train_metrics_write(const char *dir, const tbert_train_result
         free(s);
         if (v) cJSON_AddItemToObject(o, names[k], v);
     }
+    if (res->has_op) { /* the promise: rates on the held-out scores the threshold was chosen on, with 95% intervals */
+        char *op = tbert_operating_point_json(&res->op, res->op_source, NULL);
+        cJSON *v = op ? cJSON_Parse(op) : NULL;
+        free(op);
+        if (v) {
+            cJSON_DeleteItemFromObjectCaseSensitive(v, "rule");
+            cJSON_AddItemToObject(o, "operating_point", v);
+        }
+    }
     cJSON_AddNumberToObject(o, "seconds_total", res->seconds_total);
     cJSON_AddNumberToObject(o, "seconds_features", res->seconds_features);
     cJSON_AddBoolToObject(o, "feature_cache_hit", res->cache_hit);

@@ -220,7 +220,9 @@ typedef struct {
     tbert_featurizer *fz;
     size_t dim;
     int batch;
-    float *feats, *prob;
+    tbert_rows rows, one; /* the batch's rows; one doc's row (a failed batch retried doc by doc) */
+    tbert_rows *export;   /* --export-features: every scored item's row, in record order (NULL: off) */
+    float *prob;
     int *label_idx, *tokens;
     tbert_doc *docs;
     int *doc_slot;
@@ -239,11 +241,13 @@ static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *er
     if (n == 0) return TBERT_OK;
     tbert_error e;
     double t0 = tbert_now();
-    tbert_status st = tbert_featurize(sc->fz, n, sc->docs, sc->feats, sc->tokens, &e);
+    tbert_rows_clear(&sc->rows);
+    tbert_status st = tbert_featurize_rows(sc->fz, n, sc->docs, &sc->rows, sc->tokens, &e);
     double t1 = tbert_now();
-    if (st == TBERT_OK) st = tbert_classifier_predict(sc->c, n, sc->feats, sc->prob, sc->label_idx, &e);
+    if (st == TBERT_OK) st = tbert_classifier_predict_rows(sc->c, &sc->rows, sc->prob, sc->label_idx, &e);
     sc->t_feat += t1 - t0;
     sc->t_head += tbert_now() - t1;
+    for (int j = 0; st == TBERT_OK && sc->export && j < n; j++) st = tbert_rows_append_row(sc->export, &sc->rows, j, &e);
     if (st == TBERT_OK) return TBERT_OK;
     if (st == TBERT_E_NOMEM || st == TBERT_E_CUDA || st == TBERT_E_INTERNAL || st == TBERT_E_MISMATCH || n == 1) {
         if (n == 1 && st != TBERT_E_NOMEM && st != TBERT_E_CUDA && st != TBERT_E_INTERNAL && st != TBERT_E_MISMATCH) {
@@ -254,8 +258,10 @@ static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *er
         return st;
     }
     for (int j = 0; j < n; j++) {
-        tbert_status s1 = tbert_featurize(sc->fz, 1, &sc->docs[j], sc->feats + (size_t)j * sc->dim, &sc->tokens[j], &e);
-        if (s1 == TBERT_OK) s1 = tbert_classifier_predict(sc->c, 1, sc->feats + (size_t)j * sc->dim, &sc->prob[j], &sc->label_idx[j], &e);
+        tbert_rows_clear(&sc->one);
+        tbert_status s1 = tbert_featurize_rows(sc->fz, 1, &sc->docs[j], &sc->one, &sc->tokens[j], &e);
+        if (s1 == TBERT_OK) s1 = tbert_classifier_predict_rows(sc->c, &sc->one, &sc->prob[j], &sc->label_idx[j], &e);
+        if (s1 == TBERT_OK && sc->export) s1 = tbert_rows_append_row(sc->export, &sc->one, 0, &e);
         if (s1 == TBERT_E_NOMEM || s1 == TBERT_E_CUDA || s1 == TBERT_E_INTERNAL) {
             *err = e;
             return s1;
@@ -306,18 +312,28 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
         st = tbert_score_write_all(fd, TBERT_SCORE_CSV_HEADER, sizeof TBERT_SCORE_CSV_HEADER - 1, out_name, err);
 
     pipeline p = {0};
-    scorer sc = {c, fz, tbert_featurizer_dim(fz), batch, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
+    scorer sc = {0};
+    sc.c = c;
+    sc.fz = fz;
+    sc.dim = tbert_featurizer_dim(fz);
+    sc.batch = batch;
+    tbert_rows exported = {0};
+    if (st == TBERT_OK) st = tbert_featurizer_rows_init(fz, &sc.rows, err);
+    if (st == TBERT_OK) st = tbert_featurizer_rows_init(fz, &sc.one, err);
+    if (st == TBERT_OK && opts->export_features) {
+        st = tbert_featurizer_rows_init(fz, &exported, err);
+        sc.export = &exported;
+    }
     double t_write = 0, t_wait = 0;
     p.cap = (uint64_t)batch * 2 + (uint64_t)threads * 4;
     p.ring = tbert_calloc_array(p.cap, sizeof *p.ring);
-    sc.feats = tbert_malloc_array((size_t)batch * sc.dim, sizeof *sc.feats);
     sc.prob = tbert_malloc_array((size_t)batch, sizeof *sc.prob);
     sc.label_idx = tbert_malloc_array((size_t)batch, sizeof *sc.label_idx);
     sc.tokens = tbert_malloc_array((size_t)batch, sizeof *sc.tokens);
     sc.docs = tbert_malloc_array((size_t)batch, sizeof *sc.docs);
     sc.doc_slot = tbert_malloc_array((size_t)batch, sizeof *sc.doc_slot);
     slot **batch_slots = tbert_malloc_array((size_t)batch, sizeof *batch_slots);
-    if (st == TBERT_OK && (!p.ring || !sc.feats || !sc.prob || !sc.label_idx || !sc.tokens || !sc.docs || !sc.doc_slot || !batch_slots))
+    if (st == TBERT_OK && (!p.ring || !sc.prob || !sc.label_idx || !sc.tokens || !sc.docs || !sc.doc_slot || !batch_slots))
         st = tbert_fail(err, TBERT_E_NOMEM, "score: out of memory for batches of %d", batch);
     tbert_input_opts iopts = opts->input;
     if (g_hash_table_size(done) > 0) {
@@ -445,7 +461,10 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
     free(workers);
     tbert_inputs_close(p.in);
     free(p.ring);
-    free(sc.feats);
+    if (st == TBERT_OK && opts->export_features) st = tbert_rows_write_npz(opts->export_features, &exported, NULL, err);
+    tbert_rows_free(&exported);
+    tbert_rows_free(&sc.rows);
+    tbert_rows_free(&sc.one);
     free(sc.prob);
     free(sc.label_idx);
     free(sc.tokens);

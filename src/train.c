@@ -125,22 +125,26 @@ tbert_status tbert_split_stratified(int n, const int *y, int C, double val_fract
 }
 
 /* ---- evaluation of a split ---- */
-static void gather(const tbert_fit_data *d, const int *idx, int n, float *xb, int *yb) {
-    for (int i = 0; i < n; i++) {
-        memcpy(xb + (size_t)i * d->dim, d->X + (size_t)idx[i] * d->dim, d->dim * sizeof(float));
+/* rows idx[0..n) of the data into the batch rb (and their classes into yb) */
+static tbert_status gather(const tbert_fit_data *d, const int *idx, int n, tbert_rows *rb, int *yb, tbert_error *err) {
+    for (int i = 0; i < n; i++)
         if (yb) yb[i] = d->y[idx[i]];
-    }
+    tbert_rows_clear(rb);
+    return tbert_rows_gather(rb, d->X, idx, n, err);
 }
 
 typedef struct {
     tbert_head_ws *ws;
-    float *xb, *z, *dz, *grad;
+    tbert_rows rb;   /* the batch's rows */
+    float *xb;       /* the batch densified, for the CUDA head (which takes dense input); NULL on the CPU */
+    float *z, *dz, *grad;
     int *yb;
     int cap;
 } fit_bufs;
 
 static void bufs_free(fit_bufs *b) {
     tbert_head_ws_free(b->ws);
+    tbert_rows_free(&b->rb);
     free(b->xb);
     free(b->z);
     free(b->dz);
@@ -161,8 +165,8 @@ static tbert_status eval_split(const tbert_head *h, fit_bufs *b, const tbert_fit
     tbert_status st = TBERT_OK;
     for (int i = 0; i < n && !st; i += b->cap) {
         int m = n - i < b->cap ? n - i : b->cap;
-        gather(d, idx + i, m, b->xb, b->yb);
-        st = tbert_head_forward(h, b->ws, m, b->xb, false, NULL, b->z, err);
+        st = gather(d, idx + i, m, &b->rb, b->yb, err);
+        if (!st) st = tbert_head_forward_rows(h, b->ws, &b->rb, false, NULL, b->z, err);
         double l;
         if (!st) st = tbert_head_loss(&h->cfg, m, b->z, b->yb, NULL, &l, NULL, err);
         if (st) break;
@@ -353,7 +357,9 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
     st = tbert_head_ws_create(&cfg, b.cap, &b.ws, err);
     if (st) goto done;
     int O = tbert_head_out_dim(&cfg);
-    b.xb = tbert_malloc_array((size_t)b.cap, d->dim * sizeof(float));
+    size_t bw = d->X->sparse_dim;
+    if (!st) st = tbert_rows_init(&b.rb, d->X->dense_dim, 1, &bw, err);
+    if (st) goto done;
     b.z = tbert_malloc_array((size_t)b.cap, (size_t)O * sizeof(float));
     b.dz = tbert_malloc_array((size_t)b.cap, (size_t)O * sizeof(float));
     b.grad = tbert_malloc_array(h->n_params, sizeof(float));
@@ -365,7 +371,7 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
     r->val_acc = tbert_malloc_array((size_t)hp->epochs, sizeof(double));
     tbert_head_config bc = cfg;
     st = tbert_head_create(&bc, &r->best, err);
-    if (st || !b.xb || !b.z || !b.dz || !b.grad || !b.yb || !perm || !r->train_loss || !r->train_acc || !r->val_loss ||
+    if (st || !b.z || !b.dz || !b.grad || !b.yb || !perm || !r->train_loss || !r->train_acc || !r->val_loss ||
         !r->val_acc) {
         free(perm);
         if (!st) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory for %d rows of %zu features", b.cap, d->dim);
@@ -452,6 +458,10 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
             cu = tbert_cuda_plugin_table(plug);
             st = cu->head_create(h, &adam, b.cap, hp->cuda_device, &gh, err);
         }
+        if (!st) {
+            b.xb = tbert_malloc_array((size_t)b.cap, d->dim * sizeof(float));
+            if (!b.xb) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory for %d rows of %zu features", b.cap, d->dim);
+        }
         if (!st && cfg.dropout > 0) {
             mask = tbert_malloc_array((size_t)b.cap, (size_t)(cfg.hidden ? cfg.hidden : cfg.in_dim) * sizeof(float));
             if (!mask) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory");
@@ -475,9 +485,11 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
         tbert_progress *pb = pm == TBERT_PROGRESS_BAR ? tbert_progress_start(stage, (uint64_t)d->n_train, "ex", pm) : NULL;
         for (int i = 0; i < d->n_train && !st; i += hp->batch) {
             int m = d->n_train - i < hp->batch ? d->n_train - i : hp->batch;
-            gather(d, perm + i, m, b.xb, b.yb);
+            st = gather(d, perm + i, m, &b.rb, b.yb, err);
+            if (st) break;
             double l;
-            if (gh) {
+            if (gh) { /* the CUDA head takes dense input: the batch densified (its sparse version is later work) */
+                tbert_rows_densify(&b.rb, 0, m, b.xb, d->dim);
                 if (mask) tbert_cuda_head_dropout_mask(cfg.dropout, (size_t)m * (size_t)(cfg.hidden ? cfg.hidden : cfg.in_dim),
                                                        &rng, mask);
                 st = cu->head_forward(gh, m, b.xb, b.z, err); /* logits before the step, for the accuracy */
@@ -485,9 +497,9 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
                     st = cu->head_train_step(gh, &adam, m, b.xb, b.yb, hp->class_weights_auto ? cw : NULL, mask, &l, err);
                 if (st) break;
             } else {
-                st = tbert_head_forward(h, b.ws, m, b.xb, true, &rng, b.z, err);
+                st = tbert_head_forward_rows(h, b.ws, &b.rb, true, &rng, b.z, err);
                 if (!st) st = tbert_head_loss(&cfg, m, b.z, b.yb, hp->class_weights_auto ? cw : NULL, &l, b.dz, err);
-                if (!st) st = tbert_head_backward(h, b.ws, m, b.xb, b.dz, b.grad, err);
+                if (!st) st = tbert_head_backward_rows(h, b.ws, &b.rb, b.dz, b.grad, err);
                 if (st) break;
                 /* dz is the gradient of the batch mean; Adam sees it as is */
                 tbert_adam_step(&adam, h->params, b.grad);
@@ -568,4 +580,15 @@ done:
     tbert_adam_free(&adam);
     tbert_head_free(h);
     return st;
+}
+
+/* for src/crossfit.c (train_internal.h): the same checkpoint metadata and files as the epochs loop writes */
+char *tbert_fit_state_json(const char *settings, const tbert_fit_result *r, int epochs_done, double best_score) {
+    return train_state_json(settings, r, epochs_done, best_score);
+}
+
+tbert_status tbert_fit_save_ckpt(const tbert_fit_ckpt *ck, const char *file, const tbert_head *h, const tbert_adam *adam,
+                                 const tbert_rng *rng, float threshold, int epoch, int best_epoch, const char *train_json,
+                                 const char *metrics_json, tbert_error *err) {
+    return save_ckpt(ck, file, h, adam, rng, threshold, epoch, best_epoch, train_json, metrics_json, err);
 }

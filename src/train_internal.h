@@ -30,6 +30,16 @@ int tbert_cmp_int(const void *a, const void *b);
 /* tbert_fit without cross-fitting: epochs on train_idx, best epoch on val_idx (src/train.c) */
 tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
                             tbert_error *err);
+/* the "train" metadata of a checkpoint: settings + per-epoch history of the first epochs_done epochs (src/train.c) */
+char *tbert_fit_state_json(const char *settings, const tbert_fit_result *r, int epochs_done, double best_score);
+/* ck->out_dir/file with this head, threshold and metadata (adam, rng NULL for best.safetensors) (src/train.c) */
+tbert_status tbert_fit_save_ckpt(const tbert_fit_ckpt *ck, const char *file, const tbert_head *h, const tbert_adam *adam,
+                                 const tbert_rng *rng, float threshold, int epoch, int best_epoch, const char *train_json,
+                                 const char *metrics_json, tbert_error *err);
+/* One head whose logits are the mean of the K heads' logits (same shape each): a linear head averages the
+ * weights; an MLP head of hidden Hd becomes one of hidden K*Hd (fc1 stacked, fc2 side by side scaled 1/K,
+ * fc2.bias averaged). The checkpoint format is the ordinary one (src/crossfit.c). */
+tbert_status tbert_head_ensemble(tbert_head *const *heads, int K, tbert_head **out, tbert_error *err);
 /* tbert_fit with hp->cv_folds >= 2 (src/crossfit.c) */
 tbert_status tbert_fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
                           tbert_error *err);

@@ -1,5 +1,5 @@
 /* The `tbert train` job: read labelled texts (a table, or --ham/--spam mail), build the recipe, encode once
- * (feature cache), split, fit, write checkpoints, metrics.json, split.tsv and report.html. */
+ * (dense blocks through the row store), split, fit, write checkpoints, metrics.json, split.tsv and report.html. */
 #include <cjson/cJSON.h>
 #include <glib.h>
 #include <math.h>
@@ -83,7 +83,10 @@ static void data_hash(const tbert_labelled *L, const char *docs_hash, char out[6
 }
 
 /* ---- outputs ---- */
-static tbert_status write_npy(const char *path, const float *X, int n, size_t dim, tbert_error *err) {
+/* the rows densified, as one n x dim float32 .npy (the layout before the row format) */
+static tbert_status write_npy(const char *path, const tbert_rows *X, tbert_error *err) {
+    int n = X->n;
+    size_t dim = tbert_rows_dim(X);
     char hdr[128];
     int len = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %zu), }", n, dim);
     int total = 10 + len + 1;
@@ -100,7 +103,13 @@ static tbert_status write_npy(const char *path, const float *X, int n, size_t di
     tbert_status st = tbert_atomic_open(path, &f, err);
     if (st) return st;
     st = tbert_atomic_write(f, head, (size_t)(11 + len + pad), err);
-    if (!st) st = tbert_atomic_write(f, X, (size_t)n * dim * sizeof(float), err);
+    float *row = tbert_malloc_array(dim, sizeof(float));
+    if (!row && !st) st = tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    for (int i = 0; i < n && !st; i++) {
+        tbert_rows_densify(X, i, 1, row, dim);
+        st = tbert_atomic_write(f, row, dim * sizeof(float), err);
+    }
+    free(row);
     if (st) {
         tbert_atomic_abort(f);
         return st;
@@ -201,6 +210,40 @@ static tbert_status check_out_dir(const char *dir, tbert_error *err) {
     return TBERT_OK;
 }
 
+/* The held-out scores the threshold was chosen on (out-of-fold, else validation) into work/oof.safetensors, and
+ * the operating point there with its intervals into res (metrics.json); one stderr line when the held-out ham
+ * are too few for the rule's false-positive target. Nothing for multi-class heads or without a held-out part. */
+static tbert_status keep_heldout_scores(const char *work, const tbert_fit_data *d, const tbert_hparams *hp, const tbert_recipe *r,
+                                        tbert_train_result *res, bool quiet, tbert_error *err) {
+    const tbert_fit_result *f = &res->fit;
+    const int *idx = f->n_oof ? d->train_idx : d->val_idx;
+    int n = f->n_oof ? f->n_oof : d->n_val;
+    if (r->positive < 0 || r->n_labels != 2 || n == 0 || !f->val_probs) return TBERT_OK;
+    tbert_oof o = {.n = n, .threshold = f->threshold};
+    snprintf(o.source, sizeof o.source, "%s", f->n_oof ? "out-of-fold" : "validation");
+    snprintf(o.rule, sizeof o.rule, "%s", hp->threshold ? hp->threshold : "f1");
+    o.score = tbert_malloc_array((size_t)n, sizeof(float));
+    o.is_pos = tbert_malloc_array((size_t)n, sizeof(bool));
+    tbert_status st = TBERT_OK;
+    if (!o.score || !o.is_pos) st = tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    for (int i = 0; !st && i < n; i++) {
+        o.score[i] = f->val_probs[(size_t)i * 2 + r->positive];
+        o.is_pos[i] = d->y[idx[i]] == r->positive;
+    }
+    if (!st) st = tbert_oof_save(work, &o, r, err);
+    if (!st) {
+        tbert_operating_point_compute(n, o.score, o.is_pos, f->threshold, o.rule, &res->op);
+        snprintf(res->op_source, sizeof res->op_source, "%s", o.source);
+        res->has_op = true;
+        if (res->op.warning[0]) fprintf(stderr, "tbert: warning: %s\n", res->op.warning);
+        else if (!quiet)
+            fprintf(stderr, "tbert: %s operating point: false-positive rate %.4g [%.4g, %.4g], recall %.4g [%.4g, %.4g] (95%% intervals)\n",
+                    o.source, res->op.fpr, res->op.fpr_lo, res->op.fpr_hi, res->op.recall, res->op.recall_lo, res->op.recall_hi);
+    }
+    tbert_oof_free(&o);
+    return st;
+}
+
 tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res, tbert_error *err) {
     memset(res, 0, sizeof *res);
     double t0 = tbert_now();
@@ -250,7 +293,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     tbert_model *m = NULL;
     tbert_encoder *enc = NULL;
     tbert_featurizer *fz = NULL;
-    float *X = NULL;
+    tbert_rows X = {0};
+    tbert_store *store = NULL;
     int *y = NULL, *tr = NULL, *va = NULL, *te = NULL;
     char *settings = NULL, *work_report = NULL;
     int skipped = 0;
@@ -291,11 +335,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     /* the head trains where the encoder runs */
     if (tbert_encoder_is_cuda(enc)) hp.cuda_device = o->device.kind == TBERT_DEVICE_CUDA ? o->device.index : 0;
     size_t dim = tbert_featurizer_dim(fz);
-    X = tbert_malloc_array((size_t)L.n, dim * sizeof(float));
-    if (!X) {
-        st = tbert_fail(err, TBERT_E_NOMEM, "out of memory for %d x %zu features", L.n, dim);
-        goto done;
-    }
+    st = tbert_featurizer_rows_init(fz, &X, err);
+    if (st) goto done;
     char docs_hash[65], dh[65];
     tbert_docs_hash(L.n, L.docs, docs_hash);
     data_hash(&L, docs_hash, dh);
@@ -303,12 +344,28 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         fprintf(stderr, "tbert: %d examples (%s), %d labels, recipe %s: %s pooling, max_len %d, %d window(s), %zu features\n",
                 L.n, src, r->n_labels, r->name, tbert_pool_name(r->pool), r->max_len, r->windows, dim);
     double tf = tbert_now();
-    st = tbert_featurize_cached(fz, L.n, L.docs, docs_hash, o->quiet ? NULL : "encode", X, &res->cache_hit, err);
+    /* the row store: a document encoded by an earlier run (same text, model and dense-shaping recipe) is not
+     * encoded again; a store that cannot be opened costs time, not the run */
+    tbert_error serr;
+    if (tbert_store_open(NULL, &store, &serr)) fprintf(stderr, "tbert: warning: no feature store: %s\n", serr.msg);
+    tbert_feature_stats fs;
+    st = tbert_featurize_stored(fz, store, L.n, L.docs, o->quiet ? NULL : "encode", &X, &fs, err);
     res->seconds_features = tbert_now() - tf;
     if (st) goto done;
-    if (!o->quiet && res->cache_hit) fprintf(stderr, "tbert: features from the cache (%.2f s)\n", res->seconds_features);
+    res->cache_hit = fs.encoded == 0;
+    res->docs_encoded = fs.encoded;
+    if (!o->quiet)
+        fprintf(stderr, "tbert: features: %d documents, %d encoded, %d from the store%s (%.2f s, %.1f MB of rows)\n", fs.docs,
+                fs.encoded, fs.from_store, fs.corrupt ? " (damaged entries recomputed)" : "", res->seconds_features,
+                (double)tbert_rows_bytes(&X) / 1e6);
     if (o->export_features) {
-        st = write_npy(o->export_features, X, L.n, dim, err);
+        size_t el = strlen(o->export_features);
+        bool npz = el > 4 && !strcmp(o->export_features + el - 4, ".npz");
+        int32_t *lab = npz ? tbert_malloc_array((size_t)L.n, sizeof(int32_t)) : NULL;
+        if (npz && !lab) st = tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+        for (int i = 0; lab && i < L.n; i++) lab[i] = y[i];
+        if (!st) st = npz ? tbert_rows_write_npz(o->export_features, &X, lab, err) : write_npy(o->export_features, &X, err);
+        free(lab);
         if (st) goto done;
     }
     int ntr, nva, nte;
@@ -329,7 +386,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
             hp.cv_folds = 0;
         }
     }
-    tbert_fit_data d = {.n_classes = r->n_labels, .positive = r->positive, .dim = dim, .X = X, .y = y, .n_train = ntr,
+    tbert_fit_data d = {.n_classes = r->n_labels, .positive = r->positive, .dim = dim, .X = &X, .y = y, .n_train = ntr,
                         .n_val = nva, .n_test = nte, .train_idx = tr, .val_idx = va, .test_idx = te};
     st = tbert_ckpt_plan_open(o->out_dir, o->resume, &plan, err);
     if (st) goto done;
@@ -352,7 +409,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     r->threshold = res->fit.threshold;
     res->n_docs = L.n;
     res->seconds_total = tbert_now() - t0;
-    st = tbert_train_metrics_write(plan.work, res, r, err);
+    st = keep_heldout_scores(plan.work, &d, &hp, r, res, o->quiet, err);
+    if (!st) st = tbert_train_metrics_write(plan.work, res, r, err);
     work_report = g_strdup_printf("%s/report.html", plan.work);
     tbert_fit_data dr = d; /* cross-fitting: the out-of-fold view is the report's validation */
     if (res->fit.n_oof > 0) {
@@ -370,7 +428,8 @@ done:
     free(tr);
     free(va);
     free(te);
-    free(X);
+    tbert_rows_free(&X);
+    tbert_store_close(store);
     free(y);
     tbert_featurizer_free(fz);
     tbert_encoder_free(enc);

@@ -25,7 +25,7 @@ fail=0
 T=(--model "$MODEL" --data "$DATA" --max-len 24 --batch 8 --quiet)
 A=(--hidden 8 --epochs 3 --seed 11)
 B=(--hidden 16 --epochs 4 --seed 7 --dropout 0.1)
-RUN_FILES=(best.safetensors last.safetensors split.tsv metrics.json report.html)
+RUN_FILES=(best.safetensors last.safetensors split.tsv metrics.json report.html oof.safetensors)
 printf 'win a free prize now\nsee you at lunch\nclaim your cash today\n' >"$TMP/in.txt"
 
 "$BIN" train "${T[@]}" "${A[@]}" --out "$TMP/refA" >/dev/null 2>"$TMP/err" || { echo "FAIL: run A: $(cat "$TMP/err")"; exit 1; }
@@ -52,7 +52,7 @@ def report_seed(p):
     m = re.search(r"seed&quot;:\s*&quot;(\d+)", open(p).read())
     return m.group(1) if m else None
 key = {"best.safetensors": settings, "last.safetensors": settings, "split.tsv": lambda p: open(p).read(),
-       "metrics.json": metrics, "report.html": report_seed}
+       "metrics.json": metrics, "report.html": report_seed, "oof.safetensors": lambda p: open(p, "rb").read()}
 runs, seen = {"A", "B"}, []
 for name, f in key.items():
     p = os.path.join(d, name)

@@ -1,6 +1,6 @@
 /* The featurizer on a small committed model: the dense block is the mean of the windows' pooled vectors
  * (computed here independently through tbert_make_windows + tbert_encoder_pool), the lexical and evidence
- * blocks are the documented hashed log1p counts, L2-normalised; the feature cache returns the same bytes;
+ * blocks are the documented hashed log1p counts, L2-normalised; the row store returns the same bytes;
  * the recipe JSON round-trips and refuses unknown versions and bad fields. */
 #include <math.h>
 #include <stdio.h>
@@ -124,23 +124,45 @@ static void test_featurizer_blocks(void **state) {
         tbert_i32vec_free(&ids);
         tbert_i32vec_free(&win);
     }
-    /* the cache: a miss writes, a hit returns the same bytes; another lexical_dim reuses the dense block */
+    /* the row store: a miss encodes and stores, a hit returns the same bytes; a recipe that differs only in its
+     * sparse blocks (lexical_dim) reuses the stored dense blocks; another text misses */
     char cache[] = "/tmp/tbert_featcache_XXXXXX";
     assert_non_null(mkdtemp(cache));
-    setenv("TBERT_CACHE", cache, 1);
+    tbert_store_opts so = {.dir = cache};
+    tbert_store *store;
+    assert_int_equal(tbert_store_open(&so, &store, &err), TBERT_OK);
     float *Y = malloc(sizeof(float) * 4 * D), *Z = malloc(sizeof(float) * 4 * D);
-    bool hit = true;
-    assert_int_equal(tbert_featurize_cached(fz, 4, docs, NULL, NULL, Y, &hit, &err), TBERT_OK);
-    assert_false(hit);
+    tbert_rows rows;
+    tbert_feature_stats fs;
+    assert_int_equal(tbert_featurizer_rows_init(fz, &rows, &err), TBERT_OK);
+    assert_int_equal(tbert_featurize_stored(fz, store, 4, docs, NULL, &rows, &fs, &err), TBERT_OK);
+    assert_int_equal(fs.encoded, 4);
+    tbert_rows_densify(&rows, 0, 4, Y, (size_t)D);
     assert_memory_equal(X, Y, sizeof(float) * 4 * D);
+    tbert_rows_clear(&rows);
+    assert_int_equal(tbert_featurize_stored(fz, store, 4, docs, NULL, &rows, &fs, &err), TBERT_OK);
+    assert_int_equal(fs.encoded, 0);
+    assert_int_equal(fs.from_store, 4);
     memset(Z, 0xff, sizeof(float) * 4 * D);
-    assert_int_equal(tbert_featurize_cached(fz, 4, docs, NULL, NULL, Z, &hit, &err), TBERT_OK);
-    assert_true(hit);
+    tbert_rows_densify(&rows, 0, 4, Z, (size_t)D);
     assert_memory_equal(X, Z, sizeof(float) * 4 * D);
-    /* a different text: a different key, a miss */
+    tbert_recipe r2 = r;
+    r2.lexical_dim = 32;
+    tbert_featurizer *fz2;
+    tbert_rows rows2;
+    assert_int_equal(tbert_featurizer_create(&r2, m, enc, &fz2, &err), TBERT_OK);
+    assert_int_equal(tbert_featurizer_rows_init(fz2, &rows2, &err), TBERT_OK);
+    assert_int_equal(tbert_featurize_stored(fz2, store, 4, docs, NULL, &rows2, &fs, &err), TBERT_OK);
+    assert_int_equal(fs.encoded, 0);
+    assert_memory_equal(rows2.dense, rows.dense, sizeof(float) * 4 * (size_t)H);
     tbert_doc other = {"other", 5, NULL};
-    assert_int_equal(tbert_featurize_cached(fz, 1, &other, NULL, NULL, Z, &hit, &err), TBERT_OK);
-    assert_false(hit);
+    tbert_rows_clear(&rows);
+    assert_int_equal(tbert_featurize_stored(fz, store, 1, &other, NULL, &rows, &fs, &err), TBERT_OK);
+    assert_int_equal(fs.encoded, 1);
+    tbert_rows_free(&rows);
+    tbert_rows_free(&rows2);
+    tbert_featurizer_free(fz2);
+    tbert_store_close(store);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
     assert_int_equal(system(cmd), 0);

@@ -25,6 +25,7 @@
 #define TBERT_HEAD_H
 
 #include "tbert/common.h"
+#include "tbert/rows.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -105,6 +106,22 @@ void tbert_head_probs(const tbert_head_config *cfg, int n, const float *z, float
 
 /* Convenience: inference over any n (internally chunked, no dropout, thread-safe: own workspace). */
 tbert_status tbert_head_predict(const tbert_head *h, int n, const float *x, float *probs, tbert_error *err);
+
+/* ---- sparse input: the same head on tbert_rows (dense block + CSR; src/rows.c) ----
+ * Same semantics as the dense functions on the densified rows (x->n rows, in_dim = dense_dim + sparse_dim):
+ * forward = one GEMM over the dense block + a sparse x dense product over the CSR part; backward = GEMM dW
+ * for the dense columns + a scatter-add into the sparse columns present (the others get 0). Results equal
+ * the dense path's within float rounding (the sums run in another order), except a linear head with
+ * dropout in training, which drops zeros too (one draw per element of n x in_dim) and so runs the dense
+ * path on the densified batch: bit for bit the same. Deterministic (fixed order), so --resume keeps its
+ * bits. backward_rows needs the x of the last forward_rows. */
+tbert_status tbert_head_forward_rows(const tbert_head *h, tbert_head_ws *ws, const tbert_rows *x, bool train, tbert_rng *rng,
+                                     float *z, tbert_error *err);
+tbert_status tbert_head_backward_rows(const tbert_head *h, tbert_head_ws *ws, const tbert_rows *x, const float *dz, float *grad,
+                                      tbert_error *err);
+/* Inference on rows: densifies 256 rows at a time and runs tbert_head_predict on them, so a head scores
+ * exactly (bit for bit) as it did on dense feature vectors. */
+tbert_status tbert_head_predict_rows(const tbert_head *h, const tbert_rows *x, float *probs, tbert_error *err);
 
 /* ---- AdamW (torch.optim.AdamW, foreach=False semantics) ----
  * step t += 1;  p *= (1 - lr*wd);  m = lerp(m, g, 1-b1);  v = b2 v + (1-b2) g^2;

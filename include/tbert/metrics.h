@@ -53,8 +53,26 @@ tbert_status tbert_pr_curve(int n, const float *score, const bool *is_pos, doubl
  * above the fpr=X cut: a ceiling for when the positives score far above the negatives), or a number VALUE
  * in [0,1]. */
 tbert_status tbert_threshold_parse(const char *spec, tbert_error *err);
+/* The X of an "fpr=X..." spec; NAN for any other spec (f1, VALUE, NULL). */
+double tbert_threshold_fpr_target(const char *spec);
 tbert_status tbert_threshold_choose(const char *spec, int n, const float *score, const bool *is_pos, float *out,
                                     tbert_error *err);
+
+/* ---- binomial intervals (src/binom.c) ----
+ * Regularized incomplete beta I_x(a, b) (a, b > 0, x in [0,1]) by its continued fraction (modified Lentz),
+ * evaluated on the side where it converges (x < (a+1)/(a+b+2), else 1 - I_{1-x}(b, a)); relative accuracy
+ * about 1e-13 for the a, b our counts give. NAN for arguments outside the domain. */
+double tbert_beta_inc(double a, double b, double x);
+/* The q-quantile of Beta(a, b): the x in [0,1] with I_x(a, b) = q, by bisection to 1e-15 (q in [0,1]). */
+double tbert_beta_quantile(double q, double a, double b);
+/* Clopper-Pearson interval of k successes in n trials at confidence `conf` (0.95: alpha = 0.05, split evenly
+ * between the tails): lo = Beta(k, n-k+1) quantile alpha/2 (0 when k = 0), hi = Beta(k+1, n-k) quantile
+ * 1 - alpha/2 (1 when k = n). n = 0: [0, 1]. Returns false for k outside [0, n] or conf outside (0,1). */
+bool tbert_clopper_pearson(int64_t k, int64_t n, double conf, double *lo, double *hi);
+/* The fewest negatives that can show a false-positive rate of at most `fpr` at confidence `conf`: with 0 false
+ * positives among n, the Clopper-Pearson upper bound 1 - ((1-conf)/2)^(1/n) is <= fpr from this n on
+ * (about 3.7 / fpr at 95%). 0 for fpr >= 1; INT64_MAX for fpr <= 0. */
+int64_t tbert_negatives_needed(double fpr, double conf);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,5 @@
-/* The feature recipe (how a text becomes a feature vector), the featurizer that applies it, the feature
- * cache, and the trained classifier (a head checkpoint + its recipe) that train/eval/predict/score/filter
+/* The feature recipe (how a text becomes a feature vector), the featurizer that applies it (rows, through
+ * the row store), and the trained classifier (a head checkpoint + its recipe) that train/eval/predict/score/filter
  * use. CONVENTIONS.md "Files and caches".
  *
  * Feature vector layout (dim = dense + lexical_dim + evidence_dim + header_dim):
@@ -26,6 +26,8 @@
 #include "tbert/encoder.h"
 #include "tbert/head.h"
 #include "tbert/model.h"
+#include "tbert/rows.h"
+#include "tbert/store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -89,7 +91,7 @@ size_t tbert_recipe_dense_dim(const tbert_recipe *r);
 /* Index of a label, -1 when absent. */
 int tbert_recipe_label_index(const tbert_recipe *r, const char *label);
 
-/* JSON (one object, keys in a fixed order) for checkpoint metadata and cache keys. from_json refuses an
+/* JSON (one object, keys in a fixed order) for checkpoint metadata and store keys. from_json refuses an
  * unknown recipe_version or missing/invalid fields with a one-line error that names `label`. */
 char *tbert_recipe_to_json(const tbert_recipe *r); /* malloc'd, NULL on OOM */
 tbert_status tbert_recipe_from_json(const char *json, const char *label, tbert_recipe *out, tbert_error *err);
@@ -108,19 +110,27 @@ tbert_status tbert_featurizer_create(const tbert_recipe *r, const tbert_model *m
                                      tbert_error *err);
 void tbert_featurizer_free(tbert_featurizer *fz);
 size_t tbert_featurizer_dim(const tbert_featurizer *fz);
-/* Features of n docs into out (n x dim, row i = docs[i]). tokens_seen (may be NULL): per doc, the number
- * of WordPiece tokens of its text (before truncation to the windows). */
+/* Rows of the featurizer's shape (dense block: the pooled encoder output; sparse blocks: lexical, evidence,
+ * header, those the recipe has, in that order), empty. */
+tbert_status tbert_featurizer_rows_init(const tbert_featurizer *fz, tbert_rows *rows, tbert_error *err);
+/* Features of n docs appended to out (a batch from tbert_featurizer_rows_init). tokens_seen (may be NULL):
+ * per doc, the number of WordPiece tokens of its text (before truncation to the windows). The sparse
+ * values are bit for bit those the dense layout had (recipe.h). */
+tbert_status tbert_featurize_rows(tbert_featurizer *fz, int n, const tbert_doc *docs, tbert_rows *out, int *tokens_seen,
+                                  tbert_error *err);
+/* The same as dense feature vectors: out (n x dim, row i = docs[i]) = the rows densified. */
 tbert_status tbert_featurize(tbert_featurizer *fz, int n, const tbert_doc *docs, float *out, int *tokens_seen,
                              tbert_error *err);
 
-/* Same with the feature cache $TBERT_CACHE/features/<key>.f32. The cache holds the dense (encoder) block;
- * the lexical/evidence blocks are recomputed (cheap). key = sha256 over every recipe field that shapes the
- * dense block (model hash, vocab hash, pooling, max_len, layers, windows, normalize, precision) and
- * data_hash (a hash of all docs' bytes in order; NULL: computed here). A hit reads the file; a miss computes
- * and writes it atomically. progress_label
- * (may be NULL) names the stage on the progress bar. *hit (may be NULL) tells which happened. */
-tbert_status tbert_featurize_cached(tbert_featurizer *fz, int n, const tbert_doc *docs, const char *data_hash,
-                                    const char *progress_label, float *out, bool *hit, tbert_error *err);
+/* tbert_featurize_rows with the row store (store.h; NULL: none): a document whose dense block the store
+ * holds (same text, same model, same dense-shaping recipe fields) is not encoded again; the others are
+ * encoded and stored. progress_label (may be NULL) names the stage on the progress bar. */
+typedef struct {
+    int docs, encoded, from_store, corrupt; /* corrupt: store entries found damaged (recomputed) */
+    bool write_failed;                      /* the store could not be written (warned once on stderr) */
+} tbert_feature_stats;
+tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, int n, const tbert_doc *docs,
+                                    const char *progress_label, tbert_rows *out, tbert_feature_stats *stats, tbert_error *err);
 /* sha256 hex over the docs (text and evidence bytes, length-prefixed, in order). */
 void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]);
 
@@ -137,6 +147,10 @@ const tbert_head *tbert_classifier_head(const tbert_classifier *c);
  * p >= threshold). Either output may be NULL. Thread-safe (no shared scratch). */
 tbert_status tbert_classifier_predict(const tbert_classifier *c, int n, const float *feats, float *p_positive, int *label_idx,
                                       tbert_error *err);
+/* The same on rows (tbert_featurize_rows): bit for bit what tbert_classifier_predict gives on the rows
+ * densified (tbert_head_predict_rows), so a head scores as it did before the row format. */
+tbert_status tbert_classifier_predict_rows(const tbert_classifier *c, const tbert_rows *rows, float *p_positive, int *label_idx,
+                                           tbert_error *err);
 
 #ifdef __cplusplus
 }

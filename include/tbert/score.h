@@ -23,6 +23,8 @@ typedef struct {
     int batch;                 /* docs per featurize call; 0 = 64 */
     bool resume;               /* skip (source, offset) pairs already in out_path */
     bool progress;             /* progress bar / log lines on stderr */
+    const char *export_features; /* write the rows of every scored item (in record order; error records have
+                                    none) as FILE.npz (tbert_rows_write_npz) when the run ends; NULL: off */
     uint64_t kill_at_record;   /* test hook (TBERT_TEST_KILL_AT=record:N): SIGKILL after writing record N; 0 = off */
     tbert_input_opts input;
 } tbert_score_opts;

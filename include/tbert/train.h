@@ -11,6 +11,7 @@
 #include "tbert/metrics.h"
 #include "tbert/progress.h"
 #include "tbert/recipe.h"
+#include "tbert/threshold.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,8 +39,8 @@ void tbert_hparams_preset(const char *recipe_name, tbert_hparams *hp);
 typedef struct {
     int n_classes;
     int positive; /* binary: the positive class; -1 multi-class */
-    size_t dim;
-    const float *X; /* n x dim */
+    size_t dim;          /* tbert_rows_dim(X) */
+    const tbert_rows *X; /* n rows: dense block + sparse blocks (include/tbert/rows.h) */
     const int *y;   /* n */
     int n_train, n_val, n_test;
     const int *train_idx, *val_idx, *test_idx;
@@ -71,11 +72,12 @@ typedef struct {
 /* Trains from scratch (or resumes, see ckpt) and fills res. Epoch lines / bars on stderr.
  * With hp->cv_folds = K >= 2 (and no validation split): K heads are trained on stratified folds of the training
  * split, each validated on its held-out fold (best epoch by its loss); the threshold is chosen on the
- * out-of-fold probabilities of every training example, the epoch count is the median of the folds' best
- * epochs, and the head that is kept is trained on the whole training split for that many epochs. The
- * threshold thus rests on K times more held-out examples than a validation split gives, and no example is
- * kept out of the final head. The fold heads are deterministic: --resume recomputes them, then resumes the
- * final head. */
+ * out-of-fold probabilities of every training example, and the head that is kept is the ensemble of the K
+ * fold heads (the mean of their logits, written as one ordinary head: src/crossfit.c), so that the scores the
+ * threshold was chosen on are what the kept model's members give mail they never saw. res->val is then the
+ * out-of-fold view, res->epochs_run the epochs each fold ran (the history is the folds' mean) and
+ * res->best_epoch the median of their best epochs. The fold heads are deterministic: --resume recomputes
+ * them. */
 tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ckpt, tbert_fit_result *res,
                        tbert_error *err);
 
@@ -112,7 +114,7 @@ typedef struct {
     tbert_precision precision;
     int threads;
     bool resume;
-    const char *export_features;     /* write the feature matrix as .npy (benchmarks) */
+    const char *export_features;     /* write the features: F.npz = the rows (rows.h), else a dense .npy matrix */
     bool quiet;
 } tbert_train_opts;
 void tbert_train_opts_default(tbert_train_opts *o);
@@ -122,8 +124,14 @@ typedef struct {
     tbert_recipe recipe;
     int n_docs;
     double seconds_total, seconds_features;
-    bool cache_hit;
+    bool cache_hit;   /* no document needed encoding (every dense block came from the row store) */
+    int docs_encoded; /* documents encoded by this run (the others came from the store) */
     char report_path[4096];
+    /* binary heads with a held-out part: the operating point on the scores the threshold was chosen on
+     * (out-of-fold under cross-fitting, else validation), with its intervals; kept in CKPT_DIR/oof.safetensors */
+    bool has_op;
+    tbert_operating_point op;
+    char op_source[16];
 } tbert_train_result;
 void tbert_train_result_free(tbert_train_result *r);
 

@@ -92,14 +92,14 @@ int cmd_eval(int argc, char **argv) {
     }
     const tbert_recipe *r = tbert_classifier_recipe(ctx.clf);
     const tbert_head *h = tbert_classifier_head(ctx.clf);
-    size_t dim = tbert_featurizer_dim(ctx.fz);
     int C = r->n_labels, n = t.n;
     tbert_doc *docs = tbert_malloc_array((size_t)n + 1, sizeof *docs);
     int *y = tbert_malloc_array((size_t)n + 1, sizeof(int));
-    float *X = tbert_malloc_array((size_t)n + 1, dim * sizeof(float));
+    tbert_rows X = {0};
+    tbert_store *store = NULL;
     float *P = tbert_malloc_array((size_t)n + 1, (size_t)C * sizeof(float));
     tbert_metrics m = {0};
-    if (!docs || !y || !X || !P) {
+    if (!docs || !y || !P) {
         rc = cli_report(&(tbert_error){TBERT_E_NOMEM, "out of memory"});
         goto done;
     }
@@ -112,8 +112,11 @@ int cmd_eval(int argc, char **argv) {
             goto done;
         }
     }
-    if (tbert_featurize_cached(ctx.fz, n, docs, NULL, json ? NULL : "encode", X, NULL, &err) ||
-        tbert_head_predict(h, n, X, P, &err) ||
+    tbert_error serr; /* the row store saves re-encoding; without one the run only takes longer */
+    if (tbert_store_open(NULL, &store, &serr)) fprintf(stderr, "tbert: warning: no feature store: %s\n", serr.msg);
+    if (tbert_featurizer_rows_init(ctx.fz, &X, &err) ||
+        tbert_featurize_stored(ctx.fz, store, n, docs, json ? NULL : "encode", &X, NULL, &err) ||
+        tbert_head_predict_rows(h, &X, P, &err) ||
         tbert_metrics_compute(n, C, P, y, r->positive, r->threshold, &m, &err)) {
         rc = cli_report(&err);
         goto done;
@@ -133,7 +136,8 @@ done:
     tbert_metrics_free(&m);
     free(docs);
     free(y);
-    free(X);
+    tbert_rows_free(&X);
+    tbert_store_close(store);
     free(P);
     cli_head_close(&ctx);
     tbert_table_free(&t);

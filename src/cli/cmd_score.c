@@ -42,6 +42,9 @@ static void usage(FILE *f) {
             "                          extension); tsv, csv or jsonl reads every named file as that table\n"
             "  --text-col COL          table text column: header name or number from 1 (default 2 / \"text\")\n"
             "  --header H              auto|yes|no for TSV/CSV tables (default auto)\n"
+            "  --export-features F.npz also write the feature rows of the scored items (in record order;\n"
+            "                          error records have none): scipy's CSR layout (data, indices, indptr,\n"
+            "                          shape, format) for the sparse blocks, 'dense' for the encoder block\n"
             "  --json                  print the run's totals as one JSON object on stdout (needs --out)\n"
             "  --quiet                 no progress on stderr\n"
             "  --help                  this text\n"
@@ -53,7 +56,7 @@ static void usage(FILE *f) {
 
 int cmd_score(int argc, char **argv) {
     enum { O_HEAD = 256, O_MODEL, O_OUT, O_FORMAT, O_RESUME, O_SHARD, O_MAXB, O_THREADS, O_BATCH, O_DEVICE, O_INFMT,
-           O_TEXTCOL, O_HEADER, O_QUIET, O_JSON, O_HELP };
+           O_TEXTCOL, O_HEADER, O_QUIET, O_JSON, O_EXPORT, O_HELP };
     static const struct option longopts[] = {
         {"head", required_argument, NULL, O_HEAD},       {"model", required_argument, NULL, O_MODEL},
         {"out", required_argument, NULL, O_OUT},         {"format", required_argument, NULL, O_FORMAT},
@@ -62,7 +65,7 @@ int cmd_score(int argc, char **argv) {
         {"batch", required_argument, NULL, O_BATCH},     {"device", required_argument, NULL, O_DEVICE},
         {"input-format", required_argument, NULL, O_INFMT}, {"text-col", required_argument, NULL, O_TEXTCOL},
         {"header", required_argument, NULL, O_HEADER},   {"quiet", no_argument, NULL, O_QUIET},
-        {"json", no_argument, NULL, O_JSON},
+        {"json", no_argument, NULL, O_JSON},             {"export-features", required_argument, NULL, O_EXPORT},
         {"help", no_argument, NULL, O_HELP},             {NULL, 0, NULL, 0},
     };
     const char *head = NULL, *model = NULL, *device = NULL;
@@ -110,6 +113,7 @@ int cmd_score(int argc, char **argv) {
             break;
         case O_QUIET: o.progress = false; break;
         case O_JSON: json = true; break;
+        case O_EXPORT: o.export_features = optarg; break;
         case O_HELP: usage(stdout); return CLI_OK;
         default: return CLI_USAGE;
         }
@@ -118,6 +122,13 @@ int cmd_score(int argc, char **argv) {
     if (optind >= argc) return cli_usage_error(CMD, "no INPUT given (mbox, Maildir, folder, message file, table or -)");
     if (json && (!o.out_path || !strcmp(o.out_path, "-")))
         return cli_usage_error(CMD, "--json prints on stdout, so the records need --out FILE");
+    if (o.export_features && o.resume)
+        return cli_usage_error(CMD, "--export-features writes the rows of one whole run; it cannot --resume");
+    if (o.export_features) {
+        size_t el = strlen(o.export_features);
+        if (el < 5 || strcmp(o.export_features + el - 4, ".npz"))
+            return cli_usage_error(CMD, "--export-features expects a FILE.npz, got '%s'", o.export_features);
+    }
     o.kill_at_record = tbert_kill_at_record();
 
     tbert_score_ctx ctx;

@@ -14,7 +14,8 @@ static void usage(FILE *f) {
             "Encodes the texts once with the frozen encoder (features cached under $TBERT_CACHE/features), trains a\n"
             "linear or MLP head with AdamW, keeps the best epoch on the validation split, chooses the decision\n"
             "threshold there, and reports test metrics. Writes CKPT_DIR/best.safetensors, last.safetensors,\n"
-            "metrics.json, split.tsv and report.html.\n\n"
+            "metrics.json, split.tsv, report.html and oof.safetensors (the held-out scores the threshold was\n"
+            "chosen on; metrics.json's operating_point gives their rates with 95%% intervals).\n\n"
             "data:\n"
             "  --data FILE            labelled table (TSV/CSV/JSONL; SMSSpamCollection: label first, text second)\n"
             "  --input-format F       tsv|csv|jsonl|auto (default auto)\n"
@@ -59,13 +60,17 @@ static void usage(FILE *f) {
             "                         0 allowed\n"
             "  --cv K                 cross-fitting (mail default 5; 0 = off; needs --val-fraction 0): K heads on\n"
             "                         folds of the training split choose the threshold on every example's\n"
-            "                         held-out score and the epoch count; the kept head trains on all of it\n"
+            "                         held-out score; the kept head is their ensemble (mean logit), so\n"
+            "                         the cut holds on unseen mail; the scores go to CKPT_DIR/oof.safetensors\n"
+            "                         (tbert threshold re-picks the cut from them)\n"
             "  --seed N               (default 42)\n"
             "  --device D             auto|cpu|cuda[:N] (encoder)   --precision fp32|tf32|bf16   --threads N\n"
             "  --resume               continue from CKPT_DIR/last.safetensors (same result as an uninterrupted run);\n"
             "                         a retrain into a folder that holds a run writes to CKPT_DIR/.tbert-staging and\n"
             "                         moves in when done, so a failed retrain leaves the previous run whole\n"
-            "  --export-features F    also write the feature matrix as .npy (row order = input order)\n"
+            "  --export-features F    also write the features (row order = input order): F.npz = the rows\n"
+            "                         (scipy CSR layout for the sparse blocks, 'dense', 'labels'; docs/store.md),\n"
+            "                         any other name = the dense matrix as .npy\n"
             "  --json                 print the final metrics as one JSON object on stdout\n"
             "  --quiet                no progress output\n");
 }
@@ -139,11 +144,21 @@ static void print_json(const tbert_train_result *res, const char *out_dir) {
     cJSON_AddNumberToObject(o, "seconds", res->seconds_total);
     cJSON_AddNumberToObject(o, "seconds_features", res->seconds_features);
     cJSON_AddBoolToObject(o, "feature_cache_hit", res->cache_hit);
+    cJSON_AddNumberToObject(o, "docs_encoded", res->docs_encoded);
     cJSON_AddStringToObject(o, "checkpoint", out_dir);
     cJSON_AddStringToObject(o, "report", res->report_path);
     cJSON_AddItemToObject(o, "train", parsed(&f->train, &res->recipe));
     cJSON_AddItemToObject(o, "val", parsed(&f->val, &res->recipe));
     cJSON_AddItemToObject(o, "test", parsed(&f->test, &res->recipe));
+    if (res->has_op) { /* as metrics.json: the held-out operating point with its 95% intervals */
+        char *op = tbert_operating_point_json(&res->op, res->op_source, NULL);
+        cJSON *v = op ? cJSON_Parse(op) : NULL;
+        free(op);
+        if (v) {
+            cJSON_DeleteItemFromObjectCaseSensitive(v, "rule");
+            cJSON_AddItemToObject(o, "operating_point", v);
+        }
+    }
     char *s = cJSON_PrintUnformatted(o);
     if (s) printf("%s\n", s);
     free(s);

@@ -21,6 +21,7 @@ static const subcommand subcommands[] = {
     {"score", cmd_score, "batch-score mbox / Maildir / message files / tables with a trained head"},
     {"filter", cmd_filter, "classify one message on stdin (bogofilter-compatible exit codes)"},
     {"serve", cmd_serve, "keep the model in memory and answer spamc (spamd protocol), milter and HTTP"},
+    {"threshold", cmd_threshold, "re-pick a trained head's threshold from its stored held-out scores"},
     {"bench", cmd_bench, "measure tokenizer / encoder / head throughput"},
 };
 
@@ -48,7 +49,7 @@ static void print_usage(FILE *f) {
     fprintf(f, "usage: tbert SUBCOMMAND [options]   (tbert SUBCOMMAND --help for its options)\n\nsubcommands:\n");
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++)
         fprintf(f, "  %-10s %s\n", subcommands[i].name, subcommands[i].summary);
-    fprintf(f, "\nenvironment: TBERT_CACHE (models and feature caches; default ~/.cache/tbert)\n");
+    fprintf(f, "\nenvironment: TBERT_CACHE (models and the row store; default ~/.cache/tbert)\n");
     fprintf(f, "CUDA backend: ");
     describe_cuda(f);
     fprintf(f, "\n");
