@@ -13,6 +13,7 @@ packages=(
     clang libclang-rt-14-dev
     bogofilter
     libmicrohttpd-dev libmilter-dev spamc miltertest
+    groff-base procmail maildrop
 )
 
 missing=()

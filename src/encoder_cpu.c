@@ -1,7 +1,8 @@
-/* CPU backend of the encoder (OpenBLAS), the reference the CUDA backend is tested against.
+/* CPU backend of the encoder, the reference the CUDA backend is tested against. Matrix products: gemm_cpu.c
+ * (weights packed once for an AVX-512 kernel; OpenBLAS where the CPU lacks AVX-512 or TBERT_CPU_GEMM=blas).
  *
  * Layout: the batch is split by sequence into one chunk per thread (balanced by estimated cost), and
- * each thread runs the whole layer stack on its chunk with single-threaded OpenBLAS: no barriers, no
+ * each thread runs the whole layer stack on its chunk with single-threaded matrix products: no barriers, no
  * false sharing, and each GEMM still has hundreds of rows. Inside a chunk the sequences are packed
  * (only real tokens, no padding rows): every linear layer works per token, and attention runs per
  * (sequence, head) over that sequence's own keys, so no padding mask is needed at all and no work is
@@ -9,14 +10,15 @@
  * (there exp(mask) underflows to exactly 0 for padded keys).
  *
  * OpenBLAS's thread count is process-wide: each forward sets it to 1 (the workers call sgemm concurrently,
- * each on its own thread) or, for a batch that fits one worker (e.g. a single text), to all threads. An
- * encoder runs one call at a time; pooling reads the packed rows directly (no [B,T,H] round trip).
+ * each on its own thread) or, for a batch that fits one worker (e.g. a single text), to all threads (the
+ * AVX-512 kernel runs such a batch on one thread). An encoder runs one call at a time; pooling reads the
+ * packed rows directly (no [B,T,H] round trip).
  *
  * Per layer (N packed tokens, H hidden, I intermediate, A heads of d = H/A):
- *   qkv[N,3H]  = x @ Wqkv^T + bqkv          (Wq|Wk|Wv fused at create time; q pre-scaled by 1/sqrt(d))
- *   ctx[N,H]   = softmax(q k^T) v           per (sequence, head)
+ *   qkv[N,3H]  = x @ Wqkv^T + bqkv          (Wq|Wk|Wv fused at create time; Wq, bq pre-scaled by 1/sqrt(d))
+ *   ctx[N,H]   = softmax(q k^T) v           per (sequence, head): two small products on k transposed
  *   x          = LN(x + ctx @ Wo^T + bo)     (GEMM accumulates into x: beta = 1)
- *   inter[N,I] = gelu(x @ Wi^T + bi)         (exact erf GELU)
+ *   inter[N,I] = gelu(x @ Wi^T + bi)         (exact erf GELU, in the product's epilogue)
  *   x          = LN(x + inter @ Wout^T + bout)
  */
 #include <assert.h>
@@ -26,72 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_math.h"
 #include "encoder_backend.h"
-
-/* Vectorised clones of the element-wise loops (the build has no -march flag). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define TBERT_VEC __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TBERT_VEC
-#endif
-
-/* ---- element-wise math -------------------------------------------------------------------------- */
-
-/* exp(x) for x <= 88: 2^k * p(r), r = x - k ln2 in [-ln2/2, ln2/2], degree-6 Taylor polynomial
- * (relative error < 2e-7). Branch-free, without floorf/fminf (which block vectorisation without
- * -ffast-math): k is rounded with the 1.5*2^23 trick, 2^k built in the exponent bits. x < -87 gives ~0. */
-static inline float exp_approx(float x) {
-    const float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-    const float round_magic = 12582912.0f; /* 1.5 * 2^23 */
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    float k = (x * log2e + round_magic) - round_magic;
-    float r = x - k * ln2_hi - k * ln2_lo;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits = ((int32_t)k + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-/* erf(x), Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7, exact enough for float GELU). */
-static inline float erf_approx(float x) {
-    float ax = fabsf(x);
-    float t = 1.0f / (1.0f + 0.3275911f * ax);
-    float y = 1.061405429f;
-    y = y * t - 1.453152027f;
-    y = y * t + 1.421413741f;
-    y = y * t - 0.284496736f;
-    y = y * t + 0.254829592f;
-    y = 1.0f - y * t * exp_approx(-ax * ax);
-    return copysignf(y, x);
-}
-
-/* x[n,cols] += bias, then gelu(x) = x/2 (1 + erf(x/sqrt 2)) */
-TBERT_VEC static void bias_gelu(float *x, const float *bias, size_t n, int cols) {
-    for (size_t i = 0; i < n; i++) {
-        float *r = x + i * cols;
-        for (int j = 0; j < cols; j++) {
-            float v = r[j] + bias[j];
-            r[j] = 0.5f * v * (1.0f + erf_approx(v * 0.70710678118654752f));
-        }
-    }
-}
-
-/* qkv[n,3H] += bqkv; q part scaled by s (the attention's 1/sqrt(d)) */
-TBERT_VEC static void bias_qkv(float *qkv, const float *b, size_t n, int H, float s) {
-    for (size_t i = 0; i < n; i++) {
-        float *r = qkv + i * 3 * H;
-        for (int j = 0; j < H; j++) r[j] = (r[j] + b[j]) * s;
-        for (int j = H; j < 3 * H; j++) r[j] += b[j];
-    }
-}
+#include "gemm_cpu.h"
 
 /* Sum of a row with 16 independent partial sums, so that the loop vectorises without reassociation. */
 static inline float row_sum(const float *x, int n) {
@@ -133,22 +72,10 @@ TBERT_VEC static void bias_layernorm(float *x, const float *bias, const float *g
     }
 }
 
-/* In-place softmax of each of the n rows of s (len values each). */
-TBERT_VEC static void softmax_rows(float *s, int n, int len) {
-    for (int i = 0; i < n; i++) {
-        float *r = s + (size_t)i * len;
-        float mx = r[0];
-        for (int j = 1; j < len; j++) mx = r[j] > mx ? r[j] : mx;
-        for (int j = 0; j < len; j++) r[j] = exp_approx(r[j] - mx);
-        float inv = 1.0f / row_sum(r, len);
-        for (int j = 0; j < len; j++) r[j] *= inv;
-    }
-}
-
 /* ---- the backend ---------------------------------------------------------------------------------- */
 
 typedef struct {
-    float *x, *ctx, *big, *scores; /* [N,H], [N,H], [N,max(3H,I)], [Lmax*Lmax] */
+    float *x, *ctx, *big, *scores; /* [N,H], [N,H], [N,max(3H,I)], [(H+Lmax)*Lmax] (attention) */
     size_t cap_tokens, cap_scores;
     int *seq;                       /* indices into the batch of this worker's sequences */
     int n_seq;
@@ -156,10 +83,17 @@ typedef struct {
     double cost;
 } cpu_worker;
 
+/* One layer's four matrix products, packed for gemm_cpu.c. */
+typedef struct {
+    tbert_packed_w qkv, attn_out, inter, out;
+} cpu_layer;
+
 struct tbert_cpu_encoder {
     const tbert_model *m;
     int layers, threads;
-    float *qkv_w, *qkv_b; /* per layer: (3H,H) and (3H), q rows first */
+    bool avx512;          /* the packed AVX-512 kernels (gemm_cpu.c), else OpenBLAS */
+    float *qkv_w, *qkv_b; /* per layer: (3H,H) and (3H), q rows first, q rows and bias scaled by 1/sqrt(d) */
+    cpu_layer *lp;        /* layers entries */
     cpu_worker *w;        /* threads entries */
 };
 
@@ -185,9 +119,28 @@ void tbert_cpu_encoder_free(tbert_cpu_encoder *e) {
             free(e->w[i].seq);
         }
     free(e->w);
+    if (e->lp)
+        for (int l = 0; l < e->layers; l++) {
+            tbert_packed_free(&e->lp[l].qkv);
+            tbert_packed_free(&e->lp[l].attn_out);
+            tbert_packed_free(&e->lp[l].inter);
+            tbert_packed_free(&e->lp[l].out);
+        }
+    free(e->lp);
     free(e->qkv_w);
     free(e->qkv_b);
     free(e);
+}
+
+/* TBERT_CPU_GEMM=blas|avx512 forces a kernel (benchmarks, tests); default: AVX-512 when the CPU has it. */
+static tbert_status gemm_kind(tbert_gemm_kind *kind, tbert_error *err) {
+    const char *s = getenv("TBERT_CPU_GEMM");
+    *kind = TBERT_GEMM_AUTO;
+    if (!s || !*s || !strcmp(s, "auto")) return TBERT_OK;
+    if (!strcmp(s, "blas")) *kind = TBERT_GEMM_BLAS;
+    else if (!strcmp(s, "avx512")) *kind = TBERT_GEMM_AVX512;
+    else return tbert_fail(err, TBERT_E_ARG, "TBERT_CPU_GEMM=%s: expected auto, blas or avx512", s);
+    return TBERT_OK;
 }
 
 tbert_status tbert_cpu_encoder_create(const tbert_model *m, const tbert_encoder_opts *opts, tbert_cpu_encoder **out,
@@ -210,22 +163,42 @@ tbert_status tbert_cpu_encoder_create(const tbert_model *m, const tbert_encoder_
         tbert_cpu_encoder_free(e);
         return tbert_fail(err, TBERT_E_NOMEM, "CPU encoder: out of memory for the fused QKV weights");
     }
+    float scale = 1.0f / sqrtf((float)(c->hidden / c->heads));
     for (int l = 0; l < e->layers; l++) {
         const tbert_layer_weights *lw = &m->layer[l];
         float *w = e->qkv_w + (size_t)l * 3 * H * H, *b = e->qkv_b + (size_t)l * 3 * H;
-        memcpy(w, lw->q_w, H * H * sizeof *w);
+        for (size_t i = 0; i < H * H; i++) w[i] = lw->q_w[i] * scale;
         memcpy(w + H * H, lw->k_w, H * H * sizeof *w);
         memcpy(w + 2 * H * H, lw->v_w, H * H * sizeof *w);
-        memcpy(b, lw->q_b, H * sizeof *b);
+        for (size_t i = 0; i < H; i++) b[i] = lw->q_b[i] * scale;
         memcpy(b + H, lw->k_b, H * sizeof *b);
         memcpy(b + 2 * H, lw->v_b, H * sizeof *b);
     }
+    tbert_gemm_kind kind;
+    tbert_status st = gemm_kind(&kind, err);
+    e->lp = st ? NULL : calloc((size_t)e->layers, sizeof *e->lp);
+    if (!st && !e->lp) st = tbert_fail(err, TBERT_E_NOMEM, "CPU encoder: out of memory");
+    int h = c->hidden, im = c->intermediate;
+    for (int l = 0; !st && l < e->layers; l++) {
+        const tbert_layer_weights *lw = &m->layer[l];
+        cpu_layer *p = &e->lp[l];
+        st = tbert_pack_weights(e->qkv_w + (size_t)l * 3 * H * H, 3 * h, h, kind, &p->qkv, err);
+        if (!st) st = tbert_pack_weights(lw->attn_out_w, h, h, kind, &p->attn_out, err);
+        if (!st) st = tbert_pack_weights(lw->inter_w, im, h, kind, &p->inter, err);
+        if (!st) st = tbert_pack_weights(lw->out_w, h, im, kind, &p->out, err);
+    }
+    if (st) {
+        tbert_cpu_encoder_free(e);
+        return st;
+    }
+    e->avx512 = e->lp[0].qkv.packed != NULL;
     *out = e;
     return TBERT_OK;
 }
 
 static bool grow(float **p, size_t *cap, size_t need) {
     if (*cap >= need) return true;
+    if (need < *cap / 2 * 3) need = *cap / 2 * 3; /* geometric: length-sorted batches grow a little each time */
     float *q = tbert_realloc_array(*p, need, sizeof(float));
     if (!q) return false;
     *p = q;
@@ -236,7 +209,8 @@ static bool grow(float **p, size_t *cap, size_t need) {
 static bool worker_reserve(cpu_worker *w, const tbert_config *c, size_t n_tok, int lmax) {
     size_t H = (size_t)c->hidden, wide = 3 * H > (size_t)c->intermediate ? 3 * H : (size_t)c->intermediate;
     if (w->cap_tokens < n_tok) {
-        size_t n = n_tok;
+        /* geometric growth: batches come sorted by length, and each fresh buffer costs page faults */
+        size_t n = n_tok < w->cap_tokens / 2 * 3 ? w->cap_tokens / 2 * 3 : n_tok;
         float *x = tbert_malloc_array(n, H * sizeof(float)), *ctx = tbert_malloc_array(n, H * sizeof(float));
         float *big = tbert_malloc_array(n, wide * sizeof(float));
         if (!x || !ctx || !big) {
@@ -251,7 +225,7 @@ static bool worker_reserve(cpu_worker *w, const tbert_config *c, size_t n_tok, i
         w->x = x, w->ctx = ctx, w->big = big;
         w->cap_tokens = n;
     }
-    return grow(&w->scores, &w->cap_scores, (size_t)lmax * (size_t)lmax);
+    return grow(&w->scores, &w->cap_scores, (size_t)lmax * (H + (size_t)lmax));
 }
 
 /* x[n_tok,H] = LN(word[id] + pos[t] + type[0]) for the worker's sequences */
@@ -271,19 +245,43 @@ static void embed(const tbert_model *m, const cpu_worker *w, int T, const int32_
     bias_layernorm(x, NULL, m->emb_ln_g, m->emb_ln_b, w->n_tok, c->hidden, c->layer_norm_eps);
 }
 
-/* ctx = softmax(q k^T) v for every (sequence, head) of the worker; q is pre-scaled */
-static void attention(const tbert_config *c, cpu_worker *w, const int32_t *lengths, const float *qkv, float *ctx) {
+/* In-place softmax of each of the n rows of s (len values each, row stride ld). */
+TBERT_VEC static void softmax_rows(float *s, int n, int len, int ld) {
+    for (int i = 0; i < n; i++) {
+        float *r = s + (size_t)i * ld;
+        float mx = r[0];
+        for (int j = 1; j < len; j++) mx = r[j] > mx ? r[j] : mx;
+        for (int j = 0; j < len; j++) r[j] = tbert_exp_approx(r[j] - mx);
+        float inv = 1.0f / row_sum(r, len);
+        for (int j = 0; j < len; j++) r[j] *= inv;
+    }
+}
+
+/* kt[H, L] = k[L, H]^T (rows of k have stride ld) */
+static void transpose_keys(const float *k, int ld, int L, int H, float *kt) {
+    for (int j = 0; j < L; j++) {
+        const float *r = k + (size_t)j * ld;
+        for (int c = 0; c < H; c++) kt[(size_t)c * L + j] = r[c];
+    }
+}
+
+/* ctx = softmax(q k^T) v for every (sequence, head) of the worker; q is pre-scaled. Per sequence the keys are
+ * transposed once (kt[H, L]); per head the scores s[L, L] (at most 64 KB for L = 128: L1/L2) are one small
+ * product, a softmax and a second product straight into ctx. */
+static void attention(const tbert_cpu_encoder *e, cpu_worker *w, const int32_t *lengths, const float *qkv,
+                      float *ctx) {
+    const tbert_config *c = &e->m->cfg;
     int H = c->hidden, A = c->heads, d = H / A, ld = 3 * H;
     size_t off = 0;
     for (int s = 0; s < w->n_seq; s++) {
         int L = lengths[w->seq[s]];
         const float *q = qkv + off * ld, *k = q + H, *v = q + 2 * H;
+        float *kt = w->scores, *sc = w->scores + (size_t)H * L;
+        transpose_keys(k, ld, L, H, kt);
         for (int h = 0; h < A; h++) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, d, 1.0f, q + h * d, ld, k + h * d, ld, 0.0f,
-                        w->scores, L);
-            softmax_rows(w->scores, L, L);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, d, L, 1.0f, w->scores, L, v + h * d, ld, 0.0f,
-                        ctx + off * H + h * d, H);
+            tbert_gemm_nn(e->avx512, L, L, d, q + h * d, (size_t)ld, kt + (size_t)h * d * L, (size_t)L, sc, (size_t)L);
+            softmax_rows(sc, L, L, L);
+            tbert_gemm_nn(e->avx512, L, d, L, sc, (size_t)L, v + h * d, (size_t)ld, ctx + off * H + h * d, (size_t)H);
         }
         off += (size_t)L;
     }
@@ -292,19 +290,17 @@ static void attention(const tbert_config *c, cpu_worker *w, const int32_t *lengt
 static void layer_forward(const tbert_cpu_encoder *e, int l, cpu_worker *w, const int32_t *lengths) {
     const tbert_config *c = &e->m->cfg;
     const tbert_layer_weights *lw = &e->m->layer[l];
+    const cpu_layer *p = &e->lp[l];
     int H = c->hidden, IM = c->intermediate, N = (int)w->n_tok;
     float *x = w->x, *ctx = w->ctx, *big = w->big;
-    const float *wqkv = e->qkv_w + (size_t)l * 3 * H * H, *bqkv = e->qkv_b + (size_t)l * 3 * H;
 
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, 3 * H, H, 1.0f, x, H, wqkv, H, 0.0f, big, 3 * H);
-    bias_qkv(big, bqkv, (size_t)N, H, 1.0f / sqrtf((float)(H / c->heads)));
-    attention(c, w, lengths, big, ctx);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, H, H, 1.0f, ctx, H, lw->attn_out_w, H, 1.0f, x, H);
-    bias_layernorm(x, lw->attn_out_b, lw->attn_ln_g, lw->attn_ln_b, (size_t)N, H, c->layer_norm_eps);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, IM, H, 1.0f, x, H, lw->inter_w, H, 0.0f, big, IM);
-    bias_gelu(big, lw->inter_b, (size_t)N, IM);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, H, IM, 1.0f, big, IM, lw->out_w, IM, 1.0f, x, H);
-    bias_layernorm(x, lw->out_b, lw->out_ln_g, lw->out_ln_b, (size_t)N, H, c->layer_norm_eps);
+    tbert_gemm_packed(N, x, (size_t)H, &p->qkv, e->qkv_b + (size_t)l * 3 * H, false, false, big, 3 * (size_t)H);
+    attention(e, w, lengths, big, ctx);
+    tbert_gemm_packed(N, ctx, (size_t)H, &p->attn_out, lw->attn_out_b, true, false, x, (size_t)H);
+    bias_layernorm(x, NULL, lw->attn_ln_g, lw->attn_ln_b, (size_t)N, H, c->layer_norm_eps);
+    tbert_gemm_packed(N, x, (size_t)H, &p->inter, lw->inter_b, false, true, big, (size_t)IM);
+    tbert_gemm_packed(N, big, (size_t)IM, &p->out, lw->out_b, true, false, x, (size_t)H);
+    bias_layernorm(x, NULL, lw->out_ln_g, lw->out_ln_b, (size_t)N, H, c->layer_norm_eps);
 }
 
 /* Writes one sequence's rows r[L,H] where the job wants them. */

@@ -279,6 +279,7 @@ tbert_status tbert_message_parse(const char *raw, size_t len, const char *label,
     bool blank = true;
     for (size_t i = 0; i < len && blank; i++) blank = isspace((unsigned char)raw[i]) != 0;
     if (blank) return tbert_fail(err, TBERT_E_FORMAT, "%s: empty message", label);
+    if (tbert_message_sniff(raw, len, label, err)) return err ? err->code : TBERT_E_FORMAT;
 
     GMimeStream *stream = g_mime_stream_mem_new_with_buffer(raw, len);
     GMimeParser *parser = stream ? g_mime_parser_new_with_stream(stream) : NULL;

@@ -74,10 +74,11 @@ static void base_domain(const char *d, size_t n, char *out, size_t cap) {
     out[len] = '\0';
 }
 
-/* Headers that spam filters upstream add (verdicts, scores, signatures): their presence says what another
- * filter decided, so a head must never learn from them. */
-static bool is_filter_verdict_header(const char *name) {
-    static const char *const prefixes[] = {"X-Spam", "X-Razor", "X-SpamCop", "X-Spamadvice", "X-MailScanner",
+/* Headers that spam filters add (verdicts, scores, signatures), tbert's own among them (X-TBert-*, and the
+ * X-Spam-Flag/Status/Level that filter and serve write): their presence says what a filter decided, so a
+ * head must never learn from them, and a forged one must change nothing. */
+bool tbert_mail_is_verdict_header(const char *name) {
+    static const char *const prefixes[] = {"X-Spam", "X-TBert", "X-Razor", "X-SpamCop", "X-Spamadvice", "X-MailScanner",
                                            "X-Bogosity", "X-Virus", "X-DSPAM", "X-CRM114", "X-Barracuda"};
     for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
         if (!g_ascii_strncasecmp(name, prefixes[i], strlen(prefixes[i]))) return true;
@@ -85,7 +86,7 @@ static bool is_filter_verdict_header(const char *name) {
 }
 
 /* Evidence beyond the basics, of the kind bogofilter gets from tokenising whole headers: which header fields
- * are present (hdr:NAME; headers of upstream filters left out, see is_filter_verdict_header), the domains of Message-ID, Reply-To
+ * are present (hdr:NAME; headers of upstream filters left out, see tbert_mail_is_verdict_header), the domains of Message-ID, Reply-To
  * and Return-Path, the relays named in Received "from" clauses (their last two labels), the number of To
  * recipients, and a reply/forward marker in the Subject. */
 static void more_evidence(GMimeMessage *msg, GMimeHeaderList *hl, int nh, GString *ev) {
@@ -95,7 +96,7 @@ static void more_evidence(GMimeMessage *msg, GMimeHeaderList *hl, int nh, GStrin
     for (int i = 0; i < nh && seen; i++) {
         GMimeHeader *h = g_mime_header_list_get_header_at(hl, i);
         const char *name = h ? g_mime_header_get_name(h) : NULL;
-        if (!name || !*name || is_filter_verdict_header(name)) continue;
+        if (!name || !*name || tbert_mail_is_verdict_header(name)) continue;
         char *lower = g_ascii_strdown(name, -1);
         if (!g_hash_table_contains(seen, lower) && g_hash_table_size(seen) < 64) { /* bounded: hostile mail */
             evidence(ev, "hdr", lower);
@@ -152,7 +153,7 @@ static void more_evidence(GMimeMessage *msg, GMimeHeaderList *hl, int nh, GStrin
  * sender (addresses, relay host names and IPs, list ids, mailer builds) lies there, and the mail recipe's
  * header block learns it per sender. A word is a run of [A-Za-z0-9.$_@-] trimmed to start and end with a
  * letter or digit, lowercased; all-digit words and words over 40 bytes are skipped. Upstream filters'
- * headers are left out (is_filter_verdict_header); bounded for hostile mail (64 KiB of values, 2,000 words). */
+ * headers are left out (tbert_mail_is_verdict_header); bounded for hostile mail (64 KiB of values, 2,000 words). */
 static void header_words(GMimeHeaderList *hl, int nh, GString *ev) {
     size_t budget = 64 * 1024;
     int words = 0;
@@ -160,7 +161,7 @@ static void header_words(GMimeHeaderList *hl, int nh, GString *ev) {
         GMimeHeader *h = g_mime_header_list_get_header_at(hl, i);
         const char *name = h ? g_mime_header_get_name(h) : NULL;
         const char *v = h ? g_mime_header_get_raw_value(h) : NULL;
-        if (!name || !*name || !v || is_filter_verdict_header(name)) continue;
+        if (!name || !*name || !v || tbert_mail_is_verdict_header(name)) continue;
         char key[36];
         size_t k = 0;
         for (const char *p = name; *p && k < 32; p++)

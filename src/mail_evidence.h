@@ -3,9 +3,14 @@
 #define TBERT_MAIL_EVIDENCE_H
 
 #include <gmime/gmime.h>
+#include <stdbool.h>
 
 /* Appends msg's evidence tokens to ev (see tbert_message.evidence). What the MIME walk found: body is
  * "plain", "html" or "none"; attachments counts attachment parts; charset is the first text part's ("" when none). */
 void tbert_mail_evidence(GMimeMessage *msg, const char *body, int attachments, const char *charset, GString *ev);
+
+/* True for a header that filters write (X-Spam*, X-TBert*, X-Bogosity, X-DSPAM, ...; case-insensitive prefix):
+ * never evidence. tbert filter only accepts --header-name values for which this is true. */
+bool tbert_mail_is_verdict_header(const char *name);
 
 #endif

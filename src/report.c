@@ -1,5 +1,6 @@
 /* report.html: one self-contained page (inline SVG and CSS, no scripts, no external resources) with the
- * loss and accuracy per epoch, ROC and PR curves, the confusion matrix, the metrics and the run's settings. */
+ * loss and accuracy per epoch, ROC and PR curves, the confusion matrix, the metrics and the run's settings;
+ * for a binary head also src/report_mail.c's part (log-FPR ROC, histograms, recall at FPR, mistakes). */
 #include <cjson/cJSON.h>
 #include <glib.h>
 #include <math.h>
@@ -9,6 +10,7 @@
 
 #include "tbert/fileio.h"
 #include "tbert/train.h"
+#include "train_internal.h"
 
 typedef struct {
     const char *name, *color;
@@ -64,8 +66,9 @@ static void chart(GString *s, const char *title, const char *xl, const char *yl,
     g_string_append(s, "</text>");
     if (isfinite(mark_x) && mark_x >= x0 && mark_x <= x1) /* the best epoch */
         g_string_append_printf(s, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#2ca02c' stroke-dasharray='5 3'/>"
-                                  "<text x='%.1f' y='%.1f' font-size='11' fill='#2ca02c'>best</text>",
-                               PX(mark_x), T, PX(mark_x), T + ph, PX(mark_x) + 3, T + 12);
+                                  "<text x='%.1f' y='%.1f' font-size='11' fill='#2ca02c' text-anchor='%s'>best</text>",
+                               PX(mark_x), T, PX(mark_x), T + ph, PX(mark_x) + (PX(mark_x) > L + pw - 40 ? -3 : 3), T + 12,
+                               PX(mark_x) > L + pw - 40 ? "end" : "start");
     if (diagonal)
         g_string_append_printf(s, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#aaa' stroke-dasharray='4 4'/>", PX(x0),
                                PY(y0), PX(x1), PY(y1));
@@ -160,6 +163,11 @@ static void metrics_table(GString *s, const tbert_fit_result *f, const tbert_rec
 
 tbert_status tbert_report_write(const char *path, const tbert_fit_result *f, const tbert_fit_data *d, const tbert_recipe *r,
                                 const char *settings_json, tbert_error *err) {
+    return tbert_report_write_ex(path, f, d, r, settings_json, NULL, err);
+}
+
+tbert_status tbert_report_write_ex(const char *path, const tbert_fit_result *f, const tbert_fit_data *d, const tbert_recipe *r,
+                                   const char *settings_json, const tbert_report_info *info, tbert_error *err) {
     GString *s = g_string_new("<!DOCTYPE html><html><head><meta charset='utf-8'><title>tbert training report</title><style>"
                               "body{font-family:sans-serif;margin:24px;color:#222;max-width:1120px}"
                               "h1{font-size:22px}h2{font-size:17px;margin-top:28px}"
@@ -219,6 +227,13 @@ tbert_status tbert_report_write(const char *path, const tbert_fit_result *f, con
         chart(s, t1, "false-positive rate", "true-positive rate", &rs, rx ? 1 : 0, 0, 1, 0, 1, true, true, false, NAN);
         chart(s, t2, "recall", "precision", &ps, px ? 1 : 0, 0, 1, 0, 1, false, true, false, NAN);
         g_string_append(s, "</div>");
+        if (sc && pos && r->n_labels == 2) { /* ROC on a log FPR axis, histograms, recall at FPR, the mistakes */
+            const char **names = info && info->names ? tbert_malloc_array((size_t)n, sizeof *names) : NULL;
+            for (int i = 0; names && i < n; i++) names[i] = info->names[idx[i]];
+            tbert_report_mail_section(s, n, sc, pos, names, (double)f->threshold, r->labels[r->positive],
+                                      r->labels[1 - r->positive], which);
+            free(names);
+        }
         free(sc);
         free(pos);
         free(rx);
@@ -228,6 +243,11 @@ tbert_status tbert_report_write(const char *path, const tbert_fit_result *f, con
     }
     g_string_append_printf(s, "<h2>Confusion matrix (%s split, threshold %.4f)</h2>", which, (double)f->threshold);
     if (cm->confusion) confusion_table(s, cm, r);
+    if (info && info->command_line) {
+        g_string_append(s, "<h2>Command line</h2><pre id='command-line'>");
+        esc(s, info->command_line);
+        g_string_append(s, "</pre>");
+    }
     g_string_append(s, "<h2>Settings</h2><pre>");
     cJSON *sj = settings_json ? cJSON_Parse(settings_json) : NULL;
     char *pretty = sj ? cJSON_Print(sj) : NULL;

@@ -400,6 +400,8 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
                 r.score = sc.prob[d];
                 int li = sc.label_idx[d];
                 r.label = li >= 0 && li < rec->n_labels ? rec->labels[li] : "?";
+                if (rec->n_labels == 2 && rec->positive >= 0) /* --threshold / --unsure (cmd_score.c) */
+                    r.label = tbert_score_label(opts, rec, r.score, r.label);
                 r.tokens = sc.tokens[d];
                 d++;
             }

@@ -33,6 +33,8 @@ typedef struct {
 
 #define TBERT_SCORE_CSV_HEADER "source,offset,id,score,label,tokens,truncated,error\n"
 
+/* The label column of a binary head's record under --threshold / --unsure (head_label without them). */
+const char *tbert_score_label(const tbert_score_opts *o, const tbert_recipe *rec, double p, const char *head_label);
 /* o = the record as one JSONL or CSV line (with its '\n'). */
 void tbert_score_format_record(GString *o, tbert_score_format fmt, const tbert_score_record *r);
 /* Writes all n bytes to fd (EINTR retried); errors name `name`. */

@@ -77,6 +77,13 @@ void tbert_score_format_record(GString *o, tbert_score_format fmt, const tbert_s
     }
 }
 
+const char *tbert_score_label(const tbert_score_opts *o, const tbert_recipe *rec, double p, const char *head_label) {
+    const char *pos = rec->labels[rec->positive], *neg = rec->labels[1 - rec->positive];
+    if (o->have_unsure) return p >= o->unsure_hi ? pos : p < o->unsure_lo ? neg : "unsure";
+    if (o->have_threshold) return p >= o->threshold ? pos : neg;
+    return head_label;
+}
+
 tbert_status tbert_score_write_all(int fd, const char *p, size_t n, const char *name, tbert_error *err) {
     while (n > 0) {
         ssize_t w = write(fd, p, n);

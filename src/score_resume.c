@@ -12,8 +12,13 @@
 
 #include "score_internal.h"
 
+/* The key of a record: its offset and its source resolved (realpath: "./x.mbox" and "x.mbox" are one input);
+ * a source that does not resolve (stdin "-", a file since removed) as written. */
 static char *done_key(const char *source, uint64_t offset) {
-    return g_strdup_printf("%llu\t%s", (unsigned long long)offset, source);
+    char *real = realpath(source, NULL);
+    char *k = g_strdup_printf("%llu\t%s", (unsigned long long)offset, real ? real : source);
+    free(real);
+    return k;
 }
 
 /* First two CSV fields of a line: source and offset. */

@@ -85,6 +85,10 @@ bool serve_is_our_header(const char *name, size_t len);
  * ending in "\r\n") inserted at the end of its header block, in the message's own line ending.
  * head_only: stop after the blank line that ends the header block (spamd HEADERS). malloc'd; NULL on OOM. */
 char *serve_rewrite_message(const char *raw, size_t len, const char *ours, bool head_only, size_t *out_len);
+/* The same with the caller's idea of "ours" (tbert filter: its configured header names). */
+char *serve_rewrite_message_ex(const char *raw, size_t len, const char *ours, bool head_only,
+                               bool (*is_ours)(const char *name, size_t len, const void *ctx), const void *ctx,
+                               size_t *out_len);
 
 /* ---- learn_log.c -------------------------------------------------------------------------------- */
 /* Appends one correction to DIR/learned.jsonl under an exclusive flock and fsyncs it before returning:

@@ -76,7 +76,18 @@ static void put(obuf *o, const char *s, size_t n) {
     o->n += n;
 }
 
+static bool default_is_ours(const char *name, size_t len, const void *ctx) {
+    (void)ctx;
+    return serve_is_our_header(name, len);
+}
+
 char *serve_rewrite_message(const char *raw, size_t len, const char *ours, bool head_only, size_t *out_len) {
+    return serve_rewrite_message_ex(raw, len, ours, head_only, default_is_ours, NULL, out_len);
+}
+
+char *serve_rewrite_message_ex(const char *raw, size_t len, const char *ours, bool head_only,
+                               bool (*is_ours)(const char *name, size_t len, const void *ctx), const void *ctx,
+                               size_t *out_len) {
     size_t ol = strlen(ours);
     /* the line ending: the first line's */
     const char *nl = memchr(raw, '\n', len);
@@ -107,7 +118,7 @@ char *serve_rewrite_message(const char *raw, size_t len, const char *ours, bool 
             for (const char *c = raw + i; field && c < ne; c++)
                 if (*c == ' ' || *c == '\t') field = false;
             if (!field && !(i == 0 && content >= 5 && !memcmp(raw, "From ", 5))) break;
-            skipping = field && serve_is_our_header(raw + i, (size_t)(ne - (raw + i)));
+            skipping = field && is_ours(raw + i, (size_t)(ne - (raw + i)), ctx);
         }
         if (!skipping) put(&o, raw + i, ll);
         if (!e) { /* header block ran to the end without a newline */

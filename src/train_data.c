@@ -13,6 +13,7 @@ void tbert_labelled_free(tbert_labelled *L) {
     free(L->docs);
     free(L->label);
     free(L->line);
+    free(L->name); /* the strings are in owned */
     if (L->have_table) tbert_table_free(&L->table);
     memset(L, 0, sizeof *L);
 }
@@ -42,12 +43,15 @@ static bool push_doc(tbert_labelled *L, const char *text, size_t len, const char
         if (l) L->label = l;
         int64_t *ln = tbert_realloc_array(L->line, (size_t)nc, sizeof *ln);
         if (ln) L->line = ln;
-        if (!d || !l || !ln) return false;
+        char **nm = tbert_realloc_array(L->name, (size_t)nc, sizeof *nm);
+        if (nm) L->name = nm;
+        if (!d || !l || !ln || !nm) return false;
         L->cap = nc;
     }
     L->docs[L->n] = (tbert_doc){text, len, evidence};
     L->label[L->n] = label;
     L->line[L->n] = line;
+    L->name[L->n] = NULL;
     L->n++;
     return true;
 }
@@ -91,6 +95,12 @@ tbert_status tbert_labelled_read_mail(const char *const *paths, int n, char *lab
                     bool kept = own(L, doc.text);
                     kept = own(L, doc.evidence) && kept;
                     ok = kept && push_doc(L, doc.text, doc.len, doc.evidence, label, k);
+                    /* its name in report.html: the path, "path @ offset" inside an mbox */
+                    char *nm = NULL;
+                    int w = !ok ? -1 : it.offset ? asprintf(&nm, "%s @ %llu", it.source, (unsigned long long)it.offset)
+                                                 : asprintf(&nm, "%s", it.source);
+                    if (w < 0) nm = NULL;
+                    if (nm && own(L, nm)) L->name[L->n - 1] = nm;
                 }
                 if (!ok) st = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", it.source);
             }

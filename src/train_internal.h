@@ -3,6 +3,8 @@
 #ifndef TBERT_TRAIN_INTERNAL_H
 #define TBERT_TRAIN_INTERNAL_H
 
+#include <glib.h>
+
 #include "tbert/train.h"
 
 /* ---- train_data.c: the labelled documents of a run ---- */
@@ -13,6 +15,7 @@ typedef struct {
     char **owned;   /* strings to free */
     int n_owned, cap_owned;
     int64_t *line;  /* table line numbers (or item index for mail) */
+    char **name;    /* mail: the message's path ("path @ offset" inside an mbox), owned; tables: NULL */
     tbert_table table;
     bool have_table;
 } tbert_labelled;
@@ -24,6 +27,15 @@ tbert_status tbert_labelled_read_table(const tbert_train_opts *o, tbert_labelled
  * counted in *skipped. */
 tbert_status tbert_labelled_read_mail(const char *const *paths, int n, char *label, tbert_labelled *L, int *skipped, tbert_error *err);
 void tbert_labelled_free(tbert_labelled *L);
+
+/* ---- report_mail.c: the mail part of report.html (binary heads) ---- */
+/* Appends the ROC on a log false-positive axis with the operating point, the per-class score histograms with
+ * the threshold, recall at FPR 0.1/0.5/1%, and the misclassified items (names may be NULL). */
+void tbert_report_mail_section(GString *s, int n, const float *score, const bool *pos, const char *const *names, double thr,
+                               const char *pos_name, const char *neg_name, const char *which);
+/* Best recall with at most floor(target * negatives) false positives (positives strictly above the cut);
+ * *k_out: false positives allowed, *cut_out: the score to beat (-inf: any). NaN without positives. */
+double tbert_recall_at_fpr(int n, const float *score, const bool *pos, double target, int *k_out, double *cut_out);
 
 /* qsort comparator of ints, ascending */
 int tbert_cmp_int(const void *a, const void *b);

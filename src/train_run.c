@@ -490,7 +490,16 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         dr.val_idx = d.train_idx;
         dr.n_val = d.n_train;
     }
-    if (!st) st = tbert_report_write(work_report, &res->fit, &dr, r, settings, err);
+    if (!st) { /* names for the report: the messages' paths, a table's FILE:LINE */
+        char **names = tbert_calloc_array((size_t)L.n, sizeof *names);
+        for (int i = 0; names && i < L.n; i++)
+            names[i] = L.name && L.name[i] ? g_strdup(L.name[i])
+                                           : g_strdup_printf("%s:%lld", o->data ? o->data : "item", (long long)L.line[i]);
+        tbert_report_info info = {(const char *const *)names, o->command_line};
+        st = tbert_report_write_ex(work_report, &res->fit, &dr, r, settings, &info, err);
+        for (int i = 0; names && i < L.n; i++) g_free(names[i]);
+        free(names);
+    }
     if (!st) st = write_manifest(plan.work, o, rname, model_dir, dh, L.n, err);
     if (!st) st = tbert_ckpt_plan_commit(o->out_dir, &plan, err);
     snprintf(res->report_path, sizeof res->report_path, "%s/report.html", o->out_dir);

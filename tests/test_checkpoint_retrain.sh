@@ -14,9 +14,9 @@ TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 PY=${TBERT_PYTHON:-python3}
 MODEL=$TESTS/models/bf16_nopooler # the smallest committed model (H64, 2 layers)
 DATA=$TESTS/data/faults/tiny.tsv
-[ -f "$MODEL/model.safetensors" ] || { echo "skip: $MODEL missing"; exit 77; }
-[ -f "$DATA" ] || { echo "skip: $DATA missing"; exit 77; }
-"$PY" -c 'import json, struct' 2>/dev/null || { echo "skip: no python3"; exit 77; }
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_fixture "$MODEL/model.safetensors" "$DATA"
+tl_require_python json struct
 TMP=$(mktemp -d /tmp/tbert_retrain.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 export TBERT_CACHE=$TMP/cache

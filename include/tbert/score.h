@@ -27,6 +27,11 @@ typedef struct {
                                     none) as FILE.npz (tbert_rows_write_npz) when the run ends; NULL: off */
     uint64_t kill_at_record;   /* test hook (TBERT_TEST_KILL_AT=record:N): SIGKILL after writing record N; 0 = off */
     tbert_input_opts input;
+    /* the label column of a binary head: P >= threshold is the positive label (have_threshold; else the
+     * head's stored threshold); with have_unsure, P < unsure_lo is the other label, P >= unsure_hi the
+     * positive one and anything between "unsure" (tbert filter's band) */
+    bool have_threshold, have_unsure;
+    double threshold, unsure_lo, unsure_hi;
 } tbert_score_opts;
 
 typedef struct {
@@ -45,6 +50,11 @@ typedef struct {
  * (output not writable, out of memory, encoder failure); unreadable or malformed items become error records. */
 tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, const char *const *inputs, int n_inputs,
                              const tbert_score_opts *opts, tbert_score_stats *stats, tbert_error *err);
+
+/* Run metadata in OUT.tbert.json beside opts->out_path (src/score_sidecar.c): with --resume and an existing
+ * output, refuses (TBERT_E_MISMATCH) when the head, model, recipe or label rule differ from the sidecar's;
+ * then writes this run's sidecar atomically. Nothing for stdout or outputs that are not regular files. */
+tbert_status tbert_score_sidecar(const char *head, const tbert_classifier *c, const tbert_score_opts *opts, tbert_error *err);
 
 /* Everything scoring needs, loaded from --model and --head: the model, the classifier, an encoder made
  * with the recipe's layers and precision, and the featurizer. */

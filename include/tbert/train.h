@@ -116,6 +116,7 @@ typedef struct {
     bool resume;
     const char *export_features;     /* write the features: F.npz = the rows (rows.h), else a dense .npy matrix */
     bool quiet;
+    const char *command_line;        /* shown in report.html (NULL: none) */
     /* tbert learn (src/learn.c): also train on the messages in LEARNED/ham and LEARNED/spam when they hold any;
      * training.json still records only ham/spam above (the run's own training set) */
     const char *learned_dir;
@@ -145,6 +146,14 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
 char *tbert_metrics_json(const tbert_metrics *m, const tbert_recipe *r);
 
 /* report.html (src/report.c): self-contained page with inline SVG plots. */
+/* What report.html shows beyond the fit: a name per example (indexed like d->y: a message's path, "path @
+ * offset" inside an mbox, "FILE:LINE" for a table row; NULL = none) and the command line (NULL = none). */
+typedef struct {
+    const char *const *names;
+    const char *command_line;
+} tbert_report_info;
+tbert_status tbert_report_write_ex(const char *path, const tbert_fit_result *fit, const tbert_fit_data *d, const tbert_recipe *r,
+                                   const char *settings_json, const tbert_report_info *info, tbert_error *err);
 tbert_status tbert_report_write(const char *path, const tbert_fit_result *fit, const tbert_fit_data *d, const tbert_recipe *r,
                                 const char *settings_json, tbert_error *err);
 

@@ -137,59 +137,84 @@ float load(const void *p, cudaDataType t, size_t i, bool tf32) {
     return tf32 ? to_tf32(v) : v;
 }
 
-// out[c] = sum over l of x[l] y_c[l], in double, for four rows y_0..y_3 at once (x is loaded once for the four):
-// two partial sums per row (even and odd l, the two lanes of a v2d), always combined in the same order. Not
-// instrumented by the sanitizers: it reads only the emulator's own gathered rows (the reads of device memory, in
-// compute(), are), and it is where an emulated GEMM spends its time.
+// out[r][c] = sum over l of x_r[l] y_c[l] for two rows x_0, x_1 of op(A) and four rows y_0..y_3 of op(B) (each
+// row loaded once for all the products it is in): two partial sums per product (even and odd l, the two lanes of a
+// v2d), always combined in the same order. Not instrumented by the sanitizers: it reads only the emulator's own
+// gathered rows (the reads of device memory, in compute(), are), and it is where an emulated GEMM spends its time.
 typedef double v2d __attribute__((vector_size(16)));
 
-__attribute__((no_sanitize("address", "undefined"))) void dot4(const float *x, const float *const y[4], int k,
-                                                                double out[4]) {
-    const float *y0 = y[0], *y1 = y[1], *y2 = y[2], *y3 = y[3];
-    v2d s0 = {0, 0}, s1 = {0, 0}, s2 = {0, 0}, s3 = {0, 0};
+__attribute__((no_sanitize("address", "undefined"))) void dot2x4(const double *const x[2], const double *const y[4],
+                                                                  int k, double out[2][4]) {
+    const double *x0 = x[0], *x1 = x[1], *y0 = y[0], *y1 = y[1], *y2 = y[2], *y3 = y[3];
+    v2d s00 = {0, 0}, s01 = {0, 0}, s02 = {0, 0}, s03 = {0, 0}, s10 = {0, 0}, s11 = {0, 0}, s12 = {0, 0}, s13 = {0, 0};
     int l = 0;
     for (; l + 2 <= k; l += 2) {
-        const v2d u = {x[l], x[l + 1]};
-        s0 += u * (v2d){y0[l], y0[l + 1]};
-        s1 += u * (v2d){y1[l], y1[l + 1]};
-        s2 += u * (v2d){y2[l], y2[l + 1]};
-        s3 += u * (v2d){y3[l], y3[l + 1]};
+        const v2d u0 = {x0[l], x0[l + 1]}, u1 = {x1[l], x1[l + 1]};
+        const v2d w0 = {y0[l], y0[l + 1]}, w1 = {y1[l], y1[l + 1]}, w2 = {y2[l], y2[l + 1]}, w3 = {y3[l], y3[l + 1]};
+        s00 += u0 * w0, s01 += u0 * w1, s02 += u0 * w2, s03 += u0 * w3;
+        s10 += u1 * w0, s11 += u1 * w1, s12 += u1 * w2, s13 += u1 * w3;
     }
     if (l < k) {
-        const double u = x[l];
-        s0[0] += u * y0[l], s1[0] += u * y1[l], s2[0] += u * y2[l], s3[0] += u * y3[l];
+        s00[0] += x0[l] * y0[l], s01[0] += x0[l] * y1[l], s02[0] += x0[l] * y2[l], s03[0] += x0[l] * y3[l];
+        s10[0] += x1[l] * y0[l], s11[0] += x1[l] * y1[l], s12[0] += x1[l] * y2[l], s13[0] += x1[l] * y3[l];
     }
-    out[0] = s0[0] + s0[1], out[1] = s1[0] + s1[1], out[2] = s2[0] + s2[1], out[3] = s3[0] + s3[1];
+    out[0][0] = s00[0] + s00[1], out[0][1] = s01[0] + s01[1], out[0][2] = s02[0] + s02[1], out[0][3] = s03[0] + s03[1];
+    out[1][0] = s10[0] + s10[1], out[1][1] = s11[0] + s11[1], out[1][2] = s12[0] + s12[1], out[1][3] = s13[0] + s13[1];
 }
 
-// Per batch: op(A) gathered into m x k rows and op(B) into n x k rows (each element read once, by the index
-// formula at the top of this file), then every C(i, j) is a dot product of two rows, summed in double (dot4).
+// dst[r * k + l] = element (r, l) of op(X), whose address is src + r * rs + l * ls elements: the index formulas at
+// the top of this file with (rs, ls) = (1, ld) for OP_N and (ld, 1) for OP_T, as doubles (tf32-rounded when asked).
+// Not instrumented: check_extents() has just checked that every element read here lies in a live device block.
+__attribute__((no_sanitize("address", "undefined"))) void gather(double *dst, const void *src, cudaDataType t, int rows,
+                                                                  int k, size_t rs, size_t ls, bool tf32) {
+    for (int r = 0; r < rows; r++) {
+        double *d = dst + (size_t)r * k;
+        if (t == CUDA_R_16BF) {
+            const unsigned short *p = (const unsigned short *)src + (size_t)r * rs;
+            for (int l = 0; l < k; l++) d[l] = tbert_emu_bf16_bits_to_f32(p[(size_t)l * ls]);
+        } else if (tf32) {
+            const float *p = (const float *)src + (size_t)r * rs;
+            for (int l = 0; l < k; l++) d[l] = to_tf32(p[(size_t)l * ls]);
+        } else if (ls == 1) {
+            const float *p = (const float *)src + (size_t)r * rs;
+            for (int l = 0; l < k; l++) d[l] = p[l];
+        } else {
+            const float *p = (const float *)src + (size_t)r * rs;
+            for (int l = 0; l < k; l++) d[l] = p[(size_t)l * ls];
+        }
+    }
+}
+
+// Per batch: op(A) gathered into m x k rows and op(B) into n x k rows, as doubles (gather), then every C(i, j) is a
+// dot product of two rows (dot2x4). The row buffers are the calling thread's, reused from call to call.
 void compute(const Gemm &g) {
-    std::vector<float> a((size_t)g.m * g.k), b((size_t)g.n * g.k);
+    thread_local std::vector<double> a, b;
+    if (a.size() < (size_t)g.m * g.k) a.resize((size_t)g.m * g.k);
+    if (b.size() < (size_t)g.n * g.k) b.resize((size_t)g.n * g.k);
     for (int bt = 0; bt < g.batch; bt++) {
         const char *A = (const char *)g.A + (ptrdiff_t)((long long)bt * g.sA * (long long)type_size(g.at));
         const char *B = (const char *)g.B + (ptrdiff_t)((long long)bt * g.sB * (long long)type_size(g.at));
         char *C = (char *)g.C + (ptrdiff_t)((long long)bt * g.sC * (long long)type_size(g.ct));
-        for (int i = 0; i < g.m; i++)
-            for (int l = 0; l < g.k; l++)
-                a[(size_t)i * g.k + l] = load(A, g.at, g.ta == CUBLAS_OP_N ? (size_t)i + (size_t)l * g.lda : (size_t)l + (size_t)i * g.lda, g.tf32);
-        for (int j = 0; j < g.n; j++)
-            for (int l = 0; l < g.k; l++)
-                b[(size_t)j * g.k + l] = load(B, g.at, g.tb == CUBLAS_OP_N ? (size_t)l + (size_t)j * g.ldb : (size_t)j + (size_t)l * g.ldb, g.tf32);
-        for (int j0 = 0; j0 < g.n; j0 += 4) { // four columns of C at a time; a short last group repeats a column
-            const float *y[4];
+        // opA(i, l) = A[i + l*lda] (OP_N) or A[l + i*lda] (OP_T); opB as rows j: B[l + j*ldb] (OP_N) or B[j + l*ldb]
+        gather(a.data(), A, g.at, g.m, g.k, g.ta == CUBLAS_OP_N ? 1 : (size_t)g.lda, g.ta == CUBLAS_OP_N ? (size_t)g.lda : 1, g.tf32);
+        gather(b.data(), B, g.at, g.n, g.k, g.tb == CUBLAS_OP_N ? (size_t)g.ldb : 1, g.tb == CUBLAS_OP_N ? 1 : (size_t)g.ldb, g.tf32);
+        // blocks of 2 rows x 4 columns of C; a short last block repeats a row / a column and drops the copies
+        for (int j0 = 0; j0 < g.n; j0 += 4) {
+            const double *y[4];
             for (int c = 0; c < 4; c++) y[c] = b.data() + (size_t)(j0 + c < g.n ? j0 + c : j0) * g.k;
-            for (int i = 0; i < g.m; i++) {
-                double sum[4];
-                dot4(a.data() + (size_t)i * g.k, y, g.k, sum);
-                for (int c = 0; c < 4 && j0 + c < g.n; c++) {
-                    size_t ic = (size_t)i + (size_t)(j0 + c) * g.ldc;
-                    double r = (double)g.alpha * sum[c];
-                    if (g.beta != 0.0f) r += (double)g.beta * (double)load(C, g.ct, ic, false);
-                    float f = (float)r;
-                    if (g.ct == CUDA_R_16BF) ((unsigned short *)C)[ic] = tbert_emu_f32_to_bf16_bits(f);
-                    else ((float *)C)[ic] = f;
-                }
+            for (int i0 = 0; i0 < g.m; i0 += 2) {
+                const double *x[2] = {a.data() + (size_t)i0 * g.k, a.data() + (size_t)(i0 + 1 < g.m ? i0 + 1 : i0) * g.k};
+                double sum[2][4];
+                dot2x4(x, y, g.k, sum);
+                for (int r = 0; r < 2 && i0 + r < g.m; r++)
+                    for (int c = 0; c < 4 && j0 + c < g.n; c++) {
+                        size_t ic = (size_t)(i0 + r) + (size_t)(j0 + c) * g.ldc;
+                        double v = (double)g.alpha * sum[r][c];
+                        if (g.beta != 0.0f) v += (double)g.beta * (double)load(C, g.ct, ic, false);
+                        float f = (float)v;
+                        if (g.ct == CUDA_R_16BF) ((unsigned short *)C)[ic] = tbert_emu_f32_to_bf16_bits(f);
+                        else ((float *)C)[ic] = f;
+                    }
             }
         }
     }

@@ -1,4 +1,5 @@
-/* tbert eval: metrics of a trained head on a labelled table, at the checkpoint's threshold. */
+/* tbert eval: metrics of a trained head on a labelled table or on --ham/--spam mail (read as train reads it,
+ * src/train_data.c), at the checkpoint's threshold. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,15 +9,19 @@
 #include "tbert/dataset.h"
 #include "tbert/metrics.h"
 #include "tbert/train.h"
+#include "train_internal.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: tbert eval [--model NAME|DIR] --head CKPT_DIR --data FILE [options]\n\n"
+            "usage: tbert eval [--model NAME|DIR] --head CKPT_DIR --data FILE [options]\n"
+            "       tbert eval [--model NAME|DIR] --head CKPT_DIR --ham PATH... --spam PATH... [options]\n\n"
             "Accuracy, precision/recall/F1 per class, ROC-AUC, PR-AUC and the confusion matrix of a trained head on a\n"
-            "labelled table, at the threshold stored in the checkpoint. The head's recipe must fit the model.\n\n"
+            "labelled table or on mail, at the threshold stored in the checkpoint. The head's recipe must fit the model.\n\n"
             "  --model NAME|DIR       encoder (default minilm); must be the one the head was trained on\n"
             "  --head CKPT_DIR        folder with best.safetensors (or the .safetensors file)\n"
             "  --data FILE            labelled table; --input-format, --header, --text-col, --label-col as in train\n"
+            "  --ham PATH..., --spam PATH...  mail (mbox, Maildir, folders, message files) labelled ham / spam, read\n"
+            "                         as tbert train reads it (items that cannot be read are skipped with a line)\n"
             "  --min-accuracy X       exit 1 when the accuracy is below X\n"
             "  --device D  --threads N\n"
             "  --json                 one JSON object: accuracy, roc_auc, pr_auc, threshold, confusion, per_class\n");
@@ -24,7 +29,7 @@ static void usage(FILE *f) {
 
 enum {
     O_MODEL = CLI_HEAD_O_MODEL, O_HEAD = CLI_HEAD_O_HEAD, O_DEVICE = CLI_HEAD_O_DEVICE, O_THREADS = CLI_HEAD_O_THREADS,
-    O_DATA = CLI_HEAD_O_OWN, O_FMT, O_HEADER, O_TEXT, O_LABEL, O_MINACC, O_JSON, O_HELP
+    O_DATA = CLI_HEAD_O_OWN, O_FMT, O_HEADER, O_TEXT, O_LABEL, O_MINACC, O_JSON, O_HELP, O_HAM, O_SPAM
 };
 static const struct option longopts[] = {
     {"model", required_argument, 0, O_MODEL}, {"head", required_argument, 0, O_HEAD}, {"data", required_argument, 0, O_DATA},
@@ -32,6 +37,7 @@ static const struct option longopts[] = {
     {"text-col", required_argument, 0, O_TEXT}, {"label-col", required_argument, 0, O_LABEL},
     {"min-accuracy", required_argument, 0, O_MINACC}, {"device", required_argument, 0, O_DEVICE},
     {"threads", required_argument, 0, O_THREADS}, {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP},
+    {"ham", required_argument, 0, O_HAM}, {"spam", required_argument, 0, O_SPAM},
     {0, 0, 0, 0}};
 
 static void print_table(const tbert_metrics *m, const tbert_recipe *r) {
@@ -51,8 +57,26 @@ static void print_table(const tbert_metrics *m, const tbert_recipe *r) {
     }
 }
 
+static int eval_main(const char *cmd, int argc, char **argv, const char **ham, int *n_ham, const char **spam, int *n_spam);
+
 int cmd_eval(int argc, char **argv) {
-    const char *cmd = "eval", *data = NULL;
+    const char *cmd = "eval";
+    int rc;
+    const char **ham = calloc((size_t)argc + 1, sizeof(char *)), **spam = calloc((size_t)argc + 1, sizeof(char *));
+    int n_ham = 0, n_spam = 0;
+    if (!ham || !spam) {
+        free(ham);
+        free(spam);
+        return cli_report(&(tbert_error){TBERT_E_NOMEM, "out of memory"});
+    }
+    rc = eval_main(cmd, argc, argv, ham, &n_ham, spam, &n_spam);
+    free(ham);
+    free(spam);
+    return rc;
+}
+
+static int eval_main(const char *cmd, int argc, char **argv, const char **ham, int *n_ham, const char **spam, int *n_spam) {
+    const char *data = NULL;
     cli_head_args ha = {.dev = {TBERT_DEVICE_AUTO, 0}};
     tbert_table_opts topt = {0};
     double min_acc = -1;
@@ -74,25 +98,51 @@ int cmd_eval(int argc, char **argv) {
         case O_LABEL: topt.label_col = optarg; break;
         case O_MINACC: if (!cli_parse_double(cmd, "--min-accuracy", optarg, 0, 1, &min_acc)) return CLI_USAGE; break;
         case O_JSON: json = true; break;
+        case O_HAM:
+        case O_SPAM: {
+            /* each flag takes one or more paths: the words after it up to the next option (as train's) */
+            const char **dst = c == O_HAM ? ham : spam;
+            int *cnt = c == O_HAM ? n_ham : n_spam;
+            dst[(*cnt)++] = optarg;
+            while (optind < argc && argv[optind][0] != '-') dst[(*cnt)++] = argv[optind++];
+            break;
+        }
         default: return CLI_USAGE;
         }
     }
     if ((oc = cli_head_args_check(cmd, argc, argv, &ha))) return oc;
-    if (!data) return cli_usage_error(cmd, "--data FILE is required");
-    tbert_table t;
-    if (tbert_table_read(data, &topt, &t, &err)) return cli_report(&err);
-    if (!t.label) {
-        tbert_table_free(&t);
-        return cli_usage_error(cmd, "%s has no label column", data);
+    if (data && *n_ham + *n_spam > 0) return cli_usage_error(cmd, "--data and --ham/--spam exclude each other");
+    if (!data && *n_ham + *n_spam == 0) return cli_usage_error(cmd, "give --data FILE, or --ham PATH and --spam PATH");
+    /* the labelled documents: the table's rows, or the mail through train's reader */
+    tbert_labelled L = {0};
+    int skipped = 0;
+    tbert_status lst;
+    if (data) {
+        tbert_train_opts to = {0};
+        to.data = data;
+        to.table = topt;
+        lst = tbert_labelled_read_table(&to, &L, &err);
+    } else {
+        lst = tbert_labelled_read_mail(ham, *n_ham, "ham", &L, &skipped, &err);
+        if (!lst) lst = tbert_labelled_read_mail(spam, *n_spam, "spam", &L, &skipped, &err);
+    }
+    if (lst) {
+        tbert_labelled_free(&L);
+        return cli_report(&err);
+    }
+    if (skipped) fprintf(stderr, "tbert eval: %d item%s could not be read (skipped)\n", skipped, skipped == 1 ? "" : "s");
+    if (L.n == 0) {
+        tbert_labelled_free(&L);
+        return cli_usage_error(cmd, "%s: no messages to evaluate", data ? data : "--ham/--spam");
     }
     cli_head_ctx ctx;
     if (cli_head_open(ha.model, ha.head, ha.dev, (int)ha.threads, &ctx, &err)) {
-        tbert_table_free(&t);
+        tbert_labelled_free(&L);
         return cli_report(&err);
     }
     const tbert_recipe *r = tbert_classifier_recipe(ctx.clf);
     const tbert_head *h = tbert_classifier_head(ctx.clf);
-    int C = r->n_labels, n = t.n;
+    int C = r->n_labels, n = L.n;
     tbert_doc *docs = tbert_malloc_array((size_t)n + 1, sizeof *docs);
     int *y = tbert_malloc_array((size_t)n + 1, sizeof(int));
     tbert_rows X = {0};
@@ -104,10 +154,11 @@ int cmd_eval(int argc, char **argv) {
         goto done;
     }
     for (int i = 0; i < n; i++) {
-        docs[i] = (tbert_doc){t.text[i], t.text_len[i], NULL};
-        y[i] = tbert_recipe_label_index(r, t.label[i]);
+        docs[i] = L.docs[i];
+        y[i] = tbert_recipe_label_index(r, L.label[i]);
         if (y[i] < 0) {
-            fprintf(stderr, "tbert: %s:%lld: label '%s' is not one the head knows\n", data, (long long)t.line[i], t.label[i]);
+            if (data) fprintf(stderr, "tbert: %s:%lld: label '%s' is not one the head knows\n", data, (long long)L.line[i], L.label[i]);
+            else fprintf(stderr, "tbert: the head has no label '%s' (its labels are not ham/spam)\n", L.label[i]);
             rc = CLI_USAGE;
             goto done;
         }
@@ -140,6 +191,6 @@ done:
     tbert_store_close(store);
     free(P);
     cli_head_close(&ctx);
-    tbert_table_free(&t);
+    tbert_labelled_free(&L);
     return rc;
 }

@@ -29,8 +29,10 @@ static void usage(FILE *f) {
             "  --out FILE              output file (default: stdout)\n"
             "  --format F              jsonl (default) or csv\n"
             "  --resume                keep the records already in --out (a partly written last line is\n"
-            "                          dropped) and score only the items that are not there (by source and\n"
-            "                          offset: name the inputs the same way as in the first run)\n"
+            "                          dropped) and score only the items that are not there (by resolved\n"
+            "                          path and offset: ./x.mbox and x.mbox are the same input). Refused when\n"
+            "                          OUT.tbert.json says another head, model, recipe or label rule wrote it\n"
+            "  (--out FILE also writes FILE.tbert.json: the head, model and recipe of the run, atomically)\n"
             "  --shard K/N             score only items whose input-order index i has i %% N == K (0 <= K < N);\n"
             "                          N machines running K = 0..N-1 together cover the input exactly once\n"
             "  --max-message-bytes N   cap on one message's size; larger ones are cut and marked truncated\n"
@@ -42,6 +44,11 @@ static void usage(FILE *f) {
             "                          extension); tsv, csv or jsonl reads every named file as that table\n"
             "  --text-col COL          table text column: header name or number from 1 (default 2 / \"text\")\n"
             "  --header H              auto|yes|no for TSV/CSV tables (default auto)\n"
+            "  --threshold VALUE       the label column says the positive label when P >= VALUE (0..1) instead\n"
+            "                          of at the head's stored threshold (binary heads; the rules f1 and fpr=X\n"
+            "                          of train need validation data: use tbert threshold / train for those)\n"
+            "  --unsure LOW,HIGH       P < LOW the other label, P >= HIGH the positive one, between: \"unsure\"\n"
+            "                          (as tbert filter --unsure)\n"
             "  --export-features F.npz also write the feature rows of the scored items (in record order;\n"
             "                          error records have none): scipy's CSR layout (data, indices, indptr,\n"
             "                          shape, format) for the sparse blocks, 'dense' for the encoder block\n"
@@ -56,7 +63,7 @@ static void usage(FILE *f) {
 
 int cmd_score(int argc, char **argv) {
     enum { O_HEAD = 256, O_MODEL, O_OUT, O_FORMAT, O_RESUME, O_SHARD, O_MAXB, O_THREADS, O_BATCH, O_DEVICE, O_INFMT,
-           O_TEXTCOL, O_HEADER, O_QUIET, O_JSON, O_EXPORT, O_HELP };
+           O_TEXTCOL, O_HEADER, O_QUIET, O_JSON, O_EXPORT, O_HELP, O_THRESH, O_UNSURE };
     static const struct option longopts[] = {
         {"head", required_argument, NULL, O_HEAD},       {"model", required_argument, NULL, O_MODEL},
         {"out", required_argument, NULL, O_OUT},         {"format", required_argument, NULL, O_FORMAT},
@@ -66,6 +73,7 @@ int cmd_score(int argc, char **argv) {
         {"input-format", required_argument, NULL, O_INFMT}, {"text-col", required_argument, NULL, O_TEXTCOL},
         {"header", required_argument, NULL, O_HEADER},   {"quiet", no_argument, NULL, O_QUIET},
         {"json", no_argument, NULL, O_JSON},             {"export-features", required_argument, NULL, O_EXPORT},
+        {"threshold", required_argument, NULL, O_THRESH}, {"unsure", required_argument, NULL, O_UNSURE},
         {"help", no_argument, NULL, O_HELP},             {NULL, 0, NULL, 0},
     };
     const char *head = NULL, *model = NULL, *device = NULL;
@@ -113,6 +121,31 @@ int cmd_score(int argc, char **argv) {
             break;
         case O_QUIET: o.progress = false; break;
         case O_JSON: json = true; break;
+        case O_THRESH: {
+            char *end;
+            double t = strtod(optarg, &end);
+            if (end == optarg || *end || !(t >= 0 && t <= 1))
+                return cli_usage_error(CMD, "--threshold takes a VALUE from 0 to 1 here, got '%s' (the rules f1 and fpr=X "
+                                            "need validation data: choose them in tbert train)", optarg);
+            o.have_threshold = true;
+            o.threshold = t;
+            break;
+        }
+        case O_UNSURE: {
+            char *end;
+            double lo = strtod(optarg, &end), hi = 0;
+            bool ok = end != optarg && *end == ',';
+            if (ok) {
+                const char *q = end + 1;
+                hi = strtod(q, &end);
+                ok = end != q && !*end && lo >= 0 && lo <= hi && hi <= 1;
+            }
+            if (!ok) return cli_usage_error(CMD, "--unsure expects LOW,HIGH with 0 <= LOW <= HIGH <= 1, got '%s'", optarg);
+            o.have_unsure = true;
+            o.unsure_lo = lo;
+            o.unsure_hi = hi;
+            break;
+        }
         case O_EXPORT: o.export_features = optarg; break;
         case O_HELP: usage(stdout); return CLI_OK;
         default: return CLI_USAGE;
@@ -133,6 +166,15 @@ int cmd_score(int argc, char **argv) {
 
     tbert_score_ctx ctx;
     if (tbert_score_ctx_open(model, head, device, o.threads, 0, !o.progress, &ctx, &err)) return cli_report(&err);
+    const tbert_recipe *rec = tbert_classifier_recipe(ctx.clf);
+    if ((o.have_threshold || o.have_unsure) && (rec->n_labels != 2 || rec->positive < 0)) {
+        tbert_score_ctx_close(&ctx);
+        return cli_usage_error(CMD, "--threshold and --unsure need a binary head; %s has %d labels", head, rec->n_labels);
+    }
+    if (tbert_score_sidecar(head, ctx.clf, &o, &err)) {
+        tbert_score_ctx_close(&ctx);
+        return cli_report(&err);
+    }
     tbert_score_stats stats;
     tbert_status st = tbert_score_run(ctx.clf, ctx.fz, (const char *const *)argv + optind, argc - optind, &o, &stats, &err);
     tbert_score_ctx_close(&ctx);
@@ -148,6 +190,8 @@ int cmd_score(int argc, char **argv) {
                 "waiting for input %.2f s; MIME parsing %.2f s summed over %d thread%s\n",
                 stats.featurize_seconds, stats.head_seconds, stats.write_seconds, stats.wait_seconds, stats.parse_seconds,
                 o.threads > 0 ? o.threads : tbert_num_cores(), (o.threads > 0 ? o.threads : tbert_num_cores()) == 1 ? "" : "s");
+    if (stats.records == 0 && stats.skipped_done == 0)
+        fprintf(stderr, "tbert score: the inputs hold no messages or rows (empty folder or file?)\n");
     if (stats.skipped_done)
         fprintf(stderr, "tbert score: --resume skipped %llu items already in the output\n", (unsigned long long)stats.skipped_done);
     if (json) {

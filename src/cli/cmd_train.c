@@ -1,6 +1,7 @@
 /* tbert train: train a classifier head on frozen-encoder features (src/train_run.c does the work). */
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <glib.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -272,6 +273,24 @@ int cmd_train(int argc, char **argv) {
     }
     o.ham = ham;
     o.spam = spam;
+    /* the command line for report.html, quoted as a shell would need it */
+    GString *cl = g_string_new("tbert"); /* argv[0] is the subcommand's name */
+    for (int i = 0; i < argc; i++) {
+        bool plain = argv[i][0] != '\0';
+        for (const char *q = argv[i]; *q && plain; q++)
+            plain = g_ascii_isalnum(*q) || strchr("-_./=:,@%+", *q) != NULL;
+        g_string_append_c(cl, ' ');
+        if (plain) {
+            g_string_append(cl, argv[i]);
+        } else {
+            g_string_append_c(cl, '\'');
+            for (const char *q = argv[i]; *q; q++)
+                if (*q == '\'') g_string_append(cl, "'\\''");
+                else g_string_append_c(cl, *q);
+            g_string_append_c(cl, '\'');
+        }
+    }
+    o.command_line = cl->str;
     tbert_train_result res;
     if (tbert_train_run(&o, &res, &err)) {
         rc = cli_report(&err);
@@ -280,6 +299,7 @@ int cmd_train(int argc, char **argv) {
         if (json) print_json(&res, o.out_dir);
     }
     tbert_train_result_free(&res);
+    g_string_free(cl, TRUE);
     free(ham);
     free(spam);
     return rc;

@@ -1,0 +1,53 @@
+/* Element-wise float math shared by the CPU encoder's files (src/encoder_cpu.c, src/gemm_cpu.c): branch-free
+ * exp and erf that the compiler vectorises without -ffast-math. Not a public header. */
+#ifndef TBERT_CPU_MATH_H
+#define TBERT_CPU_MATH_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Vectorised clones of the element-wise loops (the build has no -march flag). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define TBERT_VEC __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define TBERT_VEC
+#endif
+
+/* exp(x) for x <= 88: 2^k * p(r), r = x - k ln2 in [-ln2/2, ln2/2], degree-6 Taylor polynomial
+ * (relative error < 2e-7). Branch-free, without floorf/fminf (which block vectorisation without
+ * -ffast-math): k is rounded with the 1.5*2^23 trick, 2^k built in the exponent bits. x < -87 gives ~0. */
+static inline float tbert_exp_approx(float x) {
+    const float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    const float round_magic = 12582912.0f; /* 1.5 * 2^23 */
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float k = (x * log2e + round_magic) - round_magic;
+    float r = x - k * ln2_hi - k * ln2_lo;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* erf(x), Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7, exact enough for float GELU). */
+static inline float tbert_erf_approx(float x) {
+    float ax = fabsf(x);
+    float t = 1.0f / (1.0f + 0.3275911f * ax);
+    float y = 1.061405429f;
+    y = y * t - 1.453152027f;
+    y = y * t + 1.421413741f;
+    y = y * t - 0.284496736f;
+    y = y * t + 0.254829592f;
+    y = 1.0f - y * t * tbert_exp_approx(-ax * ax);
+    return copysignf(y, x);
+}
+
+#endif
