@@ -366,8 +366,8 @@ void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]) {
  * "dense-block", dtype "f32", and the recipe's JSON with every field that does not shape the dense block
  * cleared (the model and vocabulary hashes, pooling, max_len, layers, windows, normalize and precision
  * remain); content: the sha256 of the document's text (evidence does not reach the dense block). */
-static tbert_status dense_key(const tbert_featurizer *fz, char key[65], tbert_error *err) {
-    tbert_recipe k = fz->r;
+tbert_status tbert_features_dense_key(const tbert_recipe *r, char key[65], tbert_error *err) {
+    tbert_recipe k = *r;
     memset(k.name, 0, sizeof k.name);
     k.n_labels = 0;
     k.positive = -1;
@@ -385,6 +385,10 @@ static tbert_status dense_key(const tbert_featurizer *fz, char key[65], tbert_er
     tbert_status st = tbert_store_key(3, f, key, err);
     free(json);
     return st;
+}
+
+static tbert_status dense_key(const tbert_featurizer *fz, char key[65], tbert_error *err) {
+    return tbert_features_dense_key(&fz->r, key, err);
 }
 
 tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, int n, const tbert_doc *docs,

@@ -764,7 +764,7 @@ static void memory_mib(long *rss, long *hwm) {
 
 static void do_reload(serve_ctx *s) {
     double t0 = tbert_now();
-    slog(s, "SIGHUP: reloading the model and the head");
+    slog(s, "reloading the model and the head");
     serve_model *nm = NULL;
     tbert_error e;
     if (model_load(&s->o, &nm, &e) != TBERT_OK) {
@@ -885,12 +885,27 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
         if (child < 0) st = tbert_fail(err, TBERT_E_IO, "serve: cannot start the milter child process");
     }
 
-    /* the signal loop */
+    /* the signal loop; once a second it also looks at the head file: when `tbert learn`, `tbert threshold` or
+     * a retrain moved a new one in (another inode, size or mtime), it reloads as on SIGHUP (src/learn.c) */
+    char head_file[4200];
+    snprintf(head_file, sizeof head_file, tbert_is_dir(o->head) ? "%s/best.safetensors" : "%s", o->head);
+    struct stat head_seen = {0};
+    bool head_known = stat(head_file, &head_seen) == 0;
     while (!st) {
         siginfo_t si;
         struct timespec ts = {1, 0};
         int sig = sigtimedwait(&set, &si, &ts);
-        if (sig == SIGHUP) do_reload(s);
+        struct stat now;
+        bool head_changed = false;
+        if (stat(head_file, &now) == 0) { /* absent for an instant while a new head moves in: wait */
+            head_changed = head_known && (now.st_ino != head_seen.st_ino || now.st_dev != head_seen.st_dev ||
+                                          now.st_size != head_seen.st_size || now.st_mtim.tv_sec != head_seen.st_mtim.tv_sec ||
+                                          now.st_mtim.tv_nsec != head_seen.st_mtim.tv_nsec);
+            head_seen = now;
+            head_known = true;
+        }
+        if (head_changed && sig != SIGHUP) slog(s, "%s changed", head_file);
+        if (sig == SIGHUP || head_changed) do_reload(s);
         if (sig == SIGTERM || sig == SIGINT) {
             slog(s, "%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
             break;

@@ -174,6 +174,16 @@ static bool write_full(int fd, const void *buf, size_t len) {
     return true;
 }
 
+tbert_status tbert_store_remove(tbert_store *s, const char key[65], const char content[65], bool *removed, tbert_error *err) {
+    *removed = false;
+    if (s->read_only) return tbert_fail(err, TBERT_E_ARG, "%s: the store is open read-only", s->dir);
+    char path[4300], sub[4200];
+    entry_path(s, key, content, path, sizeof path, sub, sizeof sub);
+    if (unlink(path) == 0) *removed = true;
+    else if (errno != ENOENT && errno != ENOTDIR) return tbert_fail(err, TBERT_E_IO, "%s: cannot remove: %s", path, strerror(errno));
+    return TBERT_OK;
+}
+
 tbert_status tbert_store_get(tbert_store *s, const char key[65], const char content[65], void *buf, size_t len, bool *found,
                              tbert_error *err) {
     *found = false;

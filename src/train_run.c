@@ -168,6 +168,76 @@ static char *settings_json(const tbert_recipe *r, const tbert_hparams *hp, const
     return out;
 }
 
+/* training.json: what this head was trained from, so that `tbert learn` (src/learn.c) can retrain it with
+ * the corrections added: the recipe, the model folder, the training paths (absolute) and every setting given
+ * (-1 = the recipe's). The learned messages are not in it (they live in learned.jsonl). */
+static cJSON *abs_paths(const char *const *p, int n) {
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; a && i < n; i++) {
+        char *rp = realpath(p[i], NULL);
+        cJSON_AddItemToArray(a, cJSON_CreateString(rp ? rp : p[i]));
+        free(rp);
+    }
+    return a;
+}
+
+static tbert_status write_manifest(const char *work, const tbert_train_opts *o, const char *rname, const char *model_dir,
+                                   const char *dh, int n_docs, tbert_error *err) {
+    cJSON *j = cJSON_CreateObject();
+    if (!j) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    char *mrp = realpath(model_dir, NULL);
+    cJSON_AddNumberToObject(j, "version", 1);
+    cJSON_AddStringToObject(j, "recipe", rname);
+    cJSON_AddStringToObject(j, "model", mrp ? mrp : model_dir);
+    free(mrp);
+    char *drp = o->data ? realpath(o->data, NULL) : NULL;
+    if (o->data) cJSON_AddStringToObject(j, "data", drp ? drp : o->data);
+    free(drp);
+    cJSON_AddItemToObject(j, "ham", abs_paths(o->ham, o->n_ham));
+    cJSON_AddItemToObject(j, "spam", abs_paths(o->spam, o->n_spam));
+    cJSON_AddStringToObject(j, "data_hash", dh);
+    cJSON_AddNumberToObject(j, "n_docs", n_docs);
+    cJSON *s = cJSON_AddObjectToObject(j, "settings");
+    const struct {
+        const char *name;
+        double v;
+    } num[] = {{"pool", o->pool}, {"max_len", o->max_len}, {"layers", o->layers}, {"windows", o->windows},
+               {"normalize", o->normalize}, {"lexical_dim", o->lexical_dim}, {"lexical_ngrams", o->lexical_ngrams},
+               {"evidence_set", o->evidence_set}, {"evidence_dim", o->evidence_dim}, {"header_dim", o->header_dim},
+               {"header_weight", o->header_weight}, {"hidden", o->hidden}, {"epochs", o->epochs}, {"batch", o->batch},
+               {"lr", o->lr}, {"weight_decay", o->weight_decay}, {"dropout", o->dropout}, {"val_fraction", o->val_fraction},
+               {"test_fraction", o->test_fraction}, {"cv_folds", o->cv_folds}, {"precision", (double)o->precision}};
+    for (size_t k = 0; s && k < sizeof num / sizeof num[0]; k++) cJSON_AddNumberToObject(s, num[k].name, num[k].v);
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
+    cJSON_AddStringToObject(s, "seed", seed);
+    cJSON_AddBoolToObject(s, "class_weights_auto", o->class_weights_auto);
+    if (o->positive) cJSON_AddStringToObject(s, "positive", o->positive);
+    if (o->threshold) cJSON_AddStringToObject(s, "threshold", o->threshold);
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    if (!txt) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    char *path = g_strdup_printf("%s/training.json", work);
+    tbert_status st = tbert_write_file_atomic(path, txt, strlen(txt), err);
+    g_free(path);
+    free(txt);
+    return st;
+}
+
+/* LEARNED/NAME when it holds at least one entry */
+static char *learned_sub(const char *learned, const char *name) {
+    if (!learned) return NULL;
+    char *p = g_strdup_printf("%s/%s", learned, name);
+    GDir *d = g_dir_open(p, 0, NULL);
+    bool any = d && g_dir_read_name(d);
+    if (d) g_dir_close(d);
+    if (!any) {
+        g_free(p);
+        return NULL;
+    }
+    return p;
+}
+
 /* ---- the job ---- */
 static tbert_status build_recipe(const tbert_train_opts *o, const char *name, tbert_recipe *r, tbert_error *err) {
     tbert_status st = tbert_recipe_preset(name, r, err);
@@ -300,10 +370,13 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     int skipped = 0;
     tbert_ckpt_plan plan = {0};
     bool planned = false;
+    char *lham = learned_sub(o->learned_dir, "ham"), *lspam = learned_sub(o->learned_dir, "spam");
     if (o->data) st = tbert_labelled_read_table(o, &L, err);
     else {
         st = tbert_labelled_read_mail(o->ham, o->n_ham, "ham", &L, &skipped, err);
+        if (!st && lham) st = tbert_labelled_read_mail((const char *const *)&lham, 1, "ham", &L, &skipped, err);
         if (!st) st = tbert_labelled_read_mail(o->spam, o->n_spam, "spam", &L, &skipped, err);
+        if (!st && lspam) st = tbert_labelled_read_mail((const char *const *)&lspam, 1, "spam", &L, &skipped, err);
     }
     if (st) goto done;
     const char *src = o->data ? o->data : "--ham/--spam";
@@ -427,6 +500,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         for (int i = 0; names && i < L.n; i++) g_free(names[i]);
         free(names);
     }
+    if (!st) st = write_manifest(plan.work, o, rname, model_dir, dh, L.n, err);
     if (!st) st = tbert_ckpt_plan_commit(o->out_dir, &plan, err);
     snprintf(res->report_path, sizeof res->report_path, "%s/report.html", o->out_dir);
 done:
@@ -444,5 +518,7 @@ done:
     tbert_encoder_free(enc);
     tbert_model_free(m);
     tbert_labelled_free(&L);
+    g_free(lham);
+    g_free(lspam);
     return st;
 }

@@ -184,7 +184,10 @@ if len(sys.argv) > 6:
                     break
                 out += b
             return out
-        except (ConnectionResetError, BrokenPipeError):
+        except socket.timeout:
+            raise  # a hang is a failure, never "closed"
+        except OSError:
+            # reset, broken pipe, or ENOTCONN when the server closed before our shutdown: a closed connection
             return b""
         finally:
             s.close()

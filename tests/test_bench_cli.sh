@@ -9,7 +9,9 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 fails=0
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
-"$PY" -c 'import json' 2>/dev/null || { echo "test_bench_cli: no python: skipped" >&2; exit 77; }
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_python json
+tl_require_fixture "$TESTS/models/deep4_f32/config.json"
 
 CFG=$TESTS/models/deep4_f32/config.json
 "$BIN" bench --random-weights "$CFG" --device cpu --batch 5 --seq-len 16 --iters 3 --warmup 1 --no-sgemm --json \

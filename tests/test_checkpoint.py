@@ -14,17 +14,21 @@ try:
     import numpy as np
     from safetensors.numpy import load_file
     from safetensors import safe_open
-except ImportError as e:  # CI installs these; elsewhere skip
-    print("skip:", e)
-    sys.exit(77)
+except ImportError as e:  # a test dependency (scripts/python-env.sh), not an external prerequisite: a failure
+    print("FAIL: %s (run scripts/python-env.sh; ctest uses TBERT_PYTHON)" % e)
+    sys.exit(1)
 
 TESTS = os.environ.get("TBERT_TESTS_DIR", os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("TBERT_BIN")
 if not BIN or not os.path.exists(BIN):
-    print("skip: TBERT_BIN not set")
-    sys.exit(77)
+    print("FAIL: TBERT_BIN (%s) is not a built tbert (run through ctest)" % BIN)
+    sys.exit(1)
 MODEL = os.path.join(TESTS, "models", "bert_tiny_shape")
 DATA = os.path.join(TESTS, "data", "head", "tiny.tsv")
+for fixture in (os.path.join(MODEL, "model.safetensors"), DATA):  # committed fixtures: missing is a failure
+    if not os.path.exists(fixture):
+        print("FAIL: committed fixture %s is missing" % fixture)
+        sys.exit(1)
 failures = []
 
 

@@ -14,9 +14,9 @@ TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 PY=${TBERT_PYTHON:-python3}
 MODEL=$TESTS/models/bf16_nopooler # the smallest committed model (H64, 2 layers)
 DATA=$TESTS/data/faults/tiny.tsv
-[ -f "$MODEL/model.safetensors" ] || { echo "skip: $MODEL missing"; exit 77; }
-[ -f "$DATA" ] || { echo "skip: $DATA missing"; exit 77; }
-"$PY" -c 'import json, struct' 2>/dev/null || { echo "skip: no python3"; exit 77; }
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_fixture "$MODEL/model.safetensors" "$DATA"
+tl_require_python json struct
 TMP=$(mktemp -d /tmp/tbert_retrain.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 export TBERT_CACHE=$TMP/cache
@@ -25,7 +25,7 @@ fail=0
 T=(--model "$MODEL" --data "$DATA" --max-len 24 --batch 8 --quiet)
 A=(--hidden 8 --epochs 3 --seed 11)
 B=(--hidden 16 --epochs 4 --seed 7 --dropout 0.1)
-RUN_FILES=(best.safetensors last.safetensors split.tsv metrics.json report.html oof.safetensors)
+RUN_FILES=(best.safetensors last.safetensors split.tsv metrics.json report.html oof.safetensors training.json)
 printf 'win a free prize now\nsee you at lunch\nclaim your cash today\n' >"$TMP/in.txt"
 
 "$BIN" train "${T[@]}" "${A[@]}" --out "$TMP/refA" >/dev/null 2>"$TMP/err" || { echo "FAIL: run A: $(cat "$TMP/err")"; exit 1; }
@@ -52,7 +52,8 @@ def report_seed(p):
     m = re.search(r"seed&quot;:\s*&quot;(\d+)", open(p).read())
     return m.group(1) if m else None
 key = {"best.safetensors": settings, "last.safetensors": settings, "split.tsv": lambda p: open(p).read(),
-       "metrics.json": metrics, "report.html": report_seed, "oof.safetensors": lambda p: open(p, "rb").read()}
+       "metrics.json": metrics, "report.html": report_seed, "oof.safetensors": lambda p: open(p, "rb").read(),
+       "training.json": lambda p: json.load(open(p))["settings"]}
 runs, seen = {"A", "B"}, []
 for name, f in key.items():
     p = os.path.join(d, name)

@@ -15,10 +15,8 @@ nvcc=""
 for c in "$(command -v nvcc 2>/dev/null)" /usr/local/cuda/bin/nvcc; do
     [ -n "$c" ] && [ -x "$c" ] && { nvcc=$c; break; }
 done
-if [ -z "$nvcc" ]; then
-    echo "test_cmake_stock_cuda: no nvcc (CUDA toolkit): skipped" >&2
-    exit 77
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+[ -n "$nvcc" ] || tl_skip_external "no nvcc (the CUDA toolkit) to configure with"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 fails=0

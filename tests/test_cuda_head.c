@@ -415,10 +415,10 @@ int main(void) {
         fprintf(stderr, "test_cuda_head: the CPU-only build did not refuse the CUDA plugin with TBERT_E_NODEV: %s\n", err.msg);
         return 1;
     }
-    printf("test_cuda_head: skipped (built without CUDA)\n");
-    return TEST_SKIP;
+    tu_require_cuda_device("test_cuda_head");
+    return 1; /* not reached */
 #else
-    if (tu_no_cuda_device("test_cuda_head")) return TEST_SKIP;
+    tu_require_cuda_device("test_cuda_head");
     static uint64_t seed;
     seed = tu_seed_from_env("test_cuda_head");
     const struct CMUnitTest tests[] = {

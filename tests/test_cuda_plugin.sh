@@ -17,7 +17,8 @@ BIN=${TBERT_BIN:?TBERT_BIN not set}
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 BUILD=${TBERT_BUILD_DIR:-$(dirname "$BIN")}
 MODEL=$TESTS/models/bert_tiny_shape
-[ -f "$MODEL/config.json" ] || { echo "FAIL: committed fixture $MODEL is missing" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_fixture "$MODEL/config.json"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 fails=0
@@ -142,17 +143,15 @@ set +e
 exec "$@"
 EOF
 if [ "$(id -u)" != 0 ] || ! unshare -m true 2>/dev/null; then
-    echo "test_cuda_plugin: cannot make a private mount namespace (not root or unshare refused): part 3 skipped" >&2
-    [ "$fails" = 0 ] || exit 1
-    exit 77
+    tl_skip_part "cannot make a private mount namespace (not root or unshare refused): part 3"
+    tl_exit "$fails"
 fi
 hide() { HIDE_TMP=$TMP unshare -m sh "$TMP/hide.sh" "$@"; }
 hide sh -c 'for d in /usr/local/cuda*/; do ls -A "$d"; done | wc -l; ldconfig -p | grep -c -e libcudart -e libcublas' > "$TMP/probe" 2>&1 ||
     true
 if [ "$(tr '\n' ' ' < "$TMP/probe")" != "0 0 " ]; then
-    echo "test_cuda_plugin: could not hide the CUDA toolkit (mount refused?): $(cat "$TMP/probe" "$TMP/hide.log" 2>/dev/null): part 3 skipped" >&2
-    [ "$fails" = 0 ] || exit 1
-    exit 77
+    tl_skip_part "could not hide the CUDA toolkit (mount refused?): $(cat "$TMP/probe" "$TMP/hide.log" 2>/dev/null): part 3"
+    tl_exit "$fails"
 fi
 case "$cuda_build" in
 ON | AUTO) [ -f "$plugin" ] && word=libcudart || word=libtbert_cuda ;;
@@ -168,4 +167,4 @@ else
 fi
 
 [ "$fails" = 0 ] && echo "test_cuda_plugin: ok" >&2
-[ "$fails" = 0 ]
+tl_exit "$fails"

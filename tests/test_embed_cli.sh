@@ -12,10 +12,9 @@ trap 'rm -rf "$TMP"' EXIT
 fails=0
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 
-if ! "$PY" -c 'import numpy' 2>/dev/null; then
-    echo "test_embed_cli: $PY has no numpy: skipped" >&2
-    exit 77
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_python numpy
+tl_require_fixture "$MODEL/model.safetensors" "$TESTS/data/encoder/minilm_sms_mean.json" "$TESTS/data/encoder/minilm_sms_mean.f64"
 
 # 7 lines: empty lines (also first and last), a CRLF line, a very long line, no final newline
 {
@@ -152,8 +151,9 @@ print(f"MiniLM SMS mean: max |diff| {np.abs(x - ref).max():.3g}, "
 sys.exit(1 if bad.any() or x.shape != (64, 384) else 0)
 EOF
 else
-    echo "test_embed_cli: MiniLM or SMS corpus absent: end-to-end MiniLM check skipped" >&2
+    tl_skip_part "MiniLM ($MINILM) or the SMS corpus ($SMS) absent: the end-to-end MiniLM check"
 fi
 
 [ "$fails" -eq 0 ] || { echo "$fails failure(s)" >&2; exit 1; }
 echo "test_embed_cli: ok" >&2
+tl_exit 0

@@ -13,8 +13,8 @@ TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 PY=${TBERT_PYTHON:-python3}
 MODEL=$TESTS/models/bf16_nopooler # the smallest committed model (H64, 2 layers)
 DATA=$TESTS/data/faults/tiny.tsv
-[ -f "$MODEL/model.safetensors" ] || { echo "skip: $MODEL missing"; exit 77; }
-if "$BIN" train --help 2>&1 | grep -qi "not implemented"; then echo "skip: tbert train is not implemented"; exit 77; fi
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_fixture "$MODEL/model.safetensors" "$DATA"
 TMP=$(mktemp -d /tmp/tbert_faults.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 export TBERT_CACHE=$TMP/cache

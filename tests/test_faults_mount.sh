@@ -15,17 +15,17 @@ T=(--model "$MODEL" --data "$DATA" --max-len 24 --hidden 8 --epochs 3 --batch 8 
 FILES=(best.safetensors last.safetensors metrics.json report.html)
 
 if [ "${1:-}" != "--inside" ]; then
-    [ -f "$MODEL/model.safetensors" ] || { echo "skip: $MODEL missing"; exit 77; }
-    if "$BIN" train --help 2>&1 | grep -qi "not implemented"; then echo "skip: tbert train is not implemented"; exit 77; fi
+    source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+    tl_require_fixture "$MODEL/model.safetensors" "$DATA"
     NS=()
     if unshare -rm true 2>/dev/null; then NS=(unshare -rm)
     elif [ "$(id -u)" -eq 0 ] && unshare -m true 2>/dev/null; then NS=(unshare -m)
-    else echo "skip: no private mount namespace here (unshare -rm and unshare -m both refused)"; exit 77; fi
+    else tl_skip_external "no private mount namespace here (unshare -rm and unshare -m both refused)"; fi
     TMP=$(mktemp -d /tmp/tbert_faults_mount.XXXXXX)
     trap 'rm -rf "$TMP"' EXIT
     mkdir "$TMP/probe"
     if ! "${NS[@]}" mount -t tmpfs -o size=64k tmpfs "$TMP/probe" 2>"$TMP/err"; then
-        echo "skip: cannot mount a tmpfs in a private namespace: $(head -n1 "$TMP/err")"; exit 77
+        tl_skip_external "cannot mount a tmpfs in a private namespace: $(head -n1 "$TMP/err")"
     fi
     export TBERT_CACHE=$TMP/cache
     unset TBERT_TEST_FAIL_WRITE

@@ -80,10 +80,8 @@ static void test_mean_normalized(void **state) {
 int main(void) {
     char dir[4096];
     tbert_error err;
-    if (tbert_resolve_model_dir("minilm", dir, sizeof dir, &err) || !tbert_is_dir(dir)) {
-        fprintf(stderr, "test_minilm: %s not found (run models/fetch.sh minilm): skipped\n", dir);
-        return TEST_SKIP;
-    }
+    if (tbert_resolve_model_dir("minilm", dir, sizeof dir, &err) || !tbert_is_dir(dir))
+        tu_skip_external("test_minilm", "the MiniLM model is not in the cache (models/fetch.sh minilm)");
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_mean), cmocka_unit_test(test_mean_normalized)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }

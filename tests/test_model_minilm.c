@@ -66,10 +66,7 @@ static void test_minilm(void **state) {
 
 int main(void) {
     tbert_error err;
-    if (tbert_resolve_model_dir("minilm", g_dir, sizeof g_dir, &err) != TBERT_OK) {
-        fprintf(stderr, "test_model_minilm: %s; skipping\n", err.msg);
-        return TEST_SKIP;
-    }
+    if (tbert_resolve_model_dir("minilm", g_dir, sizeof g_dir, &err) != TBERT_OK) tu_skip_external("test_model_minilm", err.msg);
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_minilm)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

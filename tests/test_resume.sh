@@ -7,7 +7,8 @@ BIN=${TBERT_BIN:?TBERT_BIN not set}
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 MODEL=$TESTS/models/bert_tiny_shape
 DATA=$TESTS/data/head/tiny.tsv
-[ -f "$MODEL/model.safetensors" ] || { echo "skip: $MODEL missing"; exit 77; }
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_fixture "$MODEL/model.safetensors" "$DATA"
 TMP=$(mktemp -d /tmp/tbert_resume.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 export TBERT_CACHE=$TMP/cache

@@ -12,8 +12,10 @@ set -u
 BIN=${TBERT_BIN:?TBERT_BIN not set}
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 S=${TBERT_SHARED_DATA:-$TESTS/../../shared/data}/mail/spamassassin
-[ -d "$S/spam" ] || { echo "shared corpus not found at $S: skipped"; exit 77; }
 MODEL=$TESTS/models/bert_tiny_shape
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_fixture "$MODEL/model.safetensors"
+tl_external "$S/spam" || tl_skip_external "shared corpus not found at $S"
 W=$(mktemp -d /tmp/tbert_score_sh.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 export TBERT_CACHE=$W/cache

@@ -17,12 +17,13 @@ PY=${TBERT_PYTHON:-python3}
 SHARED=${TBERT_SHARED_DATA:-$TESTS/../../shared/data}
 CORPUS=$SHARED/mail/spamassassin
 MODEL=$TESTS/models/bert_tiny_shape
-[ -f "$MODEL/model.safetensors" ] || { echo "FAIL: $MODEL missing (a committed fixture)"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_fixture "$MODEL/model.safetensors"
 case ${TBERT_BUILD_CUDA:-OFF} in # the cpu configuration (and asan, also OFF) run it; it never touches the device
-ON | EMU) echo "skip: the threshold test runs in the CPU configurations (declared in tests/skips-allowed.txt)"; exit 77 ;;
+ON | EMU) tl_skip_external "the threshold test runs in the CPU configurations (declared in tests/skips-allowed.txt)" ;;
 esac
 for d in easy_ham easy_ham_2 hard_ham spam spam_2; do
-    [ -d "$CORPUS/$d" ] || { echo "skip: $CORPUS/$d absent (shared corpus)"; exit 77; }
+    tl_external "$CORPUS/$d" || tl_skip_external "$CORPUS/$d absent (shared corpus)"
 done
 TMP=$(mktemp -d /tmp/tbert_threshold_holds.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT

@@ -7,7 +7,9 @@ BIN=${TBERT_BIN:?TBERT_BIN not set}
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 CACHE=${TBERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tbert}
 VOCAB=$CACHE/models/minilm/vocab.txt
-[ -f "$VOCAB" ] || { echo "skip: $VOCAB not found (models/fetch.sh minilm)"; exit 77; }
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_external "$VOCAB" || tl_skip_external "$VOCAB not found (models/fetch.sh minilm)"
+tl_require_fixture "$TESTS/data/tokenizer/sms_ids.txt"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 fails=0
@@ -46,7 +48,7 @@ if [ -f "$SMS" ]; then
     tok --threads 2 < "$TMP/sms10.txt" > "$TMP/t10.txt"
     check "10x SMS across read chunks" "same" "$(cmp -s "$TMP/want10.txt" "$TMP/t10.txt" && echo same || echo differ)"
 else
-    echo "note: $SMS not found, corpus checks skipped"
+    tl_skip_part "$SMS not found: the corpus checks"
 fi
 
 # errors: exit 2, exactly one line on stderr
@@ -69,3 +71,4 @@ check "--help exit 0" "0 yes" "$rc $(grep -q -- '--max-len' "$TMP/out" && echo y
 
 [ "$fails" -eq 0 ] || { echo "$fails check(s) failed"; exit 1; }
 echo "all tokenize CLI checks passed"
+tl_exit 0

@@ -112,15 +112,11 @@ int main(void) {
     char cache[PATH_MAX], vocab[PATH_MAX + 64], corpus[PATH_MAX], golden[PATH_MAX];
     tbert_cache_dir(cache, sizeof cache);
     snprintf(vocab, sizeof vocab, "%s/models/minilm/vocab.txt", cache);
-    if (!tbert_is_regular_file(vocab)) {
-        fprintf(stderr, "test_tokenizer_sms: %s not found (models/fetch.sh minilm); skipping\n", vocab);
-        return TEST_SKIP;
-    }
-    if (!tu_shared_path("sms/SMSSpamCollection", corpus, sizeof corpus)) {
-        fprintf(stderr, "test_tokenizer_sms: shared corpus sms/SMSSpamCollection not found; skipping\n");
-        return TEST_SKIP;
-    }
-    tu_tests_path("data/tokenizer/sms_ids.txt", golden, sizeof golden);
+    if (!tbert_is_regular_file(vocab))
+        tu_skip_external("test_tokenizer_sms", "MiniLM's vocab.txt is not in the cache (models/fetch.sh minilm)");
+    if (!tu_shared_path("sms/SMSSpamCollection", corpus, sizeof corpus))
+        tu_skip_external("test_tokenizer_sms", "shared corpus sms/SMSSpamCollection");
+    tu_fixture("data/tokenizer/sms_ids.txt", golden, sizeof golden);
     tbert_error err;
     if (tbert_vocab_load(vocab, NULL, &g_vocab, &err) || !load_sms(corpus, golden, &err)) {
         fprintf(stderr, "test_tokenizer_sms: %s\n", err.msg);

@@ -9,7 +9,8 @@ PY=${TBERT_PYTHON:-python3}
 MODEL=$TESTS/models/bert_tiny_shape
 OTHER=$TESTS/models/minilm_like_f16   # same vocabulary, hidden 192 instead of 128
 DATA=$TESTS/data/head/tiny.tsv
-[ -f "$MODEL/model.safetensors" ] || { echo "skip: $MODEL missing"; exit 77; }
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_fixture "$MODEL/model.safetensors" "$OTHER/model.safetensors" "$DATA"
 TMP=$(mktemp -d /tmp/tbert_train_cli.XXXXXX)
 cleanup() { chattr -i "$TMP/ro" 2>/dev/null; chmod -R u+w "$TMP" 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
@@ -154,11 +155,12 @@ done
 cp "$TMP/ro/best.safetensors" "$TMP/best.before"
 if [ "$(id -u)" -eq 0 ]; then chattr +i "$TMP/ro" 2>/dev/null; else chmod a-w "$TMP/ro"; fi
 if touch "$TMP/ro/probe" 2>/dev/null; then
-    rm -f "$TMP/ro/probe"; echo "note: cannot make a read-only folder here; that check skipped"
+    rm -f "$TMP/ro/probe"
+    tl_skip_part "cannot make a read-only folder here (root without chattr +i on $(df --output=fstype "$TMP" | tail -n1)); test_faults_mount.sh covers a read-only mount"
 else
     EXPECT="$TMP/ro" expect_usage "read-only output folder" train "${T[@]}" --out "$TMP/ro" --seed 5
     cmp -s "$TMP/ro/best.safetensors" "$TMP/best.before" || { echo "FAIL: previous best.safetensors changed"; fail=1; }
 fi
 chattr -i "$TMP/ro" 2>/dev/null; chmod u+w "$TMP/ro"
 [ $fail -eq 0 ] && echo ok
-exit $fail
+tl_exit $fail

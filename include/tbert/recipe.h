@@ -142,6 +142,9 @@ typedef struct {
 } tbert_feature_stats;
 tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, int n, const tbert_doc *docs,
                                     const char *progress_label, tbert_rows *out, tbert_feature_stats *stats, tbert_error *err);
+/* The store key of the dense blocks a featurizer with recipe r (bound to its model) reads and writes; the
+ * content half of an entry's address is tbert_store_content_hash of the document's text (`tbert forget`). */
+tbert_status tbert_features_dense_key(const tbert_recipe *r, char key[65], tbert_error *err);
 /* sha256 hex over the docs (text and evidence bytes, length-prefixed, in order). */
 void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]);
 

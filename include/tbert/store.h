@@ -63,6 +63,8 @@ tbert_status tbert_store_get(tbert_store *s, const char key[65], const char cont
 /* Writes the entry atomically (replacing one with the same address). A read_only store does nothing. */
 tbert_status tbert_store_put(tbert_store *s, const char key[65], const char content[65], const void *data, size_t len,
                              tbert_error *err);
+/* Removes the entry (key, content) if present (*removed says whether it was): `tbert forget`. */
+tbert_status tbert_store_remove(tbert_store *s, const char key[65], const char content[65], bool *removed, tbert_error *err);
 /* Removes entries (oldest mtime first) until the store holds at most max_bytes; also removes temp files
  * older than an hour (left by a killed writer). Returns the number of entries removed in *evicted. */
 tbert_status tbert_store_trim(tbert_store *s, uint64_t max_bytes, uint64_t *evicted, tbert_error *err);

@@ -117,6 +117,9 @@ typedef struct {
     const char *export_features;     /* write the features: F.npz = the rows (rows.h), else a dense .npy matrix */
     bool quiet;
     const char *command_line;        /* shown in report.html (NULL: none) */
+    /* tbert learn (src/learn.c): also train on the messages in LEARNED/ham and LEARNED/spam when they hold any;
+     * training.json still records only ham/spam above (the run's own training set) */
+    const char *learned_dir;
 } tbert_train_opts;
 void tbert_train_opts_default(tbert_train_opts *o);
 

@@ -21,6 +21,8 @@ static const subcommand subcommands[] = {
     {"score", cmd_score, "batch-score mbox / Maildir / message files / tables with a trained head"},
     {"filter", cmd_filter, "classify one message on stdin (bogofilter-compatible exit codes)"},
     {"serve", cmd_serve, "keep the model in memory and answer spamc (spamd protocol), milter and HTTP"},
+    {"learn", cmd_learn, "learn from mistakes: add corrections to a head and retrain it (or roll it back)"},
+    {"forget", cmd_forget, "forget messages: drop their stored features and their learned corrections"},
     {"threshold", cmd_threshold, "re-pick a trained head's threshold from its stored held-out scores"},
     {"bench", cmd_bench, "measure tokenizer / encoder / head throughput"},
 };

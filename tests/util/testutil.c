@@ -1,5 +1,7 @@
 #include "testutil.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
@@ -10,6 +12,7 @@
 #include <unistd.h>
 
 #include "tbert/encoder.h"
+#include "tbert/fileio.h"
 
 const char *tu_shared_path(const char *rel, char *buf, size_t n) {
     const char *root = getenv("TBERT_SHARED_DATA");
@@ -17,6 +20,36 @@ const char *tu_shared_path(const char *rel, char *buf, size_t n) {
     else snprintf(buf, n, "../../shared/data/%s", rel);
     struct stat st;
     return stat(buf, &st) == 0 ? buf : NULL;
+}
+
+const char *tu_minilm_path(const char *file, char *buf, size_t n) {
+    char cache[1024];
+    tbert_cache_dir(cache, sizeof cache);
+    snprintf(buf, n, "%s/models/minilm/%s", cache, file);
+    struct stat st;
+    return stat(buf, &st) == 0 ? buf : NULL;
+}
+
+const char *tu_fixture(const char *rel, char *buf, size_t n) {
+    tu_tests_path(rel, buf, n);
+    struct stat st;
+    if (stat(buf, &st) != 0) {
+        fprintf(stderr, "committed fixture %s is missing: a failure, not a skip\n", buf);
+        fail_msg("committed fixture %s is missing", buf);
+    }
+    return buf;
+}
+
+_Noreturn void tu_skip_external(const char *test_name, const char *why) {
+    fprintf(stderr, "%s: skipped: %s (external prerequisite absent)\n", test_name, why);
+    fflush(NULL);
+    exit(TEST_SKIP);
+}
+
+int tu_exit_status(int failures, bool skipped_part) {
+    if (failures) return 1;
+    if (skipped_part) fprintf(stderr, "a part of this test was skipped (above): exit 77\n");
+    return skipped_part ? TEST_SKIP : 0;
 }
 
 const char *tu_tests_path(const char *rel, char *buf, size_t n) {
@@ -48,8 +81,26 @@ float tu_normal(tu_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+void tu_dump(const char *case_name, const void *p, size_t bytes) {
+    const char *dir = getenv("TBERT_TEST_DUMP_DIR"), *test = getenv("TBERT_TEST_NAME");
+    if (!dir || !*dir) return;
+    if (!test || !*test) test = "unnamed";
+    char path[4096];
+    int k = snprintf(path, sizeof path, "%s/%s", dir, test);
+    assert_true(k > 0 && (size_t)k < sizeof path - 260);
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) fail_msg("tu_dump: cannot make %s: %s", path, strerror(errno));
+    size_t at = (size_t)k;
+    path[at++] = '/';
+    for (const char *c = case_name; *c && at < sizeof path - 5; c++)
+        path[at++] = (isalnum((unsigned char)*c) || strchr(".=+-", *c)) ? *c : '_';
+    memcpy(path + at, ".bin", 5);
+    FILE *f = fopen(path, "ab");
+    if (!f || fwrite(p, 1, bytes, f) != bytes || fclose(f) != 0) fail_msg("tu_dump: cannot write %s", path);
+}
+
 static size_t compare_impl(const char *what, const float *got, const float *ref32, const double *ref64, size_t n,
                            double atol, double rtol) {
+    tu_dump(what, got, n * sizeof *got);
     size_t bad = 0;
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
@@ -91,8 +142,10 @@ void tu_check_corrupt_error(const tbert_error *err, tbert_status s, const char *
     }
 }
 
-bool tu_no_cuda_device(const char *test_name) {
-    if (tbert_cuda_device_count() > 0) return false;
-    printf("%s: skipped (no CUDA device)\n", test_name);
-    return true;
+void tu_require_cuda_device(const char *test_name) {
+#if !TBERT_HAVE_CUDA
+    tu_skip_external(test_name, "built without the CUDA backend (-DTBERT_CUDA=OFF)");
+#else
+    if (tbert_cuda_device_count() <= 0) tu_skip_external(test_name, "no CUDA device");
+#endif
 }

@@ -1,0 +1,62 @@
+# shellcheck shell=bash
+# Sourced by the shell tests: the one place that decides skips (CONVENTIONS "Skips"; the C twin is
+# tests/util/testutil.h). A committed fixture (anything under tests/) that is missing FAILS the test; only an
+# absent EXTERNAL prerequisite skips with exit 77: a CUDA device (real or emulated), the shared corpus
+# ../shared/data, the MiniLM model in $TBERT_CACHE (scripts/test.sh fetches it). Under CI=true scripts/test.sh
+# fails the run on any skip not declared in tests/skips-allowed.txt.
+#   tl_require_fixture PATH...     each must exist, else "FAIL: committed fixture PATH is missing", exit 1
+#   tl_require_python MODULE...    $TBERT_PYTHON must import them (scripts/python-env.sh makes that venv), else exit 1
+#   tl_skip_external WHY           "NAME: skipped: WHY (external prerequisite absent)", exit 77
+#   tl_external PATH               true when PATH exists (an external prerequisite; use with tl_skip_external/_part)
+#   tl_skip_part WHY               a part of the test left out for want of an external prerequisite: noted, and
+#                                  tl_exit turns a pass into 77 so that the skip shows
+#   tl_exit FAILS                  exit 1 when FAILS > 0, else 77 after tl_skip_part, else 0
+#   tl_shared REL                  prints $TBERT_SHARED_DATA/REL (the corpus folder)
+#   tl_minilm                      prints the MiniLM model folder in the cache
+TL_NAME=${TL_NAME:-$(basename "${BASH_SOURCE[1]:-$0}" .sh)}
+TL_SKIPPED_PARTS=0
+
+tl_require_fixture() {
+    local p
+    for p in "$@"; do
+        [ -e "$p" ] || { echo "FAIL: $TL_NAME: committed fixture $p is missing (a failure, not a skip)" >&2; exit 1; }
+    done
+}
+
+tl_require_python() {
+    local py=${TBERT_PYTHON:-python3} m
+    for m in "$@"; do
+        "$py" -c "import $m" 2>/dev/null ||
+            { echo "FAIL: $TL_NAME: $py cannot import $m (run scripts/python-env.sh; the tests need it)" >&2; exit 1; }
+    done
+}
+
+tl_skip_external() {
+    echo "$TL_NAME: skipped: $* (external prerequisite absent)" >&2
+    exit 77
+}
+
+tl_external() { [ -e "$1" ]; }
+
+tl_skip_part() {
+    echo "$TL_NAME: skipped part: $* (external prerequisite absent)" >&2
+    TL_SKIPPED_PARTS=$((TL_SKIPPED_PARTS + 1))
+}
+
+tl_exit() {
+    if [ "${1:-0}" != 0 ]; then exit 1; fi
+    if [ "$TL_SKIPPED_PARTS" != 0 ]; then
+        echo "$TL_NAME: passed, but $TL_SKIPPED_PARTS part(s) were skipped (above): exit 77" >&2
+        exit 77
+    fi
+    exit 0
+}
+
+tl_shared() {
+    local root=${TBERT_SHARED_DATA:-${TBERT_SOURCE_DIR:-.}/../shared/data}
+    echo "$root/${1:-}"
+}
+
+tl_minilm() {
+    echo "${TBERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tbert}/models/minilm"
+}
