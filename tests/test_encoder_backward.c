@@ -1,0 +1,481 @@
+/* Backward passes of the encoder's ops (src/encoder_backward.c) against float64, op by op and for one whole
+ * encoder layer with the padding mask. Two checks each:
+ *  1. the float32 backward against a float64 analytic twin written here (naive loops, same float32 inputs):
+ *     norm ratio ||g32 - g64|| / ||g64|| < 1e-5 and per element |g32 - g64| <= 1e-5 max|g64| (issue 15's
+ *     gradient tolerances);
+ *  2. that float64 twin against central finite differences (step 1e-6) of a float64 forward, the attention one
+ *     on the PADDED layout with the additive -inf mask (the test-only oracle; the library works on packed
+ *     tokens): norm ratio < 1e-6 and per element |g - fd| <= 1e-6 max|fd| (the differences carry ~1e-9).
+ * Loss = sum(out * R) for a fixed random R, so d loss / d out = R. Shapes are random (seeded, printed), with
+ * odd lengths, sequences of length 1 and 0 (all padding) and more than one TBERT_BWD_CHUNK of rows.
+ * Also: the fixed chunks of the weight-gradient reduction (bit-identical when split at a chunk boundary). */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "encoder_backend.h"
+#include "tbert/encoder_backward.h"
+#include "testutil.h"
+
+#define RATIO32 1e-5
+#define ELEM32 1e-5
+#define RATIO_FD 1e-6
+#define ELEM_FD 1e-6
+#define FD_STEP 1e-6
+
+static uint64_t g_seed; /* set once in main, read-only after */
+
+static void *xcalloc(size_t n, size_t sz) {
+    void *p = calloc(n ? n : 1, sz);
+    assert_non_null(p);
+    return p;
+}
+static float *frand(tu_rng *r, size_t n, float scale) {
+    float *p = xcalloc(n, sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = scale * tu_normal(r);
+    return p;
+}
+static double *todbl(const float *x, size_t n) {
+    double *p = xcalloc(n, sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = x[i];
+    return p;
+}
+
+/* got vs ref: ||got-ref|| / ||ref|| < ratio and |got-ref| <= elem * max|ref| per element */
+static void check(const char *what, const double *got, const double *ref, size_t n, double ratio, double elem) {
+    double mx = 0, dn = 0, rn = 0, worst = 0;
+    size_t wi = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i]));
+    for (size_t i = 0; i < n; i++) {
+        double d = got[i] - ref[i];
+        assert_false(isnan(got[i]) || isinf(got[i]));
+        dn += d * d;
+        rn += ref[i] * ref[i];
+        if (fabs(d) > worst) worst = fabs(d), wi = i;
+    }
+    double nr = rn > 0 ? sqrt(dn / rn) : sqrt(dn);
+    bool ok = nr < ratio && worst <= elem * mx;
+    printf("  %-26s n=%-5zu norm ratio %.2e (< %.0e)  max|err| %.2e at %zu (<= %.2e)%s\n", what, n, nr, ratio, worst, wi,
+           elem * mx, ok ? "" : "  FAIL");
+    if (!ok) fail_msg("%s: gradient off (seed %llu)", what, (unsigned long long)g_seed);
+    assert_true(mx > 0); /* a zero reference would make the check vacuous */
+}
+static void check32(const char *what, const float *got, const double *ref, size_t n) {
+    double *g = todbl(got, n);
+    check(what, g, ref, n, RATIO32, ELEM32);
+    free(g);
+}
+
+/* central finite differences of loss(ctx) with respect to p[0..n) */
+typedef double (*loss_fn)(void *ctx);
+static void fd(double *p, size_t n, loss_fn f, void *ctx, double *g) {
+    for (size_t i = 0; i < n; i++) {
+        double v = p[i], h = FD_STEP * fmax(1.0, fabs(v));
+        p[i] = v + h;
+        double lp = f(ctx);
+        p[i] = v - h;
+        double lm = f(ctx);
+        p[i] = v;
+        g[i] = (lp - lm) / (2 * h);
+    }
+}
+static void check_fd(const char *what, double *p, size_t n, loss_fn f, void *ctx, const double *analytic) {
+    double *g = xcalloc(n, sizeof *g);
+    fd(p, n, f, ctx, g);
+    char name[64];
+    snprintf(name, sizeof name, "%s (f64 vs FD)", what);
+    check(name, analytic, g, n, RATIO_FD, ELEM_FD);
+    free(g);
+}
+static double dot(const double *a, const double *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* random packed batch: lengths with a 1, a 0, odd ones; offsets */
+static int make_batch(tu_rng *r, int max_len, int32_t *off, int max_seq) {
+    int n = 3 + (int)(tu_next(r) % (uint64_t)(max_seq - 2));
+    off[0] = 0;
+    for (int s = 0; s < n; s++) {
+        int L = (int)(tu_next(r) % (uint64_t)max_len) + 1;
+        if (s == 0) L = 1;
+        if (s == 1) L |= 1;
+        if (s == 2) L = 0;
+        off[s + 1] = off[s] + L;
+    }
+    return n;
+}
+
+/* ---- float64 twins ------------------------------------------------------------------------------------ */
+
+static void d_linear(size_t N, int in, int out, const double *x, const double *W, const double *b, double *y) {
+    for (size_t i = 0; i < N; i++)
+        for (int o = 0; o < out; o++) {
+            double s = b ? b[o] : 0;
+            for (int k = 0; k < in; k++) s += x[i * in + k] * W[(size_t)o * in + k];
+            y[i * out + o] = s;
+        }
+}
+static void d_linear_bwd(size_t N, int in, int out, const double *x, const double *W, const double *dy, double *dx,
+                         double *dW, double *db) {
+    for (size_t i = 0; i < N; i++)
+        for (int k = 0; k < in; k++) {
+            double s = 0;
+            for (int o = 0; o < out; o++) s += dy[i * out + o] * W[(size_t)o * in + k];
+            if (dx) dx[i * in + k] = s;
+        }
+    for (int o = 0; o < out; o++) {
+        for (int k = 0; k < in; k++) {
+            double s = 0;
+            for (size_t i = 0; i < N; i++) s += dy[i * out + o] * x[i * in + k];
+            dW[(size_t)o * in + k] += s;
+        }
+        if (db)
+            for (size_t i = 0; i < N; i++) db[o] += dy[i * out + o];
+    }
+}
+static double d_gelu(double a) { return 0.5 * a * (1 + erf(a / sqrt(2.0))); }
+static double d_gelu_grad(double a) { return 0.5 * (1 + erf(a / sqrt(2.0))) + a * exp(-0.5 * a * a) / sqrt(2 * M_PI); }
+
+static void d_ln(size_t N, int H, const double *z, const double *g, const double *b, double eps, double *y) {
+    for (size_t i = 0; i < N; i++) {
+        double mu = 0, v = 0;
+        for (int j = 0; j < H; j++) mu += z[i * H + j] / H;
+        for (int j = 0; j < H; j++) v += (z[i * H + j] - mu) * (z[i * H + j] - mu) / H;
+        for (int j = 0; j < H; j++) y[i * H + j] = (z[i * H + j] - mu) / sqrt(v + eps) * g[j] + b[j];
+    }
+}
+/* written from the chain rule through mean and variance, not the library's closed form */
+static void d_ln_bwd(size_t N, int H, const double *z, const double *g, double eps, const double *dy, double *dz,
+                     double *dg, double *dbt) {
+    for (size_t i = 0; i < N; i++) {
+        const double *zr = z + i * H, *gy = dy + i * H;
+        double mu = 0, v = 0;
+        for (int j = 0; j < H; j++) mu += zr[j] / H;
+        for (int j = 0; j < H; j++) v += (zr[j] - mu) * (zr[j] - mu) / H;
+        double sd = sqrt(v + eps), dvar = 0, dmu = 0;
+        for (int j = 0; j < H; j++) {
+            double dxh = gy[j] * g[j];
+            dg[j] += gy[j] * (zr[j] - mu) / sd;
+            dbt[j] += gy[j];
+            dvar += dxh * (zr[j] - mu) * -0.5 / (sd * sd * sd);
+            dmu += -dxh / sd;
+        }
+        for (int j = 0; j < H; j++) dmu += dvar * -2.0 * (zr[j] - mu) / H;
+        for (int j = 0; j < H; j++) dz[i * H + j] = gy[j] * g[j] / sd + dvar * 2.0 * (zr[j] - mu) / H + dmu / H;
+    }
+}
+
+/* packed attention, float64, forward (P kept per seq/head in a scratch) and backward */
+static void d_attn_bwd(int n_seq, const int32_t *off, int H, int nh, double scale, const double *qkv,
+                       const double *dctx, double *dqkv, double *ctx) {
+    int d = H / nh, ld = 3 * H;
+    for (int s = 0; s < n_seq; s++) {
+        int L = off[s + 1] - off[s];
+        if (L <= 0) continue;
+        const double *q = qkv + (size_t)off[s] * ld;
+        const double *dc = dctx + (size_t)off[s] * H;
+        double *dq = dqkv + (size_t)off[s] * ld;
+        double *P = xcalloc((size_t)L * L, sizeof *P), *dP = xcalloc((size_t)L * L, sizeof *dP);
+        for (int h = 0; h < nh; h++) {
+            for (int i = 0; i < L; i++) {
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j < L; j++) {
+                    double a = 0;
+                    for (int k = 0; k < d; k++) a += q[i * ld + h * d + k] * q[j * ld + H + h * d + k];
+                    P[i * L + j] = scale * a;
+                    mx = fmax(mx, scale * a);
+                }
+                for (int j = 0; j < L; j++) sum += (P[i * L + j] = exp(P[i * L + j] - mx));
+                for (int j = 0; j < L; j++) P[i * L + j] /= sum;
+            }
+            if (ctx)
+                for (int i = 0; i < L; i++)
+                    for (int k = 0; k < d; k++) {
+                        double a = 0;
+                        for (int j = 0; j < L; j++) a += P[i * L + j] * q[j * ld + 2 * H + h * d + k];
+                        ctx[(size_t)(off[s] + i) * H + h * d + k] = a;
+                    }
+            if (!dqkv) continue;
+            for (int j = 0; j < L; j++)
+                for (int k = 0; k < d; k++) { /* dV[j] = sum_i P[i,j] dctx[i] */
+                    double a = 0;
+                    for (int i = 0; i < L; i++) a += P[i * L + j] * dc[i * H + h * d + k];
+                    dq[j * ld + 2 * H + h * d + k] = a;
+                }
+            for (int i = 0; i < L; i++) { /* dS[i,j] = P[i,j] (dP[i,j] - sum_m P[i,m] dP[i,m]) */
+                double rs = 0;
+                for (int j = 0; j < L; j++) {
+                    double a = 0;
+                    for (int k = 0; k < d; k++) a += dc[i * H + h * d + k] * q[j * ld + 2 * H + h * d + k];
+                    dP[i * L + j] = a;
+                    rs += a * P[i * L + j];
+                }
+                for (int j = 0; j < L; j++) dP[i * L + j] = P[i * L + j] * (dP[i * L + j] - rs);
+            }
+            for (int i = 0; i < L; i++)
+                for (int k = 0; k < d; k++) {
+                    double aq = 0, ak = 0;
+                    for (int j = 0; j < L; j++) {
+                        aq += dP[i * L + j] * q[j * ld + H + h * d + k];
+                        ak += dP[j * L + i] * q[j * ld + h * d + k];
+                    }
+                    dq[i * ld + h * d + k] = scale * aq;
+                    dq[i * ld + H + h * d + k] = scale * ak;
+                }
+        }
+        free(P);
+        free(dP);
+    }
+}
+
+/* the test-only oracle: attention on the padded [B, T] layout with the additive mask (-inf on padded keys);
+ * rows of padded queries are computed too and then dropped, as a padded backend does */
+static void d_attn_padded(int n_seq, const int32_t *off, int H, int nh, double scale, const double *qkv, double *ctx) {
+    int d = H / nh, T = 0;
+    for (int s = 0; s < n_seq; s++) T = off[s + 1] - off[s] > T ? off[s + 1] - off[s] : T;
+    double *pad = xcalloc((size_t)T * 3 * H, sizeof *pad), *sc = xcalloc((size_t)T, sizeof *sc);
+    for (int s = 0; s < n_seq; s++) {
+        int L = off[s + 1] - off[s];
+        if (L == 0) continue; /* an all-padding row has no real token to report */
+        memset(pad, 0, (size_t)T * 3 * H * sizeof *pad);
+        memcpy(pad, qkv + (size_t)off[s] * 3 * H, (size_t)L * 3 * H * sizeof *pad);
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < T; i++) {
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j < T; j++) {
+                    double a = 0;
+                    for (int k = 0; k < d; k++) a += pad[i * 3 * H + h * d + k] * pad[j * 3 * H + H + h * d + k];
+                    sc[j] = scale * a + (j < L ? 0.0 : -INFINITY);
+                    mx = fmax(mx, sc[j]);
+                }
+                for (int j = 0; j < T; j++) sum += (sc[j] = exp(sc[j] - mx));
+                if (i >= L) continue;
+                for (int k = 0; k < d; k++) {
+                    double a = 0;
+                    for (int j = 0; j < T; j++) a += sc[j] / sum * pad[j * 3 * H + 2 * H + h * d + k];
+                    ctx[(size_t)(off[s] + i) * H + h * d + k] = a;
+                }
+            }
+    }
+    free(pad);
+    free(sc);
+}
+
+/* ---- 1. linear ---------------------------------------------------------------------------------------- */
+
+typedef struct {
+    size_t N;
+    int in, out;
+    double *x, *W, *b, *R, *y;
+} lin_ctx;
+static double lin_loss(void *p) {
+    lin_ctx *c = p;
+    d_linear(c->N, c->in, c->out, c->x, c->W, c->b, c->y);
+    return dot(c->y, c->R, c->N * c->out);
+}
+
+static void test_linear(void **state) {
+    (void)state;
+    tu_rng r = {g_seed ^ 1};
+    for (int rep = 0; rep < 2; rep++) {
+        size_t N = rep ? 1 + tu_next(&r) % 9 : 130 + tu_next(&r) % 40; /* one short, one over two chunks */
+        int in = 3 + (int)(tu_next(&r) % 14), out = 2 + (int)(tu_next(&r) % 11);
+        printf(" linear N=%zu in=%d out=%d\n", N, in, out);
+        float *x = frand(&r, N * in, 1), *W = frand(&r, (size_t)out * in, 0.5f), *b = frand(&r, out, 0.5f);
+        float *R = frand(&r, N * out, 1);
+        float *dx = xcalloc(N * in, 4), *dW = xcalloc((size_t)out * in, 4), *db = xcalloc(out, 4);
+        float *ws = xcalloc((size_t)out * in + out, 4);
+        tbert_bwd_linear(N, in, out, x, W, R, dx, dW, db, ws);
+        lin_ctx c = {N, in, out, todbl(x, N * in), todbl(W, (size_t)out * in), todbl(b, out), todbl(R, N * out),
+                     xcalloc(N * out, 8)};
+        double *gx = xcalloc(N * in, 8), *gW = xcalloc((size_t)out * in, 8), *gb = xcalloc(out, 8);
+        d_linear_bwd(N, in, out, c.x, c.W, c.R, gx, gW, gb);
+        check32("linear dx", dx, gx, N * in);
+        check32("linear dW", dW, gW, (size_t)out * in);
+        check32("linear db", db, gb, out);
+        check_fd("linear dx", c.x, N * in, lin_loss, &c, gx);
+        check_fd("linear dW", c.W, (size_t)out * in, lin_loss, &c, gW);
+        check_fd("linear db", c.b, out, lin_loss, &c, gb);
+        /* accumulation: a second call adds the same again */
+        float *dW2 = xcalloc((size_t)out * in, 4);
+        memcpy(dW2, dW, (size_t)out * in * 4);
+        tbert_bwd_linear(N, in, out, x, W, R, NULL, dW2, NULL, ws);
+        for (size_t i = 0; i < (size_t)out * in; i++) assert_float_equal(dW2[i], 2 * dW[i], 1e-5 * (1 + fabsf(dW[i])));
+        free(dW2);
+        free(x), free(W), free(b), free(R), free(dx), free(dW), free(db), free(ws);
+        free(c.x), free(c.W), free(c.b), free(c.R), free(c.y), free(gx), free(gW), free(gb);
+    }
+}
+
+/* Fixed chunks: the weight gradient of N rows equals, bit for bit, the gradient of the rows split at a chunk
+ * boundary into two calls accumulating into the same dW (so a scheduler that hands whole chunks to threads and
+ * adds their partials in chunk order gets the same bits at any thread count). OpenBLAS itself must run on one
+ * thread, as the CPU forward sets it: with 2 OpenBLAS threads sgemm's bits differ (printed here, measured). */
+static void test_linear_chunks(void **state) {
+    (void)state;
+    tu_rng r = {g_seed ^ 2};
+    size_t N = 1000, cut = 5 * TBERT_BWD_CHUNK;
+    int in = 96, out = 80;
+    size_t nw = (size_t)out * in;
+    float *x = frand(&r, N * in, 1), *W = frand(&r, nw, 1), *dy = frand(&r, N * out, 1);
+    float *ws = xcalloc(nw + out, 4), *a = xcalloc(nw + out, 4), *b = xcalloc(nw + out, 4);
+    float *c = xcalloc(nw + out, 4);
+    tbert_bwd_linear(N, in, out, x, W, dy, NULL, a, a + nw, ws);
+    tbert_bwd_linear(cut, in, out, x, W, dy, NULL, b, b + nw, ws);
+    tbert_bwd_linear(N - cut, in, out, x + cut * in, W, dy + cut * out, NULL, b, b + nw, ws);
+    assert_memory_equal(a, b, (nw + out) * 4);
+    openblas_set_num_threads(2);
+    tbert_bwd_linear(N, in, out, x, W, dy, NULL, c, c + nw, ws);
+    openblas_set_num_threads(1);
+    printf(" linear dW with 2 OpenBLAS threads: %s the 1-thread bits\n", memcmp(a, c, (nw + out) * 4) ? "differs from" : "equals");
+    free(x), free(W), free(dy), free(ws), free(a), free(b), free(c);
+}
+
+/* ---- 2. bias + GELU ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    size_t N;
+    int C;
+    double *x, *b, *R;
+} gelu_ctx;
+static double gelu_loss(void *p) {
+    gelu_ctx *c = p;
+    double s = 0;
+    for (size_t i = 0; i < c->N; i++)
+        for (int j = 0; j < c->C; j++) s += d_gelu(c->x[i * c->C + j] + c->b[j]) * c->R[i * c->C + j];
+    return s;
+}
+
+static void test_gelu(void **state) {
+    (void)state;
+    tu_rng r = {g_seed ^ 3};
+    size_t N = 70 + tu_next(&r) % 30;
+    int C = 5 + (int)(tu_next(&r) % 300); /* may cross the 256-column pieces of the bias sum */
+    printf(" bias+gelu N=%zu cols=%d\n", N, C);
+    float *x = frand(&r, N * C, 2), *b = frand(&r, C, 1), *R = frand(&r, N * C, 1);
+    float *a = xcalloc(N * C, 4), *h = xcalloc(N * C, 4), *da = xcalloc(N * C, 4), *db = xcalloc(C, 4);
+    memcpy(a, x, N * C * 4);
+    tbert_fwd_bias_gelu(N, C, a, b, h);
+    tbert_bwd_bias_gelu(N, C, a, R, da, db);
+    gelu_ctx c = {N, C, todbl(x, N * C), todbl(b, C), todbl(R, N * C)};
+    double *gx = xcalloc(N * C, 8), *gb = xcalloc(C, 8);
+    for (size_t i = 0; i < N; i++)
+        for (int j = 0; j < C; j++) {
+            gx[i * C + j] = c.R[i * C + j] * d_gelu_grad(c.x[i * C + j] + c.b[j]);
+            gb[j] += gx[i * C + j];
+        }
+    check32("gelu da", da, gx, N * C);
+    check32("gelu dbias", db, gb, C);
+    check_fd("gelu da", c.x, N * C, gelu_loss, &c, gx);
+    check_fd("gelu dbias", c.b, C, gelu_loss, &c, gb);
+    free(x), free(b), free(R), free(a), free(h), free(da), free(db), free(c.x), free(c.b), free(c.R), free(gx), free(gb);
+}
+
+/* ---- 3. residual + layernorm -------------------------------------------------------------------------- */
+
+typedef struct {
+    size_t N;
+    int H;
+    double eps, *x, *s, *bias, *g, *b, *R, *z, *y;
+} ln_ctx;
+static double ln_loss(void *p) {
+    ln_ctx *c = p;
+    for (size_t i = 0; i < c->N * c->H; i++) c->z[i] = c->x[i] + c->s[i] + c->bias[i % c->H];
+    d_ln(c->N, c->H, c->z, c->g, c->b, c->eps, c->y);
+    return dot(c->y, c->R, c->N * c->H);
+}
+
+static void test_layernorm(void **state) {
+    (void)state;
+    tu_rng r = {g_seed ^ 4};
+    size_t N = 66 + tu_next(&r) % 40;
+    int H = 3 + (int)(tu_next(&r) % 40);
+    float eps = 1e-12f;
+    printf(" residual+layernorm N=%zu H=%d\n", N, H);
+    float *x = frand(&r, N * H, 1), *s = frand(&r, N * H, 1), *bias = frand(&r, H, 0.3f), *R = frand(&r, N * H, 1);
+    float *g = frand(&r, H, 0.3f), *b = frand(&r, H, 0.3f);
+    for (int j = 0; j < H; j++) g[j] += 1.0f;
+    float *z = xcalloc(N * H, 4), *y = xcalloc(N * H, 4), *mean = xcalloc(N, 4), *rstd = xcalloc(N, 4);
+    float *dz = xcalloc(N * H, 4), *dres = xcalloc(N * H, 4), *dg = xcalloc(H, 4), *dbt = xcalloc(H, 4);
+    float *ws = xcalloc(2 * (size_t)H, 4);
+    for (size_t i = 0; i < N * H; i++) z[i] = x[i] + s[i];
+    tbert_fwd_layernorm(N, H, z, bias, g, b, eps, y, mean, rstd);
+    tbert_bwd_layernorm(N, H, z, mean, rstd, g, R, dz, dres, dg, dbt, ws);
+    ln_ctx c = {N, H, eps, todbl(x, N * H), todbl(s, N * H), todbl(bias, H), todbl(g, H), todbl(b, H), todbl(R, N * H),
+                xcalloc(N * H, 8), xcalloc(N * H, 8)};
+    double *gz = xcalloc(N * H, 8), *gg = xcalloc(H, 8), *gb = xcalloc(H, 8), *gbias = xcalloc(H, 8);
+    ln_loss(&c); /* fills c.z with the float64 sum */
+    /* the float32 forward against float64, so that the saved values are the right ones */
+    double *y64 = xcalloc(N * H, 8);
+    d_ln(N, H, c.z, c.g, c.b, eps, y64);
+    check32("layernorm forward y", y, y64, N * H);
+    d_ln_bwd(N, H, c.z, c.g, eps, c.R, gz, gg, gb);
+    for (size_t i = 0; i < N * H; i++) gbias[i % H] += gz[i];
+    check32("layernorm dz (sublayer)", dz, gz, N * H);
+    check32("layernorm dres (residual)", dres, gz, N * H);
+    check32("layernorm dgamma", dg, gg, H);
+    check32("layernorm dbeta", dbt, gb, H);
+    check_fd("layernorm dsublayer", c.s, N * H, ln_loss, &c, gz);
+    check_fd("layernorm dresidual", c.x, N * H, ln_loss, &c, gz);
+    check_fd("layernorm dbias", c.bias, H, ln_loss, &c, gbias);
+    check_fd("layernorm dgamma", c.g, H, ln_loss, &c, gg);
+    check_fd("layernorm dbeta", c.b, H, ln_loss, &c, gb);
+    free(x), free(s), free(bias), free(R), free(g), free(b), free(z), free(y), free(mean), free(rstd), free(dz);
+    free(dres), free(dg), free(dbt), free(ws), free(c.x), free(c.s), free(c.bias), free(c.g), free(c.b), free(c.R);
+    free(c.z), free(c.y), free(gz), free(gg), free(gb), free(gbias), free(y64);
+}
+
+/* ---- 4. attention ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int n_seq, H, nh;
+    const int32_t *off;
+    double scale, *qkv, *R, *ctx;
+} attn_ctx;
+static double attn_loss(void *p) {
+    attn_ctx *c = p;
+    size_t N = (size_t)c->off[c->n_seq];
+    d_attn_padded(c->n_seq, c->off, c->H, c->nh, c->scale, c->qkv, c->ctx);
+    return dot(c->ctx, c->R, N * c->H);
+}
+
+static void test_attention(void **state) {
+    (void)state;
+    tu_rng r = {g_seed ^ 5};
+    int32_t off[8];
+    int n_seq = make_batch(&r, 11, off, 7);
+    int nh = 1 + (int)(tu_next(&r) % 3), d = 1 + (int)(tu_next(&r) % 5), H = nh * d, Lmax = 0;
+    size_t N = (size_t)off[n_seq];
+    for (int s = 0; s < n_seq; s++) Lmax = off[s + 1] - off[s] > Lmax ? off[s + 1] - off[s] : Lmax;
+    printf(" attention n_seq=%d N=%zu heads=%d d=%d lengths", n_seq, N, nh, d);
+    for (int s = 0; s < n_seq; s++) printf(" %d", off[s + 1] - off[s]);
+    printf("\n");
+    float scale = 1.0f / sqrtf((float)d);
+    float *qkv = frand(&r, N * 3 * H, 1), *R = frand(&r, N * H, 1), *ctx = xcalloc(N * H, 4);
+    float *P = xcalloc(tbert_attn_probs_size(n_seq, off, nh), 4), *dqkv = xcalloc(N * 3 * H, 4);
+    float *ws = xcalloc((size_t)Lmax * Lmax, 4);
+    tbert_fwd_attention(n_seq, off, H, nh, scale, qkv, ctx, P);
+    tbert_bwd_attention(n_seq, off, H, nh, scale, qkv, P, R, dqkv, ws);
+    attn_ctx c = {n_seq, H, nh, off, scale, todbl(qkv, N * 3 * H), todbl(R, N * H), xcalloc(N * H, 8)};
+    double *g = xcalloc(N * 3 * H, 8), *ctx64 = xcalloc(N * H, 8);
+    d_attn_bwd(n_seq, off, H, nh, scale, c.qkv, c.R, g, ctx64);
+    check32("attention forward ctx", ctx, ctx64, N * H);
+    check32("attention dqkv", dqkv, g, N * 3 * H);
+    check_fd("attention dqkv (padded)", c.qkv, N * 3 * H, attn_loss, &c, g);
+    free(qkv), free(R), free(ctx), free(P), free(dqkv), free(ws), free(c.qkv), free(c.R), free(c.ctx), free(g);
+    free(ctx64);
+}
+
+int main(void) {
+    g_seed = tu_seed_from_env("test_encoder_backward");
+    openblas_set_num_threads(1);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_linear),     cmocka_unit_test(test_linear_chunks), cmocka_unit_test(test_gelu),
+        cmocka_unit_test(test_layernorm), cmocka_unit_test(test_attention),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
