@@ -84,8 +84,8 @@ static void fd(double *p, size_t n, loss_fn f, void *ctx, double *g) {
 static void check_fd(const char *what, double *p, size_t n, loss_fn f, void *ctx, const double *analytic) {
     double *g = xcalloc(n, sizeof *g);
     fd(p, n, f, ctx, g);
-    char name[64];
-    snprintf(name, sizeof name, "%s (f64 vs FD)", what);
+    char name[96];
+    snprintf(name, sizeof name, "%.60s (f64 vs FD)", what);
     check(name, analytic, g, n, RATIO_FD, ELEM_FD);
     free(g);
 }
@@ -470,12 +470,163 @@ static void test_attention(void **state) {
     free(ctx64);
 }
 
+/* ---- 5. pooling, L2 normalisation, pooler -------------------------------------------------------------- */
+
+typedef struct {
+    int pool, n_seq, H, out_T;
+    const int32_t *off;
+    double *hid, *R, *out;
+} pool_ctx;
+/* float64 forward of mean / cls / flatten on packed rows (an all-padding sequence pools to zeros) */
+static void d_pool(const pool_ctx *c) {
+    size_t dim = c->pool == 2 ? (size_t)c->out_T * c->H : (size_t)c->H;
+    memset(c->out, 0, (size_t)c->n_seq * dim * sizeof *c->out);
+    for (int s = 0; s < c->n_seq; s++) {
+        int L = c->off[s + 1] - c->off[s];
+        const double *h = c->hid + (size_t)c->off[s] * c->H;
+        double *o = c->out + (size_t)s * dim;
+        for (int t = 0; t < L; t++)
+            for (int j = 0; j < c->H; j++) {
+                if (c->pool == 0) o[j] += h[(size_t)t * c->H + j] / L;
+                if (c->pool == 1 && t == 0) o[j] = h[j];
+                if (c->pool == 2) o[(size_t)t * c->H + j] = h[(size_t)t * c->H + j];
+            }
+    }
+}
+static double pool_loss(void *p) {
+    pool_ctx *c = p;
+    d_pool(c);
+    return dot(c->out, c->R, (size_t)c->n_seq * (c->pool == 2 ? (size_t)c->out_T * c->H : (size_t)c->H));
+}
+
+static void test_pooling(void **state) {
+    (void)state;
+    static const char *const names[] = {"mean", "cls", "flatten"};
+    tu_rng r = {g_seed ^ 6};
+    int32_t off[8];
+    int n_seq = make_batch(&r, 9, off, 7), H = 2 + (int)(tu_next(&r) % 9), T = 0;
+    size_t N = (size_t)off[n_seq];
+    for (int s = 0; s < n_seq; s++) T = off[s + 1] - off[s] > T ? off[s + 1] - off[s] : T;
+    int out_T = T + 2; /* flatten's output is wider than the longest sequence: the padded tail gets no gradient */
+    printf(" pooling n_seq=%d N=%zu H=%d out_T=%d\n", n_seq, N, H, out_T);
+    float *hid = frand(&r, N * H, 1), *dh = xcalloc(N * H, 4);
+    for (int pool = 0; pool < 3; pool++) {
+        size_t dim = pool == 2 ? (size_t)out_T * H : (size_t)H;
+        float *R = frand(&r, (size_t)n_seq * dim, 1);
+        tbert_bwd_pool(pool, n_seq, off, H, out_T, R, dh);
+        pool_ctx c = {pool, n_seq, H, out_T, off, todbl(hid, N * H), todbl(R, (size_t)n_seq * dim),
+                      xcalloc((size_t)n_seq * dim, 8)};
+        double *g = xcalloc(N * H, 8);
+        for (int s = 0; s < n_seq; s++) { /* float64 twin */
+            int L = off[s + 1] - off[s];
+            for (int t = 0; t < L; t++)
+                for (int j = 0; j < H; j++) {
+                    double *gr = g + (size_t)(off[s] + t) * H + j;
+                    const double *rr = c.R + (size_t)s * dim;
+                    *gr = pool == 0 ? rr[j] / L : pool == 1 ? (t == 0 ? rr[j] : 0) : rr[(size_t)t * H + j];
+                }
+        }
+        char name[64];
+        snprintf(name, sizeof name, "pool %s dhidden", names[pool]);
+        check32(name, dh, g, N * H);
+        check_fd(name, c.hid, N * H, pool_loss, &c, g);
+        free(R), free(c.hid), free(c.R), free(c.out), free(g);
+    }
+    free(hid), free(dh);
+}
+
+typedef struct {
+    size_t n, dim;
+    double *x, *R;
+} l2_ctx;
+static double l2_loss(void *p) {
+    l2_ctx *c = p;
+    double l = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        double ss = 0, d = 0;
+        for (size_t j = 0; j < c->dim; j++) ss += c->x[i * c->dim + j] * c->x[i * c->dim + j];
+        for (size_t j = 0; j < c->dim; j++) d += c->x[i * c->dim + j] * c->R[i * c->dim + j];
+        l += d / fmax(sqrt(ss), 1e-12);
+    }
+    return l;
+}
+
+static void test_l2_normalize(void **state) {
+    (void)state;
+    tu_rng r = {g_seed ^ 7};
+    size_t n = 3 + tu_next(&r) % 6, dim = 1 + tu_next(&r) % 40;
+    printf(" l2 n=%zu dim=%zu (+ one zero row)\n", n, dim);
+    float *x = frand(&r, (n + 1) * dim, 1), *y = xcalloc((n + 1) * dim, 4), *R = frand(&r, (n + 1) * dim, 1);
+    float *dx = xcalloc((n + 1) * dim, 4);
+    memset(x + n * dim, 0, dim * 4); /* last row zero: the forward leaves it, the backward passes dy through */
+    memcpy(y, x, (n + 1) * dim * 4);
+    tbert_l2_normalize_rows(y, n + 1, dim);
+    tbert_bwd_l2_normalize(n + 1, dim, x, y, R, dx);
+    assert_memory_equal(dx + n * dim, R + n * dim, dim * 4);
+    l2_ctx c = {n, dim, todbl(x, n * dim), todbl(R, n * dim)};
+    double *g = xcalloc(n * dim, 8);
+    for (size_t i = 0; i < n; i++) {
+        double ss = 0, d = 0;
+        for (size_t j = 0; j < dim; j++) ss += c.x[i * dim + j] * c.x[i * dim + j];
+        double nr = sqrt(ss);
+        for (size_t j = 0; j < dim; j++) d += c.x[i * dim + j] / nr * c.R[i * dim + j];
+        for (size_t j = 0; j < dim; j++) g[i * dim + j] = (c.R[i * dim + j] - c.x[i * dim + j] / nr * d) / nr;
+    }
+    check32("l2 dx", dx, g, n * dim);
+    check_fd("l2 dx", c.x, n * dim, l2_loss, &c, g);
+    free(x), free(y), free(R), free(dx), free(c.x), free(c.R), free(g);
+}
+
+typedef struct {
+    int B, H;
+    double *cls, *W, *b, *R, *out;
+} pooler_ctx;
+static double pooler_loss(void *p) {
+    pooler_ctx *c = p;
+    d_linear((size_t)c->B, c->H, c->H, c->cls, c->W, c->b, c->out);
+    double l = 0;
+    for (size_t i = 0; i < (size_t)c->B * c->H; i++) l += tanh(c->out[i]) * c->R[i];
+    return l;
+}
+
+static void test_pooler(void **state) {
+    (void)state;
+    tu_rng r = {g_seed ^ 8};
+    int B = 1 + (int)(tu_next(&r) % 80), H = 2 + (int)(tu_next(&r) % 20);
+    printf(" pooler B=%d H=%d\n", B, H);
+    size_t BH = (size_t)B * H, HH = (size_t)H * H;
+    float *cls = frand(&r, BH, 1), *W = frand(&r, HH, 0.4f), *b = frand(&r, H, 0.3f), *R = frand(&r, BH, 1);
+    float *out = xcalloc(BH, 4), *dcls = xcalloc(BH, 4), *dW = xcalloc(HH, 4), *db = xcalloc(H, 4);
+    float *ws = xcalloc(HH + H + BH, 4);
+    for (int i = 0; i < B; i++)
+        for (int o = 0; o < H; o++) {
+            float a = b[o];
+            for (int k = 0; k < H; k++) a += cls[(size_t)i * H + k] * W[(size_t)o * H + k];
+            out[(size_t)i * H + o] = tanhf(a);
+        }
+    tbert_bwd_pooler(B, H, cls, W, out, R, dcls, dW, db, ws);
+    pooler_ctx c = {B, H, todbl(cls, BH), todbl(W, HH), todbl(b, H), todbl(R, BH), xcalloc(BH, 8)};
+    double *da = xcalloc(BH, 8), *gc = xcalloc(BH, 8), *gW = xcalloc(HH, 8), *gb = xcalloc(H, 8);
+    d_linear((size_t)B, H, H, c.cls, c.W, c.b, c.out);
+    for (size_t i = 0; i < BH; i++) da[i] = c.R[i] * (1 - tanh(c.out[i]) * tanh(c.out[i]));
+    d_linear_bwd((size_t)B, H, H, c.cls, c.W, da, gc, gW, gb);
+    check32("pooler dcls", dcls, gc, BH);
+    check32("pooler dW", dW, gW, HH);
+    check32("pooler db", db, gb, H);
+    check_fd("pooler dcls", c.cls, BH, pooler_loss, &c, gc);
+    check_fd("pooler dW", c.W, HH, pooler_loss, &c, gW);
+    check_fd("pooler db", c.b, H, pooler_loss, &c, gb);
+    free(cls), free(W), free(b), free(R), free(out), free(dcls), free(dW), free(db), free(ws);
+    free(c.cls), free(c.W), free(c.b), free(c.R), free(c.out), free(da), free(gc), free(gW), free(gb);
+}
+
 int main(void) {
     g_seed = tu_seed_from_env("test_encoder_backward");
     openblas_set_num_threads(1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear),     cmocka_unit_test(test_linear_chunks), cmocka_unit_test(test_gelu),
-        cmocka_unit_test(test_layernorm), cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_layernorm), cmocka_unit_test(test_attention), cmocka_unit_test(test_pooling),
+        cmocka_unit_test(test_l2_normalize), cmocka_unit_test(test_pooler),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
