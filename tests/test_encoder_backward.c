@@ -620,13 +620,151 @@ static void test_pooler(void **state) {
     free(c.cls), free(c.W), free(c.b), free(c.R), free(c.out), free(da), free(gc), free(gW), free(gb);
 }
 
+/* ---- 6. one whole encoder layer with the mask ----------------------------------------------------------
+ * y = LN2(x1 + gelu(x1 Wi^T + bi) Wout^T + bout), x1 = LN1(x + attn(x Wqkv^T + bqkv) Wo^T + bo), as
+ * src/encoder_cpu.c's layer_forward; here the float32 forward is composed from the saving forwards and sgemm. */
+
+enum { P_WQKV, P_BQKV, P_WO, P_BO, P_G1, P_BE1, P_WI, P_BI, P_WOUT, P_BOUT, P_G2, P_BE2, P_COUNT };
+static const char *const p_names[P_COUNT] = {"Wqkv", "bqkv", "Wo",   "bo",   "ln1 gamma", "ln1 beta",
+                                             "Wi",   "bi",   "Wout", "bout", "ln2 gamma", "ln2 beta"};
+
+typedef struct {
+    int n_seq, H, nh, IM;
+    const int32_t *off;
+    size_t N, po[P_COUNT + 1]; /* offsets of the parameters in one array */
+    double scale, eps, *x, *p, *R;
+    /* float64 activations */
+    double *qkv, *ctx, *z1, *x1, *a, *h, *z2, *y, *t;
+} layer_ctx;
+
+static void layer_fwd64(layer_ctx *c, bool padded) {
+    size_t N = c->N;
+    int H = c->H, IM = c->IM;
+    const double *p = c->p;
+    d_linear(N, H, 3 * H, c->x, p + c->po[P_WQKV], p + c->po[P_BQKV], c->qkv);
+    if (padded)
+        d_attn_padded(c->n_seq, c->off, H, c->nh, c->scale, c->qkv, c->ctx);
+    else
+        d_attn_bwd(c->n_seq, c->off, H, c->nh, c->scale, c->qkv, NULL, NULL, c->ctx);
+    d_linear(N, H, H, c->ctx, p + c->po[P_WO], p + c->po[P_BO], c->t);
+    for (size_t i = 0; i < N * H; i++) c->z1[i] = c->x[i] + c->t[i];
+    d_ln(N, H, c->z1, p + c->po[P_G1], p + c->po[P_BE1], c->eps, c->x1);
+    d_linear(N, H, IM, c->x1, p + c->po[P_WI], p + c->po[P_BI], c->a);
+    for (size_t i = 0; i < N * IM; i++) c->h[i] = d_gelu(c->a[i]);
+    d_linear(N, IM, H, c->h, p + c->po[P_WOUT], p + c->po[P_BOUT], c->t);
+    for (size_t i = 0; i < N * H; i++) c->z2[i] = c->x1[i] + c->t[i];
+    d_ln(N, H, c->z2, p + c->po[P_G2], p + c->po[P_BE2], c->eps, c->y);
+}
+static double layer_loss(void *p) {
+    layer_ctx *c = p;
+    layer_fwd64(c, true);
+    return dot(c->y, c->R, c->N * c->H);
+}
+
+static void test_layer(void **state) {
+    (void)state;
+    tu_rng r = {g_seed ^ 9};
+    int32_t off[8];
+    layer_ctx c = {0};
+    c.n_seq = make_batch(&r, 9, off, 7);
+    c.off = off;
+    c.nh = 1 + (int)(tu_next(&r) % 3);
+    int d = 2 + (int)(tu_next(&r) % 3), H = c.nh * d, IM = 2 * H + 1;
+    c.H = H, c.IM = IM, c.N = (size_t)off[c.n_seq];
+    size_t N = c.N, sizes[P_COUNT] = {(size_t)3 * H * H, (size_t)3 * H, (size_t)H * H, H, H, H, (size_t)IM * H, IM,
+                                      (size_t)H * IM, H, H, H};
+    for (int k = 0; k < P_COUNT; k++) c.po[k + 1] = c.po[k] + sizes[k];
+    size_t np = c.po[P_COUNT];
+    float scale = 1.0f / sqrtf((float)d), eps = 1e-12f;
+    c.scale = scale, c.eps = eps;
+    printf(" layer n_seq=%d N=%zu H=%d heads=%d IM=%d params=%zu lengths", c.n_seq, N, H, c.nh, IM, np);
+    for (int s = 0; s < c.n_seq; s++) printf(" %d", off[s + 1] - off[s]);
+    printf("\n");
+
+    float *x = frand(&r, N * H, 1), *P = frand(&r, np, 0.5f), *R = frand(&r, N * H, 1);
+    for (int j = 0; j < H; j++) P[c.po[P_G1] + j] += 1.0f, P[c.po[P_G2] + j] += 1.0f;
+    const float *Wqkv = P + c.po[P_WQKV], *Wo = P + c.po[P_WO], *Wi = P + c.po[P_WI], *Wout = P + c.po[P_WOUT];
+    /* float32 forward, keeping what the backward needs */
+    int Lmax = 0;
+    for (int s = 0; s < c.n_seq; s++) Lmax = off[s + 1] - off[s] > Lmax ? off[s + 1] - off[s] : Lmax;
+    float *qkv = xcalloc(N * 3 * H, 4), *ctx = xcalloc(N * H, 4), *z1 = xcalloc(N * H, 4), *x1 = xcalloc(N * H, 4);
+    float *a = xcalloc(N * IM, 4), *h = xcalloc(N * IM, 4), *z2 = xcalloc(N * H, 4), *y = xcalloc(N * H, 4);
+    float *m1 = xcalloc(N, 4), *r1 = xcalloc(N, 4), *m2 = xcalloc(N, 4), *r2 = xcalloc(N, 4);
+    float *prob = xcalloc(tbert_attn_probs_size(c.n_seq, off, c.nh), 4);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, 3 * H, H, 1.0f, x, H, Wqkv, H, 0.0f, qkv, 3 * H);
+    for (size_t i = 0; i < N * 3 * H; i++) qkv[i] += P[c.po[P_BQKV] + i % (3 * H)];
+    tbert_fwd_attention(c.n_seq, off, H, c.nh, scale, qkv, ctx, prob);
+    memcpy(z1, x, N * H * 4);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, H, H, 1.0f, ctx, H, Wo, H, 1.0f, z1, H);
+    tbert_fwd_layernorm(N, H, z1, P + c.po[P_BO], P + c.po[P_G1], P + c.po[P_BE1], eps, x1, m1, r1);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, IM, H, 1.0f, x1, H, Wi, H, 0.0f, a, IM);
+    tbert_fwd_bias_gelu(N, IM, a, P + c.po[P_BI], h);
+    memcpy(z2, x1, N * H * 4);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, H, IM, 1.0f, h, IM, Wout, IM, 1.0f, z2, H);
+    tbert_fwd_layernorm(N, H, z2, P + c.po[P_BOUT], P + c.po[P_G2], P + c.po[P_BE2], eps, y, m2, r2);
+
+    /* float32 backward */
+    float *G = xcalloc(np, 4), *dx = xcalloc(N * H, 4), *dz2 = xcalloc(N * H, 4), *dx1 = xcalloc(N * H, 4);
+    float *dh = xcalloc(N * IM, 4), *da = xcalloc(N * IM, 4), *tmp = xcalloc(N * IM, 4), *dz1 = xcalloc(N * H, 4);
+    float *dctx = xcalloc(N * H, 4), *dqkv = xcalloc(N * 3 * H, 4);
+    float *ws = xcalloc((size_t)3 * H * IM + 3 * H + (size_t)Lmax * Lmax, 4);
+    tbert_bwd_layernorm(N, H, z2, m2, r2, P + c.po[P_G2], R, dz2, dx1, G + c.po[P_G2], G + c.po[P_BE2], ws);
+    tbert_bwd_linear(N, IM, H, h, Wout, dz2, dh, G + c.po[P_WOUT], G + c.po[P_BOUT], ws);
+    tbert_bwd_bias_gelu(N, IM, a, dh, da, G + c.po[P_BI]);
+    tbert_bwd_linear(N, H, IM, x1, Wi, da, tmp, G + c.po[P_WI], NULL, ws);
+    for (size_t i = 0; i < N * H; i++) dx1[i] += tmp[i];
+    tbert_bwd_layernorm(N, H, z1, m1, r1, P + c.po[P_G1], dx1, dz1, dx, G + c.po[P_G1], G + c.po[P_BE1], ws);
+    tbert_bwd_linear(N, H, H, ctx, Wo, dz1, dctx, G + c.po[P_WO], G + c.po[P_BO], ws);
+    tbert_bwd_attention(c.n_seq, off, H, c.nh, scale, qkv, prob, dctx, dqkv, ws);
+    tbert_bwd_linear(N, H, 3 * H, x, Wqkv, dqkv, tmp, G + c.po[P_WQKV], G + c.po[P_BQKV], ws);
+    for (size_t i = 0; i < N * H; i++) dx[i] += tmp[i];
+
+    /* float64 twin: forward (packed attention) and backward by the chain rule */
+    c.x = todbl(x, N * H), c.p = todbl(P, np), c.R = todbl(R, N * H);
+    c.qkv = xcalloc(N * 3 * H, 8), c.ctx = xcalloc(N * H, 8), c.z1 = xcalloc(N * H, 8), c.x1 = xcalloc(N * H, 8);
+    c.a = xcalloc(N * IM, 8), c.h = xcalloc(N * IM, 8), c.z2 = xcalloc(N * H, 8), c.y = xcalloc(N * H, 8);
+    c.t = xcalloc(N * (size_t)(IM > 3 * H ? IM : 3 * H), 8);
+    layer_fwd64(&c, false);
+    check32("layer forward y", y, c.y, N * H);
+    const double *p = c.p;
+    double *g = xcalloc(np, 8), *gx = xcalloc(N * H, 8), *d2 = xcalloc(N * H, 8), *d1 = xcalloc(N * H, 8);
+    double *dh64 = xcalloc(N * IM, 8), *dt = xcalloc(N * 3 * H, 8), *dc = xcalloc(N * H, 8);
+    d_ln_bwd(N, H, c.z2, p + c.po[P_G2], eps, c.R, d2, g + c.po[P_G2], g + c.po[P_BE2]);
+    d_linear_bwd(N, IM, H, c.h, p + c.po[P_WOUT], d2, dh64, g + c.po[P_WOUT], g + c.po[P_BOUT]);
+    for (size_t i = 0; i < N * IM; i++) dh64[i] *= d_gelu_grad(c.a[i]);
+    d_linear_bwd(N, H, IM, c.x1, p + c.po[P_WI], dh64, dt, g + c.po[P_WI], g + c.po[P_BI]);
+    for (size_t i = 0; i < N * H; i++) dt[i] += d2[i];
+    d_ln_bwd(N, H, c.z1, p + c.po[P_G1], eps, dt, d1, g + c.po[P_G1], g + c.po[P_BE1]);
+    d_linear_bwd(N, H, H, c.ctx, p + c.po[P_WO], d1, dc, g + c.po[P_WO], g + c.po[P_BO]);
+    d_attn_bwd(c.n_seq, off, H, c.nh, scale, c.qkv, dc, dt, NULL);
+    d_linear_bwd(N, H, 3 * H, c.x, p + c.po[P_WQKV], dt, gx, g + c.po[P_WQKV], g + c.po[P_BQKV]);
+    for (size_t i = 0; i < N * H; i++) gx[i] += d1[i];
+
+    char name[64];
+    check32("layer dx", dx, gx, N * H);
+    for (int k = 0; k < P_COUNT; k++) {
+        snprintf(name, sizeof name, "layer d%s", p_names[k]);
+        check32(name, G + c.po[k], g + c.po[k], sizes[k]);
+    }
+    check_fd("layer dx", c.x, N * H, layer_loss, &c, gx);
+    for (int k = 0; k < P_COUNT; k++) {
+        snprintf(name, sizeof name, "layer d%s", p_names[k]);
+        check_fd(name, c.p + c.po[k], sizes[k], layer_loss, &c, g + c.po[k]);
+    }
+    free(x), free(P), free(R), free(qkv), free(ctx), free(z1), free(x1), free(a), free(h), free(z2), free(y);
+    free(m1), free(r1), free(m2), free(r2), free(prob), free(G), free(dx), free(dz2), free(dx1), free(dh), free(da);
+    free(tmp), free(dz1), free(dctx), free(dqkv), free(ws);
+    free(c.x), free(c.p), free(c.R), free(c.qkv), free(c.ctx), free(c.z1), free(c.x1), free(c.a), free(c.h);
+    free(c.z2), free(c.y), free(c.t), free(g), free(gx), free(d2), free(d1), free(dh64), free(dt), free(dc);
+}
+
 int main(void) {
     g_seed = tu_seed_from_env("test_encoder_backward");
     openblas_set_num_threads(1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear),     cmocka_unit_test(test_linear_chunks), cmocka_unit_test(test_gelu),
         cmocka_unit_test(test_layernorm), cmocka_unit_test(test_attention), cmocka_unit_test(test_pooling),
-        cmocka_unit_test(test_l2_normalize), cmocka_unit_test(test_pooler),
+        cmocka_unit_test(test_l2_normalize), cmocka_unit_test(test_pooler), cmocka_unit_test(test_layer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
