@@ -81,13 +81,24 @@ static void fd(double *p, size_t n, loss_fn f, void *ctx, double *g) {
         g[i] = (lp - lm) / (2 * h);
     }
 }
-static void check_fd(const char *what, double *p, size_t n, loss_fn f, void *ctx, const double *analytic) {
-    double *g = xcalloc(n, sizeof *g);
-    fd(p, n, f, ctx, g);
+/* the float64 analytic gradient against FD on every element, or (large inputs of a separable loss) on every
+ * `stride`-th one, so that the test stays short */
+static void check_fd_every(const char *what, double *p, size_t n, size_t stride, loss_fn f, void *ctx,
+                           const double *analytic) {
+    size_t m = (n + stride - 1) / stride;
+    double *g = xcalloc(m, sizeof *g), *a = xcalloc(m, sizeof *a);
+    for (size_t k = 0; k < m; k++) {
+        fd(p + k * stride, 1, f, ctx, g + k);
+        a[k] = analytic[k * stride];
+    }
     char name[96];
     snprintf(name, sizeof name, "%.60s (f64 vs FD)", what);
-    check(name, analytic, g, n, RATIO_FD, ELEM_FD);
+    check(name, a, g, m, RATIO_FD, ELEM_FD);
     free(g);
+    free(a);
+}
+static void check_fd(const char *what, double *p, size_t n, loss_fn f, void *ctx, const double *analytic) {
+    check_fd_every(what, p, n, 1, f, ctx, analytic);
 }
 static double dot(const double *a, const double *b, size_t n) {
     double s = 0;
@@ -370,7 +381,7 @@ static void test_gelu(void **state) {
         }
     check32("gelu da", da, gx, N * C);
     check32("gelu dbias", db, gb, C);
-    check_fd("gelu da", c.x, N * C, gelu_loss, &c, gx);
+    check_fd_every("gelu da", c.x, N * C, 1 + N * C / 400, gelu_loss, &c, gx);
     check_fd("gelu dbias", c.b, C, gelu_loss, &c, gb);
     free(x), free(b), free(R), free(a), free(h), free(da), free(db), free(c.x), free(c.b), free(c.R), free(gx), free(gb);
 }
@@ -419,8 +430,8 @@ static void test_layernorm(void **state) {
     check32("layernorm dres (residual)", dres, gz, N * H);
     check32("layernorm dgamma", dg, gg, H);
     check32("layernorm dbeta", dbt, gb, H);
-    check_fd("layernorm dsublayer", c.s, N * H, ln_loss, &c, gz);
-    check_fd("layernorm dresidual", c.x, N * H, ln_loss, &c, gz);
+    check_fd_every("layernorm dsublayer", c.s, N * H, 1 + N * H / 400, ln_loss, &c, gz);
+    check_fd_every("layernorm dresidual", c.x, N * H, 1 + N * H / 400, ln_loss, &c, gz);
     check_fd("layernorm dbias", c.bias, H, ln_loss, &c, gbias);
     check_fd("layernorm dgamma", c.g, H, ln_loss, &c, gg);
     check_fd("layernorm dbeta", c.b, H, ln_loss, &c, gb);
@@ -554,7 +565,7 @@ static double l2_loss(void *p) {
 static void test_l2_normalize(void **state) {
     (void)state;
     tu_rng r = {g_seed ^ 7};
-    size_t n = 3 + tu_next(&r) % 6, dim = 1 + tu_next(&r) % 40;
+    size_t n = 3 + tu_next(&r) % 6, dim = 2 + tu_next(&r) % 40; /* dim 1: y = sign(x), no gradient */
     printf(" l2 n=%zu dim=%zu (+ one zero row)\n", n, dim);
     float *x = frand(&r, (n + 1) * dim, 1), *y = xcalloc((n + 1) * dim, 4), *R = frand(&r, (n + 1) * dim, 1);
     float *dx = xcalloc((n + 1) * dim, 4);
@@ -668,8 +679,11 @@ static void test_layer(void **state) {
     layer_ctx c = {0};
     c.n_seq = make_batch(&r, 9, off, 7);
     c.off = off;
-    c.nh = 1 + (int)(tu_next(&r) % 3);
-    int d = 2 + (int)(tu_next(&r) % 3), H = c.nh * d, IM = 2 * H + 1;
+    c.nh = 2 + (int)(tu_next(&r) % 2);
+    /* H >= 6: a layernorm over 2 values has no input gradient (the check's max|ref| > 0 guard caught it), and
+     * over 3 values it is so ill-conditioned that the float32 FORWARD's error (saved activations) alone reached
+     * the 1e-5 bound (1 seed in 60: norm ratio 9.2e-6, element 5.5e-5 > 4.2e-5) */
+    int d = 3 + (int)(tu_next(&r) % 2), H = c.nh * d, IM = 2 * H + 1;
     c.H = H, c.IM = IM, c.N = (size_t)off[c.n_seq];
     size_t N = c.N, sizes[P_COUNT] = {(size_t)3 * H * H, (size_t)3 * H, (size_t)H * H, H, H, H, (size_t)IM * H, IM,
                                       (size_t)H * IM, H, H, H};
