@@ -8,7 +8,10 @@
  *     tokens): norm ratio < 1e-6 and per element |g - fd| <= 1e-6 max|fd| (the differences carry ~1e-9).
  * Loss = sum(out * R) for a fixed random R, so d loss / d out = R. Shapes are random (seeded, printed), with
  * odd lengths, sequences of length 1 and 0 (all padding) and more than one TBERT_BWD_CHUNK of rows.
- * Also: the fixed chunks of the weight-gradient reduction (bit-identical when split at a chunk boundary). */
+ * Also: the fixed chunks of the weight-gradient reduction (bit-identical when split at a chunk boundary).
+ * Deliberate bugs it caught (seed 42): layernorm's mean(dy gamma) divided by H-1 (test_layernorm, test_layer,
+ * norm ratio 1.7e-2); attention's dK = dS Q without the transpose (test_attention, test_layer, 0.44); flatten
+ * dropping the last real row (test_pooling, 0.26). A check whose reference is all zeros fails (vacuous). */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
