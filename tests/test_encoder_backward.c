@@ -152,7 +152,7 @@ static void d_linear_bwd(size_t N, int in, int out, const double *x, const doubl
     }
 }
 static double d_gelu(double a) { return 0.5 * a * (1 + erf(a / sqrt(2.0))); }
-static double d_gelu_grad(double a) { return 0.5 * (1 + erf(a / sqrt(2.0))) + a * exp(-0.5 * a * a) / sqrt(2 * M_PI); }
+static double d_gelu_grad(double a) { return 0.5 * (1 + erf(a / sqrt(2.0))) + a * exp(-0.5 * a * a) / 2.5066282746310002; }
 
 static void d_ln(size_t N, int H, const double *z, const double *g, const double *b, double eps, double *y) {
     for (size_t i = 0; i < N; i++) {
