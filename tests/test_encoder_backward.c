@@ -60,7 +60,8 @@ static void check(const char *what, const double *got, const double *ref, size_t
     }
     double nr = rn > 0 ? sqrt(dn / rn) : sqrt(dn);
     bool ok = nr < ratio && worst <= elem * mx;
-    printf("  %-26s n=%-5zu norm ratio %.2e (< %.0e)  max|err| %.2e at %zu (<= %.2e)%s\n", what, n, nr, ratio, worst, wi,
+    printf("  %-26s n=%-5zu norm ratio %.2e (< %.0e)  max|err| %.2e at %zu (<= %.2e)%s\n", what, n, nr, ratio,
+           worst, wi,
            elem * mx, ok ? "" : "  FAIL");
     if (!ok) fail_msg("%s: gradient off (seed %llu)", what, (unsigned long long)g_seed);
     assert_true(mx > 0); /* a zero reference would make the check vacuous */
@@ -152,7 +153,9 @@ static void d_linear_bwd(size_t N, int in, int out, const double *x, const doubl
     }
 }
 static double d_gelu(double a) { return 0.5 * a * (1 + erf(a / sqrt(2.0))); }
-static double d_gelu_grad(double a) { return 0.5 * (1 + erf(a / sqrt(2.0))) + a * exp(-0.5 * a * a) / 2.5066282746310002; }
+static double d_gelu_grad(double a) {
+    return 0.5 * (1 + erf(a / sqrt(2.0))) + a * exp(-0.5 * a * a) / 2.5066282746310002; /* sqrt(2 pi) */
+}
 
 static void d_ln(size_t N, int H, const double *z, const double *g, const double *b, double eps, double *y) {
     for (size_t i = 0; i < N; i++) {
@@ -345,7 +348,8 @@ static void test_linear_chunks(void **state) {
     openblas_set_num_threads(2);
     tbert_bwd_linear(N, in, out, x, W, dy, NULL, c, c + nw, ws);
     openblas_set_num_threads(1);
-    printf(" linear dW with 2 OpenBLAS threads: %s the 1-thread bits\n", memcmp(a, c, (nw + out) * 4) ? "differs from" : "equals");
+    printf(" linear dW with 2 OpenBLAS threads: %s the 1-thread bits\n",
+           memcmp(a, c, (nw + out) * 4) ? "differs from" : "equals");
     free(x), free(W), free(dy), free(ws), free(a), free(b), free(c);
 }
 
@@ -386,7 +390,8 @@ static void test_gelu(void **state) {
     check32("gelu dbias", db, gb, C);
     check_fd_every("gelu da", c.x, N * C, 1 + N * C / 400, gelu_loss, &c, gx);
     check_fd("gelu dbias", c.b, C, gelu_loss, &c, gb);
-    free(x), free(b), free(R), free(a), free(h), free(da), free(db), free(c.x), free(c.b), free(c.R), free(gx), free(gb);
+    free(x), free(b), free(R), free(a), free(h), free(da), free(db);
+    free(c.x), free(c.b), free(c.R), free(gx), free(gb);
 }
 
 /* ---- 3. residual + layernorm -------------------------------------------------------------------------- */

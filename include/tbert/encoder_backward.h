@@ -11,9 +11,9 @@
  * zeroes them once per step; activation gradients (dx, dz, dqkv, ...) are OVERWRITTEN unless said otherwise.
  * Determinism: every reduction over tokens (parameter gradients) runs in fixed chunks of TBERT_BWD_CHUNK rows,
  * in input order, each chunk's partial added to the running sum in chunk order (a fixed left-to-right tree), so
- * that the bits do not depend on how chunks are shared among threads. OpenBLAS must run on one thread (as the CPU
- * forward sets it): its multi-threaded sgemm gives other bits (measured in the test). No function allocates or fails: the caller
- * passes the workspaces whose sizes are stated. */
+ * that the bits do not depend on how chunks are shared among threads. OpenBLAS must run on one thread (as the
+ * CPU forward sets it): its multi-threaded sgemm gives other bits (measured in the test). No function allocates
+ * or fails: the caller passes the workspaces whose sizes are stated. */
 #ifndef TBERT_ENCODER_BACKWARD_H
 #define TBERT_ENCODER_BACKWARD_H
 
