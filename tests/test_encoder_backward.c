@@ -61,8 +61,7 @@ static void check(const char *what, const double *got, const double *ref, size_t
     double nr = rn > 0 ? sqrt(dn / rn) : sqrt(dn);
     bool ok = nr < ratio && worst <= elem * mx;
     printf("  %-26s n=%-5zu norm ratio %.2e (< %.0e)  max|err| %.2e at %zu (<= %.2e)%s\n", what, n, nr, ratio,
-           worst, wi,
-           elem * mx, ok ? "" : "  FAIL");
+           worst, wi, elem * mx, ok ? "" : "  FAIL");
     if (!ok) fail_msg("%s: gradient off (seed %llu)", what, (unsigned long long)g_seed);
     assert_true(mx > 0); /* a zero reference would make the check vacuous */
 }
