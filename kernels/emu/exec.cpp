@@ -405,8 +405,8 @@ thread_rec *sched::take_unstarted() {
 #define ASAN_START_SWITCH(save, bottom, size) __sanitizer_start_switch_fiber((save), (bottom), (size))
 #define ASAN_FINISH_SWITCH(save, bottom, size) __sanitizer_finish_switch_fiber((save), (bottom), (size))
 #else
-#define ASAN_START_SWITCH(save, bottom, size) ((void)0)
-#define ASAN_FINISH_SWITCH(save, bottom, size) ((void)0)
+#define ASAN_START_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
+#define ASAN_FINISH_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
 #endif
 
 // Host (the scheduler) -> fiber f; returns when f switches back.

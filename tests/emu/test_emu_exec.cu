@@ -169,6 +169,7 @@ __global__ void k_shared_static(int *out) {
     out[t] = a[(t + 5) % 96] + b[(t + 95) % 96] + total * 100000;
 }
 
+#if defined(__SANITIZE_ADDRESS__)
 __global__ void k_oob_dynamic(float *out, int n) {
     TBERT_DYNAMIC_SHARED(float, dyn);
     dyn[threadIdx.x] = 1.0f; // thread n writes one past the launched size
@@ -181,6 +182,7 @@ __global__ void k_oob_static(float *out, int i) {
     p[i] = 1.0f;
     out[0] = st[0];
 }
+#endif
 
 __global__ void k_racy(int *out, int use_sync) {
     TBERT_SHARED(int, s, 128);
