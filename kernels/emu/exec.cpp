@@ -733,11 +733,9 @@ void enqueue_grid(cudaStream_t stream, grid_job *job) {
     char nm[128];
     name_of(job, nm, sizeof nm);
     snprintf(job->what, sizeof job->what, "kernel %s (%s:%d)", nm, base_name(job->file), job->line);
+    // a refused enqueue (destroyed stream, sticky fault) has already dropped the job
     const cudaError_t e = tbert_emu_enqueue(stream, run_grid, job, drop_grid, job->what);
-    if (e != cudaSuccess) {
-        job->destroy(job);
-        tbert_emu_set_launch_error(e);
-    }
+    if (e != cudaSuccess) tbert_emu_set_launch_error(e);
 }
 
 int block_barrier(int pred, const char *form, const char *file, int line) {
