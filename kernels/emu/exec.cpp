@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -329,6 +330,7 @@ struct sched {
     const void *host_stack_lo = nullptr;
     size_t host_stack_size = 0;
     void *host_fake = nullptr;
+    uint64_t switches = 0; // host -> fiber switches (TBERT_EMU_PROFILE)
     // fault
     bool faulted = false;
     cudaError_t fault_code = cudaSuccess;
@@ -411,6 +413,7 @@ thread_rec *sched::take_unstarted() {
 
 // Host (the scheduler) -> fiber f; returns when f switches back.
 void sched::switch_to(fiber *f) {
+    switches++;
     ASAN_START_SWITCH(&host_fake, f->region, kStackSize - sizeof(fiber_top));
 #if defined(__x86_64__)
     if (!f->sp) { // (re)start at fiber_main
@@ -610,8 +613,55 @@ bool sched::run_block(uint3 bidx, uint64_t block_linear) {
     return !faulted;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// TBERT_EMU_PROFILE=1: per kernel, launches, blocks, CUDA threads, fiber switches and seconds, printed to stderr at
+// exit (the cost of emulation, to choose test shapes and find what to speed up).
+struct profile_entry {
+    std::string name;
+    uint64_t launches, blocks, threads, switches;
+    double seconds;
+};
+struct profile_table {
+    std::mutex mu;
+    std::vector<profile_entry> rows;
+};
+profile_table &profile() {
+    static profile_table *t = new profile_table;
+    return *t;
+}
+void print_profile() {
+    profile_table &t = profile();
+    std::lock_guard<std::mutex> lock(t.mu);
+    double total = 0;
+    for (const profile_entry &e : t.rows) total += e.seconds;
+    fprintf(stderr, "tbert-emu profile: %-44s %8s %10s %12s %10s %9s\n", "kernel", "launches", "blocks", "threads",
+            "switches", "seconds");
+    for (const profile_entry &e : t.rows)
+        fprintf(stderr, "tbert-emu profile: %-44s %8" PRIu64 " %10" PRIu64 " %12" PRIu64 " %10" PRIu64 " %9.3f\n",
+                e.name.c_str(), e.launches, e.blocks, e.threads, e.switches, e.seconds);
+    fprintf(stderr, "tbert-emu profile: total %.3f s in kernels\n", total);
+}
+bool profiling() {
+    const char *e = getenv("TBERT_EMU_PROFILE");
+    return e && strcmp(e, "1") == 0;
+}
+void add_profile(const char *name, uint64_t blocks, uint64_t threads, uint64_t switches, double seconds) {
+    profile_table &t = profile();
+    std::lock_guard<std::mutex> lock(t.mu);
+    if (t.rows.empty()) atexit(print_profile);
+    for (profile_entry &e : t.rows)
+        if (e.name == name) {
+            e.launches++, e.blocks += blocks, e.threads += threads, e.switches += switches, e.seconds += seconds;
+            return;
+        }
+    t.rows.push_back(profile_entry{name, 1, blocks, threads, switches, seconds});
+}
+
 void run_grid(void *ctx) {
     grid_job *job = static_cast<grid_job *>(ctx);
+    const bool prof = profiling();
+    timespec t0{};
+    if (prof) clock_gettime(CLOCK_MONOTONIC, &t0);
     sched s;
     s.job = job;
     s.order = read_order();
@@ -655,6 +705,14 @@ void run_grid(void *ctx) {
         s.run_block(bidx, b);
     }
     for (fiber *f : s.fibers) give_back(f);
+    if (prof) {
+        timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        char nm[128];
+        name_of(job, nm, sizeof nm);
+        add_profile(nm, nblocks, nblocks * s.nthreads, s.switches,
+                    (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+    }
     if (s.faulted) tbert_emu_fault(s.fault_code, "%s", s.fault_msg.c_str());
 }
 
