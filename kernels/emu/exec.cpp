@@ -26,7 +26,7 @@
 
 #include "emu_device.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(TBERT_EMU_ASAN_RUNTIME)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define TBERT_EMU_ASAN 1
@@ -42,8 +42,9 @@ namespace tbert_emu {
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------------
-// Context switch. x86-64: a hand-written switch of the callee-saved registers, MXCSR and the x87 control word
-// (glibc's swapcontext makes a sigprocmask system call per switch). Elsewhere: ucontext (slower, same semantics).
+// Context switch. x86-64: a hand-written switch of the callee-saved registers (glibc's swapcontext makes a
+// sigprocmask system call per switch); MXCSR and the x87 control word are left alone: kernel code never changes
+// the floating-point environment. Elsewhere: ucontext (slower, same semantics).
 #if defined(__x86_64__)
 extern "C" void tbert_emu_ctx_switch(void **save_sp, void *to_sp) __attribute__((visibility("hidden")));
 extern "C" void tbert_emu_ctx_trampoline() __attribute__((visibility("hidden")));
@@ -62,14 +63,8 @@ tbert_emu_ctx_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -280,7 +275,7 @@ void give_back(fiber *f) {
     f->asan_fake = nullptr;
 #if TBERT_EMU_ASAN
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    ASAN_UNPOISON_MEMORY_REGION(f->region + page, kStackSize - page);
+    __asan_unpoison_memory_region(f->region + page, kStackSize - page);
 #endif
     stack_pool &p = pool();
     std::lock_guard<std::mutex> lock(p.mu);
@@ -327,6 +322,7 @@ struct sched {
 #if !defined(__x86_64__)
     ucontext_t host_uc;
 #endif
+    bool host_known = false;
     const void *host_stack_lo = nullptr;
     size_t host_stack_size = 0;
     void *host_fake = nullptr;
@@ -341,7 +337,9 @@ struct sched {
     std::string describe_wait(const thread_rec &t) const;
     void release(thread_rec &t);
     thread_rec *take_unstarted();
+    fiber *next_fiber();
     void switch_to(fiber *f);
+    void leave(fiber *from);
     void block_on(thread_rec &t);
     bool run_block(uint3 bidx, uint64_t block_linear);
     void diagnose();
@@ -403,6 +401,29 @@ thread_rec *sched::take_unstarted() {
     return &t;
 }
 
+// What runs next in this round: the fiber of the next ready thread (an idle or new fiber for a thread that has
+// not started), or nullptr at the end of the round or after a fault (then the host takes over).
+fiber *sched::next_fiber() {
+    if (faulted || cursor >= ready.size()) return nullptr;
+    thread_rec &t = th[(size_t)ready[cursor++]];
+    if (t.st != tstate::unstarted) return t.f;
+    fiber *f;
+    if (idle.empty()) {
+        f = take_fiber();
+        if (!f) {
+            fault(cudaErrorLaunchOutOfResources, &t, "cannot map a fiber stack: %s", strerror(errno));
+            return nullptr;
+        }
+        fibers.push_back(f);
+    } else {
+        f = idle.back();
+        idle.pop_back();
+    }
+    f->s = this;
+    f->assigned = &t;
+    return f;
+}
+
 #if TBERT_EMU_ASAN
 #define ASAN_START_SWITCH(save, bottom, size) __sanitizer_start_switch_fiber((save), (bottom), (size))
 #define ASAN_FINISH_SWITCH(save, bottom, size) __sanitizer_finish_switch_fiber((save), (bottom), (size))
@@ -411,59 +432,82 @@ thread_rec *sched::take_unstarted() {
 #define ASAN_FINISH_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
 #endif
 
-// Host (the scheduler) -> fiber f; returns when f switches back.
+// A fiber that has not run yet (or was given back) starts at fiber_main.
+void prepare(fiber *f) {
+    if (f->sp) return;
+#if defined(__x86_64__)
+    // tbert_emu_ctx_switch pops r15, r14, r13, r12, rbx, rbp and returns into the trampoline, which calls r13(r12)
+    // with rsp = f->top: 16-aligned (kStackSize - 16), as a call needs.
+    uint64_t *sp = reinterpret_cast<uint64_t *>(reinterpret_cast<char *>(f->top) - 56);
+    sp[0] = 0;                                   // r15
+    sp[1] = 0;                                   // r14
+    sp[2] = (uint64_t)(uintptr_t)&fiber_main;    // r13: entry
+    sp[3] = (uint64_t)(uintptr_t)f;              // r12: argument
+    sp[4] = 0;                                   // rbx
+    sp[5] = 0;                                   // rbp: ends frame-pointer unwinding (ASan's reports)
+    sp[6] = (uint64_t)(uintptr_t)&tbert_emu_ctx_trampoline;
+    f->sp = sp;
+#else
+    getcontext(&f->uc);
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    f->uc.uc_stack.ss_sp = f->region + page;
+    f->uc.uc_stack.ss_size = kStackSize - page - sizeof(fiber_top) - 64;
+    f->uc.uc_link = nullptr;
+    makecontext(&f->uc, (void (*)())fiber_main, 1, f);
+    f->sp = f;
+#endif
+}
+
+// Host -> fiber f; returns when a fiber hands control back to the host (end of a round, or a fault).
 void sched::switch_to(fiber *f) {
     switches++;
+    prepare(f);
     ASAN_START_SWITCH(&host_fake, f->region, kStackSize - sizeof(fiber_top));
 #if defined(__x86_64__)
-    if (!f->sp) { // (re)start at fiber_main
-        uint64_t *sp = reinterpret_cast<uint64_t *>(reinterpret_cast<char *>(f->top) - 64);
-        // f->top is 16-aligned (kStackSize - 16): after the switch pops 64 bytes rsp is 16-aligned.
-        uint32_t csr[2];
-        __asm__ volatile("stmxcsr %0" : "=m"(csr[0]));
-        __asm__ volatile("fnstcw %0" : "=m"(csr[1]));
-        memcpy(&sp[0], csr, 8);
-        sp[1] = 0;                                  // r15
-        sp[2] = 0;                                  // r14
-        sp[3] = (uint64_t)(uintptr_t)&fiber_main;   // r13: entry
-        sp[4] = (uint64_t)(uintptr_t)f;             // r12: argument
-        sp[5] = 0;                                  // rbx
-        sp[6] = 0;                                  // rbp
-        sp[7] = (uint64_t)(uintptr_t)&tbert_emu_ctx_trampoline;
-        f->sp = sp;
-    }
     tbert_emu_ctx_switch(&host_sp, f->sp);
 #else
-    if (!f->sp) {
-        getcontext(&f->uc);
-        f->uc.uc_stack.ss_sp = f->region + (size_t)sysconf(_SC_PAGESIZE);
-        f->uc.uc_stack.ss_size = kStackSize - (size_t)sysconf(_SC_PAGESIZE) - sizeof(fiber_top) - 64;
-        f->uc.uc_link = nullptr;
-        makecontext(&f->uc, (void (*)())fiber_main, 1, f);
-        f->sp = f;
-    }
     swapcontext(&host_uc, &f->uc);
 #endif
     ASAN_FINISH_SWITCH(host_fake, nullptr, nullptr);
 }
 
-// Fiber -> host. Returns when the host switches back into this fiber.
-void fiber_yield(fiber *f) {
-    sched *s = f->s;
-    ASAN_START_SWITCH(&f->asan_fake, s->host_stack_lo, s->host_stack_size);
+// Fiber `from` hands over to the next ready fiber of the round, or to the host when there is none. Returns when
+// `from` is resumed.
+void sched::leave(fiber *from) {
+    fiber *to = next_fiber();
+    if (to == from) return; // the next thread to run is on this very fiber
+    if (to) {
+        switches++;
+        prepare(to);
+        ASAN_START_SWITCH(&from->asan_fake, to->region, kStackSize - sizeof(fiber_top));
 #if defined(__x86_64__)
-    tbert_emu_ctx_switch(&f->sp, s->host_sp);
+        tbert_emu_ctx_switch(&from->sp, to->sp);
 #else
-    swapcontext(&f->uc, &s->host_uc);
+        swapcontext(&from->uc, &to->uc);
 #endif
-    ASAN_FINISH_SWITCH(f->asan_fake, nullptr, nullptr);
+    } else {
+        ASAN_START_SWITCH(&from->asan_fake, host_stack_lo, host_stack_size);
+#if defined(__x86_64__)
+        tbert_emu_ctx_switch(&from->sp, host_sp);
+#else
+        swapcontext(&from->uc, &host_uc);
+#endif
+    }
+    ASAN_FINISH_SWITCH(from->asan_fake, nullptr, nullptr);
 }
 
 void fiber_main(void *arg) {
     fiber *f = static_cast<fiber *>(arg);
     {
         sched *s = f->s;
-        ASAN_FINISH_SWITCH(nullptr, &s->host_stack_lo, &s->host_stack_size);
+        const void *lo = nullptr;
+        size_t size = 0;
+        ASAN_FINISH_SWITCH(nullptr, &lo, &size);
+        if (!s->host_known) { // the first fiber of a grid is entered from the host
+            s->host_stack_lo = lo;
+            s->host_stack_size = size;
+            s->host_known = true;
+        }
     }
     for (;;) {
         sched *s = f->s;
@@ -480,14 +524,15 @@ void fiber_main(void *arg) {
             f->assigned = t;
         }
         f->top->thread = nullptr;
-        fiber_yield(f);
+        s->idle.push_back(f);
+        s->leave(f);
     }
 }
 
-// The running thread t waits at the sync point recorded in it: back to the host until released.
+// The running thread t waits at the sync point recorded in it: run others until it is released and picked.
 void sched::block_on(thread_rec &t) {
     fiber *f = t.f;
-    fiber_yield(f);
+    leave(f);
     t.st = tstate::running;
     f->top->thread = &t;
 }
@@ -566,29 +611,7 @@ bool sched::run_block(uint3 bidx, uint64_t block_linear) {
     for (unsigned i = 0; i < nthreads; i++) th[(size_t)ready[i]].pos = (int)i;
     cursor = 0;
     for (;;) {
-        while (cursor < ready.size() && !faulted) {
-            thread_rec &t = th[(size_t)ready[cursor++]];
-            fiber *f;
-            if (t.st == tstate::unstarted) {
-                if (idle.empty()) {
-                    f = take_fiber();
-                    if (!f) {
-                        fault(cudaErrorLaunchOutOfResources, &t, "cannot map a fiber stack: %s", strerror(errno));
-                        break;
-                    }
-                    fibers.push_back(f);
-                } else {
-                    f = idle.back();
-                    idle.pop_back();
-                }
-                f->s = this;
-                f->assigned = &t;
-            } else {
-                f = t.f;
-            }
-            switch_to(f);
-            if (!f->assigned) idle.push_back(f);
-        }
+        if (fiber *f = next_fiber()) switch_to(f); // runs the round; fibers hand over among themselves
         if (faulted) break;
         if (ndone == nthreads) break;
         ready.clear();
@@ -749,8 +772,8 @@ namespace {
 
 // After a fault inside kernel code: back to the host for good (the host abandons the kernel).
 [[noreturn]] void die(thread_rec &t) {
-    fiber_yield(t.f);
-    abort(); // never resumed
+    t.f->s->leave(t.f); // faulted: to the host, which abandons the kernel
+    abort();            // never resumed
 }
 
 } // namespace

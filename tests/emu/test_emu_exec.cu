@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -211,6 +212,17 @@ __global__ void k_fault_block(int *out, int bad_block) {
     if ((int)blockIdx.x == bad_block && threadIdx.x == 3) return;
     __syncthreads();
     out[blockIdx.x * 32 + threadIdx.x] = 7;
+}
+
+__global__ void k_bench_shfl(float *out, int iters) {
+    float v = (float)threadIdx.x;
+    for (int i = 0; i < iters; i++) v += __shfl_xor_sync(kFull, v, i & 31) * 0.5f;
+    out[blockIdx.x * blockDim.x + threadIdx.x] = v;
+}
+
+__global__ void k_bench_plain(float *out, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = out[i] * 0.5f + 1.0f;
 }
 
 // ---- cases ------------------------------------------------------------------------------------------------------
@@ -611,6 +623,26 @@ void case_order_env() {
     CHECK(cudaDeviceSynchronize() == cudaSuccess && flag == 4, "good orders: flag %d", flag);
 }
 
+// Not a ctest case: the cost of a warp collective and of a barrier-free thread (`test_emu_exec bench`).
+void case_bench() {
+    std::vector<float> out(4 * 128);
+    timespec t0, t1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+    TBERT_LAUNCH(k_bench_shfl, 4, 128, 0, 0, out.data(), 2000);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s", last_fault().c_str());
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    std::printf("shuffle: %.1f ns per lane per collective\n", s / (4.0 * 128 * 2000) * 1e9);
+    const size_t n = (size_t)1 << 22;
+    std::vector<float> big(n, 1.0f);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+    TBERT_LAUNCH(k_bench_plain, (unsigned)(n / 256), 256, 0, 0, big.data(), n);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s", last_fault().c_str());
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
+    s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    std::printf("barrier-free: %.1f ns per CUDA thread\n", s / (double)n * 1e9);
+}
+
 struct test_case {
     const char *name;
     void (*fn)();
@@ -635,6 +667,7 @@ const test_case kCases[] = {
     {"atomics_order", case_atomics_order},
     {"fault_aborts_kernel", case_fault_aborts_kernel},
     {"order_env", case_order_env},
+    {"bench", case_bench},
 };
 
 } // namespace
@@ -642,7 +675,7 @@ const test_case kCases[] = {
 int main(int argc, char **argv) {
     int ran = 0;
     for (const test_case &c : kCases) {
-        if (argc > 1 && strcmp(argv[1], c.name) != 0) continue;
+        if (argc > 1 ? strcmp(argv[1], c.name) != 0 : strcmp(c.name, "bench") == 0) continue;
         reset();
         const int before = g_fail;
         c.fn();
