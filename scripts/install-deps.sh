@@ -3,8 +3,11 @@
 # The CUDA toolkit (nvcc) is taken as given. Safe to run again: apt-get skips what is installed.
 set -euo pipefail
 
+# A debootstrap minbase has the Priority: required set (coreutils, util-linux, mount, e2fsprogs, findutils,
+# diffutils, grep, sed, mawk, libc-bin: what tests/*.sh and scripts/*.sh call besides the list below) and
+# nothing else: curl for models/fetch.sh and data/fetch.sh; binutils (readelf) comes with build-essential.
 packages=(
-    build-essential cmake git pkg-config ca-certificates python3 python3-venv python3-pip unzip
+    build-essential cmake git pkg-config ca-certificates curl python3 python3-venv python3-pip unzip
     libcjson-dev libutf8proc-dev libopenblas-dev libcmocka-dev
     libgmime-3.0-dev libxml2-dev libglib2.0-dev zlib1g-dev
     clang libclang-rt-14-dev

@@ -1,20 +1,8 @@
-/* --device parsing and CUDA device discovery (a CPU-only build reports no devices). */
+/* --device parsing. Device discovery goes through the CUDA plugin (src/cuda_plugin.c). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "tbert/encoder.h"
-
-#if TBERT_HAVE_CUDA
-int tbert_cuda_device_count_impl(void);
-#endif
-
-int tbert_cuda_device_count(void) {
-#if TBERT_HAVE_CUDA
-    return tbert_cuda_device_count_impl();
-#else
-    return 0;
-#endif
-}
 
 tbert_status tbert_device_parse(const char *s, tbert_device *out, tbert_error *err) {
     out->index = 0;

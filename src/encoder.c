@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "encoder_backend.h"
+#include "tbert/cuda_plugin.h"
 
 static const char *const precision_names[] = {"fp32", "tf32", "bf16"};
 static_assert(sizeof precision_names / sizeof precision_names[0] == TBERT_PREC_COUNT, "one name per precision");
@@ -37,9 +38,9 @@ struct tbert_encoder {
     const tbert_model *m;
     tbert_encoder_opts opts; /* resolved: device CPU or CUDA, layers and threads > 0, batch > 0 */
     tbert_cpu_encoder *cpu;
-#if TBERT_HAVE_CUDA
+    tbert_cuda_plugin *plugin; /* held while cuda lives; the CUDA backend is reached only through cu */
+    const tbert_cuda_api *cu;
     tbert_cuda_encoder *cuda;
-#endif
 };
 
 double tbert_encoder_flops(const tbert_config *c, int layers, int L) {
@@ -48,23 +49,38 @@ double tbert_encoder_flops(const tbert_config *c, int layers, int L) {
     return (layers > 0 && layers < c->layers ? layers : c->layers) * per_layer;
 }
 
-static tbert_status resolve_device(const tbert_encoder_opts *o, tbert_device_kind *kind, tbert_error *err) {
-    int ndev = tbert_cuda_device_count();
-    switch (o->device.kind) {
-    case TBERT_DEVICE_CPU:
-        *kind = TBERT_DEVICE_CPU;
-        return TBERT_OK;
-    case TBERT_DEVICE_CUDA:
-        if (!TBERT_HAVE_CUDA)
-            return tbert_fail(err, TBERT_E_NODEV, "--device cuda: this tbert was built without CUDA (use --device cpu)");
-        if (o->device.index >= ndev)
-            return tbert_fail(err, TBERT_E_NODEV, "--device cuda:%d: %d CUDA device(s) present", o->device.index, ndev);
-        *kind = TBERT_DEVICE_CUDA;
-        return TBERT_OK;
-    default:
-        *kind = ndev > 0 ? TBERT_DEVICE_CUDA : TBERT_DEVICE_CPU;
+/* The backend for o->device: the CPU, or CUDA through the plugin (*plugin is then open and owned by the
+ * caller). auto without a loadable plugin or without a device falls back to the CPU and puts the reason in
+ * why; cuda then fails with TBERT_E_NODEV and one line. */
+static tbert_status resolve_device(const tbert_encoder_opts *o, tbert_device_kind *kind, tbert_cuda_plugin **plugin,
+                                   char *why, size_t cap, tbert_error *err) {
+    *plugin = NULL;
+    *kind = TBERT_DEVICE_CPU;
+    why[0] = '\0';
+    if (o->device.kind == TBERT_DEVICE_CPU) return TBERT_OK;
+    bool want = o->device.kind == TBERT_DEVICE_CUDA;
+    tbert_error perr;
+    if (tbert_cuda_plugin_open(plugin, &perr)) {
+        if (want) return tbert_fail(err, TBERT_E_NODEV, "--device cuda: no CUDA: %s (use --device cpu)", perr.msg);
+        snprintf(why, cap, "%s", perr.msg);
         return TBERT_OK;
     }
+    const tbert_cuda_api *cu = tbert_cuda_plugin_table(*plugin);
+    int ndev = cu->device_count(why, cap);
+    if (!want && cu->emulated) { /* issue 12: in an EMU build auto means the CPU, cuda the emulated device */
+        snprintf(why, cap, "this build's CUDA device is emulated; --device cuda uses it");
+        ndev = 0;
+    }
+    int index = want ? o->device.index : 0;
+    if (index < ndev) {
+        *kind = TBERT_DEVICE_CUDA;
+        return TBERT_OK;
+    }
+    tbert_cuda_plugin_close(*plugin);
+    *plugin = NULL;
+    if (!want) return TBERT_OK;
+    if (ndev == 0) return tbert_fail(err, TBERT_E_NODEV, "--device cuda: no CUDA device: %s", why);
+    return tbert_fail(err, TBERT_E_NODEV, "--device cuda:%d: %d CUDA device(s) present", index, ndev);
 }
 
 tbert_status tbert_encoder_create(const tbert_model *m, const tbert_encoder_opts *opts, tbert_encoder **out,
@@ -75,33 +91,39 @@ tbert_status tbert_encoder_create(const tbert_model *m, const tbert_encoder_opts
         return tbert_fail(err, TBERT_E_ARG, "--layers %d: the model has %d layers", o.layers, m->cfg.layers);
     if (o.threads < 0 || o.batch < 0) return tbert_fail(err, TBERT_E_ARG, "encoder: negative --threads or --batch");
     if ((unsigned)o.precision >= TBERT_PREC_COUNT) return tbert_fail(err, TBERT_E_ARG, "encoder: unknown precision");
-    tbert_device_kind kind;
-    tbert_status st = resolve_device(&o, &kind, err);
-    if (st) return st;
-    if (kind == TBERT_DEVICE_CPU && o.precision != TBERT_PREC_FP32)
+    if (o.device.kind == TBERT_DEVICE_CPU && o.precision != TBERT_PREC_FP32)
         return tbert_fail(err, TBERT_E_UNSUPPORTED, "--precision %s needs a CUDA device; the CPU computes in fp32",
                           tbert_precision_name(o.precision));
+    tbert_device_kind kind;
+    tbert_cuda_plugin *plugin;
+    char why[1024];
+    tbert_status st = resolve_device(&o, &kind, &plugin, why, sizeof why, err);
+    if (st) return st;
+    if (kind == TBERT_DEVICE_CPU && o.precision != TBERT_PREC_FP32)
+        return tbert_fail(err, TBERT_E_UNSUPPORTED, "--precision %s needs a CUDA device (no CUDA: %s); the CPU computes in fp32",
+                          tbert_precision_name(o.precision), why);
     if (o.layers == 0) o.layers = m->cfg.layers;
     if (o.threads == 0) o.threads = tbert_num_cores();
     if (o.batch == 0 && kind == TBERT_DEVICE_CPU)
         o.batch = o.threads * CPU_SEQS_PER_THREAD > CPU_DEFAULT_BATCH ? o.threads * CPU_SEQS_PER_THREAD : CPU_DEFAULT_BATCH;
     if (o.batch == 0) o.batch = CUDA_DEFAULT_BATCH;
     if (kind == TBERT_DEVICE_CPU && o.device.kind == TBERT_DEVICE_AUTO && !o.quiet)
-        fprintf(stderr, "tbert: no CUDA device, encoding on the CPU (%d threads)\n", o.threads);
+        fprintf(stderr, "tbert: no CUDA (%s); encoding on the CPU (%d threads)\n", why, o.threads);
     o.device.kind = kind;
 
     tbert_encoder *e = calloc(1, sizeof *e);
-    if (!e) return tbert_fail(err, TBERT_E_NOMEM, "encoder: out of memory");
+    if (!e) {
+        tbert_cuda_plugin_close(plugin);
+        return tbert_fail(err, TBERT_E_NOMEM, "encoder: out of memory");
+    }
     e->m = m;
     e->opts = o;
+    e->plugin = plugin;
     if (kind == TBERT_DEVICE_CPU) {
         st = tbert_cpu_encoder_create(m, &o, &e->cpu, err);
     } else {
-#if TBERT_HAVE_CUDA
-        st = tbert_cuda_encoder_create(m, &o, &e->cuda, err);
-#else
-        st = tbert_fail(err, TBERT_E_NODEV, "CUDA backend not built");
-#endif
+        e->cu = tbert_cuda_plugin_table(plugin);
+        st = e->cu->encoder_create(m, &o, &e->cuda, err);
     }
     if (st) {
         tbert_encoder_free(e);
@@ -114,9 +136,8 @@ tbert_status tbert_encoder_create(const tbert_model *m, const tbert_encoder_opts
 void tbert_encoder_free(tbert_encoder *e) {
     if (!e) return;
     tbert_cpu_encoder_free(e->cpu);
-#if TBERT_HAVE_CUDA
-    if (e->cuda) tbert_cuda_encoder_free(e->cuda);
-#endif
+    if (e->cuda) e->cu->encoder_free(e->cuda);
+    tbert_cuda_plugin_close(e->plugin);
     free(e);
 }
 
@@ -147,9 +168,7 @@ tbert_status tbert_encoder_forward(tbert_encoder *e, int B, int T, const int32_t
                                    float *hidden, tbert_error *err) {
     tbert_status st = check_batch(e, B, T, lengths, err);
     if (st) return st;
-#if TBERT_HAVE_CUDA
-    if (e->cuda) return tbert_cuda_encoder_forward(e->cuda, B, T, ids, lengths, hidden, err);
-#endif
+    if (e->cuda) return e->cu->encoder_forward(e->cuda, B, T, ids, lengths, hidden, err);
     return tbert_cpu_encoder_forward(e->cpu, B, T, ids, lengths, hidden, err);
 }
 
@@ -164,15 +183,8 @@ tbert_status tbert_encoder_pool_batch(tbert_encoder *e, int B, int T, const int3
     if (pool == TBERT_POOL_FLATTEN && out_T < T)
         return tbert_fail(err, TBERT_E_ARG, "flatten pooling: output length %d < batch length %d", out_T, T);
     if (pool != TBERT_POOL_FLATTEN) out_T = T;
-#if TBERT_HAVE_CUDA
-    if (e->cuda) {
-        st = tbert_cuda_encoder_forward_pool(e->cuda, B, T, ids, lengths, pool, out_T, out, err);
-        if (st) return st;
-        if (normalize) tbert_l2_normalize_rows(out, (size_t)B, tbert_pool_dim(e->m, pool, out_T));
-        return TBERT_OK;
-    }
-#endif
-    st = tbert_cpu_encoder_forward_pool(e->cpu, B, T, ids, lengths, pool, out_T, out, err);
+    if (e->cuda) st = e->cu->encoder_forward_pool(e->cuda, B, T, ids, lengths, pool, out_T, out, err);
+    else st = tbert_cpu_encoder_forward_pool(e->cpu, B, T, ids, lengths, pool, out_T, out, err);
     if (st) return st;
     if (normalize) tbert_l2_normalize_rows(out, (size_t)B, tbert_pool_dim(e->m, pool, out_T));
     return TBERT_OK;

@@ -11,8 +11,9 @@
  * padded keys get weight 0; padded query rows are computed but never read by pooling).
  *
  * Rules for the CUDA backend (src/encoder_cuda.c, owned by the CUDA engineer):
- * - src/encoder.c calls tbert_cuda_* only when TBERT_HAVE_CUDA is 1; with TBERT_HAVE_CUDA 0 it returns
- *   TBERT_E_NODEV itself, so encoder_cuda.c may compile to nothing then (#if TBERT_HAVE_CUDA).
+ * - encoder_cuda.c is part of the CUDA plugin (libtbert_cuda.so, include/tbert/cuda_plugin.h), never of
+ *   libtbert: src/encoder.c reaches the functions below only through the plugin's table (cu->encoder_*), and
+ *   answers TBERT_E_NODEV itself when the plugin cannot be loaded or there is no device.
  * - All pointers passed in are host pointers; outputs are host memory written completely (every element
  *   of out, including the zeros of flatten), so callers may poison them before the call.
  * - opts->layers: 0 = all cfg.layers, else 1..cfg.layers (already validated by encoder.c).
@@ -45,7 +46,7 @@ tbert_status tbert_cpu_encoder_forward_pool(tbert_cpu_encoder *e, int B, int T, 
                                             const int32_t *lengths, tbert_pool pool, int out_T, float *out,
                                             tbert_error *err);
 
-/* ---- CUDA backend (src/encoder_cuda.c), only when TBERT_HAVE_CUDA ----------------------------- */
+/* ---- CUDA backend (src/encoder_cuda.c), inside the CUDA plugin only --------------------------- */
 typedef struct tbert_cuda_encoder tbert_cuda_encoder;
 /* Uploads the model's weights (converted to the precision's storage type as it sees fit) to device
  * opts->device.index. */

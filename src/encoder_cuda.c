@@ -9,10 +9,9 @@
  * - A call is cut into chunks of at most kChunkTokens tokens. Two streams and two slots pipeline them: the
  *   copy stream uploads chunk k+1's token ids and downloads chunk k-1's features (into pinned host buffers)
  *   while the compute stream runs chunk k.
- * With TBERT_HAVE_CUDA 0 this file compiles to nothing: src/encoder.c answers TBERT_E_NODEV itself. */
+ * Part of the CUDA plugin (libtbert_cuda.so): src/encoder.c reaches these functions through the plugin's table
+ * (src/cuda_plugin_api.c). */
 #include "encoder_backend.h"
-
-#if TBERT_HAVE_CUDA
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -524,8 +523,3 @@ tbert_status tbert_cuda_encoder_forward(tbert_cuda_encoder *e, int B, int T, con
     /* the hidden state with zeroed padded rows is exactly flatten pooling with out_T = T */
     return tbert_cuda_encoder_forward_pool(e, B, T, ids, lengths, TBERT_POOL_FLATTEN, T, hidden, err);
 }
-
-#else
-/* CPU-only build: src/encoder.c answers TBERT_E_NODEV without calling this backend. */
-typedef int tbert_encoder_cuda_unused;
-#endif

@@ -1,16 +1,11 @@
-/* Host side of the CUDA classifier head (interface and semantics: src/head_cuda.h; kernels: kernels/head.cu). */
+/* Host side of the CUDA classifier head (interface and semantics: src/head_cuda.h; kernels: kernels/head.cu).
+ * Part of the CUDA plugin (libtbert_cuda.so): tbert reaches these functions through the plugin's table
+ * (src/cuda_plugin_api.c); the dropout mask is drawn on tbert's side (src/cuda_plugin.c). */
 #include "head_cuda.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-void tbert_cuda_head_dropout_mask(float p, size_t count, tbert_rng *rng, float *mask) {
-    const float scale = 1.0f / (1.0f - p);
-    for (size_t i = 0; i < count; i++) mask[i] = tbert_rng_uniform(rng) >= (double)p ? scale : 0.0f;
-}
-
-#if TBERT_HAVE_CUDA
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -105,7 +100,7 @@ tbert_status tbert_cuda_head_create(const tbert_head *h, const tbert_adam *a, in
     g->max_n = max_n;
     g->D = h->cfg.in_dim;
     g->Hd = h->cfg.hidden;
-    g->O = tbert_head_out_dim(&h->cfg);
+    g->O = h->cfg.binary ? 1 : h->cfg.n_classes; /* tbert_head_out_dim (src/head.c is not part of the plugin) */
     g->K = g->Hd > 0 ? g->Hd : g->D;
     g->n_params = h->n_params;
     g->off_w2 = (size_t)(h->w2 - h->params);
@@ -222,33 +217,3 @@ tbert_status tbert_cuda_head_last_grad(tbert_cuda_head *g, float *grad, tbert_er
     TBERT_CUDA_CHECK(err, cudaMemcpy(grad, g->grad, g->n_params * sizeof(float), cudaMemcpyDeviceToHost));
     return TBERT_OK;
 }
-
-#else /* CPU-only build */
-
-tbert_status tbert_cuda_head_create(const tbert_head *h, const tbert_adam *a, int max_n, int device, tbert_cuda_head **out,
-                                    tbert_error *err) {
-    (void)h, (void)a, (void)max_n, (void)device;
-    *out = NULL;
-    return tbert_fail(err, TBERT_E_NODEV, "--device cuda: this tbert was built without CUDA (use --device cpu)");
-}
-void tbert_cuda_head_free(tbert_cuda_head *g) {
-    (void)g;
-}
-tbert_status tbert_cuda_head_forward(tbert_cuda_head *g, int n, const float *x, float *z, tbert_error *err) {
-    (void)g, (void)n, (void)x, (void)z;
-    return tbert_fail(err, TBERT_E_NODEV, "CUDA head: built without CUDA");
-}
-tbert_status tbert_cuda_head_train_step(tbert_cuda_head *g, tbert_adam *a, int n, const float *x, const int *y,
-                                        const float *class_weight, const float *mask, double *loss, tbert_error *err) {
-    (void)g, (void)a, (void)n, (void)x, (void)y, (void)class_weight, (void)mask, (void)loss;
-    return tbert_fail(err, TBERT_E_NODEV, "CUDA head: built without CUDA");
-}
-tbert_status tbert_cuda_head_download(tbert_cuda_head *g, tbert_head *h, tbert_adam *a, tbert_error *err) {
-    (void)g, (void)h, (void)a;
-    return tbert_fail(err, TBERT_E_NODEV, "CUDA head: built without CUDA");
-}
-tbert_status tbert_cuda_head_last_grad(tbert_cuda_head *g, float *grad, tbert_error *err) {
-    (void)g, (void)grad;
-    return tbert_fail(err, TBERT_E_NODEV, "CUDA head: built without CUDA");
-}
-#endif

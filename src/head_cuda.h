@@ -2,7 +2,9 @@
  * AdamW as the CPU head (include/tbert/head.h), with parameters, gradients and Adam moments resident on the
  * device. Element-wise math runs in double where src/head.c does, reductions in the CPU's order, AdamW bit for
  * bit; the matrix products are cuBLAS float32, so results match the CPU to float32 rounding, not bit for bit.
- * A build without CUDA compiles stubs: create answers TBERT_E_NODEV. */
+ * The functions below, except tbert_cuda_head_dropout_mask, are part of the CUDA plugin (libtbert_cuda.so):
+ * libtbert calls them through the plugin's table (include/tbert/cuda_plugin.h: head_*); the CUDA tests link the
+ * plugin and call them directly. tbert_cuda_head_dropout_mask is host code in libtbert (src/cuda_plugin.c). */
 #ifndef TBERT_HEAD_CUDA_H
 #define TBERT_HEAD_CUDA_H
 

@@ -3,10 +3,10 @@
  * takes contiguous parsed slots in input order, featurizes and classifies them a batch at a time and writes
  * one record per item, flushed with one write() each, in input order. The ring bounds memory: the reader
  * waits when it is C items ahead of the writer. One mutex + one condition variable guard the ring; all heavy
- * work (reading, parsing, encoding) happens outside the lock. */
+ * work (reading, parsing, encoding) happens outside the lock. The records are formatted in src/score_output.c,
+ * --resume reads the existing output in src/score_resume.c. */
 #include "tbert/score.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
@@ -15,26 +15,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include "mail_internal.h"
+#include "score_internal.h"
 #include "tbert/fileio.h"
 #include "tbert/progress.h"
-
-/* ---- doc text ------------------------------------------------------------ */
-
-char *tbert_message_text(const tbert_message *m, size_t *len) {
-    size_t ls = strlen(m->subject), lb = strlen(m->body), n;
-    if (!tbert_add_size(ls, lb, &n) || !tbert_add_size(n, 2, &n)) return NULL;
-    char *t = malloc(n);
-    if (!t) return NULL;
-    memcpy(t, m->subject, ls);
-    t[ls] = '\n';
-    memcpy(t + ls + 1, m->body, lb + 1);
-    if (len) *len = ls + 1 + lb;
-    return t;
-}
 
 uint64_t tbert_kill_at_record(void) {
     const char *s = getenv("TBERT_TEST_KILL_AT");
@@ -75,225 +60,6 @@ void tbert_score_ctx_close(tbert_score_ctx *ctx) {
     memset(ctx, 0, sizeof *ctx);
 }
 
-/* ---- output records ------------------------------------------------------ */
-
-/* JSON string body: valid UTF-8 is kept, control characters escaped, invalid bytes become U+FFFD. */
-static void json_str(GString *o, const char *s) {
-    g_string_append_c(o, '"');
-    size_t n = strlen(s);
-    GString *clean = g_string_sized_new(n + 8);
-    tbert_append_utf8(clean, s, n, "utf-8");
-    for (const unsigned char *p = (const unsigned char *)clean->str; *p; p++) {
-        if (*p == '"' || *p == '\\') {
-            g_string_append_c(o, '\\');
-            g_string_append_c(o, (char)*p);
-        } else if (*p < 0x20) {
-            g_string_append_printf(o, "\\u%04x", *p);
-        } else {
-            g_string_append_c(o, (char)*p);
-        }
-    }
-    g_string_free(clean, TRUE);
-    g_string_append_c(o, '"');
-}
-
-/* CSV field (RFC 4180): quoted when it holds a comma, quote or line break; line breaks become spaces so
- * that one record is one line (what --resume relies on). */
-static void csv_str(GString *o, const char *s) {
-    bool q = strpbrk(s, ",\"\r\n") != NULL;
-    if (q) g_string_append_c(o, '"');
-    for (const char *p = s; *p; p++) {
-        if (*p == '"') g_string_append(o, "\"\"");
-        else if (*p == '\n' || *p == '\r') g_string_append_c(o, ' ');
-        else g_string_append_c(o, *p);
-    }
-    if (q) g_string_append_c(o, '"');
-}
-
-typedef struct {
-    const char *source;
-    uint64_t offset;
-    const char *id;    /* may be NULL */
-    double score;
-    const char *label; /* NULL for an error record */
-    int tokens;
-    bool truncated;
-    const char *error; /* NULL when scored */
-} record;
-
-static void format_record(GString *o, tbert_score_format fmt, const record *r) {
-    g_string_truncate(o, 0);
-    if (fmt == TBERT_SCORE_JSONL) {
-        g_string_append(o, "{\"source\":");
-        json_str(o, r->source);
-        g_string_append_printf(o, ",\"offset\":%llu,\"id\":", (unsigned long long)r->offset);
-        if (r->id) json_str(o, r->id);
-        else g_string_append(o, "null");
-        if (r->error) {
-            g_string_append(o, ",\"score\":null,\"label\":null,\"tokens\":0,\"error\":");
-            json_str(o, r->error);
-        } else {
-            g_string_append_printf(o, ",\"score\":%.6f,\"label\":", r->score);
-            json_str(o, r->label);
-            g_string_append_printf(o, ",\"tokens\":%d", r->tokens);
-            if (r->truncated) g_string_append(o, ",\"truncated\":true");
-        }
-        g_string_append(o, "}\n");
-    } else {
-        csv_str(o, r->source);
-        g_string_append_printf(o, ",%llu,", (unsigned long long)r->offset);
-        if (r->id) csv_str(o, r->id);
-        if (r->error) {
-            g_string_append(o, ",,,0,,");
-            csv_str(o, r->error);
-        } else {
-            g_string_append_printf(o, ",%.6f,", r->score);
-            csv_str(o, r->label);
-            g_string_append_printf(o, ",%d,%s,", r->tokens, r->truncated ? "true" : "");
-        }
-        g_string_append_c(o, '\n');
-    }
-}
-
-static const char CSV_HEADER[] = "source,offset,id,score,label,tokens,truncated,error\n";
-
-static tbert_status write_all(int fd, const char *p, size_t n, const char *name, tbert_error *err) {
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) return tbert_fail(err, TBERT_E_IO, "%s: write failed: %s", name, strerror(errno));
-        p += w;
-        n -= (size_t)w;
-    }
-    return TBERT_OK;
-}
-
-/* ---- resume: what the existing output already holds ----------------------- */
-
-static char *done_key(const char *source, uint64_t offset) {
-    return g_strdup_printf("%llu\t%s", (unsigned long long)offset, source);
-}
-
-/* First two CSV fields of a line: source and offset. */
-static bool csv_first_two(const char *line, size_t n, GString *source, uint64_t *offset) {
-    size_t i = 0;
-    g_string_truncate(source, 0);
-    if (i < n && line[i] == '"') {
-        for (i = 1; i < n; i++) {
-            if (line[i] == '"') {
-                if (i + 1 < n && line[i + 1] == '"') {
-                    g_string_append_c(source, '"');
-                    i++;
-                } else {
-                    i++;
-                    break;
-                }
-            } else {
-                g_string_append_c(source, line[i]);
-            }
-        }
-    } else {
-        while (i < n && line[i] != ',') g_string_append_c(source, line[i++]);
-    }
-    if (i >= n || line[i] != ',') return false;
-    i++;
-    char *end;
-    unsigned long long v = strtoull(line + i, &end, 10);
-    if (end == line + i || (*end != ',' && *end != '\n')) return false;
-    *offset = v;
-    return true;
-}
-
-/* Reads the existing output: drops a partly written last line (truncating the file), counts the
- * (source, offset) pairs of the complete records. *existed: a non-empty output was found. */
-static tbert_status load_done(const char *path, tbert_score_format fmt, GHashTable *done, uint64_t *n_records, bool *existed,
-                              bool *has_header, tbert_error *err) {
-    *existed = false;
-    *has_header = false;
-    int fd = open(path, O_RDWR | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT) return TBERT_OK;
-        return tbert_fail(err, TBERT_E_IO, "%s: cannot open for --resume: %s", path, strerror(errno));
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return TBERT_OK; /* not a regular file: nothing to resume from */
-    }
-    size_t size = (size_t)st.st_size;
-    char *buf = malloc(size + 1);
-    if (!buf) {
-        close(fd);
-        return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory reading it for --resume", path);
-    }
-    size_t got = 0;
-    while (got < size) {
-        ssize_t r = read(fd, buf + got, size - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        got += (size_t)r;
-    }
-    size_t keep = got;
-    while (keep > 0 && buf[keep - 1] != '\n') keep--;
-    if (keep < got) {
-        if (ftruncate(fd, (off_t)keep) != 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            return tbert_fail(err, TBERT_E_IO, "%s: cannot drop the partly written last record: %s", path, strerror(e));
-        }
-        fprintf(stderr, "tbert score: %s: dropped a partly written last record (%zu bytes)\n", path, got - keep);
-    }
-    close(fd);
-    *existed = keep > 0;
-    GString *src = g_string_new("");
-    size_t pos = 0;
-    int64_t line_no = 0;
-    while (pos < keep) {
-        char *nl = memchr(buf + pos, '\n', keep - pos);
-        size_t end = (size_t)(nl - buf);
-        line_no++;
-        const char *line = buf + pos;
-        size_t n = end - pos;
-        uint64_t offset = 0;
-        bool ok = false;
-        if (fmt == TBERT_SCORE_CSV) {
-            if (line_no == 1 && n + 1 == sizeof CSV_HEADER - 1 && !memcmp(line, CSV_HEADER, n)) {
-                *has_header = true;
-                ok = true;
-                pos = end + 1;
-                continue;
-            }
-            ok = csv_first_two(line, n, src, &offset);
-        } else {
-            cJSON *o = cJSON_ParseWithLength(line, n);
-            const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "source");
-            const cJSON *off = cJSON_GetObjectItemCaseSensitive(o, "offset");
-            if (cJSON_IsString(s) && cJSON_IsNumber(off) && off->valuedouble >= 0) {
-                g_string_assign(src, s->valuestring);
-                offset = (uint64_t)off->valuedouble;
-                ok = true;
-            }
-            cJSON_Delete(o);
-        }
-        if (!ok) {
-            free(buf);
-            g_string_free(src, TRUE);
-            return tbert_fail(err, TBERT_E_FORMAT, "%s:%lld: not a tbert score %s record; cannot --resume from it", path,
-                              (long long)line_no, fmt == TBERT_SCORE_CSV ? "CSV" : "JSONL");
-        }
-        /* counted: an input named twice has its (source, offset) pairs twice in the output */
-        char *key = done_key(src->str, offset);
-        guint c = GPOINTER_TO_UINT(g_hash_table_lookup(done, key));
-        g_hash_table_insert(done, key, GUINT_TO_POINTER(c + 1));
-        (*n_records)++;
-        pos = end + 1;
-    }
-    g_string_free(src, TRUE);
-    free(buf);
-    return TBERT_OK;
-}
-
 /* ---- the ring ------------------------------------------------------------ */
 
 enum { SLOT_FREE = 0, SLOT_READ, SLOT_PARSED };
@@ -301,9 +67,7 @@ enum { SLOT_FREE = 0, SLOT_READ, SLOT_PARSED };
 typedef struct {
     int state;
     tbert_input_item item;
-    char *text; /* doc text (malloc'd) */
-    size_t len;
-    char *evidence, *id, *error;
+    tbert_score_doc doc; /* what the parse worker made of it */
 } slot;
 
 typedef struct {
@@ -324,32 +88,18 @@ typedef struct {
 
 static void slot_clear(slot *s) {
     tbert_input_item_free(&s->item);
-    free(s->text);
-    free(s->evidence);
-    free(s->id);
-    free(s->error);
+    free(s->doc.text);
+    free(s->doc.evidence);
+    free(s->doc.id);
+    free(s->doc.error);
     memset(s, 0, sizeof *s);
-}
-
-/* Takes one occurrence of (source, offset) out of the done counts; true when there was one. */
-static bool take_done(GHashTable *done, const char *source, uint64_t offset) {
-    char *key = done_key(source, offset);
-    gpointer orig, val;
-    bool seen = g_hash_table_lookup_extended(done, key, &orig, &val);
-    if (seen) {
-        guint c = GPOINTER_TO_UINT(val);
-        if (c <= 1) g_hash_table_remove(done, key);
-        else g_hash_table_insert(done, g_strdup(key), GUINT_TO_POINTER(c - 1));
-    }
-    g_free(key);
-    return seen;
 }
 
 /* tbert_input_opts.skip: the item is in the existing output (called on the reader thread only) */
 static bool skip_done(void *ctx, const char *source, uint64_t offset) {
     pipeline *p = ctx;
     if (g_hash_table_size(p->done) == 0) return false;
-    bool seen = take_done(p->done, source, offset);
+    bool seen = tbert_score_take_done(p->done, source, offset);
     if (seen) p->skipped++;
     return seen;
 }
@@ -376,7 +126,7 @@ static void *reader_main(void *arg) {
         }
         /* items the reader could not skip unread (error items, whole-file reads) are checked here */
         if (p->done && g_hash_table_size(p->done) > 0) {
-            if (take_done(p->done, item.source, item.offset)) {
+            if (tbert_score_take_done(p->done, item.source, item.offset)) {
                 tbert_input_item_free(&item);
                 p->skipped++;
                 continue;
@@ -404,8 +154,8 @@ static void *reader_main(void *arg) {
     return NULL;
 }
 
-static void parse_slot(slot *s) {
-    tbert_input_item *it = &s->item;
+void tbert_score_parse_item(tbert_input_item *it, tbert_score_doc *s) {
+    memset(s, 0, sizeof *s);
     if (it->error) {
         s->error = tbert_strdup(it->error);
         return;
@@ -426,13 +176,17 @@ static void parse_slot(slot *s) {
         s->error = tbert_strdup(msg);
         return;
     }
-    s->text = tbert_message_text(&m, &s->len);
-    s->evidence = m.evidence;
-    m.evidence = NULL;
+    tbert_mail_doc doc;
+    if (tbert_mail_document(&m, &doc, &e) == TBERT_OK) {
+        s->text = doc.text;
+        s->len = doc.len;
+        s->evidence = doc.evidence;
+    } else {
+        s->error = tbert_strdup("out of memory");
+    }
     s->id = m.message_id;
     m.message_id = NULL;
     tbert_message_free(&m);
-    if (!s->text) s->error = tbert_strdup("out of memory");
     /* the raw bytes are not needed any more: free them early (flat memory) */
     free(it->raw);
     it->raw = NULL;
@@ -448,7 +202,7 @@ static void *worker_main(void *arg) {
         p->n_parse++;
         pthread_mutex_unlock(&p->mu);
         double t0 = tbert_now();
-        parse_slot(s);
+        tbert_score_parse_item(&s->item, &s->doc);
         double dt = tbert_now() - t0;
         pthread_mutex_lock(&p->mu);
         p->parse_seconds += dt;
@@ -478,8 +232,8 @@ typedef struct {
 static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *err) {
     int n = 0;
     for (int i = 0; i < k; i++) {
-        if (slots[i]->error) continue;
-        sc->docs[n] = (tbert_doc){slots[i]->text, slots[i]->len, slots[i]->evidence};
+        if (slots[i]->doc.error) continue;
+        sc->docs[n] = (tbert_doc){slots[i]->doc.text, slots[i]->doc.len, slots[i]->doc.evidence};
         sc->doc_slot[n++] = i;
     }
     if (n == 0) return TBERT_OK;
@@ -493,7 +247,7 @@ static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *er
     if (st == TBERT_OK) return TBERT_OK;
     if (st == TBERT_E_NOMEM || st == TBERT_E_CUDA || st == TBERT_E_INTERNAL || st == TBERT_E_MISMATCH || n == 1) {
         if (n == 1 && st != TBERT_E_NOMEM && st != TBERT_E_CUDA && st != TBERT_E_INTERNAL && st != TBERT_E_MISMATCH) {
-            slots[sc->doc_slot[0]]->error = tbert_strdup(e.msg);
+            slots[sc->doc_slot[0]]->doc.error = tbert_strdup(e.msg);
             return TBERT_OK;
         }
         *err = e;
@@ -506,7 +260,7 @@ static tbert_status score_batch(scorer *sc, slot **slots, int k, tbert_error *er
             *err = e;
             return s1;
         }
-        if (s1 != TBERT_OK) slots[sc->doc_slot[j]]->error = tbert_strdup(e.msg);
+        if (s1 != TBERT_OK) slots[sc->doc_slot[j]]->doc.error = tbert_strdup(e.msg);
     }
     return TBERT_OK;
 }
@@ -529,7 +283,7 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
     if (!to_stdout) {
         if (opts->resume) {
             uint64_t n_done = 0;
-            st = load_done(opts->out_path, opts->format, done, &n_done, &existed, &has_header, err);
+            st = tbert_score_load_done(opts->out_path, opts->format, done, &n_done, &existed, &has_header, err);
             if (st) {
                 g_hash_table_destroy(done);
                 return st;
@@ -549,7 +303,7 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
     }
     stats->resumed = existed;
     if (opts->format == TBERT_SCORE_CSV && !has_header)
-        st = write_all(fd, CSV_HEADER, sizeof CSV_HEADER - 1, out_name, err);
+        st = tbert_score_write_all(fd, TBERT_SCORE_CSV_HEADER, sizeof TBERT_SCORE_CSV_HEADER - 1, out_name, err);
 
     pipeline p = {0};
     scorer sc = {c, fz, tbert_featurizer_dim(fz), batch, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
@@ -625,19 +379,19 @@ tbert_status tbert_score_run(const tbert_classifier *c, tbert_featurizer *fz, co
         double twr = tbert_now();
         for (int i = 0; i < k && st == TBERT_OK; i++) {
             slot *s = batch_slots[i];
-            record r = {s->item.source, s->item.offset, s->id, 0, NULL, 0, s->item.truncated, s->error};
-            if (!s->error) {
+            tbert_score_record r = {s->item.source, s->item.offset, s->doc.id, 0, NULL, 0, s->item.truncated, s->doc.error};
+            if (!s->doc.error) {
                 r.score = sc.prob[d];
                 int li = sc.label_idx[d];
                 r.label = li >= 0 && li < rec->n_labels ? rec->labels[li] : "?";
                 r.tokens = sc.tokens[d];
                 d++;
             }
-            format_record(line, opts->format, &r);
-            st = write_all(fd, line->str, line->len, out_name, err);
+            tbert_score_format_record(line, opts->format, &r);
+            st = tbert_score_write_all(fd, line->str, line->len, out_name, err);
             if (st) break;
             stats->records++;
-            stats->errors += s->error != NULL;
+            stats->errors += s->doc.error != NULL;
             if (opts->kill_at_record && stats->records == opts->kill_at_record) raise(SIGKILL);
         }
         t_write += tbert_now() - twr;

@@ -41,7 +41,10 @@ struct tbert_vocab {
 };
 
 /* ---- vocab.c ---- */
+/* The vocabulary's hash table: open addressing with linear probing over v->slots. */
 uint32_t tbert_vocab_hash_bytes(const char *s, size_t len);
+/* id of the token s[0..len), -1 when not in the vocabulary */
+int32_t tbert_vocab_lookup(const tbert_vocab *v, const char *s, size_t len);
 
 /* ---- normalizer.c ---- */
 /* Decodes one code point at s[i] (i < n) as Python's errors="replace" does (maximal invalid subpart ->
@@ -69,7 +72,6 @@ typedef bool (*tbert_word_fn)(void *ctx, char *word, size_t len, size_t nchars, 
 bool tbert_pretokenize(const tbert_vocab *v, const char *text, size_t len, tbert_word_fn fn, void *ctx, bool *oom);
 
 /* ---- wordpiece.c ---- */
-int32_t tbert_vocab_lookup(const tbert_vocab *v, const char *s, size_t len);
 /* Greedy longest-match-first WordPiece of one word (w has 2 writable bytes before it, its bytes may be
  * overwritten). Appends ids (or one [UNK]) to out; false on out-of-memory. */
 bool tbert_wordpiece(const tbert_vocab *v, char *w, size_t len, tbert_i32vec *out);

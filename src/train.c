@@ -1,6 +1,7 @@
 /* Head training on a feature matrix: stratified split, epochs of shuffled mini-batches with AdamW,
  * validation each epoch, best epoch kept, checkpoints each epoch, bit-identical --resume
- * (include/tbert/train.h). The pipeline around it (data, features, report) is src/train_run.c. */
+ * (include/tbert/train.h). K-fold cross-fitting is src/crossfit.c, the metrics JSON src/metrics_json.c; the
+ * pipeline around it (data, features, report) is src/train_run.c. */
 #include "tbert/train.h"
 
 #include <cblas.h>
@@ -14,7 +15,9 @@
 
 #include "head_cuda.h"
 #include "tbert/checkpoint.h"
+#include "tbert/cuda_plugin.h"
 #include "tbert/fileio.h"
+#include "train_internal.h"
 
 void tbert_hparams_preset(const char *name, tbert_hparams *hp) {
     memset(hp, 0, sizeof *hp);
@@ -74,7 +77,7 @@ void tbert_fit_result_free(tbert_fit_result *r) {
 }
 
 /* ---- split ---- */
-static int cmp_int(const void *a, const void *b) {
+int tbert_cmp_int(const void *a, const void *b) {
     int x = *(const int *)a, y = *(const int *)b;
     return (x > y) - (x < y);
 }
@@ -111,9 +114,9 @@ tbert_status tbert_split_stratified(int n, const int *y, int C, double val_fract
         }
     }
     free(cls);
-    qsort(tr, (size_t)*n_train, sizeof(int), cmp_int);
-    qsort(va, (size_t)*n_val, sizeof(int), cmp_int);
-    qsort(te, (size_t)*n_test, sizeof(int), cmp_int);
+    qsort(tr, (size_t)*n_train, sizeof(int), tbert_cmp_int);
+    qsort(va, (size_t)*n_val, sizeof(int), tbert_cmp_int);
+    qsort(te, (size_t)*n_test, sizeof(int), tbert_cmp_int);
     *train = tr;
     *val = va;
     *test = te;
@@ -311,22 +314,16 @@ static tbert_status final_metrics(tbert_fit_result *r, fit_bufs *b, const tbert_
     return TBERT_OK;
 }
 
-static char *fit_metrics_json(const tbert_fit_result *r, const tbert_recipe *rec);
-
 /* ---- fit ---- */
-static tbert_status fit_once(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
-                             tbert_error *err);
-static tbert_status fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
-                           tbert_error *err);
 
 tbert_status tbert_fit(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
                        tbert_error *err) {
-    if (hp->cv_folds >= 2) return fit_cv(d, hp, ck, r, err);
-    return fit_once(d, hp, ck, r, err);
+    if (hp->cv_folds >= 2) return tbert_fit_cv(d, hp, ck, r, err);
+    return tbert_fit_once(d, hp, ck, r, err);
 }
 
-static tbert_status fit_once(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
-                             tbert_error *err) {
+tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
+                            tbert_error *err) {
     memset(r, 0, sizeof *r);
     double t0 = tbert_now();
     if (hp->epochs < 1 || hp->batch < 1) return tbert_fail(err, TBERT_E_ARG, "train: epochs and batch must be positive");
@@ -445,16 +442,23 @@ static tbert_status fit_once(const tbert_fit_data *d, const tbert_hparams *hp, c
     }
     /* CUDA: parameters and moments live on the device during an epoch; downloaded after each one for
      * validation and checkpoints (same dropout stream, same AdamW arithmetic; GEMMs in cuBLAS float32) */
+    tbert_cuda_plugin *plug = NULL; /* the CUDA head is reached through the plugin's table */
+    const tbert_cuda_api *cu = NULL;
     tbert_cuda_head *gh = NULL;
     float *mask = NULL;
     if (hp->cuda_device >= 0) {
-        st = tbert_cuda_head_create(h, &adam, b.cap, hp->cuda_device, &gh, err);
+        st = tbert_cuda_plugin_open(&plug, err);
+        if (!st) {
+            cu = tbert_cuda_plugin_table(plug);
+            st = cu->head_create(h, &adam, b.cap, hp->cuda_device, &gh, err);
+        }
         if (!st && cfg.dropout > 0) {
             mask = tbert_malloc_array((size_t)b.cap, (size_t)(cfg.hidden ? cfg.hidden : cfg.in_dim) * sizeof(float));
             if (!mask) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory");
         }
         if (st) {
-            tbert_cuda_head_free(gh);
+            if (gh) cu->head_free(gh);
+            tbert_cuda_plugin_close(plug);
             free(perm);
             goto done;
         }
@@ -476,9 +480,9 @@ static tbert_status fit_once(const tbert_fit_data *d, const tbert_hparams *hp, c
             if (gh) {
                 if (mask) tbert_cuda_head_dropout_mask(cfg.dropout, (size_t)m * (size_t)(cfg.hidden ? cfg.hidden : cfg.in_dim),
                                                        &rng, mask);
-                st = tbert_cuda_head_forward(gh, m, b.xb, b.z, err); /* logits before the step, for the accuracy */
+                st = cu->head_forward(gh, m, b.xb, b.z, err); /* logits before the step, for the accuracy */
                 if (!st)
-                    st = tbert_cuda_head_train_step(gh, &adam, m, b.xb, b.yb, hp->class_weights_auto ? cw : NULL, mask, &l, err);
+                    st = cu->head_train_step(gh, &adam, m, b.xb, b.yb, hp->class_weights_auto ? cw : NULL, mask, &l, err);
                 if (st) break;
             } else {
                 st = tbert_head_forward(h, b.ws, m, b.xb, true, &rng, b.z, err);
@@ -502,7 +506,7 @@ static tbert_status fit_once(const tbert_fit_data *d, const tbert_hparams *hp, c
                 tbert_progress_update(pb, (uint64_t)(i + m), note);
             }
         }
-        if (!st && gh) st = tbert_cuda_head_download(gh, h, &adam, err);
+        if (!st && gh) st = cu->head_download(gh, h, &adam, err);
         if (st) {
             if (pb) tbert_progress_finish(pb, "failed");
             break;
@@ -539,7 +543,8 @@ static tbert_status fit_once(const tbert_fit_data *d, const tbert_hparams *hp, c
     }
     free(perm);
     free(mask);
-    tbert_cuda_head_free(gh);
+    if (gh) cu->head_free(gh);
+    tbert_cuda_plugin_close(plug);
     if (st) goto done;
     r->epochs_run = hp->epochs;
     if (r->best_epoch == 0) { /* resumed a finished run with no improvement recorded: keep the current head */
@@ -550,7 +555,7 @@ static tbert_status fit_once(const tbert_fit_data *d, const tbert_hparams *hp, c
     if (!st) st = final_metrics(r, &b, d, err);
     if (!st && ck) { /* best.safetensors again, now with the final metrics of the best epoch */
         char *tj = train_state_json(ck->settings_json, r, hp->epochs, best_score);
-        char *mj = fit_metrics_json(r, &ck->recipe);
+        char *mj = tbert_fit_metrics_json(r, &ck->recipe);
         if (!tj || !mj) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory");
         if (!st) st = save_ckpt(ck, "best.safetensors", r->best, NULL, NULL, r->threshold, hp->epochs, r->best_epoch, tj, mj, err);
         free(tj);
@@ -563,175 +568,4 @@ done:
     tbert_adam_free(&adam);
     tbert_head_free(h);
     return st;
-}
-
-/* ---- cross-fitting (tbert_fit with cv_folds >= 2) ---- */
-
-/* K stratified folds of idx[0..n): per class, shuffled with the seed, dealt round-robin. fold[i] = fold of idx[i]. */
-static void assign_folds(const tbert_fit_data *d, const int *idx, int n, int K, uint64_t seed, int *fold, int *scratch) {
-    tbert_rng rng;
-    tbert_rng_seed(&rng, seed ^ 0x6376666f6c6473ull); /* "cvfolds" */
-    for (int c = 0; c < d->n_classes; c++) {
-        int m = 0;
-        for (int i = 0; i < n; i++)
-            if (d->y[idx[i]] == c) scratch[m++] = i;
-        tbert_rng_shuffle(&rng, scratch, m);
-        for (int j = 0; j < m; j++) fold[scratch[j]] = j % K;
-    }
-}
-
-static tbert_status fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck, tbert_fit_result *r,
-                           tbert_error *err) {
-    memset(r, 0, sizeof *r);
-    const int K = hp->cv_folds, n = d->n_train, C = d->n_classes;
-    if (d->n_val > 0) return tbert_fail(err, TBERT_E_ARG, "train: cross-validation takes its folds from the training split (use --val-fraction 0)");
-    if (n < 2 * K) return tbert_fail(err, TBERT_E_ARG, "train: %d training examples are too few for %d folds", n, K);
-    int *fold = tbert_malloc_array((size_t)n, sizeof(int)), *scratch = tbert_malloc_array((size_t)n, sizeof(int));
-    int *ftr = tbert_malloc_array((size_t)n, sizeof(int)), *fva = tbert_malloc_array((size_t)n, sizeof(int));
-    int *best_epochs = tbert_malloc_array((size_t)K, sizeof(int)), *y = tbert_malloc_array((size_t)n, sizeof(int));
-    float *oof = tbert_malloc_array((size_t)n, (size_t)C * sizeof(float)), *s = tbert_malloc_array((size_t)n, sizeof(float));
-    bool *pos = tbert_malloc_array((size_t)n, sizeof(bool));
-    tbert_status st = TBERT_OK;
-    if (!fold || !scratch || !ftr || !fva || !best_epochs || !y || !oof || !s || !pos)
-        st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory for %d-fold cross-validation", K);
-    if (!st) assign_folds(d, d->train_idx, n, K, hp->seed, fold, scratch);
-    tbert_progress_mode pm = hp->progress == TBERT_PROGRESS_AUTO ? (isatty(2) ? TBERT_PROGRESS_BAR : TBERT_PROGRESS_LOG) : hp->progress;
-    for (int k = 0; k < K && !st; k++) {
-        int nt = 0, nv = 0;
-        for (int i = 0; i < n; i++) {
-            if (fold[i] == k) fva[nv++] = d->train_idx[i];
-            else ftr[nt++] = d->train_idx[i];
-        }
-        tbert_fit_data fd = *d;
-        fd.train_idx = ftr;
-        fd.n_train = nt;
-        fd.val_idx = fva;
-        fd.n_val = nv;
-        fd.n_test = 0;
-        tbert_hparams fh = *hp;
-        fh.cv_folds = 0;
-        fh.keep_last = false;
-        fh.threshold = "f1"; /* unused: the threshold comes from all folds together */
-        fh.seed = hp->seed + 1000003ull * (uint64_t)(k + 1);
-        fh.progress = TBERT_PROGRESS_OFF;
-        tbert_fit_result fr;
-        st = fit_once(&fd, &fh, NULL, &fr, err);
-        if (!st) {
-            best_epochs[k] = fr.best_epoch;
-            int j = 0;
-            for (int i = 0; i < n; i++) /* val_idx is ascending, as the train_idx it came from */
-                if (fold[i] == k) memcpy(oof + (size_t)i * C, fr.val_probs + (size_t)j++ * C, (size_t)C * sizeof(float));
-            if (pm != TBERT_PROGRESS_OFF)
-                fprintf(stderr, "tbert: cross-validation fold %d/%d: best epoch %d, held-out loss %.4f acc %.4f\n", k + 1, K,
-                        fr.best_epoch, fr.val_loss[fr.best_epoch - 1], fr.val_acc[fr.best_epoch - 1]);
-        }
-        tbert_fit_result_free(&fr);
-    }
-    float thr = 0.5f;
-    int pos_cls = d->positive >= 0 && C == 2 ? d->positive : -1;
-    for (int i = 0; !st && i < n; i++) {
-        y[i] = d->y[d->train_idx[i]];
-        if (pos_cls >= 0) {
-            s[i] = oof[(size_t)i * C + pos_cls];
-            pos[i] = y[i] == pos_cls;
-        }
-    }
-    if (!st && pos_cls >= 0) st = tbert_threshold_choose(hp->threshold, n, s, pos, &thr, err);
-    int E = hp->epochs;
-    if (!st) {
-        qsort(best_epochs, (size_t)K, sizeof(int), cmp_int);
-        E = best_epochs[K / 2];
-    }
-    tbert_metrics oofm = {0};
-    if (!st) st = tbert_metrics_compute(n, C, oof, y, pos_cls, thr, &oofm, err);
-    if (!st) {
-        char spec[32];
-        snprintf(spec, sizeof spec, "%.9g", (double)thr);
-        tbert_hparams fh = *hp;
-        fh.cv_folds = 0;
-        fh.keep_last = true;
-        fh.epochs = E;
-        fh.threshold = spec;
-        if (pm != TBERT_PROGRESS_OFF)
-            fprintf(stderr, "tbert: cross-validation: threshold %.4f on %d out-of-fold scores (%s), %d epochs; training the head on all %d\n",
-                    (double)thr, n, hp->threshold ? hp->threshold : "f1", E, n);
-        st = fit_once(d, &fh, ck, r, err);
-    }
-    if (!st) { /* the held-out view: out-of-fold metrics and probabilities stand in for validation */
-        tbert_metrics_free(&r->val);
-        r->val = oofm;
-        memset(&oofm, 0, sizeof oofm);
-        free(r->val_probs);
-        r->val_probs = oof;
-        oof = NULL;
-        r->n_oof = n;
-    }
-    tbert_metrics_free(&oofm);
-    free(fold);
-    free(scratch);
-    free(ftr);
-    free(fva);
-    free(best_epochs);
-    free(y);
-    free(oof);
-    free(s);
-    free(pos);
-    return st;
-}
-
-/* ---- metrics JSON ---- */
-static cJSON *num_or_null(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
-
-char *tbert_metrics_json(const tbert_metrics *m, const tbert_recipe *r) {
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
-    cJSON_AddItemToObject(o, "n", cJSON_CreateNumber(m->n));
-    cJSON_AddItemToObject(o, "accuracy", num_or_null(m->accuracy));
-    cJSON_AddItemToObject(o, "roc_auc", num_or_null(m->roc_auc));
-    cJSON_AddItemToObject(o, "pr_auc", num_or_null(m->pr_auc));
-    cJSON_AddItemToObject(o, "threshold", num_or_null(m->threshold));
-    if (!isnan(m->loss)) cJSON_AddItemToObject(o, "loss", num_or_null(m->loss));
-    cJSON *labels = cJSON_AddArrayToObject(o, "labels");
-    for (int k = 0; k < m->n_classes; k++) cJSON_AddItemToArray(labels, cJSON_CreateString(r->labels[k]));
-    cJSON *conf = cJSON_AddArrayToObject(o, "confusion");
-    for (int i = 0; i < m->n_classes; i++) {
-        cJSON *row = cJSON_CreateArray();
-        for (int j = 0; j < m->n_classes; j++)
-            cJSON_AddItemToArray(row, cJSON_CreateNumber((double)(m->confusion ? m->confusion[(size_t)i * m->n_classes + j] : 0)));
-        cJSON_AddItemToArray(conf, row);
-    }
-    cJSON *pc = cJSON_AddObjectToObject(o, "per_class");
-    for (int k = 0; k < m->n_classes; k++) {
-        cJSON *c = cJSON_CreateObject();
-        cJSON_AddItemToObject(c, "precision", num_or_null(m->precision[k]));
-        cJSON_AddItemToObject(c, "recall", num_or_null(m->recall[k]));
-        cJSON_AddItemToObject(c, "f1", num_or_null(m->f1[k]));
-        cJSON_AddNumberToObject(c, "support", (double)m->support[k]);
-        cJSON_AddItemToObject(pc, r->labels[k], c);
-    }
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    return s;
-}
-
-/* {"train": {...}, "val": {...}, "test": {...}} (a split without examples is left out) */
-static char *fit_metrics_json(const tbert_fit_result *r, const tbert_recipe *rec) {
-    tbert_recipe lr = *rec;
-    cJSON *o = cJSON_CreateObject();
-    const tbert_metrics *ms[3] = {&r->train, &r->val, &r->test};
-    const char *names[3] = {"train", "val", "test"};
-    for (int k = 0; o && k < 3; k++) {
-        if (ms[k]->n == 0) continue;
-        char *s = tbert_metrics_json(ms[k], &lr);
-        cJSON *v = s ? cJSON_Parse(s) : NULL;
-        free(s);
-        if (!v) {
-            cJSON_Delete(o);
-            return NULL;
-        }
-        cJSON_AddItemToObject(o, names[k], v);
-    }
-    char *out = o ? cJSON_PrintUnformatted(o) : NULL;
-    cJSON_Delete(o);
-    return out;
 }

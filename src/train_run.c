@@ -1,21 +1,19 @@
 /* The `tbert train` job: read labelled texts (a table, or --ham/--spam mail), build the recipe, encode once
  * (feature cache), split, fit, write checkpoints, metrics.json, split.tsv and report.html. */
 #include <cjson/cJSON.h>
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <glib.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include "tbert/checkpoint.h"
 #include "tbert/fileio.h"
 #include "tbert/mail.h"
 #include "tbert/model.h"
 #include "tbert/train.h"
+#include "train_internal.h"
 
 void tbert_train_opts_default(tbert_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -35,127 +33,11 @@ void tbert_train_result_free(tbert_train_result *r) {
     tbert_fit_result_free(&r->fit);
 }
 
-/* ---- labelled documents ---- */
-typedef struct {
-    int n, cap;
-    tbert_doc *docs;
-    char **label;   /* borrowed (table) or static "ham"/"spam" */
-    char **owned;   /* strings to free */
-    int n_owned, cap_owned;
-    int64_t *line;  /* table line numbers (or item index for mail) */
-    tbert_table table;
-    bool have_table;
-} labelled;
-
-static void labelled_free(labelled *L) {
-    for (int i = 0; i < L->n_owned; i++) free(L->owned[i]);
-    free(L->owned);
-    free(L->docs);
-    free(L->label);
-    free(L->line);
-    if (L->have_table) tbert_table_free(&L->table);
-    memset(L, 0, sizeof *L);
-}
-
-static bool own(labelled *L, char *s) {
-    if (!s) return false;
-    if (L->n_owned == L->cap_owned) {
-        int nc = L->cap_owned ? 2 * L->cap_owned : 256;
-        char **p = tbert_realloc_array(L->owned, (size_t)nc, sizeof *p);
-        if (!p) {
-            free(s);
-            return false;
-        }
-        L->owned = p;
-        L->cap_owned = nc;
-    }
-    L->owned[L->n_owned++] = s;
-    return true;
-}
-
-static bool push_doc(labelled *L, const char *text, size_t len, const char *evidence, char *label, int64_t line) {
-    if (L->n == L->cap) {
-        int nc = L->cap ? 2 * L->cap : 1024;
-        tbert_doc *d = tbert_realloc_array(L->docs, (size_t)nc, sizeof *d);
-        if (d) L->docs = d;
-        char **l = tbert_realloc_array(L->label, (size_t)nc, sizeof *l);
-        if (l) L->label = l;
-        int64_t *ln = tbert_realloc_array(L->line, (size_t)nc, sizeof *ln);
-        if (ln) L->line = ln;
-        if (!d || !l || !ln) return false;
-        L->cap = nc;
-    }
-    L->docs[L->n] = (tbert_doc){text, len, evidence};
-    L->label[L->n] = label;
-    L->line[L->n] = line;
-    L->n++;
-    return true;
-}
-
-static tbert_status read_table(const tbert_train_opts *o, labelled *L, tbert_error *err) {
-    tbert_status st = tbert_table_read(o->data, &o->table, &L->table, err);
-    if (st) return st;
-    L->have_table = true;
-    if (!L->table.label) return tbert_fail(err, TBERT_E_ARG, "%s: training needs a label column", o->data);
-    for (int i = 0; i < L->table.n; i++)
-        if (!push_doc(L, L->table.text[i], L->table.text_len[i], NULL, L->table.label[i], L->table.line[i]))
-            return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", o->data);
-    return TBERT_OK;
-}
-
-static char *mail_text(const tbert_message *m) {
-    size_t a = strlen(m->subject), b = strlen(m->body);
-    char *s = malloc(a + b + 2);
-    if (!s) return NULL;
-    memcpy(s, m->subject, a);
-    s[a] = '\n';
-    memcpy(s + a + 1, m->body, b + 1);
-    return s;
-}
-
-static tbert_status read_mail(const char *const *paths, int n, char *label, labelled *L, int *skipped, tbert_error *err) {
-    if (n == 0) return TBERT_OK;
-    tbert_input_opts io = {0};
-    tbert_inputs *in;
-    tbert_status st = tbert_inputs_open(paths, n, &io, &in, err);
-    if (st) return st;
-    tbert_input_item it;
-    int r;
-    int64_t k = 0;
-    while ((r = tbert_inputs_next(in, &it, err)) == 1) {
-        k++;
-        if (it.error) {
-            fprintf(stderr, "tbert: skipping %s: %s\n", it.source, it.error);
-            (*skipped)++;
-        } else if (it.is_message) {
-            tbert_message m;
-            tbert_error merr;
-            if (tbert_message_parse(it.raw, it.raw_len, it.source, &m, &merr)) {
-                fprintf(stderr, "tbert: skipping %s\n", merr.msg);
-                (*skipped)++;
-            } else {
-                char *text = mail_text(&m), *ev = tbert_strdup(m.evidence);
-                tbert_message_free(&m);
-                bool ok = own(L, text) && own(L, ev) && push_doc(L, text, strlen(text), ev, label, k);
-                if (!ok) st = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", it.source);
-            }
-        } else {
-            char *text = tbert_strndup(it.text ? it.text : "", it.text_len);
-            bool ok = own(L, text) && push_doc(L, text, it.text_len, NULL, label, k);
-            if (!ok) st = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", it.source);
-        }
-        tbert_input_item_free(&it);
-        if (st) break;
-    }
-    if (r < 0 && !st) st = err ? err->code : TBERT_E_IO;
-    tbert_inputs_close(in);
-    return st;
-}
-
+/* ---- labels ---- */
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* labels sorted byte-wise and unique; y[i] = index of doc i's label */
-static tbert_status discover_labels(const labelled *L, const char *positive, tbert_recipe *r, int *y, const char *src,
+static tbert_status discover_labels(const tbert_labelled *L, const char *positive, tbert_recipe *r, int *y, const char *src,
                                     tbert_error *err) {
     char **tmp = tbert_malloc_array((size_t)L->n + 1, sizeof(char *));
     if (!tmp) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
@@ -192,7 +74,7 @@ static tbert_status discover_labels(const labelled *L, const char *positive, tbe
     return TBERT_OK;
 }
 
-static void data_hash(const labelled *L, const char *docs_hash, char out[65]) {
+static void data_hash(const tbert_labelled *L, const char *docs_hash, char out[65]) {
     GChecksum *cs = g_checksum_new(G_CHECKSUM_SHA256);
     g_checksum_update(cs, (const guchar *)docs_hash, 64);
     for (int i = 0; i < L->n; i++) g_checksum_update(cs, (const guchar *)L->label[i], strlen(L->label[i]) + 1);
@@ -226,7 +108,7 @@ static tbert_status write_npy(const char *path, const float *X, int n, size_t di
     return tbert_atomic_commit(f, err);
 }
 
-static tbert_status write_split(const char *dir, const labelled *L, const tbert_fit_data *d, tbert_error *err) {
+static tbert_status write_split(const char *dir, const tbert_labelled *L, const tbert_fit_data *d, tbert_error *err) {
     char *split = calloc((size_t)L->n + 1, 1);
     if (!split) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
     for (int i = 0; i < d->n_train; i++) split[d->train_idx[i]] = 't';
@@ -277,34 +159,6 @@ static char *settings_json(const tbert_recipe *r, const tbert_hparams *hp, const
     return out;
 }
 
-static tbert_status write_metrics_file(const char *dir, const tbert_train_result *res, const tbert_recipe *r, tbert_error *err) {
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
-    cJSON_AddNumberToObject(o, "best_epoch", res->fit.best_epoch);
-    cJSON_AddNumberToObject(o, "epochs", res->fit.epochs_run);
-    cJSON_AddNumberToObject(o, "threshold", res->fit.threshold);
-    const tbert_metrics *ms[3] = {&res->fit.train, &res->fit.val, &res->fit.test};
-    const char *names[3] = {"train", "val", "test"};
-    for (int k = 0; k < 3; k++) {
-        if (ms[k]->n == 0) continue;
-        char *s = tbert_metrics_json(ms[k], r);
-        cJSON *v = s ? cJSON_Parse(s) : NULL;
-        free(s);
-        if (v) cJSON_AddItemToObject(o, names[k], v);
-    }
-    cJSON_AddNumberToObject(o, "seconds_total", res->seconds_total);
-    cJSON_AddNumberToObject(o, "seconds_features", res->seconds_features);
-    cJSON_AddBoolToObject(o, "feature_cache_hit", res->cache_hit);
-    char *s = cJSON_Print(o);
-    cJSON_Delete(o);
-    if (!s) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
-    char path[4200];
-    snprintf(path, sizeof path, "%s/metrics.json", dir);
-    tbert_status st = tbert_write_file_atomic(path, s, strlen(s), err);
-    free(s);
-    return st;
-}
-
 /* ---- the job ---- */
 static tbert_status build_recipe(const tbert_train_opts *o, const char *name, tbert_recipe *r, tbert_error *err) {
     tbert_status st = tbert_recipe_preset(name, r, err);
@@ -345,203 +199,6 @@ static tbert_status check_out_dir(const char *dir, tbert_error *err) {
     if (access(dir, W_OK) != 0)
         return tbert_fail(err, TBERT_E_IO, "%s: output folder is not writable", dir);
     return TBERT_OK;
-}
-
-/* ---- the checkpoint folder holds one run at a time ----
- * A fresh run into a folder that already holds a run's files (RUN_FILES below) writes into
- * DIR/.tbert-staging and moves its files into DIR only once all of them are written. Staging rather than
- * deleting the old files up front: a run that fails (full disk, a kill, a bad setting) then leaves the previous
- * checkpoint whole and loadable, where deleting first would lose a good head to a failed retrain. Each file is
- * written atomically (src/fileio.c); staging makes the set atomic as `--head DIR` and `--resume` see it:
- * - the move first removes the old run's files (last and best first), then brings split, metrics, report,
- *   best and last in (best and last last), so at every instant DIR holds files of one run only, and a
- *   best.safetensors only beside all of its run's other files but last. A marker written before the move lets
- *   the next `tbert train --out DIR` finish a move that was killed part-way (each step is idempotent);
- * - a staged run that dies keeps its files in the staging folder: `--resume` continues it there (bit for bit
- *   as in DIR) and moves it in at the end; a fresh run clears it.
- * A fresh run into a folder without such files writes in place, as before, and --resume of a run in DIR is
- * unchanged. Only these names and their temp files are ever removed or moved: anything else is the user's. */
-#define STAGE_NAME ".tbert-staging"
-#define STAGE_MARKER ".complete"
-/* in the order they move in; the old ones go in the reverse order */
-static const char *const RUN_FILES[] = {"split.tsv", "metrics.json", "report.html", "best.safetensors", "last.safetensors"};
-enum { N_RUN_FILES = sizeof RUN_FILES / sizeof RUN_FILES[0] };
-
-typedef struct {
-    char *stage;      /* DIR/.tbert-staging */
-    const char *work; /* where this run writes: DIR or stage */
-    bool staged, resume;
-} out_plan;
-
-static bool path_exists(const char *p) {
-    struct stat s;
-    return lstat(p, &s) == 0;
-}
-
-static bool exists_in(const char *dir, const char *name) {
-    char *p = g_strdup_printf("%s/%s", dir, name);
-    bool e = path_exists(p);
-    g_free(p);
-    return e;
-}
-
-static bool is_regular_in(const char *dir, const char *name) {
-    char *p = g_strdup_printf("%s/%s", dir, name);
-    bool r = tbert_is_regular_file(p);
-    g_free(p);
-    return r;
-}
-
-/* a run file, the marker, or one of their temp files (NAME.tmp.PID, src/fileio.c) */
-static bool is_ours(const char *name) {
-    for (int k = 0; k <= N_RUN_FILES; k++) {
-        const char *f = k < N_RUN_FILES ? RUN_FILES[k] : STAGE_MARKER;
-        size_t n = strlen(f);
-        if (strncmp(name, f, n)) continue;
-        if (!name[n]) return true;
-        if (strncmp(name + n, ".tmp.", 5) || !name[n + 5]) continue;
-        if (strspn(name + n + 5, "0123456789") == strlen(name + n + 5)) return true;
-    }
-    return false;
-}
-
-/* removes what tbert wrote into the staging folder, then the folder unless the user put something there */
-static tbert_status stage_clear(const char *stage, tbert_error *err) {
-    struct stat s;
-    if (lstat(stage, &s) != 0) return TBERT_OK;
-    if (!S_ISDIR(s.st_mode)) return tbert_fail(err, TBERT_E_IO, "%s: exists and is not a folder (tbert keeps a staged run there)", stage);
-    DIR *d = opendir(stage);
-    if (!d) return tbert_fail(err, TBERT_E_IO, "%s: cannot open: %s", stage, strerror(errno));
-    tbert_status st = TBERT_OK;
-    struct dirent *e;
-    while (!st && (e = readdir(d))) {
-        if (!is_ours(e->d_name)) continue;
-        if (unlinkat(dirfd(d), e->d_name, 0) != 0 && errno != ENOENT)
-            st = tbert_fail(err, TBERT_E_IO, "%s/%s: cannot remove: %s", stage, e->d_name, strerror(errno));
-    }
-    closedir(d);
-    if (!st) rmdir(stage); /* fails, harmlessly, when other files are in it */
-    return st;
-}
-
-static void fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return;
-    fsync(fd);
-    close(fd);
-}
-
-/* moves a complete staged run into DIR (see above); safe to repeat after a kill at any point */
-static tbert_status stage_commit(const char *dir, const char *stage, tbert_error *err) {
-    char *marker = g_strdup_printf("%s/%s", stage, STAGE_MARKER);
-    tbert_status st = path_exists(marker) ? TBERT_OK : tbert_write_file_atomic(marker, "", 0, err);
-    if (!st) fsync_dir(stage);
-    for (int k = N_RUN_FILES - 1; !st && k >= 0; k--) { /* the old run's files: gone first */
-        if (!exists_in(stage, RUN_FILES[k])) continue; /* already moved in */
-        char *p = g_strdup_printf("%s/%s", dir, RUN_FILES[k]);
-        if (unlink(p) != 0 && errno != ENOENT) st = tbert_fail(err, TBERT_E_IO, "%s: cannot remove: %s", p, strerror(errno));
-        g_free(p);
-    }
-    if (!st) fsync_dir(dir);
-    for (int k = 0; !st && k < N_RUN_FILES; k++) {
-        if (!exists_in(stage, RUN_FILES[k])) continue;
-        char *from = g_strdup_printf("%s/%s", stage, RUN_FILES[k]), *to = g_strdup_printf("%s/%s", dir, RUN_FILES[k]);
-        if (rename(from, to) != 0) st = tbert_fail(err, TBERT_E_IO, "%s: cannot move in from %s: %s", to, stage, strerror(errno));
-        g_free(from);
-        g_free(to);
-    }
-    if (!st) {
-        fsync_dir(dir);
-        if (unlink(marker) != 0 && errno != ENOENT) st = tbert_fail(err, TBERT_E_IO, "%s: cannot remove: %s", marker, strerror(errno));
-    }
-    if (!st) st = stage_clear(stage, err);
-    g_free(marker);
-    return st;
-}
-
-static bool holds_run_files(const char *dir) {
-    for (int k = 0; k < N_RUN_FILES; k++)
-        if (exists_in(dir, RUN_FILES[k])) return true;
-    return false;
-}
-
-/* where this run writes (called once the data and model are known good, before the first file is written) */
-static tbert_status plan_output(const char *dir, bool resume, out_plan *p, tbert_error *err) {
-    p->stage = g_strdup_printf("%s/%s", dir, STAGE_NAME);
-    p->work = dir;
-    p->staged = false;
-    p->resume = resume;
-    tbert_status st = TBERT_OK;
-    if (exists_in(p->stage, STAGE_MARKER)) { /* an earlier run finished but was killed while moving in */
-        st = stage_commit(dir, p->stage, err);
-        if (st) return st;
-        fprintf(stderr, "tbert: %s: finished moving in the run staged in %s\n", dir, p->stage);
-    }
-    if (resume && is_regular_in(p->stage, "last.safetensors")) { /* an interrupted fresh run beside an old one */
-        p->work = p->stage;
-        p->staged = true;
-        return TBERT_OK;
-    }
-    st = stage_clear(p->stage, err); /* nothing to resume in it: only a dead run's first files */
-    if (st || (resume && is_regular_in(dir, "last.safetensors"))) return st;
-    if (resume) {
-        fprintf(stderr, "tbert: nothing to resume in %s, starting fresh\n", dir);
-        p->resume = false;
-    }
-    if (!holds_run_files(dir)) return TBERT_OK;
-    if (mkdir(p->stage, 0755) != 0 && errno != EEXIST)
-        return tbert_fail(err, TBERT_E_IO, "%s: cannot create folder: %s", p->stage, strerror(errno));
-    p->work = p->stage;
-    p->staged = true;
-    return TBERT_OK;
-}
-
-/* a failed run: say in its one line what the folder holds now. Write errors in the staging folder name the
- * file the user asked for, as src/fileio.c's errors name the destination, not the temp file. */
-static void plan_failed(const char *dir, const out_plan *p, tbert_error *err) {
-    if (!err || err->code == TBERT_E_MISMATCH || (!p->staged && p->resume)) return;
-    char msg[sizeof err->msg];
-    size_t n = 0;
-    const char *m = err->msg;
-    size_t sl = strlen(p->stage);
-    while (*m && n + 1 < sizeof msg) {
-        if (p->staged && err->code == TBERT_E_IO && !strncmp(m, p->stage, sl) && m[sl] == '/') {
-            n += (size_t)snprintf(msg + n, sizeof msg - n, "%s", dir);
-            m += sl;
-        } else {
-            msg[n++] = *m++;
-        }
-    }
-    msg[n < sizeof msg ? n : sizeof msg - 1] = '\0';
-    n = strlen(msg);
-    bool resumable = is_regular_in(p->work, "last.safetensors");
-    if (p->staged && exists_in(p->stage, STAGE_MARKER)) {
-        snprintf(msg + n, sizeof msg - n, "; moving this run in from %s stopped part-way: the next train --out %s finishes it",
-                 p->stage, dir);
-        memcpy(err->msg, msg, sizeof msg);
-        return;
-    }
-    if (p->staged && resumable)
-        snprintf(msg + n, sizeof msg - n, "; %s still holds the previous run, this one waits in %s (--resume finishes it)", dir, p->stage);
-    else if (p->staged)
-        snprintf(msg + n, sizeof msg - n, "; %s still holds the previous run, unchanged", dir);
-    else if (resumable)
-        snprintf(msg + n, sizeof msg - n, "; %s holds this run up to its last finished epoch (--resume continues it)", dir);
-    else
-        snprintf(msg + n, sizeof msg - n, "; no checkpoint was written to %s", dir);
-    if (!resumable) { /* a run without a finished epoch leaves nothing behind */
-        if (p->staged) {
-            tbert_error ignored;
-            stage_clear(p->stage, &ignored);
-        } else {
-            for (int k = 0; k < N_RUN_FILES; k++) { /* the folder held none of them when this run began */
-                char *f = g_strdup_printf("%s/%s", dir, RUN_FILES[k]);
-                unlink(f);
-                g_free(f);
-            }
-        }
-    }
-    memcpy(err->msg, msg, sizeof msg);
 }
 
 tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res, tbert_error *err) {
@@ -589,7 +246,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     st = check_out_dir(o->out_dir, err);
     if (st) return st;
 
-    labelled L = {0};
+    tbert_labelled L = {0};
     tbert_model *m = NULL;
     tbert_encoder *enc = NULL;
     tbert_featurizer *fz = NULL;
@@ -597,12 +254,12 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     int *y = NULL, *tr = NULL, *va = NULL, *te = NULL;
     char *settings = NULL, *work_report = NULL;
     int skipped = 0;
-    out_plan plan = {0};
+    tbert_ckpt_plan plan = {0};
     bool planned = false;
-    if (o->data) st = read_table(o, &L, err);
+    if (o->data) st = tbert_labelled_read_table(o, &L, err);
     else {
-        st = read_mail(o->ham, o->n_ham, "ham", &L, &skipped, err);
-        if (!st) st = read_mail(o->spam, o->n_spam, "spam", &L, &skipped, err);
+        st = tbert_labelled_read_mail(o->ham, o->n_ham, "ham", &L, &skipped, err);
+        if (!st) st = tbert_labelled_read_mail(o->spam, o->n_spam, "spam", &L, &skipped, err);
     }
     if (st) goto done;
     const char *src = o->data ? o->data : "--ham/--spam";
@@ -674,7 +331,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     }
     tbert_fit_data d = {.n_classes = r->n_labels, .positive = r->positive, .dim = dim, .X = X, .y = y, .n_train = ntr,
                         .n_val = nva, .n_test = nte, .train_idx = tr, .val_idx = va, .test_idx = te};
-    st = plan_output(o->out_dir, o->resume, &plan, err);
+    st = tbert_ckpt_plan_open(o->out_dir, o->resume, &plan, err);
     if (st) goto done;
     planned = true;
     st = write_split(plan.work, &L, &d, err);
@@ -695,7 +352,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     r->threshold = res->fit.threshold;
     res->n_docs = L.n;
     res->seconds_total = tbert_now() - t0;
-    st = write_metrics_file(plan.work, res, r, err);
+    st = tbert_train_metrics_write(plan.work, res, r, err);
     work_report = g_strdup_printf("%s/report.html", plan.work);
     tbert_fit_data dr = d; /* cross-fitting: the out-of-fold view is the report's validation */
     if (res->fit.n_oof > 0) {
@@ -703,11 +360,11 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         dr.n_val = d.n_train;
     }
     if (!st) st = tbert_report_write(work_report, &res->fit, &dr, r, settings, err);
-    if (!st && plan.staged) st = stage_commit(o->out_dir, plan.stage, err);
+    if (!st) st = tbert_ckpt_plan_commit(o->out_dir, &plan, err);
     snprintf(res->report_path, sizeof res->report_path, "%s/report.html", o->out_dir);
 done:
-    if (st && planned) plan_failed(o->out_dir, &plan, err);
-    g_free(plan.stage);
+    if (st && planned) tbert_ckpt_plan_failed(o->out_dir, &plan, err);
+    tbert_ckpt_plan_free(&plan);
     g_free(work_report);
     free(settings);
     free(tr);
@@ -718,6 +375,6 @@ done:
     tbert_featurizer_free(fz);
     tbert_encoder_free(enc);
     tbert_model_free(m);
-    labelled_free(&L);
+    tbert_labelled_free(&L);
     return st;
 }

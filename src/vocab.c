@@ -72,6 +72,15 @@ static void vocab_insert(tbert_vocab *v, int32_t id) {
     }
 }
 
+int32_t tbert_vocab_lookup(const tbert_vocab *v, const char *s, size_t len) {
+    uint32_t h = tbert_vocab_hash_bytes(s, len);
+    for (size_t i = h & v->mask;; i = (i + 1) & v->mask) {
+        const vocab_slot *sl = &v->slots[i];
+        if (sl->id < 0) return -1;
+        if (sl->hash == h && v->token_len[sl->id] == len && !memcmp(v->tokens[sl->id], s, len)) return sl->id;
+    }
+}
+
 static void build_ascii_tables(tbert_vocab *v) {
     for (uint32_t b = 0; b < 128; b++) {
         uint32_t out[TBERT_NORM_MAX];

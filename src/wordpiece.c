@@ -1,16 +1,8 @@
-/* WordPiece: greedy longest-match-first with "##" continuation pieces, as HF's models::wordpiece. */
+/* WordPiece: greedy longest-match-first with "##" continuation pieces, as HF's models::wordpiece. Looks pieces
+ * up in the vocabulary's hash table (src/vocab.c). */
 #include <string.h>
 
 #include "tokenizer_internal.h"
-
-int32_t tbert_vocab_lookup(const tbert_vocab *v, const char *s, size_t len) {
-    uint32_t h = tbert_vocab_hash_bytes(s, len);
-    for (size_t i = h & v->mask;; i = (i + 1) & v->mask) {
-        const vocab_slot *sl = &v->slots[i];
-        if (sl->id < 0) return -1;
-        if (sl->hash == h && v->token_len[sl->id] == len && !memcmp(v->tokens[sl->id], s, len)) return sl->id;
-    }
-}
 
 static inline size_t prev_boundary(const char *w, size_t start, size_t end) {
     do {

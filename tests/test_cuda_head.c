@@ -13,6 +13,7 @@
 
 #include "testutil.h"
 #include "head_cuda.h"
+#include "tbert/cuda_plugin.h"
 #include "tbert/head.h"
 
 #if TBERT_HAVE_CUDA
@@ -345,11 +346,11 @@ static void test_errors(void **state) {
 
 int main(void) {
 #if !TBERT_HAVE_CUDA
-    /* the stubs of a CPU-only build must refuse cleanly */
-    tbert_cuda_head *g = (tbert_cuda_head *)1;
+    /* a CPU-only build has no plugin: opening it must refuse cleanly (the CUDA head is reached only through it) */
+    tbert_cuda_plugin *p = (tbert_cuda_plugin *)1;
     tbert_error err = {0};
-    if (tbert_cuda_head_create(NULL, NULL, 1, 0, &g, &err) != TBERT_E_NODEV || g != NULL) {
-        fprintf(stderr, "test_cuda_head: the CPU-only stub did not answer TBERT_E_NODEV\n");
+    if (tbert_cuda_plugin_open(&p, &err) != TBERT_E_NODEV || p != NULL || !strstr(err.msg, "without CUDA")) {
+        fprintf(stderr, "test_cuda_head: the CPU-only build did not refuse the CUDA plugin with TBERT_E_NODEV: %s\n", err.msg);
         return 1;
     }
     printf("test_cuda_head: skipped (built without CUDA)\n");

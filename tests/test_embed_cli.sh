@@ -80,8 +80,11 @@ check(raw[:8] == b"\x93NUMPY\x01\x00" and (10 + int.from_bytes(raw[8:10], "littl
 f = np.fromfile(f"{tmp}/a.f32", "<f4")
 check(f.size == n * H and np.array_equal(f.reshape(n, H), a), "f32 output differs from npy")
 check(np.all(np.isfinite(a)), "non-finite features")
-# empty lines are [CLS][SEP] rows: rows 0 and 2 are the same and differ from the others
-check(np.array_equal(a[0], a[2]) and not np.allclose(a[0], a[1]), "empty lines")
+# empty lines are [CLS][SEP] rows: rows 0 and 2 are the same and differ from the others. Same up to float32
+# rounding, not bit for bit: the CPU encoder multiplies a thread's sequences in one GEMM, and OpenBLAS's
+# micro-kernels (e.g. OPENBLAS_CORETYPE=Haswell) sum a row differently by its position in the block.
+# atol 1e-5, rtol 1e-5.
+check(np.allclose(a[0], a[2], rtol=1e-5, atol=1e-5) and not np.allclose(a[0], a[1]), "empty lines")
 flat = np.fromfile(f"{tmp}/flat.f32", "<f4").reshape(n, 16, H)
 check(np.all(flat[0, 2:] == 0) and np.any(flat[0, :2] != 0), "flatten: zeros beyond [CLS][SEP]")
 check(np.all(flat[4] != 0), "flatten: the long line fills max_len")
@@ -120,7 +123,7 @@ expect_error "bad --threads" "$BIN" embed --model "$MODEL" --threads 0
 expect_error "missing --data" "$BIN" embed --model "$MODEL" --data "$TMP/none.tsv" --quiet
 expect_error "unknown option" "$BIN" embed --model "$MODEL" --bogus
 expect_error "bf16 on cpu" "$BIN" embed --model "$MODEL" --device cpu --precision bf16 --quiet
-if ! "$BIN" --version | grep -q "CUDA backend: built"; then
+if ! "$BIN" --version | grep -Eq "CUDA backend: .*(device\(s\)|EMULATED)"; then
     expect_error "cuda without CUDA" "$BIN" embed --model "$MODEL" --device cuda --quiet --out "$TMP/x.npy"
     [ -e "$TMP/x.npy" ] && fail "a failed run left an --out file"
 fi

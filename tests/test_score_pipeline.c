@@ -139,9 +139,9 @@ static void test_records_match_direct_scoring(void **state) {
             errors++;
         } else {
             assert_null(e);
-            size_t tl;
-            char *t = tbert_message_text(&m, &tl);
-            tbert_doc doc = {t, tl, m.evidence};
+            tbert_mail_doc md;
+            assert_int_equal(tbert_mail_document(&m, &md, &err), TBERT_OK);
+            tbert_doc doc = {md.text, md.len, md.evidence};
             float p;
             int li, toks;
             assert_int_equal(tbert_featurize(f->ctx.fz, 1, &doc, feat, &toks, &err), TBERT_OK);
@@ -155,7 +155,7 @@ static void test_records_match_direct_scoring(void **state) {
             const cJSON *id = cJSON_GetObjectItem(j, "id");
             if (m.message_id) assert_string_equal(id->valuestring, m.message_id);
             else assert_true(cJSON_IsNull(id));
-            free(t);
+            tbert_mail_doc_free(&md);
             tbert_message_free(&m);
         }
         cJSON_Delete(j);

@@ -40,6 +40,25 @@ tbert_status tbert_checkpoint_save(const char *path, const tbert_head *h, const 
 tbert_status tbert_checkpoint_load(const char *path, tbert_head **h, tbert_ckpt_meta *meta, tbert_adam *adam, tbert_rng *rng,
                                    tbert_error *err);
 
+/* ---- the checkpoint folder as one transaction (src/checkpoint_folder.c) ----
+ * A fresh run into a folder that already holds a run's files writes into DIR/.tbert-staging and moves in
+ * only when all of its files are written; a kill while moving in is finished by the next run. */
+typedef struct {
+    char *stage;      /* DIR/.tbert-staging */
+    const char *work; /* where this run writes: DIR or stage */
+    bool staged, resume;
+} tbert_ckpt_plan;
+
+/* Where a run into dir writes (call once the data and model are known good, before the first file is
+ * written): finishes a move-in a kill interrupted, picks the staging folder when dir holds another run or an
+ * interrupted staged run is resumed, and clears resume (saying so on stderr) when there is nothing to resume. */
+tbert_status tbert_ckpt_plan_open(const char *dir, bool resume, tbert_ckpt_plan *p, tbert_error *err);
+/* After the run wrote all its files into p->work: moves a staged run into dir (nothing when not staged). */
+tbert_status tbert_ckpt_plan_commit(const char *dir, const tbert_ckpt_plan *p, tbert_error *err);
+/* A failed run: appends to err's one line what dir holds now, and removes a run that left nothing resumable. */
+void tbert_ckpt_plan_failed(const char *dir, const tbert_ckpt_plan *p, tbert_error *err);
+void tbert_ckpt_plan_free(tbert_ckpt_plan *p);
+
 #ifdef __cplusplus
 }
 #endif

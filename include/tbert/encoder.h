@@ -25,7 +25,8 @@ typedef struct {
 } tbert_device;
 /* "auto" | "cpu" | "cuda" | "cuda:N" */
 tbert_status tbert_device_parse(const char *s, tbert_device *out, tbert_error *err);
-/* Number of usable CUDA devices (0 when built without CUDA or none present). */
+/* Number of usable CUDA devices (0 when built without CUDA, when the CUDA plugin or its libraries cannot be
+ * loaded, or when none is present). Loads the plugin to ask (src/cuda_plugin.c). */
 int tbert_cuda_device_count(void);
 
 typedef struct {

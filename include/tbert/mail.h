@@ -36,6 +36,17 @@ typedef struct {
  * recoverable; an error is returned only when nothing usable is there (or out of memory). */
 tbert_status tbert_message_parse(const char *raw, size_t len, const char *label, tbert_message *out, tbert_error *err);
 void tbert_message_free(tbert_message *m);
+/* The document the recipe sees from a parsed message, the same for train, score and filter
+ * (src/mail_document.c): text = Subject "\n" body (len bytes, NUL-terminated), evidence = the message's
+ * header evidence and header words (tbert_message.evidence). Both malloc'd; free with tbert_mail_doc_free. */
+typedef struct {
+    char *text;
+    size_t len;
+    char *evidence;
+} tbert_mail_doc;
+tbert_status tbert_mail_document(const tbert_message *m, tbert_mail_doc *out, tbert_error *err);
+void tbert_mail_doc_free(tbert_mail_doc *d);
+
 /* HTML to plain text (scripts and styles dropped, block elements give line breaks). */
 char *tbert_html_to_text(const char *html, size_t len);
 

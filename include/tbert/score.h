@@ -57,9 +57,6 @@ tbert_status tbert_score_ctx_open(const char *model, const char *head, const cha
                                   tbert_score_ctx *ctx, tbert_error *err);
 void tbert_score_ctx_close(tbert_score_ctx *ctx);
 
-/* The text a head sees from a message: Subject + "\n" + body (malloc'd; NULL on OOM). */
-char *tbert_message_text(const tbert_message *m, size_t *len);
-
 /* Parses "record:N" (TBERT_TEST_KILL_AT) into N; 0 when unset or of another kind. */
 uint64_t tbert_kill_at_record(void);
 

@@ -157,17 +157,16 @@ int cmd_filter(int argc, char **argv) {
     tbert_score_ctx ctx;
     tbert_status st = tbert_score_ctx_open(model, head, device, (int)threads, 0, true, &ctx, &err);
     tbert_message m = {0};
-    char *text = NULL;
-    size_t tlen = 0;
+    tbert_mail_doc md = {0};
     float p = 0;
     int li = -1, toks = 0;
     /* only the first --max-message-bytes are classified (as in score); passthrough writes all of it */
     if (!st) st = tbert_message_parse(raw, len < cap ? len : cap, "stdin", &m, &err);
-    if (!st && !(text = tbert_message_text(&m, &tlen))) st = tbert_fail(&err, TBERT_E_NOMEM, "stdin: out of memory");
+    if (!st && tbert_mail_document(&m, &md, &err)) st = tbert_fail(&err, TBERT_E_NOMEM, "stdin: out of memory");
     if (!st) {
         size_t dim = tbert_featurizer_dim(ctx.fz);
         float *feats = malloc(dim * sizeof *feats);
-        tbert_doc doc = {text, tlen, m.evidence};
+        tbert_doc doc = {md.text, md.len, md.evidence};
         if (!feats) st = tbert_fail(&err, TBERT_E_NOMEM, "out of memory");
         if (!st) st = tbert_featurize(ctx.fz, 1, &doc, feats, &toks, &err);
         if (!st) st = tbert_classifier_predict(ctx.clf, 1, feats, &p, &li, &err);
@@ -199,7 +198,7 @@ int cmd_filter(int argc, char **argv) {
         fprintf(stderr, "tbert: %s\n", err.msg);
         code = F_ERROR;
     }
-    free(text);
+    tbert_mail_doc_free(&md);
     tbert_message_free(&m);
     if (ctx.model || ctx.clf) tbert_score_ctx_close(&ctx);
     free(raw);

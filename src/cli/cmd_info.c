@@ -8,16 +8,19 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "tbert/cuda_plugin.h"
 #include "tbert/fileio.h"
 #include "tbert/model.h"
 #include "tbert/safetensors.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: tbert info [--model NAME|DIR] [--json]\n\n"
+    fprintf(f, "usage: tbert info [--model NAME|DIR] [--json] [--backend]\n\n"
                "Loads and validates a Hugging Face BERT model folder (config.json, vocab.txt, model.safetensors)\n"
-               "and prints its config, parameter count, dtypes, tokenizer settings and the sha256 of its weights.\n\n"
+               "and prints its config, parameter count, dtypes, tokenizer settings and the sha256 of its weights,\n"
+               "and which CUDA backend this tbert finds (the plugin libtbert_cuda.so, emulated or not, devices).\n\n"
                "  --model NAME|DIR  a name in $TBERT_CACHE/models (default: minilm) or a model folder\n"
                "  --json            print one JSON object on stdout\n"
+               "  --backend         print only the CUDA backend (no model needed)\n"
                "  --help            this text\n");
 }
 
@@ -85,6 +88,27 @@ static tbert_status summarize_file(const tbert_model *m, file_summary *fs, tbert
     return TBERT_OK;
 }
 
+/* "cuda: plugin PATH: NAME[, emulated], N device(s)[: REASON]" or "cuda: none (REASON); --device auto uses the CPU" */
+static void print_backend_text(const tbert_cuda_probe_info *b) {
+    if (!b->loaded) printf("cuda:         none (%s); --device auto uses the CPU\n", b->why);
+    else
+        printf("cuda:         plugin %s: %s%s, %d device(s)%s%s\n", b->path, b->name, b->emulated ? ", emulated" : "",
+               b->devices, b->why[0] ? ": " : "", b->why);
+}
+
+static cJSON *backend_json(const tbert_cuda_probe_info *b) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddStringToObject(o, "backend", !b->loaded ? "none" : b->emulated ? "emulated" : "cuda");
+    if (b->loaded) cJSON_AddStringToObject(o, "plugin", b->path);
+    else cJSON_AddNullToObject(o, "plugin");
+    if (b->loaded) cJSON_AddStringToObject(o, "name", b->name);
+    cJSON_AddBoolToObject(o, "emulated", b->emulated);
+    cJSON_AddNumberToObject(o, "devices", b->devices);
+    if (b->why[0]) cJSON_AddStringToObject(o, "reason", b->why);
+    return o;
+}
+
 static const char *strip_name(int v) { return v < 0 ? "follows lowercase" : v ? "yes" : "no"; }
 
 static void print_text(const tbert_model *m, const file_summary *fs) {
@@ -118,7 +142,7 @@ static void print_text(const tbert_model *m, const file_summary *fs) {
     printf("vocab sha256: %s\n", tbert_vocab_hash(m->vocab));
 }
 
-static int print_json(const tbert_model *m, const file_summary *fs) {
+static int print_json(const tbert_model *m, const file_summary *fs, const tbert_cuda_probe_info *b) {
     const tbert_config *c = &m->cfg;
     const tbert_tokenizer_opts *o = tbert_vocab_opts(m->vocab);
     cJSON *r = cJSON_CreateObject(), *cfg = cJSON_CreateObject(), *tok = cJSON_CreateObject(), *dts = cJSON_CreateObject();
@@ -164,12 +188,18 @@ static int print_json(const tbert_model *m, const file_summary *fs) {
     cJSON_AddNumberToObject(tok, "pad_id", tbert_vocab_pad(m->vocab));
     cJSON_AddNumberToObject(tok, "unk_id", tbert_vocab_unk(m->vocab));
     cJSON_AddStringToObject(tok, "vocab_sha256", tbert_vocab_hash(m->vocab));
+    cJSON *cu = backend_json(b);
+    if (!cu) goto oom_done_r;
+    cJSON_AddItemToObject(r, "cuda", cu);
     char *text = cJSON_PrintUnformatted(r);
     cJSON_Delete(r);
     if (!text) goto oom_done;
     printf("%s\n", text);
     free(text);
     return CLI_OK;
+oom_done_r:
+    cJSON_Delete(r);
+    goto oom_done;
 oom:
     cJSON_Delete(r);
     cJSON_Delete(cfg);
@@ -182,19 +212,41 @@ oom_done:
 
 int cmd_info(int argc, char **argv) {
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"json", no_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"model", required_argument, 0, 'm'}, {"json", no_argument, 0, 'j'}, {"backend", no_argument, 0, 'b'},
+        {"help", no_argument, 0, 'h'},     {0, 0, 0, 0}};
     const char *model = NULL;
-    bool json = false;
+    bool json = false, backend_only = false;
     int c;
-    while ((c = cli_getopt("info", argc, argv, "m:jh", opts)) != -1) {
+    while ((c = cli_getopt("info", argc, argv, "m:jbh", opts)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'j': json = true; break;
+        case 'b': backend_only = true; break;
         case 'h': usage(stdout); return CLI_OK;
         default: return CLI_USAGE;
         }
     }
     if (optind < argc) return cli_usage_error("info", "unexpected argument '%s'", argv[optind]);
+    tbert_cuda_probe_info backend;
+    tbert_cuda_probe(&backend);
+    if (backend_only) {
+        if (json) {
+            cJSON *o = backend_json(&backend);
+            char *text = o ? cJSON_PrintUnformatted(o) : NULL;
+            cJSON_Delete(o);
+            if (!text) {
+                fprintf(stderr, "tbert info: out of memory\n");
+                return CLI_USAGE;
+            }
+            printf("%s\n", text);
+            free(text);
+        } else {
+            print_backend_text(&backend);
+        }
+        if (fflush(stdout) == 0) return CLI_OK;
+        fprintf(stderr, "tbert info: cannot write to stdout\n");
+        return CLI_USAGE;
+    }
     char dir[PATH_MAX];
     tbert_error err = {0};
     if (tbert_resolve_model_dir(model, dir, sizeof dir, &err)) return cli_report(&err);
@@ -206,8 +258,12 @@ int cmd_info(int argc, char **argv) {
         return cli_report(&err);
     }
     int rc = CLI_OK;
-    if (json) rc = print_json(m, &fs);
-    else print_text(m, &fs);
+    if (json) {
+        rc = print_json(m, &fs, &backend);
+    } else {
+        print_text(m, &fs);
+        print_backend_text(&backend);
+    }
     tbert_model_free(m);
     if (fflush(stdout) != 0) {
         fprintf(stderr, "tbert info: cannot write to stdout\n");

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "tbert/cuda_plugin.h"
 
 typedef struct {
     const char *name;
@@ -22,12 +23,34 @@ static const subcommand subcommands[] = {
     {"bench", cmd_bench, "measure tokenizer / encoder / head throughput"},
 };
 
+/* One line on the CUDA backend this binary finds: the plugin and its devices, the emulated device, or why none. */
+static void describe_cuda(FILE *f) {
+    if (!TBERT_HAVE_CUDA) {
+        fprintf(f, "not built (CPU only)");
+        return;
+    }
+    tbert_cuda_probe_info info;
+    tbert_cuda_probe(&info);
+    if (!info.loaded)
+        fprintf(f, "plugin not loaded (%s); --device auto uses the CPU", info.why);
+    else if (info.emulated)
+        fprintf(f, "EMULATED CUDA device on the CPU (%s; --device cuda runs the kernels emulated, --device auto uses the CPU)",
+                 info.path);
+    else if (info.devices > 0)
+        fprintf(f, "%s, %d device(s)", info.path, info.devices);
+    else
+        fprintf(f, "%s, no usable device (%s)", info.path, info.why);
+}
+
 static void print_usage(FILE *f) {
     fprintf(f, "tbert %s - text classifiers on a frozen BERT encoder (C17 + CUDA)\n\n", TBERT_VERSION);
     fprintf(f, "usage: tbert SUBCOMMAND [options]   (tbert SUBCOMMAND --help for its options)\n\nsubcommands:\n");
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++)
         fprintf(f, "  %-10s %s\n", subcommands[i].name, subcommands[i].summary);
     fprintf(f, "\nenvironment: TBERT_CACHE (models and feature caches; default ~/.cache/tbert)\n");
+    fprintf(f, "CUDA backend: ");
+    describe_cuda(f);
+    fprintf(f, "\n");
 }
 
 int main(int argc, char **argv) {
@@ -40,7 +63,9 @@ int main(int argc, char **argv) {
         return CLI_OK;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("tbert %s (CUDA backend: %s)\n", TBERT_VERSION, TBERT_HAVE_CUDA ? "built" : "not built");
+        printf("tbert %s\nCUDA backend: ", TBERT_VERSION);
+        describe_cuda(stdout);
+        printf("\n");
         return CLI_OK;
     }
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++) {
