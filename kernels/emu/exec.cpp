@@ -247,7 +247,7 @@ fiber *new_fiber() {
     f->map = map;
     f->map_len = len;
     f->region = region;
-    f->top = reinterpret_cast<fiber_top *>(region + kStackSize - sizeof(fiber_top));
+    f->top = fiber_top_of((uintptr_t)region);
     f->top->thread = nullptr;
     f->top->owner = f;
     return f;
@@ -437,7 +437,7 @@ void prepare(fiber *f) {
     if (f->sp) return;
 #if defined(__x86_64__)
     // tbert_emu_ctx_switch pops r15, r14, r13, r12, rbx, rbp and returns into the trampoline, which calls r13(r12)
-    // with rsp = f->top: 16-aligned (kStackSize - 16), as a call needs.
+    // with rsp = f->top: 16-aligned (64-byte steps below the region's top), as a call needs.
     uint64_t *sp = reinterpret_cast<uint64_t *>(reinterpret_cast<char *>(f->top) - 56);
     sp[0] = 0;                                   // r15
     sp[1] = 0;                                   // r14
@@ -451,7 +451,7 @@ void prepare(fiber *f) {
     getcontext(&f->uc);
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
     f->uc.uc_stack.ss_sp = f->region + page;
-    f->uc.uc_stack.ss_size = kStackSize - page - sizeof(fiber_top) - 64;
+    f->uc.uc_stack.ss_size = (size_t)((char *)f->top - f->region) - page - 64;
     f->uc.uc_link = nullptr;
     makecontext(&f->uc, (void (*)())fiber_main, 1, f);
     f->sp = f;
@@ -462,7 +462,7 @@ void prepare(fiber *f) {
 void sched::switch_to(fiber *f) {
     switches++;
     prepare(f);
-    ASAN_START_SWITCH(&host_fake, f->region, kStackSize - sizeof(fiber_top));
+    ASAN_START_SWITCH(&host_fake, f->region, (size_t)((char *)f->top - f->region));
 #if defined(__x86_64__)
     tbert_emu_ctx_switch(&host_sp, f->sp);
 #else
@@ -479,7 +479,7 @@ void sched::leave(fiber *from) {
     if (to) {
         switches++;
         prepare(to);
-        ASAN_START_SWITCH(&from->asan_fake, to->region, kStackSize - sizeof(fiber_top));
+        ASAN_START_SWITCH(&from->asan_fake, to->region, (size_t)((char *)to->top - to->region));
 #if defined(__x86_64__)
         tbert_emu_ctx_switch(&from->sp, to->sp);
 #else
@@ -590,25 +590,20 @@ void sched::free_shared() {
 
 bool sched::run_block(uint3 bidx, uint64_t block_linear) {
     blk.block_idx = bidx;
-    const dim3 bd = job->block;
-    for (unsigned i = 0; i < nthreads; i++) {
-        thread_rec &t = th[i];
+    for (thread_rec &t : th) { // (indices were set once per grid)
         t.st = tstate::unstarted;
         t.f = nullptr;
-        t.block = &blk;
-        t.linear = (int)i;
-        t.thread_idx = uint3{i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
     }
     for (unsigned w = 0; w < nwarps; w++) groups[w].clear();
     at_barrier = 0;
     ndone = 0;
     uint64_t round_seed = hash_str(job->name, order.seed ^ 0xcbf29ce484222325ull) ^ (block_linear * 0x9e3779b97f4a7c15ull);
     ready = base_order;
-    if (order.kind == order_kind::random) {
+    if (order.kind == order_kind::random) { // (forward and reverse: positions set once per grid)
         rng = round_seed;
         for (size_t i = ready.size(); i > 1; i--) std::swap(ready[i - 1], ready[splitmix64(&rng) % i]);
+        for (unsigned i = 0; i < nthreads; i++) th[(size_t)ready[i]].pos = (int)i;
     }
-    for (unsigned i = 0; i < nthreads; i++) th[(size_t)ready[i]].pos = (int)i;
     cursor = 0;
     for (;;) {
         if (fiber *f = next_fiber()) switch_to(f); // runs the round; fibers hand over among themselves
@@ -701,8 +696,15 @@ void run_grid(void *ctx) {
     s.groups.resize(s.nwarps);
     s.released.assign(s.nthreads, 0);
     s.base_order.resize(s.nthreads);
-    for (unsigned i = 0; i < s.nthreads; i++)
+    const dim3 bd = job->block;
+    for (unsigned i = 0; i < s.nthreads; i++) {
         s.base_order[i] = (int)(s.order.kind == order_kind::reverse ? s.nthreads - 1 - i : i);
+        thread_rec &t = s.th[i];
+        t.block = &s.blk;
+        t.linear = (int)i;
+        t.thread_idx = uint3{i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
+    }
+    for (unsigned i = 0; i < s.nthreads; i++) s.th[(size_t)s.base_order[i]].pos = (int)i;
     const uint64_t gx = job->grid.x, gy = job->grid.y, gz = job->grid.z, nblocks = gx * gy * gz;
     // block order: forward, reverse, or i -> (a * i + c) mod nblocks with gcd(a, nblocks) = 1 (a permutation)
     uint64_t a = 1, c = 0;

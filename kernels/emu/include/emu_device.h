@@ -104,9 +104,14 @@ struct fiber_top {
     thread_view *thread; /* the CUDA thread this fiber runs now */
     void *owner;         /* exec.cpp's fiber record */
 };
+/* The record sits 64 * (1 + region index mod 64) bytes below the region's top (and the stack starts below it):
+ * without that "colouring" every fiber's hot top-of-stack lines would fall into the same cache sets. */
+inline fiber_top *fiber_top_of(uintptr_t region) {
+    return reinterpret_cast<fiber_top *>(region + kStackSize - 64 * (1 + ((region / kStackSize) & 63)));
+}
 inline fiber_top *self() {
     const uintptr_t fa = (uintptr_t)__builtin_frame_address(0);
-    return reinterpret_cast<fiber_top *>((fa & ~(uintptr_t)(kStackSize - 1)) + kStackSize - sizeof(fiber_top));
+    return fiber_top_of(fa & ~(uintptr_t)(kStackSize - 1));
 }
 
 /* ---- runtime entry points (exec.cpp) ---- */
