@@ -5,7 +5,8 @@
 // How a grid runs. The blocks run one after another (in TBERT_EMU_ORDER's block order). In a block every CUDA
 // thread is a fiber, and the block is run in rounds: a round runs each ready thread, in the order's sequence,
 // until it reaches a sync point (barrier or warp collective) or exits. The arrival that completes a barrier or a
-// collective computes its results and makes its threads ready for the next round. A thread that exits hands its
+// collective computes its results; a barrier's threads are ready for the next round, a collective's lanes run at
+// once, before the rest of the round (random order: half the time), so that one warp runs ahead of the others. A thread that exits hands its
 // fiber straight to the next not-yet-started thread of the round, so a barrier-free kernel runs as a plain loop
 // on one fiber with no switch per thread. When no thread is ready and some have not exited, the block is stuck:
 // that is a misuse (a thread skipped a barrier, a lane named in a mask never came, two barrier call sites), and
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
@@ -302,6 +304,8 @@ struct sched {
     size_t cursor = 0;                // next index into ready
     std::vector<char> released;       // by position: ready for the next round
     std::vector<int> released_random; // random order: released threads, shuffled per round
+    std::vector<int> ahead;           // threads released by a warp collective that run before the rest of the
+                                      // round (a stack: back first), so that a warp runs ahead of the others
     unsigned ndone = 0;
     uint64_t rng = 0;
     // barrier
@@ -394,7 +398,7 @@ void sched::release(thread_rec &t) {
 
 // The next thread of this round when it has not started (a finished fiber runs it without a switch).
 thread_rec *sched::take_unstarted() {
-    if (faulted || cursor >= ready.size()) return nullptr;
+    if (faulted || !ahead.empty() || cursor >= ready.size()) return nullptr;
     thread_rec &t = th[(size_t)ready[cursor]];
     if (t.st != tstate::unstarted) return nullptr;
     cursor++;
@@ -404,7 +408,13 @@ thread_rec *sched::take_unstarted() {
 // What runs next in this round: the fiber of the next ready thread (an idle or new fiber for a thread that has
 // not started), or nullptr at the end of the round or after a fault (then the host takes over).
 fiber *sched::next_fiber() {
-    if (faulted || cursor >= ready.size()) return nullptr;
+    if (faulted) return nullptr;
+    if (!ahead.empty()) {
+        const int id = ahead.back();
+        ahead.pop_back();
+        return th[(size_t)id].f;
+    }
+    if (cursor >= ready.size()) return nullptr;
     thread_rec &t = th[(size_t)ready[cursor++]];
     if (t.st != tstate::unstarted) return t.f;
     fiber *f;
@@ -595,6 +605,7 @@ bool sched::run_block(uint3 bidx, uint64_t block_linear) {
         t.f = nullptr;
     }
     for (unsigned w = 0; w < nwarps; w++) groups[w].clear();
+    ahead.clear();
     at_barrier = 0;
     ndone = 0;
     uint64_t round_seed = hash_str(job->name, order.seed ^ 0xcbf29ce484222325ull) ^ (block_linear * 0x9e3779b97f4a7c15ull);
@@ -913,6 +924,11 @@ uint64_t warp_collective(sync_kind kind, unsigned mask, uint64_t value, int arg,
             default: break;
             }
         }
+        // The lanes go on at once, ahead of the rest of the round (forward and reverse; random: half the time), so
+        // a warp runs ahead of the others up to its next barrier: a race between warps across warp collectives
+        // (a reduction's scratch reused without a barrier) shows as an order dependence.
+        const bool run_ahead = s.order.kind != order_kind::random || (splitmix64(&s.rng) & 1u);
+        int go[32], ngo = 0;
         for (unsigned l = 0; l < 32; l++) {
             if (!(mask >> l & 1u)) continue;
             thread_rec &u = lanes[l];
@@ -932,7 +948,16 @@ uint64_t warp_collective(sync_kind kind, unsigned mask, uint64_t value, int arg,
             } else {
                 u.result = acc;
             }
-            s.release(u);
+            if (run_ahead) {
+                u.st = tstate::ready;
+                go[ngo++] = u.linear;
+            } else {
+                s.release(u);
+            }
+        }
+        if (ngo) { // onto the stack so that the lane first in the order's sequence runs first
+            std::sort(go, go + ngo, [&s](int a, int b) { return s.th[(size_t)a].pos > s.th[(size_t)b].pos; });
+            s.ahead.insert(s.ahead.end(), go, go + ngo);
         }
         gs.erase(gs.begin() + (ptrdiff_t)gi);
     }

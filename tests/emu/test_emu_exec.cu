@@ -192,6 +192,28 @@ __global__ void k_racy(int *out, int use_sync) {
     out[blockIdx.x * 128 + threadIdx.x] = s[(threadIdx.x + 1) % 128];
 }
 
+__device__ float test_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+    return v;
+}
+
+// Two block sums through one scratch array, as cuda_check.cuh's block_sum does; without the barrier after the
+// first sum's read, a warp that runs ahead overwrites scratch before a slower warp has read it.
+__global__ void k_two_sums(float *out, int use_sync) {
+    TBERT_SHARED(float, scratch, 32);
+    const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5, nw = (int)blockDim.x >> 5;
+    float v = test_warp_sum((float)threadIdx.x);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = test_warp_sum(lane < nw ? scratch[lane] : 0.0f);
+    if (use_sync) __syncthreads();
+    float v2 = test_warp_sum(1.0f);
+    if (lane == 0) scratch[warp] = v2;
+    __syncthreads();
+    float t2 = test_warp_sum(lane < nw ? scratch[lane] : 0.0f);
+    out[threadIdx.x * 2] = t, out[threadIdx.x * 2 + 1] = t2;
+}
+
 __global__ void k_flag(int *flag) {
     if (threadIdx.x + threadIdx.y + threadIdx.z + blockIdx.x + blockIdx.y + blockIdx.z == 0) *flag += 1;
 }
@@ -491,6 +513,27 @@ void case_missing_sync_orders() {
     CHECK(rnd != fw && rnd != rv, "random differs from both");
 }
 
+void case_missing_sync_warps() {
+    const float want[2] = {127.0f * 128.0f / 2.0f, 128.0f};
+    std::vector<float> out(256);
+    bool wrong_somewhere = false;
+    for (const char *ord : {"forward", "reverse", "random:4", "random:5"}) {
+        order(ord);
+        for (int use_sync = 1; use_sync >= 0; use_sync--) {
+            std::fill(out.begin(), out.end(), 0.0f);
+            TBERT_LAUNCH(k_two_sums, 1, 128, 0, 0, out.data(), use_sync);
+            CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s", last_fault().c_str());
+            bool ok = true;
+            for (int t = 0; t < 128; t++) ok &= out[t * 2] == want[0] && out[t * 2 + 1] == want[1];
+            if (use_sync) CHECK(ok, "%s order: the correct kernel gives %g %g", ord, out[0], out[1]);
+            else if (!ok) wrong_somewhere = true;
+            if (!use_sync && strcmp(ord, "forward") == 0)
+                CHECK(!ok, "forward order: warp 0 runs ahead and overwrites the scratch the others still read");
+        }
+    }
+    CHECK(wrong_somewhere, "the missing barrier between two block sums is never caught");
+}
+
 void case_launch_limits() {
     int flag = 0;
     struct bad {
@@ -662,6 +705,7 @@ const test_case kCases[] = {
     {"shared_oob_dynamic", [] { case_shared_oob(true); }},
     {"shared_oob_static", [] { case_shared_oob(false); }},
     {"missing_sync_orders", case_missing_sync_orders},
+    {"missing_sync_warps", case_missing_sync_warps},
     {"launch_limits", case_launch_limits},
     {"atomics", case_atomics},
     {"atomics_order", case_atomics_order},
