@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECONDS_PER=60
 BUILD=${TBERT_FUZZ_BUILD:-$ROOT/build-fuzz}
-TARGETS="tokenizer safetensors config vocab table message html mbox recipe checkpoint threshold shard"
+TARGETS="tokenizer safetensors config vocab table message html mbox recipe checkpoint threshold shard spamd"
 SEEDS=0
 JOBS=2
 while [ $# -gt 0 ]; do
@@ -59,6 +59,13 @@ make_seeds() { # refresh tests/fuzz/corpus from fixtures (small files only)
     cp "$T/data/mail/html_only.eml" "$C/mbox/"
     printf '<html><head><style>p{}</style><script>x()</script></head><body><p>Hello&nbsp;<b>world</b></p><div>a<br>b</div>&#x1F600;</body></html>' > "$C/html/page.html"
     printf '<p>unclosed <table><tr><td>cell</td><td>&amp;' > "$C/html/broken.html"
+    # spamd: request heads (and the same bytes as a message through serve's header rewrite)
+    mkdir -p "$C/spamd"
+    printf 'CHECK SPAMC/1.5\r\nContent-length: 40\r\nUser: bob\r\n\r\nFrom: a@b\r\nX-Spam-Flag: YES\r\n\r\nhello there\r\n' > "$C/spamd/check"
+    printf 'TELL SPAMC/1.5\r\nMessage-class: spam\r\nSet: local\r\nContent-length: 5\r\n\r\nhello' > "$C/spamd/tell"
+    printf 'PING SPAMC/1.5\r\n\r\n' > "$C/spamd/ping"
+    printf 'PROCESS SPAMC/1.2\nCompress: zlib\nContent-length: 0\n\n' > "$C/spamd/process_lf"
+    printf 'X-Spam-Status: No,\n\tscore=1\nSubject: s\n\nbody\n' > "$C/spamd/message"
     echo "seed corpora written to tests/fuzz/corpus ($(find "$C" -type f | wc -l) files, $(du -sh "$C" | cut -f1))"
 }
 if [ "$SEEDS" = 1 ]; then make_seeds; exit 0; fi

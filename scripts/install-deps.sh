@@ -12,6 +12,7 @@ packages=(
     libgmime-3.0-dev libxml2-dev libglib2.0-dev zlib1g-dev
     clang libclang-rt-14-dev
     bogofilter
+    libmicrohttpd-dev libmilter-dev spamc miltertest
 )
 
 missing=()

@@ -73,14 +73,18 @@ static tbert_status head_setup(tbert_cuda_head *g, const tbert_head *h, const tb
     ALLOC(g->row_loss, N, sizeof(double));
     ALLOC(g->loss_sum, 1, sizeof(double));
 #undef ALLOC
-    TBERT_CUDA_CHECK(err, cudaMemcpy(g->params, h->params, P * sizeof(float), cudaMemcpyHostToDevice));
+    /* On the head's own stream: g->s is non-blocking, so copies on the legacy stream (cudaMemcpy, cudaMemset) would
+     * not be ordered before the kernels that read them (found by the emulated device, docs/cuda.md). The sync
+     * lets the caller free or change h and a at once. */
+    TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->params, h->params, P * sizeof(float), cudaMemcpyHostToDevice, g->s));
     if (a && a->m && a->v && a->n == P) {
-        TBERT_CUDA_CHECK(err, cudaMemcpy(g->m, a->m, P * sizeof(float), cudaMemcpyHostToDevice));
-        TBERT_CUDA_CHECK(err, cudaMemcpy(g->v, a->v, P * sizeof(float), cudaMemcpyHostToDevice));
+        TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->m, a->m, P * sizeof(float), cudaMemcpyHostToDevice, g->s));
+        TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->v, a->v, P * sizeof(float), cudaMemcpyHostToDevice, g->s));
     } else {
-        TBERT_CUDA_CHECK(err, cudaMemset(g->m, 0, P * sizeof(float)));
-        TBERT_CUDA_CHECK(err, cudaMemset(g->v, 0, P * sizeof(float)));
+        TBERT_CUDA_CHECK(err, cudaMemsetAsync(g->m, 0, P * sizeof(float), g->s));
+        TBERT_CUDA_CHECK(err, cudaMemsetAsync(g->v, 0, P * sizeof(float), g->s));
     }
+    TBERT_CUDA_CHECK(err, cudaStreamSynchronize(g->s));
     return TBERT_OK;
 }
 

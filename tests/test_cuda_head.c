@@ -2,7 +2,8 @@
  * Exit 77 without CUDA or without a device. Fresh random inputs each run (seed printed; TBERT_TEST_SEED replays).
  *   - kernels one by one: GELU forward/backward, bias-gradient sums, fused logits+loss+gradient, AdamW;
  *   - a whole training step (forward with dropout, loss, backward, AdamW) for linear/MLP x binary/multi-class
- *     heads, with and without dropout and class weights.
+ *     heads, with and without dropout and class weights;
+ *   - the first step right after create, fresh and resumed (the uploads must be ordered before the kernels).
  * Tolerances: element-wise kernels and reductions that run in the CPU's order in double: |d| <= 1e-6 + 1e-6 |ref|;
  * AdamW: bit for bit; anything through a matrix product (cuBLAS vs OpenBLAS, float32): ratio < 1e-5 and
  * |d| <= 1e-6 + 1e-4 |ref|. */
@@ -321,6 +322,67 @@ static void test_train_steps(void **state) {
     check_train(&r, seed, 16384, 16, 2, 0, 0.0f, 0, 8); /* a flatten-sized input */
 }
 
+/* A head used at once after tbert_cuda_head_create: the parameters and Adam moments it uploads must be on the
+ * device before the first kernel reads them. (head_create used to upload them with cudaMemcpy / cudaMemset on the
+ * legacy stream, which nothing orders with the head's non-blocking stream: the emulated device, which runs
+ * unordered work in the worst order, gave NaN losses and, on download, the initial parameters.) Both paths: fresh
+ * moments (a == NULL: zeroed on the device) and resumed ones (uploaded). Tolerances as check_train. */
+static void check_first_step(tu_rng *r, uint64_t seed, bool resume) {
+    tbert_head_config cfg = {.in_dim = 24, .hidden = 8, .n_classes = 2, .binary = true, .positive = 1};
+    tbert_error err = {0};
+    tbert_head *h = NULL, *h2 = NULL;
+    if (tbert_head_create(&cfg, &h, &err) || tbert_head_create(&cfg, &h2, &err)) fail_msg("head create: %s", err.msg);
+    tbert_head_init(h, seed ^ 3);
+    const int n = 5;
+    float *x = rand_vec(r, (size_t)n * cfg.in_dim, 1.0f);
+    int y[5] = {0, 1, 1, 0, 1};
+    tbert_adam a, a2, a3;
+    if (tbert_adam_init(&a, h->n_params, &err) || tbert_adam_init(&a2, h->n_params, &err) ||
+        tbert_adam_init(&a3, h->n_params, &err))
+        fail_msg("adam: %s", err.msg);
+    a.lr = a2.lr = 1e-3;
+    if (resume) { /* moments and step of an earlier run */
+        for (size_t i = 0; i < h->n_params; i++) a.m[i] = 0.01f * tu_normal(r), a.v[i] = 1e-3f * (1.0f + (float)tu_uniform(r));
+        a.step = 3;
+    }
+    memcpy(a2.m, a.m, h->n_params * 4), memcpy(a2.v, a.v, h->n_params * 4);
+    a2.step = a.step;
+    tbert_cuda_head *g = NULL;
+    if (tbert_cuda_head_create(h, resume ? &a : NULL, n, 0, &g, &err)) fail_msg("cuda head create: %s", err.msg);
+    double gpu_loss = NAN, cpu_loss;
+    if (tbert_cuda_head_train_step(g, &a, n, x, y, NULL, NULL, &gpu_loss, &err)) fail_msg("cuda step: %s", err.msg);
+
+    tbert_head_ws *ws = NULL;
+    if (tbert_head_ws_create(&cfg, n, &ws, &err)) fail_msg("ws: %s", err.msg);
+    float z[5 * 1], dz[5 * 1], *grad = malloc(h->n_params * 4), *ggrad = malloc(h->n_params * 4);
+    if (tbert_head_forward(h, ws, n, x, false, NULL, z, &err) || tbert_head_loss(&cfg, n, z, y, NULL, &cpu_loss, dz, &err) ||
+        tbert_head_backward(h, ws, n, x, dz, grad, &err))
+        fail_msg("cpu step: %s", err.msg);
+    if (!(fabs(gpu_loss - cpu_loss) <= 1e-6 * fabs(cpu_loss) + 1e-9))
+        fail_msg("first step (resume=%d): loss %.9g vs CPU %.9g", resume, gpu_loss, cpu_loss);
+    if (tbert_cuda_head_last_grad(g, ggrad, &err)) fail_msg("grad: %s", err.msg);
+    expect_close("first step gradient", ggrad, grad, h->n_params, 1e-6, 1e-4, 1e-5);
+    float *pcpu = malloc(h->n_params * 4);
+    memcpy(pcpu, h->params, h->n_params * 4);
+    tbert_adam_step(&a2, pcpu, ggrad);
+    if (tbert_cuda_head_download(g, h2, &a3, &err)) fail_msg("download: %s", err.msg);
+    if (memcmp(h2->params, pcpu, h->n_params * 4)) fail_msg("first step (resume=%d): parameters differ from the CPU's update", resume);
+    if (memcmp(a3.m, a2.m, h->n_params * 4) || memcmp(a3.v, a2.v, h->n_params * 4))
+        fail_msg("first step (resume=%d): Adam moments differ from the CPU's", resume);
+    tbert_cuda_head_free(g);
+    tbert_adam_free(&a), tbert_adam_free(&a2), tbert_adam_free(&a3);
+    tbert_head_ws_free(ws);
+    tbert_head_free(h), tbert_head_free(h2);
+    free(x), free(grad), free(ggrad), free(pcpu);
+}
+
+static void test_first_step_after_create(void **state) {
+    uint64_t seed = g_seed(state);
+    tu_rng r = {seed ^ 11};
+    check_first_step(&r, seed, false);
+    check_first_step(&r, seed, true);
+}
+
 static void test_errors(void **state) {
     tbert_head_config cfg = {.in_dim = 8, .hidden = 0, .n_classes = 2, .binary = true, .positive = 1};
     tbert_error err = {0};
@@ -362,7 +424,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_prestate(test_gelu_kernels, &seed),   cmocka_unit_test_prestate(test_bias_grad_and_sum, &seed),
         cmocka_unit_test_prestate(test_logits_loss, &seed),    cmocka_unit_test_prestate(test_adamw_bitexact, &seed),
-        cmocka_unit_test_prestate(test_train_steps, &seed),    cmocka_unit_test_prestate(test_errors, &seed),
+        cmocka_unit_test_prestate(test_train_steps, &seed),    cmocka_unit_test_prestate(test_first_step_after_create, &seed),
+        cmocka_unit_test_prestate(test_errors, &seed),
     };
     return cmocka_run_group_tests_name("cuda head", tests, NULL, NULL);
 #endif

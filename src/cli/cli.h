@@ -20,6 +20,7 @@ int cmd_predict(int argc, char **argv);
 int cmd_score(int argc, char **argv);
 int cmd_filter(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 /* Prints "tbert: <err->msg>" on stderr and returns CLI_USAGE. */
 int cli_report(const tbert_error *err);

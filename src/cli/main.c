@@ -20,6 +20,7 @@ static const subcommand subcommands[] = {
     {"predict", cmd_predict, "label texts read from stdin with a trained head"},
     {"score", cmd_score, "batch-score mbox / Maildir / message files / tables with a trained head"},
     {"filter", cmd_filter, "classify one message on stdin (bogofilter-compatible exit codes)"},
+    {"serve", cmd_serve, "keep the model in memory and answer spamc (spamd protocol), milter and HTTP"},
     {"bench", cmd_bench, "measure tokenizer / encoder / head throughput"},
 };
 

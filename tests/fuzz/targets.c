@@ -22,6 +22,7 @@
 #include "tbert/recipe.h"
 #include "tbert/safetensors.h"
 #include "tbert/tokenizer.h"
+#include "serve.h"
 
 #define CHECK(cond)                                                                              \
     do {                                                                                         \
@@ -370,10 +371,28 @@ int fuzz_shard(const uint8_t *data, size_t size) {
     return 0;
 }
 
+int fuzz_spamd(const uint8_t *data, size_t size) {
+    spamd_request q;
+    const char *why = NULL;
+    int code = serve_spamd_parse((const char *)data, size, &q, &why);
+    if (code == 0) CHECK(q.verb >= 0 && q.verb < 10 && (q.clen >= 0 || q.verb == 6 || q.verb == 7) && q.vmaj == 1);
+    else if (code > 0) CHECK(why && *why);
+    /* the same bytes as a message through the header rewrite (PROCESS / HEADERS / milter) */
+    size_t n = 0;
+    char *o = serve_rewrite_message((const char *)data, size, "X-Spam-Flag: NO\r\nX-TBert-Spam: No\r\n", size & 1, &n);
+    if (o) {
+        CHECK(n <= size + 40);
+        CHECK(memmem(o, n, "X-Spam-Flag: NO", 15) && memmem(o, n, "X-TBert-Spam: No", 16));
+        free(o);
+    }
+    return 0;
+}
+
 const fuzz_target fuzz_targets[] = {
     {"tokenizer", fuzz_tokenizer}, {"safetensors", fuzz_safetensors}, {"config", fuzz_config},
     {"vocab", fuzz_vocab},         {"table", fuzz_table},             {"message", fuzz_message},
     {"html", fuzz_html},           {"mbox", fuzz_mbox},               {"recipe", fuzz_recipe},
     {"checkpoint", fuzz_checkpoint}, {"threshold", fuzz_threshold},   {"shard", fuzz_shard},
+    {"spamd", fuzz_spamd},
     {NULL, NULL},
 };

@@ -20,6 +20,8 @@ int fuzz_recipe(const uint8_t *data, size_t size);      /* recipe JSON of head c
 int fuzz_checkpoint(const uint8_t *data, size_t size);  /* head checkpoint file (tbert_checkpoint_load) */
 int fuzz_threshold(const uint8_t *data, size_t size);
 int fuzz_shard(const uint8_t *data, size_t size);       /* --shard K/N */   /* --threshold f1|fpr=X|VALUE */
+int fuzz_spamd(const uint8_t *data, size_t size);       /* a spamd request head; the bytes as a message through
+                                                           serve's header rewrite */
 
 typedef struct {
     const char *name;
