@@ -7,7 +7,7 @@ template <typename T>
 __global__ void embeddings_ln_kernel(T *out, const int32_t *ids, const float *word, const float *pos,
                                      const float *type, const float *g, const float *beta, float eps, int T_len,
                                      int H, int V) {
-    extern __shared__ float smem[]; // [32 scratch][H row]
+    TBERT_DYNAMIC_SHARED(float, smem); // [32 scratch][H row]
     float *scratch = smem, *buf = smem + 32;
     const size_t row = blockIdx.x; // b * T + t
     const int t = (int)(row % (size_t)T_len);
@@ -30,8 +30,8 @@ extern "C" int tbert_cuda_embeddings_ln(void *out, tbert_cuda_dtype dt, const in
     SHAPE_CHECK(rows <= 0x7fffffffu);
     if (rows == 0) return 0;
     const size_t smem = (32 + (size_t)H) * sizeof(float);
-    TBERT_DISPATCH_DTYPE(dt, embeddings_ln_kernel<Act><<<(unsigned)rows, tbert::kLayernormBlock, smem, s>>>(
-                                 (Act *)out, ids, word, pos, type, g, beta, eps, T, H, V));
+    TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(embeddings_ln_kernel<Act>, (unsigned)rows, tbert::kLayernormBlock, smem, s,
+                                          (Act *)out, ids, word, pos, type, g, beta, eps, T, H, V));
     LAUNCH_CHECK(s);
     return 0;
 }
