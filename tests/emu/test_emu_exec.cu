@@ -13,6 +13,9 @@
 #include <ctime>
 #include <string>
 #include <vector>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #include "cuda_launch.cuh"
 
@@ -455,6 +458,10 @@ template <typename F> std::string in_child(F fn, int *status) {
     if (pid == 0) {
         close(p[0]);
         dup2(p[1], 2);
+#if defined(__SANITIZE_ADDRESS__)
+        // scripts/test.sh sends reports to files (log_path): this child's report must reach the pipe we read
+        __sanitizer_set_report_path("stderr");
+#endif
         fn();
         _exit(0);
     }
