@@ -43,7 +43,7 @@ template <typename T, int NC>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_fused_v1_kernel(T *ctx, const T *qkv, const float *bias, const int32_t *cu_seqlens, const int32_t *cu_tiles,
                               int B, int heads, int d, float scale) {
-    extern __shared__ float smem[];
+    TBERT_DYNAMIC_SHARED(float, smem);
     float *Qs = smem;                        // [kQueryTile][d], pre-scaled by 1/sqrt(d)
     float *Ks = Qs + kQueryTile * d;         // [kKeyTile][d + 1]: the pad keeps lane j's row j conflict-free
     float *Vs = Ks + kKeyTile * (d + 1);     // [kKeyTile][d]
@@ -133,7 +133,7 @@ template <typename T, int NC>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_fused_v2_kernel(T *ctx, const T *qkv, const float *bias, const int32_t *cu_seqlens, const int32_t *cu_tiles,
                               int B, int heads, int d, float scale) {
-    extern __shared__ float4 smem4[]; // float4: 16-byte alignment of the tiles
+    TBERT_DYNAMIC_SHARED(float4, smem4); // float4: 16-byte alignment of the tiles
     const int dq = v2_qstride(d), ks = v2_kstride(d), n4 = dq / 4;
     float *Qs = reinterpret_cast<float *>(smem4); // [kQueryTile][dq], pre-scaled, zero padded
     float *Ks = Qs + kQueryTile * dq;              // [kKeyTile][ks], zero padded
@@ -240,11 +240,11 @@ int launch_fused(int version, T *ctx, const T *qkv, const float *bias, const int
     const float scale = 1.0f / sqrtf((float)d);
     const dim3 grid((unsigned)tiles, (unsigned)heads);
     if (version == 1)
-        attention_fused_v1_kernel<T, NC><<<grid, kWarps * 32, smem, s>>>(ctx, qkv, bias, cu_seqlens, cu_tiles, B, heads,
-                                                                         d, scale);
+        TBERT_LAUNCH((attention_fused_v1_kernel<T, NC>), grid, kWarps * 32, smem, s, ctx, qkv, bias, cu_seqlens,
+                     cu_tiles, B, heads, d, scale);
     else
-        attention_fused_v2_kernel<T, NC><<<grid, kWarps * 32, smem, s>>>(ctx, qkv, bias, cu_seqlens, cu_tiles, B, heads,
-                                                                         d, scale);
+        TBERT_LAUNCH((attention_fused_v2_kernel<T, NC>), grid, kWarps * 32, smem, s, ctx, qkv, bias, cu_seqlens,
+                     cu_tiles, B, heads, d, scale);
     LAUNCH_CHECK(s);
     return 0;
 }
@@ -289,7 +289,7 @@ __global__ void split_heads_kernel(float *q, float *k, float *v, const T *qkv, c
 
 // One block per score row (b, h, i): p[j] = softmax_j(s[j] * scale) over j < len, 0 for j >= len.
 __global__ void masked_softmax_kernel(float *S, const int32_t *cu_seqlens, int Tn, int heads, float scale) {
-    __shared__ float scratch[32];
+    TBERT_SHARED(float, scratch, 32);
     const size_t row = blockIdx.x;
     const int len = seq_len(cu_seqlens, row / ((size_t)heads * Tn), Tn);
     float *r = S + row * Tn;
@@ -369,8 +369,8 @@ extern "C" int tbert_cuda_attention_unfused(tbert_cublas_handle h, tbert_cuda_ge
     SHAPE_CHECK(batches <= 0x7fffffffu);
     float *q = work, *k = q + per, *v = k + per, *o = v + per, *S = o + per; // S: [B*heads, T, T]
     const size_t n3 = 3 * per;
-    TBERT_DISPATCH_DTYPE(dt, split_heads_kernel<Act><<<tbert::elt_grid(n3), tbert::kEltBlock, 0, s>>>(
-                                 q, k, v, (const Act *)qkv, bias, cu_seqlens, T, heads, d, n3));
+    TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(split_heads_kernel<Act>, tbert::elt_grid(n3), tbert::kEltBlock, 0, s, q, k, v,
+                                          (const Act *)qkv, bias, cu_seqlens, T, heads, d, n3));
     LAUNCH_CHECK(s);
     const cublasComputeType_t ct = mode == TBERT_CUDA_GEMM_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     const float one = 1.0f, zero = 0.0f;
@@ -381,14 +381,14 @@ extern "C" int tbert_cuda_attention_unfused(tbert_cublas_handle h, tbert_cuda_ge
                                             CUBLAS_GEMM_DEFAULT));
     const size_t rows = batches * T;
     SHAPE_CHECK(rows <= 0x7fffffffu);
-    masked_softmax_kernel<<<(unsigned)rows, 128, 0, s>>>(S, cu_seqlens, T, heads, 1.0f / sqrtf((float)d));
+    TBERT_LAUNCH(masked_softmax_kernel, (unsigned)rows, 128, 0, s, S, cu_seqlens, T, heads, 1.0f / sqrtf((float)d));
     LAUNCH_CHECK(s);
     // O (row-major [i][c], column-major O^T) = V^T P^T per (b, h)
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, d, T, T, &one, v, CUDA_R_32F, d, sQ, S,
                                             CUDA_R_32F, T, sS, &zero, o, CUDA_R_32F, d, sQ, (int)batches, ct,
                                             CUBLAS_GEMM_DEFAULT));
-    TBERT_DISPATCH_DTYPE(dt, merge_heads_kernel<Act><<<tbert::elt_grid(per), tbert::kEltBlock, 0, s>>>(
-                                 (Act *)ctx, o, cu_seqlens, T, heads, d, per));
+    TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(merge_heads_kernel<Act>, tbert::elt_grid(per), tbert::kEltBlock, 0, s,
+                                          (Act *)ctx, o, cu_seqlens, T, heads, d, per));
     LAUNCH_CHECK(s);
     return 0;
 }

@@ -19,7 +19,7 @@ __global__ void to_f32_kernel(float *out, const T *in, size_t n) {
 extern "C" int tbert_cuda_f32_to_bf16(uint16_t *out, const float *in, size_t n, cudaStream_t s) {
     SHAPE_CHECK(out && in);
     if (n == 0) return 0;
-    f32_to_bf16_kernel<<<tbert::elt_grid(n), tbert::kEltBlock, 0, s>>>((__nv_bfloat16 *)out, in, n);
+    TBERT_LAUNCH(f32_to_bf16_kernel, tbert::elt_grid(n), tbert::kEltBlock, 0, s, (__nv_bfloat16 *)out, in, n);
     LAUNCH_CHECK(s);
     return 0;
 }
@@ -27,7 +27,8 @@ extern "C" int tbert_cuda_f32_to_bf16(uint16_t *out, const float *in, size_t n, 
 extern "C" int tbert_cuda_to_f32(float *out, const void *in, tbert_cuda_dtype dt, size_t n, cudaStream_t s) {
     SHAPE_CHECK(out && in);
     if (n == 0) return 0;
-    TBERT_DISPATCH_DTYPE(dt, to_f32_kernel<Act><<<tbert::elt_grid(n), tbert::kEltBlock, 0, s>>>(out, (const Act *)in, n));
+    TBERT_DISPATCH_DTYPE(
+        dt, TBERT_LAUNCH(to_f32_kernel<Act>, tbert::elt_grid(n), tbert::kEltBlock, 0, s, out, (const Act *)in, n));
     LAUNCH_CHECK(s);
     return 0;
 }

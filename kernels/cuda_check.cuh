@@ -2,10 +2,12 @@
 #pragma once
 #include <cstdio>
 #include <cstdint>
+#include <cstdlib>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
 
+#include "cuda_launch.cuh"
 #include "tbert/cuda_kernels.h"
 
 #define TBERT_CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
@@ -38,16 +40,22 @@
         }                                                                 \
     } while (0)
 
-// After a launch: the launch error always; in debug builds (no NDEBUG) also the kernel's own faults.
-#ifdef NDEBUG
-#define LAUNCH_CHECK(stream) CUDA_CHECK(cudaGetLastError())
-#else
-#define LAUNCH_CHECK(stream)                      \
-    do {                                          \
-        CUDA_CHECK(cudaGetLastError());           \
-        CUDA_CHECK(cudaStreamSynchronize(stream)); \
+namespace tbert {
+// TBERT_CUDA_SYNC_LAUNCH=1 (environment, off by default): synchronise the stream after every launch, so that a
+// kernel's fault is reported at the launch that made it. Off, nothing waits: the emulated device's stream checks
+// see the real ordering in every build type.
+inline bool sync_after_launch() {
+    const char *e = std::getenv("TBERT_CUDA_SYNC_LAUNCH");
+    return e && e[0] == '1' && e[1] == '\0';
+}
+} // namespace tbert
+
+// After a launch: the launch error always; with TBERT_CUDA_SYNC_LAUNCH=1 also the kernel's own faults.
+#define LAUNCH_CHECK(stream)                                                         \
+    do {                                                                             \
+        CUDA_CHECK(cudaGetLastError());                                              \
+        if (tbert::sync_after_launch()) CUDA_CHECK(cudaStreamSynchronize(stream));   \
     } while (0)
-#endif
 
 #define SHAPE_CHECK(cond)                                                  \
     do {                                                                   \

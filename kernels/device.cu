@@ -31,7 +31,7 @@ extern "C" int tbert_cuda_fill(float *dev, float value, int n, cudaStream_t stre
     SHAPE_CHECK(n >= 0);
     if (n == 0) return 0;
     const int block = 256;
-    fill_kernel<<<TBERT_CEIL_DIV(n, block), block, 0, stream>>>(dev, value, n);
+    TBERT_LAUNCH(fill_kernel, TBERT_CEIL_DIV(n, block), block, 0, stream, dev, value, n);
     LAUNCH_CHECK(stream);
     return 0;
 }

@@ -9,7 +9,7 @@ template <typename T>
 __global__ void embeddings_ln_kernel(T *out, const int32_t *ids, const int32_t *cu_seqlens, int B, const float *word,
                                      const float *pos, const float *type, const float *g, const float *beta, float eps,
                                      int H, int V, int P) {
-    extern __shared__ float smem[]; // [32 scratch][H row]
+    TBERT_DYNAMIC_SHARED(float, smem); // [32 scratch][H row]
     float *scratch = smem, *buf = smem + 32;
     const int row = blockIdx.x;
     int t = row - cu_seqlens[tbert::last_le(cu_seqlens, B, row)];
@@ -32,8 +32,8 @@ extern "C" int tbert_cuda_embeddings_ln(void *out, tbert_cuda_dtype dt, const in
     SHAPE_CHECK(B >= 0 && N >= 0 && H > 0 && H <= 8192 && V > 0 && P > 0);
     if (N == 0 || B == 0) return 0;
     const size_t smem = (32 + (size_t)H) * sizeof(float);
-    TBERT_DISPATCH_DTYPE(dt, embeddings_ln_kernel<Act><<<(unsigned)N, tbert::kLayernormBlock, smem, s>>>(
-                                 (Act *)out, ids, cu_seqlens, B, word, pos, type, g, beta, eps, H, V, P));
+    TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(embeddings_ln_kernel<Act>, (unsigned)N, tbert::kLayernormBlock, smem, s,
+                                          (Act *)out, ids, cu_seqlens, B, word, pos, type, g, beta, eps, H, V, P));
     LAUNCH_CHECK(s);
     return 0;
 }

@@ -29,7 +29,8 @@ extern "C" int tbert_cuda_bias_gelu(void *x, const float *bias, tbert_cuda_dtype
     SHAPE_CHECK(x && bias && rows >= 0 && cols > 0);
     const size_t n = (size_t)rows * (size_t)cols;
     if (n == 0) return 0;
-    TBERT_DISPATCH_DTYPE(dt, bias_gelu_kernel<Act><<<tbert::elt_grid(n), tbert::kEltBlock, 0, s>>>((Act *)x, bias, n, cols));
+    TBERT_DISPATCH_DTYPE(
+        dt, TBERT_LAUNCH(bias_gelu_kernel<Act>, tbert::elt_grid(n), tbert::kEltBlock, 0, s, (Act *)x, bias, n, cols));
     LAUNCH_CHECK(s);
     return 0;
 }
@@ -39,7 +40,8 @@ extern "C" int tbert_cuda_bias_add(void *x, const float *bias, tbert_cuda_dtype 
     SHAPE_CHECK(x && bias && rows >= 0 && cols > 0);
     const size_t n = (size_t)rows * (size_t)cols;
     if (n == 0) return 0;
-    TBERT_DISPATCH_DTYPE(dt, bias_add_kernel<Act><<<tbert::elt_grid(n), tbert::kEltBlock, 0, s>>>((Act *)x, bias, n, cols));
+    TBERT_DISPATCH_DTYPE(
+        dt, TBERT_LAUNCH(bias_add_kernel<Act>, tbert::elt_grid(n), tbert::kEltBlock, 0, s, (Act *)x, bias, n, cols));
     LAUNCH_CHECK(s);
     return 0;
 }
@@ -48,7 +50,7 @@ extern "C" int tbert_cuda_bias_tanh(float *x, const float *bias, int rows, int c
     SHAPE_CHECK(x && bias && rows >= 0 && cols > 0);
     const size_t n = (size_t)rows * (size_t)cols;
     if (n == 0) return 0;
-    bias_tanh_kernel<<<tbert::elt_grid(n), tbert::kEltBlock, 0, s>>>(x, bias, n, cols);
+    TBERT_LAUNCH(bias_tanh_kernel, tbert::elt_grid(n), tbert::kEltBlock, 0, s, x, bias, n, cols);
     LAUNCH_CHECK(s);
     return 0;
 }

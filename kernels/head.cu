@@ -126,7 +126,7 @@ extern "C" int tbert_cuda_head_bias_gelu(float *a, float *hout, const float *b1,
     SHAPE_CHECK(a && hout && b1 && rows >= 0 && cols > 0);
     const size_t n = (size_t)rows * cols;
     if (n == 0) return 0;
-    head_bias_gelu_kernel<<<tbert::elt_grid(n), tbert::kEltBlock, 0, s>>>(a, hout, b1, n, cols);
+    TBERT_LAUNCH(head_bias_gelu_kernel, tbert::elt_grid(n), tbert::kEltBlock, 0, s, a, hout, b1, n, cols);
     LAUNCH_CHECK(s);
     return 0;
 }
@@ -135,7 +135,7 @@ extern "C" int tbert_cuda_gelu_backward(float *da, const float *dh, const float 
                                         cudaStream_t s) {
     SHAPE_CHECK(da && dh && a);
     if (n == 0) return 0;
-    gelu_backward_kernel<<<tbert::elt_grid(n), tbert::kEltBlock, 0, s>>>(da, dh, a, mask, n);
+    TBERT_LAUNCH(gelu_backward_kernel, tbert::elt_grid(n), tbert::kEltBlock, 0, s, da, dh, a, mask, n);
     LAUNCH_CHECK(s);
     return 0;
 }
@@ -143,7 +143,7 @@ extern "C" int tbert_cuda_gelu_backward(float *da, const float *dh, const float 
 extern "C" int tbert_cuda_mul(float *x, const float *mask, size_t n, cudaStream_t s) {
     SHAPE_CHECK(x && mask);
     if (n == 0) return 0;
-    mul_kernel<<<tbert::elt_grid(n), tbert::kEltBlock, 0, s>>>(x, mask, n);
+    TBERT_LAUNCH(mul_kernel, tbert::elt_grid(n), tbert::kEltBlock, 0, s, x, mask, n);
     LAUNCH_CHECK(s);
     return 0;
 }
@@ -155,15 +155,15 @@ extern "C" int tbert_cuda_head_logits_loss(float *z, float *dz, double *row_loss
     SHAPE_CHECK(binary ? (out == 1 && n_classes == 2 && positive >= 0 && positive < 2) : out == n_classes);
     if (n == 0) return 0;
     const int block = 128;
-    logits_loss_kernel<<<TBERT_CEIL_DIV(n, block), block, 0, s>>>(z, dz, row_loss, b2, y, class_weight, binary,
-                                                                  positive, n, out, n_classes);
+    TBERT_LAUNCH(logits_loss_kernel, TBERT_CEIL_DIV(n, block), block, 0, s, z, dz, row_loss, b2, y, class_weight,
+                 binary, positive, n, out, n_classes);
     LAUNCH_CHECK(s);
     return 0;
 }
 
 extern "C" int tbert_cuda_sum_f64(double *sum, const double *v, int n, cudaStream_t s) {
     SHAPE_CHECK(sum && v && n >= 0);
-    sum_f64_kernel<<<1, 32, 0, s>>>(sum, v, n);
+    TBERT_LAUNCH(sum_f64_kernel, 1, 32, 0, s, sum, v, n);
     LAUNCH_CHECK(s);
     return 0;
 }
@@ -171,7 +171,7 @@ extern "C" int tbert_cuda_sum_f64(double *sum, const double *v, int n, cudaStrea
 extern "C" int tbert_cuda_bias_grad(float *db, const float *dy, int rows, int cols, cudaStream_t s) {
     SHAPE_CHECK(db && dy && rows >= 0 && cols > 0);
     const int block = 128;
-    bias_grad_kernel<<<TBERT_CEIL_DIV(cols, block), block, 0, s>>>(db, dy, rows, cols);
+    TBERT_LAUNCH(bias_grad_kernel, TBERT_CEIL_DIV(cols, block), block, 0, s, db, dy, rows, cols);
     LAUNCH_CHECK(s);
     return 0;
 }
@@ -180,8 +180,8 @@ extern "C" int tbert_cuda_adamw(float *p, float *m, float *v, const float *g, si
                                 float eps, float decay, float step_size, float bc2_sqrt, cudaStream_t s) {
     SHAPE_CHECK(p && m && v && g && bc2_sqrt > 0.0f);
     if (n == 0) return 0;
-    adamw_kernel<<<tbert::elt_grid(n), tbert::kEltBlock, 0, s>>>(p, m, v, g, n, w1, b2, w2, eps, decay, step_size,
-                                                                 bc2_sqrt);
+    TBERT_LAUNCH(adamw_kernel, tbert::elt_grid(n), tbert::kEltBlock, 0, s, p, m, v, g, n, w1, b2, w2, eps, decay,
+                 step_size, bc2_sqrt);
     LAUNCH_CHECK(s);
     return 0;
 }

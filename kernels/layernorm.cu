@@ -6,7 +6,7 @@ namespace {
 template <typename T>
 __global__ void bias_residual_ln_kernel(T *out, const T *x, const float *bias, const T *residual, const float *g,
                                         const float *beta, float eps, int H) {
-    extern __shared__ float smem[]; // [32 scratch][H row]
+    TBERT_DYNAMIC_SHARED(float, smem); // [32 scratch][H row]
     float *scratch = smem, *buf = smem + 32;
     const size_t row = blockIdx.x;
     const T *xr = x + row * H;
@@ -29,8 +29,8 @@ extern "C" int tbert_cuda_bias_residual_ln(void *out, const void *x, const float
     SHAPE_CHECK(out && x && g && beta && rows >= 0 && H > 0 && H <= 8192 && eps >= 0.0f);
     if (rows == 0) return 0;
     const size_t smem = (32 + (size_t)H) * sizeof(float);
-    TBERT_DISPATCH_DTYPE(dt, bias_residual_ln_kernel<Act><<<rows, tbert::kLayernormBlock, smem, s>>>(
-                                 (Act *)out, (const Act *)x, bias, (const Act *)residual, g, beta, eps, H));
+    TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(bias_residual_ln_kernel<Act>, rows, tbert::kLayernormBlock, smem, s,
+                                          (Act *)out, (const Act *)x, bias, (const Act *)residual, g, beta, eps, H));
     LAUNCH_CHECK(s);
     return 0;
 }

@@ -42,7 +42,7 @@ __global__ void pool_flatten_kernel(float *out, size_t ld, const T *x, const int
 }
 
 __global__ void l2_normalize_kernel(float *x, int dim) {
-    __shared__ float scratch[32];
+    TBERT_SHARED(float, scratch, 32);
     float *r = x + (size_t)blockIdx.x * dim;
     float ss = 0.0f;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += r[j] * r[j];
@@ -65,17 +65,19 @@ extern "C" int tbert_cuda_pool(float *out, size_t ld, const void *x, const int32
     switch (kind) {
     case TBERT_CUDA_POOL_MEAN:
         SHAPE_CHECK(ld >= (size_t)H);
-        TBERT_DISPATCH_DTYPE(dt, pool_mean_kernel<Act><<<grid, kPoolBlock, 0, s>>>(out, ld, (const Act *)x, cu_seqlens, H));
+        TBERT_DISPATCH_DTYPE(
+            dt, TBERT_LAUNCH(pool_mean_kernel<Act>, grid, kPoolBlock, 0, s, out, ld, (const Act *)x, cu_seqlens, H));
         break;
     case TBERT_CUDA_POOL_CLS:
         SHAPE_CHECK(ld >= (size_t)H);
-        TBERT_DISPATCH_DTYPE(dt, pool_cls_kernel<Act><<<grid, kPoolBlock, 0, s>>>(out, ld, (const Act *)x, cu_seqlens, H));
+        TBERT_DISPATCH_DTYPE(
+            dt, TBERT_LAUNCH(pool_cls_kernel<Act>, grid, kPoolBlock, 0, s, out, ld, (const Act *)x, cu_seqlens, H));
         break;
     case TBERT_CUDA_POOL_FLATTEN: {
         SHAPE_CHECK(out_T > 0 && ld >= (size_t)out_T * H);
         const size_t n = (size_t)B * out_T * H;
-        TBERT_DISPATCH_DTYPE(dt, pool_flatten_kernel<Act><<<tbert::elt_grid(n), tbert::kEltBlock, 0, s>>>(
-                                     out, ld, (const Act *)x, cu_seqlens, H, out_T, n));
+        TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(pool_flatten_kernel<Act>, tbert::elt_grid(n), tbert::kEltBlock, 0, s, out,
+                                              ld, (const Act *)x, cu_seqlens, H, out_T, n));
         break;
     }
     default:
@@ -88,7 +90,7 @@ extern "C" int tbert_cuda_pool(float *out, size_t ld, const void *x, const int32
 extern "C" int tbert_cuda_l2_normalize(float *x, int rows, int dim, cudaStream_t s) {
     SHAPE_CHECK(x && rows >= 0 && dim > 0);
     if (rows == 0) return 0;
-    l2_normalize_kernel<<<rows, 256, 0, s>>>(x, dim);
+    TBERT_LAUNCH(l2_normalize_kernel, rows, 256, 0, s, x, dim);
     LAUNCH_CHECK(s);
     return 0;
 }

@@ -1,9 +1,9 @@
 /* Launchers of the CUDA kernels (one .cu file per operation under kernels/), callable from C (src/encoder_cuda.c, src/head_cuda.c, tests).
  *
  * Every launcher takes a stream, checks its shape assumptions before launching (TBERT_CUDA_EBADSHAPE when they
- * do not hold), sizes its grid with a ceiling division, checks cudaGetLastError() after the launch (and, in
- * debug builds, synchronizes the stream so that an asynchronous fault is reported at the launch that caused
- * it) and returns 0 or an error code: a cudaError_t value, TBERT_CUDA_CUBLAS_BASE + a cublasStatus_t, or
+ * do not hold), sizes its grid with a ceiling division, checks cudaGetLastError() after the launch (and, with
+ * TBERT_CUDA_SYNC_LAUNCH=1 in the environment, synchronizes the stream so that an asynchronous fault is reported
+ * at the launch that caused it) and returns 0 or an error code: a cudaError_t value, TBERT_CUDA_CUBLAS_BASE + a cublasStatus_t, or
  * TBERT_CUDA_EBADSHAPE. tbert_cuda_error_string() names any of them; TBERT_CUDA_CHECK turns one into a
  * tbert_error that names the statement, the function, the file and the line.
  *
