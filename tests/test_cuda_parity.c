@@ -244,6 +244,18 @@ static void test_convert(void **state) {
     g_free(&din);
     g_free(&dbf);
     g_free(&dback);
+    /* tbert_cuda_fill (device.cu, the tests' poison): exactly n values, nothing past them */
+    const int nf = 1000;
+    gbuf dfill = g_alloc((size_t)(nf + 1) * 4);
+    CK(tbert_cuda_fill((float *)dfill.p, -2.25f, nf, NULL));
+    g_check(&dfill, "fill");
+    float *hf = malloc((size_t)(nf + 1) * 4);
+    CK(cudaMemcpy(hf, dfill.p, (size_t)(nf + 1) * 4, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < nf; i++)
+        if (hf[i] != -2.25f) fail_msg("fill[%d]: %g, expected -2.25", i, hf[i]);
+    if (hf[nf] == hf[nf]) fail_msg("fill wrote element %d (past n)", nf); /* still the NaN poison */
+    free(hf);
+    g_free(&dfill);
 }
 
 /* packed embeddings: B sequences of random lengths in [1, T] (a zero-length one when zero_at >= 0); the
