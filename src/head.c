@@ -288,6 +288,21 @@ static void linear_backward_params(int n, int in, int outd, const float *x, cons
     }
 }
 
+/* MLP heads: dh = dz @ w2 (n x hidden), through dropout and GELU into da (stored in ws->dh); the dense and the
+ * rows backward passes share it. */
+static void hidden_backward(const tbert_head *h, tbert_head_ws *ws, int n, int O, const float *dz) {
+    const tbert_head_config *c = &h->cfg;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c->hidden, O, 1.0f, dz, O, h->w2, c->hidden, 0.0f, ws->dh,
+                c->hidden);
+    size_t total = (size_t)n * (size_t)c->hidden;
+    float scale = ws->train ? 1.0f / (1.0f - c->dropout) : 1.0f;
+    for (size_t i = 0; i < total; i++) {
+        double g = ws->dh[i];
+        if (ws->train) g = ws->keep[i] ? g * scale : 0.0;
+        ws->dh[i] = (float)(g * gelu_grad(ws->a[i]));
+    }
+}
+
 tbert_status tbert_head_backward(const tbert_head *h, tbert_head_ws *ws, int n, const float *x, const float *dz, float *grad,
                                  tbert_error *err) {
     const tbert_head_config *c = &h->cfg;
@@ -304,16 +319,7 @@ tbert_status tbert_head_backward(const tbert_head *h, tbert_head_ws *ws, int n, 
     const float *last_in = (c->hidden > 0 || ws->train) ? ws->h : x;
     linear_backward_params(n, ws->K, O, last_in, dz, g_w2, g_b2);
     if (c->hidden == 0) return TBERT_OK;
-    /* dh = dz @ w2 (n x Hd), through dropout and GELU into da (stored in dh) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c->hidden, O, 1.0f, dz, O, h->w2, c->hidden, 0.0f, ws->dh,
-                c->hidden);
-    size_t total = (size_t)n * (size_t)c->hidden;
-    float scale = ws->train ? 1.0f / (1.0f - c->dropout) : 1.0f;
-    for (size_t i = 0; i < total; i++) {
-        double g = ws->dh[i];
-        if (ws->train) g = ws->keep[i] ? g * scale : 0.0;
-        ws->dh[i] = (float)(g * gelu_grad(ws->a[i]));
-    }
+    hidden_backward(h, ws, n, O, dz);
     linear_backward_params(n, c->in_dim, c->hidden, x, ws->dh, g_w1, g_b1);
     return TBERT_OK;
 }
@@ -411,15 +417,7 @@ tbert_status tbert_head_backward_rows(const tbert_head *h, tbert_head_ws *ws, co
         return TBERT_OK;
     }
     linear_backward_params(n, ws->K, O, ws->h, dz, grad + h->tensors[2].offset, grad + h->tensors[3].offset);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c->hidden, O, 1.0f, dz, O, h->w2, c->hidden, 0.0f, ws->dh,
-                c->hidden);
-    size_t total = (size_t)n * (size_t)c->hidden;
-    float scale = ws->train ? 1.0f / (1.0f - c->dropout) : 1.0f;
-    for (size_t i = 0; i < total; i++) {
-        double g = ws->dh[i];
-        if (ws->train) g = ws->keep[i] ? g * scale : 0.0;
-        ws->dh[i] = (float)(g * gelu_grad(ws->a[i]));
-    }
+    hidden_backward(h, ws, n, O, dz);
     rows_linear_backward_params(x, c->in_dim, c->hidden, ws->dh, grad + h->tensors[0].offset, grad + h->tensors[1].offset);
     return TBERT_OK;
 }
