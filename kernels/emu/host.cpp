@@ -869,36 +869,44 @@ extern "C" cudaError_t cudaStreamGetFlags(cudaStream_t stream, unsigned int *fla
     return cudaSuccess;
 }
 
-extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+// Synchronize on a queue position (a stream's last work, an event's record): run it and what it depends on.
+static cudaError_t synchronize_position(cudaError_t (*position)(const void *, uint64_t *), const void *what) {
     if (cudaError_t e = sticky()) return fail(e);
-    uint64_t last;
-    {
-        State &s = S();
-        std::lock_guard<std::mutex> g(s.mu);
-        CUstream_st *q = resolve_locked(s, stream);
-        if (!q) return fail(cudaErrorInvalidResourceHandle);
-        last = q->last;
-    }
-    run_closure({last});
+    uint64_t pos;
+    if (cudaError_t e = position(what, &pos)) return fail(e);
+    run_closure({pos});
     if (cudaError_t e = sticky()) return fail(e);
     return cudaSuccess;
 }
 
-// Not ready while work is queued; saying so runs it (a real device gets there on its own), so a polling loop ends.
-extern "C" cudaError_t cudaStreamQuery(cudaStream_t stream) {
+// Query a queue position: not ready while it is pending; saying so runs it (a real device gets there on its
+// own), so a polling loop ends.
+static cudaError_t query_position(cudaError_t (*position)(const void *, uint64_t *), const void *what) {
     if (cudaError_t e = sticky()) return fail(e);
-    uint64_t last;
+    uint64_t pos;
+    if (cudaError_t e = position(what, &pos)) return fail(e);
     {
         State &s = S();
         std::lock_guard<std::mutex> g(s.mu);
-        CUstream_st *q = resolve_locked(s, stream);
-        if (!q) return fail(cudaErrorInvalidResourceHandle);
-        last = q->last;
-        if (!is_pending_locked(s, last)) return cudaSuccess;
+        if (!is_pending_locked(s, pos)) return cudaSuccess;
     }
-    run_closure({last});
+    run_closure({pos});
     return cudaErrorNotReady;
 }
+
+// The queue position a synchronize or a query on a stream waits for (its last queued work).
+static cudaError_t stream_position_of(const void *stream, uint64_t *pos) {
+    State &s = S();
+    std::lock_guard<std::mutex> g(s.mu);
+    CUstream_st *q = resolve_locked(s, (cudaStream_t)const_cast<void *>(stream));
+    if (!q) return cudaErrorInvalidResourceHandle;
+    *pos = q->last;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t stream) { return synchronize_position(stream_position_of, stream); }
+
+extern "C" cudaError_t cudaStreamQuery(cudaStream_t stream) { return query_position(stream_position_of, stream); }
 
 extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
     State &s = S();
@@ -952,34 +960,19 @@ extern "C" cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     return cudaSuccess;
 }
 
-extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-    if (cudaError_t e = sticky()) return fail(e);
-    uint64_t rec;
-    {
-        State &s = S();
-        std::lock_guard<std::mutex> g(s.mu);
-        if (!event || !s.events.count(event)) return fail(cudaErrorInvalidResourceHandle);
-        rec = event->rec;
-    }
-    run_closure({rec});
-    if (cudaError_t e = sticky()) return fail(e);
+// The queue position an event synchronize or query waits for (where it was last recorded).
+static cudaError_t event_position_of(const void *ev, uint64_t *pos) {
+    cudaEvent_t event = (cudaEvent_t)const_cast<void *>(ev);
+    State &s = S();
+    std::lock_guard<std::mutex> g(s.mu);
+    if (!event || !s.events.count(event)) return cudaErrorInvalidResourceHandle;
+    *pos = event->rec;
     return cudaSuccess;
 }
 
-// Not ready while the recorded position has not run; saying so runs it (see cudaStreamQuery).
-extern "C" cudaError_t cudaEventQuery(cudaEvent_t event) {
-    if (cudaError_t e = sticky()) return fail(e);
-    uint64_t rec;
-    {
-        State &s = S();
-        std::lock_guard<std::mutex> g(s.mu);
-        if (!event || !s.events.count(event)) return fail(cudaErrorInvalidResourceHandle);
-        rec = event->rec;
-        if (!is_pending_locked(s, rec)) return cudaSuccess;
-    }
-    run_closure({rec});
-    return cudaErrorNotReady;
-}
+extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t event) { return synchronize_position(event_position_of, event); }
+
+extern "C" cudaError_t cudaEventQuery(cudaEvent_t event) { return query_position(event_position_of, event); }
 
 extern "C" cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
     State &s = S();
