@@ -18,13 +18,14 @@ typedef struct {
     int n;
 } series;
 
-static void esc(GString *s, const char *t) {
+void tbert_html_escape(GString *s, const char *t) {
     for (; *t; t++) {
         switch (*t) {
         case '<': g_string_append(s, "&lt;"); break;
         case '>': g_string_append(s, "&gt;"); break;
         case '&': g_string_append(s, "&amp;"); break;
         case '"': g_string_append(s, "&quot;"); break;
+        case '\'': g_string_append(s, "&#39;"); break;
         default: g_string_append_c(s, *t);
         }
     }
@@ -43,7 +44,7 @@ static void chart(GString *s, const char *title, const char *xl, const char *yl,
     g_string_append_printf(s, "<svg xmlns='http://www.w3.org/2000/svg' width='%g' height='%g' viewBox='0 0 %g %g'>", W, H, W, H);
     g_string_append_printf(s, "<rect x='0' y='0' width='%g' height='%g' fill='#fff'/>", W, H);
     g_string_append_printf(s, "<text x='%g' y='20' font-size='15' font-weight='bold' text-anchor='middle'>", W / 2);
-    esc(s, title);
+    tbert_html_escape(s, title);
     g_string_append(s, "</text>");
     int xt = int_x && x1 - x0 < 5 ? (int)(x1 - x0) : 5;
     for (int i = 0; i <= 5; i++) {
@@ -59,10 +60,10 @@ static void chart(GString *s, const char *title, const char *xl, const char *yl,
     }
     g_string_append_printf(s, "<rect x='%g' y='%g' width='%g' height='%g' fill='none' stroke='#333'/>", L, T, pw, ph);
     g_string_append_printf(s, "<text x='%g' y='%g' font-size='12' text-anchor='middle'>", L + pw / 2, H - 10);
-    esc(s, xl);
+    tbert_html_escape(s, xl);
     g_string_append_printf(s, "</text><text x='14' y='%g' font-size='12' text-anchor='middle' transform='rotate(-90 14 %g)'>",
                            T + ph / 2, T + ph / 2);
-    esc(s, yl);
+    tbert_html_escape(s, yl);
     g_string_append(s, "</text>");
     if (isfinite(mark_x) && mark_x >= x0 && mark_x <= x1) /* the best epoch */
         g_string_append_printf(s, "<line x1='%.1f' y1='%.1f' x2='%.1f' y2='%.1f' stroke='#2ca02c' stroke-dasharray='5 3'/>"
@@ -95,7 +96,7 @@ static void chart(GString *s, const char *title, const char *xl, const char *yl,
                                ly - 12);
         g_string_append_printf(s, "<rect x='%g' y='%g' width='14' height='3' fill='%s'/>", L + pw - 150, ly - 4, v->color);
         g_string_append_printf(s, "<text x='%g' y='%g' font-size='12'>", L + pw - 130, ly);
-        esc(s, v->name);
+        tbert_html_escape(s, v->name);
         g_string_append(s, "</text>");
     }
     g_string_append(s, "</svg>");
@@ -122,13 +123,13 @@ static void confusion_table(GString *s, const tbert_metrics *m, const tbert_reci
     g_string_append(s, "<table class='conf'><tr><th>true \\ predicted</th>");
     for (int j = 0; j < m->n_classes; j++) {
         g_string_append(s, "<th>");
-        esc(s, r->labels[j]);
+        tbert_html_escape(s, r->labels[j]);
         g_string_append(s, "</th>");
     }
     g_string_append(s, "</tr>");
     for (int i = 0; i < m->n_classes; i++) {
         g_string_append(s, "<tr><th>");
-        esc(s, r->labels[i]);
+        tbert_html_escape(s, r->labels[i]);
         g_string_append(s, "</th>");
         for (int j = 0; j < m->n_classes; j++) {
             int64_t v = m->confusion[(size_t)i * m->n_classes + j];
@@ -147,7 +148,7 @@ static void metrics_table(GString *s, const tbert_fit_result *f, const tbert_rec
     g_string_append(s, "<table class='m'><tr><th>split</th><th>n</th><th>accuracy</th><th>ROC-AUC</th><th>PR-AUC</th>");
     for (int k = 0; k < r->n_labels; k++) {
         g_string_append(s, "<th>F1 ");
-        esc(s, r->labels[k]);
+        tbert_html_escape(s, r->labels[k]);
         g_string_append(s, "</th>");
     }
     g_string_append(s, "</tr>");
@@ -185,7 +186,7 @@ tbert_status tbert_report_write_ex(const char *path, const tbert_fit_result *f, 
     for (int i = 0; i < E; i++) ep[i] = i + 1;
     g_string_append_printf(s, "<p>%d epochs, best epoch %d; threshold %.4f on P(%s); recipe <b>", E, f->best_epoch,
                            (double)f->threshold, r->positive >= 0 ? r->labels[r->positive] : "argmax");
-    esc(s, r->name);
+    tbert_html_escape(s, r->name);
     g_string_append_printf(s, "</b>, %zu features; training took %.1f s.</p>", d->dim, f->seconds);
     metrics_table(s, f, r);
     g_string_append(s, "<h2>Training curves</h2><div class='row'>");
@@ -218,7 +219,7 @@ tbert_status tbert_report_write_ex(const char *path, const tbert_fit_result *f, 
             tbert_pr_curve(n, sc, pos, &px, &py, &pn);
         }
         g_string_append_printf(s, "<h2>ROC and precision-recall curves (%s split, positive class ", which);
-        esc(s, r->labels[r->positive]);
+        tbert_html_escape(s, r->labels[r->positive]);
         g_string_append(s, ")</h2><div class='row'>");
         char t1[96], t2[96];
         snprintf(t1, sizeof t1, "ROC curve (AUC %.4f)", cm->roc_auc);
@@ -245,13 +246,13 @@ tbert_status tbert_report_write_ex(const char *path, const tbert_fit_result *f, 
     if (cm->confusion) confusion_table(s, cm, r);
     if (info && info->command_line) {
         g_string_append(s, "<h2>Command line</h2><pre id='command-line'>");
-        esc(s, info->command_line);
+        tbert_html_escape(s, info->command_line);
         g_string_append(s, "</pre>");
     }
     g_string_append(s, "<h2>Settings</h2><pre>");
     cJSON *sj = settings_json ? cJSON_Parse(settings_json) : NULL;
     char *pretty = sj ? cJSON_Print(sj) : NULL;
-    esc(s, pretty ? pretty : (settings_json ? settings_json : "{}"));
+    tbert_html_escape(s, pretty ? pretty : (settings_json ? settings_json : "{}"));
     free(pretty);
     cJSON_Delete(sj);
     g_string_append_printf(s, "</pre><p style='color:#888'>tbert %s</p></body></html>\n", TBERT_VERSION);

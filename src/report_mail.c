@@ -9,19 +9,7 @@
 #include <string.h>
 
 #include "tbert/train.h"
-
-static void esc(GString *s, const char *t) {
-    for (; *t; t++) {
-        switch (*t) {
-        case '<': g_string_append(s, "&lt;"); break;
-        case '>': g_string_append(s, "&gt;"); break;
-        case '&': g_string_append(s, "&amp;"); break;
-        case '"': g_string_append(s, "&quot;"); break;
-        case '\'': g_string_append(s, "&#39;"); break;
-        default: g_string_append_c(s, *t);
-        }
-    }
-}
+#include "train_internal.h"
 
 static int cmp_desc(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
@@ -178,7 +166,7 @@ static void histograms(GString *s, int n, const float *score, const bool *pos, d
         g_string_append_printf(s, "<rect x='%g' y='%g' width='14' height='10' fill='%s' fill-opacity='0.55'/>"
                                   "<text x='%g' y='%g' font-size='12'>",
                                lx, ly - 9, col[1 - k], lx + 20, ly);
-        esc(s, k ? neg_name : pos_name);
+        tbert_html_escape(s, k ? neg_name : pos_name);
         g_string_append(s, "</text>");
     }
     g_string_append_printf(s, "<text x='%g' y='%g' font-size='12' text-anchor='middle'>P(%s)</text>", L + pw / 2, H - 10, pos_name);
@@ -191,9 +179,9 @@ void tbert_report_mail_section(GString *s, int n, const float *score, const bool
     int nn = 0, np = 0;
     for (int i = 0; i < n; i++) *(pos[i] ? &np : &nn) += 1;
     g_string_append_printf(s, "<h2>Mail view (%s split: %d ", which, np);
-    esc(s, pos_name);
+    tbert_html_escape(s, pos_name);
     g_string_append_printf(s, ", %d ", nn);
-    esc(s, neg_name);
+    tbert_html_escape(s, neg_name);
     g_string_append(s, ")</h2><div class='row'>");
     roc_log(s, n, score, pos, thr);
     histograms(s, n, score, pos, thr, pos_name, neg_name);
@@ -222,9 +210,9 @@ void tbert_report_mail_section(GString *s, int n, const float *score, const bool
         for (int i = 0; i < n && shown < 500; i++) {
             if ((score[i] >= thr) == pos[i]) continue;
             g_string_append(s, "<tr><td style='text-align:left'>");
-            esc(s, names && names[i] ? names[i] : "(no name)");
+            tbert_html_escape(s, names && names[i] ? names[i] : "(no name)");
             g_string_append(s, "</td><td>");
-            esc(s, pos[i] ? pos_name : neg_name);
+            tbert_html_escape(s, pos[i] ? pos_name : neg_name);
             g_string_append_printf(s, "</td><td>%.4f</td></tr>", score[i]);
             shown++;
         }

@@ -62,4 +62,7 @@ char *tbert_fit_metrics_json(const tbert_fit_result *r, const tbert_recipe *rec)
  * (src/metrics_json.c) */
 tbert_status tbert_train_metrics_write(const char *dir, const tbert_train_result *res, const tbert_recipe *r, tbert_error *err);
 
+/* Appends t to s with the HTML specials (< > & " ') as entities: report.html and its mail sections (src/report.c). */
+void tbert_html_escape(GString *s, const char *t);
+
 #endif
