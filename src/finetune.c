@@ -18,7 +18,7 @@
  * the threshold is chosen on the out-of-fold scores; the kept model is one final fine-tune on all the training
  * examples for the folds' median best epoch count (a fine-tuned encoder cannot be averaged the way the heads'
  * logits are).
- * Checkpoints (docs/finetune.md): best/last.safetensors hold the head, the trained encoder tensors as
+ * Checkpoints (docs/architecture.md, "Fine-tuning"): best/last.safetensors hold the head, the trained encoder tensors as
  * "finetune.<transformers name>" (float32) and, in last, the optimiser state (its step also numbers the dropout
  * masks) and the shuffle RNG, so --resume continues bit for bit. */
 #include <cblas.h>

@@ -193,7 +193,7 @@ char *tbert_recipe_to_json(const tbert_recipe *r) {
     char thr[32];
     snprintf(thr, sizeof thr, "%.9g", (double)r->threshold);
     ok &= cJSON_AddRawToObject(o, "threshold", thr) != NULL;
-    if (r->ft_layers > 0) { /* recipe_version 2: only fine-tuned heads carry it (docs/finetune.md) */
+    if (r->ft_layers > 0) { /* recipe_version 2: only fine-tuned heads carry it (docs/architecture.md, "Fine-tuning") */
         cJSON *ft = cJSON_AddObjectToObject(o, "finetune");
         ok &= ft != NULL;
         ok &= ok && cJSON_AddNumberToObject(ft, "layers", r->ft_layers) != NULL;

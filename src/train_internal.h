@@ -103,7 +103,7 @@ void tbert_ft_data_free(tbert_ft_data *fd);
 /* tbert_fit with the top fo->k layers trained together with the head: fo->epochs epochs, AdamW over head and
  * encoder, linear warm-up and decay, clipping; the dense block of each row is recomputed by the trained layers (the
  * rows' own dense block is not read); best epoch and threshold as the head path; checkpoints each epoch with the
- * trained tensors (docs/finetune.md); cross-fitting when hp->cv_folds >= 2 (the folds fine-tune too). */
+ * trained tensors (docs/architecture.md, "Fine-tuning"); cross-fitting when hp->cv_folds >= 2 (the folds fine-tune too). */
 tbert_status tbert_fit_finetune(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_ft_opts *fo, const tbert_model *m,
                                 const tbert_ft_data *fd, const tbert_fit_ckpt *ck, tbert_fit_result *r, tbert_error *err);
 

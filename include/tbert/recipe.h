@@ -70,7 +70,7 @@ typedef struct {
     char labels[TBERT_MAX_LABELS][TBERT_MAX_LABEL_LEN]; /* sorted byte-wise, unique */
     int positive;              /* binary: index of the positive class; else -1 */
     float threshold;           /* binary: predict positive when P(positive) >= threshold */
-    /* fine-tuning (recipe_version 2, JSON key "finetune" only when ft_layers > 0; docs/finetune.md): the top
+    /* fine-tuning (recipe_version 2, JSON key "finetune" only when ft_layers > 0; docs/architecture.md): the top
      * ft_layers of the layers in use were trained with the head (their tensors are in the checkpoint as
      * "finetune.*"), the embeddings too when ft_embeddings; ft_base_sha256 is the sha256 of the base
      * model.safetensors they were fine-tuned from */
