@@ -408,6 +408,14 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     st = tbert_resolve_model_dir(o->model, model_dir, sizeof model_dir, err);
     if (!st) st = tbert_model_load(model_dir, &m, err);
     if (!st) st = tbert_recipe_bind_model(r, m, err);
+    if (!st && o->finetune != 0) { /* --finetune K: the top K of the layers in use (recipe_version 2's "finetune") */
+        int k = o->finetune == TBERT_FINETUNE_ALL ? r->layers : o->finetune;
+        if (k < 1 || k > r->layers)
+            st = tbert_fail(err, TBERT_E_ARG, "--finetune %d: the recipe uses %d layers (give 1..%d or all)", k, r->layers, r->layers);
+        r->ft_layers = k;
+        r->ft_embeddings = o->finetune == TBERT_FINETUNE_ALL;
+        snprintf(r->ft_base_sha256, sizeof r->ft_base_sha256, "%s", m->weights_sha256);
+    }
     if (st) goto done;
     tbert_encoder_opts eo = tbert_encoder_default_opts();
     eo.device = o->device;
@@ -417,6 +425,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     eo.quiet = o->quiet;
     st = tbert_encoder_create(m, &eo, &enc, err);
     if (!st) st = tbert_featurizer_create(r, m, enc, &fz, err);
+    if (!st && r->ft_layers > 0) tbert_featurizer_skip_dense(fz); /* the trained layers make the dense block */
     if (st) goto done;
     /* the head trains where the encoder runs */
     if (tbert_encoder_is_cuda(enc)) hp.cuda_device = o->device.kind == TBERT_DEVICE_CUDA ? o->device.index : 0;
@@ -455,15 +464,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         if (st) goto done;
     }
     if (o->finetune != 0) { /* the top K layers train: the frozen layers below run once here (src/finetune.c) */
-        int k = o->finetune == TBERT_FINETUNE_ALL ? r->layers : o->finetune;
-        if (k < 1 || k > r->layers) {
-            st = tbert_fail(err, TBERT_E_ARG, "--finetune %d: the recipe uses %d layers (give 1..%d or all)", k, r->layers, r->layers);
-            goto done;
-        }
-        r->ft_layers = k;
-        r->ft_embeddings = o->finetune == TBERT_FINETUNE_ALL;
-        snprintf(r->ft_base_sha256, sizeof r->ft_base_sha256, "%s", m->weights_sha256);
-        fto.k = k;
+        int from_store = 0;
+        fto.k = r->ft_layers;
         fto.embeddings = r->ft_embeddings;
         fto.encoder_lr = o->encoder_lr;
         fto.epochs = o->finetune_epochs;
@@ -472,8 +474,10 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         fto.clip_norm = 1.0;
         fto.enc = eo;
         fto.quiet = o->quiet;
-        st = tbert_ft_data_build(r, m, fz, L.n, L.docs, &fto, store, &ftd, NULL, err);
+        st = tbert_ft_data_build(r, m, fz, L.n, L.docs, &fto, store, &ftd, &from_store, err);
         if (st) goto done;
+        res->docs_encoded = r->ft_layers < r->layers ? L.n - from_store : 0;
+        res->cache_hit = res->docs_encoded == 0;
     }
     int ntr, nva, nte;
     st = tbert_split_stratified(L.n, y, r->n_labels, o->val_fraction, o->test_fraction, o->seed, &tr, &ntr, &va, &nva, &te, &nte,

@@ -117,6 +117,9 @@ typedef struct tbert_featurizer tbert_featurizer;
 tbert_status tbert_featurizer_create(const tbert_recipe *r, const tbert_model *m, tbert_encoder *enc, tbert_featurizer **out,
                                      tbert_error *err);
 void tbert_featurizer_free(tbert_featurizer *fz);
+/* From now on tbert_featurize_stored leaves the dense block zero and encodes nothing (the sparse blocks as
+ * always): `tbert train --finetune K` recomputes the dense block with the trained layers (src/finetune.c). */
+void tbert_featurizer_skip_dense(tbert_featurizer *fz);
 size_t tbert_featurizer_dim(const tbert_featurizer *fz);
 /* The featurizer in two stages (tbert score runs the first in its parse workers, the second on its scoring
  * thread):
