@@ -371,6 +371,7 @@ void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]) {
  * remain); content: the sha256 of the document's text (evidence does not reach the dense block). */
 tbert_status tbert_features_dense_key(const tbert_recipe *r, char key[65], tbert_error *err) {
     tbert_recipe k = *r;
+    k.recipe_version = 1; /* version 2 (issue 15) changed nothing in a frozen recipe's dense block: older entries stay valid */
     memset(k.name, 0, sizeof k.name);
     k.n_labels = 0;
     k.positive = -1;
