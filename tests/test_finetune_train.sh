@@ -12,6 +12,8 @@
 #    best/last.safetensors byte-identical to an uninterrupted 2-thread run; a resume with another --encoder-lr is
 #    refused in one line;
 #  - the lower-layer cache: a second K = 1 run reads every document's frozen-layer output from the row store;
+#  - cross-fitting (--cv 3, 2 windows, normalize): the threshold's operating point is out-of-fold and best holds the
+#    kept model's trained tensors;
 #  - --finetune 5 on a 4-layer model is refused (exit 2, one line).
 set -u
 BIN=${TBERT_BIN:?TBERT_BIN not set}
@@ -128,6 +130,21 @@ if (train "$TMP/mis" --quiet --finetune 2 --finetune-epochs 4 --encoder-lr 1e-3 
 fi
 [ "$(wc -l <"$TMP/mis.err")" -eq 1 ] && grep -q "cannot --resume" "$TMP/mis.err" ||
     { echo "FAIL: mismatch message: $(cat "$TMP/mis.err")"; fail=1; }
+
+# cross-fitting fine-tunes the folds: out-of-fold operating point, the kept model's trained tensors in best
+(train "$TMP/cv" --quiet --finetune 1 --finetune-epochs 2 --val-fraction 0 --cv 3 --windows 2 --normalize) >/dev/null 2>"$TMP/cv.err" ||
+    { echo "FAIL: --finetune with --cv 3: $(cat "$TMP/cv.err")"; fail=1; }
+"$PY" - "$TMP/cv" <<'EOF' || fail=1
+import json, sys
+from safetensors.numpy import load_file
+d = sys.argv[1]
+m = json.load(open(d + "/metrics.json"))
+src = m.get("operating_point", {}).get("source")
+ft = [k for k in load_file(d + "/best.safetensors") if k.startswith("finetune.encoder.layer.3.")]
+if src != "out-of-fold" or len(ft) != 16:
+    print("FAIL: cross-fitted fine-tune: operating point from %s, %d trained tensors in best" % (src, len(ft)))
+    sys.exit(1)
+EOF
 
 # K deeper than the layers in use
 (train "$TMP/k5" --quiet --finetune 5) >/dev/null 2>"$TMP/k5.err"
