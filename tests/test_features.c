@@ -238,6 +238,37 @@ static void test_recipe_json(void **state) {
     assert_non_null(strstr(j, "\"lexical_ngrams\":2"));
     free(j);
     r.lexical_ngrams = 1;
+    /* recipe_version 2: "finetune" only for a fine-tuned encoder; version 1 (no key) still loads */
+    assert_int_equal(r.recipe_version, 2);
+    r.finetune.layers = 2;
+    r.finetune.embeddings = true;
+    snprintf(r.finetune.base_model_sha256, sizeof r.finetune.base_model_sha256, "%064x", 0xabcu);
+    j = json_round_trip(&r);
+    assert_non_null(strstr(j, ",\"finetune\":{\"layers\":2,\"embeddings\":true,\"base_model_sha256\":\"000"));
+    char *v = strstr(j, "\"recipe_version\":2");
+    assert_non_null(v);
+    v[17] = '1'; /* a version 1 recipe cannot say "finetune" */
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
+    assert_non_null(strstr(err.msg, "'finetune'"));
+    free(j);
+    r.finetune.layers = 5; /* more than the 4 layers in use */
+    j = tbert_recipe_to_json(&r);
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
+    assert_non_null(strstr(err.msg, "finetune layers 5"));
+    free(j);
+    r.finetune.layers = 2;
+    r.finetune.base_model_sha256[3] = 'X';
+    j = tbert_recipe_to_json(&r);
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
+    assert_non_null(strstr(err.msg, "base_model_sha256"));
+    free(j);
+    memset(&r.finetune, 0, sizeof r.finetune);
+    j = json_round_trip(&r);
+    assert_null(strstr(j, "finetune"));
+    free(j);
+    r.recipe_version = 1;
+    free(json_round_trip(&r));
+    r.recipe_version = 2;
     /* no header block: no header keys (recipes written before it read back the same) */
     tbert_recipe t;
     assert_int_equal(tbert_recipe_preset("text", &t, &err), TBERT_OK);
@@ -264,7 +295,8 @@ static void test_recipe_json(void **state) {
     free(j);
     r.header_weight = 4;
     const char *bad[][2] = {
-        {"{\"recipe_version\":2}", "recipe_version 2"},
+        {"{\"recipe_version\":3}", "recipe_version 3"},
+        {"{\"recipe_version\":0}", "recipe_version 0"},
         {"[1,2]", "not a JSON object"},
         {"{\"recipe_version\":1,\"name\":\"x\"}", "model_hash"},
     };

@@ -33,7 +33,8 @@
 extern "C" {
 #endif
 
-#define TBERT_RECIPE_VERSION 1
+#define TBERT_RECIPE_VERSION 2     /* what tbert writes (2: the optional "finetune" key) */
+#define TBERT_RECIPE_VERSION_MIN 1 /* the oldest that still loads (1 = no fine-tuned encoder) */
 #define TBERT_MAX_LABELS 128
 #define TBERT_MAX_LABEL_LEN 64 /* bytes including the NUL */
 
@@ -69,6 +70,14 @@ typedef struct {
     char labels[TBERT_MAX_LABELS][TBERT_MAX_LABEL_LEN]; /* sorted byte-wise, unique */
     int positive;              /* binary: index of the positive class; else -1 */
     float threshold;           /* binary: predict positive when P(positive) >= threshold */
+    /* fine-tuned encoder (recipe_version 2; JSON key "finetune" only when layers > 0): the top `layers` of the
+     * layers in use (and the embeddings when set) were trained with the head; their tensors are in the
+     * checkpoint (include/tbert/finetune.h); base_model_sha256 is the base model.safetensors' sha256 */
+    struct {
+        int layers;
+        bool embeddings;
+        char base_model_sha256[65];
+    } finetune;
 } tbert_recipe;
 
 /* Presets (model fields left empty until bind_model):
