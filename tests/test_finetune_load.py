@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Fine-tuned heads load everywhere, and `tbert export` (issue 15; briefs: ftformat). No torch: the fine-tuned
+head is made here from a frozen one (train on the committed bert_tiny_shape model, then add to best.safetensors
+perturbed copies of the top layer's 16 tensors, two embedding tensors and the pooler as finetune.* F32 tensors,
+and the recipe's version 2 "finetune" key), as `tbert train --finetune 1` would write it.
+1. export: the folder holds the base's config.json / vocab.txt / tokenizer_config.json byte for byte, and a
+   model.safetensors with every BertModel tensor (names without `bert.`, shapes from config.json, F32): the
+   fine-tuned ones equal to the head's finetune.* values, the others to the base's, bit for bit;
+2. embed --model EXPORTED equals embed --model BASE --head FT bit for bit, and differs from the base's;
+3. score / eval / filter with the fine-tuned head differ from the frozen head and equal the exported model with
+   the same head made frozen (finetune key and tensors removed), record for record;
+4. the row store: the fine-tuned head's eval encodes again (its own dense-block key), frozen rows are not read;
+5. refusals, exit 2 with one line: a base with other weights ("fine-tuned from base model"), a wrong shape, a
+   tensor outside the fine-tuned layers, a missing layer tensor, finetune tensors under a frozen recipe; export
+   into a non-empty folder without --force, and into the head's folder.
+Needs numpy + safetensors (scripts/python-env.sh; a failure without them, not a skip)."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+try:
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+except ImportError as e:  # a test dependency (scripts/python-env.sh), not an external prerequisite: a failure
+    print("FAIL: %s (run scripts/python-env.sh; ctest uses TBERT_PYTHON)" % e)
+    sys.exit(1)
+
+TESTS = os.environ.get("TBERT_TESTS_DIR", os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("TBERT_BIN")
+if not BIN or not os.path.exists(BIN):
+    print("FAIL: TBERT_BIN not set")
+    sys.exit(1)
+MODEL = os.path.join(TESTS, "models", "bert_tiny_shape")  # F32, `bert.` prefix, pooler, 2 layers, H 128
+DATA = os.path.join(TESTS, "data", "head", "tiny.tsv")
+MAIL = os.path.join(TESTS, "data", "mail", "alternative.eml")
+for f in (os.path.join(MODEL, "model.safetensors"), DATA, MAIL):
+    if not os.path.exists(f):
+        print("FAIL: missing committed fixture", f)
+        sys.exit(1)
+SEED = int(os.environ.get("TBERT_TEST_SEED", "15"))
+print("seed", SEED)
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def run(args, env, stdin=None, ok=(0,)):
+    p = subprocess.run([BIN] + args, env=env, capture_output=True, input=stdin)
+    if p.returncode not in ok:
+        print("FAIL: tbert", " ".join(args), "->", p.returncode, p.stderr.decode(errors="replace"))
+        sys.exit(1)
+    return p
+
+
+def expect_refusal(what, args, env, needle):
+    p = subprocess.run([BIN] + args, env=env, capture_output=True)
+    err = p.stderr.decode(errors="replace")
+    check(p.returncode == 2, "%s: exit %d, expected 2 (%s)" % (what, p.returncode, err.strip()))
+    check(err.count("\n") == 1, "%s: stderr is not one line: %r" % (what, err))
+    check(needle in err, "%s: message lacks %r: %s" % (what, needle, err.strip()))
+
+
+def bert_names(cfg, pooler):
+    n = {"embeddings.word_embeddings.weight": (cfg["vocab_size"], cfg["hidden_size"]),
+         "embeddings.position_embeddings.weight": (cfg["max_position_embeddings"], cfg["hidden_size"]),
+         "embeddings.token_type_embeddings.weight": (cfg.get("type_vocab_size", 2), cfg["hidden_size"]),
+         "embeddings.LayerNorm.weight": (cfg["hidden_size"],), "embeddings.LayerNorm.bias": (cfg["hidden_size"],)}
+    H, I = cfg["hidden_size"], cfg["intermediate_size"]
+    for i in range(cfg["num_hidden_layers"]):
+        p = "encoder.layer.%d." % i
+        for m in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            n[p + m + ".weight"], n[p + m + ".bias"] = (H, H), (H,)
+        for m in ("attention.output.LayerNorm", "output.LayerNorm"):
+            n[p + m + ".weight"], n[p + m + ".bias"] = (H,), (H,)
+        n[p + "intermediate.dense.weight"], n[p + "intermediate.dense.bias"] = (I, H), (I,)
+        n[p + "output.dense.weight"], n[p + "output.dense.bias"] = (H, I), (H,)
+    if pooler:
+        n["pooler.dense.weight"], n["pooler.dense.bias"] = (H, H), (H,)
+    return n
+
+
+def read_head(path):
+    with safe_open(path, "np") as f:
+        meta = dict(f.metadata())
+    return load_file(path), meta
+
+
+def write_head(folder, tensors, meta, recipe_edit=None):
+    os.makedirs(folder, exist_ok=True)
+    meta = dict(meta)
+    if recipe_edit:
+        r = json.loads(meta["recipe"])
+        recipe_edit(r)
+        meta["recipe"] = json.dumps(r, separators=(",", ":"))
+    save_file(tensors, os.path.join(folder, "best.safetensors"), metadata=meta)
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="tbert_ftload.")
+    try:
+        env = dict(os.environ, TBERT_CACHE=os.path.join(tmp, "cache"))
+        h0 = os.path.join(tmp, "h0")
+        run(["train", "--model", MODEL, "--data", DATA, "--max-len", "32", "--hidden", "8", "--epochs", "3", "--batch", "8",
+             "--threads", "1", "--quiet", "--out", h0], env)
+        head, meta = read_head(os.path.join(h0, "best.safetensors"))
+        recipe = json.loads(meta["recipe"])
+        check(recipe["recipe_version"] == 2 and "finetune" not in recipe, "a frozen head: recipe v2 without finetune")
+        cfg = json.load(open(os.path.join(MODEL, "config.json")))
+        base = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in load_file(os.path.join(MODEL, "model.safetensors")).items()}
+        base_sha = hashlib.sha256(open(os.path.join(MODEL, "model.safetensors"), "rb").read()).hexdigest()
+        names = bert_names(cfg, "pooler.dense.weight" in base)
+
+        # the fine-tuned head: layer 1 of 2, two embedding tensors and the pooler changed
+        rng = np.random.default_rng(SEED)
+        top = cfg["num_hidden_layers"] - 1
+        tuned = [n for n in names if n.startswith("encoder.layer.%d." % top)]
+        tuned += ["embeddings.word_embeddings.weight", "embeddings.LayerNorm.weight", "pooler.dense.weight"]
+        ft = {}
+        for n in tuned:
+            b = base[n].astype(np.float32)
+            ft["finetune." + n] = (b * (1 + 0.3 * rng.standard_normal(b.shape)) + 0.02 * rng.standard_normal(b.shape)).astype(np.float32)
+        fthead = os.path.join(tmp, "ft")
+
+        def ft_recipe(r):
+            r["recipe_version"] = 2
+            r["finetune"] = {"layers": 1, "embeddings": True, "base_model_sha256": base_sha}
+        write_head(fthead, {**head, **ft}, meta, ft_recipe)
+        # the same head, frozen: for the exported model
+        frozen = os.path.join(tmp, "ft_frozen")
+        write_head(frozen, head, meta)
+
+        # 1. export
+        exp = os.path.join(tmp, "exported")
+        run(["export", "--model", MODEL, "--head", fthead, "--out", exp, "--quiet"], env)
+        for f in ("config.json", "vocab.txt", "tokenizer_config.json"):
+            check(open(os.path.join(exp, f), "rb").read() == open(os.path.join(MODEL, f), "rb").read(), "export: %s copied" % f)
+        check(not [f for f in os.listdir(tmp) if ".tbert-export-" in f], "export: no temp folder left")
+        with safe_open(os.path.join(exp, "model.safetensors"), "np") as f:
+            emeta = f.metadata()
+        check(emeta.get("format") == "pt", "export: metadata format pt (transformers needs it): %s" % emeta)
+        ex = load_file(os.path.join(exp, "model.safetensors"))
+        check(set(ex) == set(names), "export: tensor names %s" % sorted(set(ex) ^ set(names)))
+        n_overlaid = n_base = 0
+        for n, shape in names.items():
+            if n not in ex:
+                continue
+            t = ex[n]
+            check(t.dtype == np.float32 and t.shape == shape, "export: %s is %s %s, expected float32 %s" % (n, t.dtype, t.shape, shape))
+            want = ft.get("finetune." + n, base[n].astype(np.float32))
+            same = t.shape == want.shape and np.array_equal(t.view(np.uint32), want.view(np.uint32))
+            check(same, "export: %s differs from the %s value" % (n, "fine-tuned" if "finetune." + n in ft else "base"))
+            n_overlaid += same and ("finetune." + n in ft)
+            n_base += same and ("finetune." + n not in ft)
+        print("export: %d tensors, %d fine-tuned and %d base values bit for bit" % (len(ex), n_overlaid, n_base))
+        check(n_overlaid == len(ft), "export: %d of %d fine-tuned tensors" % (n_overlaid, len(ft)))
+
+        # 2. embed: exported == base + overlay, bit for bit; != base alone
+        texts = "".join(line.split("\t", 1)[1] for line in open(DATA, encoding="utf-8")).encode()
+        emb = ["embed", "--max-len", "32", "--threads", "1", "--format", "f32", "--quiet"]
+        e_exp = run(emb + ["--model", exp], env, texts).stdout
+        e_ft = run(emb + ["--model", MODEL, "--head", fthead], env, texts).stdout
+        e_base = run(emb + ["--model", MODEL], env, texts).stdout
+        e_frozen = run(emb + ["--model", MODEL, "--head", h0], env, texts).stdout
+        check(len(e_exp) == 40 * 128 * 4, "embed: %d bytes" % len(e_exp))
+        check(e_exp == e_ft, "embed: exported model != base + fine-tuned overlay")
+        check(e_frozen == e_base, "embed --head of a frozen head changed the embeddings")
+        d = np.abs(np.frombuffer(e_ft, np.float32) - np.frombuffer(e_base, np.float32)).max()
+        print("embed: fine-tuned vs base max |diff| %.4g" % d)
+        check(d > 1e-3, "embed: the overlay changed nothing (max |diff| %g)" % d)
+
+        # 3. score / eval / filter
+        sc = ["score", "--threads", "1", "--quiet", DATA]
+        s_ft = run(sc + ["--model", MODEL, "--head", fthead], env).stdout.decode().splitlines()
+        s_exp = run(sc + ["--model", exp, "--head", frozen], env).stdout.decode().splitlines()
+        s_h0 = run(sc + ["--model", MODEL, "--head", h0], env).stdout.decode().splitlines()
+        p = lambda lines: np.array([json.loads(x)["score"] for x in lines])
+        check(len(s_ft) == 40 and s_ft == s_exp, "score: fine-tuned head != exported model + frozen copy of the head")
+        ds = np.abs(p(s_ft) - p(s_h0)).max()
+        print("score: fine-tuned vs frozen head max |diff| %.4g" % ds)
+        check(ds > 1e-4, "score: fine-tuned head scores as the frozen one (max |diff| %g)" % ds)
+        ev = ["eval", "--threads", "1", "--data", DATA, "--json"]
+        cache_rows = lambda: sum(len(fs) for _, _, fs in os.walk(os.path.join(tmp, "cache", "store")))
+        run(ev + ["--model", MODEL, "--head", h0], env)
+        rows0 = cache_rows()
+        j_ft = json.loads(run(ev + ["--model", MODEL, "--head", fthead], env).stdout)
+        rows1 = cache_rows()
+        # 4. the store: the fine-tuned head encoded its 40 texts under its own key
+        check(rows0 == 40 and rows1 == 80, "store: %d rows after the frozen eval, %d after the fine-tuned one (40, 80)" % (rows0, rows1))
+        j_exp = json.loads(run(ev + ["--model", exp, "--head", frozen], env).stdout)
+        check(j_ft == j_exp, "eval: fine-tuned head %s != exported model + frozen copy %s" % (j_ft, j_exp))
+        j_ft2 = json.loads(run(ev + ["--model", MODEL, "--head", fthead], env).stdout)
+        # (the exported model's rows are its own too: 40 more)
+        check(j_ft2 == j_ft and cache_rows() == 120, "eval: the fine-tuned head's own stored rows give the same metrics "
+              "(%d rows)" % cache_rows())
+        fl = ["filter", "-p", "--threads", "1"]
+        mail = open(MAIL, "rb").read()
+        f_ft = run(fl + ["--model", MODEL, "--head", fthead], env, mail, ok=(0, 1)).stdout
+        f_exp = run(fl + ["--model", exp, "--head", frozen], env, mail, ok=(0, 1)).stdout
+        f_h0 = run(fl + ["--model", MODEL, "--head", h0], env, mail, ok=(0, 1)).stdout
+        check(b"X-TBert-Spam" in f_ft and f_ft == f_exp, "filter: fine-tuned head != exported model + frozen copy")
+        check(f_ft != f_h0, "filter: fine-tuned head gives the frozen head's verdict line")
+
+        # 5. refusals
+        other = os.path.join(tmp, "other_base")
+        shutil.copytree(MODEL, other)
+        st = load_file(os.path.join(other, "model.safetensors"))
+        k = sorted(st)[0]
+        st[k] = st[k] + np.float32(1e-3)
+        save_file(st, os.path.join(other, "model.safetensors"))
+        for cmd in (["score", "--quiet", DATA], ["eval", "--data", DATA], ["embed", "--quiet"],
+                    ["export", "--out", os.path.join(tmp, "x")]):
+            expect_refusal("%s with another base" % cmd[0], cmd + ["--model", other, "--head", fthead], env,
+                           "fine-tuned from base model %s, but %s has" % (base_sha, other))
+        bad = [("wrong shape", lambda t: t.update({"finetune.pooler.dense.bias": np.zeros(7, np.float32)}), "shape"),
+               ("layer outside", lambda t: t.update({"finetune.encoder.layer.0.output.dense.bias": base["encoder.layer.0.output.dense.bias"]}),
+                "outside the fine-tuned layers"),
+               ("missing layer tensor", lambda t: t.pop("finetune.encoder.layer.%d.output.LayerNorm.bias" % top), "encoder-layer tensors"),
+               ("not a model weight", lambda t: t.update({"finetune.encoder.layer.1.bogus": np.zeros(3, np.float32)}), "not a weight"),
+               ("F16 tensor", lambda t: t.update({"finetune.pooler.dense.bias": base["pooler.dense.bias"].astype(np.float16)}), "dtype F16")]
+        for what, edit, needle in bad:
+            t = {**head, **ft}
+            edit(t)
+            d = os.path.join(tmp, "bad_" + what.replace(" ", "_"))
+            write_head(d, t, meta, ft_recipe)
+            expect_refusal(what, ["score", "--quiet", "--model", MODEL, "--head", d, DATA], env, needle)
+        d = os.path.join(tmp, "bad_frozen_recipe")
+        write_head(d, {**head, **ft}, meta)
+        expect_refusal("finetune tensors under a frozen recipe", ["score", "--quiet", "--model", MODEL, "--head", d, DATA], env, "tensors")
+        expect_refusal("export into a non-empty folder", ["export", "--model", MODEL, "--head", fthead, "--out", exp], env, "--force")
+        expect_refusal("export into the head", ["export", "--model", MODEL, "--head", fthead, "--out", fthead, "--force"], env, "the head")
+        open(os.path.join(exp, "stale.txt"), "w").write("old")
+        run(["export", "--model", MODEL, "--head", h0, "--out", exp, "--force", "--quiet"], env)
+        check(not os.path.exists(os.path.join(exp, "stale.txt")), "export --force: the old folder's files are gone")
+        check(run(emb + ["--model", exp], env, texts).stdout == e_base, "export of a frozen head: the base's embeddings")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if failures:
+        print("%d check(s) failed" % len(failures))
+        return 1
+    print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
