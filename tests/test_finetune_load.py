@@ -12,9 +12,10 @@ and the recipe's version 2 "finetune" key), as `tbert train --finetune 1` would 
 4. the row store: the fine-tuned head's eval encodes again (its own dense-block key), frozen rows are not read;
 5. refusals, exit 2 with one line: a base with other weights ("fine-tuned from base model"), a wrong shape, a
    tensor outside the fine-tuned layers, a missing layer tensor, finetune tensors under a frozen recipe; export
-   into a non-empty folder without --force, and into the head's folder.
+   into a non-empty folder without --force, and into the head's folder;
+6. tbert's last hidden state of the base + overlay equals transformers' BertModel on the exported folder
+   (committed golden, tests/golden/make_export_golden.py) at atol 1e-4 + rtol 1e-4.
 Needs numpy + safetensors (scripts/python-env.sh; a failure without them, not a skip)."""
-import hashlib
 import json
 import os
 import shutil
@@ -22,15 +23,17 @@ import subprocess
 import sys
 import tempfile
 
+TESTS = os.environ.get("TBERT_TESTS_DIR", os.path.dirname(os.path.abspath(__file__)))
 try:
     import numpy as np
     from safetensors import safe_open
     from safetensors.numpy import load_file, save_file
+    sys.path.insert(0, os.path.join(TESTS, "util"))
+    from finetune_fixture import base_sha256, base_tensors, bert_names, finetune_tensors, read_head, write_head
 except ImportError as e:  # a test dependency (scripts/python-env.sh), not an external prerequisite: a failure
     print("FAIL: %s (run scripts/python-env.sh; ctest uses TBERT_PYTHON)" % e)
     sys.exit(1)
 
-TESTS = os.environ.get("TBERT_TESTS_DIR", os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("TBERT_BIN")
 if not BIN or not os.path.exists(BIN):
     print("FAIL: TBERT_BIN not set")
@@ -38,7 +41,8 @@ if not BIN or not os.path.exists(BIN):
 MODEL = os.path.join(TESTS, "models", "bert_tiny_shape")  # F32, `bert.` prefix, pooler, 2 layers, H 128
 DATA = os.path.join(TESTS, "data", "head", "tiny.tsv")
 MAIL = os.path.join(TESTS, "data", "mail", "alternative.eml")
-for f in (os.path.join(MODEL, "model.safetensors"), DATA, MAIL):
+GOLDEN = os.path.join(TESTS, "data", "finetune", "export_golden.npz")  # tests/golden/make_export_golden.py
+for f in (os.path.join(MODEL, "model.safetensors"), DATA, MAIL, GOLDEN):
     if not os.path.exists(f):
         print("FAIL: missing committed fixture", f)
         sys.exit(1)
@@ -69,41 +73,6 @@ def expect_refusal(what, args, env, needle):
     check(needle in err, "%s: message lacks %r: %s" % (what, needle, err.strip()))
 
 
-def bert_names(cfg, pooler):
-    n = {"embeddings.word_embeddings.weight": (cfg["vocab_size"], cfg["hidden_size"]),
-         "embeddings.position_embeddings.weight": (cfg["max_position_embeddings"], cfg["hidden_size"]),
-         "embeddings.token_type_embeddings.weight": (cfg.get("type_vocab_size", 2), cfg["hidden_size"]),
-         "embeddings.LayerNorm.weight": (cfg["hidden_size"],), "embeddings.LayerNorm.bias": (cfg["hidden_size"],)}
-    H, I = cfg["hidden_size"], cfg["intermediate_size"]
-    for i in range(cfg["num_hidden_layers"]):
-        p = "encoder.layer.%d." % i
-        for m in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
-            n[p + m + ".weight"], n[p + m + ".bias"] = (H, H), (H,)
-        for m in ("attention.output.LayerNorm", "output.LayerNorm"):
-            n[p + m + ".weight"], n[p + m + ".bias"] = (H,), (H,)
-        n[p + "intermediate.dense.weight"], n[p + "intermediate.dense.bias"] = (I, H), (I,)
-        n[p + "output.dense.weight"], n[p + "output.dense.bias"] = (H, I), (H,)
-    if pooler:
-        n["pooler.dense.weight"], n["pooler.dense.bias"] = (H, H), (H,)
-    return n
-
-
-def read_head(path):
-    with safe_open(path, "np") as f:
-        meta = dict(f.metadata())
-    return load_file(path), meta
-
-
-def write_head(folder, tensors, meta, recipe_edit=None):
-    os.makedirs(folder, exist_ok=True)
-    meta = dict(meta)
-    if recipe_edit:
-        r = json.loads(meta["recipe"])
-        recipe_edit(r)
-        meta["recipe"] = json.dumps(r, separators=(",", ":"))
-    save_file(tensors, os.path.join(folder, "best.safetensors"), metadata=meta)
-
-
 def main():
     tmp = tempfile.mkdtemp(prefix="tbert_ftload.")
     try:
@@ -115,25 +84,16 @@ def main():
         recipe = json.loads(meta["recipe"])
         check(recipe["recipe_version"] == 2 and "finetune" not in recipe, "a frozen head: recipe v2 without finetune")
         cfg = json.load(open(os.path.join(MODEL, "config.json")))
-        base = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in load_file(os.path.join(MODEL, "model.safetensors")).items()}
-        base_sha = hashlib.sha256(open(os.path.join(MODEL, "model.safetensors"), "rb").read()).hexdigest()
+        base = base_tensors(MODEL)
+        base_sha = base_sha256(MODEL)
         names = bert_names(cfg, "pooler.dense.weight" in base)
-
-        # the fine-tuned head: layer 1 of 2, two embedding tensors and the pooler changed
-        rng = np.random.default_rng(SEED)
+        # the fine-tuned head: the top layer of 2, two embedding tensors and the pooler changed
         top = cfg["num_hidden_layers"] - 1
-        tuned = [n for n in names if n.startswith("encoder.layer.%d." % top)]
-        tuned += ["embeddings.word_embeddings.weight", "embeddings.LayerNorm.weight", "pooler.dense.weight"]
-        ft = {}
-        for n in tuned:
-            b = base[n].astype(np.float32)
-            ft["finetune." + n] = (b * (1 + 0.3 * rng.standard_normal(b.shape)) + 0.02 * rng.standard_normal(b.shape)).astype(np.float32)
+        ft = finetune_tensors(MODEL, 1, SEED)
+        check(len(ft) == 16 + 3, "fixture: %d finetune tensors" % len(ft))
         fthead = os.path.join(tmp, "ft")
-
-        def ft_recipe(r):
-            r["recipe_version"] = 2
-            r["finetune"] = {"layers": 1, "embeddings": True, "base_model_sha256": base_sha}
-        write_head(fthead, {**head, **ft}, meta, ft_recipe)
+        ftkey = {"layers": 1, "embeddings": True, "base_model_sha256": base_sha}
+        write_head(fthead, {**head, **ft}, meta, ftkey)
         # the same head, frozen: for the exported model
         frozen = os.path.join(tmp, "ft_frozen")
         write_head(frozen, head, meta)
@@ -230,7 +190,7 @@ def main():
             t = {**head, **ft}
             edit(t)
             d = os.path.join(tmp, "bad_" + what.replace(" ", "_"))
-            write_head(d, t, meta, ft_recipe)
+            write_head(d, t, meta, ftkey)
             expect_refusal(what, ["score", "--quiet", "--model", MODEL, "--head", d, DATA], env, needle)
         d = os.path.join(tmp, "bad_frozen_recipe")
         write_head(d, {**head, **ft}, meta)
@@ -241,6 +201,27 @@ def main():
         run(["export", "--model", MODEL, "--head", h0, "--out", exp, "--force", "--quiet"], env)
         check(not os.path.exists(os.path.join(exp, "stale.txt")), "export --force: the old folder's files are gone")
         check(run(emb + ["--model", exp], env, texts).stdout == e_base, "export of a frozen head: the base's embeddings")
+
+        # 6. against transformers (tests/golden/make_export_golden.py: BertModel on the exported folder of the
+        # same fixture, float64): tbert's last hidden state of the base + overlay, atol 1e-4 + rtol 1e-4
+        g = np.load(GOLDEN)
+        gft = os.path.join(tmp, "golden_ft")
+        write_head(gft, {**head, **finetune_tensors(MODEL, int(g["layers"]), int(g["seed"]))}, meta,
+                   {"layers": int(g["layers"]), "embeddings": True, "base_model_sha256": base_sha})
+        L, lens = int(g["max_len"]), g["lens"]
+        gtexts = "".join(line.split("\t", 1)[1] for line in open(DATA, encoding="utf-8").readlines()[:len(lens)]).encode()
+        ids = [[int(x) for x in line.split()] for line in
+               run(["tokenize", "--model", MODEL, "--max-len", str(L)], env, gtexts).stdout.decode().splitlines()]
+        check(ids == [list(g["ids"][i, :lens[i]]) for i in range(len(lens))], "golden: token ids differ")
+        hid = np.frombuffer(run(["embed", "--pool", "flatten", "--max-len", str(L), "--threads", "1", "--format", "f32",
+                                 "--quiet", "--model", MODEL, "--head", gft], env, gtexts).stdout, np.float32)
+        hid = hid.reshape(g["hidden"].shape)
+        ref = g["hidden"].astype(np.float64)
+        diff = np.abs(hid - ref)
+        bad = int((~(diff <= 1e-4 + 1e-4 * np.abs(ref))).sum())
+        print("golden: max |tbert - transformers| %.3g, norm ratio %.3g (atol 1e-4, rtol 1e-4)"
+              % (diff.max(), np.linalg.norm(hid - ref) / np.linalg.norm(ref)))
+        check(bad == 0, "golden: %d hidden-state elements beyond atol 1e-4 + rtol 1e-4" % bad)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if failures:
