@@ -7,8 +7,9 @@ and the recipe's version 2 "finetune" key), as `tbert train --finetune 1` would 
    model.safetensors with every BertModel tensor (names without `bert.`, shapes from config.json, F32): the
    fine-tuned ones equal to the head's finetune.* values, the others to the base's, bit for bit;
 2. embed --model EXPORTED equals embed --model BASE --head FT bit for bit, and differs from the base's;
-3. score / eval / filter with the fine-tuned head differ from the frozen head and equal the exported model with
-   the same head made frozen (finetune key and tensors removed), record for record;
+3. score / eval / predict / filter with the fine-tuned head differ from the frozen head and equal the exported model with
+   the same head made frozen (finetune key and tensors removed), record for record; serve gives score's p, and
+   its SIGHUP reload swaps to the frozen head and back;
 4. the row store: the fine-tuned head's eval encodes again (its own dense-block key), frozen rows are not read;
 5. refusals, exit 2 with one line: a base with other weights ("fine-tuned from base model"), a wrong shape, a
    tensor outside the fine-tuned layers, a missing layer tensor, finetune tensors under a frozen recipe; export
@@ -18,10 +19,14 @@ and the recipe's version 2 "finetune" key), as `tbert train --finetune 1` would 
 Needs numpy + safetensors (scripts/python-env.sh; a failure without them, not a skip)."""
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 TESTS = os.environ.get("TBERT_TESTS_DIR", os.path.dirname(os.path.abspath(__file__)))
 try:
@@ -71,6 +76,50 @@ def expect_refusal(what, args, env, needle):
     check(p.returncode == 2, "%s: exit %d, expected 2 (%s)" % (what, p.returncode, err.strip()))
     check(err.count("\n") == 1, "%s: stderr is not one line: %r" % (what, err))
     check(needle in err, "%s: message lacks %r: %s" % (what, needle, err.strip()))
+
+
+def check_serve(env, tmp, fthead, h0):
+    """serve loads the fine-tuned head, and its SIGHUP reload swaps between fine-tuned and frozen heads."""
+    served = os.path.join(tmp, "served")
+    os.makedirs(served)
+    best = lambda h: os.path.join(h, "best.safetensors")
+    def swap_in(h):
+        shutil.copyfile(best(h), best(served) + ".new")
+        os.replace(best(served) + ".new", best(served))
+    want = {h: json.loads(run(["score", "--threads", "1", "--quiet", "--model", MODEL, "--head", h, MAIL], env).stdout)["score"]
+            for h in (fthead, h0)}
+    swap_in(fthead)
+    log = os.path.join(tmp, "serve.log")
+    srv = subprocess.Popen([BIN, "serve", "--device", "cpu", "--threads", "1", "--model", MODEL, "--head", served, "--http",
+                            "127.0.0.1:0"], env=env, stderr=open(log, "w"))
+    try:
+        def wait_log(needle, count=1):
+            for _ in range(300):
+                if open(log).read().count(needle) >= count:
+                    return True
+                if srv.poll() is not None:
+                    break
+                time.sleep(0.1)
+            print(open(log).read())
+            return False
+        if not wait_log("listening on http"):
+            check(False, "serve: did not start")
+            return
+        port = int(re.search(r"listening on http 127\.0\.0\.1:(\d+)", open(log).read()).group(1))
+        post = lambda: json.loads(urllib.request.urlopen("http://127.0.0.1:%d/score" % port, data=open(MAIL, "rb").read(),
+                                                         timeout=30).read())["p"]
+        got = [post()]
+        for n, h in enumerate((h0, fthead), 1):
+            swap_in(h)
+            srv.send_signal(signal.SIGHUP)
+            check(wait_log("reloaded: head", n), "serve: reload %d not logged" % n)
+            got.append(post())
+        print("serve: p %s (fine-tuned, frozen after SIGHUP, fine-tuned after SIGHUP); score gives %s" % (got, want))
+        check(abs(got[0] - want[fthead]) <= 2e-6 and abs(got[2] - want[fthead]) <= 2e-6, "serve: fine-tuned head's p")
+        check(abs(got[1] - want[h0]) <= 2e-6 and abs(want[h0] - want[fthead]) > 1e-5, "serve: frozen head's p after reload")
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
 
 
 def main():
@@ -161,6 +210,11 @@ def main():
         # (the exported model's rows are its own too: 40 more)
         check(j_ft2 == j_ft and cache_rows() == 120, "eval: the fine-tuned head's own stored rows give the same metrics "
               "(%d rows)" % cache_rows())
+        pr = ["predict", "--threads", "1"]
+        p_ft = run(pr + ["--model", MODEL, "--head", fthead], env, texts).stdout
+        check(p_ft.count(b"\n") == 40 and p_ft == run(pr + ["--model", exp, "--head", frozen], env, texts).stdout,
+              "predict: fine-tuned head != exported model + frozen copy")
+        check(p_ft != run(pr + ["--model", MODEL, "--head", h0], env, texts).stdout, "predict: fine-tuned head = frozen head")
         fl = ["filter", "-p", "--threads", "1"]
         mail = open(MAIL, "rb").read()
         f_ft = run(fl + ["--model", MODEL, "--head", fthead], env, mail, ok=(0, 1)).stdout
@@ -168,6 +222,7 @@ def main():
         f_h0 = run(fl + ["--model", MODEL, "--head", h0], env, mail, ok=(0, 1)).stdout
         check(b"X-TBert-Spam" in f_ft and f_ft == f_exp, "filter: fine-tuned head != exported model + frozen copy")
         check(f_ft != f_h0, "filter: fine-tuned head gives the frozen head's verdict line")
+        check_serve(env, tmp, fthead, h0)
 
         # 5. refusals
         other = os.path.join(tmp, "other_base")
