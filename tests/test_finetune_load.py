@@ -11,6 +11,7 @@ and the recipe's version 2 "finetune" key), as `tbert train --finetune 1` would 
    the same head made frozen (finetune key and tensors removed), record for record; serve gives score's p, and
    its SIGHUP reload swaps to the frozen head and back;
 4. the row store: the fine-tuned head's eval encodes again (its own dense-block key), frozen rows are not read;
+   tbert forget removes a message's row under the fine-tuned head's key;
 5. refusals, exit 2 with one line: a base with other weights ("fine-tuned from base model"), a wrong shape, a
    tensor outside the fine-tuned layers, a missing layer tensor, finetune tensors under a frozen recipe; export
    into a non-empty folder without --force, and into the head's folder;
@@ -210,6 +211,16 @@ def main():
         # (the exported model's rows are its own too: 40 more)
         check(j_ft2 == j_ft and cache_rows() == 120, "eval: the fine-tuned head's own stored rows give the same metrics "
               "(%d rows)" % cache_rows())
+        # tbert forget removes the fine-tuned head's row of a message (its key, not the frozen one)
+        fenv = dict(env, TBERT_CACHE=os.path.join(tmp, "cache_forget"))
+        fcopy = os.path.join(tmp, "ft_forget")
+        shutil.copytree(fthead, fcopy)
+        run(["eval", "--threads", "1", "--model", MODEL, "--head", fcopy, "--json", "--ham", MAIL, "--spam",
+             os.path.join(TESTS, "data", "mail", "html_only.eml")], fenv)
+        rows = lambda: sum(len(fs) for _, _, fs in os.walk(os.path.join(tmp, "cache_forget", "store")))
+        r0 = rows()
+        out = run(["forget", "--no-retrain", "--quiet", "--head", fcopy, MAIL], fenv).stdout.decode()
+        check(r0 == 2 and rows() == 1 and "1 store entry removed" in out, "forget: %d -> %d rows: %s" % (r0, rows(), out.strip()))
         pr = ["predict", "--threads", "1"]
         p_ft = run(pr + ["--model", MODEL, "--head", fthead], env, texts).stdout
         check(p_ft.count(b"\n") == 40 and p_ft == run(pr + ["--model", exp, "--head", frozen], env, texts).stdout,
