@@ -68,7 +68,12 @@ def run(args, env, stdin=None, ok=(0,)):
     if p.returncode not in ok:
         print("FAIL: tbert", " ".join(args), "->", p.returncode, p.stderr.decode(errors="replace"))
         sys.exit(1)
+    sanitizer_clean("tbert " + args[0], p.stderr.decode(errors="replace"))
     return p
+
+
+def sanitizer_clean(what, log):  # ASan/UBSan builds: no report
+    check("Sanitizer" not in log and "runtime error:" not in log, "%s: sanitizer report: %s" % (what, log[-2000:]))
 
 
 def expect_refusal(what, args, env, needle):
@@ -77,6 +82,7 @@ def expect_refusal(what, args, env, needle):
     check(p.returncode == 2, "%s: exit %d, expected 2 (%s)" % (what, p.returncode, err.strip()))
     check(err.count("\n") == 1, "%s: stderr is not one line: %r" % (what, err))
     check(needle in err, "%s: message lacks %r: %s" % (what, needle, err.strip()))
+    sanitizer_clean(what, err)
 
 
 def check_serve(env, tmp, fthead, h0):
@@ -121,6 +127,7 @@ def check_serve(env, tmp, fthead, h0):
     finally:
         srv.terminate()
         srv.wait(timeout=30)
+        sanitizer_clean("serve", open(log).read())
 
 
 def main():
