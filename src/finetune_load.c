@@ -78,8 +78,8 @@ static tbert_status check_one(const char *path, const tbert_st_tensor *t, const 
     for (int k = 0; k < n_mt && *match < 0; k++)
         if (!strcmp(mt[k].name, name)) *match = k;
     if (*match < 0)
-        return tbert_fail(err, TBERT_E_FORMAT, "%s: tensor '%s' is not a weight of the model (finetune. + a BertModel name expected)",
-                          path, t->name);
+        return tbert_fail(err, TBERT_E_FORMAT,
+                          "%s: tensor '%s' is not a weight of the model (finetune. + a BertModel name expected)", path, t->name);
     const tbert_model_tensor *w = &mt[*match];
     int layer = layer_of(name), first = r->layers - r->finetune.layers;
     if (layer >= 0 && (layer < first || layer >= r->layers))

@@ -290,8 +290,8 @@ tbert_status tbert_recipe_from_json(const char *json, const char *label, tbert_r
     const cJSON *ft = cJSON_GetObjectItemCaseSensitive(o, "finetune");
     if (!bad && ft) { /* recipe_version 2 only */
         const cJSON *emb = cJSON_GetObjectItemCaseSensitive(ft, "embeddings");
-        if (r->recipe_version < 2 || !cJSON_IsObject(ft) || !get_int(ft, "layers", &r->finetune.layers) || r->finetune.layers < 1 ||
-            !cJSON_IsBool(emb) ||
+        if (r->recipe_version < 2 || !cJSON_IsObject(ft) || !get_int(ft, "layers", &r->finetune.layers) ||
+            r->finetune.layers < 1 || !cJSON_IsBool(emb) ||
             !get_str(ft, "base_model_sha256", r->finetune.base_model_sha256, sizeof r->finetune.base_model_sha256))
             bad = "finetune";
         else r->finetune.embeddings = cJSON_IsTrue(emb);

@@ -270,9 +270,12 @@ def main():
         expect_refusal("finetune tensors under a frozen recipe", ["score", "--quiet", "--model", MODEL, "--head", d, DATA], env, "tensors")
         expect_refusal("export into a non-empty folder", ["export", "--model", MODEL, "--head", fthead, "--out", exp], env, "--force")
         expect_refusal("export into the head", ["export", "--model", MODEL, "--head", fthead, "--out", fthead, "--force"], env, "the head")
+        expect_refusal("export into a missing parent folder", ["export", "--model", MODEL, "--head", fthead, "--out",
+                                                                 os.path.join(tmp, "no", "such")], env, "temp folder")
         open(os.path.join(exp, "stale.txt"), "w").write("old")
         run(["export", "--model", MODEL, "--head", h0, "--out", exp, "--force", "--quiet"], env)
         check(not os.path.exists(os.path.join(exp, "stale.txt")), "export --force: the old folder's files are gone")
+        check(not [f for f in os.listdir(tmp) if ".tbert-export-" in f], "export --force: no temp folder left")
         check(run(emb + ["--model", exp], env, texts).stdout == e_base, "export of a frozen head: the base's embeddings")
 
         # 6. against transformers (tests/golden/make_export_golden.py: BertModel on the exported folder of the

@@ -89,7 +89,8 @@ static tbert_status write_weights(const tbert_model *m, const char *path, tbert_
     tbert_status st = tbert_model_tensors(m, &t, &n, err);
     tbert_st_writer *w = st ? NULL : tbert_st_writer_new();
     if (!st && !w) st = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", path);
-    for (int i = 0; !st && i < n; i++) st = tbert_st_writer_add(w, t[i].name, TBERT_DT_F32, t[i].ndim, t[i].shape, t[i].data, err);
+    for (int i = 0; !st && i < n; i++)
+        st = tbert_st_writer_add(w, t[i].name, TBERT_DT_F32, t[i].ndim, t[i].shape, t[i].data, err);
     /* transformers refuses a safetensors file whose "format" is not one of its frameworks */
     if (!st) st = tbert_st_writer_meta(w, "format", "pt", err);
     if (!st) st = tbert_st_writer_meta(w, "tbert_base_model_sha256", m->weights_sha256, err);
@@ -186,6 +187,9 @@ int cmd_export(int argc, char **argv) {
         snprintf(tmp, sizeof tmp, "%s.tbert-export-XXXXXX", out);
         made = mkdtemp(tmp) != NULL;
         if (!made) st = tbert_fail(&err, TBERT_E_IO, "%s: cannot create a temp folder beside it: %s", out, strerror(errno));
+        mode_t um = umask(0); /* a model folder as mkdir makes one, not mkdtemp's 0700 */
+        umask(um);
+        if (made && chmod(tmp, 0777 & ~um) != 0) st = tbert_fail(&err, TBERT_E_IO, "%s: chmod: %s", tmp, strerror(errno));
     }
     if (!st) st = write_folder(m, tmp, &err);
     if (!st) st = move_in(tmp, out, exists, &err);
