@@ -11,7 +11,8 @@ and the recipe's version 2 "finetune" key), as `tbert train --finetune 1` would 
    the same head made frozen (finetune key and tensors removed), record for record; serve gives score's p, and
    its SIGHUP reload swaps to the frozen head and back;
 4. the row store: the fine-tuned head's eval encodes again (its own dense-block key), frozen rows are not read;
-   tbert forget removes a message's row under the fine-tuned head's key;
+   tbert forget removes a message's row under the fine-tuned head's key; tbert threshold keeps the encoder
+   tensors when it rewrites best.safetensors;
 5. refusals, exit 2 with one line: a base with other weights ("fine-tuned from base model"), a wrong shape, a
    tensor outside the fine-tuned layers, a missing layer tensor, finetune tensors under a frozen recipe; export
    into a non-empty folder without --force, and into the head's folder;
@@ -228,6 +229,18 @@ def main():
         r0 = rows()
         out = run(["forget", "--no-retrain", "--quiet", "--head", fcopy, MAIL], fenv).stdout.decode()
         check(r0 == 2 and rows() == 1 and "1 store entry removed" in out, "forget: %d -> %d rows: %s" % (r0, rows(), out.strip()))
+        # tbert threshold rewrites best.safetensors: a fine-tuned head keeps its encoder tensors
+        tcopy = os.path.join(tmp, "ft_threshold")
+        shutil.copytree(fthead, tcopy)
+        shutil.copyfile(os.path.join(h0, "oof.safetensors"), os.path.join(tcopy, "oof.safetensors"))
+        run(["threshold", "--head", tcopy, "--threshold", "0.25"], env)
+        t2, m2 = read_head(os.path.join(tcopy, "best.safetensors"))
+        check(json.loads(m2["recipe"])["threshold"] == 0.25 and m2["threshold"] == "0.25" and
+              json.loads(m2["recipe"])["finetune"] == ftkey, "threshold: recipe after the re-pick %s" % m2["recipe"])
+        check(set(t2) == set(head) | set(ft) and all(np.array_equal(t2[k], v) for k, v in {**head, **ft}.items()),
+              "threshold: the re-picked head lost or changed tensors")
+        s_t = run(sc + ["--model", MODEL, "--head", tcopy], env).stdout.decode().splitlines()
+        check(np.array_equal(p(s_t), p(s_ft)), "threshold: the re-picked fine-tuned head scores differently")
         pr = ["predict", "--threads", "1"]
         p_ft = run(pr + ["--model", MODEL, "--head", fthead], env, texts).stdout
         check(p_ft.count(b"\n") == 40 and p_ft == run(pr + ["--model", exp, "--head", frozen], env, texts).stdout,
