@@ -386,6 +386,10 @@ tbert_status tbert_learn_retrain(const tbert_learn_opts *lo, tbert_learn_result 
         o.test_fraction = num(s, "test_fraction", -1);
         o.cv_folds = (int)num(s, "cv_folds", -1);
         o.precision = (tbert_precision)num(s, "precision", TBERT_PREC_FP32);
+        o.finetune = (int)num(s, "finetune", 0); /* a fine-tuned head retrains fine-tuned (src/finetune.c) */
+        o.encoder_lr = num(s, "encoder_lr", o.encoder_lr);
+        o.finetune_epochs = (int)num(s, "finetune_epochs", o.finetune_epochs);
+        o.finetune_dropout = (int)num(s, "finetune_dropout", o.finetune_dropout);
         const char *seed = cJSON_GetStringValue(cJSON_GetObjectItem(s, "seed"));
         if (seed) o.seed = strtoull(seed, NULL, 10);
         o.class_weights_auto = cJSON_IsTrue(cJSON_GetObjectItem(s, "class_weights_auto"));

@@ -219,6 +219,12 @@ static tbert_status write_manifest(const char *work, const tbert_train_opts *o, 
                {"lr", o->lr}, {"weight_decay", o->weight_decay}, {"dropout", o->dropout}, {"val_fraction", o->val_fraction},
                {"test_fraction", o->test_fraction}, {"cv_folds", o->cv_folds}, {"precision", (double)o->precision}};
     for (size_t k = 0; s && k < sizeof num / sizeof num[0]; k++) cJSON_AddNumberToObject(s, num[k].name, num[k].v);
+    if (s && o->finetune != 0) { /* fine-tuning (only then: a frozen run's training.json is as before); learn retrains alike */
+        cJSON_AddNumberToObject(s, "finetune", o->finetune);
+        cJSON_AddNumberToObject(s, "encoder_lr", o->encoder_lr);
+        cJSON_AddNumberToObject(s, "finetune_epochs", o->finetune_epochs);
+        cJSON_AddNumberToObject(s, "finetune_dropout", o->finetune_dropout);
+    }
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
     cJSON_AddStringToObject(s, "seed", seed);

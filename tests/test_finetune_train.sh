@@ -31,7 +31,7 @@ export TBERT_CACHE=$TMP/cache
 fail=0
 train() { # out_dir extra...  (exec: when run with &, $! is tbert itself)
     local out=$1; shift
-    exec "$BIN" train --model "$MODEL" --data "$DATA" --out "$out" --max-len 32 --hidden 16 --dropout 0.1 --epochs 3 \
+    exec "$BIN" train --model "$MODEL" --data "$DATA" --out "$out" --device cpu --max-len 32 --hidden 16 --dropout 0.1 --epochs 3 \
         --batch 4 --seed 5 --lr 3e-3 "$@"
 }
 
@@ -107,7 +107,7 @@ check_ckpt "$TMP/kall" 4 1 4
 # `tbert score` (the fine-tuned tensors laid over the base model, src/finetune_load.c, fp32 throughout) gives the
 # validation rows the scores training chose the threshold on (oof.safetensors; training's frozen layers are
 # cached in bf16): |score - held-out score| <= 2e-3
-"$BIN" score --head "$TMP/k1" --model "$MODEL" "$DATA" >"$TMP/k1.scores" 2>"$TMP/k1.score.err" ||
+"$BIN" score --device cpu --head "$TMP/k1" --model "$MODEL" "$DATA" >"$TMP/k1.scores" 2>"$TMP/k1.score.err" ||
     { echo "FAIL: score with the fine-tuned head: $(cat "$TMP/k1.score.err")"; fail=1; }
 "$PY" - "$TMP/k1" "$TMP/k1.scores" <<'EOF' || fail=1
 import json, sys
