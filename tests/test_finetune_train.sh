@@ -167,6 +167,11 @@ if src != "out-of-fold" or len(ft) != 16:
     sys.exit(1)
 EOF
 
+# --export-features (frozen features) does not go with --finetune
+(train "$TMP/xf" --quiet --finetune 1 --export-features "$TMP/xf.npz") >/dev/null 2>"$TMP/xf.err"
+rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l <"$TMP/xf.err")" -eq 1 ] || { echo "FAIL: --export-features with --finetune: exit $rc, '$(cat "$TMP/xf.err")'"; fail=1; }
+
 # K deeper than the layers in use
 (train "$TMP/k5" --quiet --finetune 5) >/dev/null 2>"$TMP/k5.err"
 rc=$?
