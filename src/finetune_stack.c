@@ -29,7 +29,7 @@
 #include "tbert/encoder_backward.h"
 #include "tbert/finetune_stack.h"
 
-enum { FWD_ROWS = 2 * TBERT_BWD_CHUNK, REDUCE_BLOCK = 16384 };
+enum { FWD_ROWS = 4 * TBERT_BWD_CHUNK, REDUCE_BLOCK = 16384 };
 
 typedef struct {
     float *wqkv, *bqkv, *wo, *bo, *ln1_g, *ln1_b, *wi, *bi, *wout, *bout, *ln2_g, *ln2_b;
@@ -235,9 +235,6 @@ static void lin_bwd_item(void *ctx, int item, int worker) {
     size_t nw = (size_t)j->in * j->out;
     const float *x = j->x + r0 * j->in, *dy = j->dy + r0 * j->out;
     float *slot = s->slot + (size_t)item * s->slot_stride;
-    if (j->dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, j->in, j->out, 1.0f, dy, j->out, j->W, j->in, 0.0f,
-                    j->dx + r0 * j->in, j->in);
     /* the chunk's partials exactly as tbert_bwd_linear forms them (dy_c^T x_c by one product; the bias column
      * sums row by row from zero), written straight into the slot: tbert_bwd_linear(m, ...) into a zeroed slot
      * gives the same bits with two more passes over out*in floats (measured on 2 MiniLM-shaped layers, 32 x 128
@@ -258,14 +255,30 @@ static void lin_reduce_item(void *ctx, int item, int worker) {
     const tbert_ft_stack *s = j->s;
     size_t nw = (size_t)j->in * j->out, total = nw + (j->db ? (size_t)j->out : 0);
     size_t a = (size_t)item * REDUCE_BLOCK, b = a + REDUCE_BLOCK < total ? a + REDUCE_BLOCK : total;
-    for (size_t i = a; i < b; i++) {
-        float *t = i < nw ? &j->dW[i] : &j->db[i - nw];
-        for (int k = 0; k < j->n; k++) *t += s->slot[(size_t)k * s->slot_stride + i];
+    /* slot by slot (each element still receives the partials in chunk order), so that the loops vectorise */
+    for (int k = 0; k < j->n; k++) {
+        const float *p = s->slot + (size_t)k * s->slot_stride;
+        for (size_t i = a; i < b && i < nw; i++) j->dW[i] += p[i];
+        for (size_t i = a > nw ? a : nw; i < b; i++) j->db[i - nw] += p[i];
     }
+}
+
+/* dx = dy W on chunks of FWD_ROWS rows (W is packed once per chunk: larger chunks than the reduction's) */
+static void dx_item(void *ctx, int item, int worker) {
+    (void)worker;
+    const lin_bwd *j = ctx;
+    size_t r0 = (size_t)item * FWD_ROWS;
+    int m = (int)(j->N - r0 < FWD_ROWS ? j->N - r0 : FWD_ROWS);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, j->in, j->out, 1.0f, j->dy + r0 * j->out, j->out, j->W,
+                j->in, 0.0f, j->dx + r0 * j->in, j->in);
 }
 
 static void linear_backward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x, const float *W,
                             const float *dy, float *dx, float *dW, float *db) {
+    if (dx) {
+        lin_bwd j = {s, N, in, out, 0, 0, x, W, dy, dx, dW, db};
+        par_for(s, n_chunks(N, FWD_ROWS), dx_item, &j);
+    }
     int nch = n_chunks(N, TBERT_BWD_CHUNK);
     size_t total = (size_t)in * out + (db ? (size_t)out : 0);
     for (int c0 = 0; c0 < nch; c0 += s->n_slots) {
