@@ -618,6 +618,21 @@ static void test_bad_arguments(void **state) {
     off[1] = 5;
     b.hidden = NULL;
     assert_int_equal(tbert_ft_stack_forward(s, &b, true, 0, o, &err), TBERT_E_ARG); /* no hidden states */
+    /* a batch of only zero-length windows (and an empty batch): zero rows, no gradient, no error */
+    int32_t doc_off2[3] = {0, 1, 2}, off2[3] = {0, 0, 0};
+    float o2[16] = {1};
+    tbert_ft_batch e = {2, doc_off2, 2, off2, hid, NULL};
+    tbert_params_zero_grad(ps);
+    assert_int_equal(tbert_ft_stack_forward(s, &e, true, 0, o2, &err), TBERT_OK);
+    for (int i = 0; i < 16; i++) assert_true(o2[i] == 0.0f);
+    float d2[16];
+    for (int i = 0; i < 16; i++) d2[i] = 1.0f;
+    assert_int_equal(tbert_ft_stack_backward(s, d2, &err), TBERT_OK);
+    for (int i = 0; i < ps->n; i++)
+        for (size_t j = 0; j < ps->p[i].n; j++) assert_true(ps->p[i].g[j] == 0.0f);
+    tbert_ft_batch none = {0, doc_off2, 0, off2, hid, NULL};
+    assert_int_equal(tbert_ft_stack_forward(s, &none, true, 0, o2, &err), TBERT_OK);
+    assert_int_equal(tbert_ft_stack_backward(s, d2, &err), TBERT_OK);
     tbert_ft_stack_free(s);
     tbert_model_free(m);
 }
