@@ -687,7 +687,7 @@ static tbert_status check_batch(const tbert_ft_stack *s, const tbert_ft_batch *b
             return tbert_fail(err, TBERT_E_ARG, "finetune stack: window %d has %d tokens (at most %d)", w, L, maxL);
     }
     size_t N = (size_t)b->off[b->n_win];
-    if (s->first > 0 && !b->hidden)
+    if (s->first > 0 && !b->hidden && N > 0)
         return tbert_fail(err, TBERT_E_ARG, "finetune stack: the batch needs the hidden states entering layer %d",
                           s->first);
     if (s->first == 0) {
@@ -804,18 +804,18 @@ tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, 
     openblas_set_num_threads(1);
     const tbert_config *c = &s->m->cfg;
     if (s->first == 0) {
-        memcpy(s->ids, b->ids, N * sizeof(int32_t));
+        if (N > 0) memcpy(s->ids, b->ids, N * sizeof(int32_t));
         par_for(s, s->n_win, emb_fwd_item, s);
         tbert_dropout de = make_drop(s, training, s->cfg.hidden_dropout, 0, TBERT_DROP_EMBEDDINGS);
         ln_fwd le = {N, s->H, s->ez, s->x0, s->emean, s->erstd, s->eln_g, s->eln_b, c->layer_norm_eps,
                      de.p > 0 ? &de : NULL};
         par_for(s, n_chunks(N, FWD_ROWS), ln_fwd_item, &le);
-    } else {
+    } else if (N > 0) {
         memcpy(s->x0, b->hidden, N * (size_t)s->H * sizeof(float));
     }
     for (int i = 0; i < s->cfg.k; i++) layer_forward(s, i, training);
     pool_forward(s, s->act[s->cfg.k - 1].out);
-    memcpy(out, s->docout, (size_t)s->n_doc * s->dense_dim * sizeof(float));
+    if (s->n_doc > 0) memcpy(out, s->docout, (size_t)s->n_doc * s->dense_dim * sizeof(float));
     s->saved = training;
     return TBERT_OK;
 }

@@ -630,7 +630,7 @@ static void test_bad_arguments(void **state) {
     assert_int_equal(tbert_ft_stack_backward(s, d2, &err), TBERT_OK);
     for (int i = 0; i < ps->n; i++)
         for (size_t j = 0; j < ps->p[i].n; j++) assert_true(ps->p[i].g[j] == 0.0f);
-    tbert_ft_batch none = {0, doc_off2, 0, off2, hid, NULL};
+    tbert_ft_batch none = {0, doc_off2, 0, off2, NULL, NULL}; /* no tokens: no hidden states needed */
     assert_int_equal(tbert_ft_stack_forward(s, &none, true, 0, o2, &err), TBERT_OK);
     assert_int_equal(tbert_ft_stack_backward(s, d2, &err), TBERT_OK);
     tbert_ft_stack_free(s);
