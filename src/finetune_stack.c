@@ -645,7 +645,8 @@ static size_t grown(size_t cap, size_t need) {
 static tbert_status reserve(tbert_ft_stack *s, size_t N, size_t P, int W, int D, tbert_error *err) {
     if (N <= s->cap_N && P <= s->cap_P && W <= s->cap_win && D <= s->cap_doc && s->arena) return TBERT_OK;
     size_t cN = grown(s->cap_N, N ? N : 1), cP = grown(s->cap_P, P ? P : 1);
-    int cW = (int)grown((size_t)s->cap_win, (size_t)(W ? W : 1)), cD = (int)grown((size_t)s->cap_doc, (size_t)(D ? D : 1));
+    int cW = (int)grown((size_t)s->cap_win, (size_t)(W ? W : 1)),
+        cD = (int)grown((size_t)s->cap_doc, (size_t)(D ? D : 1));
     size_t n = layout_acts(s, NULL, cN, cP, (size_t)cW, (size_t)cD);
     float *arena = tbert_malloc_array(n, sizeof(float));
     int32_t *doc_off = tbert_malloc_array((size_t)cD + 1, sizeof(int32_t));
@@ -656,8 +657,8 @@ static tbert_status reserve(tbert_ft_stack *s, size_t N, size_t P, int W, int D,
     int32_t *doc_ne = tbert_malloc_array((size_t)cD, sizeof(int32_t));
     if (!arena || !doc_off || !off || !ids || !pbase || !ne || !doc_ne) {
         free(arena), free(doc_off), free(off), free(ids), free(pbase), free(ne), free(doc_ne);
-        return tbert_fail(err, TBERT_E_NOMEM, "finetune stack: out of memory for a batch of %zu tokens in %d windows", N,
-                          W);
+        return tbert_fail(err, TBERT_E_NOMEM, "finetune stack: out of memory for a batch of %zu tokens in %d windows",
+                          N, W);
     }
     free(s->arena), free(s->doc_off), free(s->off), free(s->ids), free(s->pbase), free(s->ne), free(s->doc_ne);
     s->arena = arena, s->doc_off = doc_off, s->off = off, s->ids = ids, s->pbase = pbase, s->ne = ne;
@@ -773,8 +774,8 @@ static void pool_forward(tbert_ft_stack *s, const float *top) {
     if (s->cfg.normalize) tbert_l2_normalize_rows(s->docout, (size_t)s->n_doc, dim);
 }
 
-tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, bool training, uint64_t step, float *out,
-                                    tbert_error *err) {
+tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, bool training, uint64_t step,
+                                    float *out, tbert_error *err) {
     tbert_status st = check_batch(s, b, err);
     if (st) return st;
     size_t N = (size_t)b->off[b->n_win], psize = tbert_attn_probs_size(b->n_win, b->off, s->A);

@@ -282,11 +282,13 @@ static double twin_loss(void *ctx) {
         if (t->first == 0) {
             const double *word, *pos, *type, *g, *be;
             if (t->cfg.train_embeddings) {
-                word = tp(t, "embeddings.word_embeddings.weight", 0), pos = tp(t, "embeddings.position_embeddings.weight", 0);
+                word = tp(t, "embeddings.word_embeddings.weight", 0),
+                pos = tp(t, "embeddings.position_embeddings.weight", 0);
                 type = tp(t, "embeddings.token_type_embeddings.weight", 0);
                 g = tp(t, "embeddings.LayerNorm.weight", 0), be = tp(t, "embeddings.LayerNorm.bias", 0);
             } else {
-                size_t V = (size_t)c->vocab_size * H, P = (size_t)c->max_position * H, TV = (size_t)c->type_vocab_size * H;
+                size_t V = (size_t)c->vocab_size * H, P = (size_t)c->max_position * H,
+                       TV = (size_t)c->type_vocab_size * H;
                 word = t->frozen, pos = word + V, type = pos + P, g = type + TV, be = g + H;
             }
             for (int i = 0; i < L; i++)
@@ -323,7 +325,8 @@ static double twin_loss(void *ctx) {
                     for (int j = 0; j < T; j++) {
                         S[j] /= sum;
                         if (i < L && j < L)
-                            S[j] *= scale_of(t, l, TBERT_DROP_ATTN_PROBS, pbase + (uint64_t)h * L * L + (uint64_t)i * L + j, pa);
+                            S[j] *= scale_of(t, l, TBERT_DROP_ATTN_PROBS,
+                                             pbase + (uint64_t)h * L * L + (uint64_t)i * L + j, pa);
                     }
                     for (int k = 0; k < dh; k++) {
                         double s = 0;
@@ -333,7 +336,8 @@ static double twin_loss(void *ctx) {
                 }
             lin64(T, H, H, ctxv, P_("attention.output.dense.weight"), P_("attention.output.dense.bias"), t1);
             for (int i = 0; i < T * H; i++)
-                h1[i] = X[i] + t1[i] * (i < L * H ? scale_of(t, l, TBERT_DROP_ATTN_OUT, (uint64_t)r0 * H + i, ph) : 1.0);
+                h1[i] =
+                    X[i] + t1[i] * (i < L * H ? scale_of(t, l, TBERT_DROP_ATTN_OUT, (uint64_t)r0 * H + i, ph) : 1.0);
             ln64(T, H, h1, P_("attention.output.LayerNorm.weight"), P_("attention.output.LayerNorm.bias"), eps);
             lin64(T, H, IM, h1, P_("intermediate.dense.weight"), P_("intermediate.dense.bias"), a);
             for (int i = 0; i < T * IM; i++) a[i] = 0.5 * a[i] * (1 + erf(a[i] / sqrt(2.0)));
@@ -414,7 +418,8 @@ static void fd_case(const char *label, tbert_model *m, const tbert_ft_stack_cfg 
     for (size_t i = 0; i < nv; i++) t.frozen[i] = m->word_emb[i];
     for (size_t i = 0; i < np; i++) t.frozen[nv + i] = m->pos_emb[i];
     for (size_t i = 0; i < nt; i++) t.frozen[nv + np + i] = m->type_emb[i];
-    for (size_t i = 0; i < H; i++) t.frozen[nv + np + nt + i] = m->emb_ln_g[i], t.frozen[nv + np + nt + H + i] = m->emb_ln_b[i];
+    for (size_t i = 0; i < H; i++)
+        t.frozen[nv + np + nt + i] = m->emb_ln_g[i], t.frozen[nv + np + nt + H + i] = m->emb_ln_b[i];
 
     printf(" %s: H %d heads %d I %d, layers %d, k %d%s, %s%s, %d windows, %d tokens, %zu trained values\n", label,
            c->hidden, c->heads, c->intermediate, cfg->layers, cfg->k, cfg->train_embeddings ? " + embeddings" : "",
@@ -474,8 +479,9 @@ static void fd_case(const char *label, tbert_model *m, const tbert_ft_stack_cfg 
 static void test_gradients_fd(void **state) {
     (void)state;
     tu_rng r = {g_seed ^ 22};
-    /* random shapes: heads 2..3, head size 2..4, intermediate H..2H+1 (H >= 4: a LayerNorm over 2 values has no
-     * gradient; fp32 rounding of LayerNorms over 3..5 values, e.g. rows of small variance, reached 1e-5 in rare seeds) */
+    /* random shapes: heads 2..3, head size 2..4, intermediate H..2H+1. Not smaller: a LayerNorm over 2 values has no
+     * gradient, and with one head and H <= 6 the fp32 rounding reached the 1e-5 norm ratio in 1 of 160 seeds (2..3
+     * heads: at most 1.7e-6 over 100 seeds x 4 cases) */
     int heads = 2 + (int)(tu_next(&r) % 2), d = 2 + (int)(tu_next(&r) % 3), H = heads * d;
     int IM = H + (int)(tu_next(&r) % (uint64_t)(H + 2));
     tbert_model *m = random_model(H, heads, IM, 2, 13, 16, g_seed ^ 5);
@@ -582,7 +588,8 @@ static void test_dropout_masks(void **state) {
     assert_int_equal(tbert_ft_stack_backward(s, a, &err), TBERT_E_ARG);
     /* the kept fraction of one hidden site over the batch's elements, as the stack draws it */
     size_t n = (size_t)b.off[b.n_win] * 32, kept = 0;
-    for (size_t i = 0; i < n; i++) kept += tbert_dropout_scale(77, 10, tbert_dropout_site(1, TBERT_DROP_FFN_OUT), i, 0.1f) != 0;
+    for (size_t i = 0; i < n; i++)
+        kept += tbert_dropout_scale(77, 10, tbert_dropout_site(1, TBERT_DROP_FFN_OUT), i, 0.1f) != 0;
     double sd = sqrt(n * 0.1 * 0.9);
     printf("  FFN-output site of layer 1: kept %zu of %zu (expected %.0f +- %.0f)\n", kept, n, 0.9 * n, sd);
     assert_true(fabs((double)kept - 0.9 * n) < 5 * sd);
