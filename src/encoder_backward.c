@@ -161,8 +161,10 @@ enum { DROP_GROUPS = 4, DROP_BLOCK = 16 * DROP_GROUPS };
 
 /* GCC 12 reports the broadcast stores into c1/c3 below as reads of uninitialised memory in the clones without
  * AVX-512 (where it splits the 64-byte vectors): a false positive, silenced for this function only */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 /* x[0..DROP_BLOCK) *= the multipliers of elements idx0 .. idx0 + DROP_BLOCK - 1 (no 2^32 carry inside the block) */
 static inline __attribute__((always_inline)) void drop_block(float *x, const tbert_dropout *d, uint64_t idx0,
                                                               float keep) {
@@ -196,7 +198,9 @@ static inline __attribute__((always_inline)) void drop_block(float *x, const tbe
     }
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 TBERT_VEC void tbert_dropout_apply(size_t n, float *x, const tbert_dropout *d, uint64_t first) {
     if (!d || d->p <= 0.0f) return;
