@@ -1,14 +1,16 @@
 /* The trainable top of the encoder (include/tbert/finetune_stack.h): float32 copies of the trained tensors, the
  * forward of the top K layers on packed windows saving what the backward needs, pooling per window, the mean over
  * a document's windows, optional L2, and the backward to every trained tensor's gradient. Every step is a single op
- * of include/tbert/encoder_backward.h run on a piece of the batch.
+ * of include/tbert/encoder_backward.h run on a piece of the batch (the linear layers' products are the op's own
+ * cblas calls, made here per piece).
  *
  * Threads: each op is split into items that do not depend on the thread count -- fixed chunks of rows (FWD_ROWS in
- * the forward, TBERT_BWD_CHUNK in the backward) or single windows (attention, embeddings) -- and the items are
- * shared among cfg.threads pthreads (contiguous ranges). A parameter gradient is reduced over the chunks' partials
- * in chunk order (each partial is the op run on that chunk alone into zeroed buffers; the sum over chunks runs
- * element by element in chunk order), which is exactly what the op does on the whole batch at once, so the bits
- * do not depend on the thread count. OpenBLAS runs on one thread (each worker calls it on its own).
+ * the forward and for the backward's dx = dy W, TBERT_BWD_CHUNK for the parameter gradients) or single windows
+ * (attention, embeddings) -- and the items are shared among cfg.threads pthreads (contiguous ranges). A parameter
+ * gradient is reduced over the chunks' partials in chunk order (each partial is the op run on that chunk alone into
+ * zeroed buffers; the sum over chunks runs element by element in chunk order), which is exactly what the op does
+ * on the whole batch at once (checked bit for bit against tbert_bwd_linear per chunk), so the bits do not depend on
+ * the thread count. OpenBLAS runs on one thread (each worker calls it on its own).
  *
  * Per trained layer (N packed tokens; dropout d_site from include/tbert/dropout_rng.h):
  *   qkv = x Wqkv^T + bqkv;  ctx = d_probs(softmax(q k^T / sqrt(dh))) v      (per window and head; P saved)
