@@ -483,8 +483,7 @@ static void check_varied(tu_rng *r, uint64_t seed, size_t dd, int Hd) {
         int y[8];
         for (int i = 0; i < ns[b]; i++) y[i] = (int)(tu_next(r) & 1);
         char tag[128];
-        snprintf(tag, sizeof tag, "varied nnz: batch %zu of %d rows, %zu entries, dd=%zu hidden=%d", b, ns[b],
-                 tbert_rows_nnz(&x), dd, Hd);
+        snprintf(tag, sizeof tag, "varied nnz: batch=%zu n=%d nnz=%zu dd=%zu hidden=%d", b, ns[b], tbert_rows_nnz(&x), dd, Hd);
         float *gg = check_step_against_cpu(g, h, &a, &x, y, NULL, seed ^ b, tag);
         /* columns the earlier batch touched and this one does not: exactly 0 (the CPU's value) */
         if (prev) {
