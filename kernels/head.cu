@@ -1,8 +1,8 @@
 // Classifier head on CUDA: bias + GELU forward, fused logits + loss + loss gradient, GELU backward, bias-gradient
 // reductions, AdamW update, the two backward matrix products (cuBLAS), and the sparse-rows products (dense block
-// through cuBLAS with W's row stride, CSR part forward, CSC scatter of dW: src/head_cuda.c). Semantics: include/tbert/head.h and
-// src/head.c / src/adam.c, which compute the per-element math in double where these kernels do too; the
-// reductions run in the CPU's order so that they match it bit for bit.
+// through cuBLAS with W's row stride, CSR part forward, CSC scatter of dW: src/head_cuda.c). Semantics:
+// include/tbert/head.h and src/head.c / src/adam.c, which compute the per-element math in double where these
+// kernels do too; the reductions run in the CPU's order so that they match it bit for bit.
 #include <math.h>
 
 #include "elementwise.cuh"

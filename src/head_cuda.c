@@ -333,7 +333,8 @@ static tbert_status rows_upload(tbert_cuda_head *g, const tbert_rows *x, int r0,
         if (x->indptr[r0 + i + 1] < x->indptr[r0 + i])
             return tbert_fail(err, TBERT_E_ARG, "CUDA head: row %d's CSR offsets decrease", r0 + i);
     const int64_t nnz64 = x->indptr[r0 + n] - base;
-    if (nnz64 > INT32_MAX - 1) return tbert_fail(err, TBERT_E_ARG, "CUDA head: a batch of %lld entries (at most 2^31 - 2)", (long long)nnz64);
+    if (nnz64 > INT32_MAX - 1)
+        return tbert_fail(err, TBERT_E_ARG, "CUDA head: a batch of %lld entries (at most 2^31 - 2)", (long long)nnz64);
     const size_t nnz = (size_t)nnz64;
     tbert_status st = rows_host_reserve(g, nnz, sd, csc, err);
     if (st == TBERT_OK) st = rows_reserve(g, dd, nnz, err);
@@ -378,7 +379,8 @@ static tbert_status rows_upload(tbert_cuda_head *g, const tbert_rows *x, int r0,
                 g->r.h_cval[p] = val[e];
             }
         for (int u = 0; u < U; u++) slot[ccol[u]] = -1;
-        TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->r.colptr, colptr, ((size_t)U + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+        TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->r.colptr, colptr, ((size_t)U + 1) * sizeof(int32_t),
+                                              cudaMemcpyHostToDevice, s));
         TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->r.ccol, ccol, (size_t)U * sizeof(int32_t), cudaMemcpyHostToDevice, s));
         TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->r.crow, g->r.h_crow, nnz * sizeof(int32_t), cudaMemcpyHostToDevice, s));
         TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->r.cval, g->r.h_cval, nnz * sizeof(float), cudaMemcpyHostToDevice, s));
@@ -420,13 +422,15 @@ static tbert_status rows_forward_device(tbert_cuda_head *g, const float *mask, t
     if (st != TBERT_OK) return st;
     TBERT_CUDA_CHECK(err, tbert_cuda_head_bias_gelu(g->a, g->h, g->params + g->off_b1, n, g->Hd, g->s));
     if (mask) TBERT_CUDA_CHECK(err, tbert_cuda_mul(g->h, mask, (size_t)n * g->Hd, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_linear(g->blas, TBERT_CUDA_GEMM_FP32, g->z, g->h, g->params + g->off_w2, n, g->Hd, g->O));
+    TBERT_CUDA_CHECK(err, tbert_cuda_linear(g->blas, TBERT_CUDA_GEMM_FP32, g->z, g->h, g->params + g->off_w2, n, g->Hd,
+                                            g->O));
     return TBERT_OK;
 }
 
 tbert_status tbert_cuda_head_forward_rows(tbert_cuda_head *g, const tbert_rows *x, float *z, tbert_error *err) {
     if ((size_t)x->dense_dim + x->sparse_dim != (size_t)g->D)
-        return tbert_fail(err, TBERT_E_ARG, "CUDA head: rows of %zu features for a head of %d", x->dense_dim + x->sparse_dim, g->D);
+        return tbert_fail(err, TBERT_E_ARG, "CUDA head: rows of %zu features for a head of %d",
+                          x->dense_dim + x->sparse_dim, g->D);
     TBERT_CUDA_CHECK(err, cudaSetDevice(g->device));
     for (int r0 = 0; r0 < x->n; r0 += g->max_n) {
         int rows = x->n - r0 < g->max_n ? x->n - r0 : g->max_n;
@@ -448,7 +452,8 @@ tbert_status tbert_cuda_head_train_step_rows(tbert_cuda_head *g, tbert_adam *a, 
     tbert_status st = check_step(g, a, n, y, err);
     if (st != TBERT_OK) return st;
     if (mask && g->Hd == 0)
-        return tbert_fail(err, TBERT_E_ARG, "CUDA head: a linear head's dropout is applied to the rows (tbert_cuda_head_dropout_rows), not as a mask");
+        return tbert_fail(err, TBERT_E_ARG,
+                          "CUDA head: a linear head's dropout applies to its rows (tbert_cuda_head_dropout_rows), not a mask");
     TBERT_CUDA_CHECK(err, cudaSetDevice(g->device));
     cudaStream_t s = g->s;
     st = rows_upload(g, x, 0, n, true, err);
@@ -457,7 +462,8 @@ tbert_status tbert_cuda_head_train_step_rows(tbert_cuda_head *g, tbert_adam *a, 
     if (class_weight)
         TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->cw, class_weight, (size_t)g->cfg.n_classes * sizeof(float),
                                               cudaMemcpyHostToDevice, s));
-    if (mask) TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->mask, mask, (size_t)n * g->Hd * sizeof(float), cudaMemcpyHostToDevice, s));
+    if (mask)
+        TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->mask, mask, (size_t)n * g->Hd * sizeof(float), cudaMemcpyHostToDevice, s));
     const float *dmask = mask ? g->mask : NULL;
     st = rows_forward_device(g, dmask, err);
     if (st != TBERT_OK) return st;

@@ -494,7 +494,9 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
                     xb = &b.drop;
                 }
                 /* b.z: the training forward's logits, as the CPU path's accuracy uses them */
-                if (!st) st = cu->head_train_step_rows(gh, &adam, xb, b.yb, hp->class_weights_auto ? cw : NULL, mask, &l, b.z, err);
+                if (!st)
+                    st = cu->head_train_step_rows(gh, &adam, xb, b.yb, hp->class_weights_auto ? cw : NULL, mask, &l, b.z,
+                                                  err);
                 if (st) break;
             } else {
                 st = tbert_head_forward_rows(h, b.ws, &b.rb, true, &rng, b.z, err);

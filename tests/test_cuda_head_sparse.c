@@ -130,7 +130,8 @@ static void test_sparse_kernels(void **state) {
         for (int i = 0; i < n; i++)
             for (int o = 0; o < out; o++) {
                 double s = 0;
-                for (int64_t e = x.indptr[i]; e < x.indptr[i + 1]; e++) s += (double)x.values[e] * W[o * ldw + 10 + x.indices[e]];
+                for (int64_t e = x.indptr[i]; e < x.indptr[i + 1]; e++)
+                    s += (double)x.values[e] * W[o * ldw + 10 + x.indices[e]];
                 ref[i * out + o] = acc ? y0[i * out + o] + (float)s : (float)s;
             }
         expect_bits(acc ? "csr_linear accumulate" : "csr_linear write", got, ref, (size_t)n * out * 4);
@@ -244,7 +245,9 @@ static void cpu_train_step(const tbert_head *h0, const tbert_rows *x, const int 
     tbert_status st = rows ? tbert_head_forward_rows(h, ws, x, train, &out->rng, out->z, &err)
                            : tbert_head_forward(h, ws, n, xd, train, &out->rng, out->z, &err);
     if (!st) st = tbert_head_loss(&h->cfg, n, out->z, y, cw, &out->loss, dz, &err);
-    if (!st) st = rows ? tbert_head_backward_rows(h, ws, x, dz, out->grad, &err) : tbert_head_backward(h, ws, n, xd, dz, out->grad, &err);
+    if (!st)
+        st = rows ? tbert_head_backward_rows(h, ws, x, dz, out->grad, &err)
+                  : tbert_head_backward(h, ws, n, xd, dz, out->grad, &err);
     if (st) fail_msg("cpu step: %s", err.msg);
     tbert_adam a;
     if (tbert_adam_init(&a, h->n_params, &err)) fail_msg("adam: %s", err.msg);
@@ -496,7 +499,8 @@ static void check_varied(tu_rng *r, uint64_t seed, size_t dd, int Hd) {
                     size_t k = w_off + (size_t)o * (dd + sd) + dd + j;
                     if (present[j] || prev[k] == 0.0f) continue;
                     touched++;
-                    if (gg[k] != 0.0f) fail_msg("%s: gradient of absent column %zu (output %d) is %g, want 0", tag, j, o, gg[k]);
+                    if (gg[k] != 0.0f)
+                        fail_msg("%s: gradient of absent column %zu (output %d) is %g, want 0", tag, j, o, gg[k]);
                 }
             free(present);
             if (b == 1 && touched == 0) fail_msg("%s: no column to check", tag);
@@ -554,7 +558,8 @@ static void test_full_steps(void **state) {
             int y[16];
             for (int i = 0; i < n; i++) y[i] = (int)(tu_next(&r) & 1);
             double lc, lg;
-            if (tbert_head_forward_rows(hc, ws, &x, true, &rc, z, &err) || tbert_head_loss(&hc->cfg, n, z, y, NULL, &lc, dz, &err) ||
+            if (tbert_head_forward_rows(hc, ws, &x, true, &rc, z, &err) ||
+                tbert_head_loss(&hc->cfg, n, z, y, NULL, &lc, dz, &err) ||
                 tbert_head_backward_rows(hc, ws, &x, dz, grad, &err))
                 fail_msg("cpu step: %s", err.msg);
             tbert_adam_step(&ac, hc->params, grad);
@@ -564,7 +569,8 @@ static void test_full_steps(void **state) {
             else if (tbert_cuda_head_dropout_rows(p, &x, &rg, &drop, &err)) fail_msg("dropout rows: %s", err.msg);
             else xb = &drop;
             if (tbert_cuda_head_train_step_rows(g, &ag, xb, y, NULL, m, &lg, NULL, &err)) fail_msg("cuda step: %s", err.msg);
-            if (!(fabs(lg - lc) <= 1e-9 + 1e-5 * fabs(lc))) fail_msg("full steps hidden=%d step %d: loss %.9g vs CPU %.9g", Hd, s + 1, lg, lc);
+            if (!(fabs(lg - lc) <= 1e-9 + 1e-5 * fabs(lc)))
+                fail_msg("full steps hidden=%d step %d: loss %.9g vs CPU %.9g", Hd, s + 1, lg, lc);
             tbert_rows_free(&x);
         }
         if (tbert_cuda_head_download(g, hg, &ag, &err)) fail_msg("download: %s", err.msg);
