@@ -25,6 +25,7 @@ Writes tests/data/finetune/finetune_golden.safetensors:
                               (kall: the embeddings' input is ids; no hidden_in)
   C.pooled [5,32] F64         x (the normalised document vectors: the stack's output)
   C.logits [5] F64, C.loss [1] F64
+  C.grad_pooled [5,32] F64    d loss / d x (what the head's backward hands the stack)
   C.grad.NAME F64             d loss / d NAME for every trainable tensor (transformers names, no prefix;
                               head.fc2.weight, head.fc2.bias for the head)
 metadata: model, cases "k1:4:1,l3k2:3:2,kall:4:4" (name:layers:k), torch and transformers versions.
@@ -91,6 +92,7 @@ def run_case(folder, layers, k, ids, mask, head_w, head_b):
         s += n
     d = torch.stack(docs)                                       # [D, H]
     x = torch.nn.functional.normalize(d, p=2, dim=1, eps=1e-12)
+    x.retain_grad()
     z = x @ w.T + b                                             # [D, 1]
     y = torch.tensor(LABELS, dtype=torch.float64).unsqueeze(1)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
@@ -103,6 +105,7 @@ def run_case(folder, layers, k, ids, mask, head_w, head_b):
     res["pooled"] = x.detach().numpy()
     res["logits"] = z.detach().numpy().reshape(-1)
     res["loss"] = np.array([loss.item()])
+    res["grad_pooled"] = x.grad.numpy()
     for name, p in trainable.items():
         assert p.grad is not None, name
         res["grad." + name] = p.grad.numpy()
