@@ -76,7 +76,7 @@ for path in sys.argv[1:]:
         m = re.match(r"(.*?): (\d+) elements, (\d+) outside tolerance, \|\|got-ref\|\|/\|\|ref\|\| = (\S+)", line)
         if not m:
             continue
-        what = re.sub(r" (B|T|rows|in|out|cols|heads|d|H|n|out_T|mode|kind)=\S+", "", m.group(1)).strip()
+        what = re.sub(r" (B|T|rows|in|out|cols|heads|d|H|n|out_T|mode|kind|batch|nnz|dd|sd|hidden|C|binary|p|weighted|max_n)=\S+", "", m.group(1)).strip()
         r = float(m.group(4)); bad = int(m.group(3))
         worst, nbad, cnt = rows.get(what, (0.0, 0, 0))
         rows[what] = (max(worst, r), nbad + bad, cnt + 1)
@@ -98,25 +98,28 @@ step_build() {
     local prc=$?
     (cd "$root/tests" && timeout 90 "$build/tests/test_cuda_head") >"$out/head.log" 2>&1
     local hrc=$?
+    (cd "$root/tests" && timeout 90 "$build/tests/test_cuda_head_sparse") >"$out/head_sparse.log" 2>&1
+    local src=$?
     local tgpu=$((SECONDS - t0)) left=$((560 - SECONDS))
     # then the rest of the suite in the time left (CPU tests; corpus- and model-dependent ones skip: ../shared
     # and model weights do not travel)
     if [ "$left" -gt 30 ]; then
         (cd "$build" && timeout "$left" ctest -j "$(nproc)" --timeout 240 --output-on-failure \
-            -E '^test_cuda_(parity|head)$' >"$out/ctest.log" 2>&1) || rc=1
+            -E '^test_cuda_(parity|head|head_sparse)$' >"$out/ctest.log" 2>&1) || rc=1
     else
         echo "no time left for ctest" >"$out/ctest.log"
         rc=2
     fi
     echo "== ctest (all other tests; full log ctest.log)"
     grep -E "tests passed|tests failed|\*\*\*Failed|Not Run|Timeout|no time left" "$out/ctest.log" | tail -15
-    echo "== worst errors per comparison (parity.log, head.log)"
-    error_table "$out/parity.log" "$out/head.log"
+    echo "== worst errors per comparison (parity.log, head.log, head_sparse.log)"
+    error_table "$out/parity.log" "$out/head.log" "$out/head_sparse.log"
     echo "== summary (GPU tests ${tgpu} s, whole step ${SECONDS} s; device: $(head -2 "$out/device.txt" | tail -1))"
     printf '%-22s %s\n' "test_cuda_parity" "$([ $prc = 0 ] && echo PASS || echo "FAIL (rc $prc)")" \
         "test_cuda_head" "$([ $hrc = 0 ] && echo PASS || echo "FAIL (rc $hrc)")" \
+        "test_cuda_head_sparse" "$([ $src = 0 ] && echo PASS || echo "FAIL (rc $src)")" \
         "ctest (others)" "$([ $rc = 0 ] && echo PASS || echo "FAIL or incomplete")"
-    [ $rc = 0 ] && [ $prc = 0 ] && [ $hrc = 0 ]
+    [ $rc = 0 ] && [ $prc = 0 ] && [ $hrc = 0 ] && [ $src = 0 ]
 }
 
 step_sanitize() {
@@ -137,6 +140,8 @@ step_sanitize() {
     for tool in memcheck racecheck initcheck synccheck; do run_tool "$tool" test_cuda_parity; done
     run_tool memcheck test_cuda_head
     run_tool racecheck test_cuda_head
+    run_tool memcheck test_cuda_head_sparse
+    run_tool racecheck test_cuda_head_sparse
     echo "== compute-sanitizer (small shapes; logs sanitize-*.log)"
     printf '%s\n' "${results[@]}"
 }
