@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include "tbert/common.h"
 
@@ -49,6 +50,7 @@ typedef struct {
     double unsure_lo, unsure_hi;
     double reject_above, quarantine_above; /* milter: P above which to reject / quarantine; > 1 = off */
     int socket_mode;                       /* unix sockets' mode (default 0660) */
+    const char *socket_owner;              /* --socket-owner USER[:GROUP] for unix sockets, or NULL */
     bool syslog;                           /* log to syslog (facility mail) as well as stderr */
     const char *user;                      /* --user: drop to this user once the listeners are bound */
     const char *exe;                       /* this binary, for the milter child (default /proc/self/exe) */
@@ -151,6 +153,10 @@ void serve_http_stop(serve_http *h);
 /* The milter child process (tbert serve --milter-child): runs libmilter on addr and asks the scoring process
  * on the unix socket `upstream`. Returns the process's exit status. */
 int serve_milter_child(const char *addr, const char *upstream, double reject_above, double quarantine_above, int timeout_s,
-                       int socket_mode, size_t max_message);
+                       int socket_mode, const char *socket_owner, size_t max_message);
+/* --socket-owner: "USER[:GROUP]", "USER:" (login group) or ":GROUP" into a uid and gid ((uid_t)-1 / (gid_t)-1
+ * = unchanged), and the chown of one socket by it (no-op for a NULL spec). */
+tbert_status serve_parse_owner(const char *spec, uid_t *uid, gid_t *gid, tbert_error *err);
+tbert_status serve_chown_socket(const char *path, const char *spec, tbert_error *err);
 
 #endif
