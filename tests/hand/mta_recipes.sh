@@ -58,6 +58,7 @@ mkdir -p /var/mail/tbert-test && chown nobody:nogroup /var/mail/tbert-test
 cat > /etc/exim4/exim4.conf << EOF
 # the recipe of docs/mail.md (spamd_address + the DATA ACL), local Maildir delivery, nothing else
 primary_hostname = exim-test.invalid
+keep_environment =
 domainlist local_domains = test.invalid
 spamd_address = 127.0.0.1 $PORT
 acl_smtp_rcpt = acl_check_rcpt
@@ -81,11 +82,12 @@ begin routers
 maildir:
   driver = accept
   domains = +local_domains
+  local_parts = spam : ham
   transport = maildir
 begin transports
 maildir:
   driver = appendfile
-  directory = /var/mail/tbert-test/\$local_part
+  directory = /var/mail/tbert-test/\$local_part_data
   maildir_format
   create_directory
   user = nobody
@@ -117,16 +119,17 @@ echo "--- tbert serve's log (Exim's requests)"; grep 'spamd' "$W/serve.log" | ta
 step "Dovecot Sieve (through spamc)"
 apt-get install -y -qq --no-install-recommends dovecot-sieve spamc > /tmp/dovecot-apt.log 2>&1 || { tail -20 /tmp/dovecot-apt.log; exit 1; }
 dpkg-query -W dovecot-sieve dovecot-core
-cat > "$W/spam.sieve" << 'EOF'
+mkdir "$W/sieve" && chown nobody:nogroup "$W/sieve" # sieve-test saves the compiled script beside it
+cat > "$W/sieve/spam.sieve" << 'EOF'
 require ["fileinto"];
 if header :is "X-Spam-Flag" "YES" { fileinto "Spam"; stop; }
 EOF
 for m in "$SPAM_MSG" "$HAM_MSG"; do
     spamc -d 127.0.0.1 -p "$PORT" < "$m" > "$W/through-spamc.eml"
     echo "--- $(basename "$m") through spamc: $(grep -E '^X-Spam-(Flag|Status)' "$W/through-spamc.eml" | tr '\n' ' ')"
-    chmod 644 "$W/spam.sieve" "$W/through-spamc.eml"
+    chmod 644 "$W/through-spamc.eml"
     # sieve-test refuses to run as root without a mail_uid: run it as nobody
-    runuser -u nobody -- sieve-test "$W/spam.sieve" "$W/through-spamc.eml" 2>&1
+    runuser -u nobody -- sieve-test "$W/sieve/spam.sieve" "$W/through-spamc.eml" 2>&1
 done
 step "done (postfix test exit $PF_RC)"
 exit $PF_RC
