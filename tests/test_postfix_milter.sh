@@ -9,8 +9,10 @@
 #     other transport `error:` (nothing leaves the machine), local delivery by the `virtual` agent to Maildirs
 #     under $W as the user nobody (no system user is changed), its log in $W/maillog (postlogd);
 #   - starts and stops it itself (trap on exit: `postfix stop`, then SIGKILL to the master of $W's pid file).
-# smtpd_milters points at `tbert serve --milter unix:$W/milter/tbert.sock --socket-owner :postfix
-# --socket-mode 660` (smtpd runs as postfix: the socket option is what lets it connect). Checks:
+# smtpd runs chrooted in the queue directory, as Debian's does, so docs/mail.md's recipe is what is tested:
+# `tbert serve --milter unix:$W/spool/tbert/milter.sock --socket-owner :postfix --socket-mode 660`, and
+# `smtpd_milters = unix:/tbert/milter.sock` (inside the chroot); smtpd runs as postfix, so the socket options
+# are what let it connect. Checks:
 #   - a spam-ish and a ham-ish message (the ham one with a forged X-Spam-Flag: YES) sent with swaks are
 #     delivered with exactly one X-Spam-Flag/-Status/-Level and X-TBert-Spam each; the verdicts are YES for
 #     the spam one and NO for the ham one, and agree with `tbert filter -p -H all` run on the delivered file
@@ -59,10 +61,10 @@ chmod 755 "$W" # Postfix's daemons (user postfix) and the virtual agent (nobody)
 # ---- the private Postfix
 PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 NOBODY_UID=$(id -u nobody) NOBODY_GID=$(id -g nobody)
-mkdir -p "$W/etc" "$W/spool" "$W/data" "$W/mail" "$W/milter"
+mkdir -p "$W/etc" "$W/spool/tbert" "$W/data" "$W/mail"
 chown postfix "$W/data"
 chown "$NOBODY_UID:$NOBODY_GID" "$W/mail"
-chmod 755 "$W/milter"
+chmod 755 "$W/spool/tbert" # the milter socket's folder inside smtpd's chroot, as docs/mail.md's recipe
 printf 'spam@test.invalid spam/\nham@test.invalid ham/\n' > "$W/etc/vmailbox"
 cat > "$W/etc/main.cf" << EOF
 compatibility_level = 3.6
@@ -94,7 +96,7 @@ virtual_mailbox_maps = texthash:$W/etc/vmailbox
 virtual_uid_maps = static:$NOBODY_UID
 virtual_gid_maps = static:$NOBODY_GID
 virtual_minimum_uid = 1
-smtpd_milters = unix:$W/milter/tbert.sock
+smtpd_milters = unix:/tbert/milter.sock
 milter_default_action = tempfail
 milter_protocol = 6
 syslog_name = tbert-test-postfix
@@ -102,7 +104,7 @@ maillog_file = $W/maillog
 maillog_file_prefixes = $W
 EOF
 cat > "$W/etc/master.cf" << EOF
-127.0.0.1:$PORT inet n - n - - smtpd
+127.0.0.1:$PORT inet n - y - - smtpd
 pickup    unix n - n 60 1 pickup
 cleanup   unix n - n - 0 cleanup
 qmgr      unix n - n 300 1 qmgr
@@ -123,15 +125,15 @@ scache    unix - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 EOF
 postfix -c "$W/etc" check > "$W/pf-check.log" 2>&1 || { cat "$W/pf-check.log"; echo "FAIL postfix check"; exit 1; }
+PF_UP=true # from here on the trap stops it, even after a start that failed half way
 postfix -c "$W/etc" start > "$W/pf-start.log" 2>&1 || { cat "$W/pf-start.log" "$W/maillog" 2> /dev/null; echo "FAIL postfix start"; exit 1; }
-PF_UP=true
 for _ in $(seq 1 100); do
     "$PY" -c "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1).close()" "$PORT" 2> /dev/null && break
     sleep 0.1
 done
 check "the private Postfix listens on 127.0.0.1:$PORT (not 25)" "$PY" -c "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 2).close()" "$PORT"
 
-MS=$W/milter/tbert.sock
+MS=$W/spool/tbert/milter.sock
 serve_milter() { # serve_milter LOG [options]: tbert serve's milter, reachable for Postfix's smtpd (group postfix)
     local log=$1; shift
     start_server "$log" --milter "unix:$MS" --socket-owner :postfix --socket-mode 660 "$@" ||
@@ -189,6 +191,14 @@ for box in spam ham; do
     check "$box: |p(milter) - p(filter)| <= 0.001 (both printed with 4 decimals)" \
         "$PY" -c "import sys; sys.exit(not abs(float(sys.argv[1]) - float(sys.argv[2])) <= 0.001)" "$p" "${fp:-nan}"
 done
+chrooted_smtpd() { # an smtpd process of this instance whose root is its queue directory
+    local f
+    for f in /proc/[0-9]*; do
+        [ "$(cat "$f/comm" 2> /dev/null)" = smtpd ] && [ "$(readlink "$f/root")" = "$W/spool" ] && return 0
+    done
+    return 1
+}
+check "smtpd ran chrooted in the queue directory (it found the socket as unix:/tbert/milter.sock)" chrooted_smtpd
 check "the milter logged both messages" [ "$(grep -c '^tbert serve: milter ' "$W/serve1.log")" -ge 2 ]
 serve_stop
 
