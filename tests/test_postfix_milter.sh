@@ -8,7 +8,9 @@
 #     data_directory (master.lock) under $W, smtpd on 127.0.0.1 and an ephemeral port (never 25), every
 #     other transport `error:` (nothing leaves the machine), local delivery by the `virtual` agent to Maildirs
 #     under $W as the user nobody (no system user is changed), its log in $W/maillog (postlogd);
-#   - starts and stops it itself (trap on exit: `postfix stop`, then SIGKILL to the master of $W's pid file).
+#   - starts and stops it itself (trap on exit: `postfix stop`, then SIGKILL to the master of $W's pid file);
+#     checked at the end: the system's Postfix folders (every entry's mtime, mode, owner, size) and the
+#     listeners on port 25 are as they were before.
 # smtpd runs chrooted in the queue directory, as Debian's does, so docs/mail.md's recipe is what is tested:
 # `tbert serve --milter unix:$W/spool/tbert/milter.sock --socket-owner :postfix --socket-mode 660`, and
 # `smtpd_milters = unix:/tbert/milter.sock` (inside the chroot); smtpd runs as postfix, so the socket options
@@ -55,6 +57,12 @@ pf_stop() { # the private instance only: its own config dir, then its own master
 }
 trap 'pf_stop; cleanup' EXIT
 
+# what must not change: the system's Postfix files, and who listens on port 25 (Postfix's default)
+system_state() {
+    find /etc/postfix /var/spool/postfix /var/lib/postfix -printf '%p %T@ %m %u %g %s\n' 2> /dev/null | LC_ALL=C sort
+    awk '$4 == "0A" && $2 ~ /:0019$/ { print "listening on port 25:", $2 }' /proc/net/tcp /proc/net/tcp6 2> /dev/null
+}
+system_state > "$W/system-before.txt"
 train "$W/head" 42
 chmod 755 "$W" # Postfix's daemons (user postfix) and the virtual agent (nobody) walk into it
 
@@ -237,5 +245,8 @@ fi
 pf_stop
 pf_gone() { [ ! -e "$W/spool/pid/master.pid" ] || ! kill -0 "$(tr -d ' \n' < "$W/spool/pid/master.pid")" 2> /dev/null; }
 check "the private Postfix stopped" pf_gone
+system_state > "$W/system-after.txt"
+check "the system's /etc/postfix, /var/spool/postfix, /var/lib/postfix and port 25 as before" \
+    cmp -s "$W/system-before.txt" "$W/system-after.txt"
 echo "$fails failure(s)"
 [ $fails -eq 0 ]
