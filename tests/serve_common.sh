@@ -33,6 +33,7 @@ start_server() { # start_server LOG ARGS...: sets SERVER, waits for its "listeni
     local log=$1; shift
     local want=0
     for a in "$@"; do case $a in --spamd | --http | --milter) want=$((want + 1)) ;; esac; done
+    : > "$log" # exists before the first grep below, whoever runs first
     "$BIN" serve --device cpu --model "$MODEL" --head "$W/head" "$@" 2> "$log" &
     SERVER=$!
     for _ in $(seq 1 300); do

@@ -20,7 +20,9 @@
 #     the spam one and NO for the ham one, and agree with `tbert filter -p -H all` run on the delivered file
 #     as the milter saw it (delivery's Return-Path/Delivered-To/X-Original-To and the Received: line Postfix
 #     added removed: smtpd does not show a milter its own Received: header; ours stripped by filter itself):
-#     same flag and exit status, p within 0.001;
+#     same flag and exit status, p within 0.001; smtpd ran chrooted;
+#   - the spam-ish message submitted locally (`sendmail -C $W/etc`: pickup and cleanup chrooted, as Debian's)
+#     goes through non_smtpd_milters and arrives with one X-Spam-Flag: YES and one X-TBert-Spam;
 #   - with --milter-reject-above between the two p's the spam one is refused at DATA (550 5.7.1, swaks fails)
 #     and not delivered, the ham one still is; with --milter-quarantine-above there the spam one lands in
 #     Postfix's hold queue, not in the Maildir.
@@ -73,7 +75,7 @@ mkdir -p "$W/etc" "$W/spool/tbert" "$W/data" "$W/mail"
 chown postfix "$W/data"
 chown "$NOBODY_UID:$NOBODY_GID" "$W/mail"
 chmod 755 "$W/spool/tbert" # the milter socket's folder inside smtpd's chroot, as docs/mail.md's recipe
-printf 'spam@test.invalid spam/\nham@test.invalid ham/\n' > "$W/etc/vmailbox"
+printf 'spam@test.invalid spam/\nham@test.invalid ham/\nlocal@test.invalid local/\n' > "$W/etc/vmailbox"
 cat > "$W/etc/main.cf" << EOF
 compatibility_level = 3.6
 queue_directory = $W/spool
@@ -105,6 +107,7 @@ virtual_uid_maps = static:$NOBODY_UID
 virtual_gid_maps = static:$NOBODY_GID
 virtual_minimum_uid = 1
 smtpd_milters = unix:/tbert/milter.sock
+non_smtpd_milters = \$smtpd_milters
 milter_default_action = tempfail
 milter_protocol = 6
 syslog_name = tbert-test-postfix
@@ -113,8 +116,8 @@ maillog_file_prefixes = $W
 EOF
 cat > "$W/etc/master.cf" << EOF
 127.0.0.1:$PORT inet n - y - - smtpd
-pickup    unix n - n 60 1 pickup
-cleanup   unix n - n - 0 cleanup
+pickup    unix n - y 60 1 pickup
+cleanup   unix n - y - 0 cleanup
 qmgr      unix n - n 300 1 qmgr
 rewrite   unix - - n - - trivial-rewrite
 bounce    unix - - n - 0 bounce
@@ -208,6 +211,11 @@ chrooted_smtpd() { # an smtpd process of this instance whose root is its queue d
 }
 check "smtpd ran chrooted in the queue directory (it found the socket as unix:/tbert/milter.sock)" chrooted_smtpd
 check "the milter logged both messages" [ "$(grep -c '^tbert serve: milter ' "$W/serve1.log")" -ge 2 ]
+# local submission (the sendmail command; pickup and cleanup chrooted): the recipe's non_smtpd_milters
+check "sendmail -C (local submission) of the spam-ish message" \
+    eval '/usr/sbin/sendmail -C "$W/etc" -f sender@example.org local@test.invalid < "$SPAM_MSG"'
+check "... delivered through non_smtpd_milters with one X-Spam-Flag: YES and one X-TBert-Spam" \
+    eval 'delivered local 1 && [ "$(grep -c "^X-Spam-Flag: YES$" "$(newest local)")$(grep -c "^X-TBert-Spam: " "$(newest local)")" = 11 ]'
 serve_stop
 
 # ---- reject, then quarantine, above a cut between the two p's
