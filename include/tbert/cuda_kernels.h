@@ -285,6 +285,38 @@ int tbert_cuda_l2_normalize_bwd(float *dx, const float *x, const float *y, const
 int tbert_cuda_pooler_bwd(tbert_cublas_handle h, float *dcls, float *dW, float *db, const float *cls, const float *W,
                           const float *out, const float *dout, float *ws, int B, int H, tbert_cuda_stream s);
 
+
+/* embeddings (kernels/embeddings_bwd.cu), float32: dz [N, H] is the gradient of the sum word[id] + pos[t] +
+ * type[0] (tbert_cuda_layernorm_bwd over the embedding LayerNorm gives it). dword [V, H] += the rows of each token
+ * id, dpos [P, H] += the rows of each position, dtype (type row 0, [H]) += all rows (ws:
+ * tbert_cuda_colsum_ws_floats(N, H)); a NULL table is skipped. Deterministic without atomics: the host groups
+ * the rows by table row with tbert_cuda_scatter_plan_host and uploads the plan (device pointers below); each table
+ * element is then summed by one thread, its rows in row order. */
+typedef struct {
+    const int32_t *perm;  /* [N]: packed rows grouped by key, rows of one key in row order */
+    const int32_t *start; /* [n_seg + 1]: segment g is perm[start[g] .. start[g+1]-1] */
+    const int32_t *key;   /* [n_seg]: the table row of segment g (distinct) */
+    int n_seg;
+} tbert_cuda_scatter_plan;
+/* Host (no CUDA call): a stable counting sort of keys[n] (each in [0, n_keys): token ids, or positions
+ * row - cu_seqlens[b]) into perm [n], start [n_seg + 1], key [n_seg]; count is n_keys ints of scratch. Returns
+ * n_seg, or -1 for a key out of range or a NULL array. */
+int tbert_cuda_scatter_plan_host(const int32_t *keys, int n, int n_keys, int32_t *count, int32_t *perm,
+                                 int32_t *start, int32_t *key);
+int tbert_cuda_embeddings_bwd(float *dword, float *dpos, float *dtype, const float *dz,
+                              const tbert_cuda_scatter_plan *word, const tbert_cuda_scatter_plan *pos, float *ws,
+                              int N, int H, tbert_cuda_stream s);
+
+/* dropout (kernels/dropout.cu) with the masks of include/tbert/dropout_rng.h, bit for bit: element i draws
+ * tbert_dropout_scale(seed, step, site, index0 + i, p) (0 or 1 / (1 - p)); index0 places the buffer in the
+ * site's element numbering (the packed [N, H] row-major index, or the offset in the packed P). 0 <= p < 1.
+ * tbert_cuda_dropout: x[i] *= that multiplier in place (dt), nothing when p = 0; the backward calls it on the
+ * gradient with the same arguments (no mask is stored). tbert_cuda_dropout_mask writes the multipliers. */
+int tbert_cuda_dropout(void *x, tbert_cuda_dtype dt, size_t n, uint64_t seed, uint64_t step, uint32_t site,
+                       uint64_t index0, float p, tbert_cuda_stream s);
+int tbert_cuda_dropout_mask(float *mask, size_t n, uint64_t seed, uint64_t step, uint32_t site, uint64_t index0,
+                            float p, tbert_cuda_stream s);
+
 #ifdef __cplusplus
 }
 #endif
