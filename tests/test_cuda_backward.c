@@ -413,8 +413,8 @@ static void test_layernorm(void **state) {
 }
 
 /* attention: the forward twin against tbert_fwd_attention (P and ctx), then the backward from the CPU's P (the
- * same saved input on both sides) against tbert_bwd_attention. */
-static void check_attention(tu_rng *r, cublasHandle_t h, int B, int maxT, int heads, int d) {
+ * same saved input on both sides; rounded to bf16 on both in bf16) against tbert_bwd_attention. */
+static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B, int maxT, int heads, int d) {
     int N = 0;
     int32_t *off = make_batch(r, B, maxT, &N);
     const int H = heads * d;
@@ -423,33 +423,45 @@ static void check_attention(tu_rng *r, cublasHandle_t h, int B, int maxT, int he
     assert_non_null(p_off);
     const size_t np = (size_t)tbert_cuda_attn_probs_offsets(p_off, off, B, heads);
     if (np != tbert_attn_probs_size(B, off, heads)) fail_msg("P sizes differ: %zu vs %zu", np, tbert_attn_probs_size(B, off, heads));
-    const size_t nqkv = (size_t)N * 3 * H, nctx = (size_t)N * H;
+    const size_t nqkv = (size_t)N * 3 * H, nctx = (size_t)N * H, nws = tbert_cuda_attention_bwd_ws_floats((int64_t)np, dt);
     float *qkv = frand(r, nqkv, 1.0f), *dctx = frand(r, nctx, 1.0f);
     float *rctx = malloc(nctx * 4 + 4), *rP = malloc(np * 4 + 4), *rdqkv = malloc(nqkv * 4 + 4);
     int Lmax = 0;
     for (int b = 0; b < B; b++) Lmax = off[b + 1] - off[b] > Lmax ? off[b + 1] - off[b] : Lmax;
     float *ws = malloc((size_t)Lmax * Lmax * 4 + 4);
     assert_non_null(rctx), assert_non_null(rP), assert_non_null(rdqkv), assert_non_null(ws);
+    gbuf gqkv = up_act(qkv, nqkv, dt), gdctx = up_act(dctx, nctx, dt); /* round qkv, dctx for bf16 */
+    gbuf gcu = up_bytes(off, ((size_t)B + 1) * 4), gpo = up_bytes(p_off, ((size_t)B + 1) * 8);
     tbert_fwd_attention(B, off, H, heads, scale, qkv, rctx, rP);
-    tbert_bwd_attention(B, off, H, heads, scale, qkv, rP, dctx, rdqkv, ws);
 
-    gbuf gqkv = up_f32(qkv, nqkv), gcu = up_bytes(off, ((size_t)B + 1) * 4), gpo = up_bytes(p_off, ((size_t)B + 1) * 8);
-    gbuf gctx = g_alloc(nctx * 4), gP = g_alloc(np * 4);
-    CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, off, gcu.p, gpo.p, B, heads, d, scale, NULL));
+    gbuf gctx = g_alloc(nctx * dt_size(dt)), gP = g_alloc(np * dt_size(dt)), gws = g_alloc(nws * 4);
+    CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gws.p, off, gcu.p, gpo.p, dt, B, heads, d, scale, NULL));
     char what[160];
-    float *got = down(&gP, np, TBERT_CUDA_F32, "attention P");
-    snprintf(what, sizeof what, "attention_fwd_probs P B=%d N=%d heads=%d d=%d", B, N, heads, d);
-    expect_grad(what, got, rP, np, TBERT_CUDA_F32);
+    float *got = down(&gP, np, dt, "attention P");
+    snprintf(what, sizeof what, "attention_fwd_probs %s P B=%d N=%d heads=%d d=%d", dt_name(dt), B, N, heads, d);
+    expect_grad(what, got, rP, np, dt);
     free(got);
-    got = down(&gctx, nctx, TBERT_CUDA_F32, "attention ctx");
-    snprintf(what, sizeof what, "attention_fwd_probs ctx B=%d N=%d heads=%d d=%d", B, N, heads, d);
-    expect_grad(what, got, rctx, nctx, TBERT_CUDA_F32);
+    got = down(&gctx, nctx, dt, "attention ctx");
+    snprintf(what, sizeof what, "attention_fwd_probs %s ctx B=%d N=%d heads=%d d=%d", dt_name(dt), B, N, heads, d);
+    expect_grad(what, got, rctx, nctx, dt);
     free(got);
+    g_check(&gws, "attention fwd ws");
+    if (dt == TBERT_CUDA_F32) { /* in place: ws = P */
+        CK(tbert_cuda_fill(gP.p, -1.0f, (int)np, NULL));
+        CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gP.p, off, gcu.p, gpo.p, dt, B, heads, d, scale, NULL));
+        got = down(&gP, np, dt, "attention P in place");
+        snprintf(what, sizeof what, "attention_fwd_probs fp32 P (ws = P) B=%d N=%d heads=%d d=%d", B, N, heads, d);
+        expect_grad(what, got, rP, np, dt);
+        free(got);
+    }
 
-    gbuf gPc = up_f32(rP, np), gdctx = up_f32(dctx, nctx), gdqkv = g_alloc(nqkv * 4), gws = g_alloc(np * 4);
-    CK(tbert_cuda_attention_bwd(h, gdqkv.p, gqkv.p, gPc.p, gdctx.p, gws.p, off, gcu.p, gpo.p, B, heads, d, scale, NULL));
-    got = down(&gdqkv, nqkv, TBERT_CUDA_F32, "attention dqkv");
-    g_check(&gws, "attention ws");
+    gbuf gPc = up_act(rP, np, dt), gdqkv = g_alloc(nqkv * dt_size(dt)), gws2 = g_alloc(nws * 4);
+    tbert_bwd_attention(B, off, H, heads, scale, qkv, rP, dctx, rdqkv, ws); /* rP as the device holds it */
+    round_dt(rdqkv, nqkv, dt);
+    CK(tbert_cuda_attention_bwd(h, gdqkv.p, gqkv.p, gPc.p, gdctx.p, gws2.p, off, gcu.p, gpo.p, dt, B, heads, d, scale,
+                                NULL));
+    got = down(&gdqkv, nqkv, dt, "attention dqkv");
+    g_check(&gws2, "attention ws");
     /* dq, dk, dv separately: each has its own scale */
     static const char *part[] = {"dQ", "dK", "dV"};
     float *gp = malloc(nctx * 4 + 4), *rp = malloc(nctx * 4 + 4);
@@ -458,27 +470,31 @@ static void check_attention(tu_rng *r, cublasHandle_t h, int B, int maxT, int he
             memcpy(gp + (size_t)i * H, got + (size_t)i * 3 * H + (size_t)k * H, (size_t)H * 4);
             memcpy(rp + (size_t)i * H, rdqkv + (size_t)i * 3 * H + (size_t)k * H, (size_t)H * 4);
         }
-        snprintf(what, sizeof what, "attention_bwd %s B=%d N=%d Lmax=%d heads=%d d=%d", part[k], B, N, Lmax, heads, d);
+        snprintf(what, sizeof what, "attention_bwd %s %s B=%d N=%d Lmax=%d heads=%d d=%d", dt_name(dt), part[k], B, N,
+                 Lmax, heads, d);
         if (Lmax == 1 && k < 2) { /* one key: P = 1, so dS = 0 and dQ = dK = 0 exactly */
             for (size_t i = 0; i < nctx; i++)
                 if (gp[i] != 0.0f || rp[i] != 0.0f) fail_msg("%s: [%zu] = %g (cpu %g), expected 0", what, i, gp[i], rp[i]);
             continue;
         }
-        expect_grad(what, gp, rp, nctx, TBERT_CUDA_F32);
+        expect_grad(what, gp, rp, nctx, dt);
     }
     free(got), free(gp), free(rp);
     free(off), free(p_off), free(qkv), free(dctx), free(rctx), free(rP), free(rdqkv), free(ws);
     g_free(&gqkv), g_free(&gcu), g_free(&gpo), g_free(&gctx), g_free(&gP), g_free(&gPc), g_free(&gdctx);
-    g_free(&gdqkv), g_free(&gws);
+    g_free(&gdqkv), g_free(&gws), g_free(&gws2);
 }
 
 static void test_attention(void **state) {
     (void)state;
     tu_rng r = {g_seed ^ 5};
     cublasHandle_t h = make_handle();
-    check_attention(&r, h, 7, 512, 2, 16); /* 512, 1, 0, ..., 0: lengths 0..512 in one batch */
-    check_attention(&r, h, 5, 67, 3, 7);   /* odd d, odd lengths */
-    check_attention(&r, h, 1, 1, 1, 5);    /* one token */
+    for (int k = 0; k < 2; k++) {
+        tbert_cuda_dtype dt = k ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
+        check_attention(&r, h, dt, 7, 512, 2, 16); /* 512, 1, 0, ..., 0: lengths 0..512 in one batch */
+        check_attention(&r, h, dt, 5, 67, 3, 7);   /* odd d, odd lengths */
+        check_attention(&r, h, dt, 1, 1, 1, 5);    /* one token */
+    }
     cublasDestroy(h);
 }
 
@@ -729,8 +745,8 @@ static void test_bad_shapes(void **state) {
     int64_t po[3] = {0, 25, 25};
     float f = 0.0f;
     cublasHandle_t h = make_handle();
-    assert_int_equal(tbert_cuda_attention_bwd(h, &f, &f + 1, &f, &f, &f, cu, (const int32_t *)&f, po, 2, 1, 4, 1.0f,
-                                              NULL),
+    assert_int_equal(tbert_cuda_attention_bwd(h, &f, &f + 1, &f, &f, &f, cu, (const int32_t *)&f, po, TBERT_CUDA_F32,
+                                              2, 1, 4, 1.0f, NULL),
                      TBERT_CUDA_EBADSHAPE);
     assert_int_equal(tbert_cuda_layernorm_bwd(&f, &f, &f, &f, &f, &f, &f, &f, &f, &f, TBERT_CUDA_F32, 1, 9000, NULL),
                      TBERT_CUDA_EBADSHAPE);

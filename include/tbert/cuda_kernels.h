@@ -238,13 +238,15 @@ int tbert_cuda_layernorm_bwd(void *dz, void *dres, float *dgamma, float *dbeta, 
                              const float *rstd, const float *gamma, const void *dy, float *ws, tbert_cuda_dtype dt,
                              int rows, int H, tbert_cuda_stream s);
 
-/* attention on packed tokens with saved probabilities (kernels/attention_bwd.cu), float32.
+/* attention on packed tokens with saved probabilities (kernels/attention_bwd.cu).
  * qkv [N, 3H] (biases already added), head h = columns h*d .. h*d+d-1 of each part, S = scale q k^T per sequence
  * and head, P = softmax(S), ctx = P v. P is stored sequence by sequence, head by head, L x L row-major (as the
  * CPU's tbert_fwd_attention): sequence b's block starts at p_off[b], with p_off (int64 [B+1]) filled on the host
- * by tbert_cuda_attn_probs_offsets, which returns the total (p_off[B]) in floats. Saved rather than recomputed:
- * T <= 512, so a sequence costs heads * L^2 floats (12 MiB for 12 heads at 512), and recomputing P in the
- * backward would repeat the Q K^T product and the softmax for each layer.
+ * by tbert_cuda_attn_probs_offsets, which returns the total np = p_off[B] in elements. Saved rather than
+ * recomputed: T <= 512, so a sequence costs heads * L^2 elements (12 MiB of float32 for 12 heads at 512), and
+ * recomputing P in the backward would repeat the Q K^T product and the softmax for each layer.
+ * dt is the storage type of qkv, ctx, dctx, dqkv and P: float32, or bf16 (products with bf16 inputs and float32
+ * accumulation; the scores S and dP are float32 in ws, the softmax and its backward compute in float32).
  * cu_seqlens_host and cu_seqlens (device) hold the same offsets: the host copy sizes the per-sequence cuBLAS
  * strided-batched products (one call per sequence and product, batched over the heads), the device copy and
  * p_off (device) serve the softmax kernels. The handle's stream must be s. */
@@ -258,15 +260,24 @@ static inline int64_t tbert_cuda_attn_probs_offsets(int64_t *p_off, const int32_
     }
     return n;
 }
-/* Forward twin: ctx [N, H] and P. */
-int tbert_cuda_attention_fwd_probs(tbert_cublas_handle h, float *ctx, float *P, const float *qkv,
+/* Workspace (floats) of both calls below for np = p_off[B] probabilities: np float32 scores (S, then dP), and
+ * in bf16 the bf16 dS after them. */
+static inline size_t tbert_cuda_attention_bwd_ws_floats(int64_t np, tbert_cuda_dtype dt) {
+    const size_t n = np > 0 ? (size_t)np : 0;
+    return n + (dt == TBERT_CUDA_BF16 ? (n + 1) / 2 : 0);
+}
+/* Forward twin: ctx [N, H] and P (dt). ws: tbert_cuda_attention_bwd_ws_floats(np, dt) floats; in float32 ws may
+ * be P itself (the softmax runs in place). */
+int tbert_cuda_attention_fwd_probs(tbert_cublas_handle h, void *ctx, void *P, const void *qkv, float *ws,
                                    const int32_t *cu_seqlens_host, const int32_t *cu_seqlens, const int64_t *p_off,
-                                   int B, int heads, int d, float scale, tbert_cuda_stream s);
+                                   tbert_cuda_dtype dt, int B, int heads, int d, float scale, tbert_cuda_stream s);
 /* dqkv [N, 3H] (overwritten) from dctx [N, H], the saved P and qkv: dV = P^T dctx, dP = dctx V^T,
- * dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q. ws: p_off[B] floats (dP, then dS). */
-int tbert_cuda_attention_bwd(tbert_cublas_handle h, float *dqkv, const float *qkv, const float *P, const float *dctx,
+ * dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q.
+ * ws: tbert_cuda_attention_bwd_ws_floats(np, dt) floats. */
+int tbert_cuda_attention_bwd(tbert_cublas_handle h, void *dqkv, const void *qkv, const void *P, const void *dctx,
                              float *ws, const int32_t *cu_seqlens_host, const int32_t *cu_seqlens,
-                             const int64_t *p_off, int B, int heads, int d, float scale, tbert_cuda_stream s);
+                             const int64_t *p_off, tbert_cuda_dtype dt, int B, int heads, int d, float scale,
+                             tbert_cuda_stream s);
 
 /* pooling (kernels/pooling_bwd.cu), float32 dout with row b at dout + b*ld:
  * dhidden (dt [N, H], every row overwritten) for the packed rows of B sequences: MEAN dout[b] / len_b to each of
