@@ -218,25 +218,30 @@ static void test_colsum(void **state) {
     }
 }
 
+/* dx_mode: 0 no dx, 1 dx overwritten, 2 dx accumulated (from random values) */
 static void check_linear(tu_rng *r, cublasHandle_t h, tbert_cuda_gemm_mode mode, int rows, int in, int out,
-                         bool with_dx) {
+                         int dx_mode) {
     const tbert_cuda_dtype dt = mode == TBERT_CUDA_GEMM_BF16 ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
     const size_t nx = (size_t)rows * in, nw = (size_t)out * in, ny = (size_t)rows * out;
     float *x = frand(r, nx, 1.0f), *W = frand(r, nw, 0.2f), *dy = frand(r, ny, 1.0f);
-    float *dW0 = frand(r, nw, 1.0f), *db0 = frand(r, (size_t)out, 1.0f);
+    float *dW0 = frand(r, nw, 1.0f), *db0 = frand(r, (size_t)out, 1.0f), *dx0 = frand(r, nx, 1.0f);
     gbuf gx = up_act(x, nx, dt), gW = up_act(W, nw, dt), gdy = up_act(dy, ny, dt); /* rounds x, W, dy for bf16 */
-    gbuf gdx = g_alloc(nx * dt_size(dt)), gdW = up_f32(dW0, nw), gdb = up_f32(db0, (size_t)out);
-    gbuf gws = g_alloc(tbert_cuda_colsum_ws_floats((size_t)rows, out) * 4);
-    CK(tbert_cuda_linear_bwd(h, mode, with_dx ? gdx.p : NULL, gdW.p, gdb.p, gx.p, gW.p, gdy.p, gws.p, rows, in, out,
-                             NULL));
+    gbuf gdx = dx_mode == 2 ? up_act(dx0, nx, dt) : g_alloc(nx * dt_size(dt)), gdW = up_f32(dW0, nw);
+    gbuf gdb = up_f32(db0, (size_t)out), gws = g_alloc(tbert_cuda_colsum_ws_floats((size_t)rows, out) * 4);
+    CK(tbert_cuda_linear_bwd(h, mode, dx_mode ? gdx.p : NULL, dx_mode == 2, gdW.p, gdb.p, gx.p, gW.p, gdy.p, gws.p,
+                             rows, in, out, NULL));
     float *rdx = malloc(nx * 4 + 4), *rdW = fdup(dW0, nw), *rdb = fdup(db0, (size_t)out), *ws = malloc((nw + out) * 4);
     assert_non_null(rdx), assert_non_null(ws);
     tbert_bwd_linear((size_t)rows, in, out, x, W, dy, rdx, rdW, rdb, ws);
-    round_dt(rdx, nx, dt);
     char what[128];
-    if (with_dx) {
+    if (dx_mode) {
         float *got = down(&gdx, nx, dt, "linear dx");
-        snprintf(what, sizeof what, "linear %s dx rows=%d in=%d out=%d", dt_name(dt), rows, in, out);
+        if (dx_mode == 2) /* the increment */
+            for (size_t i = 0; i < nx; i++) got[i] -= dx0[i];
+        else
+            round_dt(rdx, nx, dt);
+        snprintf(what, sizeof what, "linear %s dx %s rows=%d in=%d out=%d", dt_name(dt), dx_mode == 2 ? "+=" : "=",
+                 rows, in, out);
         expect_grad(what, got, rdx, nx, dt);
         free(got);
     }
@@ -252,7 +257,7 @@ static void check_linear(tu_rng *r, cublasHandle_t h, tbert_cuda_gemm_mode mode,
     expect_grad(what, got, rdb, (size_t)out, dt);
     free(got);
     g_check(&gws, "linear ws");
-    free(x), free(W), free(dy), free(dW0), free(db0), free(rdx), free(rdW), free(rdb), free(ws);
+    free(x), free(W), free(dy), free(dW0), free(db0), free(dx0), free(rdx), free(rdW), free(rdb), free(ws);
     g_free(&gx), g_free(&gW), g_free(&gdy), g_free(&gdx), g_free(&gdW), g_free(&gdb), g_free(&gws);
 }
 
@@ -262,10 +267,11 @@ static void test_linear(void **state) {
     cublasHandle_t h = make_handle();
     for (int k = 0; k < 2; k++) {
         tbert_cuda_gemm_mode mode = k ? TBERT_CUDA_GEMM_BF16 : TBERT_CUDA_GEMM_FP32;
-        check_linear(&r, h, mode, 1, 48, 37, true);
-        check_linear(&r, h, mode, 65, 33, 96, true);
-        check_linear(&r, h, mode, 701, 48, 144, true);
-        check_linear(&r, h, mode, 130, 96, 48, false);
+        check_linear(&r, h, mode, 1, 48, 37, 1);
+        check_linear(&r, h, mode, 65, 33, 96, 1);
+        check_linear(&r, h, mode, 701, 48, 144, 1);
+        check_linear(&r, h, mode, 130, 96, 48, 0);
+        check_linear(&r, h, mode, 67, 40, 120, 2);
     }
     cublasDestroy(h);
 }
@@ -276,6 +282,22 @@ static void check_gelu(tu_rng *r, tbert_cuda_dtype dt, int rows, int cols, bool 
     gbuf ga = up_act(a, n, dt), gdh = up_act(dh, n, dt), gda = alias ? gdh : g_alloc(n * dt_size(dt));
     gbuf gdb = up_f32(db0, (size_t)cols), gws = g_alloc(tbert_cuda_colsum_ws_floats((size_t)rows, cols) * 4);
     CK(tbert_cuda_bias_gelu_bwd(gda.p, gdh.p, ga.p, gdb.p, gws.p, dt, rows, cols, NULL));
+    {   /* the forward twin: a + bias kept, h = gelu */
+        float *fa = fdup(a, n), *fb = frand(r, (size_t)cols, 0.5f), *rh = malloc(n * 4 + 4);
+        gbuf gfa = up_act(fa, n, dt), gfb = up_f32(fb, (size_t)cols), gfh = g_alloc(n * dt_size(dt));
+        CK(tbert_cuda_bias_gelu_fwd(gfa.p, gfh.p, gfb.p, dt, rows, cols, NULL));
+        tbert_fwd_bias_gelu((size_t)rows, cols, fa, fb, rh);
+        round_dt(fa, n, dt);
+        round_dt(rh, n, dt);
+        char w2[128];
+        float *ga2 = down(&gfa, n, dt, "bias_gelu_fwd a"), *gh2 = down(&gfh, n, dt, "bias_gelu_fwd h");
+        snprintf(w2, sizeof w2, "bias_gelu_fwd %s a + bias rows=%d cols=%d", dt_name(dt), rows, cols);
+        expect_grad(w2, ga2, fa, n, dt);
+        snprintf(w2, sizeof w2, "bias_gelu_fwd %s h rows=%d cols=%d", dt_name(dt), rows, cols);
+        expect_grad(w2, gh2, rh, n, dt);
+        free(fa), free(fb), free(rh), free(ga2), free(gh2);
+        g_free(&gfa), g_free(&gfb), g_free(&gfh);
+    }
     float *rda = malloc(n * 4 + 4), *rdb = fdup(db0, (size_t)cols);
     assert_non_null(rda);
     if (dt == TBERT_CUDA_BF16) {
@@ -333,17 +355,22 @@ static void check_layernorm(tu_rng *r, tbert_cuda_dtype dt, int rows, int H, boo
     float *dg0 = frand(r, (size_t)H, 1.0f), *dbt0 = frand(r, (size_t)H, 1.0f);
     for (int c = 0; c < H; c++) g[c] += 1.0f;
     char what[160];
-    /* forward twin: z += bias (kept), y, mean, rstd */
+    /* forward twin: z += bias + residual (kept), y, mean, rstd (with_res: a residual forward, a dres backward) */
+    float *res = frand(r, n, 1.0f);
     gbuf gz = up_act(z, n, dt), gb = up_f32(bias, (size_t)H), gg = up_f32(g, (size_t)H), gbeta = up_f32(beta, (size_t)H);
     gbuf gy = g_alloc(n * dt_size(dt)), gmean = g_alloc((size_t)rows * 4), grstd = g_alloc((size_t)rows * 4);
-    CK(tbert_cuda_layernorm_fwd(gy.p, gmean.p, grstd.p, gz.p, with_bias ? gb.p : NULL, gg.p, gbeta.p, 1e-12f, dt, rows,
-                                H, NULL));
+    gbuf gres = up_act(res, n, dt);
+    CK(tbert_cuda_layernorm_fwd(gy.p, gmean.p, grstd.p, gz.p, with_bias ? gb.p : NULL, with_res ? gres.p : NULL, gg.p,
+                                gbeta.p, 1e-12f, dt, rows, H, NULL));
     float *ry = malloc(n * 4 + 4), *rmean = malloc((size_t)rows * 4 + 4), *rrstd = malloc((size_t)rows * 4 + 4);
-    tbert_fwd_layernorm((size_t)rows, H, z, with_bias ? bias : NULL, g, beta, 1e-12f, ry, rmean, rrstd);
-    round_dt(z, n, dt); /* the device keeps z + bias in dt */
+    if (with_res) /* the CPU twin takes the sum formed by its caller; the device adds bias, then residual */
+        for (size_t i = 0; i < n; i++) z[i] = with_bias ? (z[i] + bias[i % (size_t)H]) + res[i] : z[i] + res[i];
+    tbert_fwd_layernorm((size_t)rows, H, z, with_bias && !with_res ? bias : NULL, g, beta, 1e-12f, ry, rmean, rrstd);
+    round_dt(z, n, dt); /* the device keeps z + bias + residual in dt */
     round_dt(ry, n, dt);
     float *got = down(&gz, n, dt, "layernorm z");
-    snprintf(what, sizeof what, "layernorm_fwd %s z%s rows=%d H=%d", dt_name(dt), with_bias ? " + bias" : "", rows, H);
+    snprintf(what, sizeof what, "layernorm_fwd %s z%s%s rows=%d H=%d", dt_name(dt), with_bias ? " + bias" : "",
+             with_res ? " + residual" : "", rows, H);
     expect_grad(what, got, z, n, dt);
     free(got);
     got = down(&gy, n, dt, "layernorm y");
@@ -393,6 +420,7 @@ static void check_layernorm(tu_rng *r, tbert_cuda_dtype dt, int rows, int H, boo
     expect_grad(what, got, rdbt, (size_t)H, dt);
     free(got);
     g_check(&gws, "layernorm ws");
+    free(res), g_free(&gres);
     free(z), free(bias), free(g), free(beta), free(dy), free(dres0), free(dg0), free(dbt0), free(ry), free(rmean);
     free(rrstd), free(mean), free(rstd), free(rdz), free(rdres), free(rdg), free(rdbt), free(ws);
     g_free(&gz), g_free(&gb), g_free(&gg), g_free(&gbeta), g_free(&gy), g_free(&gmean), g_free(&grstd);
@@ -738,6 +766,170 @@ static void test_dropout(void **state) {
     g_free(&gm);
 }
 
+/* One whole encoder layer, forward (saving twins) and backward, chained on the device as a training step would
+ * chain it, against the same chain of CPU twins (the chain of test_encoder_backward's test_layer, which proves it
+ * against float64 and finite differences): y, dx and all twelve parameter gradients. Checks that the launchers'
+ * layouts and accumulate-or-overwrite rules compose (residual gradients through dres and accumulate_dx). */
+enum { L_WQKV, L_BQKV, L_WO, L_BO, L_G1, L_BE1, L_WI, L_BI, L_WOUT, L_BOUT, L_G2, L_BE2, L_COUNT };
+static void check_layer(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B, int maxT, int heads, int d, int IM) {
+    int N = 0;
+    int32_t *off = make_batch(r, B, maxT, &N);
+    const int H = heads * d;
+    const size_t n = (size_t)N;
+    const float scale = 1.0f / sqrtf((float)d), eps = 1e-12f;
+    const size_t sz[L_COUNT] = {(size_t)3 * H * H, (size_t)3 * H, (size_t)H * H, (size_t)H, (size_t)H, (size_t)H,
+                                (size_t)IM * H, (size_t)IM, (size_t)H * IM, (size_t)H, (size_t)H, (size_t)H};
+    static const char *pname[L_COUNT] = {"Wqkv", "bqkv", "Wo", "bo", "g1", "be1", "Wi", "bi", "Wout", "bout", "g2", "be2"};
+    const bool is_matrix[L_COUNT] = {true, false, true, false, false, false, true, false, true, false, false, false};
+    float *prm[L_COUNT];
+    gbuf gprm[L_COUNT], ggrad[L_COUNT];
+    for (int k = 0; k < L_COUNT; k++) {
+        prm[k] = frand(r, sz[k], k == L_G1 || k == L_G2 ? 0.2f : (is_matrix[k] ? 0.3f : 0.5f));
+        if (k == L_G1 || k == L_G2)
+            for (size_t i = 0; i < sz[k]; i++) prm[k][i] += 1.0f;
+        /* the four matrices in the storage type (rounded for bf16), vectors float32 */
+        gprm[k] = is_matrix[k] ? up_act(prm[k], sz[k], dt) : up_f32(prm[k], sz[k]);
+        ggrad[k] = g_alloc(sz[k] * 4);
+        CK(cudaMemset(ggrad[k].p, 0, sz[k] * 4));
+    }
+    float *x = frand(r, n * H, 1.0f), *R = frand(r, n * H, 1.0f);
+    gbuf gx = up_act(x, n * H, dt), gR = up_act(R, n * H, dt);
+    const tbert_cuda_gemm_mode mode = dt == TBERT_CUDA_BF16 ? TBERT_CUDA_GEMM_BF16 : TBERT_CUDA_GEMM_FP32;
+    const size_t es = dt_size(dt);
+    int64_t *p_off = malloc(((size_t)B + 1) * sizeof *p_off);
+    const size_t np = (size_t)tbert_cuda_attn_probs_offsets(p_off, off, B, heads);
+    gbuf gcu = up_bytes(off, ((size_t)B + 1) * 4), gpo = up_bytes(p_off, ((size_t)B + 1) * 8);
+    gbuf gqkv = g_alloc(n * 3 * H * es), gctx = g_alloc(n * H * es), gP = g_alloc(np * es);
+    gbuf gz1 = g_alloc(n * H * es), gx1 = g_alloc(n * H * es), ga = g_alloc(n * IM * es), gh = g_alloc(n * IM * es);
+    gbuf gz2 = g_alloc(n * H * es), gy = g_alloc(n * H * es);
+    gbuf gm1 = g_alloc(n * 4), gr1 = g_alloc(n * 4), gm2 = g_alloc(n * 4), gr2 = g_alloc(n * 4);
+    gbuf gaws = g_alloc(tbert_cuda_attention_bwd_ws_floats((int64_t)np, dt) * 4);
+    const int widest = IM > 3 * H ? IM : 3 * H;
+    gbuf gws = g_alloc(2 * tbert_cuda_colsum_ws_floats(n, widest) * 4);
+#define PP(k) gprm[k].p
+#define GG(k) ggrad[k].p
+    /* forward */
+    CK(tbert_cuda_linear(h, mode, gqkv.p, gx.p, PP(L_WQKV), N, H, 3 * H));
+    CK(tbert_cuda_bias_add(gqkv.p, PP(L_BQKV), dt, N, 3 * H, NULL));
+    CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gaws.p, off, gcu.p, gpo.p, dt, B, heads, d, scale, NULL));
+    CK(tbert_cuda_linear(h, mode, gz1.p, gctx.p, PP(L_WO), N, H, H));
+    CK(tbert_cuda_layernorm_fwd(gx1.p, gm1.p, gr1.p, gz1.p, PP(L_BO), gx.p, PP(L_G1), PP(L_BE1), eps, dt, N, H, NULL));
+    CK(tbert_cuda_linear(h, mode, ga.p, gx1.p, PP(L_WI), N, H, IM));
+    CK(tbert_cuda_bias_gelu_fwd(ga.p, gh.p, PP(L_BI), dt, N, IM, NULL));
+    CK(tbert_cuda_linear(h, mode, gz2.p, gh.p, PP(L_WOUT), N, IM, H));
+    CK(tbert_cuda_layernorm_fwd(gy.p, gm2.p, gr2.p, gz2.p, PP(L_BOUT), gx1.p, PP(L_G2), PP(L_BE2), eps, dt, N, H, NULL));
+    /* backward, d loss / d y = R */
+    gbuf gdz2 = g_alloc(n * H * es), gdx1 = g_alloc(n * H * es), gdh = g_alloc(n * IM * es), gdz1 = g_alloc(n * H * es);
+    gbuf gdx = g_alloc(n * H * es), gdctx = g_alloc(n * H * es), gdqkv = g_alloc(n * 3 * H * es);
+    CK(cudaMemset(gdx1.p, 0, n * H * es));
+    CK(cudaMemset(gdx.p, 0, n * H * es));
+    CK(tbert_cuda_layernorm_bwd(gdz2.p, gdx1.p, GG(L_G2), GG(L_BE2), gz2.p, gm2.p, gr2.p, PP(L_G2), gR.p, gws.p, dt, N, H,
+                                NULL));
+    CK(tbert_cuda_linear_bwd(h, mode, gdh.p, 0, GG(L_WOUT), GG(L_BOUT), gh.p, PP(L_WOUT), gdz2.p, gws.p, N, IM, H, NULL));
+    CK(tbert_cuda_bias_gelu_bwd(gdh.p, gdh.p, ga.p, GG(L_BI), gws.p, dt, N, IM, NULL));
+    CK(tbert_cuda_linear_bwd(h, mode, gdx1.p, 1, GG(L_WI), NULL, gx1.p, PP(L_WI), gdh.p, gws.p, N, H, IM, NULL));
+    CK(tbert_cuda_layernorm_bwd(gdz1.p, gdx.p, GG(L_G1), GG(L_BE1), gz1.p, gm1.p, gr1.p, PP(L_G1), gdx1.p, gws.p, dt, N, H,
+                                NULL));
+    CK(tbert_cuda_linear_bwd(h, mode, gdctx.p, 0, GG(L_WO), GG(L_BO), gctx.p, PP(L_WO), gdz1.p, gws.p, N, H, H, NULL));
+    CK(tbert_cuda_attention_bwd(h, gdqkv.p, gqkv.p, gP.p, gdctx.p, gaws.p, off, gcu.p, gpo.p, dt, B, heads, d, scale,
+                                NULL));
+    CK(tbert_cuda_linear_bwd(h, mode, gdx.p, 1, GG(L_WQKV), GG(L_BQKV), gx.p, PP(L_WQKV), gdqkv.p, gws.p, N, H, 3 * H,
+                             NULL));
+#undef PP
+#undef GG
+
+    /* the CPU chain (float32, OpenBLAS) on the same (rounded) inputs */
+    int Lmax = 0;
+    for (int b = 0; b < B; b++) Lmax = off[b + 1] - off[b] > Lmax ? off[b + 1] - off[b] : Lmax;
+    float *qkv = calloc(n * 3 * H + 1, 4), *ctx = calloc(n * H + 1, 4), *z1 = calloc(n * H + 1, 4), *x1 = calloc(n * H + 1, 4);
+    float *a = calloc(n * IM + 1, 4), *hh = calloc(n * IM + 1, 4), *z2 = calloc(n * H + 1, 4), *y = calloc(n * H + 1, 4);
+    float *m1 = calloc(n + 1, 4), *r1 = calloc(n + 1, 4), *m2 = calloc(n + 1, 4), *r2 = calloc(n + 1, 4);
+    float *prob = calloc(np + 1, 4), *G[L_COUNT];
+    for (int k = 0; k < L_COUNT; k++) G[k] = calloc(sz[k], 4);
+    float *dx = calloc(n * H + 1, 4), *dz2 = calloc(n * H + 1, 4), *dx1 = calloc(n * H + 1, 4), *dh = calloc(n * IM + 1, 4);
+    float *da = calloc(n * IM + 1, 4), *tmp = calloc(n * IM + 1, 4), *dz1 = calloc(n * H + 1, 4);
+    float *dctx = calloc(n * H + 1, 4), *dqkv = calloc(n * 3 * H + 1, 4);
+    float *ws = calloc((size_t)3 * H * IM + 3 * H + (size_t)Lmax * Lmax + (size_t)IM * H + IM, 4);
+    {
+        /* forward */
+        for (size_t i = 0; i < n; i++)
+            for (int o = 0; o < 3 * H; o++) {
+                float acc = 0.0f;
+                for (int c = 0; c < H; c++) acc += x[i * H + c] * prm[L_WQKV][(size_t)o * H + c];
+                qkv[i * 3 * H + o] = acc + prm[L_BQKV][o];
+            }
+        tbert_fwd_attention(B, off, H, heads, scale, qkv, ctx, prob);
+        for (size_t i = 0; i < n; i++)
+            for (int o = 0; o < H; o++) {
+                float acc = 0.0f;
+                for (int c = 0; c < H; c++) acc += ctx[i * H + c] * prm[L_WO][(size_t)o * H + c];
+                z1[i * H + o] = acc + x[i * H + o];
+            }
+        tbert_fwd_layernorm(n, H, z1, prm[L_BO], prm[L_G1], prm[L_BE1], eps, x1, m1, r1);
+        for (size_t i = 0; i < n; i++)
+            for (int o = 0; o < IM; o++) {
+                float acc = 0.0f;
+                for (int c = 0; c < H; c++) acc += x1[i * H + c] * prm[L_WI][(size_t)o * H + c];
+                a[i * IM + o] = acc;
+            }
+        tbert_fwd_bias_gelu(n, IM, a, prm[L_BI], hh);
+        for (size_t i = 0; i < n; i++)
+            for (int o = 0; o < H; o++) {
+                float acc = 0.0f;
+                for (int c = 0; c < IM; c++) acc += hh[i * IM + c] * prm[L_WOUT][(size_t)o * IM + c];
+                z2[i * H + o] = acc + x1[i * H + o];
+            }
+        tbert_fwd_layernorm(n, H, z2, prm[L_BOUT], prm[L_G2], prm[L_BE2], eps, y, m2, r2);
+        /* backward */
+        tbert_bwd_layernorm(n, H, z2, m2, r2, prm[L_G2], R, dz2, dx1, G[L_G2], G[L_BE2], ws);
+        tbert_bwd_linear(n, IM, H, hh, prm[L_WOUT], dz2, dh, G[L_WOUT], G[L_BOUT], ws);
+        tbert_bwd_bias_gelu(n, IM, a, dh, da, G[L_BI]);
+        tbert_bwd_linear(n, H, IM, x1, prm[L_WI], da, tmp, G[L_WI], NULL, ws);
+        for (size_t i = 0; i < n * H; i++) dx1[i] += tmp[i];
+        tbert_bwd_layernorm(n, H, z1, m1, r1, prm[L_G1], dx1, dz1, dx, G[L_G1], G[L_BE1], ws);
+        tbert_bwd_linear(n, H, H, ctx, prm[L_WO], dz1, dctx, G[L_WO], G[L_BO], ws);
+        tbert_bwd_attention(B, off, H, heads, scale, qkv, prob, dctx, dqkv, ws);
+        tbert_bwd_linear(n, H, 3 * H, x, prm[L_WQKV], dqkv, tmp, G[L_WQKV], G[L_BQKV], ws);
+        for (size_t i = 0; i < n * H; i++) dx[i] += tmp[i];
+    }
+    char what[160];
+    float *got = down(&gy, n * H, dt, "layer y");
+    snprintf(what, sizeof what, "layer %s y B=%d N=%d heads=%d d=%d", dt_name(dt), B, N, heads, d);
+    expect_grad(what, got, y, n * H, dt);
+    free(got);
+    got = down(&gdx, n * H, dt, "layer dx");
+    snprintf(what, sizeof what, "layer %s dx B=%d N=%d heads=%d d=%d", dt_name(dt), B, N, heads, d);
+    expect_grad(what, got, dx, n * H, dt);
+    free(got);
+    for (int k = 0; k < L_COUNT; k++) {
+        got = down(&ggrad[k], sz[k], TBERT_CUDA_F32, pname[k]);
+        snprintf(what, sizeof what, "layer %s d%s B=%d N=%d heads=%d d=%d", dt_name(dt), pname[k], B, N, heads, d);
+        expect_grad(what, got, G[k], sz[k], dt);
+        free(got);
+    }
+    g_check(&gws, "layer ws");
+    g_check(&gaws, "layer attention ws");
+    for (int k = 0; k < L_COUNT; k++) free(prm[k]), free(G[k]), g_free(&gprm[k]), g_free(&ggrad[k]);
+    free(off), free(p_off), free(x), free(R), free(qkv), free(ctx), free(z1), free(x1), free(a), free(hh), free(z2);
+    free(y), free(m1), free(r1), free(m2), free(r2), free(prob), free(dx), free(dz2), free(dx1), free(dh), free(da);
+    free(tmp), free(dz1), free(dctx), free(dqkv), free(ws);
+    gbuf *all[] = {&gx, &gR, &gcu, &gpo, &gqkv, &gctx, &gP, &gz1, &gx1, &ga, &gh, &gz2, &gy, &gm1, &gr1, &gm2, &gr2,
+                   &gaws, &gws, &gdz2, &gdx1, &gdh, &gdz1, &gdx, &gdctx, &gdqkv};
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++) g_free(all[k]);
+}
+
+static void test_layer(void **state) {
+    (void)state;
+    tu_rng r = {g_seed ^ 10};
+    cublasHandle_t h = make_handle();
+    for (int k = 0; k < 2; k++) {
+        tbert_cuda_dtype dt = k ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
+        check_layer(&r, h, dt, 6, 77, 2, 16, 97);
+        check_layer(&r, h, dt, 4, 9, 3, 5, 31);
+    }
+    cublasDestroy(h);
+}
+
 /* Bad shapes are refused before any launch. */
 static void test_bad_shapes(void **state) {
     (void)state;
@@ -752,7 +944,7 @@ static void test_bad_shapes(void **state) {
                      TBERT_CUDA_EBADSHAPE);
     assert_int_equal(tbert_cuda_bias_gelu_bwd(&f, &f, &f, &f, &f, (tbert_cuda_dtype)7, 1, 1, NULL),
                      TBERT_CUDA_EBADSHAPE);
-    assert_int_equal(tbert_cuda_linear_bwd(h, (tbert_cuda_gemm_mode)9, &f, &f, NULL, &f, &f, &f, NULL, 1, 1, 1, NULL),
+    assert_int_equal(tbert_cuda_linear_bwd(h, (tbert_cuda_gemm_mode)9, &f, 0, &f, NULL, &f, &f, &f, NULL, 1, 1, 1, NULL),
                      TBERT_CUDA_EBADSHAPE);
     cublasDestroy(h);
 }
@@ -768,7 +960,7 @@ int main(void) {
         cmocka_unit_test(test_colsum),    cmocka_unit_test(test_linear),    cmocka_unit_test(test_gelu),
         cmocka_unit_test(test_layernorm), cmocka_unit_test(test_attention), cmocka_unit_test(test_pooling),
         cmocka_unit_test(test_pooler),    cmocka_unit_test(test_embeddings), cmocka_unit_test(test_dropout),
-        cmocka_unit_test(test_bad_shapes),
+        cmocka_unit_test(test_layer),     cmocka_unit_test(test_bad_shapes),
     };
     return cmocka_run_group_tests_name("cuda backward kernels", tests, NULL, NULL) ? 1 : 0;
 #endif

@@ -210,12 +210,12 @@ int tbert_cuda_colsum_acc(float *acc, const void *a, tbert_cuda_dtype dt, int ro
                           tbert_cuda_stream s);
 
 /* linear (kernels/gemm_bwd.cu): y[rows, out] = x[rows, in] W[out, in]^T + b.
- * dx (dt [rows, in]) = dy W (skipped when dx is NULL); dW (float32 [out, in]) += dy^T x; db (float32 [out]) +=
- * column sums of dy (skipped when NULL; ws: tbert_cuda_colsum_ws_floats(rows, out)). mode FP32 / TF32: x, W, dy,
- * dx float32; BF16: x, W, dy, dx bf16, products accumulated in float32 and dW kept float32. The handle's stream
- * must be s. */
-int tbert_cuda_linear_bwd(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void *dx, float *dW, float *db,
-                          const void *x, const void *W, const void *dy, float *ws, int rows, int in, int out,
+ * dx (dt [rows, in]) = dy W, or dx += dy W when accumulate_dx is 1 (a residual branch's gradient summed in the
+ * product, beta = 1); skipped when dx is NULL. dW (float32 [out, in]) += dy^T x; db (float32 [out]) += column sums
+ * of dy (skipped when NULL; ws: tbert_cuda_colsum_ws_floats(rows, out)). mode FP32 / TF32: x, W, dy, dx float32;
+ * BF16: x, W, dy, dx bf16, products accumulated in float32 and dW kept float32. The handle's stream must be s. */
+int tbert_cuda_linear_bwd(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void *dx, int accumulate_dx, float *dW,
+                          float *db, const void *x, const void *W, const void *dy, float *ws, int rows, int in, int out,
                           tbert_cuda_stream s);
 
 /* bias + exact GELU (kernels/gelu_bwd.cu): a is the saved pre-activation (bias included), h = gelu(a).
@@ -223,6 +223,10 @@ int tbert_cuda_linear_bwd(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void
  * (ws: tbert_cuda_colsum_ws_floats(rows, cols)). */
 int tbert_cuda_bias_gelu_bwd(void *da, const void *dh, const void *a, float *dbias, float *ws, tbert_cuda_dtype dt,
                              int rows, int cols, tbert_cuda_stream s);
+/* Forward twin (tbert_fwd_bias_gelu): a += bias (bias may be NULL; a keeps the pre-activation, the backward's
+ * saved input), h = gelu(a); h may not alias a. */
+int tbert_cuda_bias_gelu_fwd(void *a, void *h, const float *bias, tbert_cuda_dtype dt, int rows, int cols,
+                             tbert_cuda_stream s);
 /* tanh (the pooler's activation) from its saved output: da[i] = dout[i] (1 - out[i]^2), float32; da may alias dout. */
 int tbert_cuda_tanh_bwd(float *da, const float *dout, const float *out, size_t n, tbert_cuda_stream s);
 
@@ -230,10 +234,11 @@ int tbert_cuda_tanh_bwd(float *da, const float *dout, const float *out, size_t n
  * (sublayer + residual (+ bias)), mean/rstd float32 [rows] saved by the forward (rstd = 1/sqrt(var + eps)).
  * dz (dt [rows, H], overwritten; may alias dy) = d loss / d z; dres (dt, or NULL) += dz (the residual branch);
  * dgamma, dbeta (float32 [H]) += sum dy xhat, sum dy. ws: 2 * tbert_cuda_colsum_ws_floats(rows, H). H <= 8192.
- * The forward twin (tbert_cuda_layernorm_fwd) writes y, mean and rstd from z (bias added to z when not NULL;
- * z keeps the sum). */
-int tbert_cuda_layernorm_fwd(void *y, float *mean, float *rstd, void *z, const float *bias, const float *gamma,
-                             const float *beta, float eps, tbert_cuda_dtype dt, int rows, int H, tbert_cuda_stream s);
+ * The forward twin (tbert_cuda_layernorm_fwd) forms z += bias + residual (each skipped when NULL; z keeps the sum,
+ * in dt) and writes y, mean and rstd from it; y may not alias z. */
+int tbert_cuda_layernorm_fwd(void *y, float *mean, float *rstd, void *z, const float *bias, const void *residual,
+                             const float *gamma, const float *beta, float eps, tbert_cuda_dtype dt, int rows, int H,
+                             tbert_cuda_stream s);
 int tbert_cuda_layernorm_bwd(void *dz, void *dres, float *dgamma, float *dbeta, const void *z, const float *mean,
                              const float *rstd, const float *gamma, const void *dy, float *ws, tbert_cuda_dtype dt,
                              int rows, int H, tbert_cuda_stream s);
