@@ -462,9 +462,14 @@ static void test_layernorm(void **state) {
     }
 }
 
-/* attention: the forward twin against tbert_fwd_attention (P and ctx), then the backward from the CPU's P (the
- * same saved input on both sides; rounded to bf16 on both in bf16) against tbert_bwd_attention. */
-static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B, int maxT, int heads, int d) {
+/* attention: the forward twin against tbert_fwd_attention_dropout (P and ctx), then the backward from the CPU's P
+ * (the same saved input on both sides; rounded to bf16 on both in bf16) against tbert_bwd_attention_dropout;
+ * pdrop > 0 drops probabilities (the multipliers drawn from the counters on both sides, base past 2^32). */
+static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B, int maxT, int heads, int d,
+                            float pdrop) {
+    const tbert_dropout drop = {pdrop, 0x5eedULL + (uint64_t)B, 17, tbert_dropout_site(3, TBERT_DROP_ATTN_PROBS),
+                                (1ULL << 32) + 12345};
+    const tbert_dropout *dp = pdrop > 0.0f ? &drop : NULL;
     int N = 0;
     int32_t *off = make_batch(r, B, maxT, &N);
     const int H = heads * d;
@@ -475,33 +480,36 @@ static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, in
     if (np != tbert_attn_probs_size(B, off, heads))
         fail_msg("P sizes differ: %zu vs %zu", np, tbert_attn_probs_size(B, off, heads));
     const size_t nqkv = (size_t)N * 3 * H, nctx = (size_t)N * H,
-                 nws = tbert_cuda_attention_bwd_ws_floats((int64_t)np, dt);
+                 nws = tbert_cuda_attention_ws_floats((int64_t)np, dt, dp != NULL);
     float *qkv = frand(r, nqkv, 1.0f), *dctx = frand(r, nctx, 1.0f);
     float *rctx = xmalloc(nctx * 4 + 4), *rP = xmalloc(np * 4 + 4), *rdqkv = xmalloc(nqkv * 4 + 4);
     int Lmax = 0;
     for (int b = 0; b < B; b++) Lmax = off[b + 1] - off[b] > Lmax ? off[b + 1] - off[b] : Lmax;
-    float *ws = xmalloc((size_t)Lmax * Lmax * 4 + 4);
+    float *ws = xmalloc((size_t)Lmax * Lmax * 8 + 4);
     assert_non_null(rctx), assert_non_null(rP), assert_non_null(rdqkv), assert_non_null(ws);
     gbuf gqkv = up_act(qkv, nqkv, dt), gdctx = up_act(dctx, nctx, dt); /* round qkv, dctx for bf16 */
     gbuf gcu = up_bytes(off, ((size_t)B + 1) * 4), gpo = up_bytes(p_off, ((size_t)B + 1) * 8);
-    tbert_fwd_attention(B, off, H, heads, scale, qkv, rctx, rP);
+    tbert_fwd_attention_dropout(B, off, H, heads, scale, qkv, rctx, rP, dp, ws);
 
     gbuf gctx = g_alloc(nctx * dt_size(dt)), gP = g_alloc(np * dt_size(dt)), gws = g_alloc(nws * 4);
-    CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gws.p, off, gcu.p, gpo.p, dt, B, heads, d, scale, NULL));
-    char what[160];
+    CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gws.p, off, gcu.p, gpo.p, dp, dt, B, heads, d, scale,
+                                      NULL));
+    char what[160], tag[32] = "";
+    if (dp) snprintf(tag, sizeof tag, " drop=%.2f", (double)pdrop);
     float *got = down(&gP, np, dt, "attention P");
-    snprintf(what, sizeof what, "attention_fwd_probs %s P B=%d N=%d heads=%d d=%d", dt_name(dt), B, N, heads, d);
+    snprintf(what, sizeof what, "attention_fwd_probs %s%s P B=%d N=%d heads=%d d=%d", dt_name(dt), tag, B, N, heads, d);
     expect_grad(what, got, rP, np, dt);
     free(got);
     got = down(&gctx, nctx, dt, "attention ctx");
-    snprintf(what, sizeof what, "attention_fwd_probs %s ctx B=%d N=%d heads=%d d=%d", dt_name(dt), B, N, heads, d);
+    snprintf(what, sizeof what, "attention_fwd_probs %s%s ctx B=%d N=%d heads=%d d=%d", dt_name(dt), tag, B, N, heads,
+             d);
     expect_grad(what, got, rctx, nctx, dt);
     free(got);
     g_check(&gws, "attention fwd ws");
-    if (dt == TBERT_CUDA_F32) { /* in place: ws = P */
+    if (dt == TBERT_CUDA_F32 && !dp) { /* in place: ws = P */
         CK(tbert_cuda_fill(gP.p, -1.0f, (int)np, NULL));
-        CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gP.p, off, gcu.p, gpo.p, dt, B, heads, d, scale,
-                                          NULL));
+        CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gP.p, off, gcu.p, gpo.p, NULL, dt, B, heads, d,
+                                          scale, NULL));
         got = down(&gP, np, dt, "attention P in place");
         snprintf(what, sizeof what, "attention_fwd_probs fp32 P (ws = P) B=%d N=%d heads=%d d=%d", B, N, heads, d);
         expect_grad(what, got, rP, np, dt);
@@ -509,10 +517,10 @@ static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, in
     }
 
     gbuf gPc = up_act(rP, np, dt), gdqkv = g_alloc(nqkv * dt_size(dt)), gws2 = g_alloc(nws * 4);
-    tbert_bwd_attention(B, off, H, heads, scale, qkv, rP, dctx, rdqkv, ws); /* rP as the device holds it */
+    tbert_bwd_attention_dropout(B, off, H, heads, scale, qkv, rP, dctx, rdqkv, dp, ws); /* rP as the device holds it */
     round_dt(rdqkv, nqkv, dt);
-    CK(tbert_cuda_attention_bwd(h, gdqkv.p, gqkv.p, gPc.p, gdctx.p, gws2.p, off, gcu.p, gpo.p, dt, B, heads, d, scale,
-                                NULL));
+    CK(tbert_cuda_attention_bwd(h, gdqkv.p, gqkv.p, gPc.p, gdctx.p, gws2.p, off, gcu.p, gpo.p, dp, dt, B, heads, d,
+                                scale, NULL));
     got = down(&gdqkv, nqkv, dt, "attention dqkv");
     g_check(&gws2, "attention ws");
     /* dq, dk, dv separately: each has its own scale */
@@ -523,8 +531,8 @@ static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, in
             memcpy(gp + (size_t)i * H, got + (size_t)i * 3 * H + (size_t)k * H, (size_t)H * 4);
             memcpy(rp + (size_t)i * H, rdqkv + (size_t)i * 3 * H + (size_t)k * H, (size_t)H * 4);
         }
-        snprintf(what, sizeof what, "attention_bwd %s %s B=%d N=%d Lmax=%d heads=%d d=%d", dt_name(dt), part[k], B, N,
-                 Lmax, heads, d);
+        snprintf(what, sizeof what, "attention_bwd %s%s %s B=%d N=%d Lmax=%d heads=%d d=%d", dt_name(dt), tag, part[k],
+                 B, N, Lmax, heads, d);
         if (Lmax == 1 && k < 2) { /* one key: P = 1, so dS = 0 and dQ = dK = 0 exactly */
             for (size_t i = 0; i < nctx; i++)
                 if (gp[i] != 0.0f || rp[i] != 0.0f)
@@ -545,9 +553,11 @@ static void test_attention(void **state) {
     cublasHandle_t h = make_handle();
     for (int k = 0; k < 2; k++) {
         tbert_cuda_dtype dt = k ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
-        check_attention(&r, h, dt, 7, 512, 2, 16); /* 512, 1, 0, ..., 0: lengths 0..512 in one batch */
-        check_attention(&r, h, dt, 5, 67, 3, 7);   /* odd d, odd lengths */
-        check_attention(&r, h, dt, 1, 1, 1, 5);    /* one token */
+        check_attention(&r, h, dt, 7, 512, 2, 16, 0.0f); /* 512, 1, 0, ..., 0: lengths 0..512 in one batch */
+        check_attention(&r, h, dt, 5, 67, 3, 7, 0.0f);   /* odd d, odd lengths */
+        check_attention(&r, h, dt, 1, 1, 1, 5, 0.0f);    /* one token */
+        check_attention(&r, h, dt, 6, 130, 2, 8, 0.1f);  /* probability dropout */
+        check_attention(&r, h, dt, 4, 33, 3, 7, 0.5f);
     }
     free_handle(h);
 }
@@ -657,13 +667,13 @@ static void test_pooler(void **state) {
     free_handle(h);
 }
 
-/* embeddings: no CPU twin yet (issue 15's embeddings backward is in src/ work of another branch): a float64
- * reference here, the scatter order checked by the emulator's schedules */
+/* embeddings: against the CPU twin tbert_bwd_embeddings (token by token in input order). The word and position
+ * tables sum each table row's tokens in that same order, so they match it bit for bit; the type row is a chunked
+ * column sum (colsum.cu), within the fp32 tolerance. */
 static void check_embeddings(tu_rng *r, int B, int maxT, int V, int H) {
     int N = 0;
     int32_t *off = make_batch(r, B, maxT, &N);
     int32_t *ids = xmalloc((size_t)N * 4 + 4), *posk = xmalloc((size_t)N * 4 + 4);
-    assert_non_null(ids), assert_non_null(posk);
     for (int b = 0; b < B; b++)
         for (int i = off[b]; i < off[b + 1]; i++) {
             /* a small vocabulary slice so that ids repeat (several rows per table row), ids 0 and V-1 present */
@@ -674,16 +684,8 @@ static void check_embeddings(tu_rng *r, int B, int maxT, int V, int H) {
     const size_t nz = (size_t)N * H;
     float *dz = frand(r, nz, 1.0f), *w0 = frand(r, (size_t)V * H, 1.0f), *p0 = frand(r, (size_t)maxT * H, 1.0f);
     float *t0 = frand(r, (size_t)H, 1.0f);
-    double *rw = xcalloc((size_t)V * H, sizeof *rw), *rp = xcalloc((size_t)maxT * H, sizeof *rp),
-           *rt = xcalloc((size_t)H, 8);
-    assert_non_null(rw), assert_non_null(rp), assert_non_null(rt);
-    for (int i = 0; i < N; i++)
-        for (int c = 0; c < H; c++) {
-            const double g = dz[(size_t)i * H + c];
-            rw[(size_t)ids[i] * H + c] += g;
-            rp[(size_t)posk[i] * H + c] += g;
-            rt[c] += g;
-        }
+    float *cw = fdup(w0, (size_t)V * H), *cp = fdup(p0, (size_t)maxT * H), *ct = fdup(t0, (size_t)H);
+    tbert_bwd_embeddings(B, off, H, ids, dz, cw, cp, ct);
     /* the plans */
     int32_t *cnt = xmalloc((size_t)(V > maxT ? V : maxT) * 4), *perm[2], *start[2], *key[2];
     int nseg[2];
@@ -699,26 +701,24 @@ static void check_embeddings(tu_rng *r, int B, int maxT, int V, int H) {
         plan[k] = (tbert_cuda_scatter_plan){gperm[k].p, gstart[k].p, gkey[k].p, nseg[k]};
     }
     assert_int_equal(nseg[1], maxT); /* every position 0..maxT-1 occurs (the first sequence has maxT rows) */
-    gbuf gdz = up_f32(dz, nz), gw = up_f32(w0, (size_t)V * H), gp = up_f32(p0, (size_t)maxT * H),
-         gt = up_f32(t0, (size_t)H);
-    gbuf gws = g_alloc(tbert_cuda_colsum_ws_floats((size_t)N, H) * 4);
+    gbuf gdz = up_f32(dz, nz), gw = up_f32(w0, (size_t)V * H), gp = up_f32(p0, (size_t)maxT * H);
+    gbuf gt = up_f32(t0, (size_t)H), gws = g_alloc(tbert_cuda_colsum_ws_floats((size_t)N, H) * 4);
     CK(tbert_cuda_embeddings_bwd(gw.p, gp.p, gt.p, gdz.p, &plan[0], &plan[1], gws.p, N, H, NULL));
     char what[128];
     float *got[3] = {down(&gw, (size_t)V * H, TBERT_CUDA_F32, "dword"),
                      down(&gp, (size_t)maxT * H, TBERT_CUDA_F32, "dpos"),
                      down(&gt, (size_t)H, TBERT_CUDA_F32, "dtype")};
-    const float *base[3] = {w0, p0, t0};
-    double *ref[3] = {rw, rp, rt};
+    const float *base[3] = {w0, p0, t0}, *ref[3] = {cw, cp, ct};
     const size_t cnts[3] = {(size_t)V * H, (size_t)maxT * H, (size_t)H};
     static const char *names[] = {"dword", "dpos", "dtype"};
     for (int k = 0; k < 3; k++) {
+        /* the increments (the tables start from random values) */
         float *inc = xmalloc(cnts[k] * 4), *rf = xmalloc(cnts[k] * 4);
-        for (size_t i = 0; i < cnts[k]; i++) inc[i] = got[k][i] - base[k][i], rf[i] = (float)ref[k][i];
+        for (size_t i = 0; i < cnts[k]; i++) inc[i] = got[k][i] - base[k][i], rf[i] = ref[k][i] - base[k][i];
         snprintf(what, sizeof what, "embeddings_bwd %s += B=%d N=%d V=%d H=%d", names[k], B, N, V, H);
         expect_grad(what, inc, rf, cnts[k], TBERT_CUDA_F32);
-        /* rows no token touched stay exactly as they were */
-        for (size_t i = 0; i < cnts[k]; i++)
-            if (ref[k][i] == 0.0 && got[k][i] != base[k][i]) fail_msg("%s: untouched element %zu changed", what, i);
+        if (k < 2 && memcmp(got[k], ref[k], cnts[k] * 4) != 0)
+            fail_msg("%s: not bit-identical to tbert_bwd_embeddings (same order of additions)", what);
         free(inc), free(rf), free(got[k]);
     }
     g_check(&gws, "embeddings ws");
@@ -726,7 +726,7 @@ static void check_embeddings(tu_rng *r, int B, int maxT, int V, int H) {
         free(perm[k]), free(start[k]), free(key[k]);
         g_free(&gperm[k]), g_free(&gstart[k]), g_free(&gkey[k]);
     }
-    free(off), free(ids), free(posk), free(dz), free(w0), free(p0), free(t0), free(rw), free(rp), free(rt), free(cnt);
+    free(off), free(ids), free(posk), free(dz), free(w0), free(p0), free(t0), free(cw), free(cp), free(ct), free(cnt);
     g_free(&gdz), g_free(&gw), g_free(&gp), g_free(&gt), g_free(&gws);
 }
 
@@ -837,7 +837,7 @@ static void check_layer(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B,
     gbuf gz1 = g_alloc(n * H * es), gx1 = g_alloc(n * H * es), ga = g_alloc(n * IM * es), gh = g_alloc(n * IM * es);
     gbuf gz2 = g_alloc(n * H * es), gy = g_alloc(n * H * es);
     gbuf gm1 = g_alloc(n * 4), gr1 = g_alloc(n * 4), gm2 = g_alloc(n * 4), gr2 = g_alloc(n * 4);
-    gbuf gaws = g_alloc(tbert_cuda_attention_bwd_ws_floats((int64_t)np, dt) * 4);
+    gbuf gaws = g_alloc(tbert_cuda_attention_ws_floats((int64_t)np, dt, 0) * 4);
     const int widest = IM > 3 * H ? IM : 3 * H;
     gbuf gws = g_alloc(2 * tbert_cuda_colsum_ws_floats(n, widest) * 4);
 #define PP(k) gprm[k].p
@@ -845,7 +845,7 @@ static void check_layer(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B,
     /* forward */
     CK(tbert_cuda_linear(h, mode, gqkv.p, gx.p, PP(L_WQKV), N, H, 3 * H));
     CK(tbert_cuda_bias_add(gqkv.p, PP(L_BQKV), dt, N, 3 * H, NULL));
-    CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gaws.p, off, gcu.p, gpo.p, dt, B, heads, d, scale,
+    CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gaws.p, off, gcu.p, gpo.p, NULL, dt, B, heads, d, scale,
                                       NULL));
     CK(tbert_cuda_linear(h, mode, gz1.p, gctx.p, PP(L_WO), N, H, H));
     CK(tbert_cuda_layernorm_fwd(gx1.p, gm1.p, gr1.p, gz1.p, PP(L_BO), gx.p, PP(L_G1), PP(L_BE1), eps, dt, N, H, NULL));
@@ -868,8 +868,8 @@ static void check_layer(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B,
     CK(tbert_cuda_layernorm_bwd(gdz1.p, gdx.p, GG(L_G1), GG(L_BE1), gz1.p, gm1.p, gr1.p, PP(L_G1), gdx1.p, gws.p, dt, N,
                                 H, NULL));
     CK(tbert_cuda_linear_bwd(h, mode, gdctx.p, 0, GG(L_WO), GG(L_BO), gctx.p, PP(L_WO), gdz1.p, gws.p, N, H, H, NULL));
-    CK(tbert_cuda_attention_bwd(h, gdqkv.p, gqkv.p, gP.p, gdctx.p, gaws.p, off, gcu.p, gpo.p, dt, B, heads, d, scale,
-                                NULL));
+    CK(tbert_cuda_attention_bwd(h, gdqkv.p, gqkv.p, gP.p, gdctx.p, gaws.p, off, gcu.p, gpo.p, NULL, dt, B, heads, d,
+                                scale, NULL));
     CK(tbert_cuda_linear_bwd(h, mode, gdx.p, 1, GG(L_WQKV), GG(L_BQKV), gx.p, PP(L_WQKV), gdqkv.p, gws.p, N, H, 3 * H,
                              NULL));
 #undef PP
@@ -977,8 +977,8 @@ static void test_bad_shapes(void **state) {
     int64_t po[3] = {0, 25, 25};
     float f = 0.0f;
     cublasHandle_t h = make_handle();
-    assert_int_equal(tbert_cuda_attention_bwd(h, &f, &f + 1, &f, &f, &f, cu, (const int32_t *)&f, po, TBERT_CUDA_F32,
-                                              2, 1, 4, 1.0f, NULL),
+    assert_int_equal(tbert_cuda_attention_bwd(h, &f, &f + 1, &f, &f, &f, cu, (const int32_t *)&f, po, NULL,
+                                              TBERT_CUDA_F32, 2, 1, 4, 1.0f, NULL),
                      TBERT_CUDA_EBADSHAPE);
     assert_int_equal(tbert_cuda_layernorm_bwd(&f, &f, &f, &f, &f, &f, &f, &f, &f, &f, TBERT_CUDA_F32, 1, 9000, NULL),
                      TBERT_CUDA_EBADSHAPE);

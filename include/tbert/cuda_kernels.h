@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "tbert/common.h"
+#include "tbert/encoder_backward.h" /* tbert_dropout (the backward kernels' dropout descriptor) */
 
 #ifdef __cplusplus
 extern "C" {
@@ -265,24 +266,30 @@ static inline int64_t tbert_cuda_attn_probs_offsets(int64_t *p_off, const int32_
     }
     return n;
 }
-/* Workspace (floats) of both calls below for np = p_off[B] probabilities: np float32 scores (S, then dP), and
- * in bf16 the bf16 dS after them. */
-static inline size_t tbert_cuda_attention_bwd_ws_floats(int64_t np, tbert_cuda_dtype dt) {
+/* Dropout on the probabilities (BERT's attention_probs_dropout; drop NULL or drop->p = 0: none), as the CPU twins
+ * tbert_fwd_attention_dropout / tbert_bwd_attention_dropout: ctx = dropout(P) v with P saved before dropout, the
+ * multipliers of P element e drawn from tbert_dropout_scale(seed, step, site, drop->base + e), e the offset in
+ * this batch's packed P (p_off's numbering), and drawn again in the backward (no mask is stored).
+ * Workspace (floats) of both calls for np = p_off[B] probabilities: np float32 scores (S, then dP), then np
+ * elements of dt (dropout(P), then dS) unless dt is float32 without dropout (dS in place over dP). */
+static inline size_t tbert_cuda_attention_ws_floats(int64_t np, tbert_cuda_dtype dt, int dropout) {
     const size_t n = np > 0 ? (size_t)np : 0;
-    return n + (dt == TBERT_CUDA_BF16 ? (n + 1) / 2 : 0);
+    if (dt == TBERT_CUDA_BF16) return n + (n + 1) / 2;
+    return dropout ? 2 * n : n;
 }
-/* Forward twin: ctx [N, H] and P (dt). ws: tbert_cuda_attention_bwd_ws_floats(np, dt) floats; in float32 ws may
- * be P itself (the softmax runs in place). */
+/* Forward twin: ctx [N, H] and P (dt). ws: tbert_cuda_attention_ws_floats(np, dt, dropping) floats; in float32
+ * without dropout ws may be P itself (the softmax runs in place). */
 int tbert_cuda_attention_fwd_probs(tbert_cublas_handle h, void *ctx, void *P, const void *qkv, float *ws,
                                    const int32_t *cu_seqlens_host, const int32_t *cu_seqlens, const int64_t *p_off,
-                                   tbert_cuda_dtype dt, int B, int heads, int d, float scale, tbert_cuda_stream s);
-/* dqkv [N, 3H] (overwritten) from dctx [N, H], the saved P and qkv: dV = P^T dctx, dP = dctx V^T,
- * dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q.
- * ws: tbert_cuda_attention_bwd_ws_floats(np, dt) floats. */
+                                   const tbert_dropout *drop, tbert_cuda_dtype dt, int B, int heads, int d,
+                                   float scale, tbert_cuda_stream s);
+/* dqkv [N, 3H] (overwritten) from dctx [N, H], the saved P and qkv: dV = dropout(P)^T dctx,
+ * dP = (dctx V^T) * mask, dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q.
+ * ws: tbert_cuda_attention_ws_floats(np, dt, dropping) floats. */
 int tbert_cuda_attention_bwd(tbert_cublas_handle h, void *dqkv, const void *qkv, const void *P, const void *dctx,
                              float *ws, const int32_t *cu_seqlens_host, const int32_t *cu_seqlens,
-                             const int64_t *p_off, tbert_cuda_dtype dt, int B, int heads, int d, float scale,
-                             tbert_cuda_stream s);
+                             const int64_t *p_off, const tbert_dropout *drop, tbert_cuda_dtype dt, int B, int heads,
+                             int d, float scale, tbert_cuda_stream s);
 
 /* pooling (kernels/pooling_bwd.cu), float32 dout with row b at dout + b*ld:
  * dhidden (dt [N, H], every row overwritten) for the packed rows of B sequences: MEAN dout[b] / len_b to each of
@@ -332,6 +339,9 @@ int tbert_cuda_dropout(void *x, tbert_cuda_dtype dt, size_t n, uint64_t seed, ui
                        uint64_t index0, float p, tbert_cuda_stream s);
 int tbert_cuda_dropout_mask(float *mask, size_t n, uint64_t seed, uint64_t step, uint32_t site, uint64_t index0,
                             float p, tbert_cuda_stream s);
+/* y[i] = x[i] * the multiplier of element index0 + i (out of place; y may be x), dt. p = 0 copies. */
+int tbert_cuda_dropout_to(void *y, const void *x, tbert_cuda_dtype dt, size_t n, uint64_t seed, uint64_t step,
+                          uint32_t site, uint64_t index0, float p, tbert_cuda_stream s);
 
 #ifdef __cplusplus
 }
