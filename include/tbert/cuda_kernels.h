@@ -192,6 +192,25 @@ int tbert_cuda_bias_grad(float *db, const float *dy, int rows, int cols, tbert_c
  * every operation rounded separately (no FMA contraction), so it matches src/adam.c bit for bit. */
 int tbert_cuda_adamw(float *p, float *m, float *v, const float *g, size_t n, float w1, float b2, float w2, float eps,
                      float decay, float step_size, float bc2_sqrt, tbert_cuda_stream s);
+/* Sparse rows (include/tbert/rows.h: a dense block of dd columns + CSR over the sparse columns; src/head_cuda.c).
+ * W (out x in, in = dd + sparse width) keeps the dense layout: the dense block multiplies its first dd columns,
+ * sparse column j is W[o, dd + j] (callers pass W + dd and ldw = in).
+ *   gemm_rows_fwd: y[n, out] = xd[n, dd] @ W[:, :dd]^T (overwrites y)
+ *   gemm_rows_dw:  dW[:, :dd] = dy[n, out]^T @ xd[n, dd] (row stride in; the other columns untouched)
+ *   csr_linear:    y[i, o] (+)= (float) sum_e (double)val[e] * W[o * ldw + idx[e]] over row i's entries
+ *                  indptr[i] .. indptr[i+1]-1, in entry order (src/head.c's order: same bits); accumulate = 0
+ *                  writes y, 1 adds (__fadd_rn) to it
+ *   csc_scatter_dw: dW[o * ldw + cols[u]] = sum over entries e = colptr[u] .. colptr[u+1]-1 of dy[rows[e], o] *
+ *                  vals[e], in float, that order, each operation rounded alone (src/head.c's scatter-add: same
+ *                  bits); one thread per (column, output), no atomics. Columns not in cols are not written. */
+int tbert_cuda_gemm_rows_fwd(tbert_cublas_handle h, float *y, const float *xd, const float *W, int n, int dd, int in,
+                             int out);
+int tbert_cuda_gemm_rows_dw(tbert_cublas_handle h, float *dW, const float *dy, const float *xd, int n, int dd, int in,
+                            int out);
+int tbert_cuda_csr_linear(float *y, const int32_t *indptr, const int32_t *idx, const float *val, const float *W,
+                          size_t ldw, int n, int out, int accumulate, tbert_cuda_stream s);
+int tbert_cuda_csc_scatter_dw(float *dW, size_t ldw, const int32_t *colptr, const int32_t *cols, const int32_t *rows,
+                              const float *vals, const float *dy, int U, int out, tbert_cuda_stream s);
 
 
 /* ---- backward passes (issue 15; kernels/<forward file>_bwd.cu, next to each forward) ----
