@@ -1,14 +1,16 @@
 /* The trainable top of the encoder (include/tbert/finetune_stack.h): float32 copies of the trained tensors, the
  * forward of the top K layers on packed windows saving what the backward needs, pooling per window, the mean over
  * a document's windows, optional L2, and the backward to every trained tensor's gradient. Every step is a single op
- * of include/tbert/encoder_backward.h run on a piece of the batch.
+ * of include/tbert/encoder_backward.h run on a piece of the batch (the linear layers' products are the op's own
+ * cblas calls, made here per piece).
  *
  * Threads: each op is split into items that do not depend on the thread count -- fixed chunks of rows (FWD_ROWS in
- * the forward, TBERT_BWD_CHUNK in the backward) or single windows (attention, embeddings) -- and the items are
- * shared among cfg.threads pthreads (contiguous ranges). A parameter gradient is reduced over the chunks' partials
- * in chunk order (each partial is the op run on that chunk alone into zeroed buffers; the sum over chunks runs
- * element by element in chunk order), which is exactly what the op does on the whole batch at once, so the bits
- * do not depend on the thread count. OpenBLAS runs on one thread (each worker calls it on its own).
+ * the forward and for the backward's dx = dy W, TBERT_BWD_CHUNK for the parameter gradients) or single windows
+ * (attention, embeddings) -- and the items are shared among cfg.threads pthreads (contiguous ranges). A parameter
+ * gradient is reduced over the chunks' partials in chunk order (each partial is the op run on that chunk alone into
+ * zeroed buffers; the sum over chunks runs element by element in chunk order), which is exactly what the op does
+ * on the whole batch at once (checked bit for bit against tbert_bwd_linear per chunk), so the bits do not depend on
+ * the thread count. OpenBLAS runs on one thread (each worker calls it on its own).
  *
  * Per trained layer (N packed tokens; dropout d_site from include/tbert/dropout_rng.h):
  *   qkv = x Wqkv^T + bqkv;  ctx = d_probs(softmax(q k^T / sqrt(dh))) v      (per window and head; P saved)
@@ -29,7 +31,7 @@
 #include "tbert/encoder_backward.h"
 #include "tbert/finetune_stack.h"
 
-enum { FWD_ROWS = 2 * TBERT_BWD_CHUNK, REDUCE_BLOCK = 16384 };
+enum { FWD_ROWS = 4 * TBERT_BWD_CHUNK, REDUCE_BLOCK = 16384 };
 
 typedef struct {
     float *wqkv, *bqkv, *wo, *bo, *ln1_g, *ln1_b, *wi, *bi, *wout, *bout, *ln2_g, *ln2_b;
@@ -235,9 +237,6 @@ static void lin_bwd_item(void *ctx, int item, int worker) {
     size_t nw = (size_t)j->in * j->out;
     const float *x = j->x + r0 * j->in, *dy = j->dy + r0 * j->out;
     float *slot = s->slot + (size_t)item * s->slot_stride;
-    if (j->dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, j->in, j->out, 1.0f, dy, j->out, j->W, j->in, 0.0f,
-                    j->dx + r0 * j->in, j->in);
     /* the chunk's partials exactly as tbert_bwd_linear forms them (dy_c^T x_c by one product; the bias column
      * sums row by row from zero), written straight into the slot: tbert_bwd_linear(m, ...) into a zeroed slot
      * gives the same bits with two more passes over out*in floats (measured on 2 MiniLM-shaped layers, 32 x 128
@@ -258,14 +257,30 @@ static void lin_reduce_item(void *ctx, int item, int worker) {
     const tbert_ft_stack *s = j->s;
     size_t nw = (size_t)j->in * j->out, total = nw + (j->db ? (size_t)j->out : 0);
     size_t a = (size_t)item * REDUCE_BLOCK, b = a + REDUCE_BLOCK < total ? a + REDUCE_BLOCK : total;
-    for (size_t i = a; i < b; i++) {
-        float *t = i < nw ? &j->dW[i] : &j->db[i - nw];
-        for (int k = 0; k < j->n; k++) *t += s->slot[(size_t)k * s->slot_stride + i];
+    /* slot by slot (each element still receives the partials in chunk order), so that the loops vectorise */
+    for (int k = 0; k < j->n; k++) {
+        const float *p = s->slot + (size_t)k * s->slot_stride;
+        for (size_t i = a; i < b && i < nw; i++) j->dW[i] += p[i];
+        for (size_t i = a > nw ? a : nw; i < b; i++) j->db[i - nw] += p[i];
     }
+}
+
+/* dx = dy W on chunks of FWD_ROWS rows (W is packed once per chunk: larger chunks than the reduction's) */
+static void dx_item(void *ctx, int item, int worker) {
+    (void)worker;
+    const lin_bwd *j = ctx;
+    size_t r0 = (size_t)item * FWD_ROWS;
+    int m = (int)(j->N - r0 < FWD_ROWS ? j->N - r0 : FWD_ROWS);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, j->in, j->out, 1.0f, j->dy + r0 * j->out, j->out, j->W,
+                j->in, 0.0f, j->dx + r0 * j->in, j->in);
 }
 
 static void linear_backward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x, const float *W,
                             const float *dy, float *dx, float *dW, float *db) {
+    if (dx) {
+        lin_bwd j = {s, N, in, out, 0, 0, x, W, dy, dx, dW, db};
+        par_for(s, n_chunks(N, FWD_ROWS), dx_item, &j);
+    }
     int nch = n_chunks(N, TBERT_BWD_CHUNK);
     size_t total = (size_t)in * out + (db ? (size_t)out : 0);
     for (int c0 = 0; c0 < nch; c0 += s->n_slots) {
@@ -632,7 +647,8 @@ static size_t grown(size_t cap, size_t need) {
 static tbert_status reserve(tbert_ft_stack *s, size_t N, size_t P, int W, int D, tbert_error *err) {
     if (N <= s->cap_N && P <= s->cap_P && W <= s->cap_win && D <= s->cap_doc && s->arena) return TBERT_OK;
     size_t cN = grown(s->cap_N, N ? N : 1), cP = grown(s->cap_P, P ? P : 1);
-    int cW = (int)grown((size_t)s->cap_win, (size_t)(W ? W : 1)), cD = (int)grown((size_t)s->cap_doc, (size_t)(D ? D : 1));
+    int cW = (int)grown((size_t)s->cap_win, (size_t)(W ? W : 1)),
+        cD = (int)grown((size_t)s->cap_doc, (size_t)(D ? D : 1));
     size_t n = layout_acts(s, NULL, cN, cP, (size_t)cW, (size_t)cD);
     float *arena = tbert_malloc_array(n, sizeof(float));
     int32_t *doc_off = tbert_malloc_array((size_t)cD + 1, sizeof(int32_t));
@@ -643,8 +659,8 @@ static tbert_status reserve(tbert_ft_stack *s, size_t N, size_t P, int W, int D,
     int32_t *doc_ne = tbert_malloc_array((size_t)cD, sizeof(int32_t));
     if (!arena || !doc_off || !off || !ids || !pbase || !ne || !doc_ne) {
         free(arena), free(doc_off), free(off), free(ids), free(pbase), free(ne), free(doc_ne);
-        return tbert_fail(err, TBERT_E_NOMEM, "finetune stack: out of memory for a batch of %zu tokens in %d windows", N,
-                          W);
+        return tbert_fail(err, TBERT_E_NOMEM, "finetune stack: out of memory for a batch of %zu tokens in %d windows",
+                          N, W);
     }
     free(s->arena), free(s->doc_off), free(s->off), free(s->ids), free(s->pbase), free(s->ne), free(s->doc_ne);
     s->arena = arena, s->doc_off = doc_off, s->off = off, s->ids = ids, s->pbase = pbase, s->ne = ne;
@@ -674,7 +690,7 @@ static tbert_status check_batch(const tbert_ft_stack *s, const tbert_ft_batch *b
             return tbert_fail(err, TBERT_E_ARG, "finetune stack: window %d has %d tokens (at most %d)", w, L, maxL);
     }
     size_t N = (size_t)b->off[b->n_win];
-    if (s->first > 0 && !b->hidden)
+    if (s->first > 0 && !b->hidden && N > 0)
         return tbert_fail(err, TBERT_E_ARG, "finetune stack: the batch needs the hidden states entering layer %d",
                           s->first);
     if (s->first == 0) {
@@ -760,8 +776,8 @@ static void pool_forward(tbert_ft_stack *s, const float *top) {
     if (s->cfg.normalize) tbert_l2_normalize_rows(s->docout, (size_t)s->n_doc, dim);
 }
 
-tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, bool training, uint64_t step, float *out,
-                                    tbert_error *err) {
+tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, bool training, uint64_t step,
+                                    float *out, tbert_error *err) {
     tbert_status st = check_batch(s, b, err);
     if (st) return st;
     size_t N = (size_t)b->off[b->n_win], psize = tbert_attn_probs_size(b->n_win, b->off, s->A);
@@ -791,18 +807,18 @@ tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, 
     openblas_set_num_threads(1);
     const tbert_config *c = &s->m->cfg;
     if (s->first == 0) {
-        memcpy(s->ids, b->ids, N * sizeof(int32_t));
+        if (N > 0) memcpy(s->ids, b->ids, N * sizeof(int32_t));
         par_for(s, s->n_win, emb_fwd_item, s);
         tbert_dropout de = make_drop(s, training, s->cfg.hidden_dropout, 0, TBERT_DROP_EMBEDDINGS);
         ln_fwd le = {N, s->H, s->ez, s->x0, s->emean, s->erstd, s->eln_g, s->eln_b, c->layer_norm_eps,
                      de.p > 0 ? &de : NULL};
         par_for(s, n_chunks(N, FWD_ROWS), ln_fwd_item, &le);
-    } else {
+    } else if (N > 0) {
         memcpy(s->x0, b->hidden, N * (size_t)s->H * sizeof(float));
     }
     for (int i = 0; i < s->cfg.k; i++) layer_forward(s, i, training);
     pool_forward(s, s->act[s->cfg.k - 1].out);
-    memcpy(out, s->docout, (size_t)s->n_doc * s->dense_dim * sizeof(float));
+    if (s->n_doc > 0) memcpy(out, s->docout, (size_t)s->n_doc * s->dense_dim * sizeof(float));
     s->saved = training;
     return TBERT_OK;
 }

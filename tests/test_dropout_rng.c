@@ -7,6 +7,7 @@
 
 #include "testutil.h"
 #include "tbert/dropout_rng.h"
+#include "tbert/encoder_backward.h"
 
 static void test_philox_known_answers(void **state) {
     (void)state;
@@ -22,7 +23,8 @@ static void test_philox_known_answers(void **state) {
         uint32_t out[4];
         tbert_philox4x32_10(kat[i], kat[i] + 4, out);
         for (int j = 0; j < 4; j++) {
-            if (out[j] != kat[i][6 + j]) print_error("KAT %d word %d: got %08x want %08x\n", i, j, out[j], kat[i][6 + j]);
+            if (out[j] != kat[i][6 + j])
+                print_error("KAT %d word %d: got %08x want %08x\n", i, j, out[j], kat[i][6 + j]);
             assert_true(out[j] == kat[i][6 + j]);
         }
     }
@@ -57,8 +59,9 @@ static void test_dropout_rate(void **state) {
         int kept = 0;
         for (int i = 0; i < n; i++) {
             float s = tbert_dropout_scale(42, 7, tbert_dropout_site(1, TBERT_DROP_ATTN_PROBS), (uint64_t)i, p);
-            float u = (float)(tbert_dropout_u32(42, 7, tbert_dropout_site(1, TBERT_DROP_ATTN_PROBS), (uint64_t)i) >> 8) /
-                      16777216.0f;
+            float u =
+                (float)(tbert_dropout_u32(42, 7, tbert_dropout_site(1, TBERT_DROP_ATTN_PROBS), (uint64_t)i) >> 8) /
+                16777216.0f;
             assert_true(s == (u >= p ? 1.0f / (1.0f - p) : 0.0f));
             kept += s != 0.0f;
         }
@@ -69,11 +72,36 @@ static void test_dropout_rate(void **state) {
     for (int i = 0; i < 1000; i++) assert_true(tbert_dropout_scale(1, 2, 3, (uint64_t)i, 0.0f) == 1.0f);
 }
 
+/* tbert_dropout_apply (16 lanes at a time) multiplies by exactly tbert_dropout_scale of each element, across the
+ * 2^32 boundary of the index (the counter's second word) and with a tail shorter than 16 */
+static void test_dropout_apply_matches_scale(void **state) {
+    (void)state;
+    enum { n = 1000 };
+    float x[n];
+    tbert_dropout d = {0.3f, 0x1234567890abcdefull, 99, tbert_dropout_site(4, TBERT_DROP_ATTN_PROBS),
+                       (1ull << 32) - 500};
+    for (int i = 0; i < n; i++) x[i] = 1.0f + (float)i * 0.25f;
+    tbert_dropout_apply(n - 3, x + 3, &d, 7); /* x[3 + i] is element base + 7 + i */
+    int dropped = 0;
+    for (int i = 0; i < n - 3; i++) {
+        float w = (1.0f + (float)(3 + i) * 0.25f) *
+                  tbert_dropout_scale(d.seed, d.step, d.site, d.base + 7 + (uint64_t)i, d.p);
+        assert_memory_equal(&x[3 + i], &w, sizeof w);
+        dropped += w == 0.0f;
+    }
+    assert_true(dropped > 200 && dropped < 400); /* p = 0.3 of 997 */
+    assert_true(x[0] == 1.0f && x[2] == 1.5f);   /* before the range: untouched */
+    d.p = 0.0f;
+    tbert_dropout_apply(n, x, &d, 0); /* p = 0: nothing changes */
+    assert_true(x[0] == 1.0f && x[1] == 1.25f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_philox_known_answers),
         cmocka_unit_test(test_dropout_counter_layout),
         cmocka_unit_test(test_dropout_rate),
+        cmocka_unit_test(test_dropout_apply_matches_scale),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

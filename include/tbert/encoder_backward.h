@@ -33,6 +33,8 @@ void tbert_bwd_linear(size_t N, int in, int out, const float *x, const float *W,
                       float *dW, float *db, float *ws);
 
 /* ---- bias + exact GELU: h = gelu(a), a = pre-activation (bias included), gelu(a) = a/2 (1 + erf(a/sqrt 2)) -- */
+/* (erf and exp from src/cpu_math.h, as the CPU encoder: erf to 1.5e-7 absolute, exp to 2e-7 relative; the same
+ * for the attention's softmax below) */
 /* Forward twin: a[N,cols] += bias (bias may be NULL), h = gelu(a); a is kept (the backward's saved input). */
 void tbert_fwd_bias_gelu(size_t N, int cols, float *a, const float *bias, float *h);
 /* da[N,cols] = dh * gelu'(a) (da may alias dh); dbias[cols] += column sums of da (dbias may be NULL). */
