@@ -10,7 +10,9 @@ operating points (its own Spam verdict with Unsure counted as ham; spamicity >= 
 
 Usage: benchmarks/bench_mail.py --tbert build/cpu/tbert [--split half|time|both] [--model minilm]
        [--train-args "..."] [--score-args "..."] [--work DIR]
-Prints one line per split on stderr as it goes, then a Markdown table (F1, FPR, FP and FN counts, times).
+--train-args may be repeated: each set is one tbert row (e.g. the default recipe and "--finetune 2" side by side).
+Prints one line per split on stderr as it goes, then a Markdown table (F1, FPR, FP and FN counts, times) and
+the spam recall read off each system's test ROC at 0, 2 and 10 false positives (bogofilter by spamicity).
 The tbert head and scores of each split stay in the work folder (head-SPLIT/, scores-SPLIT.jsonl).
 Throughput (messages/s, MB/s beside bogofilter -B): benchmarks/bench_mail_throughput.sh.
 Standard library only; needs bogofilter (Debian) on PATH. Fails loudly when a peer cannot run.
@@ -91,26 +93,35 @@ def bogofilter(train, test, work):
             v = rest.split(",")[0].strip()
             s = float(rest.split("spamicity=")[1].split(",")[0])
             verdict[path], spamicity[path] = v, s
-    t_test = time.time() - t0
     labels = [y for _, y in test]
+    t_test = time.time() - t0
     own = f1_fpr(labels, [verdict[f] == "Spam" for f, _ in test])
     half = f1_fpr(labels, [spamicity[f] >= 0.5 for f, _ in test])
-    return own, half, t_train, t_test
+    return own, half, t_train, t_test, [spamicity[f] for f, _ in test]
 
 
-def tbert(args, train, test, work, split):
-    out = os.path.join(work, "head-" + split)
+def roc_recall(labels, scores, k):
+    """Spam recall read off the test ROC with at most k false positives: the cut is the (k+1)-th highest ham
+    score and spam counts only strictly above it (ties go against the system)."""
+    ham = sorted((s for s, y in zip(scores, labels) if not y), reverse=True)
+    cut = ham[k] if k < len(ham) else float("-inf")
+    spam = [s for s, y in zip(scores, labels) if y]
+    return sum(1 for s in spam if s > cut) / len(spam)
+
+
+def tbert(args, train_args, train, test, work, split, tag):
+    out = os.path.join(work, "head-" + split + tag)
     shutil.rmtree(out, ignore_errors=True)
     ham = [f for f, y in train if y == 0]
     spam = [f for f, y in train if y == 1]
     cmd = [args.tbert, "train", "--model", args.model, "--out", out, "--ham"] + ham + ["--spam"] + spam
-    cmd += shlex.split(args.train_args)
+    cmd += shlex.split(train_args)
     t0 = time.time()
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t_train = time.time() - t0
     if r.returncode != 0:
         sys.exit(f"bench_mail: tbert train failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
-    scores = os.path.join(work, "scores-" + split + ".jsonl")
+    scores = os.path.join(work, "scores-" + split + tag + ".jsonl")
     if os.path.exists(scores):
         os.unlink(scores)
     cmd = [args.tbert, "score", "--model", args.model, "--head", out, "--out", scores] + [f for f, _ in test]
@@ -120,16 +131,17 @@ def tbert(args, train, test, work, split):
     t_test = time.time() - t0
     if r.returncode != 0:
         sys.exit(f"bench_mail: tbert score failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
-    pred = {}
+    pred, score = {}, {}
     with open(scores) as fh:
         for line in fh:
             rec = json.loads(line)
             pred[rec["source"]] = rec.get("label") == "spam"
+            score[rec["source"]] = rec.get("score")
     missing = [f for f, _ in test if f not in pred]
     if missing:
         sys.exit(f"bench_mail: tbert score gave no record for {len(missing)} messages, e.g. {missing[0]}")
     labels = [y for _, y in test]
-    return f1_fpr(labels, [pred[f] for f, _ in test]), t_train, t_test
+    return f1_fpr(labels, [pred[f] for f, _ in test]), t_train, t_test, [score[f] for f, _ in test]
 
 
 def main():
@@ -137,7 +149,8 @@ def main():
     ap.add_argument("--tbert", required=True)
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--split", default="both", choices=["half", "time", "both"])
-    ap.add_argument("--train-args", default="")
+    ap.add_argument("--train-args", action="append", default=None,
+                    help="tbert train options; repeat to compare several tbert configurations in one run")
     ap.add_argument("--score-args", default="")
     ap.add_argument("--corpus", default="")
     ap.add_argument("--work", default="")
@@ -145,21 +158,33 @@ def main():
     root = corpus_root(args)
     work = args.work or tempfile.mkdtemp(prefix="tbert_bench_mail_")
     os.makedirs(work, exist_ok=True)
-    rows = []
+    train_args = args.train_args or [""]
+    rows, roc = [], []
     for split in (["half", "time"] if args.split == "both" else [args.split]):
         train, test = make_split(root, split)
-        own, half, bt, bs = bogofilter(train, test, work)
-        tm, tt, ts = tbert(args, train, test, work, split)
+        labels = [y for _, y in test]
+        own, half, bt, bs, bscores = bogofilter(train, test, work)
         n = len(test)
         rows.append((split, "bogofilter 1.2.5, own Spam verdict", own, bt, bs, n))
         rows.append((split, "bogofilter 1.2.5, spamicity >= 0.5", half, bt, bs, n))
-        rows.append((split, f"tbert ({args.model} {args.train_args or 'default mail recipe'})", tm, tt, ts, n))
-        print(f"bench_mail: {split}: bogofilter own {own[0]:.3f}/{own[2]} FP, >=0.5 {half[0]:.3f}/{half[2]} FP; "
-              f"tbert {tm[0]:.4f} F1, {tm[2]} FP, {tm[3]} FN", file=sys.stderr, flush=True)
+        roc.append((split, "bogofilter 1.2.5 (spamicity)", [roc_recall(labels, bscores, k) for k in (0, 2, 10)]))
+        for i, ta in enumerate(train_args):
+            tm, tt, ts, tscores = tbert(args, ta, train, test, work, split, "" if i == 0 else f"-{i}")
+            name = f"tbert ({args.model} {ta or 'default mail recipe'})"
+            rows.append((split, name, tm, tt, ts, n))
+            roc.append((split, name, [roc_recall(labels, tscores, k) for k in (0, 2, 10)]))
+            print(f"bench_mail: {split}: bogofilter own {own[0]:.3f}/{own[2]} FP, >=0.5 {half[0]:.3f}/{half[2]} FP; "
+                  f"{name} {tm[0]:.4f} F1, {tm[2]} FP, {tm[3]} FN", file=sys.stderr, flush=True)
     print(f"\n| split | system | spam F1 | FPR | FP | FN | train s | test s | test msgs/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for split, name, m, t1, t2, n in rows:
         print(f"| {split} | {name} | {m[0]:.3f} | {100 * m[1]:.2f}% | {m[2]} | {m[3]} | {t1:.1f} | {t2:.1f} | {n / t2:.0f} |")
+    print("\nSpam recall read off each system's test ROC (the cut chosen on the test scores: an upper bound of each"
+          " curve, not an operating point):\n")
+    print("| split | system | recall @ 0 FP | @ 2 FP | @ 10 FP |")
+    print("|---|---|---|---|---|")
+    for split, name, r in roc:
+        print(f"| {split} | {name} | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.3f} |")
 
 
 if __name__ == "__main__":

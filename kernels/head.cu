@@ -1,7 +1,8 @@
 // Classifier head on CUDA: bias + GELU forward, fused logits + loss + loss gradient, GELU backward, bias-gradient
-// reductions, AdamW update, and the two backward matrix products (cuBLAS). Semantics: include/tbert/head.h and
-// src/head.c / src/adam.c, which compute the per-element math in double where these kernels do too; the
-// reductions run in the CPU's order so that they match it bit for bit.
+// reductions, AdamW update, the two backward matrix products (cuBLAS), and the sparse-rows products (dense block
+// through cuBLAS with W's row stride, CSR part forward, CSC scatter of dW: src/head_cuda.c). Semantics:
+// include/tbert/head.h and src/head.c / src/adam.c, which compute the per-element math in double where these
+// kernels do too; the reductions run in the CPU's order so that they match it bit for bit.
 #include <math.h>
 
 #include "elementwise.cuh"
@@ -102,6 +103,43 @@ __global__ void adamw_kernel(float *p, float *m, float *v, const float *g, size_
     }
 }
 
+
+// ---- sparse rows (dense block + CSR): the CSR part of y = x W^T and of dW = dy^T x ----
+// W keeps the dense layout (out x in, row stride ldw = in); the callers pass W + dense_dim, so column j of the
+// sparse space is W[o * ldw + j].
+
+// y[i, o] (+)= (float) sum over row i's entries e, in entry order, of (double)val[e] * W[o, idx[e]]: the CPU's
+// rows_linear_forward (src/head.c) sum, in double and in its order (each product of two floats is exact in double,
+// so a contracted FMA gives the same bits). One thread per (row, output), outputs fastest. accumulate = 0 writes
+// y (the batch has no dense block), 1 adds to what the dense GEMM wrote.
+__global__ void csr_linear_kernel(float *y, const int32_t *indptr, const int32_t *idx, const float *val,
+                                  const float *W, size_t ldw, int n, int out, int accumulate) {
+    const size_t total = (size_t)n * out;
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total; t += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(t / (size_t)out), o = (int)(t % (size_t)out);
+        const float *w = W + (size_t)o * ldw;
+        double s = 0.0;
+        for (int32_t e = indptr[i]; e < indptr[i + 1]; e++) s += (double)val[e] * (double)w[idx[e]];
+        y[t] = accumulate ? __fadd_rn(y[t], (float)s) : (float)s;
+    }
+}
+
+// dW[o, cols[u]] = sum over column u's entries e (in row order) of dy[rows[e], o] * vals[e], in float with every
+// operation rounded alone: the CPU's scatter-add (rows_linear_backward_params) in its order, so the bits match.
+// The batch's CSC (colptr, cols, rows, vals; built on the host) gives each present column to one thread per
+// output: no atomics, deterministic. Columns not present are not written (the caller zeroed dW).
+__global__ void csc_scatter_dw_kernel(float *dW, size_t ldw, const int32_t *colptr, const int32_t *cols,
+                                      const int32_t *rows, const float *vals, const float *dy, int U, int out) {
+    const size_t total = (size_t)U * out;
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total; t += (size_t)gridDim.x * blockDim.x) {
+        const int u = (int)(t / (size_t)out), o = (int)(t % (size_t)out);
+        float s = 0.0f;
+        for (int32_t e = colptr[u]; e < colptr[u + 1]; e++)
+            s = __fadd_rn(s, __fmul_rn(dy[(size_t)rows[e] * out + o], vals[e]));
+        dW[(size_t)o * ldw + (size_t)cols[u]] = s;
+    }
+}
+
 } // namespace
 
 extern "C" int tbert_cuda_gemm_dw(tbert_cublas_handle h, float *dW, const float *dy, const float *x, int n, int in,
@@ -182,6 +220,47 @@ extern "C" int tbert_cuda_adamw(float *p, float *m, float *v, const float *g, si
     if (n == 0) return 0;
     TBERT_LAUNCH(adamw_kernel, tbert::elt_grid(n), tbert::kEltBlock, 0, s, p, m, v, g, n, w1, b2, w2, eps, decay,
                  step_size, bc2_sqrt);
+    LAUNCH_CHECK(s);
+    return 0;
+}
+
+extern "C" int tbert_cuda_gemm_rows_fwd(tbert_cublas_handle h, float *y, const float *xd, const float *W, int n, int dd,
+                                        int in, int out) {
+    SHAPE_CHECK(h && y && xd && W && n > 0 && dd > 0 && in >= dd && out > 0);
+    const float one = 1.0f, zero = 0.0f;
+    // column-major: y^T (out x n) = op_T(W viewed as in x out, ld in: its first dd rows) * xd^T (dd x n, ld dd)
+    CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, out, n, dd, &one, W, in, xd, dd, &zero, y, out));
+    return 0;
+}
+
+extern "C" int tbert_cuda_gemm_rows_dw(tbert_cublas_handle h, float *dW, const float *dy, const float *xd, int n, int dd,
+                                       int in, int out) {
+    SHAPE_CHECK(h && dW && dy && xd && n > 0 && dd > 0 && in >= dd && out > 0);
+    const float one = 1.0f, zero = 0.0f;
+    // column-major: dW^T's first dd rows (dd x out, ld in) = xd^T (dd x n, ld dd) * dy (n x out)
+    CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, dd, out, n, &one, xd, dd, dy, out, &zero, dW, in));
+    return 0;
+}
+
+extern "C" int tbert_cuda_csr_linear(float *y, const int32_t *indptr, const int32_t *idx, const float *val,
+                                     const float *W, size_t ldw, int n, int out, int accumulate, cudaStream_t s) {
+    SHAPE_CHECK(y && indptr && idx && val && W && n >= 0 && out > 0 && ldw > 0);
+    const size_t total = (size_t)n * out;
+    if (total == 0) return 0;
+    TBERT_LAUNCH(csr_linear_kernel, tbert::elt_grid(total), tbert::kEltBlock, 0, s, y, indptr, idx, val, W, ldw, n, out,
+                 accumulate);
+    LAUNCH_CHECK(s);
+    return 0;
+}
+
+extern "C" int tbert_cuda_csc_scatter_dw(float *dW, size_t ldw, const int32_t *colptr, const int32_t *cols,
+                                         const int32_t *rows, const float *vals, const float *dy, int U, int out,
+                                         cudaStream_t s) {
+    SHAPE_CHECK(dW && colptr && cols && rows && vals && dy && U >= 0 && out > 0 && ldw > 0);
+    const size_t total = (size_t)U * out;
+    if (total == 0) return 0;
+    TBERT_LAUNCH(csc_scatter_dw_kernel, tbert::elt_grid(total), tbert::kEltBlock, 0, s, dW, ldw, colptr, cols, rows,
+                 vals, dy, U, out);
     LAUNCH_CHECK(s);
     return 0;
 }

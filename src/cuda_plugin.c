@@ -5,6 +5,7 @@
  * register the plugin's fat binaries and exit handlers, and unloading a library whose kernels a CUDA context
  * still knows crashes at exit. Staying mapped is the loader's state, not ours; a second open finds it again. */
 #include "tbert/cuda_plugin.h"
+#include "head_cuda.h"
 
 #include <dlfcn.h>
 #include <limits.h>
@@ -150,4 +151,37 @@ int tbert_cuda_device_count(void) {
 void tbert_cuda_head_dropout_mask(float p, size_t count, tbert_rng *rng, float *mask) {
     const float scale = 1.0f / (1.0f - p);
     for (size_t i = 0; i < count; i++) mask[i] = tbert_rng_uniform(rng) >= (double)p ? scale : 0.0f;
+}
+
+/* A linear head's dropout on rows (src/head_cuda.h): the CPU head's draws (one per element of n x in_dim, row
+ * major, zeros included), applied to the dense block and to the entries present only. */
+tbert_status tbert_cuda_head_dropout_rows(float p, const tbert_rows *x, tbert_rng *rng, tbert_rows *out, tbert_error *err) {
+    const float scale = 1.0f / (1.0f - p);
+    const size_t dd = x->dense_dim, sd = x->sparse_dim;
+    if (out->dense_dim != dd || out->sparse_dim != sd)
+        return tbert_fail(err, TBERT_E_ARG, "CUDA head dropout: output rows of another shape");
+    tbert_rows_clear(out);
+    size_t most = 0;
+    for (int i = 0; i < x->n; i++)
+        if ((size_t)(x->indptr[i + 1] - x->indptr[i]) > most) most = (size_t)(x->indptr[i + 1] - x->indptr[i]);
+    float *dense = tbert_malloc_array(dd + 1, sizeof(float)), *val = tbert_malloc_array(most + 1, sizeof(float));
+    int32_t *idx = tbert_malloc_array(most + 1, sizeof(int32_t));
+    tbert_status st = dense && val && idx ? tbert_rows_reserve(out, (size_t)x->n, tbert_rows_nnz(x), err)
+                                          : tbert_fail(err, TBERT_E_NOMEM, "CUDA head dropout: out of memory");
+    for (int i = 0; i < x->n && !st; i++) {
+        const float *xd = x->dense + (size_t)i * dd;
+        for (size_t j = 0; j < dd; j++) dense[j] = tbert_rng_uniform(rng) >= (double)p ? xd[j] * scale : 0.0f;
+        int64_t e = x->indptr[i], end = x->indptr[i + 1];
+        size_t k = 0;
+        for (size_t j = 0; j < sd; j++) {
+            bool keep = tbert_rng_uniform(rng) >= (double)p;
+            if (e < end && (size_t)x->indices[e] == j) {
+                if (keep) idx[k] = x->indices[e], val[k++] = x->values[e] * scale;
+                e++;
+            }
+        }
+        st = tbert_rows_append(out, dense, k, idx, val, err);
+    }
+    free(dense), free(val), free(idx);
+    return st;
 }

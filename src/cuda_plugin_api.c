@@ -48,6 +48,8 @@ static const tbert_cuda_api api = {
     .head_train_step = tbert_cuda_head_train_step,
     .head_download = tbert_cuda_head_download,
     .head_last_grad = tbert_cuda_head_last_grad,
+    .head_forward_rows = tbert_cuda_head_forward_rows,
+    .head_train_step_rows = tbert_cuda_head_train_step_rows,
 };
 
 const tbert_cuda_api *tbert_cuda_plugin_api(int abi_version) {

@@ -16,6 +16,7 @@
 #include "serve.h"
 #include "tbert/checkpoint.h"
 #include "tbert/fileio.h"
+#include "tbert/finetune.h"
 #include "tbert/learn.h"
 #include "tbert/mail.h"
 #include "tbert/recipe.h"
@@ -476,9 +477,10 @@ tbert_status tbert_forget(const tbert_learn_opts *o, tbert_learn_result *res, in
     unlock_head(lfd);
     if (!st) st = tbert_checkpoint_load(best, &h, &meta, NULL, NULL, err);
     tbert_head_free(h);
+    char key[65], ft[65] = ""; /* a fine-tuned encoder's rows are keyed by its tensors too */
+    if (!st && meta.recipe.finetune.layers > 0) st = tbert_finetune_hash(best, ft, err);
     g_free(best);
-    char key[65];
-    if (!st) st = tbert_features_dense_key(&meta.recipe, key, err);
+    if (!st) st = tbert_features_dense_key_ft(&meta.recipe, ft, key, err);
     tbert_ckpt_meta_free(&meta);
     tbert_store *store = NULL;
     if (!st) st = tbert_store_open(NULL, &store, err);

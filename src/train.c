@@ -136,7 +136,7 @@ static tbert_status gather(const tbert_fit_data *d, const int *idx, int n, tbert
 typedef struct {
     tbert_head_ws *ws;
     tbert_rows rb;   /* the batch's rows */
-    float *xb;       /* the batch densified, for the CUDA head (which takes dense input); NULL on the CPU */
+    tbert_rows drop; /* the CUDA path's batch after a linear head's dropout (tbert_cuda_head_dropout_rows) */
     float *z, *dz, *grad;
     int *yb;
     int cap;
@@ -145,7 +145,7 @@ typedef struct {
 static void bufs_free(fit_bufs *b) {
     tbert_head_ws_free(b->ws);
     tbert_rows_free(&b->rb);
-    free(b->xb);
+    tbert_rows_free(&b->drop);
     free(b->z);
     free(b->dz);
     free(b->grad);
@@ -447,7 +447,8 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
         }
     }
     /* CUDA: parameters and moments live on the device during an epoch; downloaded after each one for
-     * validation and checkpoints (same dropout stream, same AdamW arithmetic; GEMMs in cuBLAS float32) */
+     * validation and checkpoints (same dropout stream, same AdamW arithmetic; GEMMs in cuBLAS float32). Each
+     * batch goes up as rows (dense block + CSR), never densified. */
     tbert_cuda_plugin *plug = NULL; /* the CUDA head is reached through the plugin's table */
     const tbert_cuda_api *cu = NULL;
     tbert_cuda_head *gh = NULL;
@@ -458,12 +459,9 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
             cu = tbert_cuda_plugin_table(plug);
             st = cu->head_create(h, &adam, b.cap, hp->cuda_device, &gh, err);
         }
-        if (!st) {
-            b.xb = tbert_malloc_array((size_t)b.cap, d->dim * sizeof(float));
-            if (!b.xb) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory for %d rows of %zu features", b.cap, d->dim);
-        }
-        if (!st && cfg.dropout > 0) {
-            mask = tbert_malloc_array((size_t)b.cap, (size_t)(cfg.hidden ? cfg.hidden : cfg.in_dim) * sizeof(float));
+        if (!st && cfg.dropout > 0 && cfg.hidden == 0) st = tbert_rows_init(&b.drop, d->X->dense_dim, 1, &bw, err);
+        if (!st && cfg.dropout > 0 && cfg.hidden > 0) {
+            mask = tbert_malloc_array((size_t)b.cap, (size_t)cfg.hidden * sizeof(float));
             if (!mask) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory");
         }
         if (st) {
@@ -488,13 +486,17 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
             st = gather(d, perm + i, m, &b.rb, b.yb, err);
             if (st) break;
             double l;
-            if (gh) { /* the CUDA head takes dense input: the batch densified (its sparse version is later work) */
-                tbert_rows_densify(&b.rb, 0, m, b.xb, d->dim);
-                if (mask) tbert_cuda_head_dropout_mask(cfg.dropout, (size_t)m * (size_t)(cfg.hidden ? cfg.hidden : cfg.in_dim),
-                                                       &rng, mask);
-                st = cu->head_forward(gh, m, b.xb, b.z, err); /* logits before the step, for the accuracy */
+            if (gh) { /* the rows as they are (never densified); dropout drawn here in the CPU head's order */
+                const tbert_rows *xb = &b.rb;
+                if (mask) tbert_cuda_head_dropout_mask(cfg.dropout, (size_t)m * (size_t)cfg.hidden, &rng, mask);
+                else if (cfg.dropout > 0) {
+                    st = tbert_cuda_head_dropout_rows(cfg.dropout, &b.rb, &rng, &b.drop, err);
+                    xb = &b.drop;
+                }
+                /* b.z: the training forward's logits, as the CPU path's accuracy uses them */
                 if (!st)
-                    st = cu->head_train_step(gh, &adam, m, b.xb, b.yb, hp->class_weights_auto ? cw : NULL, mask, &l, err);
+                    st = cu->head_train_step_rows(gh, &adam, xb, b.yb, hp->class_weights_auto ? cw : NULL, mask, &l, b.z,
+                                                  err);
                 if (st) break;
             } else {
                 st = tbert_head_forward_rows(h, b.ws, &b.rb, true, &rng, b.z, err);

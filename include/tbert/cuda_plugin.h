@@ -6,7 +6,7 @@
  * the CPU (`--device auto`) or refuses `--device cuda` with one line (exit 2).
  *
  * The plugin and the host are built from one tree: the table passes tbert's own structs (tbert_model,
- * tbert_head, tbert_adam, tbert_encoder_opts, tbert_error) by pointer. TBERT_CUDA_ABI changes whenever the
+ * tbert_head, tbert_adam, tbert_rows, tbert_encoder_opts, tbert_error) by pointer. TBERT_CUDA_ABI changes whenever the
  * table or one of those structs changes; the host refuses a plugin of another ABI or another tbert version.
  * Semantics of each entry: src/encoder_backend.h (encoder_*) and src/head_cuda.h (head_*). */
 #ifndef TBERT_CUDA_PLUGIN_H
@@ -22,7 +22,7 @@
 extern "C" {
 #endif
 
-#define TBERT_CUDA_ABI 1
+#define TBERT_CUDA_ABI 2 /* 2: head_forward_rows, head_train_step_rows */
 #define TBERT_CUDA_PLUGIN_FILE "libtbert_cuda.so"
 #define TBERT_CUDA_PLUGIN_ENTRY "tbert_cuda_plugin_api"
 
@@ -55,6 +55,11 @@ typedef struct {
                                     const float *class_weight, const float *mask, double *loss, tbert_error *err);
     tbert_status (*head_download)(tbert_cuda_head *g, tbert_head *h, tbert_adam *a, tbert_error *err);
     tbert_status (*head_last_grad)(tbert_cuda_head *g, float *grad, tbert_error *err);
+    /* sparse rows (dense block + CSR; src/head_cuda.h): the batch goes to the device as it is, never densified */
+    tbert_status (*head_forward_rows)(tbert_cuda_head *g, const tbert_rows *x, float *z, tbert_error *err);
+    tbert_status (*head_train_step_rows)(tbert_cuda_head *g, tbert_adam *a, const tbert_rows *x, const int *y,
+                                         const float *class_weight, const float *mask, double *loss, float *z,
+                                         tbert_error *err);
 } tbert_cuda_api;
 
 /* The plugin's one entry point (src/cuda_plugin_api.c): the table, or NULL when abi_version is not its own. */
