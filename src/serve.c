@@ -815,7 +815,7 @@ tbert_status serve_parse_owner(const char *spec, uid_t *uid, gid_t *gid, tbert_e
         struct passwd *pw = getpwnam(user);
         unsigned long n = strtoul(user, &end, 10);
         if (pw) *uid = pw->pw_uid;
-        else if (!*end && isdigit((unsigned char)user[0])) *uid = (uid_t)n;
+        else if (!*end && isdigit((unsigned char)user[0]) && n < (unsigned long)(uid_t)-1) *uid = (uid_t)n;
         else return tbert_fail(err, TBERT_E_ARG, "serve: --socket-owner %s: no such user '%s'", spec, user);
         if (colon && !*group) { /* "USER:": the user's login group */
             if (!pw)
@@ -828,7 +828,7 @@ tbert_status serve_parse_owner(const char *spec, uid_t *uid, gid_t *gid, tbert_e
         struct group *gr = getgrnam(group);
         unsigned long n = strtoul(group, &end, 10);
         if (gr) *gid = gr->gr_gid;
-        else if (!*end && isdigit((unsigned char)group[0])) *gid = (gid_t)n;
+        else if (!*end && isdigit((unsigned char)group[0]) && n < (unsigned long)(gid_t)-1) *gid = (gid_t)n;
         else return tbert_fail(err, TBERT_E_ARG, "serve: --socket-owner %s: no such group '%s'", spec, group);
     }
     return TBERT_OK;

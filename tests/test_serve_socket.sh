@@ -40,6 +40,7 @@ bad() { # bad SPEC EXPECTED_TEXT [more serve args]
 check "--socket-owner no_such_user_tb: exit 2" bad no_such_user_tb "no such user 'no_such_user_tb'"
 check "--socket-owner :no_such_group_tb: exit 2" bad :no_such_group_tb "no such group 'no_such_group_tb'"
 check "--socket-owner ':': exit 2" bad : "expects USER\[:GROUP\]"
+check "--socket-owner :4294967295 (the \"unchanged\" id, not a group): exit 2" bad :4294967295 "no such group '4294967295'"
 check "--socket-owner '': exit 2" bad "" "expects USER\[:GROUP\]"
 
 if [ "$(id -u)" != 0 ]; then
