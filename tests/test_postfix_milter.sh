@@ -42,8 +42,10 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections ||
         { echo "FAIL: $TL_NAME: debconf-set-selections failed"; exit 1; }
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq > /dev/null && apt-get install -y -qq --no-install-recommends --no-remove "${need[@]}" > /tmp/tbert_mta_apt.log 2>&1 ||
-        { tail -20 /tmp/tbert_mta_apt.log; echo "FAIL: $TL_NAME: apt-get install ${need[*]} failed (another MTA installed? this test never replaces one)"; exit 1; }
+    aptlog=$(mktemp /tmp/tbert_mta_apt.XXXXXX)
+    apt-get update -qq > /dev/null && apt-get install -y -qq --no-install-recommends --no-remove "${need[@]}" > "$aptlog" 2>&1 ||
+        { tail -20 "$aptlog"; rm -f "$aptlog"; echo "FAIL: $TL_NAME: apt-get install ${need[*]} failed (another MTA installed? this test never replaces one)"; exit 1; }
+    rm -f "$aptlog"
 fi
 SERVE_TOOLS=(postfix swaks)
 . "$TESTS/serve_common.sh"
