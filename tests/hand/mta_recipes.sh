@@ -9,6 +9,7 @@
 #      recipe's spamd_address and DATA ACL, Maildir delivery as nobody), feeds one spam-ish and one ham-ish
 #      message through `exim4 -odf -bs` with swaks --pipe (no daemon, no port) and prints the delivered
 #      headers: X-Spam-Score from $spam_score, X-Spam-Bar/-Report, and a reject above $spam_score_int 100;
+#   3b. runs the Postfix test again with Exim installed: it must fail without replacing Exim (apt --no-remove);
 #   4. Dovecot Sieve: installs dovecot-sieve, runs each message through spamc against `tbert serve --spamd`
 #      and the recipe's Sieve script through pigeonhole's sieve-test, which prints the action taken.
 # No service is started by a package (a policy-rc.d that says 101 is put in place first): the chroot shares
@@ -115,6 +116,12 @@ sed -i 's/{\$spam_score_int}{100}/{\$spam_score_int}{50}/' /etc/exim4/exim4.conf
 exim_send spam@test.invalid "$SPAM_MSG" > "$W/exim-reject.log" 2>&1; echo "swaks (spam, deny above score_int 50) exit $?"
 grep -E '^ *<\*\* ' "$W/exim-reject.log"
 echo "--- tbert serve's log (Exim's requests)"; grep 'spamd' "$W/serve.log" | tail -4
+
+step "the Postfix test with Exim installed: it must refuse to install postfix, not replace Exim"
+ctest --test-dir build/cpu -R '^test_postfix_milter$' --output-on-failure > "$W/pf-vs-exim.log" 2>&1
+echo "ctest exit $? (1 expected)"
+grep -E "^FAIL|E: " "$W/pf-vs-exim.log"
+dpkg-query -W -f='${Package} ${Status}\n' exim4-daemon-heavy postfix 2>&1
 
 step "Dovecot Sieve (through spamc)"
 apt-get install -y -qq --no-install-recommends dovecot-sieve spamc > /tmp/dovecot-apt.log 2>&1 || { tail -20 /tmp/dovecot-apt.log; exit 1; }
