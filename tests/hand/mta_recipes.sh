@@ -119,7 +119,7 @@ echo "--- tbert serve's log (Exim's requests)"; grep 'spamd' "$W/serve.log" | ta
 
 step "the Postfix test with Exim installed: it must refuse to install postfix, not replace Exim"
 ctest --test-dir build/cpu -R '^test_postfix_milter$' --output-on-failure > "$W/pf-vs-exim.log" 2>&1
-echo "ctest exit $? (1 expected)"
+echo "ctest exit $? (a failure expected)"
 grep -E "^FAIL|E: " "$W/pf-vs-exim.log"
 dpkg-query -W -f='${Package} ${Status}\n' exim4-daemon-heavy postfix 2>&1
 
