@@ -17,6 +17,7 @@
  *      (src/checkpoint_folder.c), after the current head was linked into history/.
  * The optimiser's moments start at zero (AdamW's first steps are then about lr in size), hence a learning rate
  * below the recipe's: the fold heads are already at the old data's optimum. */
+#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <glib.h>
@@ -179,24 +180,46 @@ static tbert_status continue_head(tbert_head *h, const tbert_rows *X, const int 
     return st;
 }
 
+/* probs (m x C) of rows idx[0..m) (NULL: 0..m) under h, on the sparse rows as training evaluates them
+ * (src/train.c eval_split: tbert_head_forward_rows), 256 rows at a time */
+static tbert_status rows_probs(const tbert_head *h, const tbert_rows *X, const int *idx, int m, float *probs, tbert_error *err) {
+    enum { CHUNK = 256 };
+    const int O = tbert_head_out_dim(&h->cfg), C = h->cfg.n_classes;
+    tbert_head_ws *ws = NULL;
+    tbert_rows rb = {0};
+    size_t bw = X->sparse_dim;
+    int *ix = tbert_malloc_array(CHUNK, sizeof(int));
+    float *z = tbert_malloc_array(CHUNK, (size_t)O * sizeof(float));
+    tbert_status st = ix && z ? tbert_head_ws_create(&h->cfg, CHUNK, &ws, err) : tbert_fail(err, TBERT_E_NOMEM, "learn: out of memory");
+    if (!st) st = tbert_rows_init(&rb, X->dense_dim, 1, &bw, err);
+    for (int i = 0; !st && i < m; i += CHUNK) {
+        int b = m - i < CHUNK ? m - i : CHUNK;
+        for (int j = 0; j < b; j++) ix[j] = idx ? idx[i + j] : i + j;
+        tbert_rows_clear(&rb);
+        st = tbert_rows_gather(&rb, X, ix, b, err);
+        if (!st) st = tbert_head_forward_rows(h, ws, &rb, false, NULL, z, err);
+        if (!st) tbert_head_probs(&h->cfg, b, z, probs + (size_t)i * C);
+    }
+    tbert_rows_free(&rb);
+    tbert_head_ws_free(ws);
+    free(ix);
+    free(z);
+    return st;
+}
+
 /* probs (n x C) of row i from the fold head that never trained on it */
 static tbert_status out_of_fold(const tbert_learn_state *s, float *probs, tbert_error *err) {
     const int C = s->heads[0]->cfg.n_classes;
     int *idx = tbert_malloc_array((size_t)s->n, sizeof(int));
     float *p = tbert_malloc_array((size_t)s->n, (size_t)C * sizeof(float));
-    tbert_rows rb = {0};
-    size_t bw = s->X.sparse_dim;
-    tbert_status st = idx && p ? tbert_rows_init(&rb, s->X.dense_dim, 1, &bw, err) : tbert_fail(err, TBERT_E_NOMEM, "learn: out of memory");
+    tbert_status st = idx && p ? TBERT_OK : tbert_fail(err, TBERT_E_NOMEM, "learn: out of memory");
     for (int k = 0; !st && k < s->K; k++) {
         int m = 0;
         for (int i = 0; i < s->n; i++)
             if (s->fold[i] == k) idx[m++] = i;
-        tbert_rows_clear(&rb);
-        st = tbert_rows_gather(&rb, &s->X, idx, m, err);
-        if (!st && m) st = tbert_head_predict_rows(s->heads[k], &rb, p, err);
+        st = rows_probs(s->heads[k], &s->X, idx, m, p, err);
         for (int j = 0; !st && j < m; j++) memcpy(probs + (size_t)idx[j] * C, p + (size_t)j * C, (size_t)C * sizeof(float));
     }
-    tbert_rows_free(&rb);
     free(idx);
     free(p);
     return st;
@@ -227,6 +250,10 @@ tbert_status tbert_learn_warm(const tbert_learn_opts *lo, tbert_learn_result *re
         *no_state = true;
         return TBERT_OK;
     }
+    /* one OpenBLAS thread, as src/train.c trains heads: the head's GEMMs are small, and on busy cores spinning
+     * workers cost more than they bring (the encoder of a new message uses its own threads) */
+    int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
     char *mpath = g_strdup_printf("%s/training.json", dir), *txt = NULL, *best = g_strdup_printf("%s/best.safetensors", dir);
     size_t len;
     cJSON *mj = NULL;
@@ -387,7 +414,7 @@ tbert_status tbert_learn_warm(const tbert_learn_opts *lo, tbert_learn_result *re
     if (!st) st = tbert_metrics_compute(n, C, fr.val_probs, y, r->positive, thr, &fr.val, err);
     if (!st) {
         float *pt = tbert_malloc_array((size_t)n, (size_t)C * sizeof(float));
-        st = pt ? tbert_head_predict_rows(ens, &ns.X, pt, err) : tbert_fail(err, TBERT_E_NOMEM, "learn: out of memory");
+        st = pt ? rows_probs(ens, &ns.X, NULL, n, pt, err) : tbert_fail(err, TBERT_E_NOMEM, "learn: out of memory");
         if (!st) st = tbert_metrics_compute(n, C, pt, y, r->positive, thr, &fr.train, err);
         free(pt);
     }
@@ -482,5 +509,6 @@ done:
     g_free(rule);
     g_free(mpath);
     g_free(best);
+    openblas_set_num_threads(blas_threads);
     return st;
 }
