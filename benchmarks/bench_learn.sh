@@ -76,6 +76,6 @@ bogotrain() {
 export -f bogotrain
 export B C
 timed "bogofilter -n/-s on the corpus (peer)" 'echo "-"' -- bash -c bogotrain
-b0=$(bogofilter -d "$B" -v < "$MSG" | sed -n 's/.*spamicity=\([0-9.]*\).*/\1/p')
-timed "bogofilter -s, one message (peer)" 'echo "spamicity $b0 -> $(bogofilter -d "$B" -v < "$MSG" | sed -n "s/.*spamicity=\([0-9.]*\).*/\1/p")"' -- \
-    bash -c 'bogofilter -d "$B" -s < "$0"' "$MSG"
+spamicity() { { bogofilter -d "$B" -v < "$MSG" || true; } | sed -n 's/.*spamicity=\([0-9.]*\).*/\1/p'; } # exit 1 = ham
+b0=$(spamicity)
+timed "bogofilter -s, one message (peer)" 'echo "spamicity $b0 -> $(spamicity)"' -- bash -c 'bogofilter -d "$B" -s < "$0"' "$MSG"
