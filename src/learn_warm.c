@@ -56,6 +56,7 @@ static void warm_hparams(const cJSON *m, const char *recipe_name, tbert_hparams 
     if (cJSON_IsNumber(v = cJSON_GetObjectItem(s, "lr")) && v->valuedouble > 0) hp->lr = v->valuedouble;
     if (cJSON_IsNumber(v = cJSON_GetObjectItem(s, "batch")) && v->valuedouble > 0) hp->batch = (int)v->valuedouble;
     if (cJSON_IsNumber(v = cJSON_GetObjectItem(s, "weight_decay")) && v->valuedouble >= 0) hp->weight_decay = v->valuedouble;
+    if (cJSON_IsNumber(v = cJSON_GetObjectItem(s, "dropout")) && v->valuedouble >= 0) hp->dropout = (float)v->valuedouble;
     hp->class_weights_auto = cJSON_IsTrue(cJSON_GetObjectItem(s, "class_weights_auto"));
     const char *seed = cJSON_GetStringValue(cJSON_GetObjectItem(s, "seed"));
     hp->seed = seed ? strtoull(seed, NULL, 10) : 42;
@@ -350,12 +351,13 @@ tbert_status tbert_learn_warm(const tbert_learn_opts *lo, tbert_learn_result *re
     for (int b = 0; b < s.X.n_blocks; b++) widths[b] = s.X.block_start[b + 1] - s.X.block_start[b];
     if (!st) st = tbert_rows_init(&ns.X, s.X.dense_dim, s.X.n_blocks, widths, err);
     if (!st) st = tbert_rows_gather(&ns.X, &s.X, keep, n_keep, err);
-    int per[64][2] = {{0}}; /* rows per (fold, class) */
+    int (*per)[2] = tbert_calloc_array((size_t)K, sizeof *per); /* rows per (fold, positive?) */
+    if (!st && !per) st = tbert_fail(err, TBERT_E_NOMEM, "learn: out of memory");
     for (int i = 0; !st && i < n_keep; i++) {
         ns.y[i] = s.y[keep[i]];
         ns.fold[i] = s.fold[keep[i]];
         memcpy(ns.origin + (size_t)i * 32, s.origin + (size_t)keep[i] * 32, 32);
-        if (ns.fold[i] < 64) per[ns.fold[i]][ns.y[i] == r->positive]++;
+        per[ns.fold[i]][ns.y[i] == r->positive]++;
     }
     free(keep);
     for (int j = 0; !st && j < (int)todo->len; j++) {
@@ -367,11 +369,12 @@ tbert_status tbert_learn_warm(const tbert_learn_opts *lo, tbert_learn_result *re
         ns.y[i] = cls;
         hex32(c->sha, ns.origin + (size_t)i * 32);
         int f = 0, pc = cls == r->positive;
-        for (int k = 1; k < K && k < 64; k++)
+        for (int k = 1; k < K; k++)
             if (per[k][pc] < per[f][pc]) f = k;
         ns.fold[i] = f;
         per[f][pc]++;
     }
+    free(per);
     /* 2. each fold head continues on the rows outside its fold, corrections repeated */
     int epochs = WARM_EPOCHS;
     ns.heads = tbert_calloc_array((size_t)K, sizeof *ns.heads);
@@ -380,6 +383,7 @@ tbert_status tbert_learn_warm(const tbert_learn_opts *lo, tbert_learn_result *re
     for (int k = 0; !st && k < K; k++) {
         ns.heads[k] = s.heads[k];
         s.heads[k] = NULL;
+        ns.heads[k]->cfg.dropout = hp.dropout; /* learn.state keeps weights and shape, not the training settings */
         int m = 0;
         for (int i = 0; i < n; i++) {
             if (ns.fold[i] == k) continue;
