@@ -9,10 +9,12 @@
  * spent on pads. Real rows are therefore exactly what transformers computes with its additive mask
  * (there exp(mask) underflows to exactly 0 for padded keys).
  *
+ * A batch of one sequence on the AVX-512 path runs on a team of all threads instead ("a lone sequence on all
+ * threads" below: the products split by column panels, with barriers), bit for bit the one-thread result.
+ *
  * OpenBLAS's thread count is process-wide: each forward sets it to 1 (the workers call sgemm concurrently,
- * each on its own thread) or, for a batch that fits one worker (e.g. a single text), to all threads (the
- * AVX-512 kernel runs such a batch on one thread). An encoder runs one call at a time; pooling reads the
- * packed rows directly (no [B,T,H] round trip).
+ * each on its own thread) or, for a batch that fits one worker on the BLAS path, to all threads. An encoder
+ * runs one call at a time; pooling reads the packed rows directly (no [B,T,H] round trip).
  *
  * Per layer (N packed tokens, H hidden, I intermediate, A heads of d = H/A):
  *   qkv[N,3H]  = x @ Wqkv^T + bqkv          (Wq|Wk|Wv fused at create time; Wq, bq pre-scaled by 1/sqrt(d))
