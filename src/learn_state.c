@@ -234,7 +234,8 @@ tbert_status tbert_learn_state_load(const char *dir, tbert_learn_state *s, tbert
         goto done;
     }
     for (uint64_t i = 0; i < n; i++) {
-        if (y[i] < 0 || y[i] >= cfg.n_classes || fold[i] < 0 || (uint64_t)fold[i] >= K) BAD("%s: row %llu: class or fold out of range", path, (unsigned long long)i);
+        if (y[i] < 0 || y[i] >= cfg.n_classes || fold[i] < 0 || (uint64_t)fold[i] >= K)
+            BAD("%s: row %llu: class or fold out of range", path, (unsigned long long)i);
         s->y[i] = y[i];
         s->fold[i] = fold[i];
     }

@@ -231,7 +231,8 @@ static tbert_status link_in(const char *dir, const char *work, const char *name,
     char *from = g_strdup_printf("%s/%s", dir, name), *to = g_strdup_printf("%s/%s", work, name);
     tbert_status st = TBERT_OK;
     unlink(to);
-    if (link(from, to) != 0 && errno != ENOENT) st = tbert_fail(err, TBERT_E_IO, "%s: cannot link into %s: %s", from, work, strerror(errno));
+    if (link(from, to) != 0 && errno != ENOENT)
+        st = tbert_fail(err, TBERT_E_IO, "%s: cannot link into %s: %s", from, work, strerror(errno));
     g_free(from);
     g_free(to);
     return st;

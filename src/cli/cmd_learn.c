@@ -8,7 +8,8 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: tbert learn --head DIR (--spam|--ham) FILE... [--unlearn] [--no-retrain] [--full] [--keep N] [--device D] [--threads N]\n"
+            "usage: tbert learn --head DIR (--spam|--ham) FILE... [--unlearn] [--no-retrain] [--full] [--keep N]\n"
+            "                   [--device D] [--threads N]\n"
             "       tbert learn --head DIR --retrain [--warm]\n"
             "       tbert learn --head DIR --rollback\n\n"
             "Learning from mistakes. Each FILE is one message; it is registered as spam or ham in DIR/learned.jsonl\n"
@@ -19,10 +20,10 @@ static void usage(FILE *f) {
             "encoded, and the threshold is re-chosen from the new out-of-fold scores (seconds). --full (and\n"
             "--retrain) is `tbert train` again with the same settings and training mail (DIR/training.json) plus\n"
             "the corrections: messages already encoded come from the feature store, the rest is parsed, encoded\n"
-            "and trained from scratch; a head without learn.state retrains in full. The new head replaces the\n"
-            "old one atomically; the old one is\n"
-            "kept in DIR/history/N (the last --keep). The threshold is re-chosen from the new out-of-fold scores\n"
-            "with the rule that chose the current one. A running `tbert serve --head DIR` picks the new head up.\n\n"
+            "and trained from scratch; a head without learn.state retrains in full. Either way the threshold is\n"
+            "re-chosen from out-of-fold scores with the rule that chose the current one, the new head replaces the\n"
+            "old one atomically, the old one is kept in DIR/history/N (the last --keep), and a running\n"
+            "`tbert serve --head DIR` picks the new head up. docs/learn.md tells the details.\n\n"
             "  --head DIR       a head folder from `tbert train --ham/--spam`\n"
             "  --spam, --ham    the class the FILEs belong to\n"
             "  --unlearn        take the FILEs' earlier corrections back (as spamc -L forget)\n"
@@ -122,8 +123,9 @@ static void forget_usage(FILE *f) {
             "Forgets messages (one per FILE): removes what the feature store keeps of each (its encoded dense block,\n"
             "under the head's recipe and model) and appends a removal of it to DIR/learned.jsonl, so that a\n"
             "correction of it is no longer in force; the head is then retrained without it when it was one (unless\n"
-            "--no-retrain; warm as in tbert learn unless --full). A message in the folders the head was trained from stays in its training set: take it\n"
-            "out of the folder and retrain (`tbert learn --head DIR --retrain`).\n\n"
+            "--no-retrain; warm as in tbert learn unless --full). A message in the folders the head was trained\n"
+            "from stays in its training set: take it out of the folder and retrain (`tbert learn --head DIR\n"
+            "--retrain`).\n\n"
             "Prints one line: messages forgotten, store entries removed, corrections in force.\n"
             "exit status: 0 done; 2 bad usage or failure.\n");
 }
