@@ -269,7 +269,7 @@ tbert_status tbert_learn_warm(const tbert_learn_opts *lo, tbert_learn_result *re
     tbert_train_result tres = {0};
     tbert_ckpt_plan plan = {0};
     bool planned = false;
-    char *rule = NULL, *settings = NULL;
+    char *rule = NULL;
     bool *pos = NULL;
     float *score = NULL;
     int *y = NULL;
@@ -510,7 +510,6 @@ done:
     free(score);
     free(pos);
     free(y);
-    free(settings);
     g_free(rule);
     g_free(mpath);
     g_free(best);
