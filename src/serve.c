@@ -978,7 +978,9 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
     snprintf(head_file, sizeof head_file, tbert_is_dir(o->head) ? "%s/best.safetensors" : "%s", o->head);
     struct stat head_seen = {0};
     bool head_known = stat(head_file, &head_seen) == 0;
+    serve_retrainer *retrainer = st ? NULL : serve_retrainer_new(o->head, o->exe, o->retrain_after);
     while (!st) {
+        serve_retrainer_tick(retrainer, slog, s);
         siginfo_t si;
         struct timespec ts = {1, 0};
         int sig = sigtimedwait(&set, &si, &ts);
@@ -1019,6 +1021,7 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
         }
     }
 
+    serve_retrainer_free(retrainer, slog, s);
     /* drain: stop accepting, let the connections in flight finish, then stop */
     if (acceptor_on) {
         ssize_t w = write(s->wake[1], "x", 1);

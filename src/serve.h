@@ -8,7 +8,8 @@
  *   src/serve_spamd.c    SpamAssassin's SPAMC/1.x protocol on one connection
  *   src/serve_http.c     HTTP/JSON through libmicrohttpd
  *   src/serve_milter.c   the milter child process (owns libmilter), which asks the parent over a unix socket
- *   src/learn_log.c      the durable learned.jsonl append (TELL, POST /learn) */
+ *   src/learn_log.c      the durable learned.jsonl append (TELL, POST /learn)
+ *   src/serve_retrain.c  the debounced background retrain after corrections (a `tbert learn` child) */
 #ifndef TBERT_SERVE_H
 #define TBERT_SERVE_H
 
@@ -54,6 +55,7 @@ typedef struct {
     bool syslog;                           /* log to syslog (facility mail) as well as stderr */
     const char *user;                      /* --user: drop to this user once the listeners are bound */
     const char *exe;                       /* this binary, for the milter child (default /proc/self/exe) */
+    double retrain_after;                  /* seconds without new corrections before a background retrain; 0: never */
 } serve_opts;
 
 /* ---- serve_verdict.c ---------------------------------------------------------------------------- */
@@ -101,6 +103,17 @@ tbert_status tbert_learn_append(const char *head_dir, const char *action, const 
 
 /* ---- serve.c ------------------------------------------------------------------------------------ */
 typedef struct serve_ctx serve_ctx;
+
+/* ---- serve_retrain.c: the debounced background retrain (serve's main thread only) ------------------ */
+typedef void (*serve_log_fn)(serve_ctx *s, const char *fmt, ...);
+typedef struct serve_retrainer serve_retrainer;
+/* NULL (off) when quiet_s <= 0 or out of memory. head: serve's --head (a folder or its best.safetensors). */
+serve_retrainer *serve_retrainer_new(const char *head, const char *exe, double quiet_s);
+/* Once a second: notices learned.jsonl changed, reaps a finished retrain (one log line), and starts
+ * `tbert learn --retrain --warm` once the log has been quiet for quiet_s seconds. NULL: nothing. */
+void serve_retrainer_tick(serve_retrainer *r, serve_log_fn log, serve_ctx *ctx);
+/* Stops a running retrain (the head stays as it is) and frees. */
+void serve_retrainer_free(serve_retrainer *r, serve_log_fn log, serve_ctx *ctx);
 
 /* Runs the service until SIGTERM/SIGINT (drained) or a fatal error. Prints "listening on ..." per listener. */
 tbert_status serve_run(const serve_opts *o, tbert_error *err);

@@ -57,6 +57,9 @@ static void usage(FILE *f) {
             "signals: SIGHUP reloads the model and the head (new connections are never dropped; requests in\n"
             "flight finish on the old head); SIGTERM or SIGINT stops accepting, drains and exits 0.\n"
             "Learning: spamc -L spam|ham (TELL) and POST /learn append the message to DIR/learned.jsonl.\n"
+            "  --retrain-after S       once learned.jsonl has had no new correction for S seconds, retrain in the\n"
+            "                          background (`tbert learn --retrain --warm` as a child process; the new head\n"
+            "                          is picked up as on SIGHUP); default 60, 0 = never (retrain yourself)\n"
             "Logs: one line per message (verdict, score, p, milliseconds; never subjects or addresses).\n"
             "See docs/mail.md.\n");
 }
@@ -83,7 +86,7 @@ int cmd_serve(int argc, char **argv) {
     enum {
         O_HEAD = 256, O_MODEL, O_DEVICE, O_THREADS, O_SPAMD, O_MILTER, O_HTTP, O_ALLOW, O_MAXCONN, O_MAXMSG, O_TIMEOUT,
         O_BATCH, O_WINDOW, O_UNSURE, O_REJECT, O_QUAR, O_SOCKMODE, O_SOCKOWNER, O_SYSLOG, O_USER, O_HELP, O_CHILD,
-        O_UPSTREAM
+        O_UPSTREAM, O_RETRAIN_AFTER
     };
     static const struct option longopts[] = {
         {"head", required_argument, NULL, O_HEAD},
@@ -107,6 +110,7 @@ int cmd_serve(int argc, char **argv) {
         {"syslog", no_argument, NULL, O_SYSLOG},
         {"user", required_argument, NULL, O_USER},
         {"help", no_argument, NULL, O_HELP},
+        {"retrain-after", required_argument, NULL, O_RETRAIN_AFTER},
         {"milter-child", required_argument, NULL, O_CHILD},       /* internal: serve.c starts it */
         {"milter-upstream", required_argument, NULL, O_UPSTREAM}, /* internal */
         {NULL, 0, NULL, 0},
@@ -120,6 +124,7 @@ int cmd_serve(int argc, char **argv) {
     o.timeout_s = SERVE_DEFAULT_TIMEOUT;
     o.reject_above = o.quarantine_above = 2; /* off */
     o.socket_mode = 0660;
+    o.retrain_after = 60;
     const char *child = NULL, *upstream = NULL;
     long v;
     double d;
@@ -196,6 +201,9 @@ int cmd_serve(int argc, char **argv) {
         case O_SYSLOG: o.syslog = true; break;
         case O_USER: o.user = optarg; break;
         case O_HELP: usage(stdout); return CLI_OK;
+        case O_RETRAIN_AFTER:
+            if (!cli_parse_double(CMD, "--retrain-after", optarg, 0, 86400 * 7, &o.retrain_after)) return CLI_USAGE;
+            break;
         case O_CHILD: child = optarg; break;
         case O_UPSTREAM: upstream = optarg; break;
         default: return CLI_USAGE;
