@@ -30,7 +30,7 @@
 #define STAGE_NAME ".tbert-staging"
 #define STAGE_MARKER ".complete"
 /* in the order they move in; the old ones go in the reverse order */
-static const char *const RUN_FILES[] = {"split.tsv", "metrics.json", "report.html", "training.json", "best.safetensors",
+static const char *const RUN_FILES[] = {"split.tsv", "metrics.json", "report.html", "training.json", "learn.state", "best.safetensors",
                                         "last.safetensors", "oof.safetensors"};
 enum { N_RUN_FILES = sizeof RUN_FILES / sizeof RUN_FILES[0] };
 

@@ -199,6 +199,13 @@ tbert_status tbert_fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, cons
                     (double)thr, n, hp->threshold ? hp->threshold : "f1", K);
         st = tbert_head_ensemble(heads, K, &r->best, err);
     }
+    if (!st) { /* the members and the folds, for a warm-started `tbert learn` */
+        r->fold_heads = heads;
+        r->n_fold_heads = K;
+        r->fold = fold;
+        heads = NULL;
+        fold = NULL;
+    }
     if (!st) st = split_metrics(r->best, d, d->train_idx, n, thr, &r->train, NULL, err);
     if (!st) st = split_metrics(r->best, d, d->test_idx, d->n_test, thr, &r->test, &r->test_probs, err);
     if (!st && ck) { /* best and last hold the same ensemble (there is no epoch to resume: --resume refits the folds) */

@@ -9,10 +9,12 @@
  * spent on pads. Real rows are therefore exactly what transformers computes with its additive mask
  * (there exp(mask) underflows to exactly 0 for padded keys).
  *
+ * A batch of one sequence on the AVX-512 path runs on a team of all threads instead ("a lone sequence on all
+ * threads" below: the products split by column panels, with barriers), bit for bit the one-thread result.
+ *
  * OpenBLAS's thread count is process-wide: each forward sets it to 1 (the workers call sgemm concurrently,
- * each on its own thread) or, for a batch that fits one worker (e.g. a single text), to all threads (the
- * AVX-512 kernel runs such a batch on one thread). An encoder runs one call at a time; pooling reads the
- * packed rows directly (no [B,T,H] round trip).
+ * each on its own thread) or, for a batch that fits one worker on the BLAS path, to all threads. An encoder
+ * runs one call at a time; pooling reads the packed rows directly (no [B,T,H] round trip).
  *
  * Per layer (N packed tokens, H hidden, I intermediate, A heads of d = H/A):
  *   qkv[N,3H]  = x @ Wqkv^T + bqkv          (Wq|Wk|Wv fused at create time; Wq, bq pre-scaled by 1/sqrt(d))
@@ -340,6 +342,115 @@ static void *worker_run(void *arg) {
     return NULL;
 }
 
+/* ---- a lone sequence on all threads ----
+ * A batch of one sequence (serve at concurrency 1, filter, learn) would keep one core busy and leave the others
+ * idle. A team of the encoder's threads then splits each matrix product by 32-column panels, the attention by
+ * heads and the layernorms by rows, with a barrier between steps. Every output element is computed by the same
+ * code on the same inputs as on one thread, so the result is bit for bit the one-thread result
+ * (tests/test_encoder_cpu.c checks it). Only on the AVX-512 path: on the BLAS path OpenBLAS's own threads split
+ * a lone sequence's products. */
+enum { TEAM_MIN_TOKENS = 16, TEAM_MAX = 16 };
+
+typedef struct {
+    const worker_job *j;
+    int id, n;
+    pthread_barrier_t *bar;
+    pthread_mutex_t *mu; /* the start gate: members wait until every thread exists (or the team is called off) */
+    pthread_cond_t *cv;
+    const int *gate; /* 1 go, -1 called off */
+} team_member;
+
+static void team_split(int total, int id, int n, int *a, int *b) {
+    *a = (int)((long)total * id / n);
+    *b = (int)((long)total * (id + 1) / n);
+}
+
+static void team_gemm(const team_member *t, int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias,
+                      bool acc, bool gelu, float *c, size_t ldc) {
+    int p0, p1;
+    team_split(tbert_packed_panels(w), t->id, t->n, &p0, &p1);
+    tbert_gemm_packed_panels(m, a, lda, w, bias, acc, gelu, c, ldc, p0, p1);
+    pthread_barrier_wait(t->bar);
+}
+
+/* one member's share of the whole stack (member 0 embeds; the caller emits after the join) */
+static void *team_run(void *arg) {
+    const team_member *t = arg;
+    pthread_mutex_lock(t->mu);
+    while (*t->gate == 0) pthread_cond_wait(t->cv, t->mu);
+    int go = *t->gate;
+    pthread_mutex_unlock(t->mu);
+    if (go < 0) return NULL;
+    const worker_job *j = t->j;
+    const tbert_cpu_encoder *e = j->e;
+    cpu_worker *w = j->w;
+    const tbert_config *c = &e->m->cfg;
+    int H = c->hidden, IM = c->intermediate, A = c->heads, d = H / A, N = (int)w->n_tok, ld = 3 * H;
+    float *kt = e->w[t->id].scores, *sc = kt + (size_t)H * N; /* this member's attention scratch */
+    int r0, r1, h0, h1;
+    team_split(N, t->id, t->n, &r0, &r1);
+    team_split(A, t->id, t->n, &h0, &h1);
+    if (t->id == 0) embed(e->m, w, j->T, j->ids, j->lengths, w->x);
+    pthread_barrier_wait(t->bar);
+    for (int l = 0; l < e->layers; l++) {
+        const tbert_layer_weights *lw = &e->m->layer[l];
+        const cpu_layer *p = &e->lp[l];
+        team_gemm(t, N, w->x, (size_t)H, &p->qkv, e->qkv_b + (size_t)l * 3 * H, false, false, w->big, 3 * (size_t)H);
+        if (h0 < h1) { /* the heads [h0, h1), as attention() computes each */
+            const float *q = w->big, *k = q + H, *v = q + 2 * H;
+            transpose_keys(k, ld, N, H, kt);
+            for (int h = h0; h < h1; h++) {
+                tbert_gemm_nn(e->avx512, N, N, d, q + h * d, (size_t)ld, kt + (size_t)h * d * N, (size_t)N, sc, (size_t)N);
+                softmax_rows(sc, N, N, N);
+                tbert_gemm_nn(e->avx512, N, d, N, sc, (size_t)N, v + h * d, (size_t)ld, w->ctx + h * d, (size_t)H);
+            }
+        }
+        pthread_barrier_wait(t->bar);
+        team_gemm(t, N, w->ctx, (size_t)H, &p->attn_out, lw->attn_out_b, true, false, w->x, (size_t)H);
+        bias_layernorm(w->x + (size_t)r0 * H, NULL, lw->attn_ln_g, lw->attn_ln_b, (size_t)(r1 - r0), H, c->layer_norm_eps);
+        pthread_barrier_wait(t->bar);
+        team_gemm(t, N, w->x, (size_t)H, &p->inter, lw->inter_b, false, true, w->big, (size_t)IM);
+        team_gemm(t, N, w->big, (size_t)IM, &p->out, lw->out_b, true, false, w->x, (size_t)H);
+        bias_layernorm(w->x + (size_t)r0 * H, NULL, lw->out_ln_g, lw->out_ln_b, (size_t)(r1 - r0), H, c->layer_norm_eps);
+        pthread_barrier_wait(t->bar);
+    }
+    return NULL;
+}
+
+/* The lone worker's sequence on a team of n threads; false (nothing done) when the team cannot be set up (a
+ * thread that cannot start, no memory for a member's scratch): the caller then runs it on one thread. */
+static bool team_forward(tbert_cpu_encoder *e, const worker_job *j, int n) {
+    const tbert_config *c = &e->m->cfg;
+    size_t N = j->w->n_tok, H = (size_t)c->hidden;
+    for (int i = 1; i < n; i++)
+        if (!grow(&e->w[i].scores, &e->w[i].cap_scores, N * (H + N))) return false;
+    pthread_barrier_t bar;
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    int gate = 0;
+    if (pthread_barrier_init(&bar, NULL, (unsigned)n) != 0) return false;
+    team_member t[TEAM_MAX];
+    pthread_t tid[TEAM_MAX];
+    int started = 0;
+    for (int i = 0; i < n; i++) t[i] = (team_member){j, i, n, &bar, &mu, &cv, &gate};
+    for (int i = 1; i < n; i++) {
+        if (pthread_create(&tid[i], NULL, team_run, &t[i]) != 0) break;
+        started++;
+    }
+    pthread_mutex_lock(&mu);
+    gate = started == n - 1 ? 1 : -1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+    if (gate > 0) team_run(&t[0]);
+    for (int i = 1; i <= started; i++) pthread_join(tid[i], NULL);
+    pthread_barrier_destroy(&bar);
+    if (gate < 0) return false;
+    const float *r = j->w->x; /* one sequence: emit as worker_run does */
+    int b = j->w->seq[0];
+    emit(j, b, r, j->lengths[b], H);
+    return true;
+}
+
 enum { MIN_WORKER_TOKENS = 64 };
 
 /* Estimated cost of a sequence: per-token GEMMs plus quadratic attention. */
@@ -419,6 +530,14 @@ static tbert_status run(tbert_cpu_encoder *e, int B, int T, const int32_t *ids, 
 
     worker_job jobs[W];
     for (int i = 0; i < W; i++) jobs[i] = (worker_job){e, &e->w[i], T, out_T, pool, ids, lengths, out};
+    int team = e->threads < TEAM_MAX ? e->threads : TEAM_MAX;
+    if (W == 1 && e->w[0].n_seq == 1 && team > 1 && e->avx512 && e->w[0].n_tok >= TEAM_MIN_TOKENS) {
+        openblas_set_num_threads(1);
+        if (team_forward(e, &jobs[0], team)) {
+            if (pool == TBERT_POOL_POOLER) return tbert_pooler_dense(e->m, B, out, err);
+            return TBERT_OK;
+        }
+    }
     /* One busy worker (a batch of one): let OpenBLAS use all threads for its GEMMs instead. */
     openblas_set_num_threads(W == 1 ? e->threads : 1);
     pthread_t tid[W > 1 ? W - 1 : 1];

@@ -245,15 +245,17 @@ static AVX512 void gemm_nn_avx512(int m, int n, int k, const float *a, size_t ld
     }
 }
 
+/* the output columns of panels [jp0, jp1) only (all of them: 0, panels): every tile is computed exactly as in
+ * the whole product, so splitting the panels among threads gives the same bits */
 static AVX512 void gemm_avx512(int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias,
-                               bool accumulate, bool gelu, float *c, size_t ldc) {
-    int n = w->n, k = w->k, panels = (n + NR - 1) / NR;
+                               bool accumulate, bool gelu, float *c, size_t ldc, int jp0, int jp1) {
+    int n = w->n, k = w->k, panels = jp1;
     for (int i0 = 0; i0 < m; i0 += MC) {
         int i1 = m - i0 < MC ? m : i0 + MC;
         for (int p0 = 0; p0 < k; p0 += KC) {
             int kc = k - p0 < KC ? k - p0 : KC;
             bool load_c = p0 > 0 || accumulate, last = p0 + kc == k;
-            for (int jp = 0; jp < panels; jp++) {
+            for (int jp = jp0; jp < panels; jp++) {
                 int j0 = jp * NR, nr = n - j0 < NR ? n - j0 : NR;
                 __mmask16 m0 = mask_lo(nr), m1 = mask_hi(nr);
                 const float *bp = w->packed + (size_t)jp * (size_t)k * NR + (size_t)p0 * NR;
@@ -274,11 +276,23 @@ void tbert_gemm_packed(int m, const float *a, size_t lda, const tbert_packed_w *
     if (m <= 0) return;
 #if TBERT_HAVE_AVX512_KERNEL
     if (w->packed) {
-        gemm_avx512(m, a, lda, w, bias, accumulate, gelu, c, ldc);
+        gemm_avx512(m, a, lda, w, bias, accumulate, gelu, c, ldc, 0, (w->n + NR - 1) / NR);
         return;
     }
 #endif
     gemm_blas(m, a, lda, w, bias, accumulate, gelu, c, ldc);
+}
+
+int tbert_packed_panels(const tbert_packed_w *w) { return w->packed ? (w->n + NR - 1) / NR : 0; }
+
+void tbert_gemm_packed_panels(int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias, bool accumulate,
+                              bool gelu, float *c, size_t ldc, int jp0, int jp1) {
+    if (m <= 0 || jp0 >= jp1) return;
+#if TBERT_HAVE_AVX512_KERNEL
+    if (w->packed) gemm_avx512(m, a, lda, w, bias, accumulate, gelu, c, ldc, jp0, jp1);
+#else
+    (void)a, (void)lda, (void)w, (void)bias, (void)accumulate, (void)gelu, (void)c, (void)ldc;
+#endif
 }
 
 void tbert_gemm_nn(bool avx512, int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,

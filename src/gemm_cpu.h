@@ -37,6 +37,13 @@ void tbert_packed_free(tbert_packed_w *p);
 void tbert_gemm_packed(int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias, bool accumulate,
                        bool gelu, float *c, size_t ldc);
 
+/* The AVX-512 path split by output columns (the encoder's team for a lone sequence, src/encoder_cpu.c): the
+ * number of 32-column panels of a packed w (0 on the BLAS path, which has none), and the product restricted
+ * to panels [jp0, jp1), bit for bit the columns tbert_gemm_packed writes. Does nothing on the BLAS path. */
+int tbert_packed_panels(const tbert_packed_w *w);
+void tbert_gemm_packed_panels(int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias, bool accumulate,
+                              bool gelu, float *c, size_t ldc, int jp0, int jp1);
+
 /* c[m, n] = a[m, k] @ b[k, n] (row-major, b not packed: the attention's small products); the AVX-512 kernel
  * when avx512 (the caller checked tbert_gemm_avx512_supported), else cblas_sgemm. k >= 1. */
 void tbert_gemm_nn(bool avx512, int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,

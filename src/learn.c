@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "learn_internal.h"
 #include "serve.h"
 #include "tbert/checkpoint.h"
 #include "tbert/fileio.h"
@@ -27,7 +28,7 @@
 #define MAX_MESSAGE ((size_t)64 << 20)
 #define MAX_LOG ((size_t)1 << 34)
 /* the files of one head, as src/checkpoint_folder.c moves them */
-static const char *const HEAD_FILES[] = {"split.tsv", "metrics.json", "report.html", "training.json", "best.safetensors",
+static const char *const HEAD_FILES[] = {"split.tsv", "metrics.json", "report.html", "training.json", "learn.state", "best.safetensors",
                                          "last.safetensors", "oof.safetensors"};
 enum { N_HEAD_FILES = sizeof HEAD_FILES / sizeof HEAD_FILES[0], DEFAULT_KEEP = 5 };
 
@@ -39,7 +40,7 @@ static void fsync_dir(const char *dir) {
 }
 
 /* one learn/rollback at a time per head folder: DIR/.learn.lock (flock, released when the process ends) */
-static tbert_status lock_head(const char *head, int *fd, tbert_error *err) {
+tbert_status tbert_learn_lock_head(const char *head, int *fd, tbert_error *err) {
     char *p = g_strdup_printf("%s/.learn.lock", head);
     *fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     tbert_status st = TBERT_OK;
@@ -51,13 +52,13 @@ static tbert_status lock_head(const char *head, int *fd, tbert_error *err) {
     return st;
 }
 
-static void unlock_head(int fd) {
+void tbert_learn_unlock_head(int fd) {
     if (fd >= 0) close(fd);
 }
 
 /* A retrain killed while its files moved in (src/checkpoint_folder.c) leaves DIR half-moved, without a
  * loadable head, until the next run finishes the move: learn, rollback and forget finish it first. */
-static tbert_status finish_move(const char *head, tbert_error *err) {
+tbert_status tbert_learn_finish_move(const char *head, tbert_error *err) {
     tbert_ckpt_plan p = {0};
     tbert_status st = tbert_ckpt_plan_open(head, false, &p, err);
     if (!st && p.staged) rmdir(p.stage); /* the empty staging folder plan_open made for a run */
@@ -66,15 +67,10 @@ static tbert_status finish_move(const char *head, tbert_error *err) {
 }
 
 /* ---- the corrections in force ---- */
-typedef struct {
-    char sha[65];
-    char klass[8];
-    char *b64;
-} correction;
 
 /* Replays learned.jsonl: "learn" sets a message's class (a later line wins), "forget" with its class (or
  * "any") takes it out. A line that does not parse (a torn last line) is skipped with a warning. */
-static tbert_status corrections_read(const char *head, GPtrArray **out, tbert_error *err) {
+tbert_status tbert_learn_corrections_read(const char *head, GPtrArray **out, tbert_error *err) {
     *out = g_ptr_array_new();
     char *path = g_strdup_printf("%s/learned.jsonl", head), *buf = NULL;
     size_t len = 0;
@@ -122,7 +118,7 @@ static tbert_status corrections_read(const char *head, GPtrArray **out, tbert_er
     return st;
 }
 
-static void corrections_free(GPtrArray *a) {
+void tbert_learn_corrections_free(GPtrArray *a) {
     if (!a) return;
     for (guint i = 0; i < a->len; i++) {
         correction *c = a->pdata[i];
@@ -134,7 +130,7 @@ static void corrections_free(GPtrArray *a) {
 
 /* DIR/learned/{ham,spam}/SHA.eml = the corrections in force, nothing else (files named by content, written
  * atomically, the ones no longer in force removed) */
-static tbert_status materialize(const char *head, GPtrArray *cs, int *n_ham, int *n_spam, tbert_error *err) {
+tbert_status tbert_learn_materialize(const char *head, GPtrArray *cs, int *n_ham, int *n_spam, tbert_error *err) {
     *n_ham = *n_spam = 0;
     tbert_status st = TBERT_OK;
     const char *classes[] = {"ham", "spam"};
@@ -194,7 +190,7 @@ static GArray *history_list(const char *head) {
     return a;
 }
 
-static void remove_entry(const char *dir) {
+void tbert_learn_remove_entry(const char *dir) {
     for (int k = 0; k < N_HEAD_FILES; k++) {
         char *p = g_strdup_printf("%s/%s", dir, HEAD_FILES[k]);
         unlink(p);
@@ -215,7 +211,7 @@ static bool same_head(const char *head, long n) {
     return same;
 }
 
-static tbert_status history_push(const char *head, int keep, long *made, tbert_error *err) {
+tbert_status tbert_learn_history_push(const char *head, int keep, long *made, tbert_error *err) {
     *made = 0;
     char *h = g_strdup_printf("%s/history", head);
     tbert_status st = tbert_mkdirs(h, err);
@@ -228,7 +224,7 @@ static tbert_status history_push(const char *head, int keep, long *made, tbert_e
     long n = a->len ? g_array_index(a, long, a->len - 1) + 1 : 1;
     char *tmp = g_strdup_printf("%s/.new.%ld", h, (long)getpid()), *fin = g_strdup_printf("%s/%ld", h, n);
     if (!st) {
-        remove_entry(tmp);
+        tbert_learn_remove_entry(tmp);
         if (mkdir(tmp, 0700) != 0) st = tbert_fail(err, TBERT_E_IO, "%s: cannot create: %s", tmp, strerror(errno));
     }
     for (int k = 0; !st && k < N_HEAD_FILES; k++) {
@@ -243,11 +239,11 @@ static tbert_status history_push(const char *head, int keep, long *made, tbert_e
         if (rename(tmp, fin) != 0) st = tbert_fail(err, TBERT_E_IO, "%s: cannot create: %s", fin, strerror(errno));
         else fsync_dir(h);
     }
-    if (st) remove_entry(tmp);
+    if (st) tbert_learn_remove_entry(tmp);
     else *made = n;
     for (guint i = 0; !st && a->len + 1 > (guint)keep && i < a->len + 1 - (guint)keep; i++) {
         char *old = g_strdup_printf("%s/%ld", h, g_array_index(a, long, i));
-        remove_entry(old);
+        tbert_learn_remove_entry(old);
         g_free(old);
     }
     g_array_free(a, TRUE);
@@ -259,22 +255,22 @@ static tbert_status history_push(const char *head, int keep, long *made, tbert_e
 
 tbert_status tbert_learn_rollback(const char *head, tbert_error *err) {
     int lfd = -1;
-    tbert_status st = lock_head(head, &lfd, err);
-    if (!st) st = finish_move(head, err);
+    tbert_status st = tbert_learn_lock_head(head, &lfd, err);
+    if (!st) st = tbert_learn_finish_move(head, err);
     if (st) {
-        unlock_head(lfd);
+        tbert_learn_unlock_head(lfd);
         return st;
     }
     GArray *a = history_list(head);
     while (a->len && same_head(head, g_array_index(a, long, a->len - 1))) { /* the current head itself: not a previous one */
         char *e = g_strdup_printf("%s/history/%ld", head, g_array_index(a, long, a->len - 1));
-        remove_entry(e);
+        tbert_learn_remove_entry(e);
         g_free(e);
         g_array_set_size(a, a->len - 1);
     }
     if (!a->len) {
         g_array_free(a, TRUE);
-        unlock_head(lfd);
+        tbert_learn_unlock_head(lfd);
         return tbert_fail(err, TBERT_E_ARG, "%s: no previous head to roll back to (%s/history is empty)", head, head);
     }
     char *entry = g_strdup_printf("%s/history/%ld", head, g_array_index(a, long, a->len - 1));
@@ -303,10 +299,10 @@ tbert_status tbert_learn_rollback(const char *head, tbert_error *err) {
         fsync_dir(p.work);
         st = tbert_ckpt_plan_commit(head, &p, err);
     }
-    if (!st) remove_entry(entry);
+    if (!st) tbert_learn_remove_entry(entry);
     tbert_ckpt_plan_free(&p);
     g_free(entry);
-    unlock_head(lfd);
+    tbert_learn_unlock_head(lfd);
     return st;
 }
 
@@ -326,10 +322,19 @@ static const char **str_array(const cJSON *a, int *n) {
 tbert_status tbert_learn_retrain(const tbert_learn_opts *lo, tbert_learn_result *res, tbert_error *err) {
     double t0 = tbert_now();
     int lfd = -1;
-    tbert_status st = lock_head(lo->head, &lfd, err);
-    if (!st) st = finish_move(lo->head, err);
+    tbert_status st = tbert_learn_lock_head(lo->head, &lfd, err);
+    if (!st) st = tbert_learn_finish_move(lo->head, err);
+    if (!st && !lo->full) { /* warm start from the current fold heads and stored rows, when the head has them */
+        bool no_state = false;
+        st = tbert_learn_warm(lo, res, &no_state, err);
+        if (st || !no_state) {
+            res->seconds_retrain = tbert_now() - t0;
+            tbert_learn_unlock_head(lfd);
+            return st;
+        }
+    }
     if (st) {
-        unlock_head(lfd);
+        tbert_learn_unlock_head(lfd);
         return st;
     }
     char *mpath = g_strdup_printf("%s/training.json", lo->head), *txt = NULL;
@@ -345,8 +350,8 @@ tbert_status tbert_learn_retrain(const tbert_learn_opts *lo, tbert_learn_result 
     if (!st && !(m = cJSON_Parse(txt))) st = tbert_fail(err, TBERT_E_IO, "%s: not valid JSON", mpath);
     if (!st && cJSON_GetObjectItem(m, "data"))
         st = tbert_fail(err, TBERT_E_ARG, "%s: learn needs a head trained from mail (--ham/--spam), this one came from a table", mpath);
-    if (!st) st = corrections_read(lo->head, &cs, err);
-    if (!st) st = materialize(lo->head, cs, &res->learned_ham, &res->learned_spam, err);
+    if (!st) st = tbert_learn_corrections_read(lo->head, &cs, err);
+    if (!st) st = tbert_learn_materialize(lo->head, cs, &res->learned_ham, &res->learned_spam, err);
     if (!st) { /* the rule that chose the current cut (a later `tbert threshold` may have changed it) */
         tbert_oof oof;
         tbert_error ignored;
@@ -403,13 +408,13 @@ tbert_status tbert_learn_retrain(const tbert_learn_opts *lo, tbert_learn_result 
         if (!o.model || (!o.n_ham && !o.n_spam)) st = tbert_fail(err, TBERT_E_IO, "%s: no model or no training paths in it", mpath);
     }
     long made = 0;
-    if (!st) st = history_push(lo->head, lo->keep > 0 ? lo->keep : DEFAULT_KEEP, &made, err);
+    if (!st) st = tbert_learn_history_push(lo->head, lo->keep > 0 ? lo->keep : DEFAULT_KEEP, &made, err);
     tbert_train_result tr = {0};
     if (!st) {
         st = tbert_train_run(&o, &tr, err);
         if (st && made) { /* the head is unchanged (staged run): its copy in the history is not a previous head */
             char *e = g_strdup_printf("%s/history/%ld", lo->head, made);
-            remove_entry(e);
+            tbert_learn_remove_entry(e);
             g_free(e);
         } else if (!st) {
             res->retrained = true;
@@ -424,11 +429,11 @@ tbert_status tbert_learn_retrain(const tbert_learn_opts *lo, tbert_learn_result 
     g_free(learned);
     g_free(ham);
     g_free(spam);
-    corrections_free(cs);
+    tbert_learn_corrections_free(cs);
     cJSON_Delete(m);
     free(txt);
     g_free(mpath);
-    unlock_head(lfd);
+    tbert_learn_unlock_head(lfd);
     return st;
 }
 
@@ -450,12 +455,12 @@ tbert_status tbert_learn(const tbert_learn_opts *o, tbert_learn_result *res, tbe
     if (st) return st;
     if (o->no_retrain) { /* count what is in force now (the learned/ folder follows at the retrain) */
         GPtrArray *cs = NULL;
-        st = corrections_read(o->head, &cs, err);
+        st = tbert_learn_corrections_read(o->head, &cs, err);
         for (guint i = 0; !st && i < cs->len; i++) {
             bool spam = !strcmp(((correction *)cs->pdata[i])->klass, "spam");
             (*(spam ? &res->learned_spam : &res->learned_ham))++;
         }
-        corrections_free(cs);
+        tbert_learn_corrections_free(cs);
         return st;
     }
     return tbert_learn_retrain(o, res, err);
@@ -476,9 +481,9 @@ tbert_status tbert_forget(const tbert_learn_opts *o, tbert_learn_result *res, in
     tbert_head *h = NULL;
     tbert_ckpt_meta meta = {0};
     int lfd = -1;
-    tbert_status st = lock_head(o->head, &lfd, err);
-    if (!st) st = finish_move(o->head, err);
-    unlock_head(lfd);
+    tbert_status st = tbert_learn_lock_head(o->head, &lfd, err);
+    if (!st) st = tbert_learn_finish_move(o->head, err);
+    tbert_learn_unlock_head(lfd);
     if (!st) st = tbert_checkpoint_load(best, &h, &meta, NULL, NULL, err);
     tbert_head_free(h);
     char key[65], ft[65] = ""; /* a fine-tuned encoder's rows are keyed by its tensors too */
@@ -489,7 +494,7 @@ tbert_status tbert_forget(const tbert_learn_opts *o, tbert_learn_result *res, in
     tbert_store *store = NULL;
     if (!st) st = tbert_store_open(NULL, &store, err);
     GPtrArray *cs = NULL;
-    if (!st) st = corrections_read(o->head, &cs, err);
+    if (!st) st = tbert_learn_corrections_read(o->head, &cs, err);
     bool retrain = false;
     for (int i = 0; !st && i < o->n_files; i++) {
         char *raw = NULL, sha[65], content[65];
@@ -516,15 +521,15 @@ tbert_status tbert_forget(const tbert_learn_opts *o, tbert_learn_result *res, in
         }
         free(raw);
     }
-    corrections_free(cs);
+    tbert_learn_corrections_free(cs);
     tbert_store_close(store);
     res->seconds_register = tbert_now() - t0;
     if (st) return st;
     if (!retrain || o->no_retrain) { /* the learned/ folder follows the log either way */
         GPtrArray *now = NULL;
-        st = corrections_read(o->head, &now, err);
-        if (!st) st = materialize(o->head, now, &res->learned_ham, &res->learned_spam, err);
-        corrections_free(now);
+        st = tbert_learn_corrections_read(o->head, &now, err);
+        if (!st) st = tbert_learn_materialize(o->head, now, &res->learned_ham, &res->learned_spam, err);
+        tbert_learn_corrections_free(now);
         return st;
     }
     return tbert_learn_retrain(o, res, err);

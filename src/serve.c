@@ -10,6 +10,7 @@
  * and classifies them in one call. Reload builds the new model completely on the main thread, then hands it
  * to the batcher, which swaps it in between two batches; requests in flight finish on the old one. */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <grp.h>
 #include <pwd.h>
@@ -713,7 +714,12 @@ static pid_t spawn_milter(serve_ctx *s) {
     snprintf(mode, sizeof mode, "%o", (unsigned)s->o.socket_mode);
     char *argv[] = {"tbert", "serve", "--milter-child", (char *)s->o.milter, "--milter-upstream", s->internal_path,
                     "--milter-reject-above", reject, "--milter-quarantine-above", quar, "--timeout", tmo,
-                    "--socket-mode", mode, "--max-message", maxm, NULL};
+                    "--socket-mode", mode, "--max-message", maxm, NULL, NULL, NULL};
+    if (s->o.socket_owner) { /* the child gives its socket the owner */
+        size_t n = sizeof argv / sizeof argv[0];
+        argv[n - 3] = "--socket-owner";
+        argv[n - 2] = (char *)s->o.socket_owner;
+    }
     posix_spawnattr_t at;
     posix_spawnattr_init(&at);
     sigset_t none, def;
@@ -789,13 +795,91 @@ static void do_reload(serve_ctx *s) {
          nm->head_id, tbert_now() - t0, rss, hwm);
 }
 
+/* ---- unix-socket ownership (--socket-owner) ------------------------------------------------------ */
+
+/* "USER[:GROUP]", "USER:" (the user's login group) or ":GROUP", names or numbers, as chown(1) takes them,
+ * into the uid and gid to give a socket ((uid_t)-1 / (gid_t)-1: leave as it is). */
+tbert_status serve_parse_owner(const char *spec, uid_t *uid, gid_t *gid, tbert_error *err) {
+    *uid = (uid_t)-1;
+    *gid = (gid_t)-1;
+    char user[256], group[256];
+    const char *colon = strchr(spec, ':');
+    size_t ul = colon ? (size_t)(colon - spec) : strlen(spec);
+    if (ul >= sizeof user || (colon && strlen(colon + 1) >= sizeof group) || (!ul && !(colon && colon[1])))
+        return tbert_fail(err, TBERT_E_ARG, "serve: --socket-owner expects USER[:GROUP] or :GROUP, got '%s'", spec);
+    memcpy(user, spec, ul);
+    user[ul] = '\0';
+    snprintf(group, sizeof group, "%s", colon ? colon + 1 : "");
+    char *end;
+    if (*user) {
+        struct passwd *pw = getpwnam(user);
+        unsigned long n = strtoul(user, &end, 10);
+        if (pw) *uid = pw->pw_uid;
+        else if (!*end && isdigit((unsigned char)user[0]) && n < (unsigned long)(uid_t)-1) *uid = (uid_t)n;
+        else return tbert_fail(err, TBERT_E_ARG, "serve: --socket-owner %s: no such user '%s'", spec, user);
+        if (colon && !*group) { /* "USER:": the user's login group */
+            if (!pw)
+                return tbert_fail(err, TBERT_E_ARG, "serve: --socket-owner %s: a numeric user has no login group",
+                                  spec);
+            *gid = pw->pw_gid;
+        }
+    }
+    if (*group) {
+        struct group *gr = getgrnam(group);
+        unsigned long n = strtoul(group, &end, 10);
+        if (gr) *gid = gr->gr_gid;
+        else if (!*end && isdigit((unsigned char)group[0]) && n < (unsigned long)(gid_t)-1) *gid = (gid_t)n;
+        else return tbert_fail(err, TBERT_E_ARG, "serve: --socket-owner %s: no such group '%s'", spec, group);
+    }
+    return TBERT_OK;
+}
+
+/* Gives the unix socket at path the owner --socket-owner names (nothing when spec is NULL). */
+tbert_status serve_chown_socket(const char *path, const char *spec, tbert_error *err) {
+    if (!spec) return TBERT_OK;
+    uid_t uid;
+    gid_t gid;
+    tbert_status st = serve_parse_owner(spec, &uid, &gid, err);
+    if (st) return st;
+    if (chown(path, uid, gid) != 0)
+        return tbert_fail(err, TBERT_E_IO, "%s: --socket-owner %s: chown: %s", path, spec, strerror(errno));
+    return TBERT_OK;
+}
+
+/* With --user the milter child runs as that user when it makes its socket, and an unprivileged process may
+ * only give a file its own uid and one of its groups: say so at startup rather than in a child that keeps
+ * dying. */
+static tbert_status check_owner_for_user(const serve_opts *o, tbert_error *err) {
+    if (!o->socket_owner || !o->user || !o->milter || strncmp(o->milter, "unix:", 5)) return TBERT_OK;
+    uid_t uid;
+    gid_t gid;
+    tbert_status st = serve_parse_owner(o->socket_owner, &uid, &gid, err);
+    if (st) return st;
+    struct passwd *pw = getpwnam(o->user);
+    if (!pw) return tbert_fail(err, TBERT_E_ARG, "serve: --user %s: no such user", o->user);
+    if (uid != (uid_t)-1 && uid != pw->pw_uid)
+        return tbert_fail(err, TBERT_E_ARG,
+                          "serve: --socket-owner %s: the milter socket is made by --user %s, who cannot give it "
+                          "to another user", o->socket_owner, o->user);
+    gid_t groups[256];
+    int ng = (int)(sizeof groups / sizeof groups[0]);
+    bool member = gid == (gid_t)-1 || gid == pw->pw_gid;
+    if (!member && getgrouplist(pw->pw_name, pw->pw_gid, groups, &ng) >= 0)
+        for (int i = 0; i < ng; i++) member = member || groups[i] == gid;
+    if (!member)
+        return tbert_fail(err, TBERT_E_ARG, "serve: --socket-owner %s: --user %s is not in that group, so the milter "
+                          "socket cannot be given to it (add the user to the group)", o->socket_owner, o->user);
+    return TBERT_OK;
+}
+
 /* --user: the listeners are bound (ports below 1024 need root), the model is loaded; from here on the
  * process (all its threads: glibc applies setuid to every thread) and the milter child run as the user. The
  * unix sockets and the private folder become the user's so that it can remove them at exit. */
 static tbert_status drop_privileges(serve_ctx *s, const char *user, const char *http_path, tbert_error *err) {
     struct passwd *pw = getpwnam(user);
     if (!pw) return tbert_fail(err, TBERT_E_ARG, "serve: --user %s: no such user", user);
-    const char *paths[] = {s->unix_spamd_path[0] ? s->unix_spamd_path : NULL, http_path,
+    const char *paths[] = {s->unix_spamd_path[0] && !s->o.socket_owner ? s->unix_spamd_path : NULL,
+                           s->o.socket_owner ? NULL : http_path,
                            s->internal_path[0] ? s->internal_path : NULL, s->tmpdir[0] ? s->tmpdir : NULL};
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
         if (paths[i] && chown(paths[i], pw->pw_uid, pw->pw_gid) != 0)
@@ -830,7 +914,8 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
     raise_nofile(s, (rlim_t)o->max_connections * 3 + 64);
 
     double t0 = tbert_now();
-    tbert_status st = model_load(&s->o, &s->cur, err);
+    tbert_status st = check_owner_for_user(o, err);
+    if (!st) st = model_load(&s->o, &s->cur, err);
     if (!st) {
         long rss, hwm;
         memory_mib(&rss, &hwm);
@@ -848,6 +933,7 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
     if (!st && o->spamd) {
         st = serve_listen(o->spamd, o->socket_mode, 512, &s->spamd_fd, s->spamd_name, sizeof s->spamd_name, err);
         if (!st && !strncmp(o->spamd, "unix:", 5)) snprintf(s->unix_spamd_path, sizeof s->unix_spamd_path, "%s", o->spamd + 5);
+        if (!st && !strncmp(o->spamd, "unix:", 5)) st = serve_chown_socket(o->spamd + 5, o->socket_owner, err);
     }
     if (!st && o->milter) { /* the private socket the milter child asks on */
         const char *tmp = getenv("TMPDIR");
@@ -863,6 +949,7 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
         }
     }
     if (!st && o->http) st = serve_listen(o->http, o->socket_mode, 512, &http_fd, name, sizeof name, err);
+    if (!st && o->http && !strncmp(o->http, "unix:", 5)) st = serve_chown_socket(o->http + 5, o->socket_owner, err);
     if (!st && o->user) st = drop_privileges(s, o->user, http_fd >= 0 && o->http && !strncmp(o->http, "unix:", 5) ? o->http + 5 : NULL, err);
     if (!st) {
         if (pthread_create(&batcher, NULL, batcher_main, s) != 0) st = tbert_fail(err, TBERT_E_NOMEM, "serve: cannot start the batcher");
@@ -891,7 +978,9 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
     snprintf(head_file, sizeof head_file, tbert_is_dir(o->head) ? "%s/best.safetensors" : "%s", o->head);
     struct stat head_seen = {0};
     bool head_known = stat(head_file, &head_seen) == 0;
+    serve_retrainer *retrainer = st ? NULL : serve_retrainer_new(o->head, o->exe, o->retrain_after);
     while (!st) {
+        serve_retrainer_tick(retrainer, slog, s);
         siginfo_t si;
         struct timespec ts = {1, 0};
         int sig = sigtimedwait(&set, &si, &ts);
@@ -932,6 +1021,7 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
         }
     }
 
+    serve_retrainer_free(retrainer, slog, s);
     /* drain: stop accepting, let the connections in flight finish, then stop */
     if (acceptor_on) {
         ssize_t w = write(s->wake[1], "x", 1);

@@ -8,7 +8,8 @@
  *   src/serve_spamd.c    SpamAssassin's SPAMC/1.x protocol on one connection
  *   src/serve_http.c     HTTP/JSON through libmicrohttpd
  *   src/serve_milter.c   the milter child process (owns libmilter), which asks the parent over a unix socket
- *   src/learn_log.c      the durable learned.jsonl append (TELL, POST /learn) */
+ *   src/learn_log.c      the durable learned.jsonl append (TELL, POST /learn)
+ *   src/serve_retrain.c  the debounced background retrain after corrections (a `tbert learn` child) */
 #ifndef TBERT_SERVE_H
 #define TBERT_SERVE_H
 
@@ -17,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include "tbert/common.h"
 
@@ -49,9 +51,11 @@ typedef struct {
     double unsure_lo, unsure_hi;
     double reject_above, quarantine_above; /* milter: P above which to reject / quarantine; > 1 = off */
     int socket_mode;                       /* unix sockets' mode (default 0660) */
+    const char *socket_owner;              /* --socket-owner USER[:GROUP] for unix sockets, or NULL */
     bool syslog;                           /* log to syslog (facility mail) as well as stderr */
     const char *user;                      /* --user: drop to this user once the listeners are bound */
     const char *exe;                       /* this binary, for the milter child (default /proc/self/exe) */
+    double retrain_after;                  /* seconds without new corrections before a background retrain; 0: never */
 } serve_opts;
 
 /* ---- serve_verdict.c ---------------------------------------------------------------------------- */
@@ -99,6 +103,17 @@ tbert_status tbert_learn_append(const char *head_dir, const char *action, const 
 
 /* ---- serve.c ------------------------------------------------------------------------------------ */
 typedef struct serve_ctx serve_ctx;
+
+/* ---- serve_retrain.c: the debounced background retrain (serve's main thread only) ------------------ */
+typedef void (*serve_log_fn)(serve_ctx *s, const char *fmt, ...);
+typedef struct serve_retrainer serve_retrainer;
+/* NULL (off) when quiet_s <= 0 or out of memory. head: serve's --head (a folder or its best.safetensors). */
+serve_retrainer *serve_retrainer_new(const char *head, const char *exe, double quiet_s);
+/* Once a second: notices learned.jsonl changed, reaps a finished retrain (one log line), and starts
+ * `tbert learn --retrain --warm` once the log has been quiet for quiet_s seconds. NULL: nothing. */
+void serve_retrainer_tick(serve_retrainer *r, serve_log_fn log, serve_ctx *ctx);
+/* Stops a running retrain (the head stays as it is) and frees. */
+void serve_retrainer_free(serve_retrainer *r, serve_log_fn log, serve_ctx *ctx);
 
 /* Runs the service until SIGTERM/SIGINT (drained) or a fatal error. Prints "listening on ..." per listener. */
 tbert_status serve_run(const serve_opts *o, tbert_error *err);
@@ -151,6 +166,10 @@ void serve_http_stop(serve_http *h);
 /* The milter child process (tbert serve --milter-child): runs libmilter on addr and asks the scoring process
  * on the unix socket `upstream`. Returns the process's exit status. */
 int serve_milter_child(const char *addr, const char *upstream, double reject_above, double quarantine_above, int timeout_s,
-                       int socket_mode, size_t max_message);
+                       int socket_mode, const char *socket_owner, size_t max_message);
+/* --socket-owner: "USER[:GROUP]", "USER:" (login group) or ":GROUP" into a uid and gid ((uid_t)-1 / (gid_t)-1
+ * = unchanged), and the chown of one socket by it (no-op for a NULL spec). */
+tbert_status serve_parse_owner(const char *spec, uid_t *uid, gid_t *gid, tbert_error *err);
+tbert_status serve_chown_socket(const char *path, const char *spec, tbert_error *err);
 
 #endif

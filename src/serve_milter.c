@@ -216,7 +216,7 @@ static sfsistat on_close(SMFICTX *ctx) {
 }
 
 int serve_milter_child(const char *addr, const char *upstream, double reject_above, double quarantine_above, int timeout_s,
-                       int socket_mode, size_t max_message) {
+                       int socket_mode, const char *socket_owner, size_t max_message) {
     prctl(PR_SET_PDEATHSIG, SIGTERM); /* the scoring process is gone: so are we */
     if (getppid() == 1) return 1;
     if (strlen(upstream) >= sizeof cfg.upstream) {
@@ -266,7 +266,17 @@ int serve_milter_child(const char *addr, const char *upstream, double reject_abo
         fprintf(stderr, "tbert serve: milter: cannot listen on %s\n", conn);
         return 2;
     }
-    if (!strncmp(addr, "unix:", 5)) chmod(addr + 5, (mode_t)socket_mode);
+    if (!strncmp(addr, "unix:", 5)) {
+        tbert_error e;
+        if (chmod(addr + 5, (mode_t)socket_mode) != 0) {
+            fprintf(stderr, "tbert serve: milter: %s: chmod: %s\n", addr + 5, strerror(errno));
+            return 2;
+        }
+        if (serve_chown_socket(addr + 5, socket_owner, &e) != TBERT_OK) {
+            fprintf(stderr, "tbert serve: milter: %s\n", e.msg);
+            return 2;
+        }
+    }
     fprintf(stderr, "tbert serve: listening on milter %s\n", addr);
     return smfi_main() == MI_SUCCESS ? 0 : 1;
 }

@@ -266,6 +266,21 @@ int serve_spamd_parse(const char *buf, size_t n, spamd_request *q, const char **
     return code;
 }
 
+/* The status line and headers of an answer, in the order and with the headers spamd itself sends
+ * (Mail::SpamAssassin::Spamd::send_response): a client of protocol 1.3 or later gets Content-length, then
+ * Spam:; an older one gets Spam: alone for CHECK/SYMBOLS/REPORT (the body runs to the end of the connection)
+ * and Content-length alone for PROCESS. Exim asks "REPORT SPAMC/1.2" and parses exactly
+ * "SPAMD/1.1 0 EX_OK\r\nSpam: ... ; S / T\r\n\r\n" followed by the report (src/spam.c): with a Content-length
+ * line after Spam: that line became the start of its $spam_report. The blank line is the caller's. */
+static int spamd_response_head(char *out, size_t cap, const spamd_request *q, bool message_body, const char *spam_hdr,
+                               size_t content_length) {
+    bool v13 = q->vmaj > 1 || (q->vmaj == 1 && q->vmin >= 3);
+    if (v13)
+        return snprintf(out, cap, "SPAMD/1.1 0 EX_OK\r\nContent-length: %zu\r\n%s", content_length, spam_hdr);
+    if (message_body) return snprintf(out, cap, "SPAMD/1.1 0 EX_OK\r\nContent-length: %zu\r\n", content_length);
+    return snprintf(out, cap, "SPAMD/1.1 0 EX_OK\r\n%s", spam_hdr);
+}
+
 void serve_spamd_conn(serve_ctx *s, int fd, bool internal) {
     const serve_opts *o = serve_options(s);
     const char *proto = internal ? "milter" : "spamd";
@@ -437,7 +452,7 @@ void serve_spamd_conn(serve_ctx *s, int fd, bool internal) {
         break;
     }
     char hdr[512];
-    int hn = snprintf(hdr, sizeof hdr, "SPAMD/1.1 0 EX_OK\r\n%sContent-length: %zu\r\n", spam_hdr, body_len + stream_len);
+    int hn = spamd_response_head(hdr, sizeof hdr, &q, v == V_PROCESS || v == V_HEADERS, spam_hdr, body_len + stream_len);
     if (v == V_MILTER) hn += snprintf(hdr + hn, sizeof hdr - (size_t)hn, "X-TBert-P: %.9g\r\n", res.p);
     hn += snprintf(hdr + hn, sizeof hdr - (size_t)hn, "\r\n");
     if (!serve_write_all(fd, hdr, (size_t)hn) || (body_len && !serve_write_all(fd, body, body_len))) {

@@ -73,6 +73,9 @@ void tbert_fit_result_free(tbert_fit_result *r) {
     tbert_metrics_free(&r->test);
     free(r->val_probs);
     free(r->test_probs);
+    for (int k = 0; r->fold_heads && k < r->n_fold_heads; k++) tbert_head_free(r->fold_heads[k]);
+    free(r->fold_heads);
+    free(r->fold);
     memset(r, 0, sizeof *r);
 }
 

@@ -10,6 +10,7 @@
 
 #include "tbert/checkpoint.h"
 #include "tbert/fileio.h"
+#include "tbert/learn.h"
 #include "tbert/mail.h"
 #include "tbert/model.h"
 #include "tbert/train.h"
@@ -331,6 +332,30 @@ static tbert_status keep_heldout_scores(const char *work, const tbert_fit_data *
     return st;
 }
 
+/* DIR/learn.state (src/learn_state.c): the training rows, their folds and the fold heads, for a warm-started
+ * `tbert learn`; a row read from LEARNED/{ham,spam}/SHA.eml carries its correction's SHA as its origin */
+static tbert_status keep_learn_state(const char *work, const tbert_fit_data *d, const tbert_labelled *L, const char *learned,
+                                     const tbert_fit_result *f, const char *dh, tbert_error *err) {
+    uint8_t *origin = tbert_calloc_array((size_t)d->n_train, 32);
+    if (!origin) return tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    size_t ll = learned ? strlen(learned) : 0;
+    for (int i = 0; learned && L->name && i < d->n_train; i++) {
+        const char *nm = L->name[d->train_idx[i]];
+        if (!nm || strncmp(nm, learned, ll) || nm[ll] != '/') continue;
+        const char *base = strrchr(nm, '/') + 1;
+        if (strlen(base) != 68 || strcmp(base + 64, ".eml")) continue;
+        for (int b = 0; b < 32; b++) {
+            unsigned v;
+            if (sscanf(base + 2 * b, "%2x", &v) != 1) break;
+            origin[(size_t)i * 32 + b] = (uint8_t)v;
+        }
+    }
+    tbert_status st = tbert_learn_state_save(work, d->X, d->y, d->train_idx, d->n_train, f->fold, origin, f->fold_heads,
+                                             f->n_fold_heads, dh, err);
+    free(origin);
+    return st;
+}
+
 tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res, tbert_error *err) {
     memset(res, 0, sizeof *res);
     double t0 = tbert_now();
@@ -550,6 +575,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         for (int i = 0; names && i < L.n; i++) g_free(names[i]);
         free(names);
     }
+    if (!st && res->fit.n_fold_heads) st = keep_learn_state(plan.work, &d, &L, o->learned_dir, &res->fit, dh, err);
     if (!st) st = write_manifest(plan.work, o, rname, model_dir, dh, L.n, err);
     if (!st) st = tbert_ckpt_plan_commit(o->out_dir, &plan, err);
     snprintf(res->report_path, sizeof res->report_path, "%s/report.html", o->out_dir);

@@ -368,9 +368,55 @@ static void test_errors(void **state) {
     free_fixture(&f);
 }
 
+/* A lone sequence (a batch of one) is split across the encoder's threads (src/encoder_cpu.c "a lone sequence on
+ * all threads": matrix products by column panels, attention by heads, layernorms by rows): its hidden states
+ * must be bit for bit those of one thread, for every thread count, length and model; and pooled the same. */
+static void test_lone_sequence_threads(void **state) {
+    (void)state;
+    const int lens[] = {16, 37, 100};
+    uint64_t seed = 0x6c6f6e65ull; /* "lone" */
+    printf("lone-sequence ids seed %llu\n", (unsigned long long)seed);
+    for (size_t i = 0; i < N_MODELS; i++) {
+        fixture f;
+        load_fixture(models[i], &f);
+        const tbert_config *c = &f.m->cfg;
+        tbert_encoder *e1 = cpu_encoder(f.m, 1, 0);
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+            int L = lens[li] < c->max_position ? lens[li] : c->max_position, H = c->hidden;
+            int32_t *ids = malloc((size_t)L * sizeof *ids), len = L;
+            assert_non_null(ids);
+            for (int t = 0; t < L; t++) {
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                ids[t] = (int32_t)(1 + (seed >> 33) % (uint64_t)(c->vocab_size - 1));
+            }
+            float *ref = poisoned((size_t)L * H), *got = poisoned((size_t)L * H);
+            float *pref = poisoned((size_t)H), *pgot = poisoned((size_t)H);
+            tbert_error err;
+            if (tbert_encoder_forward(e1, 1, L, ids, &len, ref, &err)) fail_msg("%s", err.msg);
+            if (tbert_encoder_pool_batch(e1, 1, L, ids, &len, TBERT_POOL_MEAN, L, false, pref, &err)) fail_msg("%s", err.msg);
+            for (int threads = 2; threads <= 5; threads++) {
+                tbert_encoder *e = cpu_encoder(f.m, threads, 0);
+                if (tbert_encoder_forward(e, 1, L, ids, &len, got, &err)) fail_msg("%s", err.msg);
+                if (tbert_encoder_pool_batch(e, 1, L, ids, &len, TBERT_POOL_MEAN, L, false, pgot, &err)) fail_msg("%s", err.msg);
+                if (memcmp(ref, got, (size_t)L * H * sizeof *ref) || memcmp(pref, pgot, (size_t)H * sizeof *pref))
+                    fail_msg("%s: a lone sequence of %d tokens on %d threads differs from one thread", models[i], L, threads);
+                tbert_encoder_free(e);
+            }
+            free(ids);
+            free(ref);
+            free(got);
+            free(pref);
+            free(pgot);
+        }
+        tbert_encoder_free(e1);
+        free_fixture(&f);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_hidden),      cmocka_unit_test(test_golden_pooler),
+        cmocka_unit_test(test_lone_sequence_threads),
         cmocka_unit_test(test_layers_k),           cmocka_unit_test(test_padding_invariance),
         cmocka_unit_test(test_mean_cls_vs_golden), cmocka_unit_test(test_flatten_and_normalize),
         cmocka_unit_test(test_direct_pooling_matches_reference), cmocka_unit_test(test_errors),

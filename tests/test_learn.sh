@@ -9,7 +9,10 @@
 # - forget removes the message's store entry (the next learn of it encodes it again) and its correction;
 # - kill -9 at several moments of a retrain leaves a head that scores and is byte for byte one of the two
 #   whole heads (old or new); the next retrain gives the new head's bytes;
-# - a running serve reloads when the head changes (its log), without SIGHUP.
+# - a running serve reloads when the head changes (its log), without SIGHUP;
+# - the warm start (default; the checks above use --full): the score moves, the out-of-fold metrics are sane
+#   and hold one row more, the printed threshold is the stored one, warm unlearn drops the row, rollback gives
+#   exact bytes back, a damaged learn.state falls back to the full retrain.
 set -u
 BIN=${TBERT_BIN:?TBERT_BIN not set}
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
@@ -49,7 +52,8 @@ check "train records training.json" grep -q '"ham"' "$H/training.json"
 cp "$H/best.safetensors" "$W/best0"
 score() { "$BIN" score --device cpu --model "$MODEL" --head "$H" "$MISS" 2> /dev/null | sed -n 's/.*"score":\([0-9.e-]*\).*/\1/p'; }
 s0=$(score)
-learn() { "$BIN" learn --device cpu --quiet --head "$H" "$@" 2>> "$W/learn.err"; }
+# the byte-for-byte checks below use the full retrain (--full); the warm start (the default) is checked at the end
+learn() { "$BIN" learn --device cpu --quiet --full --head "$H" "$@" 2>> "$W/learn.err"; }
 
 # learn: the score moves up, one message encoded, the log line
 learn --spam "$MISS" > "$W/out1" || { cat "$W/learn.err"; echo "FAIL learn"; exit 1; }
@@ -82,7 +86,7 @@ check "learn without a FILE is a usage error" [ $? -eq 2 ]
 # forget: the store entry goes, and the next learn encodes the message again
 learn --spam "$MISS" > /dev/null
 n_before=$(find "$TBERT_CACHE/store" -name '*.row' | wc -l)
-"$BIN" forget --device cpu --quiet --head "$H" "$MISS" > "$W/out5" 2>> "$W/learn.err"
+"$BIN" forget --device cpu --quiet --full --head "$H" "$MISS" > "$W/out5" 2>> "$W/learn.err"
 n_after=$(find "$TBERT_CACHE/store" -name '*.row' | wc -l)
 check "forget removed one store entry" [ "$n_after" -eq $((n_before - 1)) ]
 check "forget says so and retrains without the message" grep -q "1 store entry removed; in force: 0 ham, 0 spam; retrained on 48" "$W/out5"
@@ -146,6 +150,37 @@ rc=$?
 check "learn after a stopped move-in: finished the move and retrained (exit $rc)" \
     eval '[ $rc -eq 0 ] && cmp -s "$W/best1" "$H/best.safetensors" && [ ! -e "$H/.tbert-staging" ]'
 check "the head before that retrain is the history's newest" cmp -s "$W/best0" "$H/history/$(ls "$H/history" | sort -n | tail -1)/best.safetensors"
+
+# the warm start (the default): from learn.state, one message parsed, each fold head continued, the threshold
+# re-chosen from the new out-of-fold scores; it moves the message's score, keeps the head's out-of-fold metrics
+# sane, and goes back by --unlearn (warm too) and --rollback (exact bytes)
+learn --retrain > /dev/null # the full head without the message, learn.state beside it
+check "train/learn --full keep learn.state" [ -s "$H/learn.state" ]
+cp "$H/best.safetensors" "$W/bestw0"
+sw0=$(score)
+"$BIN" learn --device cpu --quiet --head "$H" --spam "$MISS" > "$W/outw1" 2>> "$W/learn.err"
+sw1=$(score)
+echo "warm: score of the missed spam: $sw0 before, $sw1 after learning it; $(cat "$W/outw1")"
+check "warm learn says so and adds one row" grep -q "retrained (warm) on 49 documents" "$W/outw1"
+check "warm learn moved the spam's score up by > 0.05" awk -v a="$sw0" -v b="$sw1" 'BEGIN { exit !(b > a + 0.05) }'
+opn() { "$TBERT_PYTHON" -c "import json,sys; m=json.load(open(sys.argv[1])); o=m['operating_point']; print(o['n_negative'], o['n_positive'], o['source'], m['val']['n'], m['val']['roc_auc'])" "$1"; }
+read -r nneg npos src valn auc <<< "$(opn "$H/metrics.json")"
+check "warm metrics.json: out-of-fold on 24 ham + 25 spam ($nneg, $npos, $src, n $valn), ROC-AUC $auc >= 0.9" \
+    eval '[ "$nneg" = 24 ] && [ "$npos" = 25 ] && [ "$src" = out-of-fold ] && [ "$valn" = 49 ] && awk -v a="$auc" "BEGIN { exit !(a >= 0.9) }"'
+thr=$(sed -n 's/.*threshold \([0-9.e-]*\),.*/\1/p' "$W/outw1")
+check "the threshold printed is the one metrics.json and oof.safetensors keep ($thr)" \
+    "$TBERT_PYTHON" -c "import json,sys; from safetensors import safe_open; t=float(sys.argv[1]); m=json.load(open(sys.argv[2])); f=safe_open(sys.argv[3],'np'); sys.exit(not (abs(m['threshold']-t) <= 1e-5*t and abs(float(f.metadata()['threshold'])-t) <= 1e-5*t and f.get_tensor('score').shape[0] == 49))" "$thr" "$H/metrics.json" "$H/oof.safetensors"
+"$BIN" learn --device cpu --quiet --head "$H" --spam --unlearn "$MISS" > "$W/outw2" 2>> "$W/learn.err"
+sw2=$(score)
+check "warm unlearn drops the row (48 documents) and the score falls back below the learned one ($sw2 < $sw1)" \
+    eval 'grep -q "retrained (warm) on 48 documents (0 encoded)" "$W/outw2" && awk -v a="$sw2" -v b="$sw1" "BEGIN { exit !(a < b) }"'
+"$BIN" learn --head "$H" --rollback > /dev/null
+"$BIN" learn --head "$H" --rollback > /dev/null
+check "two rollbacks after warm learns: the exact head before them" cmp -s "$W/bestw0" "$H/best.safetensors"
+printf 'TBLSTATE garbage' > "$H/learn.state"
+"$BIN" learn --device cpu --head "$H" --spam "$MISS" > "$W/outw3" 2> "$W/errw3"
+check "a damaged learn.state: one line, then the full retrain" \
+    eval 'grep -q "learn.state: .*retraining in full" "$W/errw3" && grep -q "retrained on 49 documents" "$W/outw3" && ! grep -q warm "$W/outw3"'
 
 # serve reloads when the head changes
 "$BIN" serve --device cpu --model "$MODEL" --head "$H" --http "unix:$W/http.sock" 2> "$W/serve.log" &

@@ -55,6 +55,11 @@ typedef struct {
     float *val_probs, *test_probs;    /* n_val x C, n_test x C (for curves) */
     int n_oof;                        /* cross-validation: val_probs holds the out-of-fold probabilities of
                                          the n_oof = n_train examples of train_idx, and val their metrics */
+    /* cross-validation: the K fold heads the kept ensemble averages and each training example's fold
+     * (fold[i] for train_idx[i]); `tbert learn` warm-starts from them (src/learn_state.c) */
+    int n_fold_heads;
+    tbert_head **fold_heads;
+    int *fold;
     double seconds;
 } tbert_fit_result;
 void tbert_fit_result_free(tbert_fit_result *r);

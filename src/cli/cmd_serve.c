@@ -48,6 +48,8 @@ static void usage(FILE *f) {
             "  --timeout S             read/write timeout per connection in seconds (default 30); a whole request\n"
             "                          must arrive within 4 x S\n"
             "  --socket-mode OCTAL     mode of unix sockets (default 660)\n"
+            "  --socket-owner USER[:GROUP]  owner of unix sockets (also USER: for the login group, :GROUP);\n"
+            "                          e.g. :postfix with --socket-mode 660 lets Postfix's smtpd connect\n"
             "  --syslog                log to syslog (facility mail) too\n"
             "  --user NAME             once the listeners are bound, run as NAME (the head folder must be\n"
             "                          readable by NAME for reloads, writable for learned.jsonl)\n"
@@ -55,6 +57,9 @@ static void usage(FILE *f) {
             "signals: SIGHUP reloads the model and the head (new connections are never dropped; requests in\n"
             "flight finish on the old head); SIGTERM or SIGINT stops accepting, drains and exits 0.\n"
             "Learning: spamc -L spam|ham (TELL) and POST /learn append the message to DIR/learned.jsonl.\n"
+            "  --retrain-after S       once learned.jsonl has had no new correction for S seconds, retrain in the\n"
+            "                          background (`tbert learn --retrain --warm` as a child process; the new head\n"
+            "                          is picked up as on SIGHUP); default 60, 0 = never (retrain yourself)\n"
             "Logs: one line per message (verdict, score, p, milliseconds; never subjects or addresses).\n"
             "See docs/mail.md.\n");
 }
@@ -80,7 +85,8 @@ static bool parse_allow(serve_opts *o, const char *arg) {
 int cmd_serve(int argc, char **argv) {
     enum {
         O_HEAD = 256, O_MODEL, O_DEVICE, O_THREADS, O_SPAMD, O_MILTER, O_HTTP, O_ALLOW, O_MAXCONN, O_MAXMSG, O_TIMEOUT,
-        O_BATCH, O_WINDOW, O_UNSURE, O_REJECT, O_QUAR, O_SOCKMODE, O_SYSLOG, O_USER, O_HELP, O_CHILD, O_UPSTREAM
+        O_BATCH, O_WINDOW, O_UNSURE, O_REJECT, O_QUAR, O_SOCKMODE, O_SOCKOWNER, O_SYSLOG, O_USER, O_HELP, O_CHILD,
+        O_UPSTREAM, O_RETRAIN_AFTER
     };
     static const struct option longopts[] = {
         {"head", required_argument, NULL, O_HEAD},
@@ -100,9 +106,11 @@ int cmd_serve(int argc, char **argv) {
         {"milter-reject-above", required_argument, NULL, O_REJECT},
         {"milter-quarantine-above", required_argument, NULL, O_QUAR},
         {"socket-mode", required_argument, NULL, O_SOCKMODE},
+        {"socket-owner", required_argument, NULL, O_SOCKOWNER},
         {"syslog", no_argument, NULL, O_SYSLOG},
         {"user", required_argument, NULL, O_USER},
         {"help", no_argument, NULL, O_HELP},
+        {"retrain-after", required_argument, NULL, O_RETRAIN_AFTER},
         {"milter-child", required_argument, NULL, O_CHILD},       /* internal: serve.c starts it */
         {"milter-upstream", required_argument, NULL, O_UPSTREAM}, /* internal */
         {NULL, 0, NULL, 0},
@@ -116,6 +124,7 @@ int cmd_serve(int argc, char **argv) {
     o.timeout_s = SERVE_DEFAULT_TIMEOUT;
     o.reject_above = o.quarantine_above = 2; /* off */
     o.socket_mode = 0660;
+    o.retrain_after = 60;
     const char *child = NULL, *upstream = NULL;
     long v;
     double d;
@@ -180,9 +189,21 @@ int cmd_serve(int argc, char **argv) {
             o.socket_mode = (int)m;
             break;
         }
+        case O_SOCKOWNER: {
+            uid_t u;
+            gid_t g;
+            tbert_error e;
+            if (serve_parse_owner(optarg, &u, &g, &e) != TBERT_OK)
+                return cli_usage_error(CMD, "%s", e.msg + (strncmp(e.msg, "serve: ", 7) ? 0 : 7));
+            o.socket_owner = optarg;
+            break;
+        }
         case O_SYSLOG: o.syslog = true; break;
         case O_USER: o.user = optarg; break;
         case O_HELP: usage(stdout); return CLI_OK;
+        case O_RETRAIN_AFTER:
+            if (!cli_parse_double(CMD, "--retrain-after", optarg, 0, 86400 * 7, &o.retrain_after)) return CLI_USAGE;
+            break;
         case O_CHILD: child = optarg; break;
         case O_UPSTREAM: upstream = optarg; break;
         default: return CLI_USAGE;
@@ -192,7 +213,7 @@ int cmd_serve(int argc, char **argv) {
     if (child) {
         if (!upstream) return cli_usage_error(CMD, "--milter-child needs --milter-upstream");
         return serve_milter_child(child, upstream, o.reject_above, o.quarantine_above, o.timeout_s, o.socket_mode,
-                                  o.max_message);
+                                  o.socket_owner, o.max_message);
     }
     if (!o.head) return cli_usage_error(CMD, "--head CKPT_DIR is required (see 'tbert serve --help')");
     if (!o.spamd && !o.milter && !o.http) return cli_usage_error(CMD, "give at least one listener: --spamd, --milter or --http");
