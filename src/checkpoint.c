@@ -42,6 +42,11 @@ static tbert_status add_meta(tbert_st_writer *w, const char *k, const char *v, t
 
 tbert_status tbert_checkpoint_save(const char *path, const tbert_head *h, const tbert_ckpt_meta *meta, const tbert_adam *adam,
                                    const tbert_rng *rng, tbert_error *err) {
+    return tbert_checkpoint_save_ex(path, h, meta, adam, rng, NULL, NULL, err);
+}
+
+tbert_status tbert_checkpoint_save_ex(const char *path, const tbert_head *h, const tbert_ckpt_meta *meta, const tbert_adam *adam,
+                                      const tbert_rng *rng, tbert_ckpt_extra_fn extra, void *ctx, tbert_error *err) {
     tbert_st_writer *w = tbert_st_writer_new();
     if (!w) return tbert_fail(err, TBERT_E_NOMEM, "checkpoint: out of memory");
     tbert_status st = TBERT_OK;
@@ -91,6 +96,7 @@ tbert_status tbert_checkpoint_save(const char *path, const tbert_head *h, const 
     free(recipe);
     free(hj);
     free(lj);
+    if (!st && extra) st = extra(ctx, w, err);
     if (!st) st = tbert_st_writer_save(w, path, err);
     tbert_st_writer_free(w);
     return st;
@@ -295,6 +301,10 @@ tbert_status tbert_checkpoint_load(const char *path, tbert_head **out, tbert_ckp
         memcpy(rng->s, sv, sizeof sv);
     }
     if (tbert_st_find(st, "train.rng")) expected += 1;
+    for (int i = 0; meta->recipe.ft_layers > 0 && i < tbert_st_count(st); i++) { /* a fine-tuned head's encoder and optimiser */
+        const char *tn = tbert_st_at(st, i)->name;
+        expected += !strncmp(tn, "finetune.", 9) || !strncmp(tn, "optim.", 6);
+    }
     if (tbert_st_count(st) != expected) {
         s = tbert_fail(err, TBERT_E_FORMAT, "%s: %d tensors where a %s head has %d", path, tbert_st_count(st),
                        cfg.hidden ? "MLP" : "linear", expected);

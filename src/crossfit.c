@@ -15,7 +15,7 @@
 #include "train_internal.h"
 
 /* K stratified folds of idx[0..n): per class, shuffled with the seed, dealt round-robin. fold[i] = fold of idx[i]. */
-static void assign_folds(const tbert_fit_data *d, const int *idx, int n, int K, uint64_t seed, int *fold, int *scratch) {
+void tbert_cv_assign_folds(const tbert_fit_data *d, const int *idx, int n, int K, uint64_t seed, int *fold, int *scratch) {
     tbert_rng rng;
     tbert_rng_seed(&rng, seed ^ 0x6376666f6c6473ull); /* "cvfolds" */
     for (int c = 0; c < d->n_classes; c++) {
@@ -127,7 +127,7 @@ tbert_status tbert_fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, cons
     if (!fold || !scratch || !ftr || !fva || !best_epochs || !y || !oof || !s || !pos || !heads || !hist[0] || !hist[1] ||
         !hist[2] || !hist[3])
         st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory for %d-fold cross-validation", K);
-    if (!st) assign_folds(d, d->train_idx, n, K, hp->seed, fold, scratch);
+    if (!st) tbert_cv_assign_folds(d, d->train_idx, n, K, hp->seed, fold, scratch);
     tbert_progress_mode pm = hp->progress == TBERT_PROGRESS_AUTO ? (isatty(2) ? TBERT_PROGRESS_BAR : TBERT_PROGRESS_LOG) : hp->progress;
     int kill_at = ck ? kill_fold() : -1;
     for (int k = 0; k < K && !st; k++) {

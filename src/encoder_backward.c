@@ -3,8 +3,10 @@
  * against float64 twins and central finite differences in tests/test_encoder_backward.c. */
 #include <cblas.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
+#include "tbert/dropout_rng.h"
 #include "tbert/encoder_backward.h"
 
 /* acc[cols] += column sums of a[rows, cols] (ld lda) in chunks of TBERT_BWD_CHUNK rows: each chunk summed into
@@ -137,15 +139,28 @@ size_t tbert_attn_probs_size(int n_seq, const int32_t *off, int n_heads) {
     return n;
 }
 
+void tbert_dropout_apply(size_t n, float *x, const tbert_dropout *d, uint64_t first) {
+    if (!d || d->p <= 0.0f) return;
+    for (size_t i = 0; i < n; i++) x[i] *= tbert_dropout_scale(d->seed, d->step, d->site, d->base + first + i, d->p);
+}
+
 void tbert_fwd_attention(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv, float *ctx,
                          float *P) {
+    tbert_fwd_attention_dropout(n_seq, off, H, n_heads, scale, qkv, ctx, P, NULL, NULL);
+}
+
+void tbert_fwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
+                                 float *ctx, float *P, const tbert_dropout *drop, float *ws) {
     int d = H / n_heads, ld = 3 * H;
+    bool dropping = drop && drop->p > 0.0f;
+    uint64_t pidx = 0; /* P index of the current (sequence, head) block, relative to drop->base */
     for (int s = 0; s < n_seq; s++) {
         int L = off[s + 1] - off[s];
         if (L <= 0) continue;
         const float *q = qkv + (size_t)off[s] * ld;
         for (int h = 0; h < n_heads; h++) {
             float *p = P;
+            size_t LL = (size_t)L * L;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, d, scale, q + h * d, ld, q + H + h * d, ld, 0.0f,
                         p, L);
             for (int i = 0; i < L; i++) {
@@ -155,28 +170,53 @@ void tbert_fwd_attention(int n_seq, const int32_t *off, int H, int n_heads, floa
                 float inv = 1.0f / sum;
                 for (int j = 0; j < L; j++) r[j] *= inv;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, d, L, 1.0f, p, L, q + 2 * H + h * d, ld, 0.0f,
+            const float *pv = p;
+            if (dropping) { /* ws = dropout(P) */
+                for (size_t e = 0; e < LL; e++) ws[e] = p[e];
+                tbert_dropout_apply(LL, ws, drop, pidx);
+                pv = ws;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, d, L, 1.0f, pv, L, q + 2 * H + h * d, ld, 0.0f,
                         ctx + (size_t)off[s] * H + h * d, H);
-            P += (size_t)L * L;
+            P += LL;
+            pidx += LL;
         }
     }
 }
 
 void tbert_bwd_attention(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
                          const float *P, const float *dctx, float *dqkv, float *ws) {
+    tbert_bwd_attention_dropout(n_seq, off, H, n_heads, scale, qkv, P, dctx, dqkv, NULL, ws);
+}
+
+void tbert_bwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
+                                 const float *P, const float *dctx, float *dqkv, const tbert_dropout *drop, float *ws) {
     int d = H / n_heads, ld = 3 * H;
+    bool dropping = drop && drop->p > 0.0f;
+    uint64_t pidx = 0;
     for (int s = 0; s < n_seq; s++) {
         int L = off[s + 1] - off[s];
         if (L <= 0) continue;
+        size_t LL = (size_t)L * L;
+        float *mask = ws + LL; /* with dropout: the multipliers of this block */
         const float *q = qkv + (size_t)off[s] * ld, *dc = dctx + (size_t)off[s] * H;
         float *dq = dqkv + (size_t)off[s] * ld;
         for (int h = 0; h < n_heads; h++) {
             const float *qh = q + h * d, *kh = q + H + h * d, *vh = q + 2 * H + h * d, *dch = dc + h * d;
-            /* dV = P^T dctx */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, d, L, 1.0f, P, L, dch, H, 0.0f, dq + 2 * H + h * d,
+            const float *pv = P;
+            if (dropping) { /* mask = the multipliers, ws = dropout(P) */
+                for (size_t e = 0; e < LL; e++) mask[e] = 1.0f;
+                tbert_dropout_apply(LL, mask, drop, pidx);
+                for (size_t e = 0; e < LL; e++) ws[e] = P[e] * mask[e];
+                pv = ws;
+            }
+            /* dV = dropout(P)^T dctx */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, d, L, 1.0f, pv, L, dch, H, 0.0f, dq + 2 * H + h * d,
                         ld);
-            /* dP = dctx V^T, then dS = P (dP - rowsum(P dP)) in place */
+            /* dP = (dctx V^T) * mask, then dS = P (dP - rowsum(P dP)) in place */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, d, 1.0f, dch, H, vh, ld, 0.0f, ws, L);
+            if (dropping)
+                for (size_t e = 0; e < LL; e++) ws[e] *= mask[e];
             for (int i = 0; i < L; i++) {
                 const float *pr = P + (size_t)i * L;
                 float *r = ws + (size_t)i * L;
@@ -189,9 +229,36 @@ void tbert_bwd_attention(int n_seq, const int32_t *off, int H, int n_heads, floa
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, d, L, scale, ws, L, kh, ld, 0.0f, dq + h * d, ld);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, d, L, scale, ws, L, qh, ld, 0.0f, dq + H + h * d,
                         ld);
-            P += (size_t)L * L;
+            P += LL;
+            pidx += LL;
         }
     }
+}
+
+/* ---- embeddings --------------------------------------------------------------------------------------- */
+
+void tbert_fwd_embeddings(int n_seq, const int32_t *off, int H, const int32_t *ids, const float *word, const float *pos,
+                          const float *type, float *z) {
+    for (int s = 0; s < n_seq; s++)
+        for (int i = off[s]; i < off[s + 1]; i++) {
+            const float *we = word + (size_t)ids[i] * H, *pe = pos + (size_t)(i - off[s]) * H;
+            float *r = z + (size_t)i * H;
+            for (int j = 0; j < H; j++) r[j] = we[j] + pe[j] + type[j];
+        }
+}
+
+void tbert_bwd_embeddings(int n_seq, const int32_t *off, int H, const int32_t *ids, const float *dz, float *dword,
+                          float *dpos, float *dtype) {
+    for (int s = 0; s < n_seq; s++)
+        for (int i = off[s]; i < off[s + 1]; i++) {
+            const float *g = dz + (size_t)i * H;
+            float *dw = dword ? dword + (size_t)ids[i] * H : NULL, *dp = dpos ? dpos + (size_t)(i - off[s]) * H : NULL;
+            for (int j = 0; j < H; j++) {
+                if (dw) dw[j] += g[j];
+                if (dp) dp[j] += g[j];
+                if (dtype) dtype[j] += g[j];
+            }
+        }
 }
 
 /* ---- pooling, L2 normalisation, pooler ---------------------------------------------------------------- */

@@ -21,7 +21,10 @@ struct tbert_featurizer {
     const tbert_model *m;
     tbert_encoder *enc;
     size_t dense_dim, dim;
+    bool no_dense; /* tbert_featurizer_skip_dense: the dense block stays zero, nothing is encoded */
 };
+
+void tbert_featurizer_skip_dense(tbert_featurizer *fz) { fz->no_dense = true; }
 
 tbert_status tbert_featurizer_create(const tbert_recipe *r, const tbert_model *m, tbert_encoder *enc, tbert_featurizer **out,
                                      tbert_error *err) {
@@ -368,6 +371,7 @@ void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]) {
  * remain); content: the sha256 of the document's text (evidence does not reach the dense block). */
 tbert_status tbert_features_dense_key(const tbert_recipe *r, char key[65], tbert_error *err) {
     tbert_recipe k = *r;
+    k.recipe_version = 1; /* version 2 (issue 15) changed nothing in a frozen recipe's dense block: older entries stay valid */
     memset(k.name, 0, sizeof k.name);
     k.n_labels = 0;
     k.positive = -1;
@@ -411,8 +415,9 @@ tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, in
     for (int i = 0; i < n && !st; i += DOCS_PER_CHUNK) {
         int m = n - i < DOCS_PER_CHUNK ? n - i : DOCS_PER_CHUNK;
         for (int j = 0; j < m && !st; j++) {
-            need[j] = true;
-            if (!store || !dd) continue;
+            need[j] = !fz->no_dense;
+            if (fz->no_dense) memset(dense + (size_t)j * dd, 0, dd * sizeof(float));
+            if (!store || !dd || fz->no_dense) continue;
             const tbert_doc *d = &docs[i + j];
             tbert_store_content_hash(d->text ? d->text : "", d->text ? d->len : 0, content[j]);
             bool found;

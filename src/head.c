@@ -422,6 +422,30 @@ tbert_status tbert_head_backward_rows(const tbert_head *h, tbert_head_ws *ws, co
     return TBERT_OK;
 }
 
+tbert_status tbert_head_backward_input_rows(const tbert_head *h, tbert_head_ws *ws, const tbert_rows *x, const float *dz, float *dx,
+                                            tbert_error *err) {
+    tbert_status st = check_rows(h, ws, x, err);
+    if (st) return st;
+    const tbert_head_config *c = &h->cfg;
+    int n = x->n, dd = (int)x->dense_dim, O = tbert_head_out_dim(c);
+    if (n <= 0 || dd == 0) return TBERT_OK;
+    if (c->hidden > 0) { /* ws->dh holds da (n x hidden) from backward_rows */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, dd, c->hidden, 1.0f, ws->dh, c->hidden, h->w1, c->in_dim, 0.0f,
+                    dx, dd);
+        return TBERT_OK;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, dd, O, 1.0f, dz, O, h->w2, c->in_dim, 0.0f, dx, dd);
+    if (ws->train) { /* the linear head's forward dropped input columns: mask row-major over n x in_dim */
+        float scale = 1.0f / (1.0f - c->dropout);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < dd; j++) {
+                float *g = dx + (size_t)i * dd + j;
+                *g = ws->keep[(size_t)i * c->in_dim + j] ? *g * scale : 0.0f;
+            }
+    }
+    return TBERT_OK;
+}
+
 /* ---- inference ---- */
 void tbert_head_probs(const tbert_head_config *c, int n, const float *z, float *probs) {
     int O = tbert_head_out_dim(c), C = c->n_classes;

@@ -594,3 +594,40 @@ tbert_status tbert_fit_save_ckpt(const tbert_fit_ckpt *ck, const char *file, con
                                  const char *metrics_json, tbert_error *err) {
     return save_ckpt(ck, file, h, adam, rng, threshold, epoch, best_epoch, train_json, metrics_json, err);
 }
+
+/* for src/finetune.c (train_internal.h): the head path's evaluation, threshold and final metrics on rows whose dense
+ * block the fine-tuned encoder wrote */
+static tbert_status eval_bufs(const tbert_head *h, const tbert_fit_data *d, fit_bufs *b, tbert_error *err) {
+    memset(b, 0, sizeof *b);
+    b->cap = 256;
+    int O = tbert_head_out_dim(&h->cfg);
+    size_t bw = d->X->sparse_dim;
+    tbert_status st = tbert_head_ws_create(&h->cfg, b->cap, &b->ws, err);
+    if (!st) st = tbert_rows_init(&b->rb, d->X->dense_dim, 1, &bw, err);
+    b->z = tbert_malloc_array((size_t)b->cap, (size_t)O * sizeof(float));
+    b->yb = tbert_malloc_array((size_t)b->cap, sizeof(int));
+    if (!st && (!b->z || !b->yb)) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory");
+    if (st) bufs_free(b);
+    return st;
+}
+
+tbert_status tbert_fit_eval(const tbert_head *h, const tbert_fit_data *d, const int *idx, int n, double *loss, double *acc,
+                            float *probs, tbert_error *err) {
+    fit_bufs b;
+    tbert_status st = eval_bufs(h, d, &b, err);
+    if (st) return st;
+    st = eval_split(h, &b, d, idx, n, loss, acc, probs, err);
+    bufs_free(&b);
+    return st;
+}
+
+tbert_status tbert_fit_finish(tbert_fit_result *r, const tbert_fit_data *d, const char *threshold_spec, bool choose,
+                              tbert_error *err) {
+    fit_bufs b;
+    tbert_status st = eval_bufs(r->best, d, &b, err);
+    if (st) return st;
+    if (choose) st = choose_threshold(r->best, &b, d, threshold_spec, &r->threshold, err);
+    if (!st) st = final_metrics(r, &b, d, err);
+    bufs_free(&b);
+    return st;
+}

@@ -65,4 +65,46 @@ tbert_status tbert_train_metrics_write(const char *dir, const tbert_train_result
 /* Appends t to s with the HTML specials (< > & " ') as entities: report.html and its mail sections (src/report.c). */
 void tbert_html_escape(GString *s, const char *t);
 
+/* ---- fine-tuning (issue 15: `tbert train --finetune K`; src/finetune.c) ---- */
+/* K stratified folds of idx[0..n): per class, shuffled with the seed, dealt round-robin; fold[i] = fold of idx[i]
+ * (src/crossfit.c; scratch holds n ints) */
+void tbert_cv_assign_folds(const tbert_fit_data *d, const int *idx, int n, int K, uint64_t seed, int *fold, int *scratch);
+/* the head path's mean loss / accuracy / probabilities of h on rows idx[0..n) of d (src/train.c) */
+tbert_status tbert_fit_eval(const tbert_head *h, const tbert_fit_data *d, const int *idx, int n, double *loss, double *acc,
+                            float *probs, tbert_error *err);
+/* the end of the head path for r->best: the threshold on validation, else train (when choose; else r->threshold as
+ * set), then train/val/test metrics and val/test probabilities (src/train.c) */
+tbert_status tbert_fit_finish(tbert_fit_result *r, const tbert_fit_data *d, const char *threshold_spec, bool choose,
+                              tbert_error *err);
+
+/* the fine-tuning settings of a run */
+typedef struct {
+    int k;                  /* trained top layers (1..layers) */
+    bool embeddings;        /* --finetune all: the embeddings train too */
+    double encoder_lr;      /* peak learning rate of the encoder tensors (--encoder-lr) */
+    int epochs;             /* --finetune-epochs */
+    double warmup_fraction; /* of all optimiser steps (0.1) */
+    float hidden_dropout, attn_dropout; /* --finetune-dropout on: 0.1 / 0.1; off: 0 */
+    double clip_norm;       /* 1.0 */
+    tbert_encoder_opts enc; /* how the frozen lower layers run (device, precision, threads) */
+    bool quiet;
+} tbert_ft_opts;
+
+/* The documents' windows and the frozen lower layers' output (src/finetune.c). */
+typedef struct tbert_ft_data tbert_ft_data;
+/* Tokenizes the n docs into the recipe's windows and, when first_layer = r->layers - k > 0, runs the frozen layers
+ * 0..first_layer-1 once per window (the row store, when not NULL, keeps their output by model, layer cut, max_len,
+ * windows, dtype bf16 and precision, keyed by the text), kept in memory as bf16. first_layer == 0: token ids only.
+ * *from_store counts the documents read from the store. */
+tbert_status tbert_ft_data_build(const tbert_recipe *r, const tbert_model *m, const tbert_featurizer *fz, int n,
+                                 const tbert_doc *docs, const tbert_ft_opts *fo, tbert_store *store, tbert_ft_data **out,
+                                 int *from_store, tbert_error *err);
+void tbert_ft_data_free(tbert_ft_data *fd);
+/* tbert_fit with the top fo->k layers trained together with the head: fo->epochs epochs, AdamW over head and
+ * encoder, linear warm-up and decay, clipping; the dense block of each row is recomputed by the trained layers (the
+ * rows' own dense block is not read); best epoch and threshold as the head path; checkpoints each epoch with the
+ * trained tensors (docs/architecture.md, "Fine-tuning"); cross-fitting when hp->cv_folds >= 2 (the folds fine-tune too). */
+tbert_status tbert_fit_finetune(const tbert_fit_data *d, const tbert_hparams *hp, const tbert_ft_opts *fo, const tbert_model *m,
+                                const tbert_ft_data *fd, const tbert_fit_ckpt *ck, tbert_fit_result *r, tbert_error *err);
+
 #endif

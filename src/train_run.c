@@ -26,6 +26,9 @@ void tbert_train_opts_default(tbert_train_opts *o) {
     o->cv_folds = -1;
     o->device.kind = TBERT_DEVICE_AUTO;
     o->precision = TBERT_PREC_FP32;
+    o->encoder_lr = 5e-5;
+    o->finetune_epochs = 4;
+    o->finetune_dropout = 1;
 }
 
 void tbert_train_result_free(tbert_train_result *r) {
@@ -163,6 +166,14 @@ static char *settings_json(const tbert_recipe *r, const tbert_hparams *hp, const
     cJSON_AddNumberToObject(s, "val_fraction", o->val_fraction);
     cJSON_AddNumberToObject(s, "test_fraction", o->test_fraction);
     if (hp->cv_folds >= 2) cJSON_AddNumberToObject(s, "cv_folds", hp->cv_folds); /* only then: older runs resume as before */
+    if (r->ft_layers > 0) { /* only then, likewise: what a fine-tuning --resume must match */
+        cJSON *ft = cJSON_AddObjectToObject(s, "finetune");
+        cJSON_AddNumberToObject(ft, "layers", r->ft_layers);
+        cJSON_AddBoolToObject(ft, "embeddings", r->ft_embeddings);
+        cJSON_AddNumberToObject(ft, "encoder_lr", o->encoder_lr);
+        cJSON_AddNumberToObject(ft, "epochs", o->finetune_epochs);
+        cJSON_AddBoolToObject(ft, "dropout", o->finetune_dropout != 0);
+    }
     char *out = cJSON_PrintUnformatted(s);
     cJSON_Delete(s);
     return out;
@@ -370,6 +381,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     int skipped = 0;
     tbert_ckpt_plan plan = {0};
     bool planned = false;
+    tbert_ft_opts fto = {0};
+    tbert_ft_data *ftd = NULL;
     char *lham = learned_sub(o->learned_dir, "ham"), *lspam = learned_sub(o->learned_dir, "spam");
     if (o->data) st = tbert_labelled_read_table(o, &L, err);
     else {
@@ -395,6 +408,14 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     st = tbert_resolve_model_dir(o->model, model_dir, sizeof model_dir, err);
     if (!st) st = tbert_model_load(model_dir, &m, err);
     if (!st) st = tbert_recipe_bind_model(r, m, err);
+    if (!st && o->finetune != 0) { /* --finetune K: the top K of the layers in use (recipe_version 2's "finetune") */
+        int k = o->finetune == TBERT_FINETUNE_ALL ? r->layers : o->finetune;
+        if (k < 1 || k > r->layers)
+            st = tbert_fail(err, TBERT_E_ARG, "--finetune %d: the recipe uses %d layers (give 1..%d or all)", k, r->layers, r->layers);
+        r->ft_layers = k;
+        r->ft_embeddings = o->finetune == TBERT_FINETUNE_ALL;
+        snprintf(r->ft_base_sha256, sizeof r->ft_base_sha256, "%s", m->weights_sha256);
+    }
     if (st) goto done;
     tbert_encoder_opts eo = tbert_encoder_default_opts();
     eo.device = o->device;
@@ -404,6 +425,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     eo.quiet = o->quiet;
     st = tbert_encoder_create(m, &eo, &enc, err);
     if (!st) st = tbert_featurizer_create(r, m, enc, &fz, err);
+    if (!st && r->ft_layers > 0) tbert_featurizer_skip_dense(fz); /* the trained layers make the dense block */
     if (st) goto done;
     /* the head trains where the encoder runs */
     if (tbert_encoder_is_cuda(enc)) hp.cuda_device = o->device.kind == TBERT_DEVICE_CUDA ? o->device.index : 0;
@@ -441,6 +463,22 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         free(lab);
         if (st) goto done;
     }
+    if (o->finetune != 0) { /* the top K layers train: the frozen layers below run once here (src/finetune.c) */
+        int from_store = 0;
+        fto.k = r->ft_layers;
+        fto.embeddings = r->ft_embeddings;
+        fto.encoder_lr = o->encoder_lr;
+        fto.epochs = o->finetune_epochs;
+        fto.warmup_fraction = 0.1;
+        fto.hidden_dropout = fto.attn_dropout = o->finetune_dropout ? 0.1f : 0.0f;
+        fto.clip_norm = 1.0;
+        fto.enc = eo;
+        fto.quiet = o->quiet;
+        st = tbert_ft_data_build(r, m, fz, L.n, L.docs, &fto, store, &ftd, &from_store, err);
+        if (st) goto done;
+        res->docs_encoded = r->ft_layers < r->layers ? L.n - from_store : 0;
+        res->cache_hit = res->docs_encoded == 0;
+    }
     int ntr, nva, nte;
     st = tbert_split_stratified(L.n, y, r->n_labels, o->val_fraction, o->test_fraction, o->seed, &tr, &ntr, &va, &nva, &te, &nte,
                                 err);
@@ -477,7 +515,11 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         fprintf(stderr, "tbert: training a %s head (%s) on %d examples, %d validation%s, %d test\n",
                 hp.hidden ? "MLP" : "linear", r->positive >= 0 ? "binary" : "multi-class", ntr, nva,
                 hp.cv_folds >= 2 ? " (cross-fitting instead)" : "", nte);
-    st = tbert_fit(&d, &hp, &ck, &res->fit, err);
+    if (ftd && !o->quiet)
+        fprintf(stderr, "tbert: fine-tuning the top %d of %d layers%s with the head: %d epochs, encoder lr %g, head lr %g, warm-up 10%%, "
+                        "dropout %s\n", r->ft_layers, r->layers, r->ft_embeddings ? " and the embeddings" : "", o->finetune_epochs,
+                o->encoder_lr, hp.lr, o->finetune_dropout ? "0.1" : "off");
+    st = ftd ? tbert_fit_finetune(&d, &hp, &fto, m, ftd, &ck, &res->fit, err) : tbert_fit(&d, &hp, &ck, &res->fit, err);
     if (st) goto done;
     r->threshold = res->fit.threshold;
     res->n_docs = L.n;
@@ -512,6 +554,7 @@ done:
     free(va);
     free(te);
     tbert_rows_free(&X);
+    tbert_ft_data_free(ftd);
     tbert_store_close(store);
     free(y);
     tbert_featurizer_free(fz);

@@ -89,7 +89,7 @@ def main():
             ver = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout.split()[1]
             check(meta["tbert_version"] == ver, "tbert_version %s vs %s" % (meta["tbert_version"], ver))
             recipe = json.loads(meta["recipe"])
-            check(recipe["recipe_version"] == 1 and recipe["pooling"] == "mean" and recipe["max_len"] == 32, "recipe basics")
+            check(recipe["recipe_version"] == 2 and "finetune" not in recipe and recipe["pooling"] == "mean" and recipe["max_len"] == 32, "recipe basics")
             check(recipe["model_hidden"] == 128 and recipe["layers"] == 2 and recipe["model_layers"] == 2, "recipe model fields")
             import hashlib
             vh = hashlib.sha256(open(os.path.join(MODEL, "vocab.txt"), "rb").read()).hexdigest()

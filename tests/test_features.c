@@ -264,7 +264,7 @@ static void test_recipe_json(void **state) {
     free(j);
     r.header_weight = 4;
     const char *bad[][2] = {
-        {"{\"recipe_version\":2}", "recipe_version 2"},
+        {"{\"recipe_version\":3}", "recipe_version 3"},
         {"[1,2]", "not a JSON object"},
         {"{\"recipe_version\":1,\"name\":\"x\"}", "model_hash"},
     };

@@ -13,6 +13,7 @@
 #include "tbert/common.h"
 #include "tbert/head.h"
 #include "tbert/recipe.h"
+#include "tbert/safetensors.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,6 +36,11 @@ void tbert_ckpt_meta_free(tbert_ckpt_meta *m);
 /* Writes path atomically. adam/rng may be NULL (best.safetensors). */
 tbert_status tbert_checkpoint_save(const char *path, const tbert_head *h, const tbert_ckpt_meta *meta, const tbert_adam *adam,
                                    const tbert_rng *rng, tbert_error *err);
+/* The same with more tensors: extra (may be NULL) is called with the writer before the file is saved, to add
+ * them (fine-tuning, src/finetune.c: the trained encoder tensors "finetune.*" and the optimiser state "optim.*"). */
+typedef tbert_status (*tbert_ckpt_extra_fn)(void *ctx, tbert_st_writer *w, tbert_error *err);
+tbert_status tbert_checkpoint_save_ex(const char *path, const tbert_head *h, const tbert_ckpt_meta *meta, const tbert_adam *adam,
+                                      const tbert_rng *rng, tbert_ckpt_extra_fn extra, void *ctx, tbert_error *err);
 /* Reads and validates path. *h is created here. adam (may be NULL) is initialised and filled from the
  * file (error when the file has no optimizer state); rng likewise. */
 tbert_status tbert_checkpoint_load(const char *path, tbert_head **h, tbert_ckpt_meta *meta, tbert_adam *adam, tbert_rng *rng,

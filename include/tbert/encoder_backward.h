@@ -64,6 +64,40 @@ void tbert_fwd_attention(int n_seq, const int32_t *off, int H, int n_heads, floa
 void tbert_bwd_attention(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
                          const float *P, const float *dctx, float *dqkv, float *ws);
 
+/* ---- dropout (include/tbert/dropout_rng.h has the generator and the counter convention) ------------------ */
+/* One dropout site of one batch: element e of the op's output keeps its value times 1/(1-p) or becomes 0, from
+ * tbert_dropout_scale(seed, step, site, base + e), e the element's index in the op's packed layout (row * cols +
+ * column for a [N, cols] matrix; the offset in P for attention probabilities). base lets a caller that splits a
+ * batch pass each piece's first index. p = 0 (or a NULL descriptor): no dropout. */
+typedef struct {
+    float p;
+    uint64_t seed, step;
+    uint32_t site;
+    uint64_t base;
+} tbert_dropout;
+/* x[i] *= the multiplier of element first + i, i < n (forward of a hidden dropout, and its backward: the same
+ * multipliers applied to the gradient). */
+void tbert_dropout_apply(size_t n, float *x, const tbert_dropout *d, uint64_t first);
+
+/* Attention with dropout on the probabilities (BERT's attention_probs_dropout): ctx = dropout(P) v, P the softmax
+ * output, saved before dropout (the backward needs both; the masks are drawn again from the counters, not stored).
+ * drop->base is the P index of the first sequence's first element (P points there). ws: Lmax*Lmax floats (unused
+ * without dropout). tbert_fwd_attention / tbert_bwd_attention are these with drop NULL. */
+void tbert_fwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
+                                 float *ctx, float *P, const tbert_dropout *drop, float *ws);
+/* ws: 2*Lmax*Lmax floats with dropout, Lmax*Lmax without. */
+void tbert_bwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
+                                 const float *P, const float *dctx, float *dqkv, const tbert_dropout *drop, float *ws);
+
+/* ---- embeddings: z[N,H] = word[ids[i]] + pos[t] + type[0], t = the token's position inside its sequence (0 at
+ * [CLS]); the embedding LayerNorm on z is tbert_fwd_layernorm / tbert_bwd_layernorm. */
+void tbert_fwd_embeddings(int n_seq, const int32_t *off, int H, const int32_t *ids, const float *word, const float *pos,
+                          const float *type, float *z);
+/* From dz[N,H] = d loss / d z: dword[ids[i]] += dz[i], dpos[t] += dz[i], dtype[0] += dz[i], token by token in input
+ * order (a fixed order: repeated ids sum in the same order whatever the threads). Any of the three may be NULL. */
+void tbert_bwd_embeddings(int n_seq, const int32_t *off, int H, const int32_t *ids, const float *dz, float *dword,
+                          float *dpos, float *dtype);
+
 /* ---- pooling (the forward is src/pooling.c; here the hidden rows are packed) ---------------------------- */
 /* dhidden[N,H] (overwritten) from dout: mean -> dout[s]/L to each real row; cls -> dout[s] to the first row;
  * flatten -> dout[s] is [out_T, H], its first L rows go back, the padded tail's gradient is dropped.

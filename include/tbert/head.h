@@ -119,6 +119,12 @@ tbert_status tbert_head_forward_rows(const tbert_head *h, tbert_head_ws *ws, con
                                      float *z, tbert_error *err);
 tbert_status tbert_head_backward_rows(const tbert_head *h, tbert_head_ws *ws, const tbert_rows *x, const float *dz, float *grad,
                                       tbert_error *err);
+/* Fine-tuning (issue 15, src/finetune.c): d loss / d input for the first x->dense_dim columns (the dense block the
+ * encoder produced), dx (x->n x dense_dim), after tbert_head_backward_rows on the same ws, x and dz (it reuses the
+ * hidden-layer gradient that call left in ws). linear: dx = dz @ w2[:, :dd] (through the dropout mask when the
+ * forward dropped); MLP: dx = da @ w1[:, :dd]. Changes nothing else. */
+tbert_status tbert_head_backward_input_rows(const tbert_head *h, tbert_head_ws *ws, const tbert_rows *x, const float *dz, float *dx,
+                                            tbert_error *err);
 /* Inference on rows: densifies 256 rows at a time and runs tbert_head_predict on them, so a head scores
  * exactly (bit for bit) as it did on dense feature vectors. */
 tbert_status tbert_head_predict_rows(const tbert_head *h, const tbert_rows *x, float *probs, tbert_error *err);

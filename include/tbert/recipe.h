@@ -33,7 +33,8 @@
 extern "C" {
 #endif
 
-#define TBERT_RECIPE_VERSION 1
+#define TBERT_RECIPE_VERSION 2     /* written by this tbert (2: the optional "finetune" key, issue 15) */
+#define TBERT_RECIPE_VERSION_MIN 1 /* the oldest still loaded (1 = no "finetune") */
 #define TBERT_MAX_LABELS 128
 #define TBERT_MAX_LABEL_LEN 64 /* bytes including the NUL */
 
@@ -69,6 +70,13 @@ typedef struct {
     char labels[TBERT_MAX_LABELS][TBERT_MAX_LABEL_LEN]; /* sorted byte-wise, unique */
     int positive;              /* binary: index of the positive class; else -1 */
     float threshold;           /* binary: predict positive when P(positive) >= threshold */
+    /* fine-tuning (recipe_version 2, JSON key "finetune" only when ft_layers > 0; docs/architecture.md): the top
+     * ft_layers of the layers in use were trained with the head (their tensors are in the checkpoint as
+     * "finetune.*"), the embeddings too when ft_embeddings; ft_base_sha256 is the sha256 of the base
+     * model.safetensors they were fine-tuned from */
+    int ft_layers;             /* 0 = frozen encoder */
+    bool ft_embeddings;
+    char ft_base_sha256[65];
 } tbert_recipe;
 
 /* Presets (model fields left empty until bind_model):
@@ -109,6 +117,9 @@ typedef struct tbert_featurizer tbert_featurizer;
 tbert_status tbert_featurizer_create(const tbert_recipe *r, const tbert_model *m, tbert_encoder *enc, tbert_featurizer **out,
                                      tbert_error *err);
 void tbert_featurizer_free(tbert_featurizer *fz);
+/* From now on tbert_featurize_stored leaves the dense block zero and encodes nothing (the sparse blocks as
+ * always): `tbert train --finetune K` recomputes the dense block with the trained layers (src/finetune.c). */
+void tbert_featurizer_skip_dense(tbert_featurizer *fz);
 size_t tbert_featurizer_dim(const tbert_featurizer *fz);
 /* The featurizer in two stages (tbert score runs the first in its parse workers, the second on its scoring
  * thread):

@@ -120,6 +120,13 @@ typedef struct {
     /* tbert learn (src/learn.c): also train on the messages in LEARNED/ham and LEARNED/spam when they hold any;
      * training.json still records only ham/spam above (the run's own training set) */
     const char *learned_dir;
+    /* fine-tuning (issue 15, src/finetune.c): the top `finetune` of the layers in use train with the head (0: the
+     * frozen encoder, today's path and bits; TBERT_FINETUNE_ALL: every layer and the embeddings) */
+#define TBERT_FINETUNE_ALL (-2)
+    int finetune;
+    double encoder_lr;    /* default 5e-5 */
+    int finetune_epochs;  /* default 4 */
+    int finetune_dropout; /* 1: hidden and attention dropout 0.1 (default); 0: off */
 } tbert_train_opts;
 void tbert_train_opts_default(tbert_train_opts *o);
 

@@ -56,6 +56,15 @@ static void usage(FILE *f) {
             "                         f1; mail fpr=0.003,recall=0.8,margin=5: the cut with at most 1 held-out ham\n"
             "                         in 333 above it, raised to keep at most 80%% of the held-out spam, but not\n"
             "                         more than 5 logits above the ham cut)\n"
+            "fine-tuning (the encoder trains too; default: frozen):\n"
+            "  --finetune K|all       train the top K of the layers in use (--layers counts from the bottom) with the\n"
+            "                         head; all = every layer and the embeddings; 0 = frozen (default, today's run).\n"
+            "                         The frozen layers below run once per message (bf16 cache in the feature store);\n"
+            "                         AdamW on head (--lr) and encoder (--encoder-lr), linear warm-up over the first\n"
+            "                         10%% of the steps then linear decay to 0, gradient clipping at global norm 1\n"
+            "  --encoder-lr X         peak learning rate of the encoder tensors (default 5e-5)\n"
+            "  --finetune-epochs N    epochs when fine-tuning (default 4; replaces --epochs)\n"
+            "  --finetune-dropout on|off  BERT's hidden and attention dropout 0.1 while fine-tuning (default on)\n"
             "split and run:\n"
             "  --val-fraction X       (default 0.1; mail 0)   --test-fraction X (default 0.2; mail 0); stratified,\n"
             "                         0 allowed\n"
@@ -79,7 +88,8 @@ static void usage(FILE *f) {
 enum {
     O_DATA = 256, O_OUT, O_MODEL, O_FMT, O_HEADER, O_TEXT, O_LABEL, O_HAM, O_SPAM, O_RECIPE, O_POOL, O_MAXLEN, O_WINDOWS,
     O_LAYERS, O_NORMALIZE, O_LEX, O_NGRAMS, O_EVDIM, O_EVSET, O_HDRDIM, O_HDRW, O_HIDDEN, O_DROPOUT, O_EPOCHS, O_BATCH, O_LR, O_WD, O_CW, O_POS, O_THR, O_VAL, O_TEST, O_CV,
-    O_SEED, O_DEVICE, O_PREC, O_THREADS, O_RESUME, O_EXPORT, O_JSON, O_QUIET, O_HELP
+    O_SEED, O_DEVICE, O_PREC, O_THREADS, O_RESUME, O_EXPORT, O_JSON, O_QUIET, O_HELP,
+    O_FINETUNE, O_ENC_LR, O_FT_EPOCHS, O_FT_DROPOUT
 };
 
 static const struct option longopts[] = {
@@ -101,7 +111,10 @@ static const struct option longopts[] = {
     {"seed", required_argument, 0, O_SEED}, {"device", required_argument, 0, O_DEVICE},
     {"precision", required_argument, 0, O_PREC}, {"threads", required_argument, 0, O_THREADS},
     {"resume", no_argument, 0, O_RESUME}, {"export-features", required_argument, 0, O_EXPORT},
-    {"json", no_argument, 0, O_JSON}, {"quiet", no_argument, 0, O_QUIET}, {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+    {"json", no_argument, 0, O_JSON}, {"quiet", no_argument, 0, O_QUIET}, {"help", no_argument, 0, O_HELP},
+    {"finetune", required_argument, 0, O_FINETUNE}, {"encoder-lr", required_argument, 0, O_ENC_LR},
+    {"finetune-epochs", required_argument, 0, O_FT_EPOCHS}, {"finetune-dropout", required_argument, 0, O_FT_DROPOUT},
+    {0, 0, 0, 0}};
 
 static void print_summary(const tbert_train_result *res) {
     const tbert_recipe *r = &res->recipe;
@@ -257,6 +270,18 @@ int cmd_train(int argc, char **argv) {
         case O_EXPORT: o.export_features = optarg; break;
         case O_JSON: json = true; break;
         case O_QUIET: o.quiet = true; break;
+        case O_FINETUNE:
+            if (!strcmp(optarg, "all")) o.finetune = TBERT_FINETUNE_ALL;
+            else if (!cli_parse_int(cmd, "--finetune", optarg, 0, 1000, &v)) rc = CLI_USAGE;
+            else o.finetune = (int)v;
+            break;
+        case O_ENC_LR: if (!cli_parse_double(cmd, "--encoder-lr", optarg, 1e-12, 100, &x)) rc = CLI_USAGE; o.encoder_lr = x; break;
+        case O_FT_EPOCHS: if (!cli_parse_int(cmd, "--finetune-epochs", optarg, 1, 100000, &v)) rc = CLI_USAGE; o.finetune_epochs = (int)v; break;
+        case O_FT_DROPOUT:
+            if (strcmp(optarg, "on") && strcmp(optarg, "off"))
+                rc = cli_usage_error(cmd, "--finetune-dropout expects on or off, got '%s'", optarg);
+            o.finetune_dropout = !strcmp(optarg, "on");
+            break;
         default: rc = CLI_USAGE; break;
         }
         if (rc) break;

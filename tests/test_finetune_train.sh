@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# `tbert train --finetune K` (issue 15) end to end on the committed random model deep4_f32 (4 layers, H 32) and the
+# 40-line tests/data/head/tiny.tsv, CPU:
+#  - K = 0 is today's run: best/last.safetensors byte-identical to a run without the option;
+#  - K = 1 and K = all learn: the training loss of the last epoch is below the first's, and every trained tensor
+#    differs from the base model's;
+#  - the checkpoint holds exactly the trained tensors (K = 1: encoder.layer.3.* only; all: every layer and the
+#    embeddings) as float32 "finetune.*" with the base model's shapes, the recipe's "finetune" key names K and the
+#    sha256 of the base model.safetensors; last.safetensors adds optim.m/v of every trained tensor (head included)
+#    and optim_step = epochs x steps per epoch;
+#  - kill after epoch 2 (TBERT_TEST_KILL_AT=epoch:2, 1 thread; must die of SIGKILL), resume with 2 threads:
+#    best/last.safetensors byte-identical to an uninterrupted 2-thread run; a resume with another --encoder-lr is
+#    refused in one line;
+#  - the lower-layer cache: a second K = 1 run reads every document's frozen-layer output from the row store;
+#  - cross-fitting (--cv 3, 2 windows, normalize): the threshold's operating point is out-of-fold and best holds the
+#    kept model's trained tensors;
+#  - --finetune 5 on a 4-layer model is refused (exit 2, one line).
+set -u
+BIN=${TBERT_BIN:?TBERT_BIN not set}
+TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
+MODEL=$TESTS/models/deep4_f32
+DATA=$TESTS/data/head/tiny.tsv
+PY=${TBERT_PYTHON:-python3}
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
+tl_require_fixture "$MODEL/model.safetensors" "$DATA"
+tl_require_python numpy safetensors
+TMP=$(mktemp -d /tmp/tbert_finetune.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+export TBERT_CACHE=$TMP/cache
+fail=0
+train() { # out_dir extra...  (exec: when run with &, $! is tbert itself)
+    local out=$1; shift
+    exec "$BIN" train --model "$MODEL" --data "$DATA" --out "$out" --max-len 32 --hidden 16 --dropout 0.1 --epochs 3 \
+        --batch 4 --seed 5 --lr 3e-3 "$@"
+}
+
+# K = 0: the same bits as a run without the option
+(train "$TMP/k0a" --quiet) >/dev/null 2>"$TMP/k0a.err" || { echo "FAIL: K=0 reference run: $(cat "$TMP/k0a.err")"; exit 1; }
+(train "$TMP/k0b" --quiet --finetune 0) >/dev/null 2>"$TMP/k0b.err" || { echo "FAIL: --finetune 0 run: $(cat "$TMP/k0b.err")"; exit 1; }
+for f in best.safetensors last.safetensors; do
+    cmp -s "$TMP/k0a/$f" "$TMP/k0b/$f" || { echo "FAIL: --finetune 0: $f differs from a run without the option"; fail=1; }
+done
+
+FT=(--finetune-epochs 4 --encoder-lr 3e-3)
+check_ckpt() { # dir K embeddings(0|1) epochs
+    "$PY" - "$1" "$2" "$3" "$4" "$MODEL" <<'EOF' || fail=1
+import hashlib, json, math, struct, sys
+import numpy as np
+from safetensors.numpy import load_file
+d, K, emb, epochs, model = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4]), sys.argv[5]
+bad = []
+def meta(path):
+    b = open(path, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+    return json.loads(b[8:8 + n])["__metadata__"]
+base = load_file(model + "/model.safetensors")
+base = {k[5:] if k.startswith("bert.") else k: v for k, v in base.items()}
+L = 4
+want = set()
+for l in range(L - K, L):
+    want |= {k for k in base if k.startswith("encoder.layer.%d." % l)}
+if emb:
+    want |= {k for k in base if k.startswith("embeddings.") and k != "embeddings.position_ids"}
+best, last = load_file(d + "/best.safetensors"), load_file(d + "/last.safetensors")
+ft = {k[9:] for k in best if k.startswith("finetune.")}
+if ft != want:
+    bad.append("finetune tensors: extra %s, missing %s" % (sorted(ft - want)[:4], sorted(want - ft)[:4]))
+head = {k for k in best if not k.startswith("finetune.")}
+if head != {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}:
+    bad.append("head tensors %s" % sorted(head))
+for k in sorted(ft & want):
+    t = best["finetune." + k]
+    if t.dtype != np.float32 or t.shape != base[k].shape:
+        bad.append("%s: %s %s, base %s" % (k, t.dtype, t.shape, base[k].shape))
+    elif not np.isfinite(t).all() or np.array_equal(t, base[k].astype(np.float32)):
+        bad.append("%s: not trained (equal to the base model's, or not finite)" % k)
+m = meta(d + "/best.safetensors")
+r = json.loads(m["recipe"])
+sha = hashlib.sha256(open(model + "/model.safetensors", "rb").read()).hexdigest()
+if r.get("recipe_version") != 2 or r.get("finetune") != {"layers": K, "embeddings": emb, "base_model_sha256": sha}:
+    bad.append("recipe: version %s finetune %s" % (r.get("recipe_version"), r.get("finetune")))
+# last: the same trained tensors, plus the optimiser state of every trained tensor (head included)
+trained = {"head." + h for h in head} | {k for k in want}
+opt = {k for k in last if k.startswith("optim.")}
+if opt != {"optim.m." + k for k in trained} | {"optim.v." + k for k in trained}:
+    bad.append("optimiser tensors: %d, expected %d" % (len(opt), 2 * len(trained)))
+ml = meta(d + "/last.safetensors")
+steps = epochs * math.ceil(28 / 4)  # 28 training rows (40 - 4 val - 8 test), batch 4
+if ml.get("optim_step") != str(steps):
+    bad.append("optim_step %s, expected %d" % (ml.get("optim_step"), steps))
+# it learns: the last epoch's training loss below the first's
+tl = json.loads(m["train"])["train_loss"]
+if len(tl) != epochs or not tl[-1] < tl[0]:
+    bad.append("training loss did not decrease: %s" % tl)
+print("%s: %d trained encoder tensors, training loss %s" % (d.split("/")[-1], len(ft), ["%.4f" % x for x in tl]))
+for b in bad:
+    print("FAIL: %s: %s" % (d, b))
+sys.exit(1 if bad else 0)
+EOF
+}
+
+(train "$TMP/k1" --quiet --finetune 1 "${FT[@]}") >/dev/null 2>"$TMP/k1.err" || { echo "FAIL: --finetune 1: $(cat "$TMP/k1.err")"; exit 1; }
+check_ckpt "$TMP/k1" 1 0 4
+(train "$TMP/kall" --quiet --finetune all "${FT[@]}") >/dev/null 2>"$TMP/kall.err" || { echo "FAIL: --finetune all: $(cat "$TMP/kall.err")"; exit 1; }
+check_ckpt "$TMP/kall" 4 1 4
+
+# the lower layers' output comes from the row store the second time
+(train "$TMP/k1again" --finetune 1 "${FT[@]}") >/dev/null 2>"$TMP/k1again.err" || { echo "FAIL: second --finetune 1"; fail=1; }
+grep -q "40 documents from the store, 0 encoded" "$TMP/k1again.err" ||
+    { echo "FAIL: second run did not reuse the lower-layer cache: $(grep cache "$TMP/k1again.err")"; fail=1; }
+cmp -s "$TMP/k1/best.safetensors" "$TMP/k1again/best.safetensors" || { echo "FAIL: a run from the cache differs"; fail=1; }
+
+# kill after epoch 2 (1 thread), resume with 2 threads: the same bytes as an uninterrupted 2-thread run
+(train "$TMP/ref" --quiet --finetune 2 "${FT[@]}" --threads 2) >/dev/null 2>"$TMP/ref.err" || { echo "FAIL: reference: $(cat "$TMP/ref.err")"; exit 1; }
+(TBERT_TEST_KILL_AT=epoch:2 train "$TMP/res" --quiet --finetune 2 "${FT[@]}" --threads 1) >/dev/null 2>&1
+rc=$?
+[ $rc -eq 137 ] || { echo "FAIL: expected death by SIGKILL (137) after epoch 2, got $rc"; fail=1; }
+ep=$("$PY" -c "
+import json,struct
+b=open('$TMP/res/last.safetensors','rb').read(); n=struct.unpack('<Q',b[:8])[0]
+print(json.loads(b[8:8+n])['__metadata__']['epoch'])" 2>/dev/null || echo '?')
+[ "$ep" = 2 ] || { echo "FAIL: the killed run's last.safetensors holds epoch $ep, expected 2"; fail=1; }
+(train "$TMP/res" --quiet --finetune 2 "${FT[@]}" --threads 2 --resume) >/dev/null 2>"$TMP/res.err" ||
+    { echo "FAIL: resume: $(cat "$TMP/res.err")"; fail=1; }
+for f in best.safetensors last.safetensors; do
+    cmp -s "$TMP/ref/$f" "$TMP/res/$f" || { echo "FAIL: resumed $f differs from the uninterrupted run"; fail=1; }
+done
+cp -r "$TMP/ref" "$TMP/mis"
+if (train "$TMP/mis" --quiet --finetune 2 --finetune-epochs 4 --encoder-lr 1e-3 --resume) >/dev/null 2>"$TMP/mis.err"; then
+    echo "FAIL: resume with another --encoder-lr accepted"; fail=1
+fi
+[ "$(wc -l <"$TMP/mis.err")" -eq 1 ] && grep -q "cannot --resume" "$TMP/mis.err" ||
+    { echo "FAIL: mismatch message: $(cat "$TMP/mis.err")"; fail=1; }
+
+# cross-fitting fine-tunes the folds: out-of-fold operating point, the kept model's trained tensors in best
+(train "$TMP/cv" --quiet --finetune 1 --finetune-epochs 2 --val-fraction 0 --cv 3 --windows 2 --normalize) >/dev/null 2>"$TMP/cv.err" ||
+    { echo "FAIL: --finetune with --cv 3: $(cat "$TMP/cv.err")"; fail=1; }
+"$PY" - "$TMP/cv" <<'EOF' || fail=1
+import json, sys
+from safetensors.numpy import load_file
+d = sys.argv[1]
+m = json.load(open(d + "/metrics.json"))
+src = m.get("operating_point", {}).get("source")
+ft = [k for k in load_file(d + "/best.safetensors") if k.startswith("finetune.encoder.layer.3.")]
+if src != "out-of-fold" or len(ft) != 16:
+    print("FAIL: cross-fitted fine-tune: operating point from %s, %d trained tensors in best" % (src, len(ft)))
+    sys.exit(1)
+EOF
+
+# K deeper than the layers in use
+(train "$TMP/k5" --quiet --finetune 5) >/dev/null 2>"$TMP/k5.err"
+rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l <"$TMP/k5.err")" -eq 1 ] && grep -q -- "--finetune 5" "$TMP/k5.err" ||
+    { echo "FAIL: --finetune 5 on 4 layers: exit $rc, '$(cat "$TMP/k5.err")'"; fail=1; }
+[ $fail -eq 0 ] && echo ok
+exit $fail
