@@ -2,6 +2,7 @@
 # GPU verification for a session that is lent a GPU machine (CONVENTIONS.md "A lent GPU"; docs/cuda.md).
 # One step per device call (each well under the 10-minute limit), all on one warm machine:
 #   benchmarks/gpu_check.sh build            unpack the carried .debs, build (CUDA, sm_90), ctest, GPU parity tests
+#                                            (test_cuda_parity, test_cuda_head, test_cuda_backward)
 #   benchmarks/gpu_check.sh sanitize         compute-sanitizer memcheck/racecheck/initcheck/synccheck, small shapes
 #   benchmarks/gpu_check.sh bench [tiny|minilm|all]
 #                                            tbert bench --device cuda vs PyTorch eager and torch.compile, random
@@ -76,7 +77,7 @@ for path in sys.argv[1:]:
         m = re.match(r"(.*?): (\d+) elements, (\d+) outside tolerance, \|\|got-ref\|\|/\|\|ref\|\| = (\S+)", line)
         if not m:
             continue
-        what = re.sub(r" (B|T|rows|in|out|cols|heads|d|H|n|out_T|mode|kind|batch|nnz|dd|sd|hidden|C|binary|p|weighted|max_n)=\S+", "", m.group(1)).strip()
+        what = re.sub(r" (B|T|rows|in|out|cols|heads|d|H|n|out_T|mode|kind|batch|nnz|dd|sd|hidden|C|binary|p|weighted|max_n|N|Lmax|V)=\S+", "", m.group(1)).strip()
         r = float(m.group(4)); bad = int(m.group(3))
         worst, nbad, cnt = rows.get(what, (0.0, 0, 0))
         rows[what] = (max(worst, r), nbad + bad, cnt + 1)
@@ -100,26 +101,30 @@ step_build() {
     local hrc=$?
     (cd "$root/tests" && timeout 90 "$build/tests/test_cuda_head_sparse") >"$out/head_sparse.log" 2>&1
     local src=$?
+    # the backward kernels (issue 15) against their CPU twins
+    (cd "$root/tests" && timeout 90 "$build/tests/test_cuda_backward") >"$out/backward.log" 2>&1
+    local brc=$?
     local tgpu=$((SECONDS - t0)) left=$((560 - SECONDS))
     # then the rest of the suite in the time left (CPU tests; corpus- and model-dependent ones skip: ../shared
     # and model weights do not travel)
     if [ "$left" -gt 30 ]; then
         (cd "$build" && timeout "$left" ctest -j "$(nproc)" --timeout 240 --output-on-failure \
-            -E '^test_cuda_(parity|head|head_sparse)$' >"$out/ctest.log" 2>&1) || rc=1
+            -E '^test_cuda_(parity|head|head_sparse|backward)$' >"$out/ctest.log" 2>&1) || rc=1
     else
         echo "no time left for ctest" >"$out/ctest.log"
         rc=2
     fi
     echo "== ctest (all other tests; full log ctest.log)"
     grep -E "tests passed|tests failed|\*\*\*Failed|Not Run|Timeout|no time left" "$out/ctest.log" | tail -15
-    echo "== worst errors per comparison (parity.log, head.log, head_sparse.log)"
-    error_table "$out/parity.log" "$out/head.log" "$out/head_sparse.log"
+    echo "== worst errors per comparison (parity.log, head.log, head_sparse.log, backward.log)"
+    error_table "$out/parity.log" "$out/head.log" "$out/head_sparse.log" "$out/backward.log"
     echo "== summary (GPU tests ${tgpu} s, whole step ${SECONDS} s; device: $(head -2 "$out/device.txt" | tail -1))"
     printf '%-22s %s\n' "test_cuda_parity" "$([ $prc = 0 ] && echo PASS || echo "FAIL (rc $prc)")" \
         "test_cuda_head" "$([ $hrc = 0 ] && echo PASS || echo "FAIL (rc $hrc)")" \
         "test_cuda_head_sparse" "$([ $src = 0 ] && echo PASS || echo "FAIL (rc $src)")" \
+        "test_cuda_backward" "$([ $brc = 0 ] && echo PASS || echo "FAIL (rc $brc)")" \
         "ctest (others)" "$([ $rc = 0 ] && echo PASS || echo "FAIL or incomplete")"
-    [ $rc = 0 ] && [ $prc = 0 ] && [ $hrc = 0 ] && [ $src = 0 ]
+    [ $rc = 0 ] && [ $prc = 0 ] && [ $hrc = 0 ] && [ $src = 0 ] && [ $brc = 0 ]
 }
 
 step_sanitize() {
@@ -142,6 +147,8 @@ step_sanitize() {
     run_tool racecheck test_cuda_head
     run_tool memcheck test_cuda_head_sparse
     run_tool racecheck test_cuda_head_sparse
+    run_tool memcheck test_cuda_backward
+    run_tool racecheck test_cuda_backward
     echo "== compute-sanitizer (small shapes; logs sanitize-*.log)"
     printf '%s\n' "${results[@]}"
 }

@@ -211,6 +211,142 @@ int tbert_cuda_csr_linear(float *y, const int32_t *indptr, const int32_t *idx, c
 int tbert_cuda_csc_scatter_dw(float *dW, size_t ldw, const int32_t *colptr, const int32_t *cols, const int32_t *rows,
                               const float *vals, const float *dy, int U, int out, tbert_cuda_stream s);
 
+
+/* ---- backward passes (issue 15; kernels/<forward file>_bwd.cu, next to each forward) ----
+ * The CUDA twins of include/tbert/encoder_backward.h (same packed layout, same names, same accumulate-or-overwrite
+ * rules: parameter gradients dW, db, dgamma, dbeta and the embedding tables are ACCUMULATED (+=), activation
+ * gradients OVERWRITTEN). Determinism: no float atomics. Every reduction over tokens (bias, dgamma, dbeta, the
+ * type table) runs as the CPU's: chunks of TBERT_CUDA_BWD_CHUNK rows summed in row order (one thread per column),
+ * then the chunk partials added to the accumulator in chunk order (a second, fixed-order pass); weight gradients
+ * are cuBLAS products with beta = 1. The partials live in a caller's workspace of
+ * tbert_cuda_colsum_ws_floats(rows, cols) floats ("ws" below). */
+enum { TBERT_CUDA_BWD_CHUNK = 64 }; /* == TBERT_BWD_CHUNK */
+static inline size_t tbert_cuda_colsum_ws_floats(size_t rows, int cols) {
+    return (rows + TBERT_CUDA_BWD_CHUNK - 1) / TBERT_CUDA_BWD_CHUNK * (size_t)(cols > 0 ? cols : 0);
+}
+/* acc[c] += sum over rows r of a[r, c] (a is dt [rows, cols]), in the chunked order above. */
+int tbert_cuda_colsum_acc(float *acc, const void *a, tbert_cuda_dtype dt, int rows, int cols, float *ws,
+                          tbert_cuda_stream s);
+
+/* linear (kernels/gemm_bwd.cu): y[rows, out] = x[rows, in] W[out, in]^T + b.
+ * dx (dt [rows, in]) = dy W (skipped when dx is NULL); dW (float32 [out, in]) += dy^T x; db (float32 [out]) +=
+ * column sums of dy (skipped when NULL; ws: tbert_cuda_colsum_ws_floats(rows, out)). mode FP32 / TF32: x, W, dy,
+ * dx float32; BF16: x, W, dy, dx bf16, products accumulated in float32 and dW kept float32. The handle's stream
+ * must be s. */
+int tbert_cuda_linear_bwd(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void *dx, float *dW, float *db,
+                          const void *x, const void *W, const void *dy, float *ws, int rows, int in, int out,
+                          tbert_cuda_stream s);
+
+/* bias + exact GELU (kernels/gelu_bwd.cu): a is the saved pre-activation (bias included), h = gelu(a).
+ * da[r, c] = dh * gelu'(a) (dt; da may alias dh); dbias (float32 [cols], or NULL) += column sums of da
+ * (ws: tbert_cuda_colsum_ws_floats(rows, cols)). */
+int tbert_cuda_bias_gelu_bwd(void *da, const void *dh, const void *a, float *dbias, float *ws, tbert_cuda_dtype dt,
+                             int rows, int cols, tbert_cuda_stream s);
+/* tanh (the pooler's activation) from its saved output: da[i] = dout[i] (1 - out[i]^2), float32; da may alias dout. */
+int tbert_cuda_tanh_bwd(float *da, const float *dout, const float *out, size_t n, tbert_cuda_stream s);
+
+/* residual + layernorm (kernels/layernorm_bwd.cu): y = (z - mean) rstd gamma + beta with z the saved sum
+ * (sublayer + residual (+ bias)), mean/rstd float32 [rows] saved by the forward (rstd = 1/sqrt(var + eps)).
+ * dz (dt [rows, H], overwritten; may alias dy) = d loss / d z; dres (dt, or NULL) += dz (the residual branch);
+ * dgamma, dbeta (float32 [H]) += sum dy xhat, sum dy. ws: 2 * tbert_cuda_colsum_ws_floats(rows, H). H <= 8192.
+ * The forward twin (tbert_cuda_layernorm_fwd) writes y, mean and rstd from z (bias added to z when not NULL;
+ * z keeps the sum). */
+int tbert_cuda_layernorm_fwd(void *y, float *mean, float *rstd, void *z, const float *bias, const float *gamma,
+                             const float *beta, float eps, tbert_cuda_dtype dt, int rows, int H, tbert_cuda_stream s);
+int tbert_cuda_layernorm_bwd(void *dz, void *dres, float *dgamma, float *dbeta, const void *z, const float *mean,
+                             const float *rstd, const float *gamma, const void *dy, float *ws, tbert_cuda_dtype dt,
+                             int rows, int H, tbert_cuda_stream s);
+
+/* attention on packed tokens with saved probabilities (kernels/attention_bwd.cu).
+ * qkv [N, 3H] (biases already added), head h = columns h*d .. h*d+d-1 of each part, S = scale q k^T per sequence
+ * and head, P = softmax(S), ctx = P v. P is stored sequence by sequence, head by head, L x L row-major (as the
+ * CPU's tbert_fwd_attention): sequence b's block starts at p_off[b], with p_off (int64 [B+1]) filled on the host
+ * by tbert_cuda_attn_probs_offsets, which returns the total np = p_off[B] in elements. Saved rather than
+ * recomputed: T <= 512, so a sequence costs heads * L^2 elements (12 MiB of float32 for 12 heads at 512), and
+ * recomputing P in the backward would repeat the Q K^T product and the softmax for each layer.
+ * dt is the storage type of qkv, ctx, dctx, dqkv and P: float32, or bf16 (products with bf16 inputs and float32
+ * accumulation; the scores S and dP are float32 in ws, the softmax and its backward compute in float32).
+ * cu_seqlens_host and cu_seqlens (device) hold the same offsets: the host copy sizes the per-sequence cuBLAS
+ * strided-batched products (one call per sequence and product, batched over the heads), the device copy and
+ * p_off (device) serve the softmax kernels. The handle's stream must be s. */
+static inline int64_t tbert_cuda_attn_probs_offsets(int64_t *p_off, const int32_t *cu_seqlens, int B, int heads) {
+    int64_t n = 0;
+    p_off[0] = 0;
+    for (int b = 0; b < B; b++) {
+        const int64_t L = cu_seqlens[b + 1] - cu_seqlens[b];
+        n += (int64_t)heads * L * L;
+        p_off[b + 1] = n;
+    }
+    return n;
+}
+/* Workspace (floats) of both calls below for np = p_off[B] probabilities: np float32 scores (S, then dP), and
+ * in bf16 the bf16 dS after them. */
+static inline size_t tbert_cuda_attention_bwd_ws_floats(int64_t np, tbert_cuda_dtype dt) {
+    const size_t n = np > 0 ? (size_t)np : 0;
+    return n + (dt == TBERT_CUDA_BF16 ? (n + 1) / 2 : 0);
+}
+/* Forward twin: ctx [N, H] and P (dt). ws: tbert_cuda_attention_bwd_ws_floats(np, dt) floats; in float32 ws may
+ * be P itself (the softmax runs in place). */
+int tbert_cuda_attention_fwd_probs(tbert_cublas_handle h, void *ctx, void *P, const void *qkv, float *ws,
+                                   const int32_t *cu_seqlens_host, const int32_t *cu_seqlens, const int64_t *p_off,
+                                   tbert_cuda_dtype dt, int B, int heads, int d, float scale, tbert_cuda_stream s);
+/* dqkv [N, 3H] (overwritten) from dctx [N, H], the saved P and qkv: dV = P^T dctx, dP = dctx V^T,
+ * dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q.
+ * ws: tbert_cuda_attention_bwd_ws_floats(np, dt) floats. */
+int tbert_cuda_attention_bwd(tbert_cublas_handle h, void *dqkv, const void *qkv, const void *P, const void *dctx,
+                             float *ws, const int32_t *cu_seqlens_host, const int32_t *cu_seqlens,
+                             const int64_t *p_off, tbert_cuda_dtype dt, int B, int heads, int d, float scale,
+                             tbert_cuda_stream s);
+
+/* pooling (kernels/pooling_bwd.cu), float32 dout with row b at dout + b*ld:
+ * dhidden (dt [N, H], every row overwritten) for the packed rows of B sequences: MEAN dout[b] / len_b to each of
+ * b's rows; CLS dout[b] to b's first row, zeros to the others; FLATTEN dout[b, t*H ..] to row t < out_T, zeros
+ * to rows t >= out_T (ld >= out_T*H). N = cu_seqlens[B]. */
+int tbert_cuda_pool_bwd(void *dhidden, const float *dout, size_t ld, const int32_t *cu_seqlens,
+                        tbert_cuda_pool_kind kind, tbert_cuda_dtype dt, int B, int N, int H, int out_T,
+                        tbert_cuda_stream s);
+/* L2 normalisation y = x / max(|x|, 1e-12) per row (tbert_cuda_l2_normalize): dx = (dy - y (y . dy)) / |x|
+ * from the saved x and y; identity on zero rows. dx may alias dy. */
+int tbert_cuda_l2_normalize_bwd(float *dx, const float *x, const float *y, const float *dy, int rows, int dim,
+                                tbert_cuda_stream s);
+/* Pooler out = tanh(cls W^T + b) from the saved out: da = dout (1 - out^2) into ws, then the linear backward
+ * (FP32): dcls [B, H] = da W, dW += da^T cls, db += sums of da. ws: B*H + tbert_cuda_colsum_ws_floats(B, H)
+ * floats. The handle's stream must be s. */
+int tbert_cuda_pooler_bwd(tbert_cublas_handle h, float *dcls, float *dW, float *db, const float *cls, const float *W,
+                          const float *out, const float *dout, float *ws, int B, int H, tbert_cuda_stream s);
+
+
+/* embeddings (kernels/embeddings_bwd.cu), float32: dz [N, H] is the gradient of the sum word[id] + pos[t] +
+ * type[0] (tbert_cuda_layernorm_bwd over the embedding LayerNorm gives it). dword [V, H] += the rows of each token
+ * id, dpos [P, H] += the rows of each position, dtype (type row 0, [H]) += all rows (ws:
+ * tbert_cuda_colsum_ws_floats(N, H)); a NULL table is skipped. Deterministic without atomics: the host groups
+ * the rows by table row with tbert_cuda_scatter_plan_host and uploads the plan (device pointers below); each table
+ * element is then summed by one thread, its rows in row order. */
+typedef struct {
+    const int32_t *perm;  /* [N]: packed rows grouped by key, rows of one key in row order */
+    const int32_t *start; /* [n_seg + 1]: segment g is perm[start[g] .. start[g+1]-1] */
+    const int32_t *key;   /* [n_seg]: the table row of segment g (distinct) */
+    int n_seg;
+} tbert_cuda_scatter_plan;
+/* Host (no CUDA call): a stable counting sort of keys[n] (each in [0, n_keys): token ids, or positions
+ * row - cu_seqlens[b]) into perm [n], start [n_seg + 1], key [n_seg]; count is n_keys ints of scratch. Returns
+ * n_seg, or -1 for a key out of range or a NULL array. */
+int tbert_cuda_scatter_plan_host(const int32_t *keys, int n, int n_keys, int32_t *count, int32_t *perm,
+                                 int32_t *start, int32_t *key);
+int tbert_cuda_embeddings_bwd(float *dword, float *dpos, float *dtype, const float *dz,
+                              const tbert_cuda_scatter_plan *word, const tbert_cuda_scatter_plan *pos, float *ws,
+                              int N, int H, tbert_cuda_stream s);
+
+/* dropout (kernels/dropout.cu) with the masks of include/tbert/dropout_rng.h, bit for bit: element i draws
+ * tbert_dropout_scale(seed, step, site, index0 + i, p) (0 or 1 / (1 - p)); index0 places the buffer in the
+ * site's element numbering (the packed [N, H] row-major index, or the offset in the packed P). 0 <= p < 1.
+ * tbert_cuda_dropout: x[i] *= that multiplier in place (dt), nothing when p = 0; the backward calls it on the
+ * gradient with the same arguments (no mask is stored). tbert_cuda_dropout_mask writes the multipliers. */
+int tbert_cuda_dropout(void *x, tbert_cuda_dtype dt, size_t n, uint64_t seed, uint64_t step, uint32_t site,
+                       uint64_t index0, float p, tbert_cuda_stream s);
+int tbert_cuda_dropout_mask(float *mask, size_t n, uint64_t seed, uint64_t step, uint32_t site, uint64_t index0,
+                            float p, tbert_cuda_stream s);
+
 #ifdef __cplusplus
 }
 #endif
