@@ -238,7 +238,8 @@ tbert_status tbert_cuda_ft_create(const tbert_model *m, const tbert_ft_stack_cfg
     if (!st && (rc = cublasCreate(&g->blas)) != 0)
         st = tbert_fail(err, TBERT_E_CUDA, "cuBLAS: create: %s", tbert_cuda_error_string(TBERT_CUDA_CUBLAS_BASE + rc));
     if (!st && (rc = cublasSetStream(g->blas, g->s)) != 0)
-        st = tbert_fail(err, TBERT_E_CUDA, "cuBLAS: set stream: %s", tbert_cuda_error_string(TBERT_CUDA_CUBLAS_BASE + rc));
+        st = tbert_fail(err, TBERT_E_CUDA, "cuBLAS: set stream: %s",
+                        tbert_cuda_error_string(TBERT_CUDA_CUBLAS_BASE + rc));
     RUN(dev_alloc((void **)&g->w, g->numel, sizeof(float), err));
     RUN(dev_alloc((void **)&g->gr, g->numel, sizeof(float), err));
     RUN(map_tensors(g, ps, err));
@@ -280,7 +281,8 @@ tbert_status tbert_cuda_ft_create(const tbert_model *m, const tbert_ft_stack_cfg
 }
 
 tbert_status tbert_cuda_ft_upload(tbert_cuda_ft *g, const tbert_params *ps, tbert_error *err) {
-    if (ps->n != g->n) return tbert_fail(err, TBERT_E_ARG, "CUDA finetune stack: %d tensors, %d at create", ps->n, g->n);
+    if (ps->n != g->n)
+        return tbert_fail(err, TBERT_E_ARG, "CUDA finetune stack: %d tensors, %d at create", ps->n, g->n);
     TBERT_CUDA_CHECK(err, cudaSetDevice(g->device));
     for (int i = 0; i < ps->n; i++)
         TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->w + g->offs[i], ps->p[i].w, ps->p[i].n * sizeof(float),
@@ -616,7 +618,8 @@ static tbert_status embeddings_plans(tbert_cuda_ft *g, const int32_t *ids, tbert
 tbert_status tbert_cuda_ft_backward(tbert_cuda_ft *g, const float *dpooled, tbert_params *ps, tbert_error *err) {
     if (!g->saved)
         return tbert_fail(err, TBERT_E_ARG, "CUDA finetune stack: backward without a training forward of the batch");
-    if (ps->n != g->n) return tbert_fail(err, TBERT_E_ARG, "CUDA finetune stack: %d tensors, %d at create", ps->n, g->n);
+    if (ps->n != g->n)
+        return tbert_fail(err, TBERT_E_ARG, "CUDA finetune stack: %d tensors, %d at create", ps->n, g->n);
     TBERT_CUDA_CHECK(err, cudaSetDevice(g->device));
     TBERT_CUDA_CHECK(err, cudaMemsetAsync(g->gr, 0, g->numel * sizeof(float), g->s));
     size_t N = g->N, H = (size_t)g->H, dim = g->dim;

@@ -10,8 +10,8 @@
  *     window and a document without a real window; K = all with the embeddings and the pooler; K = 2 of 3 with
  *     flatten and odd lengths.
  *  2. two optimiser steps (src/optim.c, on the host over each stack's list): the trained tensors after them equal
- *     the CPU run's within fp32 rounding of the update (norm ratio of the change < 1e-5 in fp32, < 0.2 in bf16; key biases left
- *     out: their exact gradient is 0, so Adam steps both runs by the sign of rounding noise), and an
+ *     the CPU run's within fp32 rounding of the update (norm ratio of the change < 1e-5 in fp32, < 0.2 in bf16;
+ *     key biases left out: their exact gradient is 0, so Adam steps both runs by the sign of rounding noise), and an
  *     evaluation forward after the steps (the device must have uploaded the new values) matches the CPU's.
  * Exit 77 without CUDA or without a device (the emulated device counts as one). */
 #include <math.h>
@@ -118,7 +118,8 @@ typedef struct {
 } scase;
 
 static const scase cases[] = {
-    {"k1of2-mean-l2", 16, 2, 24, 2, 50, 40, 1, false, TBERT_POOL_MEAN, 0, true, 4, {2, 1, 3, 1}, {7, 5, 9, 0, 4, 11, 0}},
+    {"k1of2-mean-l2", 16, 2, 24, 2, 50, 40, 1, false, TBERT_POOL_MEAN, 0, true, 4, {2, 1, 3, 1},
+     {7, 5, 9, 0, 4, 11, 0}},
     {"all-emb-pooler", 12, 3, 20, 2, 40, 32, 2, true, TBERT_POOL_POOLER, 0, false, 3, {1, 2, 1}, {6, 9, 3, 13}},
     {"k2of3-flatten", 8, 2, 16, 3, 30, 24, 2, false, TBERT_POOL_FLATTEN, 11, false, 3, {1, 1, 2}, {11, 3, 7, 5}},
 };
@@ -184,7 +185,8 @@ static int run_case(const scase *c, tbert_precision prec) {
             dc[o + j] = pc->p[i].w[j] - w0[o + j];
             dg[o + j] = pg->p[i].w[j] - w0[o + j];
         }
-    snprintf(what, sizeof what, "%s %s change of the tensors (but key biases) after 2 AdamW steps", c->name, tbert_precision_name(prec));
+    snprintf(what, sizeof what, "%s %s change of the tensors (but key biases) after 2 AdamW steps", c->name,
+             tbert_precision_name(prec));
     bad += !check(what, dg, dc, nt, bf ? 0.2 : 1e-5, 0);
     assert_int_equal(tbert_ft_stack_forward(cpu, &fb, false, 0, oc, &err), TBERT_OK);
     if (tbert_ft_dev_forward(dev, &fb, false, 0, og, &err)) fail_msg("cuda forward: %s", err.msg);
