@@ -131,5 +131,18 @@ if train "$TMP/bf16" cuda --finetune 1 --precision bf16; then
     [ -f "$TMP/p.cpu.1" ] && probs "$TMP/p.bf16" "$TMP/p.cpu.1" "--finetune 1: cuda bf16 vs cpu fp32" 1e-2
 fi
 
+# ---- 3. kill and resume on the device: bit-identical to an uninterrupted run ----
+if train "$TMP/full" cuda --finetune 2; then
+    (TBERT_CACHE=$TMP/cache TBERT_TEST_KILL_AT=epoch:2 exec "$BIN" train --model "$MODEL" --data "$DATA" \
+        --out "$TMP/res" --max-len 32 --hidden 16 --dropout 0.1 --epochs 3 --batch 4 --seed 5 --lr 3e-3 \
+        --finetune-epochs 3 --encoder-lr $LR --device cuda --quiet --finetune 2 >/dev/null 2>&1)
+    rc=$?
+    [ $rc -eq 137 ] || fail "the run with TBERT_TEST_KILL_AT=epoch:2 did not die of SIGKILL (exit $rc)"
+    train "$TMP/res" cuda --finetune 2 --resume &&
+        for f in best.safetensors last.safetensors; do
+            cmp -s "$TMP/full/$f" "$TMP/res/$f" || fail "resume on the device: $f differs from the uninterrupted run"
+        done && echo "kill after epoch 2 + resume on the device: best/last.safetensors identical"
+fi
+
 [ "$fails" -eq 0 ] || { echo "test_emu_finetune: $fails failure(s)" >&2; exit 1; }
 echo "test_emu_finetune: OK"
