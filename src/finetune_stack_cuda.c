@@ -584,12 +584,11 @@ static tbert_status layer_backward(tbert_cuda_ft *g, int i, bool need_dx, tbert_
 }
 
 /* the word and position plans of the batch (host counting sort), uploaded */
-static tbert_status embeddings_plans(tbert_cuda_ft *g, const int32_t *ids, tbert_error *err) {
+static tbert_status embeddings_plans(tbert_cuda_ft *g, tbert_error *err) {
     int N = (int)g->N;
     int32_t *hp = g->h_plan;
     size_t cn = g->cap_hN;
     int32_t *perm = hp, *start = hp + cn + 1, *key = hp + 2 * (cn + 1);
-    (void)ids;
     /* word: the ids, read back from the device copy (the host's were not kept) */
     TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->h_keys, g->d_ids, (size_t)N * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                           g->s));
@@ -652,7 +651,7 @@ tbert_status tbert_cuda_ft_backward(tbert_cuda_ft *g, const float *dpooled, tber
             TBERT_CUDA_CHECK(err, tbert_cuda_layernorm_bwd(g->dez, NULL, g->deln_g, g->deln_b, g->ez, g->emean,
                                                            g->erstd, g->eln_g, g->xin, g->ws, TBERT_CUDA_F32, (int)N,
                                                            g->H, g->s));
-            if ((st = embeddings_plans(g, NULL, err))) return st;
+            if ((st = embeddings_plans(g, err))) return st;
             tbert_cuda_scatter_plan wp = {g->pw.perm, g->pw.start, g->pw.key, g->n_wseg};
             tbert_cuda_scatter_plan pp = {g->pp.perm, g->pp.start, g->pp.key, g->n_pseg};
             TBERT_CUDA_CHECK(err, tbert_cuda_embeddings_bwd(g->dword, g->dpos, g->dtype, g->dez, &wp, &pp, g->ws,
