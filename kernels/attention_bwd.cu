@@ -8,6 +8,7 @@
 #include <math.h>
 
 #include "packed.cuh"
+#include "tbert/dropout_rng.h"
 
 namespace {
 
@@ -48,18 +49,33 @@ template <typename T> __global__ void softmax_rows_kernel(T *P, const float *S, 
     for (int j = threadIdx.x; j < pr.len; j += blockDim.x) prow_out[j] = tbert::from_f<T>(expf(srow[j] - mx) * inv);
 }
 
-// grid (N, heads): dS = P (dP - sum_j P dP). dS may be dP (float32, in place).
+// The dropout of the probabilities, as kernel arguments (p = 0: none).
+struct pdrop {
+    float p;
+    uint64_t seed, step, base;
+    uint32_t site;
+};
+
+// grid (N, heads): with g = dP * (the dropout multiplier of each P element, drawn again from its counter),
+// dS = P (g - sum_j P g). dS may be dP (float32, in place).
 template <typename T> __global__ void softmax_bwd_kernel(T *dS, const float *dP, const T *P, const int32_t *cu_seqlens,
-                                                         const int64_t *p_off, int B) {
+                                                         const int64_t *p_off, int B, pdrop dr) {
     TBERT_SHARED(float, scratch, 32);
     const prow pr = find_row(cu_seqlens, p_off, B, blockIdx.x, blockIdx.y);
     const T *p = P + pr.at;
     const float *g = dP + pr.at;
+    const uint64_t e0 = dr.base + (uint64_t)pr.at;
     float dot = 0.0f;
-    for (int j = threadIdx.x; j < pr.len; j += blockDim.x) dot += tbert::to_f(p[j]) * g[j];
+    for (int j = threadIdx.x; j < pr.len; j += blockDim.x) {
+        const float gj = dr.p > 0.0f ? g[j] * tbert_dropout_scale(dr.seed, dr.step, dr.site, e0 + j, dr.p) : g[j];
+        dot += tbert::to_f(p[j]) * gj;
+    }
     dot = tbert::block_sum(dot, scratch);
     T *o = dS + pr.at;
-    for (int j = threadIdx.x; j < pr.len; j += blockDim.x) o[j] = tbert::from_f<T>(tbert::to_f(p[j]) * (g[j] - dot));
+    for (int j = threadIdx.x; j < pr.len; j += blockDim.x) {
+        const float gj = dr.p > 0.0f ? g[j] * tbert_dropout_scale(dr.seed, dr.step, dr.site, e0 + j, dr.p) : g[j];
+        o[j] = tbert::from_f<T>(tbert::to_f(p[j]) * (gj - dot));
+    }
 }
 
 // C = alpha op(A) op(B), column-major, batched over the heads; A, B of type t, C of type tc, float32 accumulation
@@ -86,6 +102,21 @@ int check_args(const int32_t *cu_host, tbert_cuda_dtype dt, int B, int heads, in
     return 0;
 }
 
+pdrop make_drop(const tbert_dropout *d) {
+    pdrop r{0.0f, 0, 0, 0, 0};
+    if (d && d->p > 0.0f) r = pdrop{d->p, d->seed, d->step, d->base, d->site};
+    return r;
+}
+
+int64_t probs_total(const int32_t *cu_host, int B, int heads) {
+    int64_t np = 0;
+    for (int b = 0; b < B; b++) {
+        const int64_t L = cu_host[b + 1] - cu_host[b];
+        np += (int64_t)heads * L * L;
+    }
+    return np;
+}
+
 // byte offset helpers: element e of a buffer of g's type
 inline const void *at_c(const void *p, size_t e, gemm_types g) { return (const char *)p + e * g.size; }
 inline void *at_m(void *p, size_t e, gemm_types g) { return (char *)p + e * g.size; }
@@ -94,13 +125,15 @@ inline void *at_m(void *p, size_t e, gemm_types g) { return (char *)p + e * g.si
 
 extern "C" int tbert_cuda_attention_fwd_probs(tbert_cublas_handle h, void *ctx, void *P, const void *qkv, float *ws,
                                               const int32_t *cu_seqlens_host, const int32_t *cu_seqlens,
-                                              const int64_t *p_off, tbert_cuda_dtype dt, int B, int heads, int d,
-                                              float scale, cudaStream_t s) {
+                                              const int64_t *p_off, const tbert_dropout *drop, tbert_cuda_dtype dt,
+                                              int B, int heads, int d, float scale, cudaStream_t s) {
     SHAPE_CHECK(h && ctx && P && qkv && ws && cu_seqlens && p_off);
     gemm_types g;
     int N = 0, rc = check_args(cu_seqlens_host, dt, B, heads, d, &N, &g);
     if (rc) return rc;
-    SHAPE_CHECK(dt == TBERT_CUDA_F32 || (void *)ws != P);
+    const pdrop dr = make_drop(drop);
+    SHAPE_CHECK(dr.p < 1.0f);
+    SHAPE_CHECK((dt == TBERT_CUDA_F32 && dr.p == 0.0f) || (void *)ws != P);
     if (N == 0) return 0;
     const int H = heads * d, ld = 3 * H;
     int64_t at = 0;
@@ -116,13 +149,19 @@ extern "C" int tbert_cuda_attention_fwd_probs(tbert_cublas_handle h, void *ctx, 
     TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(softmax_rows_kernel<Act>, dim3(N, heads), kSoftmaxBlock, 0, s, (Act *)P, ws,
                                           cu_seqlens, p_off, B));
     LAUNCH_CHECK(s);
+    const void *Pv = P; // the probabilities that multiply V: P, or dropout(P) over the consumed scores in ws
+    if (dr.p > 0.0f) {
+        rc = tbert_cuda_dropout_to(ws, P, dt, (size_t)at, dr.seed, dr.step, dr.site, dr.base, dr.p, s);
+        if (rc) return rc;
+        Pv = ws;
+    }
     at = 0;
     for (int b = 0; b < B; b++) { // ctx^T [d, L] = V^T [d, L] * P^T
         const int L = cu_seqlens_host[b + 1] - cu_seqlens_host[b];
         if (L == 0) continue;
         const size_t r0 = (size_t)cu_seqlens_host[b];
         rc = gemm_heads(h, g, g.t, CUBLAS_OP_N, CUBLAS_OP_N, d, L, L, 1.0f, at_c(qkv, r0 * ld + 2 * H, g), ld, d,
-                        at_c(P, (size_t)at, g), L, (long long)L * L, at_m(ctx, r0 * H, g), H, d, heads);
+                        at_c(Pv, (size_t)at, g), L, (long long)L * L, at_m(ctx, r0 * H, g), H, d, heads);
         if (rc) return rc;
         at += (int64_t)heads * L * L;
     }
@@ -131,21 +170,27 @@ extern "C" int tbert_cuda_attention_fwd_probs(tbert_cublas_handle h, void *ctx, 
 
 extern "C" int tbert_cuda_attention_bwd(tbert_cublas_handle h, void *dqkv, const void *qkv, const void *P,
                                         const void *dctx, float *ws, const int32_t *cu_seqlens_host,
-                                        const int32_t *cu_seqlens, const int64_t *p_off, tbert_cuda_dtype dt, int B,
-                                        int heads, int d, float scale, cudaStream_t s) {
+                                        const int32_t *cu_seqlens, const int64_t *p_off, const tbert_dropout *drop,
+                                        tbert_cuda_dtype dt, int B, int heads, int d, float scale, cudaStream_t s) {
     SHAPE_CHECK(h && dqkv && qkv && P && dctx && ws && cu_seqlens && p_off && dqkv != qkv);
     gemm_types g;
     int N = 0, rc = check_args(cu_seqlens_host, dt, B, heads, d, &N, &g);
     if (rc) return rc;
+    const pdrop dr = make_drop(drop);
+    SHAPE_CHECK(dr.p < 1.0f);
     if (N == 0) return 0;
     const int H = heads * d, ld = 3 * H;
-    int64_t np = 0;
-    for (int b = 0; b < B; b++) {
-        const int64_t L = cu_seqlens_host[b + 1] - cu_seqlens_host[b];
-        np += (int64_t)heads * L * L;
+    const int64_t np = probs_total(cu_seqlens_host, B, heads);
+    // ws: dP (float32, np) | dt region (np elements): dropout(P) for dV, then dS (bf16); float32 without dropout:
+    // dS in place over dP
+    void *region = (void *)(ws + np);
+    void *dS = dt == TBERT_CUDA_BF16 || dr.p > 0.0f ? region : (void *)ws;
+    const void *Pv = P;
+    if (dr.p > 0.0f) {
+        rc = tbert_cuda_dropout_to(region, P, dt, (size_t)np, dr.seed, dr.step, dr.site, dr.base, dr.p, s);
+        if (rc) return rc;
+        Pv = region;
     }
-    // dP (float32) in ws; dS over it (float32, in place) or after it (bf16: the products' input type)
-    void *dS = dt == TBERT_CUDA_BF16 ? (void *)(ws + np) : (void *)ws;
     int64_t at = 0;
     for (int b = 0; b < B; b++) {
         const int L = cu_seqlens_host[b + 1] - cu_seqlens_host[b];
@@ -153,9 +198,9 @@ extern "C" int tbert_cuda_attention_bwd(tbert_cublas_handle h, void *dqkv, const
         const size_t r0 = (size_t)cu_seqlens_host[b];
         const size_t q = r0 * ld, dc = r0 * H;
         const long long LL = (long long)L * L;
-        // dV^T [d, L] = dctx^T [d, L] * P   (dV = P^T dctx)
+        // dV^T [d, L] = dctx^T [d, L] * dropout(P)   (dV = dropout(P)^T dctx)
         rc = gemm_heads(h, g, g.t, CUBLAS_OP_N, CUBLAS_OP_T, d, L, L, 1.0f, at_c(dctx, dc, g), H, d,
-                        at_c(P, (size_t)at, g), L, LL, at_m(dqkv, q + 2 * H, g), ld, d, heads);
+                        at_c(Pv, (size_t)at, g), L, LL, at_m(dqkv, q + 2 * H, g), ld, d, heads);
         if (rc) return rc;
         // dP^T [L, L] = V [L, d] * dctx^T [d, L]   (dP = dctx V^T, row-major, float32 in ws)
         rc = gemm_heads(h, g, CUDA_R_32F, CUBLAS_OP_T, CUBLAS_OP_N, L, L, d, 1.0f, at_c(qkv, q + 2 * H, g), ld, d,
@@ -163,8 +208,9 @@ extern "C" int tbert_cuda_attention_bwd(tbert_cublas_handle h, void *dqkv, const
         if (rc) return rc;
         at += (int64_t)heads * L * L;
     }
+    // dS overwrites dropout(P) (bf16 / dropout): the dV products above have read it
     TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(softmax_bwd_kernel<Act>, dim3(N, heads), kSoftmaxBlock, 0, s, (Act *)dS, ws,
-                                          (const Act *)P, cu_seqlens, p_off, B));
+                                          (const Act *)P, cu_seqlens, p_off, B, dr));
     LAUNCH_CHECK(s);
     at = 0;
     for (int b = 0; b < B; b++) {

@@ -14,9 +14,10 @@ __global__ void dropout_mask_kernel(float *mask, size_t n, uint64_t seed, uint64
 }
 
 template <typename T>
-__global__ void dropout_kernel(T *x, size_t n, uint64_t seed, uint64_t step, uint32_t site, uint64_t index0, float p) {
+__global__ void dropout_kernel(T *y, const T *x, size_t n, uint64_t seed, uint64_t step, uint32_t site,
+                               uint64_t index0, float p) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        x[i] = tbert::from_f<T>(tbert::to_f(x[i]) * tbert_dropout_scale(seed, step, site, index0 + i, p));
+        y[i] = tbert::from_f<T>(tbert::to_f(x[i]) * tbert_dropout_scale(seed, step, site, index0 + i, p));
 }
 
 } // namespace
@@ -30,12 +31,17 @@ extern "C" int tbert_cuda_dropout_mask(float *mask, size_t n, uint64_t seed, uin
     return 0;
 }
 
-extern "C" int tbert_cuda_dropout(void *x, tbert_cuda_dtype dt, size_t n, uint64_t seed, uint64_t step, uint32_t site,
-                                  uint64_t index0, float p, cudaStream_t s) {
-    SHAPE_CHECK(x && p >= 0.0f && p < 1.0f);
-    if (n == 0 || p == 0.0f) return 0;
-    TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(dropout_kernel<Act>, tbert::elt_grid(n), tbert::kEltBlock, 0, s, (Act *)x, n,
-                                          seed, step, site, index0, p));
+extern "C" int tbert_cuda_dropout_to(void *y, const void *x, tbert_cuda_dtype dt, size_t n, uint64_t seed,
+                                     uint64_t step, uint32_t site, uint64_t index0, float p, cudaStream_t s) {
+    SHAPE_CHECK(y && x && p >= 0.0f && p < 1.0f);
+    if (n == 0 || (p == 0.0f && y == x)) return 0;
+    TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(dropout_kernel<Act>, tbert::elt_grid(n), tbert::kEltBlock, 0, s, (Act *)y,
+                                          (const Act *)x, n, seed, step, site, index0, p));
     LAUNCH_CHECK(s);
     return 0;
+}
+
+extern "C" int tbert_cuda_dropout(void *x, tbert_cuda_dtype dt, size_t n, uint64_t seed, uint64_t step, uint32_t site,
+                                  uint64_t index0, float p, cudaStream_t s) {
+    return tbert_cuda_dropout_to(x, x, dt, n, seed, step, site, index0, p, s);
 }

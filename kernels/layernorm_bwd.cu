@@ -7,17 +7,19 @@
 
 namespace {
 
-// One block per row: z += bias (kept), y = (z - mean) rstd gamma + beta, two-pass float32 statistics.
+// One block per row: z += bias + residual (kept), y = (z - mean) rstd gamma + beta, two-pass float32 statistics.
 template <typename T>
-__global__ void layernorm_fwd_kernel(T *y, float *mean, float *rstd, T *z, const float *bias, const float *g,
-                                     const float *beta, float eps, int H) {
+__global__ void layernorm_fwd_kernel(T *y, float *mean, float *rstd, T *z, const float *bias, const T *residual,
+                                     const float *g, const float *beta, float eps, int H) {
     TBERT_SHARED(float, scratch, 32);
     T *zr = z + (size_t)blockIdx.x * H;
+    const T *rr = residual ? residual + (size_t)blockIdx.x * H : nullptr;
     float s = 0.0f;
     for (int c = threadIdx.x; c < H; c += blockDim.x) {
         float v = tbert::to_f(zr[c]);
-        if (bias) {
-            v += bias[c];
+        if (bias || rr) {
+            if (bias) v += bias[c];
+            if (rr) v += tbert::to_f(rr[c]);
             zr[c] = tbert::from_f<T>(v);
             v = tbert::to_f(zr[c]); // the statistics of the stored z (bf16: rounded), as the backward sees it
         }
@@ -87,12 +89,13 @@ constexpr int kPartBlock = 128;
 } // namespace
 
 extern "C" int tbert_cuda_layernorm_fwd(void *y, float *mean, float *rstd, void *z, const float *bias,
-                                        const float *gamma, const float *beta, float eps, tbert_cuda_dtype dt,
-                                        int rows, int H, cudaStream_t s) {
-    SHAPE_CHECK(y && mean && rstd && z && gamma && beta && y != z && rows >= 0 && H > 0 && H <= 8192 && eps >= 0.0f);
+                                        const void *residual, const float *gamma, const float *beta, float eps,
+                                        tbert_cuda_dtype dt, int rows, int H, cudaStream_t s) {
+    SHAPE_CHECK(y && mean && rstd && z && gamma && beta && y != z && residual != z && rows >= 0 && H > 0 && H <= 8192 &&
+                eps >= 0.0f);
     if (rows == 0) return 0;
     TBERT_DISPATCH_DTYPE(dt, TBERT_LAUNCH(layernorm_fwd_kernel<Act>, rows, tbert::kLayernormBlock, 0, s, (Act *)y,
-                                          mean, rstd, (Act *)z, bias, gamma, beta, eps, H));
+                                          mean, rstd, (Act *)z, bias, (const Act *)residual, gamma, beta, eps, H));
     LAUNCH_CHECK(s);
     return 0;
 }

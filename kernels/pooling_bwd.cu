@@ -77,5 +77,5 @@ extern "C" int tbert_cuda_pooler_bwd(tbert_cublas_handle h, float *dcls, float *
     float *da = ws;
     int rc = tbert_cuda_tanh_bwd(da, dout, out, (size_t)B * H, s);
     if (rc) return rc;
-    return tbert_cuda_linear_bwd(h, TBERT_CUDA_GEMM_FP32, dcls, dW, db, cls, W, da, ws + (size_t)B * H, B, H, H, s);
+    return tbert_cuda_linear_bwd(h, TBERT_CUDA_GEMM_FP32, dcls, 0, dW, db, cls, W, da, ws + (size_t)B * H, B, H, H, s);
 }

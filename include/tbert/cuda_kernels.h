@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "tbert/common.h"
+#include "tbert/encoder_backward.h" /* tbert_dropout (the backward kernels' dropout descriptor) */
 
 #ifdef __cplusplus
 extern "C" {
@@ -229,12 +230,12 @@ int tbert_cuda_colsum_acc(float *acc, const void *a, tbert_cuda_dtype dt, int ro
                           tbert_cuda_stream s);
 
 /* linear (kernels/gemm_bwd.cu): y[rows, out] = x[rows, in] W[out, in]^T + b.
- * dx (dt [rows, in]) = dy W (skipped when dx is NULL); dW (float32 [out, in]) += dy^T x; db (float32 [out]) +=
- * column sums of dy (skipped when NULL; ws: tbert_cuda_colsum_ws_floats(rows, out)). mode FP32 / TF32: x, W, dy,
- * dx float32; BF16: x, W, dy, dx bf16, products accumulated in float32 and dW kept float32. The handle's stream
- * must be s. */
-int tbert_cuda_linear_bwd(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void *dx, float *dW, float *db,
-                          const void *x, const void *W, const void *dy, float *ws, int rows, int in, int out,
+ * dx (dt [rows, in]) = dy W, or dx += dy W when accumulate_dx is 1 (a residual branch's gradient summed in the
+ * product, beta = 1); skipped when dx is NULL. dW (float32 [out, in]) += dy^T x; db (float32 [out]) += column sums
+ * of dy (skipped when NULL; ws: tbert_cuda_colsum_ws_floats(rows, out)). mode FP32 / TF32: x, W, dy, dx float32;
+ * BF16: x, W, dy, dx bf16, products accumulated in float32 and dW kept float32. The handle's stream must be s. */
+int tbert_cuda_linear_bwd(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void *dx, int accumulate_dx, float *dW,
+                          float *db, const void *x, const void *W, const void *dy, float *ws, int rows, int in, int out,
                           tbert_cuda_stream s);
 
 /* bias + exact GELU (kernels/gelu_bwd.cu): a is the saved pre-activation (bias included), h = gelu(a).
@@ -242,6 +243,10 @@ int tbert_cuda_linear_bwd(tbert_cublas_handle h, tbert_cuda_gemm_mode mode, void
  * (ws: tbert_cuda_colsum_ws_floats(rows, cols)). */
 int tbert_cuda_bias_gelu_bwd(void *da, const void *dh, const void *a, float *dbias, float *ws, tbert_cuda_dtype dt,
                              int rows, int cols, tbert_cuda_stream s);
+/* Forward twin (tbert_fwd_bias_gelu): a += bias (bias may be NULL; a keeps the pre-activation, the backward's
+ * saved input), h = gelu(a); h may not alias a. */
+int tbert_cuda_bias_gelu_fwd(void *a, void *h, const float *bias, tbert_cuda_dtype dt, int rows, int cols,
+                             tbert_cuda_stream s);
 /* tanh (the pooler's activation) from its saved output: da[i] = dout[i] (1 - out[i]^2), float32; da may alias dout. */
 int tbert_cuda_tanh_bwd(float *da, const float *dout, const float *out, size_t n, tbert_cuda_stream s);
 
@@ -249,10 +254,11 @@ int tbert_cuda_tanh_bwd(float *da, const float *dout, const float *out, size_t n
  * (sublayer + residual (+ bias)), mean/rstd float32 [rows] saved by the forward (rstd = 1/sqrt(var + eps)).
  * dz (dt [rows, H], overwritten; may alias dy) = d loss / d z; dres (dt, or NULL) += dz (the residual branch);
  * dgamma, dbeta (float32 [H]) += sum dy xhat, sum dy. ws: 2 * tbert_cuda_colsum_ws_floats(rows, H). H <= 8192.
- * The forward twin (tbert_cuda_layernorm_fwd) writes y, mean and rstd from z (bias added to z when not NULL;
- * z keeps the sum). */
-int tbert_cuda_layernorm_fwd(void *y, float *mean, float *rstd, void *z, const float *bias, const float *gamma,
-                             const float *beta, float eps, tbert_cuda_dtype dt, int rows, int H, tbert_cuda_stream s);
+ * The forward twin (tbert_cuda_layernorm_fwd) forms z += bias + residual (each skipped when NULL; z keeps the sum,
+ * in dt) and writes y, mean and rstd from it; y may not alias z. */
+int tbert_cuda_layernorm_fwd(void *y, float *mean, float *rstd, void *z, const float *bias, const void *residual,
+                             const float *gamma, const float *beta, float eps, tbert_cuda_dtype dt, int rows, int H,
+                             tbert_cuda_stream s);
 int tbert_cuda_layernorm_bwd(void *dz, void *dres, float *dgamma, float *dbeta, const void *z, const float *mean,
                              const float *rstd, const float *gamma, const void *dy, float *ws, tbert_cuda_dtype dt,
                              int rows, int H, tbert_cuda_stream s);
@@ -279,24 +285,30 @@ static inline int64_t tbert_cuda_attn_probs_offsets(int64_t *p_off, const int32_
     }
     return n;
 }
-/* Workspace (floats) of both calls below for np = p_off[B] probabilities: np float32 scores (S, then dP), and
- * in bf16 the bf16 dS after them. */
-static inline size_t tbert_cuda_attention_bwd_ws_floats(int64_t np, tbert_cuda_dtype dt) {
+/* Dropout on the probabilities (BERT's attention_probs_dropout; drop NULL or drop->p = 0: none), as the CPU twins
+ * tbert_fwd_attention_dropout / tbert_bwd_attention_dropout: ctx = dropout(P) v with P saved before dropout, the
+ * multipliers of P element e drawn from tbert_dropout_scale(seed, step, site, drop->base + e), e the offset in
+ * this batch's packed P (p_off's numbering), and drawn again in the backward (no mask is stored).
+ * Workspace (floats) of both calls for np = p_off[B] probabilities: np float32 scores (S, then dP), then np
+ * elements of dt (dropout(P), then dS) unless dt is float32 without dropout (dS in place over dP). */
+static inline size_t tbert_cuda_attention_ws_floats(int64_t np, tbert_cuda_dtype dt, int dropout) {
     const size_t n = np > 0 ? (size_t)np : 0;
-    return n + (dt == TBERT_CUDA_BF16 ? (n + 1) / 2 : 0);
+    if (dt == TBERT_CUDA_BF16) return n + (n + 1) / 2;
+    return dropout ? 2 * n : n;
 }
-/* Forward twin: ctx [N, H] and P (dt). ws: tbert_cuda_attention_bwd_ws_floats(np, dt) floats; in float32 ws may
- * be P itself (the softmax runs in place). */
+/* Forward twin: ctx [N, H] and P (dt). ws: tbert_cuda_attention_ws_floats(np, dt, dropping) floats; in float32
+ * without dropout ws may be P itself (the softmax runs in place). */
 int tbert_cuda_attention_fwd_probs(tbert_cublas_handle h, void *ctx, void *P, const void *qkv, float *ws,
                                    const int32_t *cu_seqlens_host, const int32_t *cu_seqlens, const int64_t *p_off,
-                                   tbert_cuda_dtype dt, int B, int heads, int d, float scale, tbert_cuda_stream s);
-/* dqkv [N, 3H] (overwritten) from dctx [N, H], the saved P and qkv: dV = P^T dctx, dP = dctx V^T,
- * dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q.
- * ws: tbert_cuda_attention_bwd_ws_floats(np, dt) floats. */
+                                   const tbert_dropout *drop, tbert_cuda_dtype dt, int B, int heads, int d,
+                                   float scale, tbert_cuda_stream s);
+/* dqkv [N, 3H] (overwritten) from dctx [N, H], the saved P and qkv: dV = dropout(P)^T dctx,
+ * dP = (dctx V^T) * mask, dS = P (dP - rowsum(dP P)), dQ = scale dS K, dK = scale dS^T Q.
+ * ws: tbert_cuda_attention_ws_floats(np, dt, dropping) floats. */
 int tbert_cuda_attention_bwd(tbert_cublas_handle h, void *dqkv, const void *qkv, const void *P, const void *dctx,
                              float *ws, const int32_t *cu_seqlens_host, const int32_t *cu_seqlens,
-                             const int64_t *p_off, tbert_cuda_dtype dt, int B, int heads, int d, float scale,
-                             tbert_cuda_stream s);
+                             const int64_t *p_off, const tbert_dropout *drop, tbert_cuda_dtype dt, int B, int heads,
+                             int d, float scale, tbert_cuda_stream s);
 
 /* pooling (kernels/pooling_bwd.cu), float32 dout with row b at dout + b*ld:
  * dhidden (dt [N, H], every row overwritten) for the packed rows of B sequences: MEAN dout[b] / len_b to each of
@@ -346,6 +358,9 @@ int tbert_cuda_dropout(void *x, tbert_cuda_dtype dt, size_t n, uint64_t seed, ui
                        uint64_t index0, float p, tbert_cuda_stream s);
 int tbert_cuda_dropout_mask(float *mask, size_t n, uint64_t seed, uint64_t step, uint32_t site, uint64_t index0,
                             float p, tbert_cuda_stream s);
+/* y[i] = x[i] * the multiplier of element index0 + i (out of place; y may be x), dt. p = 0 copies. */
+int tbert_cuda_dropout_to(void *y, const void *x, tbert_cuda_dtype dt, size_t n, uint64_t seed, uint64_t step,
+                          uint32_t site, uint64_t index0, float p, tbert_cuda_stream s);
 
 /* ---- fine-tuning stack (kernels/finetune.cu; host side src/finetune_stack_cuda.c) ----
  * tbert_cuda_add: y = a + b elementwise (dt; y may alias a or b).

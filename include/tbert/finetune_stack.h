@@ -8,11 +8,15 @@
  * either the hidden states entering layer first_layer (the frozen lower layers' output, from the cache) or,
  * when first_layer == 0, the token ids (the embeddings are then computed here, trained only when
  * cfg.train_embeddings). Output: the dense block of each document, exactly the function the frozen
- * featurizer computes (recipe.h) when dropout is off: same values within fp32 tolerance.
+ * featurizer computes (recipe.h) when dropout is off: same values within fp32 tolerance. A window of length 0 (all
+ * padding) is allowed: it is left out of its document's mean (a document without a real window gives a zero row
+ * and receives no gradient). A window holds at most max_position tokens (flatten: max_len). The forward copies what
+ * it keeps of the batch, so the caller's arrays need not outlive the call.
  *
  * Dropout: hidden (after each sublayer's output projection and after the embeddings) and attention
  * probabilities, as BERT, from the counter-based generator tbert_dropout_u32 (include/tbert/dropout_rng.h), so
- * that a mask depends only on (seed, step, layer, site, element index) and CPU and CUDA draw the same masks.
+ * that a mask depends only on (seed, step, layer, site, element index) and CPU and CUDA draw the same masks
+ * (the exact convention: include/tbert/dropout_rng.h). The pooler has no dropout (BERT's has none).
  *
  * Threads and determinism: work is split over windows and over fixed chunks of TBERT_BWD_CHUNK tokens;
  * parameter gradients are reduced in chunk order, so the bits do not depend on cfg.threads. */
@@ -61,11 +65,14 @@ size_t tbert_ft_stack_dense_dim(const tbert_ft_stack *s); /* tbert_pool_dim(mode
  * names ("encoder.layer.5.output.dense.weight", ...), decay off for biases and LayerNorm weights. */
 tbert_params *tbert_ft_stack_params(tbert_ft_stack *s);
 /* out[n_doc, dense_dim] for the batch. training: dropout with the masks of (seed, step) and everything the
- * backward needs saved; otherwise no dropout and nothing saved (evaluation, scoring). */
+ * backward needs saved; otherwise no dropout and no backward allowed (evaluation, scoring). When first_layer == 0
+ * and the embeddings do not train, they are the model's (frozen). Errors: TBERT_E_ARG (bad offsets, ids out of
+ * range, a window too long, hidden/ids missing), TBERT_E_NOMEM. */
 tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, bool training, uint64_t step, float *out,
                                     tbert_error *err);
 /* After a training forward of the same batch: accumulates (+=) d loss / d tensor into the params' gradients from
- * dout[n_doc, dense_dim] = d loss / d out. */
+ * dout[n_doc, dense_dim] = d loss / d out (tbert_params_zero_grad once per step). TBERT_E_ARG without a training
+ * forward. Calling it again after the same forward adds the same gradients again. */
 tbert_status tbert_ft_stack_backward(tbert_ft_stack *s, const float *dout, tbert_error *err);
 
 #ifdef __cplusplus
