@@ -44,7 +44,7 @@ def files(names):
 allf = [(f, "ham") for f in files(["easy_ham", "easy_ham_2", "hard_ham"])] + [(f, "spam") for f in files(["spam", "spam_2"])]
 train = allf[0::2]
 if limit:
-    train = train[:: max(1, len(train) // limit)][:limit]
+    train = [train[i * len(train) // limit] for i in range(min(limit, len(train)))]  # evenly over ham and spam
 with open(out, "w", encoding="utf-8") as o:
     for path, lab in train:
         msg = email.message_from_bytes(open(path, "rb").read(), policy=email.policy.compat32)
@@ -53,7 +53,10 @@ with open(out, "w", encoding="utf-8") as o:
         for part in msg.walk():
             if part.get_content_maintype() == "text":
                 p = part.get_payload(decode=True) or b""
-                body = p.decode(part.get_content_charset() or "latin-1", errors="replace") if isinstance(p, bytes) else str(p)
+                try:
+                    body = p.decode(part.get_content_charset() or "latin-1", errors="replace")
+                except LookupError:  # a charset Python does not know ("unknown-8bit")
+                    body = p.decode("latin-1")
                 break
         text = re.sub(r"\s+", " ", subj + "\n" + body).strip()
         o.write(lab + "\t" + text + "\n")

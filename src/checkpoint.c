@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "tbert/fileio.h"
+#include "tbert/finetune.h"
 #include "tbert/safetensors.h"
 
 void tbert_ckpt_meta_free(tbert_ckpt_meta *m) {
@@ -301,10 +302,11 @@ tbert_status tbert_checkpoint_load(const char *path, tbert_head **out, tbert_ckp
         memcpy(rng->s, sv, sizeof sv);
     }
     if (tbert_st_find(st, "train.rng")) expected += 1;
-    for (int i = 0; meta->recipe.ft_layers > 0 && i < tbert_st_count(st); i++) { /* a fine-tuned head's encoder and optimiser */
-        const char *tn = tbert_st_at(st, i)->name;
-        expected += !strncmp(tn, "finetune.", 9) || !strncmp(tn, "optim.", 6);
-    }
+    if (meta->recipe.finetune.layers > 0) /* a fine-tuned encoder's tensors: checked by tbert_model_apply_finetune; in
+                                            * last.safetensors also the optimiser's (src/finetune.c) */
+        for (int t = 0; t < tbert_st_count(st); t++)
+            expected += !strncmp(tbert_st_at(st, t)->name, TBERT_FINETUNE_PREFIX, strlen(TBERT_FINETUNE_PREFIX)) ||
+                        !strncmp(tbert_st_at(st, t)->name, "optim.", 6);
     if (tbert_st_count(st) != expected) {
         s = tbert_fail(err, TBERT_E_FORMAT, "%s: %d tensors where a %s head has %d", path, tbert_st_count(st),
                        cfg.hidden ? "MLP" : "linear", expected);

@@ -370,8 +370,15 @@ void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]) {
  * cleared (the model and vocabulary hashes, pooling, max_len, layers, windows, normalize and precision
  * remain); content: the sha256 of the document's text (evidence does not reach the dense block). */
 tbert_status tbert_features_dense_key(const tbert_recipe *r, char key[65], tbert_error *err) {
+    return tbert_features_dense_key_ft(r, "", key, err);
+}
+
+tbert_status tbert_features_dense_key_ft(const tbert_recipe *r, const char *finetune_sha256, char key[65], tbert_error *err) {
     tbert_recipe k = *r;
-    k.recipe_version = 1; /* version 2 (issue 15) changed nothing in a frozen recipe's dense block: older entries stay valid */
+    /* recipe_version 2 changed nothing in the dense block: a frozen encoder keeps the keys version 1 had. The
+     * "finetune" key says which layers trained, not to what values: the tensors' hash below keys those. */
+    k.recipe_version = TBERT_RECIPE_VERSION_MIN;
+    memset(&k.finetune, 0, sizeof k.finetune);
     memset(k.name, 0, sizeof k.name);
     k.n_labels = 0;
     k.positive = -1;
@@ -385,14 +392,18 @@ tbert_status tbert_features_dense_key(const tbert_recipe *r, char key[65], tbert
     k.header_weight = 0;
     char *json = tbert_recipe_to_json(&k);
     if (!json) return tbert_fail(err, TBERT_E_NOMEM, "featurizer: out of memory");
-    tbert_store_field f[3] = {{"kind", "dense-block"}, {"dtype", "f32"}, {"recipe", json}};
-    tbert_status st = tbert_store_key(3, f, key, err);
+    tbert_store_field f[4] = {{"kind", "dense-block"}, {"dtype", "f32"}, {"recipe", json}, {"finetune", finetune_sha256}};
+    tbert_status st = tbert_store_key(finetune_sha256 && *finetune_sha256 ? 4 : 3, f, key, err);
     free(json);
     return st;
 }
 
 static tbert_status dense_key(const tbert_featurizer *fz, char key[65], tbert_error *err) {
-    return tbert_features_dense_key(&fz->r, key, err);
+    /* the weights that really encode: a head may run on another model than its recipe names (an exported
+     * or F16 copy, tbert_recipe_check_model not strict), whose rows are not the recipe model's */
+    tbert_recipe r = fz->r;
+    snprintf(r.model_hash, sizeof r.model_hash, "%s", fz->m->weights_sha256);
+    return tbert_features_dense_key_ft(&r, fz->m->finetune_sha256, key, err);
 }
 
 tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, int n, const tbert_doc *docs,

@@ -16,6 +16,7 @@
 #include "serve.h"
 #include "tbert/checkpoint.h"
 #include "tbert/fileio.h"
+#include "tbert/finetune.h"
 #include "tbert/learn.h"
 #include "tbert/mail.h"
 #include "tbert/recipe.h"
@@ -385,6 +386,10 @@ tbert_status tbert_learn_retrain(const tbert_learn_opts *lo, tbert_learn_result 
         o.test_fraction = num(s, "test_fraction", -1);
         o.cv_folds = (int)num(s, "cv_folds", -1);
         o.precision = (tbert_precision)num(s, "precision", TBERT_PREC_FP32);
+        o.finetune = (int)num(s, "finetune", 0); /* a fine-tuned head retrains fine-tuned (src/finetune.c) */
+        o.encoder_lr = num(s, "encoder_lr", o.encoder_lr);
+        o.finetune_epochs = (int)num(s, "finetune_epochs", o.finetune_epochs);
+        o.finetune_dropout = (int)num(s, "finetune_dropout", o.finetune_dropout);
         const char *seed = cJSON_GetStringValue(cJSON_GetObjectItem(s, "seed"));
         if (seed) o.seed = strtoull(seed, NULL, 10);
         o.class_weights_auto = cJSON_IsTrue(cJSON_GetObjectItem(s, "class_weights_auto"));
@@ -476,9 +481,10 @@ tbert_status tbert_forget(const tbert_learn_opts *o, tbert_learn_result *res, in
     unlock_head(lfd);
     if (!st) st = tbert_checkpoint_load(best, &h, &meta, NULL, NULL, err);
     tbert_head_free(h);
+    char key[65], ft[65] = ""; /* a fine-tuned encoder's rows are keyed by its tensors too */
+    if (!st && meta.recipe.finetune.layers > 0) st = tbert_finetune_hash(best, ft, err);
     g_free(best);
-    char key[65];
-    if (!st) st = tbert_features_dense_key(&meta.recipe, key, err);
+    if (!st) st = tbert_features_dense_key_ft(&meta.recipe, ft, key, err);
     tbert_ckpt_meta_free(&meta);
     tbert_store *store = NULL;
     if (!st) st = tbert_store_open(NULL, &store, err);

@@ -351,3 +351,32 @@ void tbert_model_free(tbert_model *m) {
 }
 
 size_t tbert_model_param_count(const tbert_model *m) { return m->n_params; }
+
+tbert_status tbert_model_tensors(const tbert_model *m, tbert_model_tensor **out, int *n, tbert_error *err) {
+    *out = NULL;
+    *n = 0;
+    need_list l = {0};
+    /* list_needs only records where each pointer lives; the model is not written */
+    if (!list_needs((tbert_model *)m, m->pooler_w != NULL, &l)) {
+        free(l.v);
+        return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", m->dir);
+    }
+    tbert_model_tensor *t = tbert_calloc_array((size_t)l.n, sizeof *t);
+    if (!t) {
+        free(l.v);
+        return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", m->dir);
+    }
+    for (int i = 0; i < l.n; i++) {
+        const need *x = &l.v[i];
+        memcpy(t[i].name, x->name, sizeof t[i].name);
+        t[i].ndim = x->ndim;
+        t[i].shape[0] = x->shape[0];
+        t[i].shape[1] = x->shape[1];
+        t[i].numel = (size_t)x->shape[0] * (size_t)(x->ndim == 2 ? x->shape[1] : 1);
+        t[i].data = m->arena + (*x->slot - m->arena);
+    }
+    free(l.v);
+    *out = t;
+    *n = l.n;
+    return TBERT_OK;
+}

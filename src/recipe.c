@@ -73,16 +73,13 @@ static tbert_status check_fields(const tbert_recipe *r, const char *label, tbert
     if (r->recipe_version < TBERT_RECIPE_VERSION_MIN || r->recipe_version > TBERT_RECIPE_VERSION)
         return tbert_fail(err, TBERT_E_UNSUPPORTED, "%s: recipe_version %d is not supported (this tbert knows %d to %d)", l,
                           r->recipe_version, TBERT_RECIPE_VERSION_MIN, TBERT_RECIPE_VERSION);
-    if (r->ft_layers < 0 || r->ft_layers > r->layers || (r->ft_layers > 0 && r->recipe_version < 2))
-        return tbert_fail(err, TBERT_E_FORMAT, "%s: finetune layers %d out of range (0..%d, recipe_version 2)", l, r->ft_layers,
-                          r->layers);
-    if (r->ft_embeddings && r->ft_layers != r->layers)
-        return tbert_fail(err, TBERT_E_FORMAT, "%s: finetune embeddings need every layer in use trained", l);
-    if (r->ft_layers > 0) {
-        bool hex = strlen(r->ft_base_sha256) == 64;
-        for (int i = 0; hex && i < 64; i++) hex = strchr("0123456789abcdef", r->ft_base_sha256[i]) != NULL;
-        if (!hex) return tbert_fail(err, TBERT_E_FORMAT, "%s: finetune base_model_sha256 is not a sha256", l);
-    }
+    if (r->finetune.layers < 0 || r->finetune.layers > r->layers || (r->finetune.embeddings && r->finetune.layers == 0))
+        return tbert_fail(err, TBERT_E_FORMAT, "%s: finetune layers %d out of range (0 to the %d layers in use)", l,
+                          r->finetune.layers, r->layers);
+    if (r->finetune.layers > 0 && r->recipe_version < 2)
+        return tbert_fail(err, TBERT_E_FORMAT, "%s: finetune needs recipe_version 2", l);
+    if (r->finetune.layers > 0 && strspn(r->finetune.base_model_sha256, "0123456789abcdef") != 64)
+        return tbert_fail(err, TBERT_E_FORMAT, "%s: finetune base_model_sha256 is not a sha256 in hex", l);
     if ((unsigned)r->pool >= TBERT_POOL_COUNT) return tbert_fail(err, TBERT_E_FORMAT, "%s: bad pooling", l);
     if (r->max_len < 2 || r->max_len > 8192) return tbert_fail(err, TBERT_E_FORMAT, "%s: max_len %d out of range", l, r->max_len);
     if (r->windows < 1 || r->windows > 1024) return tbert_fail(err, TBERT_E_FORMAT, "%s: windows %d out of range", l, r->windows);
@@ -193,12 +190,11 @@ char *tbert_recipe_to_json(const tbert_recipe *r) {
     char thr[32];
     snprintf(thr, sizeof thr, "%.9g", (double)r->threshold);
     ok &= cJSON_AddRawToObject(o, "threshold", thr) != NULL;
-    if (r->ft_layers > 0) { /* recipe_version 2: only fine-tuned heads carry it (docs/architecture.md, "Fine-tuning") */
+    if (r->finetune.layers > 0) { /* recipe_version 2; absent for a frozen encoder */
         cJSON *ft = cJSON_AddObjectToObject(o, "finetune");
-        ok &= ft != NULL;
-        ok &= ok && cJSON_AddNumberToObject(ft, "layers", r->ft_layers) != NULL;
-        ok &= ok && cJSON_AddBoolToObject(ft, "embeddings", r->ft_embeddings) != NULL;
-        ok &= ok && cJSON_AddStringToObject(ft, "base_model_sha256", r->ft_base_sha256) != NULL;
+        ok &= ft != NULL && cJSON_AddNumberToObject(ft, "layers", r->finetune.layers) != NULL &&
+              cJSON_AddBoolToObject(ft, "embeddings", r->finetune.embeddings) != NULL &&
+              cJSON_AddStringToObject(ft, "base_model_sha256", r->finetune.base_model_sha256) != NULL;
     }
     char *s = ok ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
@@ -294,12 +290,13 @@ tbert_status tbert_recipe_from_json(const char *json, const char *label, tbert_r
         else if (!bad) r->threshold = (float)t->valuedouble;
     }
     const cJSON *ft = cJSON_GetObjectItemCaseSensitive(o, "finetune");
-    if (!bad && ft) { /* version 2 only; absent = frozen encoder */
+    if (!bad && ft) { /* recipe_version 2 only */
         const cJSON *emb = cJSON_GetObjectItemCaseSensitive(ft, "embeddings");
-        if (r->recipe_version < 2 || !cJSON_IsObject(ft) || !get_int(ft, "layers", &r->ft_layers) || r->ft_layers < 1 ||
-            !cJSON_IsBool(emb) || !get_str(ft, "base_model_sha256", r->ft_base_sha256, sizeof r->ft_base_sha256))
+        if (r->recipe_version < 2 || !cJSON_IsObject(ft) || !get_int(ft, "layers", &r->finetune.layers) ||
+            r->finetune.layers < 1 || !cJSON_IsBool(emb) ||
+            !get_str(ft, "base_model_sha256", r->finetune.base_model_sha256, sizeof r->finetune.base_model_sha256))
             bad = "finetune";
-        else r->ft_embeddings = cJSON_IsTrue(emb);
+        else r->finetune.embeddings = cJSON_IsTrue(emb);
     }
     cJSON_Delete(o);
     if (bad) return tbert_fail(err, TBERT_E_FORMAT, "%s: recipe field '%s' is missing or invalid", l, bad);

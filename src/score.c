@@ -21,6 +21,7 @@
 
 #include "score_internal.h"
 #include "tbert/fileio.h"
+#include "tbert/finetune.h"
 #include "tbert/progress.h"
 
 uint64_t tbert_kill_at_record(void) {
@@ -40,6 +41,7 @@ tbert_status tbert_score_ctx_open(const char *model, const char *head, const cha
     if (!st && device) st = tbert_device_parse(device, &eo.device, err);
     if (!st) st = tbert_model_load(dir, &ctx->model, err);
     if (!st) st = tbert_classifier_load(head, ctx->model, &ctx->clf, err);
+    if (!st) st = tbert_model_apply_finetune(ctx->model, head, tbert_classifier_recipe(ctx->clf), err);
     if (!st) {
         const tbert_recipe *r = tbert_classifier_recipe(ctx->clf);
         eo.layers = r->layers;

@@ -205,6 +205,34 @@ static void put(cJSON *o, const char *key, cJSON *v) {
     else cJSON_AddItemToObject(o, key, v);
 }
 
+/* A fine-tuned head's best.safetensors also holds its encoder tensors (finetune.*, include/tbert/finetune.h), which
+ * tbert_checkpoint_save does not write: the file is rewritten in one atomic save with every tensor and metadata
+ * value copied, but the recipe, threshold and metrics metadata, which are the new ones. */
+static tbert_status save_keeping_tensors(const char *path, const tbert_ckpt_meta *meta, tbert_error *err) {
+    tbert_safetensors *st = NULL;
+    tbert_status s = tbert_st_open(path, &st, err);
+    tbert_st_writer *w = s ? NULL : tbert_st_writer_new();
+    char *recipe = s ? NULL : tbert_recipe_to_json(&meta->recipe), thr[32];
+    if (!s && (!w || !recipe)) s = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", path);
+    snprintf(thr, sizeof thr, "%.9g", (double)meta->recipe.threshold);
+    for (int i = 0; !s && i < tbert_st_count(st); i++) {
+        const tbert_st_tensor *t = tbert_st_at(st, i);
+        s = tbert_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data, err);
+    }
+    for (int i = 0; !s && i < tbert_st_meta_count(st); i++) {
+        const char *k = tbert_st_meta_key(st, i), *v = tbert_st_meta(st, k);
+        if (!strcmp(k, "recipe")) v = recipe;
+        else if (!strcmp(k, "threshold")) v = thr;
+        else if (!strcmp(k, "metrics")) v = meta->metrics_json ? meta->metrics_json : "{}";
+        s = tbert_st_writer_meta(w, k, v, err);
+    }
+    if (!s) s = tbert_st_writer_save(w, path, err);
+    tbert_st_writer_free(w);
+    free(recipe);
+    tbert_st_close(st);
+    return s;
+}
+
 tbert_status tbert_threshold_repick(const char *dir, const char *rule, tbert_operating_point *op, char *oof_source, size_t cap,
                                     tbert_error *err) {
     tbert_status st = tbert_threshold_parse(rule, err);
@@ -271,7 +299,8 @@ tbert_status tbert_threshold_repick(const char *dir, const char *rule, tbert_ope
         free(meta.metrics_json);
         meta.metrics_json = new_ckpt_metrics;
         new_ckpt_metrics = NULL;
-        st = tbert_checkpoint_save(best, h, &meta, NULL, NULL, err);
+        st = meta.recipe.finetune.layers > 0 ? save_keeping_tensors(best, &meta, err)
+                                             : tbert_checkpoint_save(best, h, &meta, NULL, NULL, err);
     }
     if (!st) st = tbert_write_file_atomic(mpath, new_metrics, strlen(new_metrics), err);
     if (!st) {

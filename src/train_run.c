@@ -166,10 +166,10 @@ static char *settings_json(const tbert_recipe *r, const tbert_hparams *hp, const
     cJSON_AddNumberToObject(s, "val_fraction", o->val_fraction);
     cJSON_AddNumberToObject(s, "test_fraction", o->test_fraction);
     if (hp->cv_folds >= 2) cJSON_AddNumberToObject(s, "cv_folds", hp->cv_folds); /* only then: older runs resume as before */
-    if (r->ft_layers > 0) { /* only then, likewise: what a fine-tuning --resume must match */
+    if (r->finetune.layers > 0) { /* only then, likewise: what a fine-tuning --resume must match */
         cJSON *ft = cJSON_AddObjectToObject(s, "finetune");
-        cJSON_AddNumberToObject(ft, "layers", r->ft_layers);
-        cJSON_AddBoolToObject(ft, "embeddings", r->ft_embeddings);
+        cJSON_AddNumberToObject(ft, "layers", r->finetune.layers);
+        cJSON_AddBoolToObject(ft, "embeddings", r->finetune.embeddings);
         cJSON_AddNumberToObject(ft, "encoder_lr", o->encoder_lr);
         cJSON_AddNumberToObject(ft, "epochs", o->finetune_epochs);
         cJSON_AddBoolToObject(ft, "dropout", o->finetune_dropout != 0);
@@ -219,6 +219,12 @@ static tbert_status write_manifest(const char *work, const tbert_train_opts *o, 
                {"lr", o->lr}, {"weight_decay", o->weight_decay}, {"dropout", o->dropout}, {"val_fraction", o->val_fraction},
                {"test_fraction", o->test_fraction}, {"cv_folds", o->cv_folds}, {"precision", (double)o->precision}};
     for (size_t k = 0; s && k < sizeof num / sizeof num[0]; k++) cJSON_AddNumberToObject(s, num[k].name, num[k].v);
+    if (s && o->finetune != 0) { /* fine-tuning (only then: a frozen run's training.json is as before); learn retrains alike */
+        cJSON_AddNumberToObject(s, "finetune", o->finetune);
+        cJSON_AddNumberToObject(s, "encoder_lr", o->encoder_lr);
+        cJSON_AddNumberToObject(s, "finetune_epochs", o->finetune_epochs);
+        cJSON_AddNumberToObject(s, "finetune_dropout", o->finetune_dropout);
+    }
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
     cJSON_AddStringToObject(s, "seed", seed);
@@ -412,9 +418,9 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         int k = o->finetune == TBERT_FINETUNE_ALL ? r->layers : o->finetune;
         if (k < 1 || k > r->layers)
             st = tbert_fail(err, TBERT_E_ARG, "--finetune %d: the recipe uses %d layers (give 1..%d or all)", k, r->layers, r->layers);
-        r->ft_layers = k;
-        r->ft_embeddings = o->finetune == TBERT_FINETUNE_ALL;
-        snprintf(r->ft_base_sha256, sizeof r->ft_base_sha256, "%s", m->weights_sha256);
+        r->finetune.layers = k;
+        r->finetune.embeddings = o->finetune == TBERT_FINETUNE_ALL;
+        snprintf(r->finetune.base_model_sha256, sizeof r->finetune.base_model_sha256, "%s", m->weights_sha256);
     }
     if (st) goto done;
     tbert_encoder_opts eo = tbert_encoder_default_opts();
@@ -425,7 +431,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     eo.quiet = o->quiet;
     st = tbert_encoder_create(m, &eo, &enc, err);
     if (!st) st = tbert_featurizer_create(r, m, enc, &fz, err);
-    if (!st && r->ft_layers > 0) tbert_featurizer_skip_dense(fz); /* the trained layers make the dense block */
+    if (!st && r->finetune.layers > 0) tbert_featurizer_skip_dense(fz); /* the trained layers make the dense block */
     if (st) goto done;
     /* the head trains where the encoder runs */
     if (tbert_encoder_is_cuda(enc)) hp.cuda_device = o->device.kind == TBERT_DEVICE_CUDA ? o->device.index : 0;
@@ -465,8 +471,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     }
     if (o->finetune != 0) { /* the top K layers train: the frozen layers below run once here (src/finetune.c) */
         int from_store = 0;
-        fto.k = r->ft_layers;
-        fto.embeddings = r->ft_embeddings;
+        fto.k = r->finetune.layers;
+        fto.embeddings = r->finetune.embeddings;
         fto.encoder_lr = o->encoder_lr;
         fto.epochs = o->finetune_epochs;
         fto.warmup_fraction = 0.1;
@@ -476,7 +482,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         fto.quiet = o->quiet;
         st = tbert_ft_data_build(r, m, fz, L.n, L.docs, &fto, store, &ftd, &from_store, err);
         if (st) goto done;
-        res->docs_encoded = r->ft_layers < r->layers ? L.n - from_store : 0;
+        res->docs_encoded = r->finetune.layers < r->layers ? L.n - from_store : 0;
         res->cache_hit = res->docs_encoded == 0;
     }
     int ntr, nva, nte;
@@ -517,7 +523,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
                 hp.cv_folds >= 2 ? " (cross-fitting instead)" : "", nte);
     if (ftd && !o->quiet)
         fprintf(stderr, "tbert: fine-tuning the top %d of %d layers%s with the head: %d epochs, encoder lr %g, head lr %g, warm-up 10%%, "
-                        "dropout %s\n", r->ft_layers, r->layers, r->ft_embeddings ? " and the embeddings" : "", o->finetune_epochs,
+                        "dropout %s\n", r->finetune.layers, r->layers, r->finetune.embeddings ? " and the embeddings" : "", o->finetune_epochs,
                 o->encoder_lr, hp.lr, o->finetune_dropout ? "0.1" : "off");
     st = ftd ? tbert_fit_finetune(&d, &hp, &fto, m, ftd, &ck, &res->fit, err) : tbert_fit(&d, &hp, &ck, &res->fit, err);
     if (st) goto done;

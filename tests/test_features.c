@@ -238,6 +238,37 @@ static void test_recipe_json(void **state) {
     assert_non_null(strstr(j, "\"lexical_ngrams\":2"));
     free(j);
     r.lexical_ngrams = 1;
+    /* recipe_version 2: "finetune" only for a fine-tuned encoder; version 1 (no key) still loads */
+    assert_int_equal(r.recipe_version, 2);
+    r.finetune.layers = 2;
+    r.finetune.embeddings = true;
+    snprintf(r.finetune.base_model_sha256, sizeof r.finetune.base_model_sha256, "%064x", 0xabcu);
+    j = json_round_trip(&r);
+    assert_non_null(strstr(j, ",\"finetune\":{\"layers\":2,\"embeddings\":true,\"base_model_sha256\":\"000"));
+    char *v = strstr(j, "\"recipe_version\":2");
+    assert_non_null(v);
+    v[17] = '1'; /* a version 1 recipe cannot say "finetune" */
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
+    assert_non_null(strstr(err.msg, "'finetune'"));
+    free(j);
+    r.finetune.layers = 5; /* more than the 4 layers in use */
+    j = tbert_recipe_to_json(&r);
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
+    assert_non_null(strstr(err.msg, "finetune layers 5"));
+    free(j);
+    r.finetune.layers = 2;
+    r.finetune.base_model_sha256[3] = 'X';
+    j = tbert_recipe_to_json(&r);
+    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
+    assert_non_null(strstr(err.msg, "base_model_sha256"));
+    free(j);
+    memset(&r.finetune, 0, sizeof r.finetune);
+    j = json_round_trip(&r);
+    assert_null(strstr(j, "finetune"));
+    free(j);
+    r.recipe_version = 1;
+    free(json_round_trip(&r));
+    r.recipe_version = 2;
     /* no header block: no header keys (recipes written before it read back the same) */
     tbert_recipe t;
     assert_int_equal(tbert_recipe_preset("text", &t, &err), TBERT_OK);
@@ -265,6 +296,7 @@ static void test_recipe_json(void **state) {
     r.header_weight = 4;
     const char *bad[][2] = {
         {"{\"recipe_version\":3}", "recipe_version 3"},
+        {"{\"recipe_version\":0}", "recipe_version 0"},
         {"[1,2]", "not a JSON object"},
         {"{\"recipe_version\":1,\"name\":\"x\"}", "model_hash"},
     };
@@ -284,10 +316,51 @@ static void test_recipe_json(void **state) {
     assert_int_equal(tbert_recipe_preset("bogus", &r, &err), TBERT_E_ARG);
 }
 
+/* The dense-block store key: recipe version 2 keeps the keys version 1 gave a frozen encoder (the old rule,
+ * written out here: the dense-shaping fields of a version 1 recipe), and a fine-tuned overlay's hash moves it. */
+static void test_dense_key(void **state) {
+    (void)state;
+    tbert_recipe r;
+    tbert_error err;
+    assert_int_equal(tbert_recipe_preset("mail", &r, &err), TBERT_OK);
+    snprintf(r.model_hash, sizeof r.model_hash, "%064d", 7);
+    snprintf(r.vocab_hash, sizeof r.vocab_hash, "%064d", 9);
+    r.model_hidden = 384, r.model_layers = 6, r.layers = 6;
+    r.n_labels = 2, r.positive = 1, r.threshold = 0.25f;
+    snprintf(r.labels[0], TBERT_MAX_LABEL_LEN, "ham");
+    snprintf(r.labels[1], TBERT_MAX_LABEL_LEN, "spam");
+    tbert_recipe k = r;
+    k.recipe_version = 1;
+    memset(k.name, 0, sizeof k.name);
+    k.n_labels = 0, k.positive = -1, k.threshold = 0, k.lexical_dim = 0, k.lexical_ngrams = 1, k.evidence_set = 0;
+    k.evidence = TBERT_EVIDENCE_NONE, k.evidence_dim = 0, k.header_dim = 0, k.header_weight = 0;
+    char *json = tbert_recipe_to_json(&k);
+    assert_non_null(json);
+    tbert_store_field f[3] = {{"kind", "dense-block"}, {"dtype", "f32"}, {"recipe", json}};
+    char want[65], got[65], ft1[65], ft2[65];
+    assert_int_equal(tbert_store_key(3, f, want, &err), TBERT_OK);
+    free(json);
+    assert_int_equal(r.recipe_version, 2);
+    assert_int_equal(tbert_features_dense_key(&r, got, &err), TBERT_OK);
+    assert_string_equal(got, want);
+    assert_int_equal(tbert_features_dense_key_ft(&r, NULL, got, &err), TBERT_OK);
+    assert_string_equal(got, want);
+    r.finetune.layers = 2;
+    snprintf(r.finetune.base_model_sha256, sizeof r.finetune.base_model_sha256, "%064d", 7);
+    char h1[65], h2[65];
+    snprintf(h1, sizeof h1, "%064x", 1u);
+    snprintf(h2, sizeof h2, "%064x", 2u);
+    assert_int_equal(tbert_features_dense_key_ft(&r, h1, ft1, &err), TBERT_OK);
+    assert_int_equal(tbert_features_dense_key_ft(&r, h2, ft2, &err), TBERT_OK);
+    assert_string_not_equal(ft1, want);
+    assert_string_not_equal(ft2, ft1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_featurizer_blocks),
         cmocka_unit_test(test_recipe_json),
+        cmocka_unit_test(test_dense_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

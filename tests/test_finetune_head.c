@@ -6,7 +6,7 @@
  *   |got - ref| <= 1e-5 * max|ref|.
  * - recipe_version 2: the "finetune" key written only for a fine-tuned recipe and read back; version 1 still loads
  *   (without "finetune"); a version-1 recipe with "finetune", version 3, a finetune deeper than the layers in use
- *   and a malformed base checksum are refused naming the problem. */
+ *   and a malformed base checksum are refused naming the problem. The training side: tests/test_finetune_train.sh. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,25 +178,25 @@ static void test_recipe_v2(void **state) {
     assert_non_null(strstr(j, "\"recipe_version\":2"));
     assert_null(strstr(j, "finetune")); /* K = 0: no key */
     assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_OK);
-    assert_int_equal(back.ft_layers, 0);
+    assert_int_equal(back.finetune.layers, 0);
     /* version 1 (older heads) still loads, as a frozen recipe */
     char *v1 = dup(j);
     memcpy(strstr(v1, "\"recipe_version\":2") + 17, "1", 1);
     assert_int_equal(tbert_recipe_from_json(v1, "t", &back, &err), TBERT_OK);
     assert_int_equal(back.recipe_version, 1);
-    assert_int_equal(back.ft_layers, 0);
+    assert_int_equal(back.finetune.layers, 0);
     free(j);
     /* a fine-tuned recipe */
     const char *sha = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
-    r.ft_layers = 2;
-    snprintf(r.ft_base_sha256, sizeof r.ft_base_sha256, "%s", sha);
+    r.finetune.layers = 2;
+    snprintf(r.finetune.base_model_sha256, sizeof r.finetune.base_model_sha256, "%s", sha);
     j = tbert_recipe_to_json(&r);
     assert_non_null(strstr(j, "\"finetune\":{\"layers\":2,\"embeddings\":false,\"base_model_sha256\":\"53aa5117"));
     memset(&back, 0, sizeof back);
     assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_OK);
-    assert_int_equal(back.ft_layers, 2);
-    assert_false(back.ft_embeddings);
-    assert_string_equal(back.ft_base_sha256, sha);
+    assert_int_equal(back.finetune.layers, 2);
+    assert_false(back.finetune.embeddings);
+    assert_string_equal(back.finetune.base_model_sha256, sha);
     char *j2 = tbert_recipe_to_json(&back);
     assert_string_equal(j, j2); /* round trip */
     free(j2);
@@ -211,23 +211,18 @@ static void test_recipe_v2(void **state) {
     assert_int_equal(tbert_recipe_from_json(bad3, "t", &back, &err), TBERT_E_UNSUPPORTED);
     assert_non_null(strstr(err.msg, "recipe_version 3"));
     free(j);
-    /* deeper than the layers in use; embeddings without every layer; a bad checksum */
-    r.ft_layers = 4;
+    /* deeper than the layers in use; a bad checksum */
+    r.finetune.layers = 4;
     j = tbert_recipe_to_json(&r);
     assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
     assert_non_null(strstr(err.msg, "finetune"));
     free(j);
-    r.ft_layers = 2;
-    r.ft_embeddings = true;
-    j = tbert_recipe_to_json(&r);
-    assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
-    assert_non_null(strstr(err.msg, "embeddings"));
-    free(j);
-    r.ft_layers = 3;
+    r.finetune.layers = 3; /* --finetune all */
+    r.finetune.embeddings = true;
     assert_int_equal(tbert_recipe_from_json((j = tbert_recipe_to_json(&r)), "t", &back, &err), TBERT_OK);
-    assert_true(back.ft_embeddings);
+    assert_true(back.finetune.embeddings);
     free(j);
-    r.ft_base_sha256[10] = 'X';
+    r.finetune.base_model_sha256[10] = 'X';
     j = tbert_recipe_to_json(&r);
     assert_int_equal(tbert_recipe_from_json(j, "t", &back, &err), TBERT_E_FORMAT);
     assert_non_null(strstr(err.msg, "base_model_sha256"));

@@ -11,6 +11,7 @@
 #  - kill after epoch 2 (TBERT_TEST_KILL_AT=epoch:2, 1 thread; must die of SIGKILL), resume with 2 threads:
 #    best/last.safetensors byte-identical to an uninterrupted 2-thread run; a resume with another --encoder-lr is
 #    refused in one line;
+#  - `tbert score` with the K = 1 head reproduces training's validation scores (oof.safetensors) within 2e-3;
 #  - the lower-layer cache: a second K = 1 run reads every document's frozen-layer output from the row store;
 #  - cross-fitting (--cv 3, 2 windows, normalize): the threshold's operating point is out-of-fold and best holds the
 #    kept model's trained tensors;
@@ -30,7 +31,7 @@ export TBERT_CACHE=$TMP/cache
 fail=0
 train() { # out_dir extra...  (exec: when run with &, $! is tbert itself)
     local out=$1; shift
-    exec "$BIN" train --model "$MODEL" --data "$DATA" --out "$out" --max-len 32 --hidden 16 --dropout 0.1 --epochs 3 \
+    exec "$BIN" train --model "$MODEL" --data "$DATA" --out "$out" --device cpu --max-len 32 --hidden 16 --dropout 0.1 --epochs 3 \
         --batch 4 --seed 5 --lr 3e-3 "$@"
 }
 
@@ -102,6 +103,26 @@ EOF
 check_ckpt "$TMP/k1" 1 0 4
 (train "$TMP/kall" --quiet --finetune all "${FT[@]}") >/dev/null 2>"$TMP/kall.err" || { echo "FAIL: --finetune all: $(cat "$TMP/kall.err")"; exit 1; }
 check_ckpt "$TMP/kall" 4 1 4
+
+# `tbert score` (the fine-tuned tensors laid over the base model, src/finetune_load.c, fp32 throughout) gives the
+# validation rows the scores training chose the threshold on (oof.safetensors; training's frozen layers are
+# cached in bf16): |score - held-out score| <= 2e-3
+"$BIN" score --device cpu --head "$TMP/k1" --model "$MODEL" "$DATA" >"$TMP/k1.scores" 2>"$TMP/k1.score.err" ||
+    { echo "FAIL: score with the fine-tuned head: $(cat "$TMP/k1.score.err")"; fail=1; }
+"$PY" - "$TMP/k1" "$TMP/k1.scores" <<'EOF' || fail=1
+import json, sys
+from safetensors.numpy import load_file
+d, scores = sys.argv[1], sys.argv[2]
+sc = [json.loads(l)["score"] for l in open(scores)]
+rows = [l.split("\t") for l in open(d + "/split.tsv").read().splitlines()[1:]]
+val = [int(r[0]) for r in rows if r[2] == "val"]
+oof = load_file(d + "/oof.safetensors")["score"]
+diff = max(abs(sc[i] - float(o)) for i, o in zip(val, oof))
+print("score vs training's held-out scores: %d rows, max |diff| %.2g" % (len(val), diff))
+if len(sc) != 40 or len(val) != len(oof) or len(val) == 0 or not diff <= 2e-3:
+    print("FAIL: scores of the fine-tuned head differ from training's held-out scores (max %.3g)" % diff)
+    sys.exit(1)
+EOF
 
 # the lower layers' output comes from the row store the second time
 (train "$TMP/k1again" --finetune 1 "${FT[@]}") >/dev/null 2>"$TMP/k1again.err" || { echo "FAIL: second --finetune 1"; fail=1; }

@@ -49,6 +49,8 @@ typedef struct tbert_model {
     char weights_sha256[65]; /* sha256 of model.safetensors */
     char weights_dtype[8];   /* "F32", "F16", "BF16" (dtype of the encoder weights in the file) */
     size_t n_params;         /* weights the encoder uses (arena_floats includes 64-byte alignment padding) */
+    char finetune_sha256[65]; /* "" for the weights of model.safetensors; else the hash of the fine-tuned tensors laid
+                                 over them (tbert_model_apply_finetune, include/tbert/finetune.h) */
 } tbert_model;
 
 /* Loads a model folder (already resolved, see tbert_resolve_model_dir). Validates everything before use:
@@ -64,6 +66,18 @@ typedef struct tbert_model {
 tbert_status tbert_model_load(const char *dir, tbert_model **out, tbert_error *err);
 void tbert_model_free(tbert_model *m);
 size_t tbert_model_param_count(const tbert_model *m);
+
+/* One weight of a loaded model under its transformers BertModel name (no `bert.` prefix, LayerNorm.weight/bias),
+ * pointing into the arena: what `tbert export` writes and tbert_model_apply_finetune overwrites. */
+typedef struct {
+    char name[160];
+    int ndim;
+    int64_t shape[2];
+    size_t numel;
+    float *data;
+} tbert_model_tensor;
+/* Every weight the encoder uses (the pooler when the model has one), in the encoder's order; *out is malloc'd. */
+tbert_status tbert_model_tensors(const tbert_model *m, tbert_model_tensor **out, int *n, tbert_error *err);
 
 #ifdef __cplusplus
 }

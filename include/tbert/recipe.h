@@ -33,8 +33,8 @@
 extern "C" {
 #endif
 
-#define TBERT_RECIPE_VERSION 2     /* written by this tbert (2: the optional "finetune" key, issue 15) */
-#define TBERT_RECIPE_VERSION_MIN 1 /* the oldest still loaded (1 = no "finetune") */
+#define TBERT_RECIPE_VERSION 2     /* what tbert writes (2: the optional "finetune" key) */
+#define TBERT_RECIPE_VERSION_MIN 1 /* the oldest that still loads (1 = no fine-tuned encoder) */
 #define TBERT_MAX_LABELS 128
 #define TBERT_MAX_LABEL_LEN 64 /* bytes including the NUL */
 
@@ -70,13 +70,14 @@ typedef struct {
     char labels[TBERT_MAX_LABELS][TBERT_MAX_LABEL_LEN]; /* sorted byte-wise, unique */
     int positive;              /* binary: index of the positive class; else -1 */
     float threshold;           /* binary: predict positive when P(positive) >= threshold */
-    /* fine-tuning (recipe_version 2, JSON key "finetune" only when ft_layers > 0; docs/architecture.md): the top
-     * ft_layers of the layers in use were trained with the head (their tensors are in the checkpoint as
-     * "finetune.*"), the embeddings too when ft_embeddings; ft_base_sha256 is the sha256 of the base
-     * model.safetensors they were fine-tuned from */
-    int ft_layers;             /* 0 = frozen encoder */
-    bool ft_embeddings;
-    char ft_base_sha256[65];
+    /* fine-tuned encoder (recipe_version 2; JSON key "finetune" only when layers > 0): the top `layers` of the
+     * layers in use (and the embeddings when set) were trained with the head; their tensors are in the
+     * checkpoint (include/tbert/finetune.h); base_model_sha256 is the base model.safetensors' sha256 */
+    struct {
+        int layers;
+        bool embeddings;
+        char base_model_sha256[65];
+    } finetune;
 } tbert_recipe;
 
 /* Presets (model fields left empty until bind_model):
@@ -156,6 +157,10 @@ tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, in
 /* The store key of the dense blocks a featurizer with recipe r (bound to its model) reads and writes; the
  * content half of an entry's address is tbert_store_content_hash of the document's text (`tbert forget`). */
 tbert_status tbert_features_dense_key(const tbert_recipe *r, char key[65], tbert_error *err);
+/* The same for an encoder whose weights carry a fine-tuned overlay: finetune_sha256 is the model's
+ * finetune_sha256 (tbert_finetune_hash, include/tbert/finetune.h); "" or NULL gives the frozen key above.
+ * The featurizer keys by its model's finetune_sha256, so a fine-tuned head never reads a frozen head's rows. */
+tbert_status tbert_features_dense_key_ft(const tbert_recipe *r, const char *finetune_sha256, char key[65], tbert_error *err);
 /* sha256 hex over the docs (text and evidence bytes, length-prefixed, in order). */
 void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]);
 

@@ -24,6 +24,7 @@ int cmd_serve(int argc, char **argv);
 int cmd_threshold(int argc, char **argv);
 int cmd_learn(int argc, char **argv);
 int cmd_forget(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 /* Prints "tbert: <err->msg>" on stderr and returns CLI_USAGE. */
 int cli_report(const tbert_error *err);

@@ -9,6 +9,7 @@
 #include "tbert/dataset.h"
 #include "tbert/encoder.h"
 #include "tbert/fileio.h"
+#include "tbert/finetune.h"
 #include "tbert/model.h"
 #include "tbert/progress.h"
 
@@ -34,6 +35,9 @@ static void usage(FILE *f) {
             "\n"
             "encoder:\n"
             "  --model NAME|DIR        model name in $TBERT_CACHE/models or a model folder (default minilm)\n"
+            "  --head CKPT_DIR         encode with the encoder a head fine-tuned (tbert train --finetune K): its\n"
+            "                          tensors laid over --model, the base it was fine-tuned from (a head with a\n"
+            "                          frozen encoder changes nothing)\n"
             "  --pool P                mean|cls|flatten|pooler (default mean); flatten gives max_len x hidden\n"
             "                          values per row, zero beyond the text's length\n"
             "  --normalize             L2-normalise each row (mean + --normalize = sentence-transformers)\n"
@@ -55,7 +59,7 @@ static void usage(FILE *f) {
 }
 
 typedef struct {
-    const char *model, *data, *text_col, *label_col, *input_format, *header, *out, *device, *precision;
+    const char *model, *head, *data, *text_col, *label_col, *input_format, *header, *out, *device, *precision;
     tbert_pool pool;
     bool normalize, npy, quiet;
     long max_len, layers, batch, threads;
@@ -205,7 +209,8 @@ static int parse_args(int argc, char **argv, embed_args *a) {
         {"device", required_argument, 0, 'D'},    {"precision", required_argument, 0, 'P'},
         {"threads", required_argument, 0, 't'},   {"format", required_argument, 0, 'f'},
         {"out", required_argument, 0, 'o'},       {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0},
+        {"help", no_argument, 0, 'h'},            {"head", required_argument, 0, 'E'},
+        {0, 0, 0, 0},
     };
     *a = (embed_args){.device = "auto", .precision = "fp32", .npy = true};
     tbert_error err;
@@ -213,6 +218,7 @@ static int parse_args(int argc, char **argv, embed_args *a) {
     while ((c = cli_getopt(CMD, argc, argv, "", opts)) != -1) {
         switch (c) {
         case 'm': a->model = optarg; break;
+        case 'E': a->head = optarg; break;
         case 'd': a->data = optarg; break;
         case 'c': a->text_col = optarg; break;
         case 'l': a->label_col = optarg; break;
@@ -278,6 +284,12 @@ int cmd_embed(int argc, char **argv) {
     sink out = {.fp = stdout, .name = a.out ? a.out : "stdout"};
     tbert_status st = tbert_resolve_model_dir(a.model, dir, sizeof dir, &err);
     if (!st) st = tbert_model_load(dir, &m, &err);
+    if (!st && a.head) { /* a fine-tuned head's encoder: its tensors over the base model */
+        tbert_classifier *clf = NULL;
+        st = tbert_classifier_load(a.head, m, &clf, &err);
+        if (!st) st = tbert_model_apply_finetune(m, a.head, tbert_classifier_recipe(clf), &err);
+        tbert_classifier_free(clf);
+    }
     if (!st && a.max_len == 0) a.max_len = m->cfg.max_position < 128 ? m->cfg.max_position : 128;
     if (!st && a.max_len > m->cfg.max_position)
         st = tbert_fail(&err, TBERT_E_ARG, "--max-len %ld: %s allows at most %d positions", a.max_len, dir,

@@ -4,6 +4,7 @@
 
 #include "cli.h"
 #include "tbert/fileio.h"
+#include "tbert/finetune.h"
 
 tbert_status cli_head_open(const char *model, const char *head_dir, tbert_device dev, int threads, cli_head_ctx *ctx,
                            tbert_error *err) {
@@ -12,6 +13,7 @@ tbert_status cli_head_open(const char *model, const char *head_dir, tbert_device
     tbert_status st = tbert_resolve_model_dir(model, dir, sizeof dir, err);
     if (!st) st = tbert_model_load(dir, &ctx->model, err);
     if (!st) st = tbert_classifier_load(head_dir, ctx->model, &ctx->clf, err);
+    if (!st) st = tbert_model_apply_finetune(ctx->model, head_dir, tbert_classifier_recipe(ctx->clf), err);
     if (st) {
         cli_head_close(ctx);
         return st;

@@ -25,6 +25,7 @@ static const subcommand subcommands[] = {
     {"forget", cmd_forget, "forget messages: drop their stored features and their learned corrections"},
     {"threshold", cmd_threshold, "re-pick a trained head's threshold from its stored held-out scores"},
     {"bench", cmd_bench, "measure tokenizer / encoder / head throughput"},
+    {"export", cmd_export, "write a head's (fine-tuned) encoder as a Hugging Face BERT model folder"},
 };
 
 /* One line on the CUDA backend this binary finds: the plugin and its devices, the emulated device, or why none. */
