@@ -1,7 +1,8 @@
 /* The trainable top of the encoder on a CUDA device (interface and contracts: src/finetune_stack_cuda.h). The same
- * steps as src/finetune_stack.c, op for op, with the forward kernels of kernels/ (GEMMs, bias, layernorm saving its
- * statistics, attention saving P, pooling), the backward kernels (kernels/NAME_bwd.cu) and kernels/finetune.cu:
- *   qkv = x Wqkv^T + bqkv;  ctx = d_probs(softmax(q k^T / sqrt(dh))) v       (P saved; Pd = dropped P with dropout)
+ * steps as src/finetune_stack.c, op for op, with the forward kernels of kernels/ (GEMMs, bias, pooling), the
+ * backward kernels and their saving forward twins (kernels/NAME_bwd.cu: layernorm with mean/rstd, bias + GELU
+ * keeping the pre-activation, attention keeping P, with probability dropout) and kernels/finetune.cu:
+ *   qkv = x Wqkv^T + bqkv;  ctx = d_probs(softmax(q k^T / sqrt(dh))) v       (P saved, before dropout)
  *   z1  = x + d_attn_out(ctx Wo^T + bo);  h1 = LN1(z1)                       (z1, mean, rstd saved)
  *   a   = h1 Wi^T + bi;  g = gelu(a);  z2 = h1 + d_ffn_out(g Wout^T + bout);  out = LN2(z2)
  * Embeddings (first trained layer 0): x0 = d_emb(LN(word[id] + pos[t] + type[0])), float32, then the activation type.
@@ -29,7 +30,7 @@ typedef struct {
 } ftc_gw;
 
 typedef struct {
-    void *x, *qkv, *P, *Pd, *ctx, *z1, *h1, *a, *g, *z2, *out;
+    void *x, *qkv, *P, *ctx, *z1, *h1, *a, *g, *z2, *out;
     float *mean1, *rstd1, *mean2, *rstd2;
 } ftc_act;
 
@@ -309,7 +310,7 @@ static size_t ws_floats(const tbert_cuda_ft *g, size_t N, size_t P, size_t W) {
     } while (0)
     AT_LEAST(tbert_cuda_colsum_ws_floats(N, (int)wide));
     AT_LEAST(2 * tbert_cuda_colsum_ws_floats(N, (int)H));
-    AT_LEAST(tbert_cuda_attention_bwd_ws_floats((int64_t)P, g->dt));
+    AT_LEAST(tbert_cuda_attention_ws_floats((int64_t)P, g->dt, g->cfg.attn_dropout > 0));
     AT_LEAST(W * H + tbert_cuda_colsum_ws_floats(W, (int)H));
 #undef AT_LEAST
     return n;
@@ -346,7 +347,6 @@ static size_t layout(tbert_cuda_ft *g, char *base, size_t N, size_t P, size_t W)
         ftc_act *a = &g->act[i];
         TAKE(a->qkv, N * 3 * H * e);
         TAKE(a->P, P * e);
-        if (g->cfg.attn_dropout > 0) TAKE(a->Pd, P * e);
         TAKE(a->ctx, N * H * e);
         TAKE(a->z1, N * H * e);
         TAKE(a->h1, N * H * e);
@@ -438,26 +438,24 @@ static tbert_status layer_forward(tbert_cuda_ft *g, int i, bool on, tbert_error 
     size_t NH = (size_t)N * H;
     TBERT_CUDA_CHECK(err, tbert_cuda_linear(g->blas, g->mode, a->qkv, a->x, gw->wqkv, N, H, 3 * H));
     TBERT_CUDA_CHECK(err, tbert_cuda_bias_add(a->qkv, w->bqkv, dt, N, 3 * H, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_attention_fwd_dropout(
-                              g->blas, a->ctx, a->P, a->Pd, a->qkv, g->ws, g->h_cu, g->d_cu, g->d_poff, dt, g->n_win,
-                              g->A, H / g->A, 1.0f / sqrtf((float)(H / g->A)), seed, step,
-                              tbert_dropout_site(l, TBERT_DROP_ATTN_PROBS), pa, g->s));
+    tbert_dropout dp = {pa, seed, step, tbert_dropout_site(l, TBERT_DROP_ATTN_PROBS), 0};
+    TBERT_CUDA_CHECK(err, tbert_cuda_attention_fwd_probs(g->blas, a->ctx, a->P, a->qkv, g->ws, g->h_cu, g->d_cu,
+                                                         g->d_poff, &dp, dt, g->n_win, g->A, H / g->A,
+                                                         1.0f / sqrtf((float)(H / g->A)), g->s));
     TBERT_CUDA_CHECK(err, tbert_cuda_linear(g->blas, g->mode, a->z1, a->ctx, gw->wo, N, H, H));
     TBERT_CUDA_CHECK(err, tbert_cuda_bias_add(a->z1, w->bo, dt, N, H, g->s));
     TBERT_CUDA_CHECK(err, tbert_cuda_dropout(a->z1, dt, NH, seed, step, tbert_dropout_site(l, TBERT_DROP_ATTN_OUT), 0,
                                              ph, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_add(a->z1, a->z1, a->x, dt, NH, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_layernorm_fwd(a->h1, a->mean1, a->rstd1, a->z1, NULL, w->ln1_g, w->ln1_b, g->eps,
-                                                   dt, N, H, g->s));
+    TBERT_CUDA_CHECK(err, tbert_cuda_layernorm_fwd(a->h1, a->mean1, a->rstd1, a->z1, NULL, a->x, w->ln1_g, w->ln1_b,
+                                                   g->eps, dt, N, H, g->s)); /* z1 += x (kept), LN */
     TBERT_CUDA_CHECK(err, tbert_cuda_linear(g->blas, g->mode, a->a, a->h1, gw->wi, N, H, IM));
-    TBERT_CUDA_CHECK(err, tbert_cuda_bias_gelu_save(a->a, a->g, w->bi, dt, N, IM, g->s));
+    TBERT_CUDA_CHECK(err, tbert_cuda_bias_gelu_fwd(a->a, a->g, w->bi, dt, N, IM, g->s));
     TBERT_CUDA_CHECK(err, tbert_cuda_linear(g->blas, g->mode, a->z2, a->g, gw->wout, N, IM, H));
     TBERT_CUDA_CHECK(err, tbert_cuda_bias_add(a->z2, w->bout, dt, N, H, g->s));
     TBERT_CUDA_CHECK(err, tbert_cuda_dropout(a->z2, dt, NH, seed, step, tbert_dropout_site(l, TBERT_DROP_FFN_OUT), 0,
                                              ph, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_add(a->z2, a->z2, a->h1, dt, NH, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_layernorm_fwd(a->out, a->mean2, a->rstd2, a->z2, NULL, w->ln2_g, w->ln2_b, g->eps,
-                                                   dt, N, H, g->s));
+    TBERT_CUDA_CHECK(err, tbert_cuda_layernorm_fwd(a->out, a->mean2, a->rstd2, a->z2, NULL, a->h1, w->ln2_g,
+                                                   w->ln2_b, g->eps, dt, N, H, g->s));
     return TBERT_OK;
 }
 
@@ -512,8 +510,8 @@ tbert_status tbert_cuda_ft_forward(tbert_cuda_ft *g, int n_win, const int32_t *o
             TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->d_ids, ids, N * sizeof(int32_t), cudaMemcpyHostToDevice, g->s));
             TBERT_CUDA_CHECK(err, tbert_cuda_emb_sum(g->ez, g->d_ids, g->d_cu, n_win, (int)N, g->word, g->pos, g->type,
                                                      g->H, g->s));
-            TBERT_CUDA_CHECK(err, tbert_cuda_layernorm_fwd(g->xin, g->emean, g->erstd, g->ez, NULL, g->eln_g, g->eln_b,
-                                                           g->eps, TBERT_CUDA_F32, (int)N, g->H, g->s));
+            TBERT_CUDA_CHECK(err, tbert_cuda_layernorm_fwd(g->xin, g->emean, g->erstd, g->ez, NULL, NULL, g->eln_g,
+                                                           g->eln_b, g->eps, TBERT_CUDA_F32, (int)N, g->H, g->s));
             TBERT_CUDA_CHECK(err, tbert_cuda_dropout(g->xin, TBERT_CUDA_F32, N * H, g->cfg.dropout_seed, step,
                                                      tbert_dropout_site(0, TBERT_DROP_EMBEDDINGS), 0,
                                                      drop_p(g, training, g->cfg.hidden_dropout), g->s));
@@ -560,26 +558,28 @@ static tbert_status layer_backward(tbert_cuda_ft *g, int i, bool need_dx, tbert_
     TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->dY, g->dZ, NH * g->esz, cudaMemcpyDeviceToDevice, g->s));
     TBERT_CUDA_CHECK(err, tbert_cuda_dropout(g->dY, dt, NH, seed, step, tbert_dropout_site(l, TBERT_DROP_FFN_OUT), 0,
                                              ph, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_linear_bwd(g->blas, g->mode, g->dI, d->wout, d->bout, a->g, gw->wout, g->dY, g->ws,
-                                                N, IM, H, g->s));
+    TBERT_CUDA_CHECK(err, tbert_cuda_linear_bwd(g->blas, g->mode, g->dI, 0, d->wout, d->bout, a->g, gw->wout, g->dY,
+                                                g->ws, N, IM, H, g->s));
     TBERT_CUDA_CHECK(err, tbert_cuda_bias_gelu_bwd(g->dI, g->dI, a->a, d->bi, g->ws, dt, N, IM, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_linear_bwd(g->blas, g->mode, g->dH, d->wi, NULL, a->h1, gw->wi, g->dI, g->ws, N,
-                                                H, IM, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_add(g->dH, g->dH, g->dZ, dt, NH, g->s)); /* + the residual */
+    /* dH = dZ (the residual branch) + dI Wi, summed in the product */
+    TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->dH, g->dZ, NH * g->esz, cudaMemcpyDeviceToDevice, g->s));
+    TBERT_CUDA_CHECK(err, tbert_cuda_linear_bwd(g->blas, g->mode, g->dH, 1, d->wi, NULL, a->h1, gw->wi, g->dI, g->ws,
+                                                N, H, IM, g->s));
     TBERT_CUDA_CHECK(err, tbert_cuda_layernorm_bwd(g->dZ, NULL, d->ln1_g, d->ln1_b, a->z1, a->mean1, a->rstd1, w->ln1_g,
                                                    g->dH, g->ws, dt, N, H, g->s));
     TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->dH, g->dZ, NH * g->esz, cudaMemcpyDeviceToDevice, g->s));
     TBERT_CUDA_CHECK(err, tbert_cuda_dropout(g->dH, dt, NH, seed, step, tbert_dropout_site(l, TBERT_DROP_ATTN_OUT), 0,
                                              ph, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_linear_bwd(g->blas, g->mode, g->dCtx, d->wo, d->bo, a->ctx, gw->wo, g->dH, g->ws,
-                                                N, H, H, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_attention_bwd_dropout(
-                              g->blas, g->dQKV, a->qkv, a->P, a->Pd, g->dCtx, g->ws, g->h_cu, g->d_cu, g->d_poff, dt,
-                              g->n_win, g->A, H / g->A, 1.0f / sqrtf((float)(H / g->A)), seed, step,
-                              tbert_dropout_site(l, TBERT_DROP_ATTN_PROBS), pa, g->s));
-    TBERT_CUDA_CHECK(err, tbert_cuda_linear_bwd(g->blas, g->mode, need_dx ? g->dY : NULL, d->wqkv, d->bqkv, a->x,
+    TBERT_CUDA_CHECK(err, tbert_cuda_linear_bwd(g->blas, g->mode, g->dCtx, 0, d->wo, d->bo, a->ctx, gw->wo, g->dH,
+                                                g->ws, N, H, H, g->s));
+    tbert_dropout dp = {pa, seed, step, tbert_dropout_site(l, TBERT_DROP_ATTN_PROBS), 0};
+    TBERT_CUDA_CHECK(err, tbert_cuda_attention_bwd(g->blas, g->dQKV, a->qkv, a->P, g->dCtx, g->ws, g->h_cu, g->d_cu,
+                                                   g->d_poff, &dp, dt, g->n_win, g->A, H / g->A,
+                                                   1.0f / sqrtf((float)(H / g->A)), g->s));
+    /* dY = dZ (the residual branch) + dQKV Wqkv */
+    if (need_dx) TBERT_CUDA_CHECK(err, cudaMemcpyAsync(g->dY, g->dZ, NH * g->esz, cudaMemcpyDeviceToDevice, g->s));
+    TBERT_CUDA_CHECK(err, tbert_cuda_linear_bwd(g->blas, g->mode, need_dx ? g->dY : NULL, 1, d->wqkv, d->bqkv, a->x,
                                                 gw->wqkv, g->dQKV, g->ws, N, H, 3 * H, g->s));
-    if (need_dx) TBERT_CUDA_CHECK(err, tbert_cuda_add(g->dY, g->dY, g->dZ, dt, NH, g->s));
     return TBERT_OK;
 }
 

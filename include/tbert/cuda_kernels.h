@@ -363,29 +363,11 @@ int tbert_cuda_dropout_to(void *y, const void *x, tbert_cuda_dtype dt, size_t n,
                           uint32_t site, uint64_t index0, float p, tbert_cuda_stream s);
 
 /* ---- fine-tuning stack (kernels/finetune.cu; host side src/finetune_stack_cuda.c) ----
- * tbert_cuda_add: y = a + b elementwise (dt; y may alias a or b).
- * tbert_cuda_bias_gelu_save: a[r, c] += bias[c] (kept: the GELU backward's saved input), g = gelu(a) (dt).
- * tbert_cuda_emb_sum: z (float32 [N, H]) = word[ids[r]] + pos[t] + type[0], t = r's position in its sequence
- * (the sum the saving layernorm forward then normalises; ids validated by the host).
- * Attention with dropout on the probabilities (BERT's attention_probs_dropout, masks of dropout_rng.h, element
- * index = the offset in the packed P): the forward writes P (saved, before dropout), Pd = dropout(P) (dt, np
- * elements) and ctx = Pd v; the backward takes both: dV = Pd^T dctx, dP = mask * (dctx V^T),
- * dS = P (dP - rowsum(P dP)), dQ, dK as tbert_cuda_attention_bwd. p = 0: exactly tbert_cuda_attention_fwd_probs /
- * tbert_cuda_attention_bwd (Pd unused). ws as those. */
-int tbert_cuda_add(void *y, const void *a, const void *b, tbert_cuda_dtype dt, size_t n, tbert_cuda_stream s);
-int tbert_cuda_bias_gelu_save(void *a, void *g, const float *bias, tbert_cuda_dtype dt, int rows, int cols,
-                              tbert_cuda_stream s);
+ * z (float32 [N, H]) = word[ids[r]] + pos[t] + type[0] for the packed rows r, t = r's position in its sequence
+ * (the embedding sum that tbert_cuda_layernorm_fwd then normalises, kept for its backward; ids validated by the
+ * host). */
 int tbert_cuda_emb_sum(float *z, const int32_t *ids, const int32_t *cu_seqlens, int B, int N, const float *word,
                        const float *pos, const float *type, int H, tbert_cuda_stream s);
-int tbert_cuda_attention_fwd_dropout(tbert_cublas_handle h, void *ctx, void *P, void *Pd, const void *qkv, float *ws,
-                                     const int32_t *cu_seqlens_host, const int32_t *cu_seqlens, const int64_t *p_off,
-                                     tbert_cuda_dtype dt, int B, int heads, int d, float scale, uint64_t seed,
-                                     uint64_t step, uint32_t site, float p, tbert_cuda_stream s);
-int tbert_cuda_attention_bwd_dropout(tbert_cublas_handle h, void *dqkv, const void *qkv, const void *P, const void *Pd,
-                                     const void *dctx, float *ws, const int32_t *cu_seqlens_host,
-                                     const int32_t *cu_seqlens, const int64_t *p_off, tbert_cuda_dtype dt, int B,
-                                     int heads, int d, float scale, uint64_t seed, uint64_t step, uint32_t site,
-                                     float p, tbert_cuda_stream s);
 
 #ifdef __cplusplus
 }
