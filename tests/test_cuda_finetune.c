@@ -6,12 +6,12 @@
  *     trained tensor's gradient. fp32 (and tf32 for the forward): the norm ratio < 1e-5 (issue 15's gradient
  *     tolerance), per element |got - ref| <= 1e-4 * max|ref| + 1e-6 (CONVENTIONS' fp32 atol 1e-4 at scale 1: the
  *     CPU and cuBLAS sum in other orders); bf16: the whole gradient's norm ratio < 3e-2 (issue 15), each tensor's
- *     < 8e-2 (BF16_TENSOR), no per-element bound.
+ *     and the forwards' as the BF16_* bounds below say, no per-element bound.
  *     Cases: K = 1 of 2 layers from hidden states, mean pooling + L2, documents of several windows with an empty
  *     window and a document without a real window; K = all with the embeddings and the pooler; K = 2 of 3 with
  *     flatten and odd lengths.
  *  2. two optimiser steps (src/optim.c, on the host over each stack's list): the trained tensors after them equal
- *     the CPU run's within fp32 rounding of the update (norm ratio of the change < 1e-5 in fp32, < 0.2 in bf16;
+ *     the CPU run's within fp32 rounding of the update (norm ratio of the change < FP32_CHANGE, BF16_CHANGE;
  *     key biases left out: their exact gradient is 0, so Adam steps both runs by the sign of rounding noise), and an
  *     evaluation forward after the steps (the device must have uploaded the new values) matches the CPU's.
  * Exit 77 without CUDA or without a device (the emulated device counts as one). */
@@ -25,9 +25,19 @@
 #include "tbert/optim.h"
 #include "testutil.h"
 
-/* bf16, one tensor: small tensors of these small random models (a 12-element bias) see bf16's rounding with no
- * averaging; measured over seeds 1..12: up to 3.95e-2 per tensor, the whole gradient under issue 15's 3e-2 */
-#define BF16_TENSOR 8e-2
+/* bf16 bounds, each with what seeds 1..40 measured on the emulated device:
+ * one tensor's gradient: small tensors of these small models (a 12-element bias) see bf16's rounding without
+ * averaging: up to 6.4e-2 (the whole gradient, issue 15's 3e-2: up to 2.25e-2);
+ * the first forward: CONVENTIONS' bf16 2e-2 (1.5e-2);
+ * forwards after the two steps: the weights moved apart too (AdamW at lr 1e-2 turns bf16 gradient errors of small
+ * entries into whole steps): 0.1 (4.7e-2); the change of the tensors over the steps: 0.25 (0.123). */
+#define BF16_TENSOR 0.1
+#define BF16_FWD 2e-2
+#define BF16_FWD_AFTER 0.1
+#define BF16_CHANGE 0.25
+/* fp32, the change over two steps: AdamW divides by sqrt(v), so an entry whose gradient is rounding-sized turns
+ * 1e-7 gradient differences into different steps: 1e-4 (seeds 1..40: up to 1.9e-5) */
+#define FP32_CHANGE 1e-4
 
 static uint64_t g_seed; /* set once in main, read-only after */
 
@@ -168,7 +178,7 @@ static int run_case(const scase *c, tbert_precision prec) {
         assert_int_equal(tbert_ft_stack_forward(cpu, &fb, true, 3 + (uint64_t)step, oc, &err), TBERT_OK);
         if (tbert_ft_dev_forward(dev, &fb, true, 3 + (uint64_t)step, og, &err)) fail_msg("cuda forward: %s", err.msg);
         snprintf(what, sizeof what, "%s %s step %d forward (dropout)", c->name, tbert_precision_name(prec), step);
-        bad += !check(what, og, oc, no, ratio, elem);
+        bad += !check(what, og, oc, no, bf ? (step ? BF16_FWD_AFTER : BF16_FWD) : ratio, elem);
         for (size_t i = 0; i < no; i++) dout[i] = tu_normal(&r);
         tbert_params_zero_grad(pc);
         tbert_params_zero_grad(pg);
@@ -205,11 +215,11 @@ static int run_case(const scase *c, tbert_precision prec) {
         }
     snprintf(what, sizeof what, "%s %s change of the tensors (but key biases) after 2 AdamW steps", c->name,
              tbert_precision_name(prec));
-    bad += !check(what, dg, dc, nt, bf ? 0.2 : 1e-5, 0);
+    bad += !check(what, dg, dc, nt, bf ? BF16_CHANGE : FP32_CHANGE, 0);
     assert_int_equal(tbert_ft_stack_forward(cpu, &fb, false, 0, oc, &err), TBERT_OK);
     if (tbert_ft_dev_forward(dev, &fb, false, 0, og, &err)) fail_msg("cuda forward: %s", err.msg);
     snprintf(what, sizeof what, "%s %s evaluation forward after the steps", c->name, tbert_precision_name(prec));
-    bad += !check(what, og, oc, no, ratio, elem);
+    bad += !check(what, og, oc, no, bf ? BF16_FWD_AFTER : ratio, elem);
     tbert_optim_free(&optc);
     tbert_optim_free(&optg);
     free(w0), free(dc), free(dg), free(oc), free(og), free(dout), free(b.ids), free(b.hidden);
