@@ -6,7 +6,7 @@
  *     trained tensor's gradient. fp32 (and tf32 for the forward): the norm ratio < 1e-5 (issue 15's gradient
  *     tolerance), per element |got - ref| <= 1e-4 * max|ref| + 1e-6 (CONVENTIONS' fp32 atol 1e-4 at scale 1: the
  *     CPU and cuBLAS sum in other orders); bf16: the whole gradient's norm ratio < 3e-2 (issue 15), each tensor's
- *     and the forwards' as the BF16_* bounds below say, no per-element bound.
+ *     and the forwards' as the BF16_* bounds below say, no per-element bound; tf32 likewise (TF32_*).
  *     Cases: K = 1 of 2 layers from hidden states, mean pooling + L2, documents of several windows with an empty
  *     window and a document without a real window; K = all with the embeddings and the pooler; K = 2 of 3 with
  *     flatten and odd lengths.
@@ -38,6 +38,14 @@
 /* fp32, the change over two steps: AdamW divides by sqrt(v), so an entry whose gradient is rounding-sized turns
  * 1e-7 gradient differences into different steps: 1e-4 (seeds 1..40: up to 1.9e-5) */
 #define FP32_CHANGE 1e-4
+/* tf32 (GEMM inputs rounded to 10 mantissa bits; the emulated cuBLAS rounds as tensor cores do), seeds 1..40: the
+ * first forward 2e-3 as test_cuda_parity's composed tf32 encoder (8.3e-4); the whole gradient 5e-3 (1.8e-3); one
+ * tensor 1e-2 (3.9e-3); forwards after the steps 5e-2 (1.2e-2); the change over the steps 0.15 (6.2e-2). */
+#define TF32_FWD 2e-3
+#define TF32_RATIO 5e-3
+#define TF32_TENSOR 1e-2
+#define TF32_FWD_AFTER 5e-2
+#define TF32_CHANGE 0.15
 
 static uint64_t g_seed; /* set once in main, read-only after */
 
@@ -141,8 +149,10 @@ static const scase cases[] = {
 
 /* one case in one precision; returns the number of failed comparisons */
 static int run_case(const scase *c, tbert_precision prec) {
-    const bool bf = prec == TBERT_PREC_BF16;
-    const double ratio = bf ? 3e-2 : 1e-5, elem = bf ? 0 : 1e-4;
+    const bool bf = prec == TBERT_PREC_BF16, tf = prec == TBERT_PREC_TF32;
+    const double ratio = bf ? 3e-2 : tf ? TF32_RATIO : 1e-5, elem = bf || tf ? 0 : 1e-4;
+    const double fwd0 = bf ? BF16_FWD : tf ? TF32_FWD : 1e-5, fwd1 = bf ? BF16_FWD_AFTER : tf ? TF32_FWD_AFTER : 1e-5;
+    const double tensor = bf ? BF16_TENSOR : tf ? TF32_TENSOR : 1e-5;
     printf("%s (%s)\n", c->name, tbert_precision_name(prec));
     tbert_model *m = random_model(c->H, c->heads, c->IM, c->layers, c->vocab, c->maxpos, g_seed ^ 0x5eed);
     tu_rng r = {g_seed * 31 + (uint64_t)(c - cases)};
@@ -178,7 +188,7 @@ static int run_case(const scase *c, tbert_precision prec) {
         assert_int_equal(tbert_ft_stack_forward(cpu, &fb, true, 3 + (uint64_t)step, oc, &err), TBERT_OK);
         if (tbert_ft_dev_forward(dev, &fb, true, 3 + (uint64_t)step, og, &err)) fail_msg("cuda forward: %s", err.msg);
         snprintf(what, sizeof what, "%s %s step %d forward (dropout)", c->name, tbert_precision_name(prec), step);
-        bad += !check(what, og, oc, no, bf ? (step ? BF16_FWD_AFTER : BF16_FWD) : ratio, elem);
+        bad += !check(what, og, oc, no, step ? fwd1 : fwd0, elem);
         for (size_t i = 0; i < no; i++) dout[i] = tu_normal(&r);
         tbert_params_zero_grad(pc);
         tbert_params_zero_grad(pg);
@@ -189,7 +199,7 @@ static int run_case(const scase *c, tbert_precision prec) {
             snprintf(what, sizeof what, "%s %s d %s", c->name, tbert_precision_name(prec), pc->p[i].name);
             bool kb = is_key_bias(pc->p[i].name);
             double sc = kb && i > 0 ? norm(pc->p[i - 1].g, pc->p[i - 1].n) : 0;
-            bad += !check_scaled(what, pg->p[i].g, pc->p[i].g, pc->p[i].n, bf ? BF16_TENSOR : ratio, elem, sc);
+            bad += !check_scaled(what, pg->p[i].g, pc->p[i].g, pc->p[i].n, tensor, elem, sc);
             for (size_t j = 0; j < pc->p[i].n && !kb; j++) {
                 double d = (double)pg->p[i].g[j] - pc->p[i].g[j];
                 gd += d * d;
@@ -215,11 +225,11 @@ static int run_case(const scase *c, tbert_precision prec) {
         }
     snprintf(what, sizeof what, "%s %s change of the tensors (but key biases) after 2 AdamW steps", c->name,
              tbert_precision_name(prec));
-    bad += !check(what, dg, dc, nt, bf ? BF16_CHANGE : FP32_CHANGE, 0);
+    bad += !check(what, dg, dc, nt, bf ? BF16_CHANGE : tf ? TF32_CHANGE : FP32_CHANGE, 0);
     assert_int_equal(tbert_ft_stack_forward(cpu, &fb, false, 0, oc, &err), TBERT_OK);
     if (tbert_ft_dev_forward(dev, &fb, false, 0, og, &err)) fail_msg("cuda forward: %s", err.msg);
     snprintf(what, sizeof what, "%s %s evaluation forward after the steps", c->name, tbert_precision_name(prec));
-    bad += !check(what, og, oc, no, bf ? BF16_FWD_AFTER : ratio, elem);
+    bad += !check(what, og, oc, no, fwd1, elem);
     tbert_optim_free(&optc);
     tbert_optim_free(&optg);
     free(w0), free(dc), free(dg), free(oc), free(og), free(dout), free(b.ids), free(b.hidden);
@@ -244,6 +254,13 @@ static void test_bf16(void **state) {
 }
 
 /* a model the device cannot serve in this configuration is refused in one line, not crashed on */
+static void test_tf32(void **state) {
+    (void)state;
+    int bad = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) bad += run_case(&cases[i], TBERT_PREC_TF32);
+    if (bad) fail_msg("%d comparisons off (seed %llu)", bad, (unsigned long long)g_seed);
+}
+
 static void test_refusals(void **state) {
     (void)state;
     tbert_model *m = random_model(8, 2, 16, 2, 30, 24, g_seed);
@@ -270,6 +287,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp32),
         cmocka_unit_test(test_bf16),
+        cmocka_unit_test(test_tf32),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests_name("cuda finetune stack", tests, NULL, NULL) ? 1 : 0;
