@@ -81,7 +81,7 @@ static tbert_status lower_key(const tbert_recipe *r, const tbert_model *m, int f
     return tbert_store_key((int)(sizeof f / sizeof f[0]), f, key, err);
 }
 
-/* runs the frozen lower layers on windows w0 .. w1-1 (at most FT_ENCODE_WINDOWS) into fd->hidden */
+/* runs the frozen lower layers on the nw windows wins[] (at most FT_ENCODE_WINDOWS, one padded batch) into fd->hidden */
 static tbert_status encode_windows(tbert_encoder *enc, tbert_ft_data *fd, const int *wins, int nw, int32_t *ids, int32_t *lens,
                                    float *out, tbert_error *err) {
     int T = 1;

@@ -351,6 +351,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         return tbert_fail(err, TBERT_E_ARG, "train: --cv %d takes its folds from the training split; give --val-fraction 0 or --cv 0",
                           o->cv_folds);
     if (!o->out_dir) return tbert_fail(err, TBERT_E_ARG, "train: --out CKPT_DIR is required");
+    if (o->finetune != 0 && o->export_features) /* the rows' dense block comes from layers not trained yet */
+        return tbert_fail(err, TBERT_E_ARG, "train: --export-features writes frozen features; it does not go with --finetune");
     if (!o->data && o->n_ham + o->n_spam == 0) return tbert_fail(err, TBERT_E_ARG, "train: give --data FILE or --ham/--spam");
     if (o->data && o->n_ham + o->n_spam > 0) return tbert_fail(err, TBERT_E_ARG, "train: --data and --ham/--spam exclude each other");
     if (o->data && o->n_ham + o->n_spam == 0 && !tbert_is_regular_file(o->data))

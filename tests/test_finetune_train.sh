@@ -14,7 +14,7 @@
 #  - `tbert score` with the K = 1 head reproduces training's validation scores (oof.safetensors) within 2e-3;
 #  - the lower-layer cache: a second K = 1 run reads every document's frozen-layer output from the row store;
 #  - cross-fitting (--cv 3, 2 windows, normalize): the threshold's operating point is out-of-fold and best holds the
-#    kept model's trained tensors;
+#    kept model's trained tensors; killed in its final fit and resumed, it ends in the same files;
 #  - --finetune 5 on a 4-layer model is refused (exit 2, one line).
 set -u
 BIN=${TBERT_BIN:?TBERT_BIN not set}
@@ -166,6 +166,21 @@ if src != "out-of-fold" or len(ft) != 16:
     print("FAIL: cross-fitted fine-tune: operating point from %s, %d trained tensors in best" % (src, len(ft)))
     sys.exit(1)
 EOF
+
+# a cross-fitted fine-tune killed in its final fit (after its epoch 1) resumes to the same files (the folds rerun)
+CV=(--quiet --finetune 1 --finetune-epochs 2 --val-fraction 0 --cv 3 --windows 2 --normalize)
+(TBERT_TEST_KILL_AT=epoch:1 train "$TMP/cvk" "${CV[@]}") >/dev/null 2>&1
+rc=$?
+[ $rc -eq 137 ] || { echo "FAIL: cross-fitted run: expected death by SIGKILL (137), got $rc"; fail=1; }
+(train "$TMP/cvk" "${CV[@]}" --resume) >/dev/null 2>"$TMP/cvk.err" || { echo "FAIL: cross-fitted resume: $(cat "$TMP/cvk.err")"; fail=1; }
+for f in best.safetensors last.safetensors oof.safetensors; do
+    cmp -s "$TMP/cv/$f" "$TMP/cvk/$f" || { echo "FAIL: cross-fitted resume: $f differs from the uninterrupted run"; fail=1; }
+done
+
+# --export-features (frozen features) does not go with --finetune
+(train "$TMP/xf" --quiet --finetune 1 --export-features "$TMP/xf.npz") >/dev/null 2>"$TMP/xf.err"
+rc=$?
+[ $rc -eq 2 ] && [ "$(wc -l <"$TMP/xf.err")" -eq 1 ] || { echo "FAIL: --export-features with --finetune: exit $rc, '$(cat "$TMP/xf.err")'"; fail=1; }
 
 # K deeper than the layers in use
 (train "$TMP/k5" --quiet --finetune 5) >/dev/null 2>"$TMP/k5.err"
