@@ -2,8 +2,8 @@
 # GPU verification for a session that is lent a GPU machine (CONVENTIONS.md "A lent GPU"; docs/cuda.md).
 # One step per device call (each well under the 10-minute limit), all on one warm machine:
 #   benchmarks/gpu_check.sh build            unpack the carried .debs, build (CUDA, sm_90), ctest, GPU parity tests
-#                                            (test_cuda_parity, test_cuda_head, test_cuda_backward,
-#                                            test_cuda_finetune)
+#                                            (test_cuda_parity, test_cuda_head, test_cuda_head_sparse,
+#                                            test_cuda_backward, test_cuda_finetune)
 #   benchmarks/gpu_check.sh sanitize         compute-sanitizer memcheck/racecheck/initcheck/synccheck, small shapes
 #   benchmarks/gpu_check.sh bench [tiny|minilm|all]
 #                                            tbert bench --device cuda vs PyTorch eager and torch.compile, random

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # scripts/test-emu-orders.sh BUILD_DIR: the emulated device's schedule check (scripts/test.sh runs it in the
 # emu configuration; run it alone on a built emu folder to repeat it). Runs the kernel tests (ctest labels
-# emu-kernels: test_cuda_parity_kernels, test_cuda_head(_sparse); emu: the emulator's own tests in tests/emu/) three
-# times, under TBERT_EMU_ORDER=forward, reverse and random:$TBERT_TEST_SEED, all with the same TBERT_TEST_SEED
-# (so the same inputs), each dumping its compared results into BUILD_DIR/emu-dumps/ORDER/TEST/CASE.bin
+# emu-kernels: test_cuda_parity_kernels, test_cuda_head(_sparse), test_cuda_backward; emu: the emulator's own tests in
+# tests/emu/) three times, under TBERT_EMU_ORDER=forward, reverse and random:$TBERT_TEST_SEED, all with the same
+# TBERT_TEST_SEED (so the same inputs), each dumping its compared results into BUILD_DIR/emu-dumps/ORDER/TEST/CASE.bin
 # (TBERT_TEST_DUMP_DIR, tu_dump in tests/util/testutil.c), then compares every dump with forward's byte for
 # byte. A kernel that relies on an order it never synchronised gives different bytes under another order.
 # Dumps whose TEST/CASE.bin path matches a glob in tests/emu-nondeterministic.txt (kernels docs/cuda.md marks

@@ -169,8 +169,9 @@ static tbert_status read_moment(const tbert_safetensors *f, const tbert_param *p
     bool same = t->dtype == TBERT_DT_F32 && t->ndim == p->ndim && t->numel == p->n;
     for (int d = 0; same && d < p->ndim; d++) same = t->shape[d] == p->shape[d];
     if (!same)
-        return tbert_fail(err, TBERT_E_FORMAT, "%s: optimiser tensor %s is not F32 of the shape of its parameter (%zu values)",
-                          path, name, p->n);
+        return tbert_fail(err, TBERT_E_FORMAT,
+                          "%s: optimiser tensor %s is not F32 of the shape of its parameter (%zu values)", path, name,
+                          p->n);
     if (dst && p->n) memcpy(dst, t->data, p->n * sizeof(float)); /* t->data may be unaligned: bytes copied */
     return TBERT_OK;
 }

@@ -790,6 +790,23 @@ static void test_dropout(void **state) {
                 g_free(&gx);
             }
         }
+    /* a hidden-row dropout as the CPU twin applies it (tbert_dropout_apply: element base + first + i), on a [rows, H]
+     * block that starts at row 5 of its batch: the device's index0 is base + 5 H */
+    {
+        const int rows = 37, H = 48;
+        const size_t nn = (size_t)rows * H;
+        const tbert_dropout dd = {0.1f, 7, 3, tbert_dropout_site(2, TBERT_DROP_FFN_OUT), 1000};
+        float *hx = frand(&r, nn, 1.0f), *cx = fdup(hx, nn);
+        tbert_dropout_apply(nn, cx, &dd, (uint64_t)5 * H);
+        gbuf gx = up_f32(hx, nn), gy = g_alloc(nn * 4);
+        CK(tbert_cuda_dropout_to(gy.p, gx.p, TBERT_CUDA_F32, nn, dd.seed, dd.step, dd.site, dd.base + (uint64_t)5 * H,
+                                 dd.p, NULL));
+        float *gotd = down(&gy, nn, TBERT_CUDA_F32, "dropout_to");
+        tu_dump("dropout_to hidden rows", gotd, nn * 4);
+        if (memcmp(gotd, cx, nn * 4) != 0) fail_msg("dropout_to: differs from tbert_dropout_apply");
+        free(hx), free(cx), free(gotd);
+        g_free(&gx), g_free(&gy);
+    }
     /* p = 0: the mask is all ones and the in-place form leaves x alone */
     CK(tbert_cuda_dropout_mask(gm.p, n, 1, 2, 3, 0, 0.0f, NULL));
     float *got = down(&gm, n, TBERT_CUDA_F32, "dropout mask p=0");

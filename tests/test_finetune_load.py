@@ -271,6 +271,8 @@ def main():
                 "outside the fine-tuned layers"),
                ("missing layer tensor", lambda t: t.pop("finetune.encoder.layer.%d.output.LayerNorm.bias" % top), "encoder-layer tensors"),
                ("not a model weight", lambda t: t.update({"finetune.encoder.layer.1.bogus": np.zeros(3, np.float32)}), "not a weight"),
+               ("NaN value", lambda t: t.update({"finetune.pooler.dense.bias": np.full(cfg["hidden_size"], np.nan, np.float32)}),
+                "non-finite"),
                ("F16 tensor", lambda t: t.update({"finetune.pooler.dense.bias": base["pooler.dense.bias"].astype(np.float16)}), "dtype F16")]
         for what, edit, needle in bad:
             t = {**head, **ft}

@@ -44,8 +44,8 @@ static FILE *open_golden(golden_hdr *h) {
     h->cfg = tbert_optim_default_cfg();
     tbert_optim_cfg *c = &h->cfg;
     assert_int_equal(fscanf(f, "optim %lf %lf %lf %lf %lf %lf %lf %ld %ld %d", &c->lr[TBERT_PGROUP_HEAD],
-                            &c->lr[TBERT_PGROUP_ENCODER], &c->beta1, &c->beta2, &c->eps, &c->weight_decay, &c->clip_norm,
-                            &c->warmup_steps, &c->total_steps, &h->steps),
+                            &c->lr[TBERT_PGROUP_ENCODER], &c->beta1, &c->beta2, &c->eps, &c->weight_decay,
+                            &c->clip_norm, &c->warmup_steps, &c->total_steps, &h->steps),
                      10);
     assert_int_equal(fscanf(f, " tensors %d", &h->nt), 1);
     assert_true(h->nt >= 2 && h->nt <= 8);

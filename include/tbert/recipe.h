@@ -154,12 +154,14 @@ typedef struct {
 } tbert_feature_stats;
 tbert_status tbert_featurize_stored(tbert_featurizer *fz, tbert_store *store, int n, const tbert_doc *docs,
                                     const char *progress_label, tbert_rows *out, tbert_feature_stats *stats, tbert_error *err);
-/* The store key of the dense blocks a featurizer with recipe r (bound to its model) reads and writes; the
- * content half of an entry's address is tbert_store_content_hash of the document's text (`tbert forget`). */
+/* The store key of the dense blocks a featurizer with recipe r (bound to its model, frozen encoder) reads and
+ * writes; the content half of an entry's address is tbert_store_content_hash of the document's text (`tbert
+ * forget`). The featurizer puts its model's weights_sha256 in r's model_hash first (the weights that encode). */
 tbert_status tbert_features_dense_key(const tbert_recipe *r, char key[65], tbert_error *err);
 /* The same for an encoder whose weights carry a fine-tuned overlay: finetune_sha256 is the model's
  * finetune_sha256 (tbert_finetune_hash, include/tbert/finetune.h); "" or NULL gives the frozen key above.
- * The featurizer keys by its model's finetune_sha256, so a fine-tuned head never reads a frozen head's rows. */
+ * The featurizer keys by its model's finetune_sha256, so a fine-tuned head never reads a frozen head's rows.
+ * A frozen recipe of version 2 gets the key version 1 gave (recipe_version 1 and no finetune in the key). */
 tbert_status tbert_features_dense_key_ft(const tbert_recipe *r, const char *finetune_sha256, char key[65], tbert_error *err);
 /* sha256 hex over the docs (text and evidence bytes, length-prefixed, in order). */
 void tbert_docs_hash(int n, const tbert_doc *docs, char out[65]);

@@ -201,6 +201,9 @@ int cmd_export(int argc, char **argv) {
                     r->finetune.embeddings ? " and embeddings" : "", head, out);
         else
             fprintf(stderr, "tbert export: %s (the head's encoder is frozen: the base in float32) -> %s\n", dir, out);
+        if (r->layers < m->cfg.layers)
+            fprintf(stderr, "tbert export: the head uses the first %d of the %d layers: embed with --layers %d "
+                            "(transformers: hidden_states[%d])\n", r->layers, m->cfg.layers, r->layers, r->layers);
     }
     tbert_classifier_free(clf);
     tbert_model_free(m);
