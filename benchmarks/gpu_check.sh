@@ -2,7 +2,8 @@
 # GPU verification for a session that is lent a GPU machine (CONVENTIONS.md "A lent GPU"; docs/cuda.md).
 # One step per device call (each well under the 10-minute limit), all on one warm machine:
 #   benchmarks/gpu_check.sh build            unpack the carried .debs, build (CUDA, sm_90), ctest, GPU parity tests
-#                                            (test_cuda_parity, test_cuda_head, test_cuda_head_sparse, test_cuda_backward)
+#                                            (test_cuda_parity, test_cuda_head, test_cuda_head_sparse,
+#                                            test_cuda_backward, test_cuda_finetune)
 #   benchmarks/gpu_check.sh sanitize         compute-sanitizer memcheck/racecheck/initcheck/synccheck, small shapes
 #   benchmarks/gpu_check.sh bench [tiny|minilm|all]
 #                                            tbert bench --device cuda vs PyTorch eager and torch.compile, random
@@ -104,12 +105,15 @@ step_build() {
     # the backward kernels (issue 15) against their CPU twins
     (cd "$root/tests" && timeout 90 "$build/tests/test_cuda_backward") >"$out/backward.log" 2>&1
     local brc=$?
+    # the trainable stack on the device against the CPU stack (issue 15, --finetune K --device cuda)
+    (cd "$root/tests" && timeout 90 "$build/tests/test_cuda_finetune") >"$out/finetune.log" 2>&1
+    local frc=$?
     local tgpu=$((SECONDS - t0)) left=$((560 - SECONDS))
     # then the rest of the suite in the time left (CPU tests; corpus- and model-dependent ones skip: ../shared
     # and model weights do not travel)
     if [ "$left" -gt 30 ]; then
         (cd "$build" && timeout "$left" ctest -j "$(nproc)" --timeout 240 --output-on-failure \
-            -E '^test_cuda_(parity|head|head_sparse|backward)$' >"$out/ctest.log" 2>&1) || rc=1
+            -E '^test_cuda_(parity|head|head_sparse|backward|finetune)$' >"$out/ctest.log" 2>&1) || rc=1
     else
         echo "no time left for ctest" >"$out/ctest.log"
         rc=2
@@ -123,8 +127,9 @@ step_build() {
         "test_cuda_head" "$([ $hrc = 0 ] && echo PASS || echo "FAIL (rc $hrc)")" \
         "test_cuda_head_sparse" "$([ $src = 0 ] && echo PASS || echo "FAIL (rc $src)")" \
         "test_cuda_backward" "$([ $brc = 0 ] && echo PASS || echo "FAIL (rc $brc)")" \
+        "test_cuda_finetune" "$([ $frc = 0 ] && echo PASS || echo "FAIL (rc $frc)")" \
         "ctest (others)" "$([ $rc = 0 ] && echo PASS || echo "FAIL or incomplete")"
-    [ $rc = 0 ] && [ $prc = 0 ] && [ $hrc = 0 ] && [ $src = 0 ] && [ $brc = 0 ]
+    [ $rc = 0 ] && [ $prc = 0 ] && [ $hrc = 0 ] && [ $src = 0 ] && [ $brc = 0 ] && [ $frc = 0 ]
 }
 
 step_sanitize() {
@@ -149,6 +154,7 @@ step_sanitize() {
     run_tool racecheck test_cuda_head_sparse
     run_tool memcheck test_cuda_backward
     run_tool racecheck test_cuda_backward
+    run_tool memcheck test_cuda_finetune
     echo "== compute-sanitizer (small shapes; logs sanitize-*.log)"
     printf '%s\n' "${results[@]}"
 }

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "encoder_backend.h"
+#include "finetune_stack_cuda.h"
 #include "head_cuda.h"
 #include "tbert/cuda_kernels.h"
 #include "tbert/cuda_plugin.h"
@@ -50,6 +51,11 @@ static const tbert_cuda_api api = {
     .head_last_grad = tbert_cuda_head_last_grad,
     .head_forward_rows = tbert_cuda_head_forward_rows,
     .head_train_step_rows = tbert_cuda_head_train_step_rows,
+    .ft_create = tbert_cuda_ft_create,
+    .ft_free = tbert_cuda_ft_free,
+    .ft_upload = tbert_cuda_ft_upload,
+    .ft_forward = tbert_cuda_ft_forward,
+    .ft_backward = tbert_cuda_ft_backward,
 };
 
 const tbert_cuda_api *tbert_cuda_plugin_api(int abi_version) {

@@ -32,6 +32,7 @@
 
 #include "tbert/checkpoint.h"
 #include "tbert/fileio.h"
+#include "tbert/finetune_device.h"
 #include "tbert/finetune_stack.h"
 #include "tbert/optim.h"
 #include "tbert/params.h"
@@ -313,7 +314,8 @@ typedef struct {
 typedef struct {
     tbert_head *h;
     float *hgrad;
-    tbert_ft_stack *stack;
+    tbert_ft_dev *dev;     /* the stack on the CPU or a CUDA device (src/finetune_device.c) */
+    tbert_ft_stack *stack; /* dev's CPU stack: the params list */
     tbert_params *enc;     /* the stack's (borrowed) */
     tbert_params all;      /* head entries then the stack's */
     tbert_optim opt;
@@ -331,7 +333,7 @@ static void state_free(ft_state *s) {
     free(s->hgrad);
     tbert_params_free(&s->all);
     if (s->opt_ready) tbert_optim_free(&s->opt);
-    tbert_ft_stack_free(s->stack);
+    tbert_ft_dev_free(s->dev);
     free(s->best_enc);
     tbert_rows_free(&s->X);
     batch_buf_free(&s->bb);
@@ -353,8 +355,9 @@ static tbert_status state_init(const ft_ctx *c, const tbert_fit_data *d, const t
                              .max_len = r->max_len, .normalize = r->normalize, .hidden_dropout = c->fo->hidden_dropout,
                              .attn_dropout = c->fo->attn_dropout, .dropout_seed = hp->seed ^ 0x64726f706f7574ull, /* "dropout" */
                              .threads = c->fo->enc.threads};
-    st = tbert_ft_stack_create(c->m, &sc, &s->stack, err);
+    st = tbert_ft_dev_create(c->m, &sc, hp->cuda_device, c->fo->enc.precision, &s->dev, err);
     if (st) return st;
+    s->stack = tbert_ft_dev_stack(s->dev);
     s->dd = tbert_ft_stack_dense_dim(s->stack);
     if (s->dd != d->X->dense_dim)
         return tbert_fail(err, TBERT_E_ARG, "finetune: the stack gives %zu dense columns, the rows have %zu", s->dd, d->X->dense_dim);
@@ -404,7 +407,7 @@ static tbert_status refresh_dense(const ft_ctx *c, ft_state *s, const int *idx, 
         int m = n - i < FT_EVAL_DOCS ? n - i : FT_EVAL_DOCS;
         tbert_ft_batch b;
         st = make_batch(c->fd, idx + i, m, &s->bb, &b, err);
-        if (!st) st = tbert_ft_stack_forward(s->stack, &b, false, 0, s->dense, err);
+        if (!st) st = tbert_ft_dev_forward(s->dev, &b, false, 0, s->dense, err);
         for (int j = 0; j < m && !st; j++) memcpy(s->X.dense + (size_t)idx[i + j] * s->dd, s->dense + (size_t)j * s->dd, s->dd * sizeof(float));
     }
     return st;
@@ -621,7 +624,7 @@ static tbert_status run_epochs(const ft_ctx *c, const tbert_fit_data *d, const t
             tbert_ft_batch b;
             double l;
             st = make_batch(c->fd, perm + i, m, &s->bb, &b, err);
-            if (!st) st = tbert_ft_stack_forward(s->stack, &b, true, (uint64_t)s->opt.step, s->dense, err);
+            if (!st) st = tbert_ft_dev_forward(s->dev, &b, true, (uint64_t)s->opt.step, s->dense, err);
             if (!st) {
                 for (int k = 0; k < m; k++) yb[k] = d->y[perm[i + k]];
                 tbert_rows_clear(&rb);
@@ -635,7 +638,7 @@ static tbert_status run_epochs(const ft_ctx *c, const tbert_fit_data *d, const t
             if (!st) st = tbert_head_backward_input_rows(s->h, ws, &rb, dz, s->dx, err);
             if (!st) {
                 tbert_params_zero_grad(s->enc);
-                st = tbert_ft_stack_backward(s->stack, s->dx, err);
+                st = tbert_ft_dev_backward(s->dev, s->dx, err);
             }
             if (st) break;
             tbert_optim_step(&s->opt, &s->all);

@@ -362,6 +362,13 @@ int tbert_cuda_dropout_mask(float *mask, size_t n, uint64_t seed, uint64_t step,
 int tbert_cuda_dropout_to(void *y, const void *x, tbert_cuda_dtype dt, size_t n, uint64_t seed, uint64_t step,
                           uint32_t site, uint64_t index0, float p, tbert_cuda_stream s);
 
+/* ---- fine-tuning stack (kernels/finetune.cu; host side src/finetune_stack_cuda.c) ----
+ * z (float32 [N, H]) = word[ids[r]] + pos[t] + type[0] for the packed rows r, t = r's position in its sequence
+ * (the embedding sum that tbert_cuda_layernorm_fwd then normalises, kept for its backward; ids validated by the
+ * host). */
+int tbert_cuda_emb_sum(float *z, const int32_t *ids, const int32_t *cu_seqlens, int B, int N, const float *word,
+                       const float *pos, const float *type, int H, tbert_cuda_stream s);
+
 #ifdef __cplusplus
 }
 #endif

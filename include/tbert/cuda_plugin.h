@@ -16,18 +16,21 @@
 
 #include "tbert/common.h"
 #include "tbert/encoder.h"
+#include "tbert/finetune_stack.h"
 #include "tbert/head.h"
+#include "tbert/params.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define TBERT_CUDA_ABI 2 /* 2: head_forward_rows, head_train_step_rows */
+#define TBERT_CUDA_ABI 3 /* 2: head_forward_rows, head_train_step_rows; 3: ft_* (fine-tuning stack) */
 #define TBERT_CUDA_PLUGIN_FILE "libtbert_cuda.so"
 #define TBERT_CUDA_PLUGIN_ENTRY "tbert_cuda_plugin_api"
 
 typedef struct tbert_cuda_encoder tbert_cuda_encoder;
 typedef struct tbert_cuda_head tbert_cuda_head;
+typedef struct tbert_cuda_ft tbert_cuda_ft;
 
 typedef struct {
     int abi;             /* TBERT_CUDA_ABI */
@@ -60,6 +63,14 @@ typedef struct {
     tbert_status (*head_train_step_rows)(tbert_cuda_head *g, tbert_adam *a, const tbert_rows *x, const int *y,
                                          const float *class_weight, const float *mask, double *loss, float *z,
                                          tbert_error *err);
+    /* the trainable top of the encoder for --finetune K on the device (src/finetune_stack_cuda.h) */
+    tbert_status (*ft_create)(const tbert_model *m, const tbert_ft_stack_cfg *cfg, const tbert_params *ps,
+                              tbert_precision precision, int device, tbert_cuda_ft **out, tbert_error *err);
+    void (*ft_free)(tbert_cuda_ft *g);
+    tbert_status (*ft_upload)(tbert_cuda_ft *g, const tbert_params *ps, tbert_error *err);
+    tbert_status (*ft_forward)(tbert_cuda_ft *g, int n_win, const int32_t *off, const float *hidden,
+                               const int32_t *ids, bool training, uint64_t step, float *pooled, tbert_error *err);
+    tbert_status (*ft_backward)(tbert_cuda_ft *g, const float *dpooled, tbert_params *ps, tbert_error *err);
 } tbert_cuda_api;
 
 /* The plugin's one entry point (src/cuda_plugin_api.c): the table, or NULL when abi_version is not its own. */
