@@ -252,7 +252,19 @@ def main():
         f_exp = run(fl + ["--model", exp, "--head", frozen], env, mail, ok=(0, 1)).stdout
         f_h0 = run(fl + ["--model", MODEL, "--head", h0], env, mail, ok=(0, 1)).stdout
         check(b"X-TBert-Spam" in f_ft and f_ft == f_exp, "filter: fine-tuned head != exported model + frozen copy")
-        check(f_ft != f_h0, "filter: fine-tuned head gives the frozen head's verdict line")
+        # the header prints p to a few decimals: the verdict lines must differ when score's p (full precision)
+        # differs by more than the header's resolution, and each header must carry its own head's p
+        sp = {h: json.loads(run(["score", "--threads", "1", "--quiet", "--model", MODEL, "--head", h, MAIL], env).stdout)["score"]
+              for h in (fthead, h0)}
+        hp = {}
+        for h, out in ((fthead, f_ft), (h0, f_h0)):
+            m = re.search(rb"X-TBert-Spam: [^\n]*?p=([0-9.]+)", out) or re.search(rb"X-TBert-Spam: [^\n]*?([0-9]\.[0-9]+)", out)
+            hp[h] = float(m.group(1)) if m else float("nan")
+            dec = len(m.group(1).split(b".")[1]) if m else 0
+            check(m is not None and abs(hp[h] - sp[h]) <= 0.5 * 10.0 ** -dec + 1e-9,
+                  "filter: header p %r is not score's %r for %s" % (m and m.group(1), sp[h], h))
+        if abs(sp[fthead] - sp[h0]) > 0.01:
+            check(f_ft != f_h0, "filter: fine-tuned head gives the frozen head's verdict line")
         check_serve(env, tmp, fthead, h0)
 
         # 5. refusals
