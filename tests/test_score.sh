@@ -16,8 +16,8 @@ MODEL=$TESTS/models/bert_tiny_shape
 source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_fixture "$MODEL/model.safetensors"
 tl_external "$S/spam" || tl_skip_external "shared corpus not found at $S"
-tl_workdir tbert_score_sh
-W=$TL_WORK
+W=$(mktemp -d /tmp/tbert_score_sh.XXXXXX)
+trap 'rm -rf "$W"' EXIT
 export TBERT_CACHE=$W/cache
 fails=0
 check() { # check DESCRIPTION COMMAND...
