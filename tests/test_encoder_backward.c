@@ -20,6 +20,7 @@
 
 #include "encoder_backend.h"
 #include "tbert/encoder_backward.h"
+#include "ref64.h"
 #include "testutil.h"
 
 #define RATIO32 1e-5
@@ -115,14 +116,6 @@ static int make_batch(tu_rng *r, int max_len, int32_t *off, int max_seq) {
 
 /* ---- float64 twins ------------------------------------------------------------------------------------ */
 
-static void d_linear(size_t N, int in, int out, const double *x, const double *W, const double *b, double *y) {
-    for (size_t i = 0; i < N; i++)
-        for (int o = 0; o < out; o++) {
-            double s = b ? b[o] : 0;
-            for (int k = 0; k < in; k++) s += x[i * in + k] * W[(size_t)o * in + k];
-            y[i * out + o] = s;
-        }
-}
 static void d_linear_bwd(size_t N, int in, int out, const double *x, const double *W, const double *dy, double *dx,
                          double *dW, double *db) {
     for (size_t i = 0; i < N; i++)
@@ -146,14 +139,6 @@ static double d_gelu_grad(double a) {
     return 0.5 * (1 + erf(a / sqrt(2.0))) + a * exp(-0.5 * a * a) / 2.5066282746310002; /* sqrt(2 pi) */
 }
 
-static void d_ln(size_t N, int H, const double *z, const double *g, const double *b, double eps, double *y) {
-    for (size_t i = 0; i < N; i++) {
-        double mu = 0, v = 0;
-        for (int j = 0; j < H; j++) mu += z[i * H + j] / H;
-        for (int j = 0; j < H; j++) v += (z[i * H + j] - mu) * (z[i * H + j] - mu) / H;
-        for (int j = 0; j < H; j++) y[i * H + j] = (z[i * H + j] - mu) / sqrt(v + eps) * g[j] + b[j];
-    }
-}
 /* written from the chain rule through mean and variance, not the library's closed form */
 static void d_ln_bwd(size_t N, int H, const double *z, const double *g, double eps, const double *dy, double *dz,
                      double *dg, double *dbt) {
@@ -280,7 +265,7 @@ typedef struct {
 } lin_ctx;
 static double lin_loss(void *p) {
     lin_ctx *c = p;
-    d_linear(c->N, c->in, c->out, c->x, c->W, c->b, c->y);
+    tu_ref_linear64(c->N, c->in, c->out, c->x, c->W, c->b, c->y);
     return dot(c->y, c->R, c->N * c->out);
 }
 
@@ -393,7 +378,7 @@ typedef struct {
 static double ln_loss(void *p) {
     ln_ctx *c = p;
     for (size_t i = 0; i < c->N * c->H; i++) c->z[i] = c->x[i] + c->s[i] + c->bias[i % c->H];
-    d_ln(c->N, c->H, c->z, c->g, c->b, c->eps, c->y);
+    tu_ref_layernorm64(c->N, c->H, c->z, c->g, c->b, c->eps, c->y);
     return dot(c->y, c->R, c->N * c->H);
 }
 
@@ -419,7 +404,7 @@ static void test_layernorm(void **state) {
     ln_loss(&c); /* fills c.z with the float64 sum */
     /* the float32 forward against float64, so that the saved values are the right ones */
     double *y64 = tu_xcalloc(N * H, 8);
-    d_ln(N, H, c.z, c.g, c.b, eps, y64);
+    tu_ref_layernorm64(N, H, c.z, c.g, c.b, eps, y64);
     check32("layernorm forward y", y, y64, N * H);
     d_ln_bwd(N, H, c.z, c.g, eps, c.R, gz, gg, gb);
     for (size_t i = 0; i < N * H; i++) gbias[i % H] += gz[i];
@@ -591,7 +576,7 @@ typedef struct {
 } pooler_ctx;
 static double pooler_loss(void *p) {
     pooler_ctx *c = p;
-    d_linear((size_t)c->B, c->H, c->H, c->cls, c->W, c->b, c->out);
+    tu_ref_linear64((size_t)c->B, c->H, c->H, c->cls, c->W, c->b, c->out);
     double l = 0;
     for (size_t i = 0; i < (size_t)c->B * c->H; i++) l += tanh(c->out[i]) * c->R[i];
     return l;
@@ -615,7 +600,7 @@ static void test_pooler(void **state) {
     tbert_bwd_pooler(B, H, cls, W, out, R, dcls, dW, db, ws);
     pooler_ctx c = {B, H, todbl(cls, BH), todbl(W, HH), todbl(b, H), todbl(R, BH), tu_xcalloc(BH, 8)};
     double *da = tu_xcalloc(BH, 8), *gc = tu_xcalloc(BH, 8), *gW = tu_xcalloc(HH, 8), *gb = tu_xcalloc(H, 8);
-    d_linear((size_t)B, H, H, c.cls, c.W, c.b, c.out);
+    tu_ref_linear64((size_t)B, H, H, c.cls, c.W, c.b, c.out);
     for (size_t i = 0; i < BH; i++) da[i] = c.R[i] * (1 - tanh(c.out[i]) * tanh(c.out[i]));
     d_linear_bwd((size_t)B, H, H, c.cls, c.W, da, gc, gW, gb);
     check32("pooler dcls", dcls, gc, BH);
@@ -649,19 +634,19 @@ static void layer_fwd64(layer_ctx *c, bool padded) {
     size_t N = c->N;
     int H = c->H, IM = c->IM;
     const double *p = c->p;
-    d_linear(N, H, 3 * H, c->x, p + c->po[P_WQKV], p + c->po[P_BQKV], c->qkv);
+    tu_ref_linear64(N, H, 3 * H, c->x, p + c->po[P_WQKV], p + c->po[P_BQKV], c->qkv);
     if (padded)
         d_attn_padded(c->n_seq, c->off, H, c->nh, c->scale, c->qkv, c->ctx);
     else
         d_attn_bwd(c->n_seq, c->off, H, c->nh, c->scale, c->qkv, NULL, NULL, c->ctx);
-    d_linear(N, H, H, c->ctx, p + c->po[P_WO], p + c->po[P_BO], c->t);
+    tu_ref_linear64(N, H, H, c->ctx, p + c->po[P_WO], p + c->po[P_BO], c->t);
     for (size_t i = 0; i < N * H; i++) c->z1[i] = c->x[i] + c->t[i];
-    d_ln(N, H, c->z1, p + c->po[P_G1], p + c->po[P_BE1], c->eps, c->x1);
-    d_linear(N, H, IM, c->x1, p + c->po[P_WI], p + c->po[P_BI], c->a);
+    tu_ref_layernorm64(N, H, c->z1, p + c->po[P_G1], p + c->po[P_BE1], c->eps, c->x1);
+    tu_ref_linear64(N, H, IM, c->x1, p + c->po[P_WI], p + c->po[P_BI], c->a);
     for (size_t i = 0; i < N * IM; i++) c->h[i] = d_gelu(c->a[i]);
-    d_linear(N, IM, H, c->h, p + c->po[P_WOUT], p + c->po[P_BOUT], c->t);
+    tu_ref_linear64(N, IM, H, c->h, p + c->po[P_WOUT], p + c->po[P_BOUT], c->t);
     for (size_t i = 0; i < N * H; i++) c->z2[i] = c->x1[i] + c->t[i];
-    d_ln(N, H, c->z2, p + c->po[P_G2], p + c->po[P_BE2], c->eps, c->y);
+    tu_ref_layernorm64(N, H, c->z2, p + c->po[P_G2], p + c->po[P_BE2], c->eps, c->y);
 }
 static double layer_loss(void *p) {
     layer_ctx *c = p;

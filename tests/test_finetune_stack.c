@@ -26,6 +26,7 @@
 #include "tbert/encoder_backward.h"
 #include "tbert/finetune_stack.h"
 #include "ft_fixture.h"
+#include "ref64.h"
 #include "testutil.h"
 
 #define RATIO32 1e-5
@@ -201,25 +202,6 @@ static double scale_of(const twin *t, int layer, int which, uint64_t idx, float 
     return tbert_dropout_scale(t->cfg.dropout_seed, t->step, tbert_dropout_site(layer, which), idx, p);
 }
 
-/* y[n,out] = x[n,in] W^T + b */
-static void lin64(int n, int in, int out, const double *x, const double *W, const double *b, double *y) {
-    for (int i = 0; i < n; i++)
-        for (int o = 0; o < out; o++) {
-            double s = b ? b[o] : 0;
-            for (int k = 0; k < in; k++) s += x[(size_t)i * in + k] * W[(size_t)o * in + k];
-            y[(size_t)i * out + o] = s;
-        }
-}
-
-static void ln64(int n, int H, double *x, const double *g, const double *b, double eps) {
-    for (int i = 0; i < n; i++) {
-        double *r = x + (size_t)i * H, mu = 0, v = 0;
-        for (int j = 0; j < H; j++) mu += r[j] / H;
-        for (int j = 0; j < H; j++) v += (r[j] - mu) * (r[j] - mu) / H;
-        for (int j = 0; j < H; j++) r[j] = (r[j] - mu) / sqrt(v + eps) * g[j] + b[j];
-    }
-}
-
 static double twin_loss(void *ctx) {
     twin *t = ctx;
     const tu_ft_batch *b = t->b;
@@ -253,7 +235,7 @@ static double twin_loss(void *ctx) {
             for (int i = 0; i < L; i++)
                 for (int j = 0; j < H; j++)
                     X[i * H + j] = word[(size_t)b->ids[r0 + i] * H + j] + pos[(size_t)i * H + j] + type[j];
-            ln64(T, H, X, g, be, eps);
+            tu_ref_layernorm64(T, H, X, g, be, eps, X);
             for (int i = 0; i < L; i++)
                 for (int j = 0; j < H; j++)
                     X[i * H + j] *= scale_of(t, 0, TBERT_DROP_EMBEDDINGS, (uint64_t)(r0 + i) * H + j, ph);
@@ -270,7 +252,7 @@ static double twin_loss(void *ctx) {
             memcpy(qb, P_("attention.self.query.bias"), (size_t)H * 8);
             memcpy(qb + H, P_("attention.self.key.bias"), (size_t)H * 8);
             memcpy(qb + 2 * H, P_("attention.self.value.bias"), (size_t)H * 8);
-            lin64(T, H, 3 * H, X, qw, qb, qkv);
+            tu_ref_linear64(T, H, 3 * H, X, qw, qb, qkv);
             for (int h = 0; h < A; h++)
                 for (int i = 0; i < T; i++) {
                     double mx = -INFINITY, sum = 0;
@@ -293,17 +275,17 @@ static double twin_loss(void *ctx) {
                         ctxv[i * H + h * dh + k] = s;
                     }
                 }
-            lin64(T, H, H, ctxv, P_("attention.output.dense.weight"), P_("attention.output.dense.bias"), t1);
+            tu_ref_linear64(T, H, H, ctxv, P_("attention.output.dense.weight"), P_("attention.output.dense.bias"), t1);
             for (int i = 0; i < T * H; i++)
                 h1[i] =
                     X[i] + t1[i] * (i < L * H ? scale_of(t, l, TBERT_DROP_ATTN_OUT, (uint64_t)r0 * H + i, ph) : 1.0);
-            ln64(T, H, h1, P_("attention.output.LayerNorm.weight"), P_("attention.output.LayerNorm.bias"), eps);
-            lin64(T, H, IM, h1, P_("intermediate.dense.weight"), P_("intermediate.dense.bias"), a);
+            tu_ref_layernorm64(T, H, h1, P_("attention.output.LayerNorm.weight"), P_("attention.output.LayerNorm.bias"), eps, h1);
+            tu_ref_linear64(T, H, IM, h1, P_("intermediate.dense.weight"), P_("intermediate.dense.bias"), a);
             for (int i = 0; i < T * IM; i++) a[i] = 0.5 * a[i] * (1 + erf(a[i] / sqrt(2.0)));
-            lin64(T, IM, H, a, P_("output.dense.weight"), P_("output.dense.bias"), t1);
+            tu_ref_linear64(T, IM, H, a, P_("output.dense.weight"), P_("output.dense.bias"), t1);
             for (int i = 0; i < T * H; i++)
                 X[i] = h1[i] + t1[i] * (i < L * H ? scale_of(t, l, TBERT_DROP_FFN_OUT, (uint64_t)r0 * H + i, ph) : 1.0);
-            ln64(T, H, X, P_("output.LayerNorm.weight"), P_("output.LayerNorm.bias"), eps);
+            tu_ref_layernorm64(T, H, X, P_("output.LayerNorm.weight"), P_("output.LayerNorm.bias"), eps, X);
 #undef P_
         }
         pbase += (size_t)A * L * L;
@@ -316,7 +298,7 @@ static double twin_loss(void *ctx) {
         case TBERT_POOL_CLS: memcpy(o, X, (size_t)H * 8); break;
         case TBERT_POOL_FLATTEN: memcpy(o, X, (size_t)L * H * 8); break;
         default:
-            lin64(1, H, H, X, tp(t, "pooler.dense.weight", 0), tp(t, "pooler.dense.bias", 0), o);
+            tu_ref_linear64(1, H, H, X, tp(t, "pooler.dense.weight", 0), tp(t, "pooler.dense.bias", 0), o);
             for (int j = 0; j < H; j++) o[j] = tanh(o[j]);
         }
     }
