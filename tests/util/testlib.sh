@@ -92,7 +92,7 @@ tl_workdir() {
     trap "rm -rf '$TL_WORK'" EXIT
 }
 
-fails=0
+fails=${fails:-0} # kept when a test sources this file twice (directly and through serve_common.sh)
 check() {
     local what=$1; shift
     if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
