@@ -8,19 +8,14 @@ TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 PY=${TBERT_PYTHON:-python3}
 MODEL=$TESTS/models/bert_tiny_shape
 D=$TESTS/data/mail
-for tool in "${SERVE_TOOLS[@]}"; do
-    command -v "$tool" > /dev/null || { echo "FAIL $tool is not installed (scripts/install-deps.sh installs it)"; exit 1; }
-done
+TL_NAME=$(basename "$0" .sh)
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1 # check, fails
+tl_require_tools "${SERVE_TOOLS[@]}"
 W=$(mktemp -d /tmp/tbert_serve_test.XXXXXX)
 SERVER=
 cleanup() { [ -n "$SERVER" ] && kill -KILL "$SERVER" 2> /dev/null; rm -rf "$W"; }
 trap cleanup EXIT
 export TBERT_CACHE=$W/cache
-fails=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
 
 HAM=("$D/alternative.eml" "$D/crlf.eml" "$D/html_only.eml" "$D/nested.eml" "$D/qp_latin1.eml" "$D/rfc2047.eml" "$D/maildir")
 SPAM=("$D/attachment_only.eml" "$D/bad_bytes.eml" "$D/cp1252_8bit.eml" "$D/shift_jis.eml" "$D/utf8_base64.eml" "$D/three.mbox")

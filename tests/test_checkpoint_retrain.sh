@@ -17,8 +17,8 @@ DATA=$TESTS/data/faults/tiny.tsv
 source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_fixture "$MODEL/model.safetensors" "$DATA"
 tl_require_python json struct
-TMP=$(mktemp -d /tmp/tbert_retrain.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
+tl_workdir tbert_retrain
+TMP=$TL_WORK
 export TBERT_CACHE=$TMP/cache
 unset TBERT_TEST_FAIL_WRITE TBERT_TEST_KILL_AT
 fail=0

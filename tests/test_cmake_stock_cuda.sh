@@ -19,8 +19,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 [ -n "$nvcc" ] || tl_skip_external "no nvcc (the CUDA toolkit) to configure with"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-fails=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 
 echo 'message("${CMAKE_ROOT}")' > "$TMP/root.cmake"
 root=$(cmake -P "$TMP/root.cmake" 2>&1)

@@ -26,18 +26,6 @@
 
 static uint64_t g_seed; /* set once in main, read-only after */
 
-/* allocations that fail the test when they fail */
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    assert_non_null(p);
-    return p;
-}
-static void *xcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz);
-    assert_non_null(p);
-    return p;
-}
-
 /* ---- comparison ---- */
 static void expect_grad(const char *what, const float *got, const float *ref, size_t n, tbert_cuda_dtype dt) {
     double mx = 0, dn = 0, rn = 0;
@@ -59,131 +47,36 @@ static void expect_grad(const char *what, const float *got, const float *ref, si
                  (unsigned long long)g_seed);
 }
 
-/* ---- bf16 on the host (round to nearest even, as __float2bfloat16) ---- */
-static uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-static float bf2f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static size_t dt_size(tbert_cuda_dtype dt) {
-    return dt == TBERT_CUDA_BF16 ? 2 : 4;
-}
-static const char *dt_name(tbert_cuda_dtype dt) {
-    return dt == TBERT_CUDA_BF16 ? "bf16" : "fp32";
-}
-
-/* ---- guarded device buffers ---- */
-enum { GUARD = 256 };
-static const unsigned char SENTINEL = 0xA5;
-typedef struct {
-    unsigned char *base;
-    size_t bytes;
-    void *p;
-} gbuf;
-
-static gbuf g_alloc(size_t bytes) {
-    gbuf g = {NULL, bytes, NULL};
-    CK(cudaMalloc((void **)&g.base, bytes + 2 * GUARD));
-    CK(cudaMemset(g.base, SENTINEL, GUARD));
-    CK(cudaMemset(g.base + GUARD + bytes, SENTINEL, GUARD));
-    CK(cudaMemset(g.base + GUARD, 0xFF, bytes)); /* NaN poison */
-    g.p = g.base + GUARD;
-    return g;
-}
-static void g_check(const gbuf *g, const char *what) {
-    unsigned char front[GUARD], back[GUARD];
-    CK(cudaDeviceSynchronize());
-    CK(cudaMemcpy(front, g->base, GUARD, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(back, g->base + GUARD + g->bytes, GUARD, cudaMemcpyDeviceToHost));
-    for (int i = 0; i < GUARD; i++)
-        if (front[i] != SENTINEL || back[i] != SENTINEL) fail_msg("%s: write outside the buffer", what);
-}
-static void g_free(gbuf *g) {
-    if (g->base) CK(cudaFree(g->base));
-    g->base = NULL;
-}
-/* Uploads n floats as dt; for bf16 the host values are rounded in place so that the CPU twin sees what the device
- * sees. */
-static gbuf up_act(float *host, size_t n, tbert_cuda_dtype dt) {
-    gbuf g = g_alloc(n * dt_size(dt));
-    if (dt == TBERT_CUDA_BF16) {
-        uint16_t *h = xmalloc(n * 2 + 2);
-        assert_non_null(h);
-        for (size_t i = 0; i < n; i++) {
-            h[i] = f2bf(host[i]);
-            host[i] = bf2f(h[i]);
-        }
-        CK(cudaMemcpy(g.p, h, n * 2, cudaMemcpyHostToDevice));
-        free(h);
-    } else {
-        CK(cudaMemcpy(g.p, host, n * 4, cudaMemcpyHostToDevice));
-    }
-    return g;
-}
-static gbuf up_f32(const float *host, size_t n) {
-    gbuf g = g_alloc(n * 4);
+static tu_gbuf up_f32(const float *host, size_t n) {
+    tu_gbuf g = tu_galloc(n * 4);
     CK(cudaMemcpy(g.p, host, n * 4, cudaMemcpyHostToDevice));
     return g;
 }
-static gbuf up_bytes(const void *host, size_t bytes) {
-    gbuf g = g_alloc(bytes);
-    CK(cudaMemcpy(g.p, host, bytes, cudaMemcpyHostToDevice));
-    return g;
-}
 /* Downloads n elements of dt as float (caller frees); checks the guards first. */
-static float *down(const gbuf *g, size_t n, tbert_cuda_dtype dt, const char *what) {
-    g_check(g, what);
-    float *out = xmalloc(n * 4 + 4);
-    assert_non_null(out);
-    if (dt == TBERT_CUDA_BF16) {
-        uint16_t *h = xmalloc(n * 2 + 2);
-        assert_non_null(h);
-        CK(cudaMemcpy(h, g->p, n * 2, cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < n; i++) out[i] = bf2f(h[i]);
-        free(h);
-    } else {
-        CK(cudaMemcpy(out, g->p, n * 4, cudaMemcpyDeviceToHost));
-    }
-    return out;
+static float *down(const tu_gbuf *g, size_t n, tbert_cuda_dtype dt, const char *what) {
+    tu_gcheck(g, what);
+    return tu_down_act(g, n, dt);
 }
 /* Rounds n host floats to what a bf16 buffer holds (no-op for fp32). */
 static void round_dt(float *x, size_t n, tbert_cuda_dtype dt) {
     if (dt == TBERT_CUDA_BF16)
-        for (size_t i = 0; i < n; i++) x[i] = bf2f(f2bf(x[i]));
+        for (size_t i = 0; i < n; i++) x[i] = tu_bf2f(tu_f2bf(x[i]));
 }
 
-static float *frand(tu_rng *r, size_t n, float scale) {
-    float *v = xmalloc(n * sizeof *v + 4);
-    assert_non_null(v);
-    for (size_t i = 0; i < n; i++) v[i] = scale * tu_normal(r);
-    return v;
-}
 static float *fdup(const float *x, size_t n) {
-    float *v = xmalloc(n * sizeof *v + 4);
+    float *v = tu_xmalloc(n * sizeof *v + 4);
     assert_non_null(v);
     memcpy(v, x, n * sizeof *v);
     return v;
 }
-static int rand_int(tu_rng *r, int lo, int hi) { /* inclusive */
-    return lo + (int)(tu_next(r) % (uint64_t)(hi - lo + 1));
-}
-
 /* A packed batch: B sequences, the first of length maxT, then 1, then 0 (all padding), the rest random odd lengths
  * in [1, maxT] and one more 0 at the end. off [B+1] (caller frees); *N = off[B]. */
 static int32_t *make_batch(tu_rng *r, int B, int maxT, int *N) {
-    int32_t *off = xmalloc(((size_t)B + 1) * sizeof *off);
+    int32_t *off = tu_xmalloc(((size_t)B + 1) * sizeof *off);
     assert_non_null(off);
     off[0] = 0;
     for (int b = 0; b < B; b++) {
-        int L = rand_int(r, 1, maxT) | 1;
+        int L = tu_rand_int(r, 1, maxT) | 1;
         if (L > maxT) L = maxT;
         if (b == 0) L = maxT;
         if (b == 1 && B > 3) L = 1;
@@ -214,24 +107,24 @@ static void test_colsum(void **state) {
     const int shapes[][2] = {{1, 7}, {64, 33}, {65, 129}, {1000, 48}};
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         const int rows = shapes[k][0], cols = shapes[k][1];
-        float *a = frand(&r, (size_t)rows * cols, 1.0f), *acc = frand(&r, (size_t)cols, 1.0f);
+        float *a = tu_rand_floats(&r, (size_t)rows * cols, 1.0f), *acc = tu_rand_floats(&r, (size_t)cols, 1.0f);
         float *ref = fdup(acc, (size_t)cols);
         /* CPU: the linear backward's db (in = 1): db += column sums of dy in TBERT_BWD_CHUNK chunks */
-        float *x = frand(&r, (size_t)rows, 1.0f), *W = frand(&r, (size_t)cols, 1.0f), *dW = xcalloc((size_t)cols, 4);
-        float *ws = xmalloc(((size_t)cols + (size_t)cols) * 4);
+        float *x = tu_rand_floats(&r, (size_t)rows, 1.0f), *W = tu_rand_floats(&r, (size_t)cols, 1.0f), *dW = tu_xcalloc((size_t)cols, 4);
+        float *ws = tu_xmalloc(((size_t)cols + (size_t)cols) * 4);
         assert_non_null(dW), assert_non_null(ws);
         tbert_bwd_linear((size_t)rows, 1, cols, x, W, a, NULL, dW, ref, ws);
-        gbuf da = up_f32(a, (size_t)rows * cols), dacc = up_f32(acc, (size_t)cols);
-        gbuf dws = g_alloc(tbert_cuda_colsum_ws_floats((size_t)rows, cols) * 4);
+        tu_gbuf da = up_f32(a, (size_t)rows * cols), dacc = up_f32(acc, (size_t)cols);
+        tu_gbuf dws = tu_galloc(tbert_cuda_colsum_ws_floats((size_t)rows, cols) * 4);
         CK(tbert_cuda_colsum_acc(dacc.p, da.p, TBERT_CUDA_F32, rows, cols, dws.p, NULL));
         float *got = down(&dacc, (size_t)cols, TBERT_CUDA_F32, "colsum");
-        g_check(&dws, "colsum ws");
+        tu_gcheck(&dws, "colsum ws");
         char what[96];
         snprintf(what, sizeof what, "colsum rows=%d cols=%d", rows, cols);
         expect_grad(what, got, ref, (size_t)cols, TBERT_CUDA_F32);
         if (memcmp(got, ref, (size_t)cols * 4) != 0) fail_msg("%s: not bit-identical to the CPU's chunked sums", what);
         free(a), free(acc), free(ref), free(x), free(W), free(dW), free(ws), free(got);
-        g_free(&da), g_free(&dacc), g_free(&dws);
+        tu_gfree(&da), tu_gfree(&dacc), tu_gfree(&dws);
     }
 }
 
@@ -240,15 +133,15 @@ static void check_linear(tu_rng *r, cublasHandle_t h, tbert_cuda_gemm_mode mode,
                          int dx_mode) {
     const tbert_cuda_dtype dt = mode == TBERT_CUDA_GEMM_BF16 ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
     const size_t nx = (size_t)rows * in, nw = (size_t)out * in, ny = (size_t)rows * out;
-    float *x = frand(r, nx, 1.0f), *W = frand(r, nw, 0.2f), *dy = frand(r, ny, 1.0f);
-    float *dW0 = frand(r, nw, 1.0f), *db0 = frand(r, (size_t)out, 1.0f), *dx0 = frand(r, nx, 1.0f);
-    gbuf gx = up_act(x, nx, dt), gW = up_act(W, nw, dt), gdy = up_act(dy, ny, dt); /* rounds x, W, dy for bf16 */
-    gbuf gdx = dx_mode == 2 ? up_act(dx0, nx, dt) : g_alloc(nx * dt_size(dt)), gdW = up_f32(dW0, nw);
-    gbuf gdb = up_f32(db0, (size_t)out), gws = g_alloc(tbert_cuda_colsum_ws_floats((size_t)rows, out) * 4);
+    float *x = tu_rand_floats(r, nx, 1.0f), *W = tu_rand_floats(r, nw, 0.2f), *dy = tu_rand_floats(r, ny, 1.0f);
+    float *dW0 = tu_rand_floats(r, nw, 1.0f), *db0 = tu_rand_floats(r, (size_t)out, 1.0f), *dx0 = tu_rand_floats(r, nx, 1.0f);
+    tu_gbuf gx = tu_up_act(x, nx, dt), gW = tu_up_act(W, nw, dt), gdy = tu_up_act(dy, ny, dt); /* rounds x, W, dy for bf16 */
+    tu_gbuf gdx = dx_mode == 2 ? tu_up_act(dx0, nx, dt) : tu_galloc(nx * tu_dt_size(dt)), gdW = up_f32(dW0, nw);
+    tu_gbuf gdb = up_f32(db0, (size_t)out), gws = tu_galloc(tbert_cuda_colsum_ws_floats((size_t)rows, out) * 4);
     CK(tbert_cuda_linear_bwd(h, mode, dx_mode ? gdx.p : NULL, dx_mode == 2, gdW.p, gdb.p, gx.p, gW.p, gdy.p, gws.p,
                              rows, in, out, NULL));
-    float *rdx = xmalloc(nx * 4 + 4), *rdW = fdup(dW0, nw), *rdb = fdup(db0, (size_t)out),
-          *ws = xmalloc((nw + out) * 4);
+    float *rdx = tu_xmalloc(nx * 4 + 4), *rdW = fdup(dW0, nw), *rdb = fdup(db0, (size_t)out),
+          *ws = tu_xmalloc((nw + out) * 4);
     assert_non_null(rdx), assert_non_null(ws);
     tbert_bwd_linear((size_t)rows, in, out, x, W, dy, rdx, rdW, rdb, ws);
     char what[128];
@@ -258,25 +151,25 @@ static void check_linear(tu_rng *r, cublasHandle_t h, tbert_cuda_gemm_mode mode,
             for (size_t i = 0; i < nx; i++) got[i] -= dx0[i];
         else
             round_dt(rdx, nx, dt);
-        snprintf(what, sizeof what, "linear %s dx %s rows=%d in=%d out=%d", dt_name(dt), dx_mode == 2 ? "+=" : "=",
+        snprintf(what, sizeof what, "linear %s dx %s rows=%d in=%d out=%d", tu_dt_name(dt), dx_mode == 2 ? "+=" : "=",
                  rows, in, out);
         expect_grad(what, got, rdx, nx, dt);
         free(got);
     }
     float *got = down(&gdW, nw, TBERT_CUDA_F32, "linear dW");
-    snprintf(what, sizeof what, "linear %s dW += rows=%d in=%d out=%d", dt_name(dt), rows, in, out);
+    snprintf(what, sizeof what, "linear %s dW += rows=%d in=%d out=%d", tu_dt_name(dt), rows, in, out);
     /* dW starts from random values: the check is on the increment, where the error lies */
     for (size_t i = 0; i < nw; i++) got[i] -= dW0[i], rdW[i] -= dW0[i];
     expect_grad(what, got, rdW, nw, dt);
     free(got);
     got = down(&gdb, (size_t)out, TBERT_CUDA_F32, "linear db");
     for (int i = 0; i < out; i++) got[i] -= db0[i], rdb[i] -= db0[i];
-    snprintf(what, sizeof what, "linear %s db += rows=%d out=%d", dt_name(dt), rows, out);
+    snprintf(what, sizeof what, "linear %s db += rows=%d out=%d", tu_dt_name(dt), rows, out);
     expect_grad(what, got, rdb, (size_t)out, dt);
     free(got);
-    g_check(&gws, "linear ws");
+    tu_gcheck(&gws, "linear ws");
     free(x), free(W), free(dy), free(dW0), free(db0), free(dx0), free(rdx), free(rdW), free(rdb), free(ws);
-    g_free(&gx), g_free(&gW), g_free(&gdy), g_free(&gdx), g_free(&gdW), g_free(&gdb), g_free(&gws);
+    tu_gfree(&gx), tu_gfree(&gW), tu_gfree(&gdy), tu_gfree(&gdx), tu_gfree(&gdW), tu_gfree(&gdb), tu_gfree(&gws);
 }
 
 static void test_linear(void **state) {
@@ -296,34 +189,34 @@ static void test_linear(void **state) {
 
 static void check_gelu(tu_rng *r, tbert_cuda_dtype dt, int rows, int cols, bool alias) {
     const size_t n = (size_t)rows * cols;
-    float *a = frand(r, n, 2.0f), *dh = frand(r, n, 1.0f), *db0 = frand(r, (size_t)cols, 1.0f);
-    gbuf ga = up_act(a, n, dt), gdh = up_act(dh, n, dt), gda = alias ? gdh : g_alloc(n * dt_size(dt));
-    gbuf gdb = up_f32(db0, (size_t)cols), gws = g_alloc(tbert_cuda_colsum_ws_floats((size_t)rows, cols) * 4);
+    float *a = tu_rand_floats(r, n, 2.0f), *dh = tu_rand_floats(r, n, 1.0f), *db0 = tu_rand_floats(r, (size_t)cols, 1.0f);
+    tu_gbuf ga = tu_up_act(a, n, dt), gdh = tu_up_act(dh, n, dt), gda = alias ? gdh : tu_galloc(n * tu_dt_size(dt));
+    tu_gbuf gdb = up_f32(db0, (size_t)cols), gws = tu_galloc(tbert_cuda_colsum_ws_floats((size_t)rows, cols) * 4);
     CK(tbert_cuda_bias_gelu_bwd(gda.p, gdh.p, ga.p, gdb.p, gws.p, dt, rows, cols, NULL));
     {   /* the forward twin: a + bias kept, h = gelu */
-        float *fa = fdup(a, n), *fb = frand(r, (size_t)cols, 0.5f), *rh = xmalloc(n * 4 + 4);
-        gbuf gfa = up_act(fa, n, dt), gfb = up_f32(fb, (size_t)cols), gfh = g_alloc(n * dt_size(dt));
+        float *fa = fdup(a, n), *fb = tu_rand_floats(r, (size_t)cols, 0.5f), *rh = tu_xmalloc(n * 4 + 4);
+        tu_gbuf gfa = tu_up_act(fa, n, dt), gfb = up_f32(fb, (size_t)cols), gfh = tu_galloc(n * tu_dt_size(dt));
         CK(tbert_cuda_bias_gelu_fwd(gfa.p, gfh.p, gfb.p, dt, rows, cols, NULL));
         tbert_fwd_bias_gelu((size_t)rows, cols, fa, fb, rh);
         round_dt(fa, n, dt);
         round_dt(rh, n, dt);
         char w2[128];
         float *ga2 = down(&gfa, n, dt, "bias_gelu_fwd a"), *gh2 = down(&gfh, n, dt, "bias_gelu_fwd h");
-        snprintf(w2, sizeof w2, "bias_gelu_fwd %s a + bias rows=%d cols=%d", dt_name(dt), rows, cols);
+        snprintf(w2, sizeof w2, "bias_gelu_fwd %s a + bias rows=%d cols=%d", tu_dt_name(dt), rows, cols);
         expect_grad(w2, ga2, fa, n, dt);
-        snprintf(w2, sizeof w2, "bias_gelu_fwd %s h rows=%d cols=%d", dt_name(dt), rows, cols);
+        snprintf(w2, sizeof w2, "bias_gelu_fwd %s h rows=%d cols=%d", tu_dt_name(dt), rows, cols);
         expect_grad(w2, gh2, rh, n, dt);
         free(fa), free(fb), free(rh), free(ga2), free(gh2);
-        g_free(&gfa), g_free(&gfb), g_free(&gfh);
+        tu_gfree(&gfa), tu_gfree(&gfb), tu_gfree(&gfh);
     }
-    float *rda = xmalloc(n * 4 + 4), *rdb = fdup(db0, (size_t)cols);
+    float *rda = tu_xmalloc(n * 4 + 4), *rdb = fdup(db0, (size_t)cols);
     assert_non_null(rda);
     if (dt == TBERT_CUDA_BF16) {
         /* the device rounds da to bf16 before summing it: the CPU twin's bias sum gets the same rounded da */
         tbert_bwd_bias_gelu((size_t)rows, cols, a, dh, rda, NULL);
         round_dt(rda, n, dt);
-        float *one = xmalloc((size_t)rows * 4 + 4), *wz = xcalloc((size_t)cols, 4), *dWz = xcalloc((size_t)cols, 4),
-              *ws = xmalloc((size_t)cols * 2 * 4);
+        float *one = tu_xmalloc((size_t)rows * 4 + 4), *wz = tu_xcalloc((size_t)cols, 4), *dWz = tu_xcalloc((size_t)cols, 4),
+              *ws = tu_xmalloc((size_t)cols * 2 * 4);
         for (int i = 0; i < rows; i++) one[i] = 1.0f;
         tbert_bwd_linear((size_t)rows, 1, cols, one, wz, rda, NULL, dWz, rdb, ws);
         free(one), free(wz), free(dWz), free(ws);
@@ -332,18 +225,18 @@ static void check_gelu(tu_rng *r, tbert_cuda_dtype dt, int rows, int cols, bool 
     }
     char what[128];
     float *got = down(&gda, n, dt, "gelu da");
-    snprintf(what, sizeof what, "bias_gelu_bwd %s da rows=%d cols=%d%s", dt_name(dt), rows, cols,
+    snprintf(what, sizeof what, "bias_gelu_bwd %s da rows=%d cols=%d%s", tu_dt_name(dt), rows, cols,
              alias ? " (in place)" : "");
     expect_grad(what, got, rda, n, dt);
     free(got);
     got = down(&gdb, (size_t)cols, TBERT_CUDA_F32, "gelu dbias");
     for (int i = 0; i < cols; i++) got[i] -= db0[i], rdb[i] -= db0[i];
-    snprintf(what, sizeof what, "bias_gelu_bwd %s dbias += rows=%d cols=%d", dt_name(dt), rows, cols);
+    snprintf(what, sizeof what, "bias_gelu_bwd %s dbias += rows=%d cols=%d", tu_dt_name(dt), rows, cols);
     expect_grad(what, got, rdb, (size_t)cols, TBERT_CUDA_F32); /* both sum the same da: fp32 tolerance */
     free(got);
     free(a), free(dh), free(db0), free(rda), free(rdb);
-    g_free(&ga), g_free(&gdh), g_free(&gdb), g_free(&gws);
-    if (!alias) g_free(&gda);
+    tu_gfree(&ga), tu_gfree(&gdh), tu_gfree(&gdb), tu_gfree(&gws);
+    if (!alias) tu_gfree(&gda);
 }
 
 static void test_gelu(void **state) {
@@ -357,98 +250,98 @@ static void test_gelu(void **state) {
     }
     /* tanh (the pooler's activation) */
     const size_t n = 1001;
-    float *out = frand(&r, n, 1.0f), *dout = frand(&r, n, 1.0f), *ref = xmalloc(n * 4);
+    float *out = tu_rand_floats(&r, n, 1.0f), *dout = tu_rand_floats(&r, n, 1.0f), *ref = tu_xmalloc(n * 4);
     for (size_t i = 0; i < n; i++) out[i] = tanhf(out[i]), ref[i] = dout[i] * (1.0f - out[i] * out[i]);
-    gbuf go = up_f32(out, n), gd = up_f32(dout, n), gda = g_alloc(n * 4);
+    tu_gbuf go = up_f32(out, n), gd = up_f32(dout, n), gda = tu_galloc(n * 4);
     CK(tbert_cuda_tanh_bwd(gda.p, gd.p, go.p, n, NULL));
     float *got = down(&gda, n, TBERT_CUDA_F32, "tanh_bwd");
     expect_grad("tanh_bwd n=1001", got, ref, n, TBERT_CUDA_F32);
     free(out), free(dout), free(ref), free(got);
-    g_free(&go), g_free(&gd), g_free(&gda);
+    tu_gfree(&go), tu_gfree(&gd), tu_gfree(&gda);
 }
 
 static void check_layernorm(tu_rng *r, tbert_cuda_dtype dt, int rows, int H, bool with_bias, bool with_res,
                             bool alias) {
     const size_t n = (size_t)rows * H;
-    float *z = frand(r, n, 1.5f), *bias = frand(r, (size_t)H, 0.5f), *g = frand(r, (size_t)H, 0.5f);
-    float *beta = frand(r, (size_t)H, 0.5f), *dy = frand(r, n, 1.0f), *dres0 = frand(r, n, 1.0f);
-    float *dg0 = frand(r, (size_t)H, 1.0f), *dbt0 = frand(r, (size_t)H, 1.0f);
+    float *z = tu_rand_floats(r, n, 1.5f), *bias = tu_rand_floats(r, (size_t)H, 0.5f), *g = tu_rand_floats(r, (size_t)H, 0.5f);
+    float *beta = tu_rand_floats(r, (size_t)H, 0.5f), *dy = tu_rand_floats(r, n, 1.0f), *dres0 = tu_rand_floats(r, n, 1.0f);
+    float *dg0 = tu_rand_floats(r, (size_t)H, 1.0f), *dbt0 = tu_rand_floats(r, (size_t)H, 1.0f);
     for (int c = 0; c < H; c++) g[c] += 1.0f;
     char what[160];
     /* forward twin: z += bias + residual (kept), y, mean, rstd (with_res: a residual forward, a dres backward) */
-    float *res = frand(r, n, 1.0f);
-    gbuf gz = up_act(z, n, dt), gb = up_f32(bias, (size_t)H), gg = up_f32(g, (size_t)H),
+    float *res = tu_rand_floats(r, n, 1.0f);
+    tu_gbuf gz = tu_up_act(z, n, dt), gb = up_f32(bias, (size_t)H), gg = up_f32(g, (size_t)H),
          gbeta = up_f32(beta, (size_t)H);
-    gbuf gy = g_alloc(n * dt_size(dt)), gmean = g_alloc((size_t)rows * 4), grstd = g_alloc((size_t)rows * 4);
-    gbuf gres = up_act(res, n, dt);
+    tu_gbuf gy = tu_galloc(n * tu_dt_size(dt)), gmean = tu_galloc((size_t)rows * 4), grstd = tu_galloc((size_t)rows * 4);
+    tu_gbuf gres = tu_up_act(res, n, dt);
     CK(tbert_cuda_layernorm_fwd(gy.p, gmean.p, grstd.p, gz.p, with_bias ? gb.p : NULL, with_res ? gres.p : NULL, gg.p,
                                 gbeta.p, 1e-12f, dt, rows, H, NULL));
-    float *ry = xmalloc(n * 4 + 4), *rmean = xmalloc((size_t)rows * 4 + 4), *rrstd = xmalloc((size_t)rows * 4 + 4);
+    float *ry = tu_xmalloc(n * 4 + 4), *rmean = tu_xmalloc((size_t)rows * 4 + 4), *rrstd = tu_xmalloc((size_t)rows * 4 + 4);
     if (with_res) /* the CPU twin takes the sum formed by its caller; the device adds bias, then residual */
         for (size_t i = 0; i < n; i++) z[i] = with_bias ? (z[i] + bias[i % (size_t)H]) + res[i] : z[i] + res[i];
     tbert_fwd_layernorm((size_t)rows, H, z, with_bias && !with_res ? bias : NULL, g, beta, 1e-12f, ry, rmean, rrstd);
     round_dt(z, n, dt); /* the device keeps z + bias + residual in dt */
     round_dt(ry, n, dt);
     float *got = down(&gz, n, dt, "layernorm z");
-    snprintf(what, sizeof what, "layernorm_fwd %s z%s%s rows=%d H=%d", dt_name(dt), with_bias ? " + bias" : "",
+    snprintf(what, sizeof what, "layernorm_fwd %s z%s%s rows=%d H=%d", tu_dt_name(dt), with_bias ? " + bias" : "",
              with_res ? " + residual" : "", rows, H);
     expect_grad(what, got, z, n, dt);
     free(got);
     got = down(&gy, n, dt, "layernorm y");
-    snprintf(what, sizeof what, "layernorm_fwd %s y rows=%d H=%d", dt_name(dt), rows, H);
+    snprintf(what, sizeof what, "layernorm_fwd %s y rows=%d H=%d", tu_dt_name(dt), rows, H);
     expect_grad(what, got, ry, n, dt);
     free(got);
     /* the backward's saved statistics: the device's own (bf16: of its rounded z); the CPU twin gets the same */
     float *mean = down(&gmean, (size_t)rows, TBERT_CUDA_F32, "layernorm mean");
     float *rstd = down(&grstd, (size_t)rows, TBERT_CUDA_F32, "layernorm rstd");
-    snprintf(what, sizeof what, "layernorm_fwd %s mean rows=%d H=%d", dt_name(dt), rows, H);
+    snprintf(what, sizeof what, "layernorm_fwd %s mean rows=%d H=%d", tu_dt_name(dt), rows, H);
     expect_grad(what, mean, rmean, (size_t)rows, dt);
-    snprintf(what, sizeof what, "layernorm_fwd %s rstd rows=%d H=%d", dt_name(dt), rows, H);
+    snprintf(what, sizeof what, "layernorm_fwd %s rstd rows=%d H=%d", tu_dt_name(dt), rows, H);
     expect_grad(what, rstd, rrstd, (size_t)rows, dt);
 
     /* backward */
-    gbuf gdy = up_act(dy, n, dt), gdres = with_res ? up_act(dres0, n, dt) : (gbuf){0};
-    gbuf gdz = alias ? gdy : g_alloc(n * dt_size(dt));
-    gbuf gdg = up_f32(dg0, (size_t)H), gdbt = up_f32(dbt0, (size_t)H);
-    gbuf gws = g_alloc(2 * tbert_cuda_colsum_ws_floats((size_t)rows, H) * 4);
+    tu_gbuf gdy = tu_up_act(dy, n, dt), gdres = with_res ? tu_up_act(dres0, n, dt) : (tu_gbuf){0};
+    tu_gbuf gdz = alias ? gdy : tu_galloc(n * tu_dt_size(dt));
+    tu_gbuf gdg = up_f32(dg0, (size_t)H), gdbt = up_f32(dbt0, (size_t)H);
+    tu_gbuf gws = tu_galloc(2 * tbert_cuda_colsum_ws_floats((size_t)rows, H) * 4);
     CK(tbert_cuda_layernorm_bwd(gdz.p, with_res ? gdres.p : NULL, gdg.p, gdbt.p, gz.p, gmean.p, grstd.p, gg.p, gdy.p,
                                 gws.p, dt, rows, H, NULL));
-    float *rdz = xmalloc(n * 4 + 4), *rdres = fdup(dres0, n), *rdg = fdup(dg0, (size_t)H),
+    float *rdz = tu_xmalloc(n * 4 + 4), *rdres = fdup(dres0, n), *rdg = fdup(dg0, (size_t)H),
           *rdbt = fdup(dbt0, (size_t)H);
-    float *ws = xmalloc((size_t)H * 2 * 4);
+    float *ws = tu_xmalloc((size_t)H * 2 * 4);
     assert_non_null(rdz), assert_non_null(ws);
     tbert_bwd_layernorm((size_t)rows, H, z, mean, rstd, g, dy, rdz, with_res ? rdres : NULL, rdg, rdbt, ws);
     round_dt(rdz, n, dt);
     round_dt(rdres, n, dt);
     got = down(&gdz, n, dt, "layernorm dz");
-    snprintf(what, sizeof what, "layernorm_bwd %s dz rows=%d H=%d%s", dt_name(dt), rows, H, alias ? " (dz = dy)" : "");
+    snprintf(what, sizeof what, "layernorm_bwd %s dz rows=%d H=%d%s", tu_dt_name(dt), rows, H, alias ? " (dz = dy)" : "");
     expect_grad(what, got, rdz, n, dt);
     free(got);
     if (with_res) {
         got = down(&gdres, n, dt, "layernorm dres");
         for (size_t i = 0; i < n; i++) got[i] -= dres0[i], rdres[i] -= dres0[i];
-        snprintf(what, sizeof what, "layernorm_bwd %s dres += rows=%d H=%d", dt_name(dt), rows, H);
+        snprintf(what, sizeof what, "layernorm_bwd %s dres += rows=%d H=%d", tu_dt_name(dt), rows, H);
         expect_grad(what, got, rdres, n, dt);
         free(got);
     }
     got = down(&gdg, (size_t)H, TBERT_CUDA_F32, "layernorm dgamma");
     for (int c = 0; c < H; c++) got[c] -= dg0[c], rdg[c] -= dg0[c];
-    snprintf(what, sizeof what, "layernorm_bwd %s dgamma += rows=%d H=%d", dt_name(dt), rows, H);
+    snprintf(what, sizeof what, "layernorm_bwd %s dgamma += rows=%d H=%d", tu_dt_name(dt), rows, H);
     expect_grad(what, got, rdg, (size_t)H, dt);
     free(got);
     got = down(&gdbt, (size_t)H, TBERT_CUDA_F32, "layernorm dbeta");
     for (int c = 0; c < H; c++) got[c] -= dbt0[c], rdbt[c] -= dbt0[c];
-    snprintf(what, sizeof what, "layernorm_bwd %s dbeta += rows=%d H=%d", dt_name(dt), rows, H);
+    snprintf(what, sizeof what, "layernorm_bwd %s dbeta += rows=%d H=%d", tu_dt_name(dt), rows, H);
     expect_grad(what, got, rdbt, (size_t)H, dt);
     free(got);
-    g_check(&gws, "layernorm ws");
-    free(res), g_free(&gres);
+    tu_gcheck(&gws, "layernorm ws");
+    free(res), tu_gfree(&gres);
     free(z), free(bias), free(g), free(beta), free(dy), free(dres0), free(dg0), free(dbt0), free(ry), free(rmean);
     free(rrstd), free(mean), free(rstd), free(rdz), free(rdres), free(rdg), free(rdbt), free(ws);
-    g_free(&gz), g_free(&gb), g_free(&gg), g_free(&gbeta), g_free(&gy), g_free(&gmean), g_free(&grstd);
-    g_free(&gdy), g_free(&gdg), g_free(&gdbt), g_free(&gws);
-    if (with_res) g_free(&gdres);
-    if (!alias) g_free(&gdz);
+    tu_gfree(&gz), tu_gfree(&gb), tu_gfree(&gg), tu_gfree(&gbeta), tu_gfree(&gy), tu_gfree(&gmean), tu_gfree(&grstd);
+    tu_gfree(&gdy), tu_gfree(&gdg), tu_gfree(&gdbt), tu_gfree(&gws);
+    if (with_res) tu_gfree(&gdres);
+    if (!alias) tu_gfree(&gdz);
 }
 
 static void test_layernorm(void **state) {
@@ -474,38 +367,38 @@ static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, in
     int32_t *off = make_batch(r, B, maxT, &N);
     const int H = heads * d;
     const float scale = 1.0f / sqrtf((float)d);
-    int64_t *p_off = xmalloc(((size_t)B + 1) * sizeof *p_off);
+    int64_t *p_off = tu_xmalloc(((size_t)B + 1) * sizeof *p_off);
     assert_non_null(p_off);
     const size_t np = (size_t)tbert_cuda_attn_probs_offsets(p_off, off, B, heads);
     if (np != tbert_attn_probs_size(B, off, heads))
         fail_msg("P sizes differ: %zu vs %zu", np, tbert_attn_probs_size(B, off, heads));
     const size_t nqkv = (size_t)N * 3 * H, nctx = (size_t)N * H,
                  nws = tbert_cuda_attention_ws_floats((int64_t)np, dt, dp != NULL);
-    float *qkv = frand(r, nqkv, 1.0f), *dctx = frand(r, nctx, 1.0f);
-    float *rctx = xmalloc(nctx * 4 + 4), *rP = xmalloc(np * 4 + 4), *rdqkv = xmalloc(nqkv * 4 + 4);
+    float *qkv = tu_rand_floats(r, nqkv, 1.0f), *dctx = tu_rand_floats(r, nctx, 1.0f);
+    float *rctx = tu_xmalloc(nctx * 4 + 4), *rP = tu_xmalloc(np * 4 + 4), *rdqkv = tu_xmalloc(nqkv * 4 + 4);
     int Lmax = 0;
     for (int b = 0; b < B; b++) Lmax = off[b + 1] - off[b] > Lmax ? off[b + 1] - off[b] : Lmax;
-    float *ws = xmalloc((size_t)Lmax * Lmax * 8 + 4);
+    float *ws = tu_xmalloc((size_t)Lmax * Lmax * 8 + 4);
     assert_non_null(rctx), assert_non_null(rP), assert_non_null(rdqkv), assert_non_null(ws);
-    gbuf gqkv = up_act(qkv, nqkv, dt), gdctx = up_act(dctx, nctx, dt); /* round qkv, dctx for bf16 */
-    gbuf gcu = up_bytes(off, ((size_t)B + 1) * 4), gpo = up_bytes(p_off, ((size_t)B + 1) * 8);
+    tu_gbuf gqkv = tu_up_act(qkv, nqkv, dt), gdctx = tu_up_act(dctx, nctx, dt); /* round qkv, dctx for bf16 */
+    tu_gbuf gcu = tu_up_bytes(off, ((size_t)B + 1) * 4), gpo = tu_up_bytes(p_off, ((size_t)B + 1) * 8);
     tbert_fwd_attention_dropout(B, off, H, heads, scale, qkv, rctx, rP, dp, ws);
 
-    gbuf gctx = g_alloc(nctx * dt_size(dt)), gP = g_alloc(np * dt_size(dt)), gws = g_alloc(nws * 4);
+    tu_gbuf gctx = tu_galloc(nctx * tu_dt_size(dt)), gP = tu_galloc(np * tu_dt_size(dt)), gws = tu_galloc(nws * 4);
     CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gws.p, off, gcu.p, gpo.p, dp, dt, B, heads, d, scale,
                                       NULL));
     char what[160], tag[32] = "";
     if (dp) snprintf(tag, sizeof tag, " drop=%.2f", (double)pdrop);
     float *got = down(&gP, np, dt, "attention P");
-    snprintf(what, sizeof what, "attention_fwd_probs %s%s P B=%d N=%d heads=%d d=%d", dt_name(dt), tag, B, N, heads, d);
+    snprintf(what, sizeof what, "attention_fwd_probs %s%s P B=%d N=%d heads=%d d=%d", tu_dt_name(dt), tag, B, N, heads, d);
     expect_grad(what, got, rP, np, dt);
     free(got);
     got = down(&gctx, nctx, dt, "attention ctx");
-    snprintf(what, sizeof what, "attention_fwd_probs %s%s ctx B=%d N=%d heads=%d d=%d", dt_name(dt), tag, B, N, heads,
+    snprintf(what, sizeof what, "attention_fwd_probs %s%s ctx B=%d N=%d heads=%d d=%d", tu_dt_name(dt), tag, B, N, heads,
              d);
     expect_grad(what, got, rctx, nctx, dt);
     free(got);
-    g_check(&gws, "attention fwd ws");
+    tu_gcheck(&gws, "attention fwd ws");
     if (dt == TBERT_CUDA_F32 && !dp) { /* in place: ws = P */
         CK(tbert_cuda_fill(gP.p, -1.0f, (int)np, NULL));
         CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gP.p, off, gcu.p, gpo.p, NULL, dt, B, heads, d,
@@ -516,22 +409,22 @@ static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, in
         free(got);
     }
 
-    gbuf gPc = up_act(rP, np, dt), gdqkv = g_alloc(nqkv * dt_size(dt)), gws2 = g_alloc(nws * 4);
+    tu_gbuf gPc = tu_up_act(rP, np, dt), gdqkv = tu_galloc(nqkv * tu_dt_size(dt)), gws2 = tu_galloc(nws * 4);
     tbert_bwd_attention_dropout(B, off, H, heads, scale, qkv, rP, dctx, rdqkv, dp, ws); /* rP as the device holds it */
     round_dt(rdqkv, nqkv, dt);
     CK(tbert_cuda_attention_bwd(h, gdqkv.p, gqkv.p, gPc.p, gdctx.p, gws2.p, off, gcu.p, gpo.p, dp, dt, B, heads, d,
                                 scale, NULL));
     got = down(&gdqkv, nqkv, dt, "attention dqkv");
-    g_check(&gws2, "attention ws");
+    tu_gcheck(&gws2, "attention ws");
     /* dq, dk, dv separately: each has its own scale */
     static const char *part[] = {"dQ", "dK", "dV"};
-    float *gp = xmalloc(nctx * 4 + 4), *rp = xmalloc(nctx * 4 + 4);
+    float *gp = tu_xmalloc(nctx * 4 + 4), *rp = tu_xmalloc(nctx * 4 + 4);
     for (int k = 0; k < 3; k++) {
         for (int i = 0; i < N; i++) {
             memcpy(gp + (size_t)i * H, got + (size_t)i * 3 * H + (size_t)k * H, (size_t)H * 4);
             memcpy(rp + (size_t)i * H, rdqkv + (size_t)i * 3 * H + (size_t)k * H, (size_t)H * 4);
         }
-        snprintf(what, sizeof what, "attention_bwd %s%s %s B=%d N=%d Lmax=%d heads=%d d=%d", dt_name(dt), tag, part[k],
+        snprintf(what, sizeof what, "attention_bwd %s%s %s B=%d N=%d Lmax=%d heads=%d d=%d", tu_dt_name(dt), tag, part[k],
                  B, N, Lmax, heads, d);
         if (Lmax == 1 && k < 2) { /* one key: P = 1, so dS = 0 and dQ = dK = 0 exactly */
             for (size_t i = 0; i < nctx; i++)
@@ -543,8 +436,8 @@ static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, in
     }
     free(got), free(gp), free(rp);
     free(off), free(p_off), free(qkv), free(dctx), free(rctx), free(rP), free(rdqkv), free(ws);
-    g_free(&gqkv), g_free(&gcu), g_free(&gpo), g_free(&gctx), g_free(&gP), g_free(&gPc), g_free(&gdctx);
-    g_free(&gdqkv), g_free(&gws), g_free(&gws2);
+    tu_gfree(&gqkv), tu_gfree(&gcu), tu_gfree(&gpo), tu_gfree(&gctx), tu_gfree(&gP), tu_gfree(&gPc), tu_gfree(&gdctx);
+    tu_gfree(&gdqkv), tu_gfree(&gws), tu_gfree(&gws2);
 }
 
 static void test_attention(void **state) {
@@ -566,20 +459,20 @@ static void check_pool(tu_rng *r, tbert_cuda_dtype dt, tbert_cuda_pool_kind kind
     int N = 0;
     int32_t *off = make_batch(r, B, maxT, &N);
     const size_t dim = kind == TBERT_CUDA_POOL_FLATTEN ? (size_t)out_T * H : (size_t)H;
-    float *dout = frand(r, (size_t)B * dim, 1.0f), *ref = xmalloc((size_t)N * H * 4 + 4);
+    float *dout = tu_rand_floats(r, (size_t)B * dim, 1.0f), *ref = tu_xmalloc((size_t)N * H * 4 + 4);
     assert_non_null(ref);
     tbert_bwd_pool((int)kind, B, off, H, out_T, dout, ref);
     round_dt(ref, (size_t)N * H, dt);
-    gbuf gd = up_f32(dout, (size_t)B * dim), gcu = up_bytes(off, ((size_t)B + 1) * 4);
-    gbuf gh = g_alloc((size_t)N * H * dt_size(dt));
+    tu_gbuf gd = up_f32(dout, (size_t)B * dim), gcu = tu_up_bytes(off, ((size_t)B + 1) * 4);
+    tu_gbuf gh = tu_galloc((size_t)N * H * tu_dt_size(dt));
     CK(tbert_cuda_pool_bwd(gh.p, gd.p, dim, gcu.p, kind, dt, B, N, H, out_T, NULL));
     float *got = down(&gh, (size_t)N * H, dt, "pool_bwd");
     static const char *names[] = {"mean", "cls", "flatten"};
     char what[128];
-    snprintf(what, sizeof what, "pool_bwd %s %s B=%d N=%d H=%d out_T=%d", names[kind], dt_name(dt), B, N, H, out_T);
+    snprintf(what, sizeof what, "pool_bwd %s %s B=%d N=%d H=%d out_T=%d", names[kind], tu_dt_name(dt), B, N, H, out_T);
     expect_grad(what, got, ref, (size_t)N * H, dt);
     free(off), free(dout), free(ref), free(got);
-    g_free(&gd), g_free(&gcu), g_free(&gh);
+    tu_gfree(&gd), tu_gfree(&gcu), tu_gfree(&gh);
 }
 
 static void test_pooling(void **state) {
@@ -597,7 +490,7 @@ static void test_pooling(void **state) {
     for (int k = 0; k < 2; k++) {
         const int rows = 7, dim = dims[k];
         const size_t n = (size_t)rows * dim;
-        float *x = frand(&r, n, 1.0f), *y = xmalloc(n * 4), *dy = frand(&r, n, 1.0f), *ref = xmalloc(n * 4);
+        float *x = tu_rand_floats(&r, n, 1.0f), *y = tu_xmalloc(n * 4), *dy = tu_rand_floats(&r, n, 1.0f), *ref = tu_xmalloc(n * 4);
         for (int j = 0; j < dim; j++) x[(size_t)2 * dim + j] = 0.0f;
         for (int i = 0; i < rows; i++) {
             double ss = 0;
@@ -608,7 +501,7 @@ static void test_pooling(void **state) {
                     ss > 0 ? (float)(x[(size_t)i * dim + j] / fmax(nrm, 1e-12)) : x[(size_t)i * dim + j];
         }
         tbert_bwd_l2_normalize((size_t)rows, (size_t)dim, x, y, dy, ref);
-        gbuf gx = up_f32(x, n), gy = up_f32(y, n), gdy = up_f32(dy, n), gdx = g_alloc(n * 4);
+        tu_gbuf gx = up_f32(x, n), gy = up_f32(y, n), gdy = up_f32(dy, n), gdx = tu_galloc(n * 4);
         CK(tbert_cuda_l2_normalize_bwd(gdx.p, gx.p, gy.p, gdy.p, rows, dim, NULL));
         CK(tbert_cuda_l2_normalize_bwd(gdy.p, gx.p, gy.p, gdy.p, rows, dim, NULL)); /* in place */
         char what[96];
@@ -621,7 +514,7 @@ static void test_pooling(void **state) {
         expect_grad(what, got, ref, n, TBERT_CUDA_F32);
         free(got);
         free(x), free(y), free(dy), free(ref);
-        g_free(&gx), g_free(&gy), g_free(&gdy), g_free(&gdx);
+        tu_gfree(&gx), tu_gfree(&gy), tu_gfree(&gdy), tu_gfree(&gdx);
     }
 }
 
@@ -633,16 +526,16 @@ static void test_pooler(void **state) {
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         const int B = shapes[k][0], H = shapes[k][1];
         const size_t n = (size_t)B * H, nw = (size_t)H * H;
-        float *cls = frand(&r, n, 1.0f), *W = frand(&r, nw, 0.2f), *out = frand(&r, n, 1.0f),
-              *dout = frand(&r, n, 1.0f);
-        float *dW0 = frand(&r, nw, 1.0f), *db0 = frand(&r, (size_t)H, 1.0f);
+        float *cls = tu_rand_floats(&r, n, 1.0f), *W = tu_rand_floats(&r, nw, 0.2f), *out = tu_rand_floats(&r, n, 1.0f),
+              *dout = tu_rand_floats(&r, n, 1.0f);
+        float *dW0 = tu_rand_floats(&r, nw, 1.0f), *db0 = tu_rand_floats(&r, (size_t)H, 1.0f);
         for (size_t i = 0; i < n; i++) out[i] = tanhf(out[i]);
-        float *rdcls = xmalloc(n * 4), *rdW = fdup(dW0, nw), *rdb = fdup(db0, (size_t)H),
-              *ws = xmalloc((nw + H + n) * 4);
+        float *rdcls = tu_xmalloc(n * 4), *rdW = fdup(dW0, nw), *rdb = fdup(db0, (size_t)H),
+              *ws = tu_xmalloc((nw + H + n) * 4);
         tbert_bwd_pooler(B, H, cls, W, out, dout, rdcls, rdW, rdb, ws);
-        gbuf gcls = up_f32(cls, n), gW = up_f32(W, nw), gout = up_f32(out, n), gdout = up_f32(dout, n);
-        gbuf gdcls = g_alloc(n * 4), gdW = up_f32(dW0, nw), gdb = up_f32(db0, (size_t)H);
-        gbuf gws = g_alloc((n + tbert_cuda_colsum_ws_floats((size_t)B, H)) * 4);
+        tu_gbuf gcls = up_f32(cls, n), gW = up_f32(W, nw), gout = up_f32(out, n), gdout = up_f32(dout, n);
+        tu_gbuf gdcls = tu_galloc(n * 4), gdW = up_f32(dW0, nw), gdb = up_f32(db0, (size_t)H);
+        tu_gbuf gws = tu_galloc((n + tbert_cuda_colsum_ws_floats((size_t)B, H)) * 4);
         CK(tbert_cuda_pooler_bwd(h, gdcls.p, gdW.p, gdb.p, gcls.p, gW.p, gout.p, gdout.p, gws.p, B, H, NULL));
         char what[96];
         float *got = down(&gdcls, n, TBERT_CUDA_F32, "pooler dcls");
@@ -659,10 +552,10 @@ static void test_pooler(void **state) {
         snprintf(what, sizeof what, "pooler_bwd db += B=%d H=%d", B, H);
         expect_grad(what, got, rdb, (size_t)H, TBERT_CUDA_F32);
         free(got);
-        g_check(&gws, "pooler ws");
+        tu_gcheck(&gws, "pooler ws");
         free(cls), free(W), free(out), free(dout), free(dW0), free(db0), free(rdcls), free(rdW), free(rdb), free(ws);
-        g_free(&gcls), g_free(&gW), g_free(&gout), g_free(&gdout), g_free(&gdcls), g_free(&gdW), g_free(&gdb);
-        g_free(&gws);
+        tu_gfree(&gcls), tu_gfree(&gW), tu_gfree(&gout), tu_gfree(&gdout), tu_gfree(&gdcls), tu_gfree(&gdW), tu_gfree(&gdb);
+        tu_gfree(&gws);
     }
     free_handle(h);
 }
@@ -673,36 +566,36 @@ static void test_pooler(void **state) {
 static void check_embeddings(tu_rng *r, int B, int maxT, int V, int H) {
     int N = 0;
     int32_t *off = make_batch(r, B, maxT, &N);
-    int32_t *ids = xmalloc((size_t)N * 4 + 4), *posk = xmalloc((size_t)N * 4 + 4);
+    int32_t *ids = tu_xmalloc((size_t)N * 4 + 4), *posk = tu_xmalloc((size_t)N * 4 + 4);
     for (int b = 0; b < B; b++)
         for (int i = off[b]; i < off[b + 1]; i++) {
             /* a small vocabulary slice so that ids repeat (several rows per table row), ids 0 and V-1 present */
-            ids[i] = i % 5 == 0 ? V - 1 : rand_int(r, 0, V / 8);
+            ids[i] = i % 5 == 0 ? V - 1 : tu_rand_int(r, 0, V / 8);
             posk[i] = i - off[b];
         }
     ids[0] = 0;
     const size_t nz = (size_t)N * H;
-    float *dz = frand(r, nz, 1.0f), *w0 = frand(r, (size_t)V * H, 1.0f), *p0 = frand(r, (size_t)maxT * H, 1.0f);
-    float *t0 = frand(r, (size_t)H, 1.0f);
+    float *dz = tu_rand_floats(r, nz, 1.0f), *w0 = tu_rand_floats(r, (size_t)V * H, 1.0f), *p0 = tu_rand_floats(r, (size_t)maxT * H, 1.0f);
+    float *t0 = tu_rand_floats(r, (size_t)H, 1.0f);
     float *cw = fdup(w0, (size_t)V * H), *cp = fdup(p0, (size_t)maxT * H), *ct = fdup(t0, (size_t)H);
     tbert_bwd_embeddings(B, off, H, ids, dz, cw, cp, ct);
     /* the plans */
-    int32_t *cnt = xmalloc((size_t)(V > maxT ? V : maxT) * 4), *perm[2], *start[2], *key[2];
+    int32_t *cnt = tu_xmalloc((size_t)(V > maxT ? V : maxT) * 4), *perm[2], *start[2], *key[2];
     int nseg[2];
-    gbuf gperm[2], gstart[2], gkey[2];
+    tu_gbuf gperm[2], gstart[2], gkey[2];
     tbert_cuda_scatter_plan plan[2];
     for (int k = 0; k < 2; k++) {
-        perm[k] = xmalloc((size_t)N * 4 + 4), start[k] = xmalloc((size_t)N * 4 + 8),
-        key[k] = xmalloc((size_t)N * 4 + 4);
+        perm[k] = tu_xmalloc((size_t)N * 4 + 4), start[k] = tu_xmalloc((size_t)N * 4 + 8),
+        key[k] = tu_xmalloc((size_t)N * 4 + 4);
         nseg[k] = tbert_cuda_scatter_plan_host(k ? posk : ids, N, k ? maxT : V, cnt, perm[k], start[k], key[k]);
         assert_true(nseg[k] > 0);
-        gperm[k] = up_bytes(perm[k], (size_t)N * 4), gstart[k] = up_bytes(start[k], ((size_t)nseg[k] + 1) * 4);
-        gkey[k] = up_bytes(key[k], (size_t)nseg[k] * 4);
+        gperm[k] = tu_up_bytes(perm[k], (size_t)N * 4), gstart[k] = tu_up_bytes(start[k], ((size_t)nseg[k] + 1) * 4);
+        gkey[k] = tu_up_bytes(key[k], (size_t)nseg[k] * 4);
         plan[k] = (tbert_cuda_scatter_plan){gperm[k].p, gstart[k].p, gkey[k].p, nseg[k]};
     }
     assert_int_equal(nseg[1], maxT); /* every position 0..maxT-1 occurs (the first sequence has maxT rows) */
-    gbuf gdz = up_f32(dz, nz), gw = up_f32(w0, (size_t)V * H), gp = up_f32(p0, (size_t)maxT * H);
-    gbuf gt = up_f32(t0, (size_t)H), gws = g_alloc(tbert_cuda_colsum_ws_floats((size_t)N, H) * 4);
+    tu_gbuf gdz = up_f32(dz, nz), gw = up_f32(w0, (size_t)V * H), gp = up_f32(p0, (size_t)maxT * H);
+    tu_gbuf gt = up_f32(t0, (size_t)H), gws = tu_galloc(tbert_cuda_colsum_ws_floats((size_t)N, H) * 4);
     CK(tbert_cuda_embeddings_bwd(gw.p, gp.p, gt.p, gdz.p, &plan[0], &plan[1], gws.p, N, H, NULL));
     char what[128];
     float *got[3] = {down(&gw, (size_t)V * H, TBERT_CUDA_F32, "dword"),
@@ -713,7 +606,7 @@ static void check_embeddings(tu_rng *r, int B, int maxT, int V, int H) {
     static const char *names[] = {"dword", "dpos", "dtype"};
     for (int k = 0; k < 3; k++) {
         /* the increments (the tables start from random values) */
-        float *inc = xmalloc(cnts[k] * 4), *rf = xmalloc(cnts[k] * 4);
+        float *inc = tu_xmalloc(cnts[k] * 4), *rf = tu_xmalloc(cnts[k] * 4);
         for (size_t i = 0; i < cnts[k]; i++) inc[i] = got[k][i] - base[k][i], rf[i] = ref[k][i] - base[k][i];
         snprintf(what, sizeof what, "embeddings_bwd %s += B=%d N=%d V=%d H=%d", names[k], B, N, V, H);
         expect_grad(what, inc, rf, cnts[k], TBERT_CUDA_F32);
@@ -721,13 +614,13 @@ static void check_embeddings(tu_rng *r, int B, int maxT, int V, int H) {
             fail_msg("%s: not bit-identical to tbert_bwd_embeddings (same order of additions)", what);
         free(inc), free(rf), free(got[k]);
     }
-    g_check(&gws, "embeddings ws");
+    tu_gcheck(&gws, "embeddings ws");
     for (int k = 0; k < 2; k++) {
         free(perm[k]), free(start[k]), free(key[k]);
-        g_free(&gperm[k]), g_free(&gstart[k]), g_free(&gkey[k]);
+        tu_gfree(&gperm[k]), tu_gfree(&gstart[k]), tu_gfree(&gkey[k]);
     }
     free(off), free(ids), free(posk), free(dz), free(w0), free(p0), free(t0), free(cw), free(cp), free(ct), free(cnt);
-    g_free(&gdz), g_free(&gw), g_free(&gp), g_free(&gt), g_free(&gws);
+    tu_gfree(&gdz), tu_gfree(&gw), tu_gfree(&gp), tu_gfree(&gt), tu_gfree(&gws);
 }
 
 static void test_embeddings(void **state) {
@@ -756,8 +649,8 @@ static void test_dropout(void **state) {
     const size_t n = 4099;
     const uint64_t seeds[] = {0, 42, 0x123456789abcdefULL};
     const uint64_t idx0[] = {0, 77, (1ULL << 32) - 5};
-    float *ref = xmalloc(n * 4), *x = frand(&r, n, 1.0f);
-    gbuf gm = g_alloc(n * 4);
+    float *ref = tu_xmalloc(n * 4), *x = tu_rand_floats(&r, n, 1.0f);
+    tu_gbuf gm = tu_galloc(n * 4);
     for (int k = 0; k < 3; k++)
         for (int which = 0; which < 4; which++) {
             const float p = which & 1 ? 0.5f : 0.1f;
@@ -777,17 +670,17 @@ static void test_dropout(void **state) {
             for (int dtk = 0; dtk < 2; dtk++) {
                 tbert_cuda_dtype dt = dtk ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
                 float *xr = fdup(x, n);
-                gbuf gx = up_act(xr, n, dt); /* rounds xr for bf16 */
+                tu_gbuf gx = tu_up_act(xr, n, dt); /* rounds xr for bf16 */
                 CK(tbert_cuda_dropout(gx.p, dt, n, seeds[k], step, site, idx0[k], p, NULL));
                 float *gotx = down(&gx, n, dt, "dropout");
                 for (size_t i = 0; i < n; i++) {
                     float e = xr[i] * ref[i];
-                    if (dt == TBERT_CUDA_BF16) e = bf2f(f2bf(e));
+                    if (dt == TBERT_CUDA_BF16) e = tu_bf2f(tu_f2bf(e));
                     if (memcmp(&gotx[i], &e, 4) != 0)
-                        fail_msg("dropout %s %s [%zu]: %g, expected %g", dt_name(dt), what, i, gotx[i], e);
+                        fail_msg("dropout %s %s [%zu]: %g, expected %g", tu_dt_name(dt), what, i, gotx[i], e);
                 }
                 free(gotx), free(xr);
-                g_free(&gx);
+                tu_gfree(&gx);
             }
         }
     /* a hidden-row dropout as the CPU twin applies it (tbert_dropout_apply: element base + first + i), on a [rows, H]
@@ -796,16 +689,16 @@ static void test_dropout(void **state) {
         const int rows = 37, H = 48;
         const size_t nn = (size_t)rows * H;
         const tbert_dropout dd = {0.1f, 7, 3, tbert_dropout_site(2, TBERT_DROP_FFN_OUT), 1000};
-        float *hx = frand(&r, nn, 1.0f), *cx = fdup(hx, nn);
+        float *hx = tu_rand_floats(&r, nn, 1.0f), *cx = fdup(hx, nn);
         tbert_dropout_apply(nn, cx, &dd, (uint64_t)5 * H);
-        gbuf gx = up_f32(hx, nn), gy = g_alloc(nn * 4);
+        tu_gbuf gx = up_f32(hx, nn), gy = tu_galloc(nn * 4);
         CK(tbert_cuda_dropout_to(gy.p, gx.p, TBERT_CUDA_F32, nn, dd.seed, dd.step, dd.site, dd.base + (uint64_t)5 * H,
                                  dd.p, NULL));
         float *gotd = down(&gy, nn, TBERT_CUDA_F32, "dropout_to");
         tu_dump("dropout_to hidden rows", gotd, nn * 4);
         if (memcmp(gotd, cx, nn * 4) != 0) fail_msg("dropout_to: differs from tbert_dropout_apply");
         free(hx), free(cx), free(gotd);
-        g_free(&gx), g_free(&gy);
+        tu_gfree(&gx), tu_gfree(&gy);
     }
     /* p = 0: the mask is all ones and the in-place form leaves x alone */
     CK(tbert_cuda_dropout_mask(gm.p, n, 1, 2, 3, 0, 0.0f, NULL));
@@ -813,7 +706,7 @@ static void test_dropout(void **state) {
     for (size_t i = 0; i < n; i++)
         if (got[i] != 1.0f) fail_msg("dropout_mask p=0 [%zu] = %g", i, got[i]);
     free(got), free(ref), free(x);
-    g_free(&gm);
+    tu_gfree(&gm);
 }
 
 /* One whole encoder layer, forward (saving twins) and backward, chained on the device as a training step would
@@ -833,30 +726,30 @@ static void check_layer(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B,
                                          "Wi",   "bi",   "Wout", "bout", "g2", "be2"};
     const bool is_matrix[L_COUNT] = {true, false, true, false, false, false, true, false, true, false, false, false};
     float *prm[L_COUNT];
-    gbuf gprm[L_COUNT], ggrad[L_COUNT];
+    tu_gbuf gprm[L_COUNT], ggrad[L_COUNT];
     for (int k = 0; k < L_COUNT; k++) {
-        prm[k] = frand(r, sz[k], k == L_G1 || k == L_G2 ? 0.2f : (is_matrix[k] ? 0.3f : 0.5f));
+        prm[k] = tu_rand_floats(r, sz[k], k == L_G1 || k == L_G2 ? 0.2f : (is_matrix[k] ? 0.3f : 0.5f));
         if (k == L_G1 || k == L_G2)
             for (size_t i = 0; i < sz[k]; i++) prm[k][i] += 1.0f;
         /* the four matrices in the storage type (rounded for bf16), vectors float32 */
-        gprm[k] = is_matrix[k] ? up_act(prm[k], sz[k], dt) : up_f32(prm[k], sz[k]);
-        ggrad[k] = g_alloc(sz[k] * 4);
+        gprm[k] = is_matrix[k] ? tu_up_act(prm[k], sz[k], dt) : up_f32(prm[k], sz[k]);
+        ggrad[k] = tu_galloc(sz[k] * 4);
         CK(cudaMemset(ggrad[k].p, 0, sz[k] * 4));
     }
-    float *x = frand(r, n * H, 1.0f), *R = frand(r, n * H, 1.0f);
-    gbuf gx = up_act(x, n * H, dt), gR = up_act(R, n * H, dt);
+    float *x = tu_rand_floats(r, n * H, 1.0f), *R = tu_rand_floats(r, n * H, 1.0f);
+    tu_gbuf gx = tu_up_act(x, n * H, dt), gR = tu_up_act(R, n * H, dt);
     const tbert_cuda_gemm_mode mode = dt == TBERT_CUDA_BF16 ? TBERT_CUDA_GEMM_BF16 : TBERT_CUDA_GEMM_FP32;
-    const size_t es = dt_size(dt);
-    int64_t *p_off = xmalloc(((size_t)B + 1) * sizeof *p_off);
+    const size_t es = tu_dt_size(dt);
+    int64_t *p_off = tu_xmalloc(((size_t)B + 1) * sizeof *p_off);
     const size_t np = (size_t)tbert_cuda_attn_probs_offsets(p_off, off, B, heads);
-    gbuf gcu = up_bytes(off, ((size_t)B + 1) * 4), gpo = up_bytes(p_off, ((size_t)B + 1) * 8);
-    gbuf gqkv = g_alloc(n * 3 * H * es), gctx = g_alloc(n * H * es), gP = g_alloc(np * es);
-    gbuf gz1 = g_alloc(n * H * es), gx1 = g_alloc(n * H * es), ga = g_alloc(n * IM * es), gh = g_alloc(n * IM * es);
-    gbuf gz2 = g_alloc(n * H * es), gy = g_alloc(n * H * es);
-    gbuf gm1 = g_alloc(n * 4), gr1 = g_alloc(n * 4), gm2 = g_alloc(n * 4), gr2 = g_alloc(n * 4);
-    gbuf gaws = g_alloc(tbert_cuda_attention_ws_floats((int64_t)np, dt, 0) * 4);
+    tu_gbuf gcu = tu_up_bytes(off, ((size_t)B + 1) * 4), gpo = tu_up_bytes(p_off, ((size_t)B + 1) * 8);
+    tu_gbuf gqkv = tu_galloc(n * 3 * H * es), gctx = tu_galloc(n * H * es), gP = tu_galloc(np * es);
+    tu_gbuf gz1 = tu_galloc(n * H * es), gx1 = tu_galloc(n * H * es), ga = tu_galloc(n * IM * es), gh = tu_galloc(n * IM * es);
+    tu_gbuf gz2 = tu_galloc(n * H * es), gy = tu_galloc(n * H * es);
+    tu_gbuf gm1 = tu_galloc(n * 4), gr1 = tu_galloc(n * 4), gm2 = tu_galloc(n * 4), gr2 = tu_galloc(n * 4);
+    tu_gbuf gaws = tu_galloc(tbert_cuda_attention_ws_floats((int64_t)np, dt, 0) * 4);
     const int widest = IM > 3 * H ? IM : 3 * H;
-    gbuf gws = g_alloc(2 * tbert_cuda_colsum_ws_floats(n, widest) * 4);
+    tu_gbuf gws = tu_galloc(2 * tbert_cuda_colsum_ws_floats(n, widest) * 4);
 #define PP(k) gprm[k].p
 #define GG(k) ggrad[k].p
     /* forward */
@@ -872,8 +765,8 @@ static void check_layer(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B,
     CK(tbert_cuda_layernorm_fwd(gy.p, gm2.p, gr2.p, gz2.p, PP(L_BOUT), gx1.p, PP(L_G2), PP(L_BE2), eps, dt, N, H,
                                 NULL));
     /* backward, d loss / d y = R */
-    gbuf gdz2 = g_alloc(n * H * es), gdx1 = g_alloc(n * H * es), gdh = g_alloc(n * IM * es), gdz1 = g_alloc(n * H * es);
-    gbuf gdx = g_alloc(n * H * es), gdctx = g_alloc(n * H * es), gdqkv = g_alloc(n * 3 * H * es);
+    tu_gbuf gdz2 = tu_galloc(n * H * es), gdx1 = tu_galloc(n * H * es), gdh = tu_galloc(n * IM * es), gdz1 = tu_galloc(n * H * es);
+    tu_gbuf gdx = tu_galloc(n * H * es), gdctx = tu_galloc(n * H * es), gdqkv = tu_galloc(n * 3 * H * es);
     CK(cudaMemset(gdx1.p, 0, n * H * es));
     CK(cudaMemset(gdx.p, 0, n * H * es));
     CK(tbert_cuda_layernorm_bwd(gdz2.p, gdx1.p, GG(L_G2), GG(L_BE2), gz2.p, gm2.p, gr2.p, PP(L_G2), gR.p, gws.p, dt, N,
@@ -895,18 +788,18 @@ static void check_layer(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B,
     /* the CPU chain (float32, OpenBLAS) on the same (rounded) inputs */
     int Lmax = 0;
     for (int b = 0; b < B; b++) Lmax = off[b + 1] - off[b] > Lmax ? off[b + 1] - off[b] : Lmax;
-    float *qkv = xcalloc(n * 3 * H + 1, 4), *ctx = xcalloc(n * H + 1, 4), *z1 = xcalloc(n * H + 1, 4),
-          *x1 = xcalloc(n * H + 1, 4);
-    float *a = xcalloc(n * IM + 1, 4), *hh = xcalloc(n * IM + 1, 4), *z2 = xcalloc(n * H + 1, 4),
-          *y = xcalloc(n * H + 1, 4);
-    float *m1 = xcalloc(n + 1, 4), *r1 = xcalloc(n + 1, 4), *m2 = xcalloc(n + 1, 4), *r2 = xcalloc(n + 1, 4);
-    float *prob = xcalloc(np + 1, 4), *G[L_COUNT];
-    for (int k = 0; k < L_COUNT; k++) G[k] = xcalloc(sz[k], 4);
-    float *dx = xcalloc(n * H + 1, 4), *dz2 = xcalloc(n * H + 1, 4), *dx1 = xcalloc(n * H + 1, 4),
-          *dh = xcalloc(n * IM + 1, 4);
-    float *da = xcalloc(n * IM + 1, 4), *tmp = xcalloc(n * IM + 1, 4), *dz1 = xcalloc(n * H + 1, 4);
-    float *dctx = xcalloc(n * H + 1, 4), *dqkv = xcalloc(n * 3 * H + 1, 4);
-    float *ws = xcalloc((size_t)3 * H * IM + 3 * H + (size_t)Lmax * Lmax + (size_t)IM * H + IM, 4);
+    float *qkv = tu_xcalloc(n * 3 * H + 1, 4), *ctx = tu_xcalloc(n * H + 1, 4), *z1 = tu_xcalloc(n * H + 1, 4),
+          *x1 = tu_xcalloc(n * H + 1, 4);
+    float *a = tu_xcalloc(n * IM + 1, 4), *hh = tu_xcalloc(n * IM + 1, 4), *z2 = tu_xcalloc(n * H + 1, 4),
+          *y = tu_xcalloc(n * H + 1, 4);
+    float *m1 = tu_xcalloc(n + 1, 4), *r1 = tu_xcalloc(n + 1, 4), *m2 = tu_xcalloc(n + 1, 4), *r2 = tu_xcalloc(n + 1, 4);
+    float *prob = tu_xcalloc(np + 1, 4), *G[L_COUNT];
+    for (int k = 0; k < L_COUNT; k++) G[k] = tu_xcalloc(sz[k], 4);
+    float *dx = tu_xcalloc(n * H + 1, 4), *dz2 = tu_xcalloc(n * H + 1, 4), *dx1 = tu_xcalloc(n * H + 1, 4),
+          *dh = tu_xcalloc(n * IM + 1, 4);
+    float *da = tu_xcalloc(n * IM + 1, 4), *tmp = tu_xcalloc(n * IM + 1, 4), *dz1 = tu_xcalloc(n * H + 1, 4);
+    float *dctx = tu_xcalloc(n * H + 1, 4), *dqkv = tu_xcalloc(n * 3 * H + 1, 4);
+    float *ws = tu_xcalloc((size_t)3 * H * IM + 3 * H + (size_t)Lmax * Lmax + (size_t)IM * H + IM, 4);
     {
         /* forward */
         for (size_t i = 0; i < n; i++)
@@ -951,28 +844,28 @@ static void check_layer(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B,
     }
     char what[160];
     float *got = down(&gy, n * H, dt, "layer y");
-    snprintf(what, sizeof what, "layer %s y B=%d N=%d heads=%d d=%d", dt_name(dt), B, N, heads, d);
+    snprintf(what, sizeof what, "layer %s y B=%d N=%d heads=%d d=%d", tu_dt_name(dt), B, N, heads, d);
     expect_grad(what, got, y, n * H, dt);
     free(got);
     got = down(&gdx, n * H, dt, "layer dx");
-    snprintf(what, sizeof what, "layer %s dx B=%d N=%d heads=%d d=%d", dt_name(dt), B, N, heads, d);
+    snprintf(what, sizeof what, "layer %s dx B=%d N=%d heads=%d d=%d", tu_dt_name(dt), B, N, heads, d);
     expect_grad(what, got, dx, n * H, dt);
     free(got);
     for (int k = 0; k < L_COUNT; k++) {
         got = down(&ggrad[k], sz[k], TBERT_CUDA_F32, pname[k]);
-        snprintf(what, sizeof what, "layer %s d%s B=%d N=%d heads=%d d=%d", dt_name(dt), pname[k], B, N, heads, d);
+        snprintf(what, sizeof what, "layer %s d%s B=%d N=%d heads=%d d=%d", tu_dt_name(dt), pname[k], B, N, heads, d);
         expect_grad(what, got, G[k], sz[k], dt);
         free(got);
     }
-    g_check(&gws, "layer ws");
-    g_check(&gaws, "layer attention ws");
-    for (int k = 0; k < L_COUNT; k++) free(prm[k]), free(G[k]), g_free(&gprm[k]), g_free(&ggrad[k]);
+    tu_gcheck(&gws, "layer ws");
+    tu_gcheck(&gaws, "layer attention ws");
+    for (int k = 0; k < L_COUNT; k++) free(prm[k]), free(G[k]), tu_gfree(&gprm[k]), tu_gfree(&ggrad[k]);
     free(off), free(p_off), free(x), free(R), free(qkv), free(ctx), free(z1), free(x1), free(a), free(hh), free(z2);
     free(y), free(m1), free(r1), free(m2), free(r2), free(prob), free(dx), free(dz2), free(dx1), free(dh), free(da);
     free(tmp), free(dz1), free(dctx), free(dqkv), free(ws);
-    gbuf *all[] = {&gx, &gR, &gcu, &gpo, &gqkv, &gctx, &gP, &gz1, &gx1, &ga, &gh, &gz2, &gy, &gm1, &gr1, &gm2, &gr2,
+    tu_gbuf *all[] = {&gx, &gR, &gcu, &gpo, &gqkv, &gctx, &gP, &gz1, &gx1, &ga, &gh, &gz2, &gy, &gm1, &gr1, &gm2, &gr2,
                    &gaws, &gws, &gdz2, &gdx1, &gdh, &gdz1, &gdx, &gdctx, &gdqkv};
-    for (size_t k = 0; k < sizeof all / sizeof *all; k++) g_free(all[k]);
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++) tu_gfree(all[k]);
 }
 
 static void test_layer(void **state) {

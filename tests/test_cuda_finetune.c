@@ -23,6 +23,7 @@
 #include "tbert/finetune_device.h"
 #include "tbert/finetune_stack.h"
 #include "tbert/optim.h"
+#include "ft_fixture.h"
 #include "testutil.h"
 
 /* bf16 bounds, each with what seeds 1..40 measured on the emulated device:
@@ -48,12 +49,6 @@
 #define TF32_CHANGE 0.15
 
 static uint64_t g_seed; /* set once in main, read-only after */
-
-static void *xcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz);
-    assert_non_null(p);
-    return p;
-}
 
 /* got vs ref: ||got-ref|| / ||ref|| < ratio and, when elem > 0, |got-ref| <= 1e-6 + elem * max|ref|. scale > 0
  * replaces ||ref|| and max|ref| (a tensor whose exact gradient is zero: both sides are rounding noise) */
@@ -97,36 +92,6 @@ static bool is_key_bias(const char *name) {
     return l >= k && !strcmp(name + l - k, "attention.self.key.bias");
 }
 
-static tbert_model *random_model(int H, int heads, int IM, int layers, int vocab, int maxpos, uint64_t seed) {
-    tbert_config c = {.vocab_size = vocab, .hidden = H, .layers = layers, .heads = heads, .intermediate = IM,
-                      .max_position = maxpos, .type_vocab_size = 2, .pad_token_id = 0, .layer_norm_eps = 1e-12f};
-    tbert_model *m = NULL;
-    tbert_error err = {0};
-    if (tbert_model_random(&c, true, seed, &m, &err) != TBERT_OK) fail_msg("random model: %s", err.msg);
-    return m;
-}
-
-typedef struct {
-    int n_doc, n_win;
-    int32_t doc_off[16], off[64];
-    int32_t *ids;
-    float *hidden;
-} batch;
-
-static void batch_make(batch *b, tu_rng *r, int n_doc, const int *wins, const int *lens, int vocab, int H) {
-    b->n_doc = n_doc;
-    b->doc_off[0] = 0;
-    for (int d = 0; d < n_doc; d++) b->doc_off[d + 1] = b->doc_off[d] + wins[d];
-    b->n_win = b->doc_off[n_doc];
-    b->off[0] = 0;
-    for (int w = 0; w < b->n_win; w++) b->off[w + 1] = b->off[w] + lens[w];
-    size_t N = (size_t)b->off[b->n_win];
-    b->ids = xcalloc(N, sizeof *b->ids);
-    b->hidden = xcalloc(N * (size_t)H, sizeof *b->hidden);
-    for (size_t i = 0; i < N; i++) b->ids[i] = (int32_t)(tu_next(r) % (uint64_t)vocab);
-    for (size_t i = 0; i < N * (size_t)H; i++) b->hidden[i] = tu_normal(r);
-}
-
 typedef struct {
     const char *name;
     int H, heads, IM, layers, vocab, maxpos;
@@ -154,10 +119,10 @@ static int run_case(const scase *c, tbert_precision prec) {
     const double fwd0 = bf ? BF16_FWD : tf ? TF32_FWD : 1e-5, fwd1 = bf ? BF16_FWD_AFTER : tf ? TF32_FWD_AFTER : 1e-5;
     const double tensor = bf ? BF16_TENSOR : tf ? TF32_TENSOR : 1e-5;
     printf("%s (%s)\n", c->name, tbert_precision_name(prec));
-    tbert_model *m = random_model(c->H, c->heads, c->IM, c->layers, c->vocab, c->maxpos, g_seed ^ 0x5eed);
+    tbert_model *m = tu_ft_random_model(c->H, c->heads, c->IM, c->layers, c->vocab, c->maxpos, g_seed ^ 0x5eed);
     tu_rng r = {g_seed * 31 + (uint64_t)(c - cases)};
-    batch b;
-    batch_make(&b, &r, c->n_doc, c->wins, c->lens, c->vocab, c->H);
+    tu_ft_batch b;
+    tu_ft_batch_make(&b, &r, c->n_doc, c->wins, c->lens, c->vocab, c->H);
     tbert_ft_stack_cfg cfg = {.layers = c->layers, .k = c->k, .train_embeddings = c->emb, .pool = c->pool,
                               .max_len = c->max_len, .normalize = c->normalize, .hidden_dropout = 0.1f,
                               .attn_dropout = 0.1f, .dropout_seed = g_seed ^ 0xd409, .threads = 1};
@@ -172,7 +137,7 @@ static int run_case(const scase *c, tbert_precision prec) {
     int first = c->layers - c->k;
     tbert_ft_batch fb = {b.n_doc, b.doc_off, b.n_win, b.off, first > 0 ? b.hidden : NULL, first == 0 ? b.ids : NULL};
     size_t dim = tbert_ft_stack_dense_dim(cpu), no = (size_t)b.n_doc * dim;
-    float *oc = xcalloc(no, sizeof(float)), *og = xcalloc(no, sizeof(float)), *dout = xcalloc(no, sizeof(float));
+    float *oc = tu_xcalloc(no, sizeof(float)), *og = tu_xcalloc(no, sizeof(float)), *dout = tu_xcalloc(no, sizeof(float));
     int bad = 0;
     char what[160];
     tbert_optim_cfg oc_cfg = tbert_optim_default_cfg();
@@ -182,7 +147,7 @@ static int run_case(const scase *c, tbert_precision prec) {
     tbert_optim optc, optg;
     assert_int_equal(tbert_optim_init(&optc, pc, &oc_cfg, &err), TBERT_OK);
     assert_int_equal(tbert_optim_init(&optg, pg, &oc_cfg, &err), TBERT_OK);
-    float *w0 = xcalloc(tbert_params_numel(pc), sizeof(float));
+    float *w0 = tu_xcalloc(tbert_params_numel(pc), sizeof(float));
     for (int i = 0, o = 0; i < pc->n; o += (int)pc->p[i].n, i++) memcpy(w0 + o, pc->p[i].w, pc->p[i].n * sizeof(float));
     for (int step = 0; step < 2; step++) {
         assert_int_equal(tbert_ft_stack_forward(cpu, &fb, true, 3 + (uint64_t)step, oc, &err), TBERT_OK);
@@ -217,7 +182,7 @@ static int run_case(const scase *c, tbert_precision prec) {
     }
     /* the change of every trained tensor over the two steps */
     size_t nt = tbert_params_numel(pc);
-    float *dc = xcalloc(nt, sizeof(float)), *dg = xcalloc(nt, sizeof(float));
+    float *dc = tu_xcalloc(nt, sizeof(float)), *dg = tu_xcalloc(nt, sizeof(float));
     for (int i = 0, o = 0; i < pc->n; o += (int)pc->p[i].n, i++)
         for (size_t j = 0; j < pc->p[i].n && !is_key_bias(pc->p[i].name); j++) { /* Adam's sign of noise: left out */
             dc[o + j] = pc->p[i].w[j] - w0[o + j];
@@ -263,13 +228,13 @@ static void test_tf32(void **state) {
 
 static void test_refusals(void **state) {
     (void)state;
-    tbert_model *m = random_model(8, 2, 16, 2, 30, 24, g_seed);
+    tbert_model *m = tu_ft_random_model(8, 2, 16, 2, 30, 24, g_seed);
     tbert_ft_stack_cfg cfg = {.layers = 2, .k = 1, .pool = TBERT_POOL_MEAN, .threads = 1};
     tbert_error err = {0};
     tbert_ft_dev *dev = NULL;
     assert_int_equal(tbert_ft_dev_create(m, &cfg, 0, TBERT_PREC_FP32, &dev, &err), TBERT_OK);
     int32_t doc_off[2] = {0, 1}, off[2] = {0, 30}; /* 30 tokens > 24 positions */
-    float *hidden = xcalloc(30 * 8, sizeof(float)), out[8];
+    float *hidden = tu_xcalloc(30 * 8, sizeof(float)), out[8];
     tbert_ft_batch b = {1, doc_off, 1, off, hidden, NULL};
     assert_int_equal(tbert_ft_dev_forward(dev, &b, true, 0, out, &err), TBERT_E_ARG);
     printf("  refused: %s\n", err.msg);

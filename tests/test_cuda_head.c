@@ -26,34 +26,13 @@ static uint64_t g_seed(void **state) {
     return *(uint64_t *)*state;
 }
 
-static double ratio(const float *got, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)got[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 static void expect_close(const char *what, const float *got, const float *ref, size_t n, double atol, double rtol,
                          double max_ratio) {
     size_t bad = tu_compare(what, got, ref, n, atol, rtol);
-    double r = ratio(got, ref, n);
+    double r = tu_norm_ratio(got, ref, n);
     if (bad || !(r < max_ratio)) fail_msg("%s: %zu outside tolerance, norm ratio %.3g", what, bad, r);
 }
 
-static float *rand_vec(tu_rng *r, size_t n, float scale) {
-    float *v = malloc(n * sizeof *v + 4);
-    assert_non_null(v);
-    for (size_t i = 0; i < n; i++) v[i] = scale * tu_normal(r);
-    return v;
-}
-static void *dev_copy(const void *host, size_t bytes) {
-    void *d = NULL;
-    CK(cudaMalloc(&d, bytes + 4));
-    CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
 static void *dev_poisoned(size_t bytes) {
     void *d = NULL;
     CK(cudaMalloc(&d, bytes + 4));
@@ -71,12 +50,12 @@ static void test_gelu_kernels(void **state) {
     tu_rng r = {g_seed(state) ^ 1};
     const int rows = 37, cols = 129;
     const size_t n = (size_t)rows * cols;
-    float *a = rand_vec(&r, n, 3.0f), *b1 = rand_vec(&r, cols, 1.0f), *dh = rand_vec(&r, n, 1.0f);
+    float *a = tu_rand_floats(&r, n, 3.0f), *b1 = tu_rand_floats(&r, cols, 1.0f), *dh = tu_rand_floats(&r, n, 1.0f);
     float *mask = malloc(n * sizeof *mask);
     tbert_rng dr;
     tbert_rng_seed(&dr, g_seed(state));
     tbert_cuda_head_dropout_mask(0.25f, n, &dr, mask);
-    float *da = dev_copy(a, n * 4), *dbias = dev_copy(b1, cols * 4), *dhout = dev_poisoned(n * 4);
+    float *da = tu_dev_copy(a, n * 4), *dbias = tu_dev_copy(b1, cols * 4), *dhout = dev_poisoned(n * 4);
     CK(tbert_cuda_head_bias_gelu(da, dhout, dbias, rows, cols, NULL));
     float *ga = malloc(n * 4), *gh = malloc(n * 4), *ra = malloc(n * 4), *rh = malloc(n * 4);
     to_host(ga, da, n * 4);
@@ -89,7 +68,7 @@ static void test_gelu_kernels(void **state) {
     expect_close("head gelu forward", gh, rh, n, 1e-6, 1e-6, 1e-6);
     /* backward with and without the dropout mask, in place */
     for (int use_mask = 0; use_mask < 2; use_mask++) {
-        float *ddh = dev_copy(dh, n * 4), *dm = dev_copy(mask, n * 4);
+        float *ddh = tu_dev_copy(dh, n * 4), *dm = tu_dev_copy(mask, n * 4);
         CK(tbert_cuda_gelu_backward(ddh, ddh, da, use_mask ? dm : NULL, n, NULL));
         float *got = malloc(n * 4), *ref = malloc(n * 4);
         to_host(got, ddh, n * 4);
@@ -120,8 +99,8 @@ static void test_bias_grad_and_sum(void **state) {
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         int rows = shapes[k][0], cols = shapes[k][1];
         size_t n = (size_t)rows * cols;
-        float *dy = rand_vec(&r, n, 1.0f), *ref = malloc(cols * 4), *got = malloc(cols * 4);
-        float *ddy = dev_copy(dy, n * 4), *ddb = dev_poisoned(cols * 4);
+        float *dy = tu_rand_floats(&r, n, 1.0f), *ref = malloc(cols * 4), *got = malloc(cols * 4);
+        float *ddy = tu_dev_copy(dy, n * 4), *ddb = dev_poisoned(cols * 4);
         CK(tbert_cuda_bias_grad(ddb, ddy, rows, cols, NULL));
         to_host(got, ddb, cols * 4);
         for (int c = 0; c < cols; c++) {
@@ -136,7 +115,7 @@ static void test_bias_grad_and_sum(void **state) {
     const int n = 1001;
     double *v = malloc(n * sizeof *v), ref = 0, got = -1;
     for (int i = 0; i < n; i++) ref += (v[i] = tu_normal(&r));
-    double *dv = dev_copy(v, n * sizeof *v), *ds = dev_poisoned(sizeof(double));
+    double *dv = tu_dev_copy(v, n * sizeof *v), *ds = dev_poisoned(sizeof(double));
     CK(tbert_cuda_sum_f64(ds, dv, n, NULL));
     to_host(&got, ds, sizeof got);
     if (got != ref) fail_msg("sum_f64: %.17g, CPU order gives %.17g", got, ref);
@@ -147,15 +126,15 @@ static void test_bias_grad_and_sum(void **state) {
 static void check_loss(tu_rng *r, int binary, int C, int n, int weighted) {
     tbert_head_config cfg = {.in_dim = 4, .hidden = 0, .n_classes = C, .binary = binary, .positive = binary ? 1 : 0};
     const int O = binary ? 1 : C;
-    float *z = rand_vec(r, (size_t)n * O, 4.0f), *b2 = rand_vec(r, O, 1.0f), *cw = rand_vec(r, C, 0.3f);
+    float *z = tu_rand_floats(r, (size_t)n * O, 4.0f), *b2 = tu_rand_floats(r, O, 1.0f), *cw = tu_rand_floats(r, C, 0.3f);
     for (int c = 0; c < C; c++) cw[c] = 1.0f + fabsf(cw[c]);
     int *y = malloc(n * sizeof *y);
     for (int i = 0; i < n; i++) y[i] = (int)(tu_next(r) % (uint64_t)C);
     z[0] = 40.0f; /* saturated logits */
     if (n > 1) z[O] = -40.0f;
-    float *dz_d = dev_copy(z, (size_t)n * O * 4), *db2 = dev_copy(b2, O * 4), *dcw = dev_copy(cw, C * 4);
+    float *dz_d = tu_dev_copy(z, (size_t)n * O * 4), *db2 = tu_dev_copy(b2, O * 4), *dcw = tu_dev_copy(cw, C * 4);
     float *ddz = dev_poisoned((size_t)n * O * 4);
-    int32_t *dy = dev_copy(y, n * 4);
+    int32_t *dy = tu_dev_copy(y, n * 4);
     double *drow = dev_poisoned(n * sizeof(double)), *dsum = dev_poisoned(sizeof(double));
     CK(tbert_cuda_head_logits_loss(dz_d, ddz, drow, db2, dy, weighted ? dcw : NULL, binary, cfg.positive, n, O, C, NULL));
     CK(tbert_cuda_sum_f64(dsum, drow, n, NULL));
@@ -199,12 +178,12 @@ static void test_adamw_bitexact(void **state) {
         if (tbert_adam_init(&a, n, &err)) fail_msg("adam init: %s", err.msg);
         a.lr = 3e-4;
         a.weight_decay = wd ? 0.01 : 0.0;
-        float *p = rand_vec(&r, n, 1.0f);
-        float *dp = dev_copy(p, n * 4), *dm = dev_copy(a.m, n * 4), *dv = dev_copy(a.v, n * 4);
+        float *p = tu_rand_floats(&r, n, 1.0f);
+        float *dp = tu_dev_copy(p, n * 4), *dm = tu_dev_copy(a.m, n * 4), *dv = tu_dev_copy(a.v, n * 4);
         float *got = malloc(n * 4);
         for (int step = 0; step < 5; step++) {
-            float *g = rand_vec(&r, n, step == 2 ? 1e-6f : 1.0f);
-            float *dg = dev_copy(g, n * 4);
+            float *g = tu_rand_floats(&r, n, step == 2 ? 1e-6f : 1.0f);
+            float *dg = tu_dev_copy(g, n * 4);
             tbert_adam_step(&a, p, g);
             double bc1 = 1.0 - pow(a.beta1, (double)a.step), bc2 = 1.0 - pow(a.beta2, (double)a.step);
             float decay = a.weight_decay != 0.0 ? (float)(1.0 - a.lr * a.weight_decay) : 1.0f;
@@ -238,7 +217,7 @@ static void check_train(tu_rng *r, uint64_t seed, int D, int Hd, int C, int bina
     if (tbert_head_create(&cfg, &h, &err) || tbert_head_create(&cfg, &h2, &err)) fail_msg("head create: %s", err.msg);
     tbert_head_init(h, seed);
     const int O = tbert_head_out_dim(&cfg), K = Hd > 0 ? Hd : D;
-    float *x = rand_vec(r, (size_t)n * D, 1.0f), *cw = malloc(C * sizeof *cw);
+    float *x = tu_rand_floats(r, (size_t)n * D, 1.0f), *cw = malloc(C * sizeof *cw);
     int *y = malloc(n * sizeof *y);
     for (int i = 0; i < n; i++) y[i] = (int)(tu_next(r) % (uint64_t)C);
     for (int c = 0; c < C; c++) cw[c] = 0.5f + (float)c;
@@ -334,7 +313,7 @@ static void check_first_step(tu_rng *r, uint64_t seed, bool resume) {
     if (tbert_head_create(&cfg, &h, &err) || tbert_head_create(&cfg, &h2, &err)) fail_msg("head create: %s", err.msg);
     tbert_head_init(h, seed ^ 3);
     const int n = 5;
-    float *x = rand_vec(r, (size_t)n * cfg.in_dim, 1.0f);
+    float *x = tu_rand_floats(r, (size_t)n * cfg.in_dim, 1.0f);
     int y[5] = {0, 1, 1, 0, 1};
     tbert_adam a, a2, a3;
     if (tbert_adam_init(&a, h->n_params, &err) || tbert_adam_init(&a2, h->n_params, &err) ||

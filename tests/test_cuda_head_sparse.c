@@ -30,23 +30,15 @@
 #include <cuda_runtime.h>
 
 #include "tbert/cuda_kernels.h"
+#include "head_ref.h"
 #include "testutil_cuda.h"
 
 static uint64_t g_seed(void **state) { return *(uint64_t *)*state; }
 
-static double ratio(const float *got, const float *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)got[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 /* CUDA fp32 vs CPU (CONVENTIONS): every |d| <= 1e-4 and ‖d‖/‖ref‖ < 1e-5 */
 static void expect_fp32(const char *what, const float *got, const float *ref, size_t n) {
     size_t bad = tu_compare(what, got, ref, n, 1e-4, 0);
-    double r = ratio(got, ref, n);
+    double r = tu_norm_ratio(got, ref, n);
     if (bad || !(r < 1e-5)) fail_msg("%s: %zu outside |d| <= 1e-4, norm ratio %.3g (< 1e-5)", what, bad, r);
 }
 static void expect_bits(const char *what, const void *got, const void *ref, size_t bytes) {
@@ -96,13 +88,6 @@ static tbert_head *make_head(int D, int Hd, int C, bool binary, float dropout, u
     for (size_t i = 0; i < h->n_params; i++) h->params[i] *= 3.0f; /* logits away from 0 */
     return h;
 }
-static void *dev_copy(const void *host, size_t bytes) {
-    void *d = NULL;
-    CK(cudaMalloc(&d, bytes + 4));
-    CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
-
 /* ---- the two kernels alone ---- */
 
 static void test_sparse_kernels(void **state) {
@@ -120,10 +105,10 @@ static void test_sparse_kernels(void **state) {
     for (int i = 0; i <= n; i++) ip[i] = (int32_t)x.indptr[i];
     /* forward, both modes: y = (float) sum in double in entry order (accumulate: y0 + that, rounded once) */
     float *ref = malloc((size_t)n * out * sizeof *ref), *got = malloc((size_t)n * out * sizeof *got);
-    int32_t *dip = dev_copy(ip, (n + 1) * 4), *didx = dev_copy(x.indices, nnz * 4 + 4);
-    float *dval = dev_copy(x.values, nnz * 4 + 4), *dW = dev_copy(W, out * ldw * 4);
+    int32_t *dip = tu_dev_copy(ip, (n + 1) * 4), *didx = tu_dev_copy(x.indices, nnz * 4 + 4);
+    float *dval = tu_dev_copy(x.values, nnz * 4 + 4), *dW = tu_dev_copy(W, out * ldw * 4);
     for (int acc = 0; acc < 2; acc++) {
-        float *dy = dev_copy(y0, (size_t)n * out * 4);
+        float *dy = tu_dev_copy(y0, (size_t)n * out * 4);
         CK(tbert_cuda_csr_linear(dy, dip, didx, dval, dW + 10, ldw, n, out, acc, NULL));
         CK(cudaDeviceSynchronize());
         CK(cudaMemcpy(got, dy, (size_t)n * out * 4, cudaMemcpyDeviceToHost));
@@ -163,9 +148,9 @@ static void test_sparse_kernels(void **state) {
             }
     float *fill7 = malloc(out * ldw * 4);
     for (size_t i = 0; i < out * ldw; i++) fill7[i] = -7.0f;
-    float *ddW = dev_copy(fill7, out * ldw * 4), *ddy = dev_copy(dyv, (size_t)n * out * 4);
-    int32_t *dcp = dev_copy(colptr, (U + 1) * 4), *dcols = dev_copy(cols, U * 4 + 4), *drows = dev_copy(rows, nnz * 4 + 4);
-    float *dvals = dev_copy(vals, nnz * 4 + 4);
+    float *ddW = tu_dev_copy(fill7, out * ldw * 4), *ddy = tu_dev_copy(dyv, (size_t)n * out * 4);
+    int32_t *dcp = tu_dev_copy(colptr, (U + 1) * 4), *dcols = tu_dev_copy(cols, U * 4 + 4), *drows = tu_dev_copy(rows, nnz * 4 + 4);
+    float *dvals = tu_dev_copy(vals, nnz * 4 + 4);
     CK(tbert_cuda_csc_scatter_dw(ddW + 10, ldw, dcp, dcols, drows, dvals, ddy, U, out, NULL));
     CK(cudaDeviceSynchronize());
     CK(cudaMemcpy(gW, ddW, out * ldw * 4, cudaMemcpyDeviceToHost));
@@ -373,44 +358,6 @@ static void test_train_step_rows(void **state) {
 
 /* ---- finite differences ---- */
 
-/* float64 loss (eval mode, unweighted) of the head with parameters P on the densified batch xd */
-static double ref_loss(const tbert_head *h, const double *P, const float *xd, int n, const int *y) {
-    const tbert_head_config *c = &h->cfg;
-    int D = c->in_dim, Hd = c->hidden, O = tbert_head_out_dim(c), K = Hd ? Hd : D;
-    const double *w1 = Hd ? P + h->tensors[0].offset : NULL, *b1 = Hd ? P + h->tensors[1].offset : NULL;
-    const double *w2 = P + h->tensors[Hd ? 2 : 0].offset, *b2 = P + h->tensors[Hd ? 3 : 1].offset;
-    double *hv = malloc(sizeof(double) * (size_t)K), total = 0;
-    for (int i = 0; i < n; i++) {
-        const float *xi = xd + (size_t)i * D;
-        for (int j = 0; j < K; j++) {
-            if (!Hd) {
-                hv[j] = xi[j];
-                continue;
-            }
-            double s = b1[j];
-            for (int d = 0; d < D; d++) s += w1[(size_t)j * D + d] * xi[d];
-            hv[j] = 0.5 * s * (1 + erf(s / sqrt(2.0)));
-        }
-        double z[8] = {0}, l;
-        for (int o = 0; o < O; o++) {
-            z[o] = b2[o];
-            for (int j = 0; j < K; j++) z[o] += w2[(size_t)o * K + j] * hv[j];
-        }
-        if (c->binary) {
-            double t = y[i] == c->positive;
-            l = fmax(z[0], 0) - z[0] * t + log1p(exp(-fabs(z[0])));
-        } else {
-            double mx = z[0], se = 0;
-            for (int o = 1; o < O; o++) mx = fmax(mx, z[o]);
-            for (int o = 0; o < O; o++) se += exp(z[o] - mx);
-            l = mx + log(se) - z[y[i]];
-        }
-        total += l;
-    }
-    free(hv);
-    return total / n;
-}
-
 static void check_fd(tu_rng *r, uint64_t seed, size_t dd, size_t sd, int Hd, int C, bool binary) {
     const int n = 7;
     const double fill[] = {0.2, 0.0, 0.4};
@@ -430,15 +377,15 @@ static void check_fd(tu_rng *r, uint64_t seed, size_t dd, size_t sd, int Hd, int
     if (tbert_cuda_head_last_grad(g, gg, &err)) fail_msg("grad: %s", err.msg);
     double *P = malloc(sizeof(double) * h->n_params), *num = malloc(sizeof(double) * h->n_params), eps = 1e-5, gn = 0;
     for (size_t i = 0; i < h->n_params; i++) P[i] = h->params[i];
-    double lref = ref_loss(h, P, xd, n, y);
+    double lref = tu_head_ref_loss(h, P, xd, n, y);
     if (!(fabs(loss - lref) <= 1e-5 + 1e-5 * fabs(lref))) fail_msg("fd: GPU loss %.9g, float64 %.9g", loss, lref);
     size_t zero_cols = 0;
     for (size_t i = 0; i < h->n_params; i++) {
         double keep = P[i];
         P[i] = keep + eps;
-        double lp = ref_loss(h, P, xd, n, y);
+        double lp = tu_head_ref_loss(h, P, xd, n, y);
         P[i] = keep - eps;
-        double lm = ref_loss(h, P, xd, n, y);
+        double lm = tu_head_ref_loss(h, P, xd, n, y);
         P[i] = keep;
         num[i] = (lp - lm) / (2 * eps);
         gn += num[i] * num[i];

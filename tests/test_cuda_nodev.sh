@@ -23,10 +23,8 @@ real_gpu() { [ -e /dev/nvidia0 ] || { command -v nvidia-smi >/dev/null && nvidia
 if [ "$KIND" = ON ] && real_gpu; then
     tl_skip_external "a real GPU is present: --device cuda works here, covered by the GPU tests (this test is for GPU-less machines)"
 fi
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fails=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+tl_workdir tbert_cuda_nodev
+TMP=$TL_WORK
 printf 'Free entry in 2 a wkly comp to win FA Cup final tkts\nOk lar... Joking wif u oni...\n\nx\n' > "$TMP/in.txt"
 embed() { # device out err
     "$BIN" embed --model "$MODEL" --device "$1" --format f32 < "$TMP/in.txt" > "$2" 2> "$3"

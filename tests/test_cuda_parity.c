@@ -57,98 +57,8 @@ static void expect_close(const char *what, const float *got, const double *ref, 
     if (bad || !(r < t.ratio)) fail_msg("%s: %zu elements outside tolerance, norm ratio %.3g (limit %.3g)", what, bad, r, t.ratio);
 }
 
-/* ---- bf16 on the host (round to nearest even, as __float2bfloat16) ---- */
-static uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-static float bf2f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static size_t dt_size(tbert_cuda_dtype dt) {
-    return dt == TBERT_CUDA_BF16 ? 2 : 4;
-}
-static const char *dt_name(tbert_cuda_dtype dt) {
-    return dt == TBERT_CUDA_BF16 ? "bf16" : "fp32";
-}
 static tol dt_tol(tbert_cuda_dtype dt) {
     return dt == TBERT_CUDA_BF16 ? TOL_BF16 : TOL_FP32;
-}
-
-/* ---- guarded device buffers ---- */
-enum { GUARD = 256 };
-static const unsigned char SENTINEL = 0xA5;
-typedef struct {
-    unsigned char *base;
-    size_t bytes;
-    void *p;
-} gbuf;
-
-static gbuf g_alloc(size_t bytes) {
-    gbuf g = {NULL, bytes, NULL};
-    CK(cudaMalloc((void **)&g.base, bytes + 2 * GUARD));
-    CK(cudaMemset(g.base, SENTINEL, GUARD));
-    CK(cudaMemset(g.base + GUARD + bytes, SENTINEL, GUARD));
-    CK(cudaMemset(g.base + GUARD, 0xFF, bytes)); /* NaN poison */
-    g.p = g.base + GUARD;
-    return g;
-}
-static void g_check(const gbuf *g, const char *what) {
-    unsigned char front[GUARD], back[GUARD];
-    CK(cudaDeviceSynchronize());
-    CK(cudaMemcpy(front, g->base, GUARD, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(back, g->base + GUARD + g->bytes, GUARD, cudaMemcpyDeviceToHost));
-    for (int i = 0; i < GUARD; i++)
-        if (front[i] != SENTINEL || back[i] != SENTINEL) fail_msg("%s: write outside the output buffer", what);
-}
-static void g_free(gbuf *g) {
-    if (g->base) cudaFree(g->base);
-    g->base = NULL;
-}
-
-/* Uploads n floats as dt; for bf16 the host values are rounded in place so references see what the GPU sees. */
-static gbuf up_act(float *host, size_t n, tbert_cuda_dtype dt) {
-    gbuf g = g_alloc(n * dt_size(dt));
-    if (dt == TBERT_CUDA_BF16) {
-        uint16_t *h = malloc(n * 2 + 2);
-        assert_non_null(h);
-        for (size_t i = 0; i < n; i++) {
-            h[i] = f2bf(host[i]);
-            host[i] = bf2f(h[i]);
-        }
-        CK(cudaMemcpy(g.p, h, n * 2, cudaMemcpyHostToDevice));
-        free(h);
-    } else {
-        CK(cudaMemcpy(g.p, host, n * 4, cudaMemcpyHostToDevice));
-    }
-    return g;
-}
-static gbuf up_bytes(const void *host, size_t bytes) {
-    gbuf g = g_alloc(bytes);
-    CK(cudaMemcpy(g.p, host, bytes, cudaMemcpyHostToDevice));
-    return g;
-}
-/* Downloads n elements of dt as float (caller frees). */
-static float *down_act(const gbuf *g, size_t n, tbert_cuda_dtype dt) {
-    float *out = malloc(n * 4 + 4);
-    assert_non_null(out);
-    CK(cudaDeviceSynchronize());
-    if (dt == TBERT_CUDA_BF16) {
-        uint16_t *h = malloc(n * 2 + 2);
-        assert_non_null(h);
-        CK(cudaMemcpy(h, g->p, n * 2, cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < n; i++) out[i] = bf2f(h[i]);
-        free(h);
-    } else {
-        CK(cudaMemcpy(out, g->p, n * 4, cudaMemcpyDeviceToHost));
-    }
-    return out;
 }
 
 static float *rand_vec(tu_rng *r, size_t n, float scale, float offset) {
@@ -162,14 +72,11 @@ static double *dvec(size_t n) {
     assert_non_null(v);
     return v;
 }
-static int rand_int(tu_rng *r, int lo, int hi) { /* inclusive */
-    return lo + (int)(tu_next(r) % (uint64_t)(hi - lo + 1));
-}
 /* lengths in [1, T] with the extremes present when B allows; zero_at >= 0 puts a 0 there */
 static int32_t *rand_lengths(tu_rng *r, int B, int T, int zero_at) {
     int32_t *len = malloc((size_t)B * sizeof *len);
     assert_non_null(len);
-    for (int b = 0; b < B; b++) len[b] = rand_int(r, 1, T);
+    for (int b = 0; b < B; b++) len[b] = tu_rand_int(r, 1, T);
     if (B > 1) len[0] = T;
     if (B > 2) len[1] = 1;
     if (zero_at >= 0 && zero_at < B) len[zero_at] = 0;
@@ -225,37 +132,37 @@ static void test_convert(void **state) {
     x[1] = -0.0f;
     x[2] = 1e-30f;
     x[3] = 3.0e38f;
-    gbuf din = up_bytes(x, n * 4), dbf = g_alloc(n * 2), dback = g_alloc(n * 4);
+    tu_gbuf din = tu_up_bytes(x, n * 4), dbf = tu_galloc(n * 2), dback = tu_galloc(n * 4);
     CK(tbert_cuda_f32_to_bf16((uint16_t *)dbf.p, (const float *)din.p, n, NULL));
     CK(tbert_cuda_to_f32((float *)dback.p, dbf.p, TBERT_CUDA_BF16, n, NULL));
-    g_check(&dbf, "f32_to_bf16");
-    g_check(&dback, "to_f32");
+    tu_gcheck(&dbf, "f32_to_bf16");
+    tu_gcheck(&dback, "to_f32");
     uint16_t *h = malloc(n * 2);
     float *back = malloc(n * 4);
     CK(cudaMemcpy(h, dbf.p, n * 2, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(back, dback.p, n * 4, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < n; i++) {
-        if (h[i] != f2bf(x[i])) fail_msg("f32_to_bf16[%zu]: %04x, expected %04x (from %g)", i, h[i], f2bf(x[i]), x[i]);
-        if (back[i] != bf2f(h[i])) fail_msg("to_f32[%zu]: %g, expected %g", i, back[i], bf2f(h[i]));
+        if (h[i] != tu_f2bf(x[i])) fail_msg("f32_to_bf16[%zu]: %04x, expected %04x (from %g)", i, h[i], tu_f2bf(x[i]), x[i]);
+        if (back[i] != tu_bf2f(h[i])) fail_msg("to_f32[%zu]: %g, expected %g", i, back[i], tu_bf2f(h[i]));
     }
     free(h);
     free(back);
     free(x);
-    g_free(&din);
-    g_free(&dbf);
-    g_free(&dback);
+    tu_gfree(&din);
+    tu_gfree(&dbf);
+    tu_gfree(&dback);
     /* tbert_cuda_fill (device.cu, the tests' poison): exactly n values, nothing past them */
     const int nf = 1000;
-    gbuf dfill = g_alloc((size_t)(nf + 1) * 4);
+    tu_gbuf dfill = tu_galloc((size_t)(nf + 1) * 4);
     CK(tbert_cuda_fill((float *)dfill.p, -2.25f, nf, NULL));
-    g_check(&dfill, "fill");
+    tu_gcheck(&dfill, "fill");
     float *hf = malloc((size_t)(nf + 1) * 4);
     CK(cudaMemcpy(hf, dfill.p, (size_t)(nf + 1) * 4, cudaMemcpyDeviceToHost));
     for (int i = 0; i < nf; i++)
         if (hf[i] != -2.25f) fail_msg("fill[%d]: %g, expected -2.25", i, hf[i]);
     if (hf[nf] == hf[nf]) fail_msg("fill wrote element %d (past n)", nf); /* still the NaN poison */
     free(hf);
-    g_free(&dfill);
+    tu_gfree(&dfill);
 }
 
 /* packed embeddings: B sequences of random lengths in [1, T] (a zero-length one when zero_at >= 0); the
@@ -267,15 +174,15 @@ static void check_embeddings(tu_rng *r, tbert_cuda_dtype dt, int B, int T, int H
     float *word = rand_vec(r, (size_t)V * H, 1.0f, 0.0f), *pos = rand_vec(r, (size_t)T * H, 1.0f, 0.0f);
     float *type = rand_vec(r, 2 * (size_t)H, 1.0f, 0.0f), *g = rand_vec(r, H, 0.2f, 1.0f), *b = rand_vec(r, H, 0.2f, 0.0f);
     int32_t *ids = malloc(((size_t)N + 1) * sizeof *ids);
-    for (int i = 0; i < N; i++) ids[i] = rand_int(r, 0, V - 1);
+    for (int i = 0; i < N; i++) ids[i] = tu_rand_int(r, 0, V - 1);
     const float eps = 1e-12f;
-    gbuf dw = up_bytes(word, (size_t)V * H * 4), dp = up_bytes(pos, (size_t)T * H * 4), dty = up_bytes(type, 2 * (size_t)H * 4);
-    gbuf dg = up_bytes(g, H * 4), db = up_bytes(b, H * 4), di = up_bytes(ids, (size_t)N * 4 + 4);
-    gbuf dcu = up_bytes(cu, ((size_t)B + 1) * 4), dout = g_alloc((size_t)N * H * dt_size(dt));
+    tu_gbuf dw = tu_up_bytes(word, (size_t)V * H * 4), dp = tu_up_bytes(pos, (size_t)T * H * 4), dty = tu_up_bytes(type, 2 * (size_t)H * 4);
+    tu_gbuf dg = tu_up_bytes(g, H * 4), db = tu_up_bytes(b, H * 4), di = tu_up_bytes(ids, (size_t)N * 4 + 4);
+    tu_gbuf dcu = tu_up_bytes(cu, ((size_t)B + 1) * 4), dout = tu_galloc((size_t)N * H * tu_dt_size(dt));
     CK(tbert_cuda_embeddings_ln(dout.p, dt, (const int32_t *)di.p, (const int32_t *)dcu.p, B, N, dw.p, dp.p, dty.p,
                                 dg.p, db.p, eps, H, V, T, NULL));
-    g_check(&dout, "embeddings_ln");
-    float *got = down_act(&dout, (size_t)N * H, dt);
+    tu_gcheck(&dout, "embeddings_ln");
+    float *got = tu_down_act(&dout, (size_t)N * H, dt);
     double *ref = dvec((size_t)N * H), *row = dvec(H);
     for (int s = 0; s < B; s++)
         for (int t = 0; t < len[s]; t++) {
@@ -284,11 +191,11 @@ static void check_embeddings(tu_rng *r, tbert_cuda_dtype dt, int B, int T, int H
             ref_layernorm(ref + i * H, row, g, b, eps, H);
         }
     char what[128];
-    snprintf(what, sizeof what, "embeddings_ln %s B=%d T=%d N=%d H=%d", dt_name(dt), B, T, N, H);
+    snprintf(what, sizeof what, "embeddings_ln %s B=%d T=%d N=%d H=%d", tu_dt_name(dt), B, T, N, H);
     expect_close(what, got, ref, (size_t)N * H, dt_tol(dt));
     free(got), free(ref), free(row), free(word), free(pos), free(type), free(g), free(b), free(ids), free(len), free(cu);
-    gbuf *all[] = {&dw, &dp, &dty, &dg, &db, &di, &dcu, &dout};
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++) g_free(all[i]);
+    tu_gbuf *all[] = {&dw, &dp, &dty, &dg, &db, &di, &dcu, &dout};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) tu_gfree(all[i]);
 }
 
 static void test_embeddings(void **state) {
@@ -308,12 +215,12 @@ static void check_layernorm(tu_rng *r, tbert_cuda_dtype dt, int rows, int H, int
     float *x = rand_vec(r, n, 2.0f, 0.5f), *res = rand_vec(r, n, 1.0f, 0.0f), *bias = rand_vec(r, H, 0.5f, 0.0f);
     float *g = rand_vec(r, H, 0.2f, 1.0f), *b = rand_vec(r, H, 0.2f, 0.0f);
     const float eps = 1e-12f;
-    gbuf dx = up_act(x, n, dt), dres = up_act(res, n, dt), dbias = up_bytes(bias, H * 4), dg = up_bytes(g, H * 4), db = up_bytes(b, H * 4);
-    gbuf dout = mode == 2 ? dres : g_alloc(n * dt_size(dt));
+    tu_gbuf dx = tu_up_act(x, n, dt), dres = tu_up_act(res, n, dt), dbias = tu_up_bytes(bias, H * 4), dg = tu_up_bytes(g, H * 4), db = tu_up_bytes(b, H * 4);
+    tu_gbuf dout = mode == 2 ? dres : tu_galloc(n * tu_dt_size(dt));
     CK(tbert_cuda_bias_residual_ln(dout.p, dx.p, mode == 1 ? NULL : (const float *)dbias.p, mode == 1 ? NULL : dres.p,
                                    dg.p, db.p, eps, dt, rows, H, NULL));
-    g_check(&dout, "bias_residual_ln");
-    float *got = down_act(&dout, n, dt);
+    tu_gcheck(&dout, "bias_residual_ln");
+    float *got = tu_down_act(&dout, n, dt);
     double *ref = dvec(n), *row = dvec(H);
     for (int i = 0; i < rows; i++) {
         for (int c = 0; c < H; c++) {
@@ -323,11 +230,11 @@ static void check_layernorm(tu_rng *r, tbert_cuda_dtype dt, int rows, int H, int
         ref_layernorm(ref + (size_t)i * H, row, g, b, eps, H);
     }
     char what[128];
-    snprintf(what, sizeof what, "bias_residual_ln %s rows=%d H=%d mode=%d", dt_name(dt), rows, H, mode);
+    snprintf(what, sizeof what, "bias_residual_ln %s rows=%d H=%d mode=%d", tu_dt_name(dt), rows, H, mode);
     expect_close(what, got, ref, n, dt_tol(dt));
     free(got), free(ref), free(row), free(x), free(res), free(bias), free(g), free(b);
-    g_free(&dx), g_free(&dres), g_free(&dbias), g_free(&dg), g_free(&db);
-    if (mode != 2) g_free(&dout);
+    tu_gfree(&dx), tu_gfree(&dres), tu_gfree(&dbias), tu_gfree(&dg), tu_gfree(&db);
+    if (mode != 2) tu_gfree(&dout);
 }
 
 static void test_layernorm(void **state) {
@@ -347,12 +254,12 @@ static void test_layernorm(void **state) {
 static void check_bias_op(tu_rng *r, tbert_cuda_dtype dt, int rows, int cols, int op) {
     size_t n = (size_t)rows * cols;
     float *x = rand_vec(r, n, 2.0f, 0.0f), *bias = rand_vec(r, cols, 1.0f, 0.0f);
-    gbuf dx = up_act(x, n, dt), db = up_bytes(bias, cols * 4);
+    tu_gbuf dx = tu_up_act(x, n, dt), db = tu_up_bytes(bias, cols * 4);
     if (op == 0) CK(tbert_cuda_bias_gelu(dx.p, db.p, dt, rows, cols, NULL));
     else if (op == 1) CK(tbert_cuda_bias_add(dx.p, db.p, dt, rows, cols, NULL));
     else CK(tbert_cuda_bias_tanh(dx.p, db.p, rows, cols, NULL));
-    g_check(&dx, "bias op");
-    float *got = down_act(&dx, n, dt);
+    tu_gcheck(&dx, "bias op");
+    float *got = tu_down_act(&dx, n, dt);
     double *ref = dvec(n);
     for (size_t i = 0; i < n; i++) {
         double v = (double)x[i] + bias[i % (size_t)cols];
@@ -360,10 +267,10 @@ static void check_bias_op(tu_rng *r, tbert_cuda_dtype dt, int rows, int cols, in
     }
     static const char *names[] = {"bias_gelu", "bias_add", "bias_tanh"};
     char what[128];
-    snprintf(what, sizeof what, "%s %s rows=%d cols=%d", names[op], dt_name(dt), rows, cols);
+    snprintf(what, sizeof what, "%s %s rows=%d cols=%d", names[op], tu_dt_name(dt), rows, cols);
     expect_close(what, got, ref, n, dt_tol(dt));
     free(got), free(ref), free(x), free(bias);
-    g_free(&dx), g_free(&db);
+    tu_gfree(&dx), tu_gfree(&db);
 }
 
 static void test_elementwise(void **state) {
@@ -383,10 +290,10 @@ static void test_elementwise(void **state) {
 static void check_linear(tu_rng *r, cublasHandle_t h, tbert_cuda_gemm_mode mode, int rows, int in, int out) {
     tbert_cuda_dtype dt = mode == TBERT_CUDA_GEMM_BF16 ? TBERT_CUDA_BF16 : TBERT_CUDA_F32;
     float *x = rand_vec(r, (size_t)rows * in, 1.0f, 0.0f), *W = rand_vec(r, (size_t)out * in, (float)(1.0 / sqrt(in)), 0.0f);
-    gbuf dx = up_act(x, (size_t)rows * in, dt), dW = up_act(W, (size_t)out * in, dt), dy = g_alloc((size_t)rows * out * dt_size(dt));
+    tu_gbuf dx = tu_up_act(x, (size_t)rows * in, dt), dW = tu_up_act(W, (size_t)out * in, dt), dy = tu_galloc((size_t)rows * out * tu_dt_size(dt));
     CK(tbert_cuda_linear(h, mode, dy.p, dx.p, dW.p, rows, in, out));
-    g_check(&dy, "linear");
-    float *got = down_act(&dy, (size_t)rows * out, dt);
+    tu_gcheck(&dy, "linear");
+    float *got = tu_down_act(&dy, (size_t)rows * out, dt);
     double *ref = dvec((size_t)rows * out);
     for (int i = 0; i < rows; i++)
         for (int o = 0; o < out; o++) {
@@ -400,7 +307,7 @@ static void check_linear(tu_rng *r, cublasHandle_t h, tbert_cuda_gemm_mode mode,
     expect_close(what, got, ref, (size_t)rows * out,
                  mode == TBERT_CUDA_GEMM_FP32 ? TOL_FP32 : mode == TBERT_CUDA_GEMM_TF32 ? TOL_TF32 : TOL_BF16);
     free(got), free(ref), free(x), free(W);
-    g_free(&dx), g_free(&dW), g_free(&dy);
+    tu_gfree(&dx), tu_gfree(&dW), tu_gfree(&dy);
 }
 
 static void test_linear(void **state) {
@@ -462,38 +369,38 @@ static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, in
     const size_t n3 = (size_t)N * 3 * H, n = (size_t)N * H;
     float *qkv = rand_vec(r, n3, 1.0f, 0.0f), *bias = rand_vec(r, 3 * (size_t)H, 0.5f, 0.0f);
     const bool use_bias = (B + T) % 2 == 0; /* half the cases run with the fused Q|K|V bias */
-    gbuf dq = up_act(qkv, n3, dt), dcu = up_bytes(cu, ((size_t)B + 1) * 4), dt_ = up_bytes(tiles, ((size_t)B + 1) * 4);
-    gbuf db = up_bytes(bias, 3 * (size_t)H * 4);
+    tu_gbuf dq = tu_up_act(qkv, n3, dt), dcu = tu_up_bytes(cu, ((size_t)B + 1) * 4), dt_ = tu_up_bytes(tiles, ((size_t)B + 1) * 4);
+    tu_gbuf db = tu_up_bytes(bias, 3 * (size_t)H * 4);
     const float *bp = use_bias ? (const float *)db.p : NULL;
     /* the reference sees the values the kernels see: the stored qkv (bf16-rounded when bf16) plus the bias */
     float *qkvb = malloc(n3 * sizeof *qkvb + 4);
     assert_non_null(qkvb);
     for (size_t i = 0; i < n3; i++) qkvb[i] = (float)((double)qkv[i] + (use_bias ? bias[i % (3 * (size_t)H)] : 0.0));
-    gbuf df = g_alloc(n * dt_size(dt)), d1 = g_alloc(n * dt_size(dt)), du = g_alloc(n * dt_size(dt));
-    gbuf dw = g_alloc(tbert_cuda_attention_unfused_work_floats(B, T, A, d) * 4);
+    tu_gbuf df = tu_galloc(n * tu_dt_size(dt)), d1 = tu_galloc(n * tu_dt_size(dt)), du = tu_galloc(n * tu_dt_size(dt));
+    tu_gbuf dw = tu_galloc(tbert_cuda_attention_unfused_work_floats(B, T, A, d) * 4);
     const int32_t *pcu = dcu.p, *pt = dt_.p;
     CK(tbert_cuda_attention_fused(df.p, dq.p, bp, pcu, pt, dt, B, ntiles, A, d, NULL));
     CK(tbert_cuda_attention_fused_v1(d1.p, dq.p, bp, pcu, pt, dt, B, ntiles, A, d, NULL));
     CKB(cublasSetStream(h, NULL));
     CK(tbert_cuda_attention_unfused(h, TBERT_CUDA_GEMM_FP32, du.p, dq.p, bp, pcu, dw.p, dt, B, T, A, d, NULL));
-    g_check(&df, "attention fused");
-    g_check(&d1, "attention fused v1");
-    g_check(&du, "attention unfused");
-    float *gf = down_act(&df, n, dt), *g1 = down_act(&d1, n, dt), *gu = down_act(&du, n, dt);
+    tu_gcheck(&df, "attention fused");
+    tu_gcheck(&d1, "attention fused v1");
+    tu_gcheck(&du, "attention unfused");
+    float *gf = tu_down_act(&df, n, dt), *g1 = tu_down_act(&d1, n, dt), *gu = tu_down_act(&du, n, dt);
     double *ref = dvec(n), *uref = dvec(n);
     ref_attention(ref, qkvb, cu, B, A, d);
     char what[160];
-    snprintf(what, sizeof what, "attention fused %s B=%d T=%d N=%d heads=%d d=%d", dt_name(dt), B, T, N, A, d);
+    snprintf(what, sizeof what, "attention fused %s B=%d T=%d N=%d heads=%d d=%d", tu_dt_name(dt), B, T, N, A, d);
     expect_close(what, gf, ref, n, dt_tol(dt));
-    snprintf(what, sizeof what, "attention fused v1 %s B=%d T=%d N=%d heads=%d d=%d", dt_name(dt), B, T, N, A, d);
+    snprintf(what, sizeof what, "attention fused v1 %s B=%d T=%d N=%d heads=%d d=%d", tu_dt_name(dt), B, T, N, A, d);
     expect_close(what, g1, ref, n, dt_tol(dt));
-    snprintf(what, sizeof what, "attention unfused %s B=%d T=%d N=%d heads=%d d=%d", dt_name(dt), B, T, N, A, d);
+    snprintf(what, sizeof what, "attention unfused %s B=%d T=%d N=%d heads=%d d=%d", tu_dt_name(dt), B, T, N, A, d);
     expect_close(what, gu, ref, n, dt_tol(dt));
     for (size_t i = 0; i < n; i++) uref[i] = gu[i];
-    snprintf(what, sizeof what, "attention fused vs unfused %s B=%d T=%d N=%d heads=%d d=%d", dt_name(dt), B, T, N, A, d);
+    snprintf(what, sizeof what, "attention fused vs unfused %s B=%d T=%d N=%d heads=%d d=%d", tu_dt_name(dt), B, T, N, A, d);
     expect_close(what, gf, uref, n, dt_tol(dt));
     free(gf), free(g1), free(gu), free(ref), free(uref), free(qkv), free(qkvb), free(bias), free(len), free(cu), free(tiles);
-    g_free(&dq), g_free(&dcu), g_free(&dt_), g_free(&db), g_free(&df), g_free(&d1), g_free(&du), g_free(&dw);
+    tu_gfree(&dq), tu_gfree(&dcu), tu_gfree(&dt_), tu_gfree(&db), tu_gfree(&df), tu_gfree(&d1), tu_gfree(&du), tu_gfree(&dw);
 }
 
 static void test_attention(void **state) {
@@ -526,10 +433,10 @@ static void check_pool(tu_rng *r, tbert_cuda_dtype dt, tbert_cuda_pool_kind kind
     int32_t *cu = cu_from_lengths(len, B, &N);
     const size_t n = (size_t)N * H, dim = kind == TBERT_CUDA_POOL_FLATTEN ? (size_t)out_T * H : (size_t)H;
     float *x = rand_vec(r, n, 1.0f, 0.0f);
-    gbuf dx = up_act(x, n, dt), dcu = up_bytes(cu, ((size_t)B + 1) * 4), dout = g_alloc((size_t)B * dim * 4);
+    tu_gbuf dx = tu_up_act(x, n, dt), dcu = tu_up_bytes(cu, ((size_t)B + 1) * 4), dout = tu_galloc((size_t)B * dim * 4);
     CK(tbert_cuda_pool(dout.p, dim, dx.p, dcu.p, kind, dt, B, H, out_T, NULL));
-    g_check(&dout, "pool");
-    float *got = down_act(&dout, (size_t)B * dim, TBERT_CUDA_F32);
+    tu_gcheck(&dout, "pool");
+    float *got = tu_down_act(&dout, (size_t)B * dim, TBERT_CUDA_F32);
     double *ref = dvec((size_t)B * dim);
     for (int b = 0; b < B; b++) {
         double *o = ref + (size_t)b * dim;
@@ -547,10 +454,10 @@ static void check_pool(tu_rng *r, tbert_cuda_dtype dt, tbert_cuda_pool_kind kind
         }
     }
     char what[128];
-    snprintf(what, sizeof what, "pool kind=%d %s B=%d T=%d N=%d H=%d out_T=%d", (int)kind, dt_name(dt), B, T, N, H, out_T);
+    snprintf(what, sizeof what, "pool kind=%d %s B=%d T=%d N=%d H=%d out_T=%d", (int)kind, tu_dt_name(dt), B, T, N, H, out_T);
     expect_close(what, got, ref, (size_t)B * dim, TOL_FP32); /* float32 sums of exact inputs */
     free(got), free(ref), free(x), free(len), free(cu);
-    g_free(&dx), g_free(&dcu), g_free(&dout);
+    tu_gfree(&dx), tu_gfree(&dcu), tu_gfree(&dout);
 }
 
 static void test_pooling(void **state) {
@@ -568,10 +475,10 @@ static void test_pooling(void **state) {
     const int rows = 4, dim = 1000;
     float *x = rand_vec(&r, (size_t)rows * dim, 1.0f, 0.0f);
     memset(x + dim, 0, dim * sizeof *x);
-    gbuf dx = up_bytes(x, (size_t)rows * dim * 4);
+    tu_gbuf dx = tu_up_bytes(x, (size_t)rows * dim * 4);
     CK(tbert_cuda_l2_normalize(dx.p, rows, dim, NULL));
-    g_check(&dx, "l2_normalize");
-    float *got = down_act(&dx, (size_t)rows * dim, TBERT_CUDA_F32);
+    tu_gcheck(&dx, "l2_normalize");
+    float *got = tu_down_act(&dx, (size_t)rows * dim, TBERT_CUDA_F32);
     double *ref = dvec((size_t)rows * dim);
     for (int i = 0; i < rows; i++) {
         double ss = 0;
@@ -580,7 +487,7 @@ static void test_pooling(void **state) {
     }
     expect_close("l2_normalize", got, ref, (size_t)rows * dim, TOL_FP32);
     free(got), free(ref), free(x);
-    g_free(&dx);
+    tu_gfree(&dx);
 }
 
 /* ================= the whole encoder ================= */
@@ -677,7 +584,7 @@ static void encoder_case_len(tu_rng *r, const tbert_model *m, tbert_encoder *cpu
     const size_t N = (size_t)B * T;
     int32_t *ids = malloc(N * sizeof *ids), *len = rand_lengths(r, B, T, -1);
     if (lengths) memcpy(len, lengths, (size_t)B * sizeof *len);
-    for (size_t i = 0; i < N; i++) ids[i] = rand_int(r, 0, m->cfg.vocab_size - 1);
+    for (size_t i = 0; i < N; i++) ids[i] = tu_rand_int(r, 0, m->cfg.vocab_size - 1);
     float *ref = malloc(N * H * sizeof *ref), *got = malloc(N * H * sizeof *got);
     double *dref = dvec(N * H);
     tbert_error err = {0};

@@ -21,8 +21,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_fixture "$MODEL/config.json"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-fails=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 printf 'Free entry in 2 a wkly comp to win FA Cup final tkts\nOk lar... Joking wif u oni...\nA third line\n' > "$TMP/in.txt"
 
 cuda_build=$(sed -n 's/^TBERT_CUDA:[A-Z]*=//p' "$BUILD/CMakeCache.txt" 2>/dev/null)

@@ -26,19 +26,11 @@ DATA=$TESTS/data/head/tiny.tsv
 MAIL=$TESTS/data/mail
 source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_fixture "$MODEL/model.safetensors" "$DATA" "$MAIL/three.mbox" "$MAIL/maildir" "$TESTS/util/f32close.py"
-case "$KIND" in
-    EMU) ;;
-    ON) { [ -e /dev/nvidia0 ] || nvidia-smi -L 2>/dev/null | grep -q '^GPU '; } ||
-            tl_skip_external "no CUDA device (a CUDA build on a machine without a GPU; the emu configuration runs this test)" ;;
-    OFF) tl_skip_external "built without the CUDA backend (the emu configuration runs this test)" ;;
-    *) echo "FAIL: TBERT_BUILD_CUDA=$KIND (want ON, OFF or EMU)" >&2; exit 1 ;;
-esac
+tl_require_cuda_build
 tl_require_python numpy json
-TMP=$(mktemp -d /tmp/tbert_emu_e2e.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
+tl_workdir tbert_emu_e2e
+TMP=$TL_WORK
 export TBERT_CACHE=$TMP/cache
-fails=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 close() { "$PY" "$TESTS/util/f32close.py" "$@" || fail "$3"; }
 
 # ---- 1. embed ----

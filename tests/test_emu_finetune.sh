@@ -25,23 +25,14 @@ set -u
 BIN=${TBERT_BIN:?TBERT_BIN not set}
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 PY=${TBERT_PYTHON:-python3}
-KIND=${TBERT_BUILD_CUDA:?TBERT_BUILD_CUDA not set (ON, OFF or EMU; tests/CMakeLists.txt sets it)}
 MODEL=$TESTS/models/deep4_f32
 DATA=$TESTS/data/head/tiny.tsv
 source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_fixture "$MODEL/model.safetensors" "$DATA"
-case "$KIND" in
-    EMU) ;;
-    ON) { [ -e /dev/nvidia0 ] || nvidia-smi -L 2>/dev/null | grep -q '^GPU '; } ||
-            tl_skip_external "no CUDA device (a CUDA build without a GPU; the emu configuration runs this test)" ;;
-    OFF) tl_skip_external "built without the CUDA backend (the emu configuration runs this test)" ;;
-    *) echo "FAIL: TBERT_BUILD_CUDA=$KIND (want ON, OFF or EMU)" >&2; exit 1 ;;
-esac
+tl_require_cuda_build
 tl_require_python numpy safetensors
-TMP=$(mktemp -d /tmp/tbert_emu_finetune.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-fails=0
-fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+tl_workdir tbert_emu_finetune
+TMP=$TL_WORK
 LR=3e-3
 train() { # out device extra...
     local out=$1 dev=$2

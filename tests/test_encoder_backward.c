@@ -20,6 +20,7 @@
 
 #include "encoder_backend.h"
 #include "tbert/encoder_backward.h"
+#include "ref64.h"
 #include "testutil.h"
 
 #define RATIO32 1e-5
@@ -30,18 +31,8 @@
 
 static uint64_t g_seed; /* set once in main, read-only after */
 
-static void *xcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz);
-    assert_non_null(p);
-    return p;
-}
-static float *frand(tu_rng *r, size_t n, float scale) {
-    float *p = xcalloc(n, sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = scale * tu_normal(r);
-    return p;
-}
 static double *todbl(const float *x, size_t n) {
-    double *p = xcalloc(n, sizeof *p);
+    double *p = tu_xcalloc(n, sizeof *p);
     for (size_t i = 0; i < n; i++) p[i] = x[i];
     return p;
 }
@@ -89,7 +80,7 @@ static void fd(double *p, size_t n, loss_fn f, void *ctx, double *g) {
 static void check_fd_every(const char *what, double *p, size_t n, size_t stride, loss_fn f, void *ctx,
                            const double *analytic) {
     size_t m = (n + stride - 1) / stride;
-    double *g = xcalloc(m, sizeof *g), *a = xcalloc(m, sizeof *a);
+    double *g = tu_xcalloc(m, sizeof *g), *a = tu_xcalloc(m, sizeof *a);
     for (size_t k = 0; k < m; k++) {
         fd(p + k * stride, 1, f, ctx, g + k);
         a[k] = analytic[k * stride];
@@ -125,14 +116,6 @@ static int make_batch(tu_rng *r, int max_len, int32_t *off, int max_seq) {
 
 /* ---- float64 twins ------------------------------------------------------------------------------------ */
 
-static void d_linear(size_t N, int in, int out, const double *x, const double *W, const double *b, double *y) {
-    for (size_t i = 0; i < N; i++)
-        for (int o = 0; o < out; o++) {
-            double s = b ? b[o] : 0;
-            for (int k = 0; k < in; k++) s += x[i * in + k] * W[(size_t)o * in + k];
-            y[i * out + o] = s;
-        }
-}
 static void d_linear_bwd(size_t N, int in, int out, const double *x, const double *W, const double *dy, double *dx,
                          double *dW, double *db) {
     for (size_t i = 0; i < N; i++)
@@ -156,14 +139,6 @@ static double d_gelu_grad(double a) {
     return 0.5 * (1 + erf(a / sqrt(2.0))) + a * exp(-0.5 * a * a) / 2.5066282746310002; /* sqrt(2 pi) */
 }
 
-static void d_ln(size_t N, int H, const double *z, const double *g, const double *b, double eps, double *y) {
-    for (size_t i = 0; i < N; i++) {
-        double mu = 0, v = 0;
-        for (int j = 0; j < H; j++) mu += z[i * H + j] / H;
-        for (int j = 0; j < H; j++) v += (z[i * H + j] - mu) * (z[i * H + j] - mu) / H;
-        for (int j = 0; j < H; j++) y[i * H + j] = (z[i * H + j] - mu) / sqrt(v + eps) * g[j] + b[j];
-    }
-}
 /* written from the chain rule through mean and variance, not the library's closed form */
 static void d_ln_bwd(size_t N, int H, const double *z, const double *g, double eps, const double *dy, double *dz,
                      double *dg, double *dbt) {
@@ -195,7 +170,7 @@ static void d_attn_bwd(int n_seq, const int32_t *off, int H, int nh, double scal
         const double *q = qkv + (size_t)off[s] * ld;
         const double *dc = dctx + (size_t)off[s] * H;
         double *dq = dqkv + (size_t)off[s] * ld;
-        double *P = xcalloc((size_t)L * L, sizeof *P), *dP = xcalloc((size_t)L * L, sizeof *dP);
+        double *P = tu_xcalloc((size_t)L * L, sizeof *P), *dP = tu_xcalloc((size_t)L * L, sizeof *dP);
         for (int h = 0; h < nh; h++) {
             for (int i = 0; i < L; i++) {
                 double mx = -INFINITY, sum = 0;
@@ -253,7 +228,7 @@ static void d_attn_bwd(int n_seq, const int32_t *off, int H, int nh, double scal
 static void d_attn_padded(int n_seq, const int32_t *off, int H, int nh, double scale, const double *qkv, double *ctx) {
     int d = H / nh, T = 0;
     for (int s = 0; s < n_seq; s++) T = off[s + 1] - off[s] > T ? off[s + 1] - off[s] : T;
-    double *pad = xcalloc((size_t)T * 3 * H, sizeof *pad), *sc = xcalloc((size_t)T, sizeof *sc);
+    double *pad = tu_xcalloc((size_t)T * 3 * H, sizeof *pad), *sc = tu_xcalloc((size_t)T, sizeof *sc);
     for (int s = 0; s < n_seq; s++) {
         int L = off[s + 1] - off[s];
         if (L == 0) continue; /* an all-padding row has no real token to report */
@@ -290,7 +265,7 @@ typedef struct {
 } lin_ctx;
 static double lin_loss(void *p) {
     lin_ctx *c = p;
-    d_linear(c->N, c->in, c->out, c->x, c->W, c->b, c->y);
+    tu_ref_linear64(c->N, c->in, c->out, c->x, c->W, c->b, c->y);
     return dot(c->y, c->R, c->N * c->out);
 }
 
@@ -301,14 +276,14 @@ static void test_linear(void **state) {
         size_t N = rep ? 1 + tu_next(&r) % 9 : 130 + tu_next(&r) % 40; /* one short, one over two chunks */
         int in = 3 + (int)(tu_next(&r) % 14), out = 2 + (int)(tu_next(&r) % 11);
         printf(" linear N=%zu in=%d out=%d\n", N, in, out);
-        float *x = frand(&r, N * in, 1), *W = frand(&r, (size_t)out * in, 0.5f), *b = frand(&r, out, 0.5f);
-        float *R = frand(&r, N * out, 1);
-        float *dx = xcalloc(N * in, 4), *dW = xcalloc((size_t)out * in, 4), *db = xcalloc(out, 4);
-        float *ws = xcalloc((size_t)out * in + out, 4);
+        float *x = tu_rand_floats(&r, N * in, 1), *W = tu_rand_floats(&r, (size_t)out * in, 0.5f), *b = tu_rand_floats(&r, out, 0.5f);
+        float *R = tu_rand_floats(&r, N * out, 1);
+        float *dx = tu_xcalloc(N * in, 4), *dW = tu_xcalloc((size_t)out * in, 4), *db = tu_xcalloc(out, 4);
+        float *ws = tu_xcalloc((size_t)out * in + out, 4);
         tbert_bwd_linear(N, in, out, x, W, R, dx, dW, db, ws);
         lin_ctx c = {N, in, out, todbl(x, N * in), todbl(W, (size_t)out * in), todbl(b, out), todbl(R, N * out),
-                     xcalloc(N * out, 8)};
-        double *gx = xcalloc(N * in, 8), *gW = xcalloc((size_t)out * in, 8), *gb = xcalloc(out, 8);
+                     tu_xcalloc(N * out, 8)};
+        double *gx = tu_xcalloc(N * in, 8), *gW = tu_xcalloc((size_t)out * in, 8), *gb = tu_xcalloc(out, 8);
         d_linear_bwd(N, in, out, c.x, c.W, c.R, gx, gW, gb);
         check32("linear dx", dx, gx, N * in);
         check32("linear dW", dW, gW, (size_t)out * in);
@@ -317,7 +292,7 @@ static void test_linear(void **state) {
         check_fd("linear dW", c.W, (size_t)out * in, lin_loss, &c, gW);
         check_fd("linear db", c.b, out, lin_loss, &c, gb);
         /* accumulation: a second call adds the same again */
-        float *dW2 = xcalloc((size_t)out * in, 4);
+        float *dW2 = tu_xcalloc((size_t)out * in, 4);
         memcpy(dW2, dW, (size_t)out * in * 4);
         tbert_bwd_linear(N, in, out, x, W, R, NULL, dW2, NULL, ws);
         for (size_t i = 0; i < (size_t)out * in; i++) assert_float_equal(dW2[i], 2 * dW[i], 1e-5 * (1 + fabsf(dW[i])));
@@ -337,9 +312,9 @@ static void test_linear_chunks(void **state) {
     size_t N = 1000, cut = 5 * TBERT_BWD_CHUNK;
     int in = 96, out = 80;
     size_t nw = (size_t)out * in;
-    float *x = frand(&r, N * in, 1), *W = frand(&r, nw, 1), *dy = frand(&r, N * out, 1);
-    float *ws = xcalloc(nw + out, 4), *a = xcalloc(nw + out, 4), *b = xcalloc(nw + out, 4);
-    float *c = xcalloc(nw + out, 4);
+    float *x = tu_rand_floats(&r, N * in, 1), *W = tu_rand_floats(&r, nw, 1), *dy = tu_rand_floats(&r, N * out, 1);
+    float *ws = tu_xcalloc(nw + out, 4), *a = tu_xcalloc(nw + out, 4), *b = tu_xcalloc(nw + out, 4);
+    float *c = tu_xcalloc(nw + out, 4);
     tbert_bwd_linear(N, in, out, x, W, dy, NULL, a, a + nw, ws);
     tbert_bwd_linear(cut, in, out, x, W, dy, NULL, b, b + nw, ws);
     tbert_bwd_linear(N - cut, in, out, x + cut * in, W, dy + cut * out, NULL, b, b + nw, ws);
@@ -373,13 +348,13 @@ static void test_gelu(void **state) {
     size_t N = 70 + tu_next(&r) % 30;
     int C = 5 + (int)(tu_next(&r) % 300); /* may cross the 256-column pieces of the bias sum */
     printf(" bias+gelu N=%zu cols=%d\n", N, C);
-    float *x = frand(&r, N * C, 2), *b = frand(&r, C, 1), *R = frand(&r, N * C, 1);
-    float *a = xcalloc(N * C, 4), *h = xcalloc(N * C, 4), *da = xcalloc(N * C, 4), *db = xcalloc(C, 4);
+    float *x = tu_rand_floats(&r, N * C, 2), *b = tu_rand_floats(&r, C, 1), *R = tu_rand_floats(&r, N * C, 1);
+    float *a = tu_xcalloc(N * C, 4), *h = tu_xcalloc(N * C, 4), *da = tu_xcalloc(N * C, 4), *db = tu_xcalloc(C, 4);
     memcpy(a, x, N * C * 4);
     tbert_fwd_bias_gelu(N, C, a, b, h);
     tbert_bwd_bias_gelu(N, C, a, R, da, db);
     gelu_ctx c = {N, C, todbl(x, N * C), todbl(b, C), todbl(R, N * C)};
-    double *gx = xcalloc(N * C, 8), *gb = xcalloc(C, 8);
+    double *gx = tu_xcalloc(N * C, 8), *gb = tu_xcalloc(C, 8);
     for (size_t i = 0; i < N; i++)
         for (int j = 0; j < C; j++) {
             gx[i * C + j] = c.R[i * C + j] * d_gelu_grad(c.x[i * C + j] + c.b[j]);
@@ -403,7 +378,7 @@ typedef struct {
 static double ln_loss(void *p) {
     ln_ctx *c = p;
     for (size_t i = 0; i < c->N * c->H; i++) c->z[i] = c->x[i] + c->s[i] + c->bias[i % c->H];
-    d_ln(c->N, c->H, c->z, c->g, c->b, c->eps, c->y);
+    tu_ref_layernorm64(c->N, c->H, c->z, c->g, c->b, c->eps, c->y);
     return dot(c->y, c->R, c->N * c->H);
 }
 
@@ -414,22 +389,22 @@ static void test_layernorm(void **state) {
     int H = 3 + (int)(tu_next(&r) % 40);
     float eps = 1e-12f;
     printf(" residual+layernorm N=%zu H=%d\n", N, H);
-    float *x = frand(&r, N * H, 1), *s = frand(&r, N * H, 1), *bias = frand(&r, H, 0.3f), *R = frand(&r, N * H, 1);
-    float *g = frand(&r, H, 0.3f), *b = frand(&r, H, 0.3f);
+    float *x = tu_rand_floats(&r, N * H, 1), *s = tu_rand_floats(&r, N * H, 1), *bias = tu_rand_floats(&r, H, 0.3f), *R = tu_rand_floats(&r, N * H, 1);
+    float *g = tu_rand_floats(&r, H, 0.3f), *b = tu_rand_floats(&r, H, 0.3f);
     for (int j = 0; j < H; j++) g[j] += 1.0f;
-    float *z = xcalloc(N * H, 4), *y = xcalloc(N * H, 4), *mean = xcalloc(N, 4), *rstd = xcalloc(N, 4);
-    float *dz = xcalloc(N * H, 4), *dres = xcalloc(N * H, 4), *dg = xcalloc(H, 4), *dbt = xcalloc(H, 4);
-    float *ws = xcalloc(2 * (size_t)H, 4);
+    float *z = tu_xcalloc(N * H, 4), *y = tu_xcalloc(N * H, 4), *mean = tu_xcalloc(N, 4), *rstd = tu_xcalloc(N, 4);
+    float *dz = tu_xcalloc(N * H, 4), *dres = tu_xcalloc(N * H, 4), *dg = tu_xcalloc(H, 4), *dbt = tu_xcalloc(H, 4);
+    float *ws = tu_xcalloc(2 * (size_t)H, 4);
     for (size_t i = 0; i < N * H; i++) z[i] = x[i] + s[i];
     tbert_fwd_layernorm(N, H, z, bias, g, b, eps, y, mean, rstd);
     tbert_bwd_layernorm(N, H, z, mean, rstd, g, R, dz, dres, dg, dbt, ws);
     ln_ctx c = {N, H, eps, todbl(x, N * H), todbl(s, N * H), todbl(bias, H), todbl(g, H), todbl(b, H), todbl(R, N * H),
-                xcalloc(N * H, 8), xcalloc(N * H, 8)};
-    double *gz = xcalloc(N * H, 8), *gg = xcalloc(H, 8), *gb = xcalloc(H, 8), *gbias = xcalloc(H, 8);
+                tu_xcalloc(N * H, 8), tu_xcalloc(N * H, 8)};
+    double *gz = tu_xcalloc(N * H, 8), *gg = tu_xcalloc(H, 8), *gb = tu_xcalloc(H, 8), *gbias = tu_xcalloc(H, 8);
     ln_loss(&c); /* fills c.z with the float64 sum */
     /* the float32 forward against float64, so that the saved values are the right ones */
-    double *y64 = xcalloc(N * H, 8);
-    d_ln(N, H, c.z, c.g, c.b, eps, y64);
+    double *y64 = tu_xcalloc(N * H, 8);
+    tu_ref_layernorm64(N, H, c.z, c.g, c.b, eps, y64);
     check32("layernorm forward y", y, y64, N * H);
     d_ln_bwd(N, H, c.z, c.g, eps, c.R, gz, gg, gb);
     for (size_t i = 0; i < N * H; i++) gbias[i % H] += gz[i];
@@ -473,13 +448,13 @@ static void test_attention(void **state) {
     for (int s = 0; s < n_seq; s++) printf(" %d", off[s + 1] - off[s]);
     printf("\n");
     float scale = 1.0f / sqrtf((float)d);
-    float *qkv = frand(&r, N * 3 * H, 1), *R = frand(&r, N * H, 1), *ctx = xcalloc(N * H, 4);
-    float *P = xcalloc(tbert_attn_probs_size(n_seq, off, nh), 4), *dqkv = xcalloc(N * 3 * H, 4);
-    float *ws = xcalloc((size_t)Lmax * Lmax, 4);
+    float *qkv = tu_rand_floats(&r, N * 3 * H, 1), *R = tu_rand_floats(&r, N * H, 1), *ctx = tu_xcalloc(N * H, 4);
+    float *P = tu_xcalloc(tbert_attn_probs_size(n_seq, off, nh), 4), *dqkv = tu_xcalloc(N * 3 * H, 4);
+    float *ws = tu_xcalloc((size_t)Lmax * Lmax, 4);
     tbert_fwd_attention(n_seq, off, H, nh, scale, qkv, ctx, P);
     tbert_bwd_attention(n_seq, off, H, nh, scale, qkv, P, R, dqkv, ws);
-    attn_ctx c = {n_seq, H, nh, off, scale, todbl(qkv, N * 3 * H), todbl(R, N * H), xcalloc(N * H, 8)};
-    double *g = xcalloc(N * 3 * H, 8), *ctx64 = xcalloc(N * H, 8);
+    attn_ctx c = {n_seq, H, nh, off, scale, todbl(qkv, N * 3 * H), todbl(R, N * H), tu_xcalloc(N * H, 8)};
+    double *g = tu_xcalloc(N * 3 * H, 8), *ctx64 = tu_xcalloc(N * H, 8);
     d_attn_bwd(n_seq, off, H, nh, scale, c.qkv, c.R, g, ctx64);
     check32("attention forward ctx", ctx, ctx64, N * H);
     check32("attention dqkv", dqkv, g, N * 3 * H);
@@ -527,14 +502,14 @@ static void test_pooling(void **state) {
     for (int s = 0; s < n_seq; s++) T = off[s + 1] - off[s] > T ? off[s + 1] - off[s] : T;
     int out_T = T + 2; /* flatten's output is wider than the longest sequence: the padded tail gets no gradient */
     printf(" pooling n_seq=%d N=%zu H=%d out_T=%d\n", n_seq, N, H, out_T);
-    float *hid = frand(&r, N * H, 1), *dh = xcalloc(N * H, 4);
+    float *hid = tu_rand_floats(&r, N * H, 1), *dh = tu_xcalloc(N * H, 4);
     for (int pool = 0; pool < 3; pool++) {
         size_t dim = pool == 2 ? (size_t)out_T * H : (size_t)H;
-        float *R = frand(&r, (size_t)n_seq * dim, 1);
+        float *R = tu_rand_floats(&r, (size_t)n_seq * dim, 1);
         tbert_bwd_pool(pool, n_seq, off, H, out_T, R, dh);
         pool_ctx c = {pool, n_seq, H, out_T, off, todbl(hid, N * H), todbl(R, (size_t)n_seq * dim),
-                      xcalloc((size_t)n_seq * dim, 8)};
-        double *g = xcalloc(N * H, 8);
+                      tu_xcalloc((size_t)n_seq * dim, 8)};
+        double *g = tu_xcalloc(N * H, 8);
         for (int s = 0; s < n_seq; s++) { /* float64 twin */
             int L = off[s + 1] - off[s];
             for (int t = 0; t < L; t++)
@@ -574,15 +549,15 @@ static void test_l2_normalize(void **state) {
     tu_rng r = {g_seed ^ 7};
     size_t n = 3 + tu_next(&r) % 6, dim = 2 + tu_next(&r) % 40; /* dim 1: y = sign(x), no gradient */
     printf(" l2 n=%zu dim=%zu (+ one zero row)\n", n, dim);
-    float *x = frand(&r, (n + 1) * dim, 1), *y = xcalloc((n + 1) * dim, 4), *R = frand(&r, (n + 1) * dim, 1);
-    float *dx = xcalloc((n + 1) * dim, 4);
+    float *x = tu_rand_floats(&r, (n + 1) * dim, 1), *y = tu_xcalloc((n + 1) * dim, 4), *R = tu_rand_floats(&r, (n + 1) * dim, 1);
+    float *dx = tu_xcalloc((n + 1) * dim, 4);
     memset(x + n * dim, 0, dim * 4); /* last row zero: the forward leaves it, the backward passes dy through */
     memcpy(y, x, (n + 1) * dim * 4);
     tbert_l2_normalize_rows(y, n + 1, dim);
     tbert_bwd_l2_normalize(n + 1, dim, x, y, R, dx);
     assert_memory_equal(dx + n * dim, R + n * dim, dim * 4);
     l2_ctx c = {n, dim, todbl(x, n * dim), todbl(R, n * dim)};
-    double *g = xcalloc(n * dim, 8);
+    double *g = tu_xcalloc(n * dim, 8);
     for (size_t i = 0; i < n; i++) {
         double ss = 0, d = 0;
         for (size_t j = 0; j < dim; j++) ss += c.x[i * dim + j] * c.x[i * dim + j];
@@ -601,7 +576,7 @@ typedef struct {
 } pooler_ctx;
 static double pooler_loss(void *p) {
     pooler_ctx *c = p;
-    d_linear((size_t)c->B, c->H, c->H, c->cls, c->W, c->b, c->out);
+    tu_ref_linear64((size_t)c->B, c->H, c->H, c->cls, c->W, c->b, c->out);
     double l = 0;
     for (size_t i = 0; i < (size_t)c->B * c->H; i++) l += tanh(c->out[i]) * c->R[i];
     return l;
@@ -613,9 +588,9 @@ static void test_pooler(void **state) {
     int B = 1 + (int)(tu_next(&r) % 80), H = 2 + (int)(tu_next(&r) % 20);
     printf(" pooler B=%d H=%d\n", B, H);
     size_t BH = (size_t)B * H, HH = (size_t)H * H;
-    float *cls = frand(&r, BH, 1), *W = frand(&r, HH, 0.4f), *b = frand(&r, H, 0.3f), *R = frand(&r, BH, 1);
-    float *out = xcalloc(BH, 4), *dcls = xcalloc(BH, 4), *dW = xcalloc(HH, 4), *db = xcalloc(H, 4);
-    float *ws = xcalloc(HH + H + BH, 4);
+    float *cls = tu_rand_floats(&r, BH, 1), *W = tu_rand_floats(&r, HH, 0.4f), *b = tu_rand_floats(&r, H, 0.3f), *R = tu_rand_floats(&r, BH, 1);
+    float *out = tu_xcalloc(BH, 4), *dcls = tu_xcalloc(BH, 4), *dW = tu_xcalloc(HH, 4), *db = tu_xcalloc(H, 4);
+    float *ws = tu_xcalloc(HH + H + BH, 4);
     for (int i = 0; i < B; i++)
         for (int o = 0; o < H; o++) {
             float a = b[o];
@@ -623,9 +598,9 @@ static void test_pooler(void **state) {
             out[(size_t)i * H + o] = tanhf(a);
         }
     tbert_bwd_pooler(B, H, cls, W, out, R, dcls, dW, db, ws);
-    pooler_ctx c = {B, H, todbl(cls, BH), todbl(W, HH), todbl(b, H), todbl(R, BH), xcalloc(BH, 8)};
-    double *da = xcalloc(BH, 8), *gc = xcalloc(BH, 8), *gW = xcalloc(HH, 8), *gb = xcalloc(H, 8);
-    d_linear((size_t)B, H, H, c.cls, c.W, c.b, c.out);
+    pooler_ctx c = {B, H, todbl(cls, BH), todbl(W, HH), todbl(b, H), todbl(R, BH), tu_xcalloc(BH, 8)};
+    double *da = tu_xcalloc(BH, 8), *gc = tu_xcalloc(BH, 8), *gW = tu_xcalloc(HH, 8), *gb = tu_xcalloc(H, 8);
+    tu_ref_linear64((size_t)B, H, H, c.cls, c.W, c.b, c.out);
     for (size_t i = 0; i < BH; i++) da[i] = c.R[i] * (1 - tanh(c.out[i]) * tanh(c.out[i]));
     d_linear_bwd((size_t)B, H, H, c.cls, c.W, da, gc, gW, gb);
     check32("pooler dcls", dcls, gc, BH);
@@ -659,19 +634,19 @@ static void layer_fwd64(layer_ctx *c, bool padded) {
     size_t N = c->N;
     int H = c->H, IM = c->IM;
     const double *p = c->p;
-    d_linear(N, H, 3 * H, c->x, p + c->po[P_WQKV], p + c->po[P_BQKV], c->qkv);
+    tu_ref_linear64(N, H, 3 * H, c->x, p + c->po[P_WQKV], p + c->po[P_BQKV], c->qkv);
     if (padded)
         d_attn_padded(c->n_seq, c->off, H, c->nh, c->scale, c->qkv, c->ctx);
     else
         d_attn_bwd(c->n_seq, c->off, H, c->nh, c->scale, c->qkv, NULL, NULL, c->ctx);
-    d_linear(N, H, H, c->ctx, p + c->po[P_WO], p + c->po[P_BO], c->t);
+    tu_ref_linear64(N, H, H, c->ctx, p + c->po[P_WO], p + c->po[P_BO], c->t);
     for (size_t i = 0; i < N * H; i++) c->z1[i] = c->x[i] + c->t[i];
-    d_ln(N, H, c->z1, p + c->po[P_G1], p + c->po[P_BE1], c->eps, c->x1);
-    d_linear(N, H, IM, c->x1, p + c->po[P_WI], p + c->po[P_BI], c->a);
+    tu_ref_layernorm64(N, H, c->z1, p + c->po[P_G1], p + c->po[P_BE1], c->eps, c->x1);
+    tu_ref_linear64(N, H, IM, c->x1, p + c->po[P_WI], p + c->po[P_BI], c->a);
     for (size_t i = 0; i < N * IM; i++) c->h[i] = d_gelu(c->a[i]);
-    d_linear(N, IM, H, c->h, p + c->po[P_WOUT], p + c->po[P_BOUT], c->t);
+    tu_ref_linear64(N, IM, H, c->h, p + c->po[P_WOUT], p + c->po[P_BOUT], c->t);
     for (size_t i = 0; i < N * H; i++) c->z2[i] = c->x1[i] + c->t[i];
-    d_ln(N, H, c->z2, p + c->po[P_G2], p + c->po[P_BE2], c->eps, c->y);
+    tu_ref_layernorm64(N, H, c->z2, p + c->po[P_G2], p + c->po[P_BE2], c->eps, c->y);
 }
 static double layer_loss(void *p) {
     layer_ctx *c = p;
@@ -702,16 +677,16 @@ static void test_layer(void **state) {
     for (int s = 0; s < c.n_seq; s++) printf(" %d", off[s + 1] - off[s]);
     printf("\n");
 
-    float *x = frand(&r, N * H, 1), *P = frand(&r, np, 0.5f), *R = frand(&r, N * H, 1);
+    float *x = tu_rand_floats(&r, N * H, 1), *P = tu_rand_floats(&r, np, 0.5f), *R = tu_rand_floats(&r, N * H, 1);
     for (int j = 0; j < H; j++) P[c.po[P_G1] + j] += 1.0f, P[c.po[P_G2] + j] += 1.0f;
     const float *Wqkv = P + c.po[P_WQKV], *Wo = P + c.po[P_WO], *Wi = P + c.po[P_WI], *Wout = P + c.po[P_WOUT];
     /* float32 forward, keeping what the backward needs */
     int Lmax = 0;
     for (int s = 0; s < c.n_seq; s++) Lmax = off[s + 1] - off[s] > Lmax ? off[s + 1] - off[s] : Lmax;
-    float *qkv = xcalloc(N * 3 * H, 4), *ctx = xcalloc(N * H, 4), *z1 = xcalloc(N * H, 4), *x1 = xcalloc(N * H, 4);
-    float *a = xcalloc(N * IM, 4), *h = xcalloc(N * IM, 4), *z2 = xcalloc(N * H, 4), *y = xcalloc(N * H, 4);
-    float *m1 = xcalloc(N, 4), *r1 = xcalloc(N, 4), *m2 = xcalloc(N, 4), *r2 = xcalloc(N, 4);
-    float *prob = xcalloc(tbert_attn_probs_size(c.n_seq, off, c.nh), 4);
+    float *qkv = tu_xcalloc(N * 3 * H, 4), *ctx = tu_xcalloc(N * H, 4), *z1 = tu_xcalloc(N * H, 4), *x1 = tu_xcalloc(N * H, 4);
+    float *a = tu_xcalloc(N * IM, 4), *h = tu_xcalloc(N * IM, 4), *z2 = tu_xcalloc(N * H, 4), *y = tu_xcalloc(N * H, 4);
+    float *m1 = tu_xcalloc(N, 4), *r1 = tu_xcalloc(N, 4), *m2 = tu_xcalloc(N, 4), *r2 = tu_xcalloc(N, 4);
+    float *prob = tu_xcalloc(tbert_attn_probs_size(c.n_seq, off, c.nh), 4);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, 3 * H, H, 1.0f, x, H, Wqkv, H, 0.0f, qkv, 3 * H);
     for (size_t i = 0; i < N * 3 * H; i++) qkv[i] += P[c.po[P_BQKV] + i % (3 * H)];
     tbert_fwd_attention(c.n_seq, off, H, c.nh, scale, qkv, ctx, prob);
@@ -725,10 +700,10 @@ static void test_layer(void **state) {
     tbert_fwd_layernorm(N, H, z2, P + c.po[P_BOUT], P + c.po[P_G2], P + c.po[P_BE2], eps, y, m2, r2);
 
     /* float32 backward */
-    float *G = xcalloc(np, 4), *dx = xcalloc(N * H, 4), *dz2 = xcalloc(N * H, 4), *dx1 = xcalloc(N * H, 4);
-    float *dh = xcalloc(N * IM, 4), *da = xcalloc(N * IM, 4), *tmp = xcalloc(N * IM, 4), *dz1 = xcalloc(N * H, 4);
-    float *dctx = xcalloc(N * H, 4), *dqkv = xcalloc(N * 3 * H, 4);
-    float *ws = xcalloc((size_t)3 * H * IM + 3 * H + (size_t)Lmax * Lmax, 4);
+    float *G = tu_xcalloc(np, 4), *dx = tu_xcalloc(N * H, 4), *dz2 = tu_xcalloc(N * H, 4), *dx1 = tu_xcalloc(N * H, 4);
+    float *dh = tu_xcalloc(N * IM, 4), *da = tu_xcalloc(N * IM, 4), *tmp = tu_xcalloc(N * IM, 4), *dz1 = tu_xcalloc(N * H, 4);
+    float *dctx = tu_xcalloc(N * H, 4), *dqkv = tu_xcalloc(N * 3 * H, 4);
+    float *ws = tu_xcalloc((size_t)3 * H * IM + 3 * H + (size_t)Lmax * Lmax, 4);
     tbert_bwd_layernorm(N, H, z2, m2, r2, P + c.po[P_G2], R, dz2, dx1, G + c.po[P_G2], G + c.po[P_BE2], ws);
     tbert_bwd_linear(N, IM, H, h, Wout, dz2, dh, G + c.po[P_WOUT], G + c.po[P_BOUT], ws);
     tbert_bwd_bias_gelu(N, IM, a, dh, da, G + c.po[P_BI]);
@@ -742,14 +717,14 @@ static void test_layer(void **state) {
 
     /* float64 twin: forward (packed attention) and backward by the chain rule */
     c.x = todbl(x, N * H), c.p = todbl(P, np), c.R = todbl(R, N * H);
-    c.qkv = xcalloc(N * 3 * H, 8), c.ctx = xcalloc(N * H, 8), c.z1 = xcalloc(N * H, 8), c.x1 = xcalloc(N * H, 8);
-    c.a = xcalloc(N * IM, 8), c.h = xcalloc(N * IM, 8), c.z2 = xcalloc(N * H, 8), c.y = xcalloc(N * H, 8);
-    c.t = xcalloc(N * (size_t)(IM > 3 * H ? IM : 3 * H), 8);
+    c.qkv = tu_xcalloc(N * 3 * H, 8), c.ctx = tu_xcalloc(N * H, 8), c.z1 = tu_xcalloc(N * H, 8), c.x1 = tu_xcalloc(N * H, 8);
+    c.a = tu_xcalloc(N * IM, 8), c.h = tu_xcalloc(N * IM, 8), c.z2 = tu_xcalloc(N * H, 8), c.y = tu_xcalloc(N * H, 8);
+    c.t = tu_xcalloc(N * (size_t)(IM > 3 * H ? IM : 3 * H), 8);
     layer_fwd64(&c, false);
     check32("layer forward y", y, c.y, N * H);
     const double *p = c.p;
-    double *g = xcalloc(np, 8), *gx = xcalloc(N * H, 8), *d2 = xcalloc(N * H, 8), *d1 = xcalloc(N * H, 8);
-    double *dh64 = xcalloc(N * IM, 8), *dt = xcalloc(N * 3 * H, 8), *dc = xcalloc(N * H, 8);
+    double *g = tu_xcalloc(np, 8), *gx = tu_xcalloc(N * H, 8), *d2 = tu_xcalloc(N * H, 8), *d1 = tu_xcalloc(N * H, 8);
+    double *dh64 = tu_xcalloc(N * IM, 8), *dt = tu_xcalloc(N * 3 * H, 8), *dc = tu_xcalloc(N * H, 8);
     d_ln_bwd(N, H, c.z2, p + c.po[P_G2], eps, c.R, d2, g + c.po[P_G2], g + c.po[P_BE2]);
     d_linear_bwd(N, IM, H, c.h, p + c.po[P_WOUT], d2, dh64, g + c.po[P_WOUT], g + c.po[P_BOUT]);
     for (size_t i = 0; i < N * IM; i++) dh64[i] *= d_gelu_grad(c.a[i]);

@@ -25,6 +25,8 @@
 #include "tbert/encoder.h"
 #include "tbert/encoder_backward.h"
 #include "tbert/finetune_stack.h"
+#include "ft_fixture.h"
+#include "ref64.h"
 #include "testutil.h"
 
 #define RATIO32 1e-5
@@ -32,12 +34,6 @@
 #define FD_STEP 1e-6
 
 static uint64_t g_seed; /* set once in main, read-only after */
-
-static void *xcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz);
-    assert_non_null(p);
-    return p;
-}
 
 /* got vs ref: ||got-ref|| / ||ref|| < ratio and |got-ref| <= atol + elem * max|ref| per element */
 static void check(const char *what, const float *got, const double *ref, size_t n, double ratio, double atol,
@@ -60,43 +56,7 @@ static void check(const char *what, const float *got, const double *ref, size_t 
     assert_true(mx > 0); /* a zero reference would make the check vacuous */
 }
 
-static tbert_model *random_model(int H, int heads, int IM, int layers, int vocab, int maxpos, uint64_t seed) {
-    tbert_config c = {.vocab_size = vocab, .hidden = H, .layers = layers, .heads = heads, .intermediate = IM,
-                      .max_position = maxpos, .type_vocab_size = 2, .pad_token_id = 0, .layer_norm_eps = 1e-12f};
-    tbert_model *m = NULL;
-    tbert_error err = {0};
-    if (tbert_model_random(&c, true, seed, &m, &err) != TBERT_OK) fail_msg("random model: %s", err.msg);
-    return m;
-}
-
-/* a batch: n_doc documents, windows with the given lengths */
-typedef struct {
-    int n_doc, n_win;
-    int32_t doc_off[16], off[64];
-    int32_t *ids;
-    float *hidden;
-} batch;
-
-static void batch_make(batch *b, tu_rng *r, int n_doc, const int *wins_per_doc, const int *lens, int vocab, int H) {
-    b->n_doc = n_doc;
-    b->doc_off[0] = 0;
-    for (int d = 0; d < n_doc; d++) b->doc_off[d + 1] = b->doc_off[d] + wins_per_doc[d];
-    b->n_win = b->doc_off[n_doc];
-    b->off[0] = 0;
-    for (int w = 0; w < b->n_win; w++) b->off[w + 1] = b->off[w] + lens[w];
-    size_t N = (size_t)b->off[b->n_win];
-    b->ids = xcalloc(N, sizeof *b->ids);
-    b->hidden = xcalloc(N * (size_t)H, sizeof *b->hidden);
-    for (size_t i = 0; i < N; i++) b->ids[i] = (int32_t)(tu_next(r) % (uint64_t)vocab);
-    for (size_t i = 0; i < N * (size_t)H; i++) b->hidden[i] = tu_normal(r);
-}
-
-static void batch_free(batch *b) {
-    free(b->ids);
-    free(b->hidden);
-}
-
-static tbert_ft_batch ft_batch(const batch *b) {
+static tbert_ft_batch ft_batch(const tu_ft_batch *b) {
     return (tbert_ft_batch){b->n_doc, b->doc_off, b->n_win, b->off, b->hidden, b->ids};
 }
 
@@ -106,12 +66,12 @@ static tbert_ft_batch ft_batch(const batch *b) {
  * document's windows in double, then L2 when normalize. first > 0: the stack's input is the frozen encoder's hidden
  * state after `first` layers, written into b->hidden. */
 static void frozen_reference(const tbert_model *m, int layers, int first, tbert_pool pool, int max_len, bool normalize,
-                             batch *b, double *ref) {
+                             tu_ft_batch *b, double *ref) {
     tbert_error err = {0};
     int H = m->cfg.hidden, T = 1, n = 0;
     for (int w = 0; w < b->n_win; w++) T = b->off[w + 1] - b->off[w] > T ? b->off[w + 1] - b->off[w] : T;
-    int32_t *ids = xcalloc((size_t)b->n_win * T, sizeof *ids), *lens = xcalloc((size_t)b->n_win, sizeof *lens);
-    int *which = xcalloc((size_t)b->n_win, sizeof *which);
+    int32_t *ids = tu_xcalloc((size_t)b->n_win * T, sizeof *ids), *lens = tu_xcalloc((size_t)b->n_win, sizeof *lens);
+    int *which = tu_xcalloc((size_t)b->n_win, sizeof *which);
     for (int w = 0; w < b->n_win; w++) {
         int L = b->off[w + 1] - b->off[w];
         if (L == 0) continue;
@@ -120,7 +80,7 @@ static void frozen_reference(const tbert_model *m, int layers, int first, tbert_
         which[w] = n++;
     }
     size_t dim = tbert_pool_dim(m, pool, max_len);
-    float *pooled = xcalloc((size_t)n * dim, sizeof *pooled);
+    float *pooled = tu_xcalloc((size_t)n * dim, sizeof *pooled);
     tbert_encoder_opts o = tbert_encoder_default_opts();
     o.device.kind = TBERT_DEVICE_CPU;
     o.threads = 2;
@@ -134,7 +94,7 @@ static void frozen_reference(const tbert_model *m, int layers, int first, tbert_
     tbert_encoder_free(e);
     if (first > 0) { /* the hidden states entering layer `first`, packed */
         o.layers = first;
-        float *hid = xcalloc((size_t)n * T * H, sizeof *hid);
+        float *hid = tu_xcalloc((size_t)n * T * H, sizeof *hid);
         if (tbert_encoder_create(m, &o, &e, &err) || tbert_encoder_forward(e, n, T, ids, lens, hid, &err))
             fail_msg("frozen encoder (%d layers): %s", first, err.msg);
         tbert_encoder_free(e);
@@ -167,7 +127,7 @@ static void frozen_reference(const tbert_model *m, int layers, int first, tbert_
 
 static void test_forward_matches_frozen(void **state) {
     (void)state;
-    tbert_model *m = random_model(32, 4, 64, 3, 50, 40, g_seed);
+    tbert_model *m = tu_ft_random_model(32, 4, 64, 3, 50, 40, g_seed);
     tu_rng r = {g_seed ^ 11};
     struct {
         int layers, k;
@@ -181,13 +141,13 @@ static void test_forward_matches_frozen(void **state) {
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int max_len = 24;
-        batch b;
+        tu_ft_batch b;
         /* three documents: 1 window, 3 windows (one of length 0), 2 windows; flatten: windows of 1..max_len */
         int wpd[3] = {1, 3, 2}, lens[6] = {7, 13, 0, 1, 24, 5};
-        batch_make(&b, &r, 3, wpd, lens, m->cfg.vocab_size, m->cfg.hidden);
+        tu_ft_batch_make(&b, &r, 3, wpd, lens, m->cfg.vocab_size, m->cfg.hidden);
         int first = cases[c].layers - cases[c].k;
         size_t dim = tbert_pool_dim(m, cases[c].pool, max_len);
-        double *ref = xcalloc(3 * dim, sizeof *ref);
+        double *ref = tu_xcalloc(3 * dim, sizeof *ref);
         frozen_reference(m, cases[c].layers, first, cases[c].pool, max_len, cases[c].normalize, &b, ref);
         tbert_ft_stack_cfg cfg = {cases[c].layers, cases[c].k, cases[c].emb, cases[c].pool, max_len,
                                   cases[c].normalize, 0.1f, 0.1f, 99, 2};
@@ -196,7 +156,7 @@ static void test_forward_matches_frozen(void **state) {
         if (tbert_ft_stack_create(m, &cfg, &s, &err)) fail_msg("%s", err.msg);
         assert_int_equal(tbert_ft_stack_dense_dim(s), dim);
         assert_int_equal(tbert_ft_stack_first_layer(s), first);
-        float *out = xcalloc(3 * dim, sizeof *out);
+        float *out = tu_xcalloc(3 * dim, sizeof *out);
         tbert_ft_batch fb = ft_batch(&b);
         if (first > 0) fb.ids = NULL;
         else fb.hidden = NULL;
@@ -209,7 +169,7 @@ static void test_forward_matches_frozen(void **state) {
         check(what, out, ref, 3 * dim, 1e-5, 1e-4, 0);
         tbert_ft_stack_free(s);
         free(out), free(ref);
-        batch_free(&b);
+        tu_ft_batch_free(&b);
     }
     tbert_model_free(m);
 }
@@ -220,7 +180,7 @@ typedef struct {
     const tbert_model *m;
     tbert_ft_stack_cfg cfg;
     int first, H, IM, A, T;
-    const batch *b;
+    const tu_ft_batch *b;
     uint64_t step;
     const tbert_params *ps;
     double *theta;  /* every trained tensor, list order */
@@ -242,37 +202,18 @@ static double scale_of(const twin *t, int layer, int which, uint64_t idx, float 
     return tbert_dropout_scale(t->cfg.dropout_seed, t->step, tbert_dropout_site(layer, which), idx, p);
 }
 
-/* y[n,out] = x[n,in] W^T + b */
-static void lin64(int n, int in, int out, const double *x, const double *W, const double *b, double *y) {
-    for (int i = 0; i < n; i++)
-        for (int o = 0; o < out; o++) {
-            double s = b ? b[o] : 0;
-            for (int k = 0; k < in; k++) s += x[(size_t)i * in + k] * W[(size_t)o * in + k];
-            y[(size_t)i * out + o] = s;
-        }
-}
-
-static void ln64(int n, int H, double *x, const double *g, const double *b, double eps) {
-    for (int i = 0; i < n; i++) {
-        double *r = x + (size_t)i * H, mu = 0, v = 0;
-        for (int j = 0; j < H; j++) mu += r[j] / H;
-        for (int j = 0; j < H; j++) v += (r[j] - mu) * (r[j] - mu) / H;
-        for (int j = 0; j < H; j++) r[j] = (r[j] - mu) / sqrt(v + eps) * g[j] + b[j];
-    }
-}
-
 static double twin_loss(void *ctx) {
     twin *t = ctx;
-    const batch *b = t->b;
+    const tu_ft_batch *b = t->b;
     const tbert_config *c = &t->m->cfg;
     int H = t->H, IM = t->IM, A = t->A, T = t->T, dh = H / A;
     double eps = c->layer_norm_eps, sc = 1.0 / sqrt((double)dh);
     float ph = t->cfg.hidden_dropout, pa = t->cfg.attn_dropout;
     size_t dim = tbert_pool_dim(t->m, t->cfg.pool, t->cfg.max_len);
-    double *X = xcalloc((size_t)T * H, 8), *qkv = xcalloc((size_t)T * 3 * H, 8), *ctxv = xcalloc((size_t)T * H, 8);
-    double *t1 = xcalloc((size_t)T * H, 8), *h1 = xcalloc((size_t)T * H, 8), *a = xcalloc((size_t)T * IM, 8);
-    double *S = xcalloc((size_t)T, 8), *pooled = xcalloc((size_t)b->n_win * dim, 8);
-    double *qw = xcalloc((size_t)3 * H * H, 8), *qb = xcalloc((size_t)3 * H, 8);
+    double *X = tu_xcalloc((size_t)T * H, 8), *qkv = tu_xcalloc((size_t)T * 3 * H, 8), *ctxv = tu_xcalloc((size_t)T * H, 8);
+    double *t1 = tu_xcalloc((size_t)T * H, 8), *h1 = tu_xcalloc((size_t)T * H, 8), *a = tu_xcalloc((size_t)T * IM, 8);
+    double *S = tu_xcalloc((size_t)T, 8), *pooled = tu_xcalloc((size_t)b->n_win * dim, 8);
+    double *qw = tu_xcalloc((size_t)3 * H * H, 8), *qb = tu_xcalloc((size_t)3 * H, 8);
     size_t pbase = 0;
     for (int w = 0; w < b->n_win; w++) {
         int L = b->off[w + 1] - b->off[w], r0 = b->off[w];
@@ -294,7 +235,7 @@ static double twin_loss(void *ctx) {
             for (int i = 0; i < L; i++)
                 for (int j = 0; j < H; j++)
                     X[i * H + j] = word[(size_t)b->ids[r0 + i] * H + j] + pos[(size_t)i * H + j] + type[j];
-            ln64(T, H, X, g, be, eps);
+            tu_ref_layernorm64(T, H, X, g, be, eps, X);
             for (int i = 0; i < L; i++)
                 for (int j = 0; j < H; j++)
                     X[i * H + j] *= scale_of(t, 0, TBERT_DROP_EMBEDDINGS, (uint64_t)(r0 + i) * H + j, ph);
@@ -311,7 +252,7 @@ static double twin_loss(void *ctx) {
             memcpy(qb, P_("attention.self.query.bias"), (size_t)H * 8);
             memcpy(qb + H, P_("attention.self.key.bias"), (size_t)H * 8);
             memcpy(qb + 2 * H, P_("attention.self.value.bias"), (size_t)H * 8);
-            lin64(T, H, 3 * H, X, qw, qb, qkv);
+            tu_ref_linear64(T, H, 3 * H, X, qw, qb, qkv);
             for (int h = 0; h < A; h++)
                 for (int i = 0; i < T; i++) {
                     double mx = -INFINITY, sum = 0;
@@ -334,17 +275,17 @@ static double twin_loss(void *ctx) {
                         ctxv[i * H + h * dh + k] = s;
                     }
                 }
-            lin64(T, H, H, ctxv, P_("attention.output.dense.weight"), P_("attention.output.dense.bias"), t1);
+            tu_ref_linear64(T, H, H, ctxv, P_("attention.output.dense.weight"), P_("attention.output.dense.bias"), t1);
             for (int i = 0; i < T * H; i++)
                 h1[i] =
                     X[i] + t1[i] * (i < L * H ? scale_of(t, l, TBERT_DROP_ATTN_OUT, (uint64_t)r0 * H + i, ph) : 1.0);
-            ln64(T, H, h1, P_("attention.output.LayerNorm.weight"), P_("attention.output.LayerNorm.bias"), eps);
-            lin64(T, H, IM, h1, P_("intermediate.dense.weight"), P_("intermediate.dense.bias"), a);
+            tu_ref_layernorm64(T, H, h1, P_("attention.output.LayerNorm.weight"), P_("attention.output.LayerNorm.bias"), eps, h1);
+            tu_ref_linear64(T, H, IM, h1, P_("intermediate.dense.weight"), P_("intermediate.dense.bias"), a);
             for (int i = 0; i < T * IM; i++) a[i] = 0.5 * a[i] * (1 + erf(a[i] / sqrt(2.0)));
-            lin64(T, IM, H, a, P_("output.dense.weight"), P_("output.dense.bias"), t1);
+            tu_ref_linear64(T, IM, H, a, P_("output.dense.weight"), P_("output.dense.bias"), t1);
             for (int i = 0; i < T * H; i++)
                 X[i] = h1[i] + t1[i] * (i < L * H ? scale_of(t, l, TBERT_DROP_FFN_OUT, (uint64_t)r0 * H + i, ph) : 1.0);
-            ln64(T, H, X, P_("output.LayerNorm.weight"), P_("output.LayerNorm.bias"), eps);
+            tu_ref_layernorm64(T, H, X, P_("output.LayerNorm.weight"), P_("output.LayerNorm.bias"), eps, X);
 #undef P_
         }
         pbase += (size_t)A * L * L;
@@ -357,7 +298,7 @@ static double twin_loss(void *ctx) {
         case TBERT_POOL_CLS: memcpy(o, X, (size_t)H * 8); break;
         case TBERT_POOL_FLATTEN: memcpy(o, X, (size_t)L * H * 8); break;
         default:
-            lin64(1, H, H, X, tp(t, "pooler.dense.weight", 0), tp(t, "pooler.dense.bias", 0), o);
+            tu_ref_linear64(1, H, H, X, tp(t, "pooler.dense.weight", 0), tp(t, "pooler.dense.bias", 0), o);
             for (int j = 0; j < H; j++) o[j] = tanh(o[j]);
         }
     }
@@ -386,35 +327,35 @@ static double twin_loss(void *ctx) {
 /* One stack configuration on a random batch: forward vs twin, gradients vs finite differences of the twin. */
 static void fd_case(const char *label, tbert_model *m, const tbert_ft_stack_cfg *cfg, int n_doc, const int *wpd,
                     const int *lens, tu_rng *r) {
-    batch b;
-    batch_make(&b, r, n_doc, wpd, lens, m->cfg.vocab_size, m->cfg.hidden);
+    tu_ft_batch b;
+    tu_ft_batch_make(&b, r, n_doc, wpd, lens, m->cfg.vocab_size, m->cfg.hidden);
     tbert_ft_stack *s = NULL;
     tbert_error err = {0};
     if (tbert_ft_stack_create(m, cfg, &s, &err)) fail_msg("%s", err.msg);
     size_t dim = tbert_ft_stack_dense_dim(s);
     tbert_params *ps = tbert_ft_stack_params(s);
-    float *out = xcalloc((size_t)n_doc * dim, sizeof *out), *dout = xcalloc((size_t)n_doc * dim, sizeof *dout);
+    float *out = tu_xcalloc((size_t)n_doc * dim, sizeof *out), *dout = tu_xcalloc((size_t)n_doc * dim, sizeof *dout);
     twin t = {m, *cfg, tbert_ft_stack_first_layer(s), m->cfg.hidden, m->cfg.intermediate, m->cfg.heads, 1, &b, 5, ps,
               NULL, NULL, NULL, NULL, NULL};
     for (int w = 0; w < b.n_win; w++) t.T = b.off[w + 1] - b.off[w] > t.T ? b.off[w + 1] - b.off[w] : t.T;
     t.T += 2; /* two padding rows beyond the longest window: the mask is exercised in every window */
-    t.R = xcalloc((size_t)n_doc * dim, 8);
-    t.out = xcalloc((size_t)n_doc * dim, 8);
+    t.R = tu_xcalloc((size_t)n_doc * dim, 8);
+    t.out = tu_xcalloc((size_t)n_doc * dim, 8);
     for (size_t i = 0; i < (size_t)n_doc * dim; i++) dout[i] = tu_normal(r), t.R[i] = dout[i];
     tbert_ft_batch fb = ft_batch(&b);
     tbert_params_zero_grad(ps);
     if (tbert_ft_stack_forward(s, &fb, true, t.step, out, &err) || tbert_ft_stack_backward(s, dout, &err))
         fail_msg("%s", err.msg);
-    t.pofs = xcalloc((size_t)ps->n, sizeof *t.pofs);
+    t.pofs = tu_xcalloc((size_t)ps->n, sizeof *t.pofs);
     size_t total = 0;
     for (int i = 0; i < ps->n; i++) t.pofs[i] = total, total += ps->p[i].n;
-    t.theta = xcalloc(total, 8);
+    t.theta = tu_xcalloc(total, 8);
     for (int i = 0; i < ps->n; i++)
         for (size_t e = 0; e < ps->p[i].n; e++) t.theta[t.pofs[i] + e] = ps->p[i].w[e];
     const tbert_config *c = &m->cfg;
     size_t H = (size_t)c->hidden, nv = (size_t)c->vocab_size * H, np = (size_t)c->max_position * H;
     size_t nt = (size_t)c->type_vocab_size * H;
-    t.frozen = xcalloc(nv + np + nt + 2 * H, 8);
+    t.frozen = tu_xcalloc(nv + np + nt + 2 * H, 8);
     for (size_t i = 0; i < nv; i++) t.frozen[i] = m->word_emb[i];
     for (size_t i = 0; i < np; i++) t.frozen[nv + i] = m->pos_emb[i];
     for (size_t i = 0; i < nt; i++) t.frozen[nv + np + i] = m->type_emb[i];
@@ -426,9 +367,9 @@ static void fd_case(const char *label, tbert_model *m, const tbert_ft_stack_cfg 
            tbert_pool_name(cfg->pool), cfg->normalize ? " + L2" : "", b.n_win, (int)b.off[b.n_win], total);
     twin_loss(&t);
     check("forward vs float64 twin", out, t.out, (size_t)n_doc * dim, RATIO32, 1e-5, 0);
-    double **fdg = xcalloc((size_t)ps->n, sizeof *fdg), gmax = 0;
+    double **fdg = tu_xcalloc((size_t)ps->n, sizeof *fdg), gmax = 0;
     for (int i = 0; i < ps->n; i++) {
-        fdg[i] = xcalloc(ps->p[i].n, 8);
+        fdg[i] = tu_xcalloc(ps->p[i].n, 8);
         for (size_t e = 0; e < ps->p[i].n; e++) {
             double *p = &t.theta[t.pofs[i] + e], v = *p, h = FD_STEP * fmax(1.0, fabs(v));
             *p = v + h;
@@ -444,8 +385,8 @@ static void fd_case(const char *label, tbert_model *m, const tbert_ft_stack_cfg 
      * < 1e-4 so that a wrong small tensor cannot hide in the whole (fp32 rounding alone reaches ~1e-5 on tensors
      * with small gradients) */
     size_t total_g = tbert_params_numel(ps), at = 0;
-    float *all_g = xcalloc(total_g, sizeof *all_g);
-    double *all_fd = xcalloc(total_g, 8);
+    float *all_g = tu_xcalloc(total_g, sizeof *all_g);
+    double *all_fd = tu_xcalloc(total_g, 8);
     for (int i = 0; i < ps->n; i++) {
         char what[160];
         double mx = 0;
@@ -473,7 +414,7 @@ static void fd_case(const char *label, tbert_model *m, const tbert_ft_stack_cfg 
     free(fdg);
     tbert_ft_stack_free(s);
     free(out), free(dout), free(t.R), free(t.out), free(t.pofs), free(t.theta), free(t.frozen);
-    batch_free(&b);
+    tu_ft_batch_free(&b);
 }
 
 static void test_gradients_fd(void **state) {
@@ -484,7 +425,7 @@ static void test_gradients_fd(void **state) {
      * heads: at most 1.7e-6 over 100 seeds x 4 cases) */
     int heads = 2 + (int)(tu_next(&r) % 2), d = 2 + (int)(tu_next(&r) % 3), H = heads * d;
     int IM = H + (int)(tu_next(&r) % (uint64_t)(H + 2));
-    tbert_model *m = random_model(H, heads, IM, 2, 13, 16, g_seed ^ 5);
+    tbert_model *m = tu_ft_random_model(H, heads, IM, 2, 13, 16, g_seed ^ 5);
     /* documents: [odd, 0, odd] windows, a document of one zero-length window, a single window */
     int wpd[3] = {3, 1, 1};
     int lens[5] = {1 + 2 * (int)(tu_next(&r) % 4), 0, 3 + 2 * (int)(tu_next(&r) % 3), 0, 2 + (int)(tu_next(&r) % 6)};
@@ -502,14 +443,14 @@ static void test_gradients_fd(void **state) {
 /* ---- 3. threads ----------------------------------------------------------------------------------------- */
 
 /* out and every gradient of one training step */
-static float *run_step(tbert_model *m, tbert_ft_stack_cfg cfg, const batch *b, const float *dout, uint64_t step,
+static float *run_step(tbert_model *m, tbert_ft_stack_cfg cfg, const tu_ft_batch *b, const float *dout, uint64_t step,
                        size_t *n_out) {
     tbert_ft_stack *s = NULL;
     tbert_error err = {0};
     if (tbert_ft_stack_create(m, &cfg, &s, &err)) fail_msg("%s", err.msg);
     tbert_params *ps = tbert_ft_stack_params(s);
     size_t dim = tbert_ft_stack_dense_dim(s), n = (size_t)b->n_doc * dim + tbert_params_numel(ps);
-    float *res = xcalloc(n, sizeof *res);
+    float *res = tu_xcalloc(n, sizeof *res);
     tbert_ft_batch fb = ft_batch(b);
     if (tbert_ft_stack_forward(s, &fb, true, step, res, &err) || tbert_ft_stack_backward(s, dout, &err))
         fail_msg("%s", err.msg);
@@ -525,19 +466,19 @@ static float *run_step(tbert_model *m, tbert_ft_stack_cfg cfg, const batch *b, c
 
 static void test_threads_bit_identical(void **state) {
     (void)state;
-    tbert_model *m = random_model(32, 4, 48, 3, 60, 64, g_seed ^ 7);
+    tbert_model *m = tu_ft_random_model(32, 4, 48, 3, 60, 64, g_seed ^ 7);
     tu_rng r = {g_seed ^ 33};
     int wpd[4] = {2, 4, 1, 3}, lens[10];
     for (int w = 0; w < 10; w++) lens[w] = w == 3 ? 0 : 1 + (int)(tu_next(&r) % 60);
-    batch b;
-    batch_make(&b, &r, 4, wpd, lens, 60, 32);
+    tu_ft_batch b;
+    tu_ft_batch_make(&b, &r, 4, wpd, lens, 60, 32);
     printf("  %d tokens (%d chunks of %d)\n", (int)b.off[10], (b.off[10] + TBERT_BWD_CHUNK - 1) / TBERT_BWD_CHUNK,
            TBERT_BWD_CHUNK);
     assert_true(b.off[10] > 2 * TBERT_BWD_CHUNK);
     tbert_pool pools[2] = {TBERT_POOL_MEAN, TBERT_POOL_POOLER};
     for (int c = 0; c < 2; c++) {
         tbert_ft_stack_cfg cfg = {3, c == 0 ? 3 : 2, c == 0, pools[c], 64, c == 0, 0.1f, 0.1f, 1234, 1};
-        float *dout = xcalloc(4 * 32, sizeof *dout);
+        float *dout = tu_xcalloc(4 * 32, sizeof *dout);
         for (int i = 0; i < 4 * 32; i++) dout[i] = tu_normal(&r);
         size_t n1, n;
         float *ref = run_step(m, cfg, &b, dout, 3, &n1);
@@ -554,7 +495,7 @@ static void test_threads_bit_identical(void **state) {
         }
         free(ref), free(dout);
     }
-    batch_free(&b);
+    tu_ft_batch_free(&b);
     tbert_model_free(m);
 }
 
@@ -562,11 +503,11 @@ static void test_threads_bit_identical(void **state) {
 
 static void test_dropout_masks(void **state) {
     (void)state;
-    tbert_model *m = random_model(32, 4, 48, 2, 60, 64, g_seed ^ 9);
+    tbert_model *m = tu_ft_random_model(32, 4, 48, 2, 60, 64, g_seed ^ 9);
     tu_rng r = {g_seed ^ 44};
     int wpd[2] = {2, 1}, lens[3] = {40, 17, 33};
-    batch b;
-    batch_make(&b, &r, 2, wpd, lens, 60, 32);
+    tu_ft_batch b;
+    tu_ft_batch_make(&b, &r, 2, wpd, lens, 60, 32);
     tbert_ft_batch fb = ft_batch(&b);
     tbert_error err = {0};
     tbert_ft_stack_cfg cfg = {2, 2, true, TBERT_POOL_MEAN, 64, false, 0.1f, 0.1f, 77, 2};
@@ -595,13 +536,13 @@ static void test_dropout_masks(void **state) {
     assert_true(fabs((double)kept - 0.9 * n) < 5 * sd);
     tbert_ft_stack_free(s);
     tbert_ft_stack_free(s0);
-    batch_free(&b);
+    tu_ft_batch_free(&b);
     tbert_model_free(m);
 }
 
 static void test_bad_arguments(void **state) {
     (void)state;
-    tbert_model *m = random_model(8, 2, 16, 2, 20, 16, 3);
+    tbert_model *m = tu_ft_random_model(8, 2, 16, 2, 20, 16, 3);
     tbert_error err = {0};
     tbert_ft_stack *s = NULL;
     tbert_ft_stack_cfg cfg = {2, 3, false, TBERT_POOL_MEAN, 8, false, 0, 0, 1, 1};

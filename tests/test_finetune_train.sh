@@ -25,8 +25,8 @@ PY=${TBERT_PYTHON:-python3}
 source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_fixture "$MODEL/model.safetensors" "$DATA"
 tl_require_python numpy safetensors
-TMP=$(mktemp -d /tmp/tbert_finetune.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
+tl_workdir tbert_finetune
+TMP=$TL_WORK
 export TBERT_CACHE=$TMP/cache
 fail=0
 train() { # out_dir extra...  (exec: when run with &, $! is tbert itself)

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "head_ref.h"
 #include "testutil.h"
 #include "tbert/head.h"
 #include "tbert/rows.h"
@@ -38,44 +39,6 @@ static void make_batch(batch *b, tu_rng *r, int n, size_t dd, size_t sparse, dou
 static void free_batch(batch *b) {
     free(b->x);
     tbert_rows_free(&b->rows);
-}
-
-/* float64 loss of the head with parameters P on the dense x (eval mode), written from head.h's formulas */
-static double ref_loss(const tbert_head *h, const double *P, const batch *b, const int *y) {
-    const tbert_head_config *c = &h->cfg;
-    int D = c->in_dim, Hd = c->hidden, O = tbert_head_out_dim(c), K = Hd ? Hd : D;
-    const double *w1 = Hd ? P + h->tensors[0].offset : NULL, *b1 = Hd ? P + h->tensors[1].offset : NULL;
-    const double *w2 = P + h->tensors[Hd ? 2 : 0].offset, *b2 = P + h->tensors[Hd ? 3 : 1].offset;
-    double *hv = malloc(sizeof(double) * (size_t)K), total = 0;
-    for (int i = 0; i < b->n; i++) {
-        const float *xi = b->x + (size_t)i * D;
-        for (int j = 0; j < K; j++) {
-            if (!Hd) {
-                hv[j] = xi[j];
-                continue;
-            }
-            double a = b1[j];
-            for (int d = 0; d < D; d++) a += w1[(size_t)j * D + d] * xi[d];
-            hv[j] = 0.5 * a * (1 + erf(a / sqrt(2.0)));
-        }
-        double z[8] = {0}, l;
-        for (int o = 0; o < O; o++) {
-            z[o] = b2[o];
-            for (int j = 0; j < K; j++) z[o] += w2[(size_t)o * K + j] * hv[j];
-        }
-        if (c->binary) {
-            double t = y[i] == c->positive;
-            l = fmax(z[0], 0) - z[0] * t + log1p(exp(-fabs(z[0])));
-        } else {
-            double mx = z[0], se = 0;
-            for (int o = 1; o < O; o++) mx = fmax(mx, z[o]);
-            for (int o = 0; o < O; o++) se += exp(z[o] - mx);
-            l = mx + log(se) - z[y[i]];
-        }
-        total += l;
-    }
-    free(hv);
-    return total / b->n;
 }
 
 static void check_variant(int hidden, bool binary, int C, float dropout, size_t dd, uint64_t seed) {
@@ -120,14 +83,14 @@ static void check_variant(int hidden, bool binary, int C, float dropout, size_t 
     if (!train) { /* finite differences of the float64 loss */
         double *P = malloc(sizeof(double) * h->n_params), *num = malloc(sizeof(double) * h->n_params);
         for (size_t i = 0; i < h->n_params; i++) P[i] = h->params[i];
-        double lref = ref_loss(h, P, &b, y), eps = 1e-5, gn = 0;
+        double lref = tu_head_ref_loss(h, P, b.x, b.n, y), eps = 1e-5, gn = 0;
         assert_true(fabs(loss - lref) <= 1e-5 + 1e-5 * fabs(lref));
         for (size_t i = 0; i < h->n_params; i++) {
             double keep = P[i];
             P[i] = keep + eps;
-            double lp = ref_loss(h, P, &b, y);
+            double lp = tu_head_ref_loss(h, P, b.x, b.n, y);
             P[i] = keep - eps;
-            double lm = ref_loss(h, P, &b, y);
+            double lm = tu_head_ref_loss(h, P, b.x, b.n, y);
             P[i] = keep;
             num[i] = (lp - lm) / (2 * eps);
             gn += num[i] * num[i];

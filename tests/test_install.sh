@@ -10,18 +10,10 @@ BUILD=$(dirname "$BIN")
 TESTS=$(cd "${TBERT_TESTS_DIR:-$(dirname "$0")}" && pwd)
 [ -f "$BUILD/cmake_install.cmake" ] || { echo "FAIL $BUILD has no cmake_install.cmake"; exit 1; }
 command -v groff > /dev/null || { echo "FAIL groff is not installed (scripts/install-deps.sh installs groff-base)"; exit 1; }
-W=$(mktemp -d /tmp/tbert_install.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1 # check, checks, fails
+tl_workdir tbert_install
+W=$TL_WORK
 P=$W/prefix
-fails=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
-checks() { # checks DESCRIPTION 'SHELL CONDITION'
-    local what=$1; shift
-    if eval "$1"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
 
 cmake --install "$BUILD" --prefix "$P" > "$W/install.log" 2>&1
 rc=$?

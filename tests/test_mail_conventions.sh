@@ -22,18 +22,10 @@ TESTS=$(cd "${TBERT_TESTS_DIR:-$(dirname "$0")}" && pwd)
 case $BIN in /*) ;; *) BIN=$PWD/$BIN ;; esac # part 6 runs from another folder
 MODEL=$TESTS/models/bert_tiny_shape
 D=$TESTS/data/mail
-W=$(mktemp -d /tmp/tbert_mailconv.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1 # check, checks, fails
+tl_workdir tbert_mailconv
+W=$TL_WORK
 export TBERT_CACHE=$W/cache
-fails=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
-checks() { # checks DESCRIPTION 'SHELL CONDITION'
-    local what=$1; shift
-    if eval "$1"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
 field() { grep -o "\"$1\":[^,}]*" | sed "s/^\"$1\"://; s/^\"//; s/\"$//"; }
 for f in alternative crlf html_only nested qp_latin1 rfc2047 attachment_only bad_bytes cp1252_8bit shift_jis utf8_base64; do
     [ -f "$D/$f.eml" ] || { echo "FAIL committed fixture $D/$f.eml is missing"; exit 1; }

@@ -13,21 +13,11 @@ case $BIN in /*) ;; *) BIN=$PWD/$BIN ;; esac
 TESTS=$(cd "${TBERT_TESTS_DIR:-$(dirname "$0")}" && pwd)
 MODEL=$TESTS/models/bert_tiny_shape
 D=$TESTS/data/mail
-for tool in procmail maildrop; do
-    command -v $tool > /dev/null || { echo "FAIL $tool is not installed (scripts/install-deps.sh installs it)"; exit 1; }
-done
-W=$(mktemp -d /tmp/tbert_mda.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1 # check, checks, fails
+tl_require_tools procmail maildrop
+tl_workdir tbert_mda
+W=$TL_WORK
 export TBERT_CACHE=$W/cache
-fails=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
-checks() { # checks DESCRIPTION 'SHELL CONDITION'
-    local what=$1; shift
-    if eval "$1"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
 MSGS=(alternative crlf html_only nested qp_latin1 rfc2047 attachment_only bad_bytes cp1252_8bit shift_jis utf8_base64)
 for f in "${MSGS[@]}"; do [ -f "$D/$f.eml" ] || { echo "FAIL committed fixture $D/$f.eml is missing"; exit 1; }; done
 mkdir -p "$W/ham" "$W/spam"

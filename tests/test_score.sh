@@ -16,18 +16,9 @@ MODEL=$TESTS/models/bert_tiny_shape
 source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 tl_require_fixture "$MODEL/model.safetensors"
 tl_external "$S/spam" || tl_skip_external "shared corpus not found at $S"
-W=$(mktemp -d /tmp/tbert_score_sh.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+tl_workdir tbert_score_sh
+W=$TL_WORK
 export TBERT_CACHE=$W/cache
-fails=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
-checks() { # checks DESCRIPTION 'SHELL CONDITION' (for conditions joined with && or ||)
-    local what=$1; shift
-    if eval "$1"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
 field() { grep -o "\"$1\":[^,}]*" | sed "s/^\"$1\"://; s/^\"//; s/\"$//"; }
 # same_records A B: the same records in the same order; scores may differ by 1e-5 (batches are composed
 # differently after a resume or in a shard, and BLAS sums need not be bitwise the same), all else exactly.

@@ -9,19 +9,8 @@
 SERVE_TOOLS=(spamc)
 . "$(dirname "$0")/serve_common.sh"
 
-mk() { # mk FILE SUBJECT BODY FROM
-    printf 'From: %s\nTo: me@example.org\nSubject: %s\nMessage-ID: <%s@x>\nDate: Mon, 1 Dec 2025 10:00:00 +0000\n\n%s\n' \
-        "$4" "$2" "$(basename "$1")" "$3" > "$1"
-}
-mkdir -p "$W/ham" "$W/spam"
-hw=(meeting project report agenda budget review schedule minutes draft team quarterly notes lunch colleague deadline)
-sw=(viagra winner prize cheap pills casino lottery free offer click bitcoin discount unsubscribe million urgent)
-for i in $(seq 1 24); do
-    b=""; for k in 1 2 3 4 5 6 7 8; do b="$b ${hw[$(((i * 7 + k * 3) % 15))]}"; done
-    mk "$W/ham/h$i.eml" "re: ${hw[$((i % 15))]} ${hw[$(((i + 4) % 15))]}" "Hi, about the$b (item $i). Regards, Ann" "ann@corp.example"
-    b=""; for k in 1 2 3 4 5 6 7 8; do b="$b ${sw[$(((i * 5 + k * 2) % 15))]}"; done
-    mk "$W/spam/s$i.eml" "${sw[$((i % 15))]} ${sw[$(((i + 3) % 15))]} now" "Dear friend,$b!!! act now, offer $i" "promo$i@spam.example"
-done
+source "$(dirname "${BASH_SOURCE[0]}")/util/learn_mail.sh" || exit 1
+learn_mail "$W"
 MISS=$W/miss.eml
 mk "$MISS" "re: project" "Hi, about the meeting. zorblax quintafold zorblax quintafold. Regards" "ann@corp.example"
 MISS2=$W/miss2.eml

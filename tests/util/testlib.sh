@@ -13,6 +13,13 @@
 #   tl_exit FAILS                  exit 1 when FAILS > 0, else 77 after tl_skip_part, else 0
 #   tl_shared REL                  prints $TBERT_SHARED_DATA/REL (the corpus folder)
 #   tl_minilm                      prints the MiniLM model folder in the cache
+#   tl_require_tools TOOL...       each must be on PATH, else "FAIL TOOL is not installed ...", exit 1
+#   tl_require_cuda_build          TBERT_BUILD_CUDA=EMU runs on; ON without a GPU and OFF skip (77); else exit 1
+#   tl_workdir PREFIX              sets TL_WORK to a new /tmp/PREFIX.XXXXXX, removed on exit
+# Checks that count (the calling test reads $fails at its end):
+#   check DESCRIPTION COMMAND...   "ok   DESCRIPTION" when COMMAND succeeds, else "FAIL DESCRIPTION" and fails+1
+#   checks DESCRIPTION 'CONDITION' the same for a shell condition (eval; for conditions joined with && or ||)
+#   fail MESSAGE...                "FAIL: MESSAGE" on stderr and fails+1
 TL_NAME=${TL_NAME:-$(basename "${BASH_SOURCE[1]:-$0}" .sh)}
 TL_SKIPPED_PARTS=0
 
@@ -60,3 +67,38 @@ tl_shared() {
 tl_minilm() {
     echo "${TBERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tbert}/models/minilm"
 }
+
+tl_require_tools() {
+    local t
+    for t in "$@"; do
+        command -v "$t" > /dev/null || { echo "FAIL $t is not installed (scripts/install-deps.sh installs it)"; exit 1; }
+    done
+}
+
+tl_require_cuda_build() {
+    local kind=${TBERT_BUILD_CUDA:?TBERT_BUILD_CUDA not set (ON, OFF or EMU; tests/CMakeLists.txt sets it)}
+    case "$kind" in
+        EMU) ;;
+        ON) { [ -e /dev/nvidia0 ] || nvidia-smi -L 2>/dev/null | grep -q '^GPU '; } ||
+                tl_skip_external "no CUDA device (a CUDA build on a machine without a GPU; the emu configuration runs this test)" ;;
+        OFF) tl_skip_external "built without the CUDA backend (the emu configuration runs this test)" ;;
+        *) echo "FAIL: TBERT_BUILD_CUDA=$kind (want ON, OFF or EMU)" >&2; exit 1 ;;
+    esac
+}
+
+tl_workdir() {
+    TL_WORK=$(mktemp -d "/tmp/$1.XXXXXX") || { echo "FAIL: $TL_NAME: cannot make a folder under /tmp" >&2; exit 1; }
+    # shellcheck disable=SC2064 # the folder's name is fixed now
+    trap "rm -rf '$TL_WORK'" EXIT
+}
+
+fails=${fails:-0} # kept when a test sources this file twice (directly and through serve_common.sh)
+check() {
+    local what=$1; shift
+    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
+}
+checks() {
+    local what=$1; shift
+    if eval "$1"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
+}
+fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }

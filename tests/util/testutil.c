@@ -81,6 +81,36 @@ float tu_normal(tu_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+int tu_rand_int(tu_rng *r, int lo, int hi) { return lo + (int)(tu_next(r) % (uint64_t)(hi - lo + 1)); }
+
+float *tu_rand_floats(tu_rng *r, size_t n, float scale) {
+    float *v = tu_xmalloc(n * sizeof *v + 4);
+    for (size_t i = 0; i < n; i++) v[i] = scale * tu_normal(r);
+    return v;
+}
+
+void *tu_xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    assert_non_null(p);
+    return p;
+}
+
+void *tu_xcalloc(size_t n, size_t sz) {
+    void *p = calloc(n ? n : 1, sz ? sz : 1);
+    assert_non_null(p);
+    return p;
+}
+
+double tu_norm_ratio(const float *got, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)got[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
 void tu_dump(const char *case_name, const void *p, size_t bytes) {
     const char *dir = getenv("TBERT_TEST_DUMP_DIR"), *test = getenv("TBERT_TEST_NAME");
     if (!dir || !*dir) return;

@@ -50,6 +50,17 @@ uint64_t tu_next(tu_rng *r);
 double tu_uniform(tu_rng *r);          /* [0,1) */
 float tu_normal(tu_rng *r);            /* N(0,1) */
 
+int tu_rand_int(tu_rng *r, int lo, int hi); /* [lo, hi], both inclusive */
+/* n draws of scale * N(0,1), in order (caller frees; 4 spare bytes) */
+float *tu_rand_floats(tu_rng *r, size_t n, float scale);
+
+/* malloc / calloc that fail the running cmocka test when they return NULL (a size of 0 allocates 1) */
+void *tu_xmalloc(size_t n);
+void *tu_xcalloc(size_t n, size_t sz);
+
+/* ||got-ref|| / ||ref|| in float64 (||got-ref|| when ref is all zeros) */
+double tu_norm_ratio(const float *got, const float *ref, size_t n);
+
 /* |got-ref| <= atol + rtol*|ref| for every element, no NaN/Inf. Prints the first violation and the
  * relative norm ||got-ref||/||ref||. Returns the number of violations. */
 size_t tu_compare(const char *what, const float *got, const float *ref, size_t n, double atol, double rtol);
