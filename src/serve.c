@@ -985,6 +985,8 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
     struct stat head_seen = {0};
     bool head_known = stat(head_file, &head_seen) == 0;
     serve_retrainer *retrainer = st ? NULL : serve_retrainer_new(o->head, o->exe, o->retrain_after);
+    if (!st && !retrainer && o->retrain_after > 0) /* asked for, but out of memory: not silently off */
+        st = tbert_fail(err, TBERT_E_NOMEM, "serve: out of memory for the background retrain");
     while (!st) {
         serve_retrainer_tick(retrainer, slog, s);
         siginfo_t si;
