@@ -295,12 +295,7 @@ __global__ void masked_softmax_kernel(float *S, const int32_t *cu_seqlens, int T
     float *r = S + row * Tn;
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < len; j += blockDim.x) mx = fmaxf(mx, r[j] * scale);
-    mx = tbert::warp_max(mx);
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = mx;
-    __syncthreads();
-    mx = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) mx = fmaxf(mx, scratch[w]);
-    __syncthreads();
+    mx = tbert::block_max(mx, scratch);
     float sum = 0.0f;
     for (int j = threadIdx.x; j < len; j += blockDim.x) sum += expf(r[j] * scale - mx);
     sum = tbert::block_sum(sum, scratch);

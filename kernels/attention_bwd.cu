@@ -36,12 +36,7 @@ template <typename T> __global__ void softmax_rows_kernel(T *P, const float *S, 
     const float *srow = S + pr.at;
     float mx = -INFINITY;
     for (int j = threadIdx.x; j < pr.len; j += blockDim.x) mx = fmaxf(mx, srow[j]);
-    mx = tbert::warp_max(mx);
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = mx;
-    __syncthreads();
-    mx = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) mx = fmaxf(mx, scratch[w]);
-    __syncthreads();
+    mx = tbert::block_max(mx, scratch);
     float sum = 0.0f;
     for (int j = threadIdx.x; j < pr.len; j += blockDim.x) sum += expf(srow[j] - mx);
     const float inv = 1.0f / tbert::block_sum(sum, scratch);

@@ -1,5 +1,6 @@
 // Error checking and small device helpers shared by all kernels' launchers.
 #pragma once
+#include <cmath>
 #include <cstdio>
 #include <cstdint>
 #include <cstdlib>
@@ -94,6 +95,18 @@ __device__ __forceinline__ float block_sum(float v, float *scratch) {
     t = warp_sum(t);
     __syncthreads();
     return t;
+}
+
+// Maximum over the whole block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+// scratch: 32 floats of shared memory; the function ends with a barrier so scratch can be reused.
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+    v = warp_max(v);
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) v = fmaxf(v, scratch[w]);
+    __syncthreads();
+    return v;
 }
 
 } // namespace tbert

@@ -27,6 +27,103 @@ void tbert_cv_assign_folds(const tbert_fit_data *d, const int *idx, int n, int K
     }
 }
 
+tbert_status tbert_cv_work_init(tbert_cv_work *w, const tbert_fit_data *d, const tbert_hparams *hp, int E, const char *who,
+                                tbert_error *err) {
+    memset(w, 0, sizeof *w);
+    const int K = hp->cv_folds, n = d->n_train, C = d->n_classes;
+    if (d->n_val > 0) return tbert_fail(err, TBERT_E_ARG, "train: cross-validation takes its folds from the training split (use --val-fraction 0)");
+    if (n < 2 * K) return tbert_fail(err, TBERT_E_ARG, "train: %d training examples are too few for %d folds", n, K);
+    if (E < 1) return tbert_fail(err, TBERT_E_ARG, "train: epochs and batch must be positive");
+    w->K = K;
+    w->n = n;
+    w->C = C;
+    w->E = E;
+    w->fold = tbert_malloc_array((size_t)n, sizeof(int));
+    w->scratch = tbert_malloc_array((size_t)n, sizeof(int));
+    w->ftr = tbert_malloc_array((size_t)n, sizeof(int));
+    w->fva = tbert_malloc_array((size_t)n, sizeof(int));
+    w->best_epochs = tbert_malloc_array((size_t)K, sizeof(int));
+    w->y = tbert_malloc_array((size_t)n, sizeof(int));
+    w->oof = tbert_malloc_array((size_t)n, (size_t)C * sizeof(float));
+    w->sc = tbert_malloc_array((size_t)n, sizeof(float));
+    w->pos = tbert_malloc_array((size_t)n, sizeof(bool));
+    for (int j = 0; j < 4; j++) w->hist[j] = tbert_calloc_array((size_t)E, sizeof(double));
+    if (!w->fold || !w->scratch || !w->ftr || !w->fva || !w->best_epochs || !w->y || !w->oof || !w->sc || !w->pos || !w->hist[0] ||
+        !w->hist[1] || !w->hist[2] || !w->hist[3]) {
+        tbert_cv_work_free(w);
+        return tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory for %d-fold cross-validation", who, K);
+    }
+    tbert_cv_assign_folds(d, d->train_idx, n, K, hp->seed, w->fold, w->scratch);
+    return TBERT_OK;
+}
+
+void tbert_cv_fold_setup(const tbert_cv_work *w, const tbert_fit_data *d, const tbert_hparams *hp, int k, tbert_fit_data *fd,
+                         tbert_hparams *fh) {
+    int nt = 0, nv = 0;
+    for (int i = 0; i < w->n; i++) {
+        if (w->fold[i] == k) w->fva[nv++] = d->train_idx[i];
+        else w->ftr[nt++] = d->train_idx[i];
+    }
+    *fd = *d;
+    fd->train_idx = w->ftr;
+    fd->n_train = nt;
+    fd->val_idx = w->fva;
+    fd->n_val = nv;
+    fd->n_test = 0;
+    *fh = *hp;
+    fh->cv_folds = 0;
+    fh->keep_last = false;
+    fh->threshold = "f1"; /* unused: the threshold comes from all folds together */
+    fh->seed = hp->seed + 1000003ull * (uint64_t)(k + 1);
+    fh->progress = TBERT_PROGRESS_OFF;
+}
+
+void tbert_cv_fold_record(tbert_cv_work *w, int k, const tbert_fit_result *fr) {
+    const int C = w->C;
+    w->best_epochs[k] = fr->best_epoch;
+    const double *f4[4] = {fr->train_loss, fr->train_acc, fr->val_loss, fr->val_acc};
+    for (int j = 0; j < 4; j++)
+        for (int e = 0; e < w->E; e++) w->hist[j][e] += f4[j][e] / w->K;
+    int j = 0;
+    for (int i = 0; i < w->n; i++) /* val_idx is ascending, as the train_idx it came from */
+        if (w->fold[i] == k) memcpy(w->oof + (size_t)i * C, fr->val_probs + (size_t)j++ * C, (size_t)C * sizeof(float));
+}
+
+tbert_status tbert_cv_threshold(tbert_cv_work *w, const tbert_fit_data *d, const tbert_hparams *hp, float *thr, int *pos_cls,
+                                int *median_epochs, tbert_error *err) {
+    const int n = w->n, C = w->C;
+    *thr = 0.5f;
+    *pos_cls = d->positive >= 0 && C == 2 ? d->positive : -1;
+    for (int i = 0; i < n; i++) {
+        w->y[i] = d->y[d->train_idx[i]];
+        if (*pos_cls >= 0) {
+            w->sc[i] = w->oof[(size_t)i * C + *pos_cls];
+            w->pos[i] = w->y[i] == *pos_cls;
+        }
+    }
+    if (*pos_cls >= 0) {
+        tbert_status st = tbert_threshold_choose(hp->threshold, n, w->sc, w->pos, thr, err);
+        if (st) return st;
+    }
+    qsort(w->best_epochs, (size_t)w->K, sizeof(int), tbert_cmp_int);
+    *median_epochs = w->best_epochs[w->K / 2];
+    return TBERT_OK;
+}
+
+void tbert_cv_work_free(tbert_cv_work *w) {
+    for (int j = 0; j < 4; j++) free(w->hist[j]);
+    free(w->fold);
+    free(w->scratch);
+    free(w->ftr);
+    free(w->fva);
+    free(w->best_epochs);
+    free(w->y);
+    free(w->oof);
+    free(w->sc);
+    free(w->pos);
+    memset(w, 0, sizeof *w);
+}
+
 tbert_status tbert_head_ensemble(tbert_head *const *heads, int K, tbert_head **out, tbert_error *err) {
     *out = NULL;
     if (K < 1) return tbert_fail(err, TBERT_E_ARG, "ensemble: no heads");
@@ -70,12 +167,6 @@ tbert_status tbert_head_ensemble(tbert_head *const *heads, int K, tbert_head **o
     return TBERT_OK;
 }
 
-static int kill_fold(void) {
-    const char *k = getenv("TBERT_TEST_KILL_AT");
-    if (!k || strncmp(k, "fold:", 5)) return -1;
-    return atoi(k + 5);
-}
-
 /* metrics (and probabilities, n x C, malloc'd into *keep when keep != NULL) of head h on rows idx[0..n) */
 static tbert_status split_metrics(const tbert_head *h, const tbert_fit_data *d, const int *idx, int n, float thr, tbert_metrics *m,
                                   float **keep, tbert_error *err) {
@@ -112,54 +203,23 @@ tbert_status tbert_fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, cons
     memset(r, 0, sizeof *r);
     double t0 = tbert_now();
     const int K = hp->cv_folds, n = d->n_train, C = d->n_classes, E = hp->epochs;
-    if (d->n_val > 0) return tbert_fail(err, TBERT_E_ARG, "train: cross-validation takes its folds from the training split (use --val-fraction 0)");
-    if (n < 2 * K) return tbert_fail(err, TBERT_E_ARG, "train: %d training examples are too few for %d folds", n, K);
-    if (E < 1) return tbert_fail(err, TBERT_E_ARG, "train: epochs and batch must be positive");
-    int *fold = tbert_malloc_array((size_t)n, sizeof(int)), *scratch = tbert_malloc_array((size_t)n, sizeof(int));
-    int *ftr = tbert_malloc_array((size_t)n, sizeof(int)), *fva = tbert_malloc_array((size_t)n, sizeof(int));
-    int *best_epochs = tbert_malloc_array((size_t)K, sizeof(int)), *y = tbert_malloc_array((size_t)n, sizeof(int));
-    float *oof = tbert_malloc_array((size_t)n, (size_t)C * sizeof(float)), *s = tbert_malloc_array((size_t)n, sizeof(float));
-    bool *pos = tbert_malloc_array((size_t)n, sizeof(bool));
+    tbert_cv_work w;
+    tbert_status st = tbert_cv_work_init(&w, d, hp, E, "train", err);
+    if (st) return st;
     tbert_head **heads = tbert_calloc_array((size_t)K, sizeof *heads);
-    double *hist[4];
-    for (int j = 0; j < 4; j++) hist[j] = tbert_calloc_array((size_t)E, sizeof(double));
-    tbert_status st = TBERT_OK;
-    if (!fold || !scratch || !ftr || !fva || !best_epochs || !y || !oof || !s || !pos || !heads || !hist[0] || !hist[1] ||
-        !hist[2] || !hist[3])
-        st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory for %d-fold cross-validation", K);
-    if (!st) tbert_cv_assign_folds(d, d->train_idx, n, K, hp->seed, fold, scratch);
+    if (!heads) st = tbert_fail(err, TBERT_E_NOMEM, "train: out of memory for %d-fold cross-validation", K);
     tbert_progress_mode pm = hp->progress == TBERT_PROGRESS_AUTO ? (isatty(2) ? TBERT_PROGRESS_BAR : TBERT_PROGRESS_LOG) : hp->progress;
-    int kill_at = ck ? kill_fold() : -1;
+    int kill_at = ck ? tbert_fit_kill_at("fold") : -1;
     for (int k = 0; k < K && !st; k++) {
-        int nt = 0, nv = 0;
-        for (int i = 0; i < n; i++) {
-            if (fold[i] == k) fva[nv++] = d->train_idx[i];
-            else ftr[nt++] = d->train_idx[i];
-        }
-        tbert_fit_data fd = *d;
-        fd.train_idx = ftr;
-        fd.n_train = nt;
-        fd.val_idx = fva;
-        fd.n_val = nv;
-        fd.n_test = 0;
-        tbert_hparams fh = *hp;
-        fh.cv_folds = 0;
-        fh.keep_last = false;
-        fh.threshold = "f1"; /* unused: the threshold comes from all folds together */
-        fh.seed = hp->seed + 1000003ull * (uint64_t)(k + 1);
-        fh.progress = TBERT_PROGRESS_OFF;
+        tbert_fit_data fd;
+        tbert_hparams fh;
+        tbert_cv_fold_setup(&w, d, hp, k, &fd, &fh);
         tbert_fit_result fr;
         st = tbert_fit_once(&fd, &fh, NULL, &fr, err);
         if (!st) {
-            best_epochs[k] = fr.best_epoch;
+            tbert_cv_fold_record(&w, k, &fr);
             heads[k] = fr.best;
             fr.best = NULL;
-            const double *fh4[4] = {fr.train_loss, fr.train_acc, fr.val_loss, fr.val_acc};
-            for (int j = 0; j < 4; j++)
-                for (int e = 0; e < E; e++) hist[j][e] += fh4[j][e] / K;
-            int j = 0;
-            for (int i = 0; i < n; i++) /* val_idx is ascending, as the train_idx it came from */
-                if (fold[i] == k) memcpy(oof + (size_t)i * C, fr.val_probs + (size_t)j++ * C, (size_t)C * sizeof(float));
             if (pm != TBERT_PROGRESS_OFF)
                 fprintf(stderr, "tbert: cross-validation fold %d/%d: best epoch %d, held-out loss %.4f acc %.4f\n", k + 1, K,
                         fr.best_epoch, fr.val_loss[fr.best_epoch - 1], fr.val_acc[fr.best_epoch - 1]);
@@ -168,30 +228,22 @@ tbert_status tbert_fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, cons
         if (!st && kill_at == k + 1) raise(SIGKILL); /* crash tests: die after this fold (nothing is written yet) */
     }
     float thr = 0.5f;
-    int pos_cls = d->positive >= 0 && C == 2 ? d->positive : -1;
-    for (int i = 0; !st && i < n; i++) {
-        y[i] = d->y[d->train_idx[i]];
-        if (pos_cls >= 0) {
-            s[i] = oof[(size_t)i * C + pos_cls];
-            pos[i] = y[i] == pos_cls;
-        }
-    }
-    if (!st && pos_cls >= 0) st = tbert_threshold_choose(hp->threshold, n, s, pos, &thr, err);
+    int pos_cls = -1, median = 0;
+    if (!st) st = tbert_cv_threshold(&w, d, hp, &thr, &pos_cls, &median, err);
     if (!st) {
-        qsort(best_epochs, (size_t)K, sizeof(int), tbert_cmp_int);
-        r->best_epoch = best_epochs[K / 2]; /* informational: each member kept its own best epoch */
+        r->best_epoch = median; /* informational: each member kept its own best epoch */
         r->epochs_run = E;
         r->threshold = thr;
-        r->train_loss = hist[0];
-        r->train_acc = hist[1];
-        r->val_loss = hist[2];
-        r->val_acc = hist[3];
-        hist[0] = hist[1] = hist[2] = hist[3] = NULL;
-        st = tbert_metrics_compute(n, C, oof, y, pos_cls, thr, &r->val, err);
+        r->train_loss = w.hist[0];
+        r->train_acc = w.hist[1];
+        r->val_loss = w.hist[2];
+        r->val_acc = w.hist[3];
+        w.hist[0] = w.hist[1] = w.hist[2] = w.hist[3] = NULL;
+        st = tbert_metrics_compute(n, C, w.oof, w.y, pos_cls, thr, &r->val, err);
     }
     if (!st) {
-        r->val_probs = oof;
-        oof = NULL;
+        r->val_probs = w.oof;
+        w.oof = NULL;
         r->n_oof = n;
         if (pm != TBERT_PROGRESS_OFF)
             fprintf(stderr, "tbert: cross-validation: threshold %.4f on %d out-of-fold scores (%s); the head kept is the ensemble "
@@ -202,9 +254,9 @@ tbert_status tbert_fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, cons
     if (!st) { /* the members and the folds, for a warm-started `tbert learn` */
         r->fold_heads = heads;
         r->n_fold_heads = K;
-        r->fold = fold;
+        r->fold = w.fold;
         heads = NULL;
-        fold = NULL;
+        w.fold = NULL;
     }
     if (!st) st = split_metrics(r->best, d, d->train_idx, n, thr, &r->train, NULL, err);
     if (!st) st = split_metrics(r->best, d, d->test_idx, d->n_test, thr, &r->test, &r->test_probs, err);
@@ -220,15 +272,6 @@ tbert_status tbert_fit_cv(const tbert_fit_data *d, const tbert_hparams *hp, cons
     r->seconds = tbert_now() - t0;
     for (int k = 0; heads && k < K; k++) tbert_head_free(heads[k]);
     free(heads);
-    for (int j = 0; j < 4; j++) free(hist[j]);
-    free(fold);
-    free(scratch);
-    free(ftr);
-    free(fva);
-    free(best_epochs);
-    free(y);
-    free(oof);
-    free(s);
-    free(pos);
+    tbert_cv_work_free(&w);
     return st;
 }

@@ -440,16 +440,8 @@ static tbert_status save_ckpt(const tbert_fit_ckpt *ck, const char *file, const 
                               bool with_state, const tbert_rng *rng, float thr, int epoch, int best_epoch, const char *tj,
                               const char *mj, tbert_error *err) {
     char path[4200];
-    snprintf(path, sizeof path, "%s/%s", ck->out_dir, file);
-    tbert_ckpt_meta meta = {0};
-    meta.recipe = ck->recipe;
-    meta.recipe.threshold = thr;
-    memcpy(meta.data_hash, ck->data_hash, sizeof meta.data_hash);
-    meta.epoch = epoch;
-    meta.seed = ck->seed;
-    meta.best_epoch = best_epoch;
-    meta.train_json = (char *)tj;
-    meta.metrics_json = (char *)mj;
+    tbert_ckpt_meta meta;
+    tbert_fit_ckpt_meta(ck, file, thr, epoch, best_epoch, tj, mj, path, sizeof path, &meta);
     extra_ctx x = {s->enc, enc_values, with_state ? &s->opt : NULL, &s->all};
     return tbert_checkpoint_save_ex(path, h, &meta, NULL, with_state ? rng : NULL, add_extra, &x, err);
 }
@@ -473,18 +465,6 @@ static tbert_status read_enc(const tbert_safetensors *f, const char *path, const
     return TBERT_OK;
 }
 
-static bool restore_array(const cJSON *o, const char *key, double *v, int n) {
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n) return false;
-    for (int i = 0; i < n; i++) {
-        const cJSON *x = cJSON_GetArrayItem(a, i);
-        if (cJSON_IsNumber(x)) v[i] = x->valuedouble;
-        else if (cJSON_IsNull(x)) v[i] = NAN;
-        else return false;
-    }
-    return true;
-}
-
 /* --resume: last.safetensors into the state (head, encoder, optimiser, RNG, history), best.safetensors into r->best
  * and s->best_enc. *start = epochs done (0: nothing to resume). */
 static tbert_status resume(const tbert_fit_ckpt *ck, int epochs, ft_state *s, tbert_rng *rng, tbert_fit_result *r, int *start,
@@ -504,8 +484,7 @@ static tbert_status resume(const tbert_fit_ckpt *ck, int epochs, ft_state *s, tb
     cJSON *tj = cJSON_Parse(meta.train_json), *set = cJSON_Parse(ck->settings_json ? ck->settings_json : "{}");
     bool ok = lh->n_params == s->h->n_params && lh->cfg.hidden == s->h->cfg.hidden && meta.epoch <= epochs && tj && set &&
               cJSON_Compare(cJSON_GetObjectItemCaseSensitive(tj, "settings"), set, true) &&
-              restore_array(tj, "train_loss", r->train_loss, meta.epoch) && restore_array(tj, "train_acc", r->train_acc, meta.epoch) &&
-              restore_array(tj, "val_loss", r->val_loss, meta.epoch) && restore_array(tj, "val_acc", r->val_acc, meta.epoch);
+              tbert_fit_restore_history(tj, r, meta.epoch);
     const cJSON *bs = cJSON_GetObjectItemCaseSensitive(tj, "best_score");
     ok = ok && cJSON_IsNumber(bs);
     if (ok) *best_score = bs->valuedouble;
@@ -548,12 +527,6 @@ static tbert_status resume(const tbert_fit_ckpt *ck, int epochs, ft_state *s, tb
     tbert_ckpt_meta_free(&meta);
     if (!st) fprintf(stderr, "tbert: resuming %s after epoch %d of %d\n", ck->out_dir, *start, epochs);
     return st;
-}
-
-static int kill_epoch(void) {
-    const char *k = getenv("TBERT_TEST_KILL_AT");
-    if (!k || strncmp(k, "epoch:", 6)) return -1;
-    return atoi(k + 6);
 }
 
 /* epochs of fine-tuning on d's training rows; the best epoch by validation loss (or, with keep_last / no
@@ -609,7 +582,7 @@ static tbert_status run_epochs(const ft_ctx *c, const tbert_fit_data *d, const t
         memcpy(r->best->params, s->h->params, s->h->n_params * sizeof(float));
     }
     if (!st && ck && ck->resume) st = resume(ck, epochs, s, &rng, r, &start, &best_score, err);
-    int kill_at = ck ? kill_epoch() : -1;
+    int kill_at = ck ? tbert_fit_kill_at("epoch") : -1;
     bool log = hp->progress != TBERT_PROGRESS_OFF;
     tbert_fit_data dv = *d;
     dv.X = &s->X;
@@ -743,49 +716,19 @@ static tbert_status save_final(const tbert_fit_ckpt *ck, ft_state *s, const tber
 static tbert_status fit_cv(const ft_ctx *c, const tbert_fit_data *d, const tbert_hparams *hp, const tbert_fit_ckpt *ck,
                            tbert_fit_result *r, tbert_error *err) {
     const int K = hp->cv_folds, n = d->n_train, C = d->n_classes, E = c->fo->epochs;
-    if (d->n_val > 0) return tbert_fail(err, TBERT_E_ARG, "train: cross-validation takes its folds from the training split (use --val-fraction 0)");
-    if (n < 2 * K) return tbert_fail(err, TBERT_E_ARG, "train: %d training examples are too few for %d folds", n, K);
-    int *fold = tbert_malloc_array((size_t)n, sizeof(int)), *scratch = tbert_malloc_array((size_t)n, sizeof(int));
-    int *ftr = tbert_malloc_array((size_t)n, sizeof(int)), *fva = tbert_malloc_array((size_t)n, sizeof(int));
-    int *best_epochs = tbert_malloc_array((size_t)K, sizeof(int)), *y = tbert_malloc_array((size_t)n, sizeof(int));
-    float *oof = tbert_malloc_array((size_t)n, (size_t)C * sizeof(float)), *sc = tbert_malloc_array((size_t)n, sizeof(float));
-    bool *pos = tbert_malloc_array((size_t)n, sizeof(bool));
-    double *hist[4];
-    for (int j = 0; j < 4; j++) hist[j] = tbert_calloc_array((size_t)E, sizeof(double));
-    tbert_status st = TBERT_OK;
-    if (!fold || !scratch || !ftr || !fva || !best_epochs || !y || !oof || !sc || !pos || !hist[0] || !hist[1] || !hist[2] || !hist[3])
-        st = tbert_fail(err, TBERT_E_NOMEM, "finetune: out of memory for %d-fold cross-validation", K);
-    if (!st) tbert_cv_assign_folds(d, d->train_idx, n, K, hp->seed, fold, scratch);
+    tbert_cv_work w;
+    tbert_status st = tbert_cv_work_init(&w, d, hp, E, "finetune", err);
+    if (st) return st;
     bool log = hp->progress != TBERT_PROGRESS_OFF;
     for (int k = 0; k < K && !st; k++) {
-        int nt = 0, nv = 0;
-        for (int i = 0; i < n; i++) {
-            if (fold[i] == k) fva[nv++] = d->train_idx[i];
-            else ftr[nt++] = d->train_idx[i];
-        }
-        tbert_fit_data fd = *d;
-        fd.train_idx = ftr;
-        fd.n_train = nt;
-        fd.val_idx = fva;
-        fd.n_val = nv;
-        fd.n_test = 0;
-        tbert_hparams fh = *hp;
-        fh.cv_folds = 0;
-        fh.keep_last = false;
-        fh.threshold = "f1"; /* unused: the threshold comes from all folds together */
-        fh.seed = hp->seed + 1000003ull * (uint64_t)(k + 1);
-        fh.progress = TBERT_PROGRESS_OFF;
+        tbert_fit_data fd;
+        tbert_hparams fh;
+        tbert_cv_fold_setup(&w, d, hp, k, &fd, &fh);
         tbert_fit_result fr;
         ft_state s;
         st = fit_one(c, &fd, &fh, E, NULL, NULL, &s, &fr, err);
         if (!st) {
-            best_epochs[k] = fr.best_epoch;
-            const double *f4[4] = {fr.train_loss, fr.train_acc, fr.val_loss, fr.val_acc};
-            for (int j = 0; j < 4; j++)
-                for (int e = 0; e < E; e++) hist[j][e] += f4[j][e] / K;
-            int j = 0;
-            for (int i = 0; i < n; i++)
-                if (fold[i] == k) memcpy(oof + (size_t)i * C, fr.val_probs + (size_t)j++ * C, (size_t)C * sizeof(float));
+            tbert_cv_fold_record(&w, k, &fr);
             if (log)
                 fprintf(stderr, "tbert: fine-tune cross-validation fold %d/%d: best epoch %d, held-out loss %.4f acc %.4f (%.1f s)\n", k + 1,
                         K, fr.best_epoch, fr.val_loss[fr.best_epoch - 1], fr.val_acc[fr.best_epoch - 1], fr.seconds);
@@ -794,24 +737,12 @@ static tbert_status fit_cv(const ft_ctx *c, const tbert_fit_data *d, const tbert
         state_free(&s);
     }
     float thr = 0.5f;
-    int pos_cls = d->positive >= 0 && C == 2 ? d->positive : -1;
-    for (int i = 0; !st && i < n; i++) {
-        y[i] = d->y[d->train_idx[i]];
-        if (pos_cls >= 0) {
-            sc[i] = oof[(size_t)i * C + pos_cls];
-            pos[i] = y[i] == pos_cls;
-        }
-    }
-    if (!st && pos_cls >= 0) st = tbert_threshold_choose(hp->threshold, n, sc, pos, &thr, err);
-    int final_epochs = E;
-    if (!st) {
-        qsort(best_epochs, (size_t)K, sizeof(int), tbert_cmp_int);
-        final_epochs = best_epochs[K / 2];
-        if (log)
-            fprintf(stderr, "tbert: fine-tune cross-validation: threshold %.4f on %d out-of-fold scores (%s); the model kept is one "
-                            "fine-tune on all %d training examples for %d epoch(s) (the folds' median best)\n",
-                    (double)thr, n, hp->threshold ? hp->threshold : "f1", n, final_epochs);
-    }
+    int pos_cls = -1, final_epochs = E;
+    if (!st) st = tbert_cv_threshold(&w, d, hp, &thr, &pos_cls, &final_epochs, err);
+    if (!st && log)
+        fprintf(stderr, "tbert: fine-tune cross-validation: threshold %.4f on %d out-of-fold scores (%s); the model kept is one "
+                        "fine-tune on all %d training examples for %d epoch(s) (the folds' median best)\n",
+                (double)thr, n, hp->threshold ? hp->threshold : "f1", n, final_epochs);
     ft_state s = {0};
     if (!st) {
         tbert_hparams fh = *hp;
@@ -824,33 +755,24 @@ static tbert_status fit_cv(const ft_ctx *c, const tbert_fit_data *d, const tbert
         free(r->train_acc);
         free(r->val_loss);
         free(r->val_acc);
-        r->train_loss = hist[0];
-        r->train_acc = hist[1];
-        r->val_loss = hist[2];
-        r->val_acc = hist[3];
-        hist[0] = hist[1] = hist[2] = hist[3] = NULL;
+        r->train_loss = w.hist[0];
+        r->train_acc = w.hist[1];
+        r->val_loss = w.hist[2];
+        r->val_acc = w.hist[3];
+        w.hist[0] = w.hist[1] = w.hist[2] = w.hist[3] = NULL;
         r->epochs_run = E;
         tbert_metrics_free(&r->val);
-        st = tbert_metrics_compute(n, C, oof, y, pos_cls, thr, &r->val, err);
+        st = tbert_metrics_compute(n, C, w.oof, w.y, pos_cls, thr, &r->val, err);
     }
     if (!st) {
         free(r->val_probs);
-        r->val_probs = oof;
-        oof = NULL;
+        r->val_probs = w.oof;
+        w.oof = NULL;
         r->n_oof = n;
         if (ck) st = save_final(ck, &s, r, E, err);
     }
     state_free(&s);
-    for (int j = 0; j < 4; j++) free(hist[j]);
-    free(fold);
-    free(scratch);
-    free(ftr);
-    free(fva);
-    free(best_epochs);
-    free(y);
-    free(oof);
-    free(sc);
-    free(pos);
+    tbert_cv_work_free(&w);
     return st;
 }
 

@@ -118,21 +118,7 @@ tbert_status tbert_ft_dev_forward(tbert_ft_dev *d, const tbert_ft_batch *b, bool
     memcpy(d->doc_off, b->doc_off, ((size_t)b->n_doc + 1) * sizeof(int32_t));
     memcpy(d->off, b->off, ((size_t)b->n_win + 1) * sizeof(int32_t));
     size_t dim = d->dim;
-    /* the mean over each document's non-empty windows (double sums), then L2: src/finetune_stack.c's arithmetic */
-    for (int i = 0; i < b->n_doc; i++) {
-        int n = 0;
-        for (int w = b->doc_off[i]; w < b->doc_off[i + 1]; w++) n += b->off[w + 1] > b->off[w];
-        d->doc_ne[i] = n;
-        float *row = d->docpre + (size_t)i * dim;
-        for (size_t j = 0; j < dim; j++) {
-            double sum = 0.0;
-            for (int w = b->doc_off[i]; w < b->doc_off[i + 1]; w++)
-                if (b->off[w + 1] > b->off[w]) sum += d->pooled[(size_t)w * dim + j];
-            row[j] = n > 0 ? (float)(sum * (1.0 / n)) : 0.0f;
-        }
-    }
-    memcpy(d->docout, d->docpre, (size_t)b->n_doc * dim * sizeof(float));
-    if (d->cfg.normalize) tbert_l2_normalize_rows(d->docout, (size_t)b->n_doc, dim);
+    tbert_ft_doc_mean(b->n_doc, b->doc_off, b->off, dim, d->cfg.normalize, d->pooled, d->doc_ne, d->docpre, d->docout);
     memcpy(out, d->docout, (size_t)b->n_doc * dim * sizeof(float));
     d->saved = training;
     return TBERT_OK;
@@ -142,20 +128,7 @@ tbert_status tbert_ft_dev_backward(tbert_ft_dev *d, const float *dout, tbert_err
     if (!d->gpu) return tbert_ft_stack_backward(d->cpu, dout, err);
     if (!d->saved)
         return tbert_fail(err, TBERT_E_ARG, "finetune stack: backward without a training forward of the batch");
-    size_t dim = d->dim;
-    const float *dd = dout;
-    if (d->cfg.normalize) {
-        tbert_bwd_l2_normalize((size_t)d->n_doc, dim, d->docpre, d->docout, dout, d->ddoc);
-        dd = d->ddoc;
-    }
-    memset(d->dpooled, 0, (size_t)d->n_win * dim * sizeof(float));
-    for (int i = 0; i < d->n_doc; i++) {
-        if (d->doc_ne[i] == 0) continue;
-        float inv = 1.0f / (float)d->doc_ne[i];
-        for (int w = d->doc_off[i]; w < d->doc_off[i + 1]; w++) {
-            if (d->off[w + 1] == d->off[w]) continue;
-            for (size_t j = 0; j < dim; j++) d->dpooled[(size_t)w * dim + j] = dd[(size_t)i * dim + j] * inv;
-        }
-    }
+    tbert_ft_doc_mean_backward(d->n_doc, d->n_win, d->doc_off, d->off, d->dim, d->cfg.normalize, d->doc_ne, d->docpre, d->docout, dout,
+                               d->ddoc, d->dpooled);
     return d->api->ft_backward(d->gpu, d->dpooled, tbert_ft_stack_params(d->cpu), err);
 }

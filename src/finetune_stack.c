@@ -731,6 +731,44 @@ static void layer_forward(tbert_ft_stack *s, int i, bool drop_on) {
     par_for(s, n_chunks(N, FWD_ROWS), ln_fwd_item, &l2);
 }
 
+void tbert_ft_doc_mean(int n_doc, const int32_t *doc_off, const int32_t *off, size_t dim, bool normalize, const float *pooled,
+                       int32_t *doc_ne, float *docpre, float *docout) {
+    /* the mean over each document's non-empty windows (double sums, as the featurizer), then L2 */
+    for (int d = 0; d < n_doc; d++) {
+        int n = 0;
+        for (int w = doc_off[d]; w < doc_off[d + 1]; w++) n += off[w + 1] > off[w];
+        doc_ne[d] = n;
+        float *row = docpre + (size_t)d * dim;
+        for (size_t j = 0; j < dim; j++) {
+            double sum = 0.0;
+            for (int w = doc_off[d]; w < doc_off[d + 1]; w++)
+                if (off[w + 1] > off[w]) sum += pooled[(size_t)w * dim + j];
+            row[j] = n > 0 ? (float)(sum * (1.0 / n)) : 0.0f;
+        }
+    }
+    memcpy(docout, docpre, (size_t)n_doc * dim * sizeof(float));
+    if (normalize) tbert_l2_normalize_rows(docout, (size_t)n_doc, dim);
+}
+
+void tbert_ft_doc_mean_backward(int n_doc, int n_win, const int32_t *doc_off, const int32_t *off, size_t dim, bool normalize,
+                                const int32_t *doc_ne, const float *docpre, const float *docout, const float *dout, float *ddoc,
+                                float *dpooled) {
+    const float *dd = dout;
+    if (normalize) {
+        tbert_bwd_l2_normalize((size_t)n_doc, dim, docpre, docout, dout, ddoc);
+        dd = ddoc;
+    }
+    memset(dpooled, 0, (size_t)n_win * dim * sizeof(float));
+    for (int d = 0; d < n_doc; d++) {
+        if (doc_ne[d] == 0) continue;
+        float inv = 1.0f / (float)doc_ne[d];
+        for (int w = doc_off[d]; w < doc_off[d + 1]; w++) {
+            if (off[w + 1] == off[w]) continue;
+            for (size_t j = 0; j < dim; j++) dpooled[(size_t)w * dim + j] = dd[(size_t)d * dim + j] * inv;
+        }
+    }
+}
+
 /* pooled[w] for every window, docpre/docout per document */
 static void pool_forward(tbert_ft_stack *s, const float *top) {
     size_t H = (size_t)s->H, dim = s->dense_dim;
@@ -761,19 +799,7 @@ static void pool_forward(tbert_ft_stack *s, const float *top) {
         for (int k = 0; k < s->n_ne; k++)
             for (size_t j = 0; j < H; j++) s->pooled[(size_t)s->ne[k] * H + j] = tanhf(o[(size_t)k * H + j]);
     }
-    /* the mean over each document's non-empty windows (double sums, as the featurizer), then L2 */
-    for (int d = 0; d < s->n_doc; d++) {
-        float *row = s->docpre + (size_t)d * dim;
-        int n = s->doc_ne[d];
-        for (size_t j = 0; j < dim; j++) {
-            double sum = 0.0;
-            for (int w = s->doc_off[d]; w < s->doc_off[d + 1]; w++)
-                if (s->off[w + 1] > s->off[w]) sum += s->pooled[(size_t)w * dim + j];
-            row[j] = n > 0 ? (float)(sum * (1.0 / n)) : 0.0f;
-        }
-    }
-    memcpy(s->docout, s->docpre, (size_t)s->n_doc * dim * sizeof(float));
-    if (s->cfg.normalize) tbert_l2_normalize_rows(s->docout, (size_t)s->n_doc, dim);
+    tbert_ft_doc_mean(s->n_doc, s->doc_off, s->off, dim, s->cfg.normalize, s->pooled, s->doc_ne, s->docpre, s->docout);
 }
 
 tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, bool training, uint64_t step,
@@ -800,10 +826,6 @@ tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, 
         pb += (size_t)s->A * L * L;
         if (L > 0) s->ne[s->n_ne++] = w;
     }
-    for (int d = 0; d < b->n_doc; d++) {
-        s->doc_ne[d] = 0;
-        for (int w = b->doc_off[d]; w < b->doc_off[d + 1]; w++) s->doc_ne[d] += b->off[w + 1] > b->off[w];
-    }
     openblas_set_num_threads(1);
     const tbert_config *c = &s->m->cfg;
     if (s->first == 0) {
@@ -828,20 +850,8 @@ tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, 
 /* d loss / d (last layer's out) into s->dY from dout */
 static void pool_backward(tbert_ft_stack *s, const float *dout) {
     size_t H = (size_t)s->H, dim = s->dense_dim;
-    const float *dd = dout;
-    if (s->cfg.normalize) {
-        tbert_bwd_l2_normalize((size_t)s->n_doc, dim, s->docpre, s->docout, dout, s->ddoc);
-        dd = s->ddoc;
-    }
-    memset(s->dpooled, 0, (size_t)s->n_win * dim * sizeof(float));
-    for (int d = 0; d < s->n_doc; d++) {
-        if (s->doc_ne[d] == 0) continue;
-        float inv = 1.0f / (float)s->doc_ne[d];
-        for (int w = s->doc_off[d]; w < s->doc_off[d + 1]; w++) {
-            if (s->off[w + 1] == s->off[w]) continue;
-            for (size_t j = 0; j < dim; j++) s->dpooled[(size_t)w * dim + j] = dd[(size_t)d * dim + j] * inv;
-        }
-    }
+    tbert_ft_doc_mean_backward(s->n_doc, s->n_win, s->doc_off, s->off, dim, s->cfg.normalize, s->doc_ne, s->docpre, s->docout, dout,
+                               s->ddoc, s->dpooled);
     if (s->cfg.pool != TBERT_POOL_POOLER) {
         tbert_bwd_pool((int)s->cfg.pool, s->n_win, s->off, s->H, s->cfg.max_len, s->dpooled, s->dY);
         return;

@@ -121,7 +121,7 @@ tbert_status tbert_learn_state_save(const char *dir, const tbert_rows *X, const 
     memcpy(dh, data_hash, strnlen(data_hash, 64));
     put(&w, dh, 64);
     int32_t *tmp = tbert_malloc_array((size_t)n + 1, sizeof(int32_t));
-    if (!tmp && !w.st) w.st = tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    if (!tmp && !w.st) w.st = tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", path);
     for (int i = 0; tmp && i < n; i++) tmp[i] = y[ROW(i)];
     if (tmp) put(&w, tmp, (size_t)n * sizeof(int32_t));
     for (int i = 0; tmp && i < n; i++) tmp[i] = fold[i];

@@ -78,7 +78,7 @@ static tbert_status featurize_new(const char *model_path, const tbert_recipe *r,
     int n = (int)todo->len;
     tbert_mail_doc *md = tbert_calloc_array((size_t)n, sizeof *md);
     tbert_doc *docs = tbert_calloc_array((size_t)n, sizeof *docs);
-    tbert_status st = md && docs ? TBERT_OK : tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+    tbert_status st = md && docs ? TBERT_OK : tbert_fail(err, TBERT_E_NOMEM, "learn: out of memory for %d new messages", n);
     for (int i = 0; !st && i < n; i++) {
         const correction *c = todo->pdata[i];
         gsize len = 0;
@@ -444,7 +444,7 @@ tbert_status tbert_learn_warm(const tbert_learn_opts *lo, tbert_learn_result *re
         snprintf(wm.data_hash, sizeof wm.data_hash, "%s", g_checksum_get_string(h));
         g_checksum_free(h);
         char *p = g_strdup_printf("%s/best.safetensors", plan.work);
-        st = fm ? tbert_checkpoint_save(p, ens, &wm, NULL, NULL, err) : tbert_fail(err, TBERT_E_NOMEM, "out of memory");
+        st = fm ? tbert_checkpoint_save(p, ens, &wm, NULL, NULL, err) : tbert_fail(err, TBERT_E_NOMEM, "%s: out of memory", p);
         g_free(p);
         p = g_strdup_printf("%s/last.safetensors", plan.work);
         if (!st) st = tbert_checkpoint_save(p, ens, &wm, NULL, NULL, err);

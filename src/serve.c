@@ -705,6 +705,25 @@ static void *acceptor_main(void *arg) {
 
 /* ---- the milter child --------------------------------------------------------------------------- */
 
+int serve_spawn(pid_t *pid, const char *exe, const posix_spawn_file_actions_t *fa, char *const argv[]) {
+    posix_spawnattr_t at;
+    int r = posix_spawnattr_init(&at);
+    if (r != 0) return r;
+    sigset_t none, def;
+    sigemptyset(&none);
+    sigemptyset(&def);
+    sigaddset(&def, SIGPIPE);
+    sigaddset(&def, SIGHUP);
+    sigaddset(&def, SIGTERM);
+    sigaddset(&def, SIGINT);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &def);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    r = posix_spawn(pid, exe, fa, &at, argv, environ);
+    posix_spawnattr_destroy(&at);
+    return r;
+}
+
 static pid_t spawn_milter(serve_ctx *s) {
     char reject[32], quar[32], tmo[16], mode[16], maxm[32];
     snprintf(maxm, sizeof maxm, "%zu", s->o.max_message);
@@ -720,21 +739,8 @@ static pid_t spawn_milter(serve_ctx *s) {
         argv[n - 3] = "--socket-owner";
         argv[n - 2] = (char *)s->o.socket_owner;
     }
-    posix_spawnattr_t at;
-    posix_spawnattr_init(&at);
-    sigset_t none, def;
-    sigemptyset(&none);
-    sigemptyset(&def);
-    sigaddset(&def, SIGPIPE);
-    sigaddset(&def, SIGHUP);
-    sigaddset(&def, SIGTERM);
-    sigaddset(&def, SIGINT);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &def);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid = -1;
-    int r = posix_spawn(&pid, s->o.exe ? s->o.exe : "/proc/self/exe", NULL, &at, argv, environ);
-    posix_spawnattr_destroy(&at);
+    int r = serve_spawn(&pid, s->o.exe ? s->o.exe : "/proc/self/exe", NULL, argv);
     if (r != 0) {
         slog(s, "cannot start the milter child: %s", strerror(r));
         return -1;
@@ -979,6 +985,8 @@ tbert_status serve_run(const serve_opts *o, tbert_error *err) {
     struct stat head_seen = {0};
     bool head_known = stat(head_file, &head_seen) == 0;
     serve_retrainer *retrainer = st ? NULL : serve_retrainer_new(o->head, o->exe, o->retrain_after);
+    if (!st && !retrainer && o->retrain_after > 0) /* asked for, but out of memory: not silently off */
+        st = tbert_fail(err, TBERT_E_NOMEM, "serve: out of memory for the background retrain");
     while (!st) {
         serve_retrainer_tick(retrainer, slog, s);
         siginfo_t si;

@@ -14,6 +14,7 @@
 #define TBERT_SERVE_H
 
 #include <netinet/in.h>
+#include <spawn.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -103,6 +104,10 @@ tbert_status tbert_learn_append(const char *head_dir, const char *action, const 
 
 /* ---- serve.c ------------------------------------------------------------------------------------ */
 typedef struct serve_ctx serve_ctx;
+/* posix_spawn of exe (argv, this environment; fa may be NULL) with no signal blocked in the child and SIGPIPE,
+ * SIGHUP, SIGTERM, SIGINT at their default action (serve blocks or catches them): the milter child and the
+ * background retrain. 0 or the error number. */
+int serve_spawn(pid_t *pid, const char *exe, const posix_spawn_file_actions_t *fa, char *const argv[]);
 
 /* ---- serve_retrain.c: the debounced background retrain (serve's main thread only) ------------------ */
 typedef void (*serve_log_fn)(serve_ctx *s, const char *fmt, ...);

@@ -22,8 +22,6 @@
 
 #include "serve.h"
 
-extern char **environ;
-
 struct serve_retrainer {
     char dir[4096], log[4200], best[4200], exe[4096];
     double quiet_s;
@@ -67,24 +65,13 @@ serve_retrainer *serve_retrainer_new(const char *head, const char *exe, double q
 static pid_t spawn_learn(serve_retrainer *r, serve_log_fn log, serve_ctx *ctx) {
     char *argv[] = {"tbert", "learn", "--head", r->dir, "--retrain", "--warm", "--device", "cpu", "--threads", "1", NULL};
     posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, 2, 1); /* its one result line goes to serve's log, not to stdout */
-    posix_spawnattr_t at;
-    posix_spawnattr_init(&at);
-    sigset_t none, def;
-    sigemptyset(&none);
-    sigemptyset(&def);
-    sigaddset(&def, SIGPIPE);
-    sigaddset(&def, SIGHUP);
-    sigaddset(&def, SIGTERM);
-    sigaddset(&def, SIGINT);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &def);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid = -1;
-    int e = posix_spawn(&pid, r->exe, &fa, &at, argv, environ);
-    posix_spawnattr_destroy(&at);
-    posix_spawn_file_actions_destroy(&fa);
+    int e = posix_spawn_file_actions_init(&fa);
+    if (e == 0) {
+        e = posix_spawn_file_actions_adddup2(&fa, 2, 1); /* its one result line goes to serve's log, not to stdout */
+        if (e == 0) e = serve_spawn(&pid, r->exe, &fa, argv);
+        posix_spawn_file_actions_destroy(&fa);
+    }
     if (e != 0) {
         log(ctx, "retrain: cannot start tbert learn: %s", strerror(e));
         return -1;

@@ -226,6 +226,11 @@ static bool restore_array(const cJSON *o, const char *key, double *v, int n) {
     return true;
 }
 
+bool tbert_fit_restore_history(const cJSON *tj, tbert_fit_result *r, int epochs) {
+    return restore_array(tj, "train_loss", r->train_loss, epochs) && restore_array(tj, "train_acc", r->train_acc, epochs) &&
+           restore_array(tj, "val_loss", r->val_loss, epochs) && restore_array(tj, "val_acc", r->val_acc, epochs);
+}
+
 /* settings of the run that wrote `train_json` must equal ours (same data, recipe, hyper-parameters) */
 static bool same_settings(const char *train_json, const char *settings) {
     cJSON *o = cJSON_Parse(train_json), *s = cJSON_Parse(settings ? settings : "{}");
@@ -240,27 +245,34 @@ static bool same_head(const tbert_head_config *a, const tbert_head_config *b) {
            a->positive == b->positive && a->dropout == b->dropout;
 }
 
+void tbert_fit_ckpt_meta(const tbert_fit_ckpt *ck, const char *file, float threshold, int epoch, int best_epoch,
+                         const char *train_json, const char *metrics_json, char *path, size_t path_size, tbert_ckpt_meta *meta) {
+    snprintf(path, path_size, "%s/%s", ck->out_dir, file);
+    memset(meta, 0, sizeof *meta);
+    meta->recipe = ck->recipe;
+    meta->recipe.threshold = threshold;
+    memcpy(meta->data_hash, ck->data_hash, sizeof meta->data_hash);
+    meta->epoch = epoch;
+    meta->seed = ck->seed;
+    meta->best_epoch = best_epoch;
+    meta->train_json = (char *)train_json;
+    meta->metrics_json = (char *)metrics_json;
+}
+
 static tbert_status save_ckpt(const tbert_fit_ckpt *ck, const char *file, const tbert_head *h, const tbert_adam *adam,
                               const tbert_rng *rng, float threshold, int epoch, int best_epoch, const char *train_json,
                               const char *metrics_json, tbert_error *err) {
     char path[4200];
-    snprintf(path, sizeof path, "%s/%s", ck->out_dir, file);
-    tbert_ckpt_meta meta = {0};
-    meta.recipe = ck->recipe;
-    meta.recipe.threshold = threshold;
-    memcpy(meta.data_hash, ck->data_hash, sizeof meta.data_hash);
-    meta.epoch = epoch;
-    meta.seed = ck->seed;
-    meta.best_epoch = best_epoch;
-    meta.train_json = (char *)train_json;
-    meta.metrics_json = (char *)metrics_json;
+    tbert_ckpt_meta meta;
+    tbert_fit_ckpt_meta(ck, file, threshold, epoch, best_epoch, train_json, metrics_json, path, sizeof path, &meta);
     return tbert_checkpoint_save(path, h, &meta, adam, rng, err);
 }
 
-static int kill_epoch(void) {
+int tbert_fit_kill_at(const char *what) {
     const char *k = getenv("TBERT_TEST_KILL_AT");
-    if (!k || strncmp(k, "epoch:", 6)) return -1;
-    return atoi(k + 6);
+    size_t n = strlen(what);
+    if (!k || strncmp(k, what, n) || k[n] != ':') return -1;
+    return atoi(k + n + 1);
 }
 
 /* the threshold a head gets: chosen on validation, else on the training split */
@@ -410,9 +422,7 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
             bool ok = lh->n_params == h->n_params && same_head(&lh->cfg, &h->cfg) && meta.epoch <= hp->epochs &&
                       same_settings(meta.train_json, ck->settings_json);
             cJSON *tj = cJSON_Parse(meta.train_json);
-            ok = ok && tj && restore_array(tj, "train_loss", r->train_loss, meta.epoch) &&
-                 restore_array(tj, "train_acc", r->train_acc, meta.epoch) && restore_array(tj, "val_loss", r->val_loss, meta.epoch) &&
-                 restore_array(tj, "val_acc", r->val_acc, meta.epoch);
+            ok = ok && tj && tbert_fit_restore_history(tj, r, meta.epoch);
             const cJSON *bs = cJSON_GetObjectItemCaseSensitive(tj, "best_score");
             ok = ok && cJSON_IsNumber(bs);
             if (ok) best_score = bs->valuedouble;
@@ -474,7 +484,7 @@ tbert_status tbert_fit_once(const tbert_fit_data *d, const tbert_hparams *hp, co
             goto done;
         }
     }
-    int kill_at = kill_epoch();
+    int kill_at = tbert_fit_kill_at("epoch");
     tbert_progress_mode pm = hp->progress == TBERT_PROGRESS_AUTO ? (isatty(2) ? TBERT_PROGRESS_BAR : TBERT_PROGRESS_LOG) : hp->progress;
     for (int e = start; e < hp->epochs && !st; e++) {
         memcpy(perm, d->train_idx, (size_t)d->n_train * sizeof(int));

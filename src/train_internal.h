@@ -5,7 +5,10 @@
 
 #include <glib.h>
 
+#include "tbert/checkpoint.h"
 #include "tbert/train.h"
+
+struct cJSON;
 
 /* ---- train_data.c: the labelled documents of a run ---- */
 typedef struct {
@@ -48,6 +51,14 @@ char *tbert_fit_state_json(const char *settings, const tbert_fit_result *r, int 
 tbert_status tbert_fit_save_ckpt(const tbert_fit_ckpt *ck, const char *file, const tbert_head *h, const tbert_adam *adam,
                                  const tbert_rng *rng, float threshold, int epoch, int best_epoch, const char *train_json,
                                  const char *metrics_json, tbert_error *err);
+/* the path ck->out_dir/file and the metadata of a fit checkpoint with this threshold, epochs and JSON (borrowed) (src/train.c) */
+void tbert_fit_ckpt_meta(const tbert_fit_ckpt *ck, const char *file, float threshold, int epoch, int best_epoch,
+                         const char *train_json, const char *metrics_json, char *path, size_t path_size, tbert_ckpt_meta *meta);
+/* --resume: the first `epochs` entries of train_loss/train_acc/val_loss/val_acc of a checkpoint's "train" JSON into r
+ * (null: NaN); false when one is missing, of another length or not numbers (src/train.c) */
+bool tbert_fit_restore_history(const struct cJSON *train_json, tbert_fit_result *r, int epochs);
+/* crash tests: N when TBERT_TEST_KILL_AT is "what:N" (the run dies after step N), else -1 (src/train.c) */
+int tbert_fit_kill_at(const char *what);
 /* One head whose logits are the mean of the K heads' logits (same shape each): a linear head averages the
  * weights; an MLP head of hidden Hd becomes one of hidden K*Hd (fc1 stacked, fc2 side by side scaled 1/K,
  * fc2.bias averaged). The checkpoint format is the ordinary one (src/crossfit.c). */
@@ -69,6 +80,29 @@ void tbert_html_escape(GString *s, const char *t);
 /* K stratified folds of idx[0..n): per class, shuffled with the seed, dealt round-robin; fold[i] = fold of idx[i]
  * (src/crossfit.c; scratch holds n ints) */
 void tbert_cv_assign_folds(const tbert_fit_data *d, const int *idx, int n, int K, uint64_t seed, int *fold, int *scratch);
+/* The bookkeeping that head cross-fitting (src/crossfit.c) and fine-tune cross-fitting (src/finetune.c) share:
+ * folds, per-fold index lists, the folds' best epochs, their mean history and the out-of-fold probabilities. */
+typedef struct {
+    int K, n, C, E;
+    int *fold, *scratch, *ftr, *fva, *best_epochs, *y;
+    float *oof, *sc;
+    bool *pos;
+    double *hist[4]; /* train_loss, train_acc, val_loss, val_acc: the folds' mean per epoch */
+} tbert_cv_work;
+/* Checks d and hp for K = hp->cv_folds folds of E epochs, allocates w and assigns the folds (who: the error
+ * prefix of the out-of-memory line). On error w holds nothing to free but is safe to tbert_cv_work_free. */
+tbert_status tbert_cv_work_init(tbert_cv_work *w, const tbert_fit_data *d, const tbert_hparams *hp, int E, const char *who,
+                                tbert_error *err);
+/* the data and settings of fold k's fit: trains on the other folds, validates on fold k, quiet, own seed */
+void tbert_cv_fold_setup(const tbert_cv_work *w, const tbert_fit_data *d, const tbert_hparams *hp, int k, tbert_fit_data *fd,
+                         tbert_hparams *fh);
+/* records fold k's fit: best epoch, history (mean over the folds), out-of-fold probabilities */
+void tbert_cv_fold_record(tbert_cv_work *w, int k, const tbert_fit_result *fr);
+/* after all folds: the threshold by hp->threshold on the out-of-fold scores (0.5 without a binary positive class),
+ * *pos_cls (-1: none) and *median_epochs (the folds' median best epoch; sorts w->best_epochs) */
+tbert_status tbert_cv_threshold(tbert_cv_work *w, const tbert_fit_data *d, const tbert_hparams *hp, float *thr, int *pos_cls,
+                                int *median_epochs, tbert_error *err);
+void tbert_cv_work_free(tbert_cv_work *w);
 /* the head path's mean loss / accuracy / probabilities of h on rows idx[0..n) of d (src/train.c) */
 tbert_status tbert_fit_eval(const tbert_head *h, const tbert_fit_data *d, const int *idx, int n, double *loss, double *acc,
                             float *probs, tbert_error *err);

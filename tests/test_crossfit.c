@@ -79,7 +79,88 @@ static void test_refused(void **state) {
     tbert_head_free(h[1]);
 }
 
+
+/* The folds' bookkeeping both cross-fittings share (tbert_cv_work: src/crossfit.c, used by src/finetune.c too):
+ * each fold's split is the other folds / this fold, stratified, ascending; the history is the folds' mean; every
+ * training row's out-of-fold probabilities are those its own fold's fit gave it (written here by row number, so a
+ * row left out or taken from another fold shows); the median best epoch; the refusals. */
+static void test_cv_work(void **state) {
+    (void)state;
+    enum { N_ROWS = 33, N = 30, K = 3, E = 3 };
+    int y[N_ROWS], train_idx[N];
+    for (int r = 0; r < N_ROWS; r++) y[r] = r % 3 == 0;
+    for (int i = 0; i < N; i++) train_idx[i] = i + 2 + (i >= 20); /* rows 0, 1 and 22 are not training rows */
+    tbert_fit_data d = {.n_classes = 2, .positive = 1, .y = y, .n_train = N, .train_idx = train_idx};
+    tbert_hparams hp = {.cv_folds = K, .seed = 7, .threshold = "0.5", .progress = TBERT_PROGRESS_LOG, .keep_last = true};
+    tbert_cv_work w;
+    tbert_error err;
+    assert_int_equal(tbert_cv_work_init(&w, &d, &hp, E, "test", &err), TBERT_OK);
+    const int best[K] = {3, 1, 2};
+    int seen[N_ROWS] = {0};
+    for (int k = 0; k < K; k++) {
+        tbert_fit_data fd;
+        tbert_hparams fh;
+        tbert_cv_fold_setup(&w, &d, &hp, k, &fd, &fh);
+        assert_int_equal(fd.n_train + fd.n_val, N);
+        assert_true(fd.n_val >= N / K - 1 && fd.n_val <= N / K + 1);
+        assert_int_equal(fd.n_test, 0);
+        assert_int_equal(fh.cv_folds, 0);
+        assert_false(fh.keep_last);
+        assert_int_equal(fh.progress, TBERT_PROGRESS_OFF);
+        assert_true(fh.seed == 7 + 1000003ull * (uint64_t)(k + 1));
+        int pos = 0;
+        for (int j = 0; j < fd.n_val; j++) {
+            if (j > 0) assert_true(fd.val_idx[j] > fd.val_idx[j - 1]);
+            pos += y[fd.val_idx[j]];
+            seen[fd.val_idx[j]]++;
+        }
+        assert_true(pos >= 3 && pos <= 4); /* 10 positives over 3 folds */
+        for (int j = 0; j < fd.n_train; j++)
+            for (int v = 0; v < fd.n_val; v++) assert_int_not_equal(fd.train_idx[j], fd.val_idx[v]);
+        double hist[4][E];
+        float probs[N * 2];
+        for (int e = 0; e < E; e++)
+            for (int q = 0; q < 4; q++) hist[q][e] = 10.0 * q + k + e;
+        for (int j = 0; j < fd.n_val; j++) {
+            float p = (float)fd.val_idx[j] / 100.0f;
+            probs[2 * j] = 1.0f - p;
+            probs[2 * j + 1] = p;
+        }
+        tbert_fit_result fr = {.best_epoch = best[k], .train_loss = hist[0], .train_acc = hist[1], .val_loss = hist[2],
+                               .val_acc = hist[3], .val_probs = probs};
+        tbert_cv_fold_record(&w, k, &fr);
+    }
+    for (int i = 0; i < N; i++) assert_int_equal(seen[train_idx[i]], 1);
+    for (int q = 0; q < 4; q++)
+        for (int e = 0; e < E; e++) assert_true(fabs(w.hist[q][e] - (10.0 * q + 1.0 + e)) < 1e-12); /* mean of k = 0, 1, 2 */
+    float thr = 0;
+    int pos_cls = -2, median = 0;
+    assert_int_equal(tbert_cv_threshold(&w, &d, &hp, &thr, &pos_cls, &median, &err), TBERT_OK);
+    assert_true(thr == 0.5f);
+    assert_int_equal(pos_cls, 1);
+    assert_int_equal(median, 2);
+    for (int i = 0; i < N; i++) {
+        float p = (float)train_idx[i] / 100.0f;
+        assert_true(w.oof[2 * i] == 1.0f - p && w.oof[2 * i + 1] == p);
+        assert_true(w.sc[i] == p);
+        assert_int_equal(w.y[i], y[train_idx[i]]);
+        assert_int_equal(w.pos[i], y[train_idx[i]] == 1);
+    }
+    tbert_cv_work_free(&w);
+    /* refusals, with nothing left to free */
+    d.n_val = 1;
+    assert_int_equal(tbert_cv_work_init(&w, &d, &hp, E, "test", &err), TBERT_E_ARG);
+    assert_null(w.fold);
+    d.n_val = 0;
+    d.n_train = 2 * K - 1;
+    assert_int_equal(tbert_cv_work_init(&w, &d, &hp, E, "test", &err), TBERT_E_ARG);
+    d.n_train = N;
+    assert_int_equal(tbert_cv_work_init(&w, &d, &hp, 0, "test", &err), TBERT_E_ARG);
+    tbert_cv_work_free(&w);
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_linear), cmocka_unit_test(test_mlp), cmocka_unit_test(test_refused)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_linear), cmocka_unit_test(test_mlp), cmocka_unit_test(test_refused),
+                                       cmocka_unit_test(test_cv_work)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -75,6 +75,16 @@ tbert_status tbert_ft_stack_forward(tbert_ft_stack *s, const tbert_ft_batch *b, 
  * forward. Calling it again after the same forward adds the same gradients again. */
 tbert_status tbert_ft_stack_backward(tbert_ft_stack *s, const float *dout, tbert_error *err);
 
+/* The documents' mean of their non-empty windows' pooled rows [n_win, dim] (double sums), shared with the CUDA
+ * stack's host side (src/finetune_device.c): doc_ne[d] = document d's non-empty windows, docpre the mean, docout the
+ * same rows L2-normalised when normalize. off: window token offsets, doc_off: document window offsets. */
+void tbert_ft_doc_mean(int n_doc, const int32_t *doc_off, const int32_t *off, size_t dim, bool normalize, const float *pooled,
+                       int32_t *doc_ne, float *docpre, float *docout);
+/* Its backward: dpooled[n_win, dim] (empty windows 0) from dout[n_doc, dim]; ddoc [n_doc, dim] is scratch when normalize. */
+void tbert_ft_doc_mean_backward(int n_doc, int n_win, const int32_t *doc_off, const int32_t *off, size_t dim, bool normalize,
+                                const int32_t *doc_ne, const float *docpre, const float *docout, const float *dout, float *ddoc,
+                                float *dpooled);
+
 #ifdef __cplusplus
 }
 #endif
