@@ -295,7 +295,16 @@ static void check_layernorm(tu_rng *r, tbert_cuda_dtype dt, int rows, int H, boo
     float *mean = down(&gmean, (size_t)rows, TBERT_CUDA_F32, "layernorm mean");
     float *rstd = down(&grstd, (size_t)rows, TBERT_CUDA_F32, "layernorm rstd");
     snprintf(what, sizeof what, "layernorm_fwd %s mean rows=%d H=%d", tu_dt_name(dt), rows, H);
-    expect_grad(what, mean, rmean, (size_t)rows, dt);
+    {   /* a row's mean can sit near 0 by cancellation (seeds 11, 21: rows=1, H=48), so a ratio to the mean itself
+         * measures rounding noise; the mean is held to its inputs' scale instead: fp32 1e-5 max|z|, bf16 (the
+         * device averages its bf16-rounded z, the CPU twin the unrounded sum) 1e-2 max|z| */
+        double zmax = 0;
+        for (size_t i = 0; i < n; i++) zmax = fmax(zmax, fabs(z[i]));
+        const double atol = (dt == TBERT_CUDA_BF16 ? 1e-2 : 1e-5) * zmax;
+        if (tu_compare(what, mean, rmean, (size_t)rows, atol, 0.0) || !(zmax > 0))
+            fail_msg("%s: outside %.3g (1e-5 or 1e-2 of max|z| %.3g; seed %llu)", what, atol, zmax,
+                     (unsigned long long)g_seed);
+    }
     snprintf(what, sizeof what, "layernorm_fwd %s rstd rows=%d H=%d", tu_dt_name(dt), rows, H);
     expect_grad(what, rstd, rrstd, (size_t)rows, dt);
 
