@@ -49,6 +49,27 @@ static const struct option longopts[] = {{"head", required_argument, 0, O_HEAD},
                                           {"full", no_argument, 0, O_FULL},            {"warm", no_argument, 0, O_WARM},
                                           {0, 0, 0, 0}};
 
+/* The options tbert learn and tbert forget share. Returns true when c is one of them; *rc is set (>= 0) when the
+ * command must stop with that status (a bad value). */
+static bool shared_option(const char *cmd, int c, tbert_learn_opts *o, int *rc) {
+    long v;
+    tbert_error err;
+    switch (c) {
+    case O_HEAD: o->head = optarg; return true;
+    case O_NORETRAIN: o->no_retrain = true; return true;
+    case O_FULL: o->full = true; return true;
+    case O_QUIET: o->quiet = true; return true;
+    case O_DEVICE:
+        if (tbert_device_parse(optarg, &o->device, &err)) *rc = cli_report(&err);
+        return true;
+    case O_THREADS:
+        if (!cli_parse_int(cmd, "--threads", optarg, 1, 1024, &v)) *rc = CLI_USAGE;
+        else o->threads = (int)v;
+        return true;
+    default: return false;
+    }
+}
+
 int cmd_learn(int argc, char **argv) {
     const char *cmd = "learn";
     tbert_learn_opts o = {0};
@@ -56,33 +77,25 @@ int cmd_learn(int argc, char **argv) {
     bool rollback = false, retrain = false, warm = false;
     int c, classes = 0;
     long v;
+    int rc = -1;
     tbert_error err;
     while ((c = cli_getopt(cmd, argc, argv, "h", longopts)) != -1) {
         switch (c) {
         case 'h':
         case O_HELP: usage(stdout); return CLI_OK;
-        case O_HEAD: o.head = optarg; break;
         case O_SPAM: o.klass = "spam"; classes++; break;
         case O_HAM: o.klass = "ham"; classes++; break;
         case O_UNLEARN: o.unlearn = true; break;
-        case O_NORETRAIN: o.no_retrain = true; break;
         case O_RETRAIN: retrain = true; break;
         case O_ROLLBACK: rollback = true; break;
         case O_KEEP:
             if (!cli_parse_int(cmd, "--keep", optarg, 1, 1000, &v)) return CLI_USAGE;
             o.keep = (int)v;
             break;
-        case O_DEVICE:
-            if (tbert_device_parse(optarg, &o.device, &err)) return cli_report(&err);
-            break;
-        case O_THREADS:
-            if (!cli_parse_int(cmd, "--threads", optarg, 1, 1024, &v)) return CLI_USAGE;
-            o.threads = (int)v;
-            break;
-        case O_QUIET: o.quiet = true; break;
-        case O_FULL: o.full = true; break;
         case O_WARM: warm = true; break;
-        default: return CLI_USAGE;
+        default:
+            if (!shared_option(cmd, c, &o, &rc)) return CLI_USAGE;
+            if (rc >= 0) return rc;
         }
     }
     if (!o.head) return cli_usage_error(cmd, "--head DIR is required");
@@ -134,26 +147,17 @@ int cmd_forget(int argc, char **argv) {
     const char *cmd = "forget";
     tbert_learn_opts o = {0};
     o.device.kind = TBERT_DEVICE_AUTO;
-    int c;
-    long v;
+    int c, rc = -1;
     tbert_error err;
     while ((c = cli_getopt(cmd, argc, argv, "h", longopts)) != -1) {
         switch (c) {
         case 'h':
         case O_HELP: forget_usage(stdout); return CLI_OK;
-        case O_HEAD: o.head = optarg; break;
-        case O_NORETRAIN: o.no_retrain = true; break;
-        case O_FULL: o.full = true; break;
-        case O_DEVICE:
-            if (tbert_device_parse(optarg, &o.device, &err)) return cli_report(&err);
-            break;
-        case O_THREADS:
-            if (!cli_parse_int(cmd, "--threads", optarg, 1, 1024, &v)) return CLI_USAGE;
-            o.threads = (int)v;
-            break;
-        case O_QUIET: o.quiet = true; break;
         case '?': return CLI_USAGE;
-        default: return cli_usage_error(cmd, "%s is an option of tbert learn, not of forget", argv[optind - 1]);
+        default:
+            if (!shared_option(cmd, c, &o, &rc))
+                return cli_usage_error(cmd, "%s is an option of tbert learn, not of forget", argv[optind - 1]);
+            if (rc >= 0) return rc;
         }
     }
     if (!o.head) return cli_usage_error(cmd, "--head DIR is required");
