@@ -79,6 +79,9 @@ check "forget: the first head's bytes again" cmp -s "$W/best0" "$H/best.safetens
 check "no learned message left in learned/" [ -z "$(ls "$H/learned/spam")" ]
 learn --spam "$MISS" > "$W/out6"
 check "after forget the message is encoded again" grep -q "(1 encoded)" "$W/out6"
+# a learn-only option given to forget is named, also when it takes a value
+"$BIN" forget --head "$H" --keep 3 "$MISS" > /dev/null 2> "$W/forget-opt.err" && fail "forget accepted --keep"
+check "forget names a learn-only option with a value (--keep)" grep -q "^tbert forget: --keep is an option of tbert learn" "$W/forget-opt.err"
 check "history keeps at most 5 heads" [ "$(ls "$H/history" | wc -l)" -le 5 ]
 
 # kill -9 during a retrain: a whole head (old or new) is left, and the next retrain finishes

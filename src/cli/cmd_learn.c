@@ -49,6 +49,13 @@ static const struct option longopts[] = {{"head", required_argument, 0, O_HEAD},
                                           {"full", no_argument, 0, O_FULL},            {"warm", no_argument, 0, O_WARM},
                                           {0, 0, 0, 0}};
 
+/* The long name of option value c (its longopts entry). */
+static const char *learn_option_name(int c) {
+    for (const struct option *p = longopts; p->name; p++)
+        if (p->val == c) return p->name;
+    return "?";
+}
+
 /* The options tbert learn and tbert forget share. Returns true when c is one of them; *rc is set (>= 0) when the
  * command must stop with that status (a bad value). */
 static bool shared_option(const char *cmd, int c, tbert_learn_opts *o, int *rc) {
@@ -156,7 +163,7 @@ int cmd_forget(int argc, char **argv) {
         case '?': return CLI_USAGE;
         default:
             if (!shared_option(cmd, c, &o, &rc))
-                return cli_usage_error(cmd, "%s is an option of tbert learn, not of forget", argv[optind - 1]);
+                return cli_usage_error(cmd, "--%s is an option of tbert learn, not of forget", learn_option_name(c));
             if (rc >= 0) return rc;
         }
     }
