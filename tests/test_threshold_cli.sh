@@ -8,6 +8,7 @@ set -u
 BIN=${TBERT_BIN:?TBERT_BIN not set}
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 PY=${TBERT_PYTHON:-python3}
+source "$(dirname "${BASH_SOURCE[0]}")/util/testlib.sh" || exit 1
 MODEL=$TESTS/models/bert_tiny_shape
 DATA=$TESTS/data/head/tiny.tsv
 [ -f "$MODEL/model.safetensors" ] || { echo "FAIL: $MODEL missing (a committed fixture)"; exit 1; }
@@ -15,15 +16,6 @@ TMP=$(mktemp -d /tmp/tbert_threshold_cli.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 export TBERT_CACHE=$TMP/cache
 fail=0
-expect_usage() { # description args...
-    local what=$1; shift
-    "$BIN" "$@" >"$TMP/out" 2>"$TMP/err"
-    local rc=$?
-    if [ $rc -ne 2 ]; then echo "FAIL: $what: exit $rc, expected 2"; fail=1; fi
-    if [ "$(wc -l <"$TMP/err")" -ne 1 ]; then echo "FAIL: $what: stderr is not one line:"; cat "$TMP/err"; fail=1; fi
-    if [ -s "$TMP/out" ]; then echo "FAIL: $what: wrote to stdout"; fail=1; fi
-    grep -qF -e "${EXPECT:-tbert}" "$TMP/err" || { echo "FAIL: $what: message lacks '${EXPECT:-}': $(cat "$TMP/err")"; fail=1; }
-}
 
 "$BIN" threshold --help | grep -q -- "--fpr" || { echo "FAIL: threshold --help"; fail=1; }
 H=$TMP/h
@@ -151,5 +143,5 @@ EXPECT="oof.safetensors" expect_usage "a head from before oof.safetensors" thres
 cmp -s "$TMP/old/best.safetensors" "$TMP/best.before" || { echo "FAIL: a refused re-pick changed best.safetensors"; fail=1; }
 printf 'not a safetensors file' >"$H/oof.safetensors"
 EXPECT="oof.safetensors" expect_usage "corrupt oof.safetensors" threshold --head "$H" --fpr 0.1
-[ $fail -eq 0 ] && echo "test_threshold_cli: ok"
-exit $fail
+[ $fail -eq 0 ] && [ "$fails" -eq 0 ] && echo "test_threshold_cli: ok"
+[ $fail -eq 0 ] && [ "$fails" -eq 0 ]

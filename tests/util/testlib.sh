@@ -20,6 +20,8 @@
 #   check DESCRIPTION COMMAND...   "ok   DESCRIPTION" when COMMAND succeeds, else "FAIL DESCRIPTION" and fails+1
 #   checks DESCRIPTION 'CONDITION' the same for a shell condition (eval; for conditions joined with && or ||)
 #   fail MESSAGE...                "FAIL: MESSAGE" on stderr and fails+1
+#   expect_usage WHAT ARGS...      "$BIN" ARGS... must exit 2 with exactly one stderr line containing ${EXPECT:-tbert}
+#                                  and nothing on stdout (bad usage or input); else "FAIL: WHAT: ..." and fails+1
 TL_NAME=${TL_NAME:-$(basename "${BASH_SOURCE[1]:-$0}" .sh)}
 TL_SKIPPED_PARTS=0
 
@@ -102,3 +104,15 @@ checks() {
     if eval "$1"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
 }
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+expect_usage() {
+    local what=$1 out err rc
+    shift
+    out=$(mktemp) && err=$(mktemp) || { echo "FAIL: $what: mktemp"; fails=$((fails + 1)); return; }
+    "$BIN" "$@" >"$out" 2>"$err"
+    rc=$?
+    if [ $rc -ne 2 ]; then echo "FAIL: $what: exit $rc, expected 2"; fails=$((fails + 1)); fi
+    if [ "$(wc -l <"$err")" -ne 1 ]; then echo "FAIL: $what: stderr is not one line:"; cat "$err"; fails=$((fails + 1)); fi
+    if [ -s "$out" ]; then echo "FAIL: $what: wrote to stdout"; fails=$((fails + 1)); fi
+    grep -qF -e "${EXPECT:-tbert}" "$err" || { echo "FAIL: $what: message lacks '${EXPECT:-}': $(cat "$err")"; fails=$((fails + 1)); }
+    rm -f "$out" "$err"
+}
