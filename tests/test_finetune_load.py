@@ -86,16 +86,21 @@ def expect_refusal(what, args, env, needle):
     sanitizer_clean(what, err)
 
 
-def check_serve(env, tmp, fthead, h0):
-    """serve loads the fine-tuned head, and its SIGHUP reload swaps between fine-tuned and frozen heads."""
+def mail_scores(env, heads):
+    """`tbert score`'s p of MAIL for each head (full precision)."""
+    return {h: json.loads(run(["score", "--threads", "1", "--quiet", "--model", MODEL, "--head", h, MAIL], env).stdout)["score"]
+            for h in heads}
+
+
+def check_serve(env, tmp, fthead, h0, want):
+    """serve loads the fine-tuned head, and its SIGHUP reload swaps between fine-tuned and frozen heads (want: each
+    head's score of MAIL)."""
     served = os.path.join(tmp, "served")
     os.makedirs(served)
     best = lambda h: os.path.join(h, "best.safetensors")
     def swap_in(h):
         shutil.copyfile(best(h), best(served) + ".new")
         os.replace(best(served) + ".new", best(served))
-    want = {h: json.loads(run(["score", "--threads", "1", "--quiet", "--model", MODEL, "--head", h, MAIL], env).stdout)["score"]
-            for h in (fthead, h0)}
     swap_in(fthead)
     log = os.path.join(tmp, "serve.log")
     srv = subprocess.Popen([BIN, "serve", "--device", "cpu", "--threads", "1", "--model", MODEL, "--head", served, "--http",
@@ -254,8 +259,7 @@ def main():
         check(b"X-TBert-Spam" in f_ft and f_ft == f_exp, "filter: fine-tuned head != exported model + frozen copy")
         # the header prints p to a few decimals: the verdict lines must differ when score's p (full precision)
         # differs by more than the header's resolution, and each header must carry its own head's p
-        sp = {h: json.loads(run(["score", "--threads", "1", "--quiet", "--model", MODEL, "--head", h, MAIL], env).stdout)["score"]
-              for h in (fthead, h0)}
+        sp = mail_scores(env, (fthead, h0))
         hp = {}
         for h, out in ((fthead, f_ft), (h0, f_h0)):
             m = re.search(rb"X-TBert-Spam: [^\n]*?p=([0-9.]+)", out) or re.search(rb"X-TBert-Spam: [^\n]*?([0-9]\.[0-9]+)", out)
@@ -265,7 +269,7 @@ def main():
                   "filter: header p %r is not score's %r for %s" % (m and m.group(1), sp[h], h))
         if abs(sp[fthead] - sp[h0]) > 0.01:
             check(f_ft != f_h0, "filter: fine-tuned head gives the frozen head's verdict line")
-        check_serve(env, tmp, fthead, h0)
+        check_serve(env, tmp, fthead, h0, sp)
 
         # 5. refusals
         other = os.path.join(tmp, "other_base")
