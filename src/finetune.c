@@ -680,19 +680,42 @@ static tbert_status run_epochs(const ft_ctx *c, const tbert_fit_data *d, const t
     return st;
 }
 
-/* one fine-tune: epochs, then the best epoch's dense blocks for every split, the threshold (chosen as the head path
- * does, or *fixed) and the final metrics; best.safetensors again with them when ck */
+/* --finetune-head first|refit: the head path (src/train.c: hp's epochs at its constant rate, its best epoch on
+ * d's validation rows) trains a head on the dense blocks s->X holds now; its parameters go to dst */
+static tbert_status head_phase(const tbert_fit_data *d, const tbert_hparams *hp, ft_state *s, tbert_head *dst, tbert_error *err) {
+    tbert_fit_data dv = *d;
+    dv.X = &s->X;
+    tbert_hparams hh = *hp;
+    hh.cv_folds = 0;
+    tbert_fit_result hr;
+    tbert_status st = tbert_fit_once(&dv, &hh, NULL, &hr, err);
+    if (!st && hr.best->n_params != dst->n_params)
+        st = tbert_fail(err, TBERT_E_ARG, "finetune: the head path's head has %zu parameters, the fine-tuned one %zu", hr.best->n_params,
+                        dst->n_params);
+    if (!st) memcpy(dst->params, hr.best->params, dst->n_params * sizeof(float));
+    if (!st && hp->progress != TBERT_PROGRESS_OFF)
+        fprintf(stderr, "tbert: fine-tune head phase: %d epoch(s) of the head path, best %d (%.1f s)\n", hr.epochs_run, hr.best_epoch,
+                hr.seconds);
+    tbert_fit_result_free(&hr);
+    return st;
+}
+
+/* one fine-tune: [the head first], epochs, then the best epoch's dense blocks for every split, [a new head on them],
+ * the threshold (chosen as the head path does, or *fixed) and the final metrics; best.safetensors again with them
+ * when ck */
 static tbert_status fit_one(const ft_ctx *c, const tbert_fit_data *d, const tbert_hparams *hp, int epochs, const tbert_fit_ckpt *ck,
                             const float *fixed, ft_state *s, tbert_fit_result *r, tbert_error *err) {
     memset(r, 0, sizeof *r);
     double t0 = tbert_now();
     tbert_status st = state_init(c, d, hp, s, err);
+    if (!st && c->fo->head_phase == TBERT_FT_HEAD_FIRST) st = head_phase(d, hp, s, r->best, err); /* rows: the frozen encoder's */
     if (!st) st = run_epochs(c, d, hp, epochs, ck, s, r, err);
     if (st) return st;
     enc_copy(s->enc, s->best_enc, false);
     st = refresh_dense(c, s, d->train_idx, d->n_train, err);
     if (!st) st = refresh_dense(c, s, d->val_idx, d->n_val, err);
     if (!st) st = refresh_dense(c, s, d->test_idx, d->n_test, err);
+    if (!st && c->fo->head_phase == TBERT_FT_HEAD_REFIT) st = head_phase(d, hp, s, r->best, err);
     tbert_fit_data dv = *d;
     dv.X = &s->X;
     if (fixed) r->threshold = *fixed;

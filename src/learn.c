@@ -395,6 +395,7 @@ tbert_status tbert_learn_retrain(const tbert_learn_opts *lo, tbert_learn_result 
         o.encoder_lr = num(s, "encoder_lr", o.encoder_lr);
         o.finetune_epochs = (int)num(s, "finetune_epochs", o.finetune_epochs);
         o.finetune_dropout = (int)num(s, "finetune_dropout", o.finetune_dropout);
+        o.finetune_head = (int)num(s, "finetune_head", TBERT_FT_HEAD_JOINT); /* heads from before the option: joint */
         const char *seed = cJSON_GetStringValue(cJSON_GetObjectItem(s, "seed"));
         if (seed) o.seed = strtoull(seed, NULL, 10);
         o.class_weights_auto = cJSON_IsTrue(cJSON_GetObjectItem(s, "class_weights_auto"));

@@ -120,6 +120,7 @@ typedef struct {
     double warmup_fraction; /* of all optimiser steps (0.1) */
     float hidden_dropout, attn_dropout; /* --finetune-dropout on: 0.1 / 0.1; off: 0 */
     double clip_norm;       /* 1.0 */
+    int head_phase;         /* tbert_ft_head_phase (--finetune-head) */
     tbert_encoder_opts enc; /* how the frozen lower layers run (device, precision, threads) */
     bool quiet;
 } tbert_ft_opts;

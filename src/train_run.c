@@ -16,6 +16,10 @@
 #include "tbert/train.h"
 #include "train_internal.h"
 
+const char *tbert_ft_head_phase_name(int phase) {
+    return phase == TBERT_FT_HEAD_FIRST ? "first" : phase == TBERT_FT_HEAD_REFIT ? "refit" : "joint";
+}
+
 void tbert_train_opts_default(tbert_train_opts *o) {
     memset(o, 0, sizeof *o);
     o->pool = o->max_len = o->layers = o->windows = o->normalize = o->lexical_dim = o->lexical_ngrams = o->evidence_dim = o->evidence_set = o->header_dim = -1;
@@ -30,6 +34,7 @@ void tbert_train_opts_default(tbert_train_opts *o) {
     o->encoder_lr = 5e-5;
     o->finetune_epochs = 4;
     o->finetune_dropout = 1;
+    o->finetune_head = TBERT_FT_HEAD_JOINT;
 }
 
 void tbert_train_result_free(tbert_train_result *r) {
@@ -174,6 +179,7 @@ static char *settings_json(const tbert_recipe *r, const tbert_hparams *hp, const
         cJSON_AddNumberToObject(ft, "encoder_lr", o->encoder_lr);
         cJSON_AddNumberToObject(ft, "epochs", o->finetune_epochs);
         cJSON_AddBoolToObject(ft, "dropout", o->finetune_dropout != 0);
+        cJSON_AddStringToObject(ft, "head", tbert_ft_head_phase_name(o->finetune_head));
     }
     char *out = cJSON_PrintUnformatted(s);
     cJSON_Delete(s);
@@ -225,6 +231,7 @@ static tbert_status write_manifest(const char *work, const tbert_train_opts *o, 
         cJSON_AddNumberToObject(s, "encoder_lr", o->encoder_lr);
         cJSON_AddNumberToObject(s, "finetune_epochs", o->finetune_epochs);
         cJSON_AddNumberToObject(s, "finetune_dropout", o->finetune_dropout);
+        cJSON_AddNumberToObject(s, "finetune_head", o->finetune_head);
     }
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
@@ -505,6 +512,7 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         fto.warmup_fraction = 0.1;
         fto.hidden_dropout = fto.attn_dropout = o->finetune_dropout ? 0.1f : 0.0f;
         fto.clip_norm = 1.0;
+        fto.head_phase = o->finetune_head;
         fto.enc = eo;
         fto.quiet = o->quiet;
         st = tbert_ft_data_build(r, m, fz, L.n, L.docs, &fto, store, &ftd, &from_store, err);
@@ -550,8 +558,8 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
                 hp.cv_folds >= 2 ? " (cross-fitting instead)" : "", nte);
     if (ftd && !o->quiet)
         fprintf(stderr, "tbert: fine-tuning the top %d of %d layers%s with the head: %d epochs, encoder lr %g, head lr %g, warm-up 10%%, "
-                        "dropout %s\n", r->finetune.layers, r->layers, r->finetune.embeddings ? " and the embeddings" : "", o->finetune_epochs,
-                o->encoder_lr, hp.lr, o->finetune_dropout ? "0.1" : "off");
+                        "dropout %s, head phase %s\n", r->finetune.layers, r->layers, r->finetune.embeddings ? " and the embeddings" : "",
+                o->finetune_epochs, o->encoder_lr, hp.lr, o->finetune_dropout ? "0.1" : "off", tbert_ft_head_phase_name(o->finetune_head));
     st = ftd ? tbert_fit_finetune(&d, &hp, &fto, m, ftd, &ck, &res->fit, err) : tbert_fit(&d, &hp, &ck, &res->fit, err);
     if (st) goto done;
     r->threshold = res->fit.threshold;

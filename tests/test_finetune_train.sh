@@ -182,6 +182,43 @@ done
 rc=$?
 [ $rc -eq 2 ] && [ "$(wc -l <"$TMP/xf.err")" -eq 1 ] || { echo "FAIL: --export-features with --finetune: exit $rc, '$(cat "$TMP/xf.err")'"; fail=1; }
 
+# --finetune-head refit: the layers train exactly as joint (k1's bits), then the head path trains a new head on the
+# fine-tuned encoder's rows. Reference: that encoder exported (tbert export) and a frozen run on it with the same
+# settings -- the head path on the same rows, computed through another route (fp32 layers, no bf16 cache): its head
+# must be close to refit's (bf16 rounding of the cached lower layers only) and farther from k1's joint head.
+# --finetune-head first: the head path first, then the layers train with that head: other encoder bits than joint.
+(train "$TMP/refit" --quiet --finetune 1 "${FT[@]}" --finetune-head refit) >/dev/null 2>"$TMP/refit.err" ||
+    { echo "FAIL: --finetune-head refit: $(cat "$TMP/refit.err")"; fail=1; }
+(train "$TMP/first" --quiet --finetune 1 "${FT[@]}" --finetune-head first) >/dev/null 2>"$TMP/first.err" ||
+    { echo "FAIL: --finetune-head first: $(cat "$TMP/first.err")"; fail=1; }
+"$BIN" export --head "$TMP/refit" --model "$MODEL" --out "$TMP/refit_model" >/dev/null 2>"$TMP/refit_export.err" ||
+    { echo "FAIL: export of the refit head: $(cat "$TMP/refit_export.err")"; fail=1; }
+(MODEL=$TMP/refit_model train "$TMP/onft" --quiet) >/dev/null 2>"$TMP/onft.err" ||
+    { echo "FAIL: frozen run on the exported encoder: $(cat "$TMP/onft.err")"; fail=1; }
+"$PY" - "$TMP" <<'EOF2' || fail=1
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+t = sys.argv[1]
+joint, refit, first, onft = (load_file(t + "/" + d + "/best.safetensors") for d in ("k1", "refit", "first", "onft"))
+bad = []
+enc = sorted(k for k in joint if k.startswith("finetune."))
+if not enc or any(not np.array_equal(joint[k], refit[k]) for k in enc):
+    bad.append("refit's trained layers differ from joint's (the layers' phase must be the same)")
+if all(np.array_equal(joint[k], first[k]) for k in enc):
+    bad.append("first's trained layers equal joint's (the head phase did not run first)")
+head = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+def dist(a, b):
+    return max(float(np.abs(a[k] - b[k]).max() / np.abs(b[k]).max()) for k in head)
+d_refit, d_joint = dist(refit, onft), dist(joint, onft)
+print("head vs the head path on the exported encoder: refit %.2g, joint %.2g (max |diff| / max |ref|)" % (d_refit, d_joint))
+if not d_refit < 2e-2 or not d_joint > 5 * d_refit:
+    bad.append("refit's head is not the head path's on the fine-tuned encoder (refit %.3g, joint %.3g)" % (d_refit, d_joint))
+for b in bad:
+    print("FAIL: --finetune-head: " + b)
+sys.exit(1 if bad else 0)
+EOF2
+
 # K deeper than the layers in use
 (train "$TMP/k5" --quiet --finetune 5) >/dev/null 2>"$TMP/k5.err"
 rc=$?

@@ -132,7 +132,13 @@ typedef struct {
     double encoder_lr;    /* default 5e-5 */
     int finetune_epochs;  /* default 4 */
     int finetune_dropout; /* 1: hidden and attention dropout 0.1 (default); 0: off */
+    int finetune_head;    /* tbert_ft_head_phase: when the head path trains the head (--finetune-head) */
 } tbert_train_opts;
+/* --finetune-head: joint = the head trains only with the layers (fine-tuning's schedule); first = the head path
+ * (its epochs at its constant rate) trains it on the frozen encoder's rows, then the layers train with it (LP-FT);
+ * refit = after the layers, the head path trains a new head on the fine-tuned encoder's rows */
+typedef enum { TBERT_FT_HEAD_JOINT = 0, TBERT_FT_HEAD_FIRST = 1, TBERT_FT_HEAD_REFIT = 2 } tbert_ft_head_phase;
+const char *tbert_ft_head_phase_name(int phase);
 void tbert_train_opts_default(tbert_train_opts *o);
 
 typedef struct {

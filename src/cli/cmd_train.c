@@ -66,6 +66,9 @@ static void usage(FILE *f) {
             "  --finetune-epochs N    epochs when fine-tuning (default 4; replaces --epochs)\n"
             "  --finetune-dropout on|off  BERT's hidden and attention dropout 0.1 while fine-tuning (default on; off\n"
             "                         measured the same test accuracy on 480 training messages, benchmarks/RESULTS.md)\n"
+            "  --finetune-head joint|first|refit  when the head trains as without fine-tuning (--epochs at a constant\n"
+            "                         --lr): joint = never, only with the layers (default); first = before the layers\n"
+            "                         train with it; refit = a new head on the fine-tuned layers' output\n"
             "split and run:\n"
             "  --val-fraction X       (default 0.1; mail 0)   --test-fraction X (default 0.2; mail 0); stratified,\n"
             "                         0 allowed\n"
@@ -90,7 +93,7 @@ enum {
     O_DATA = 256, O_OUT, O_MODEL, O_FMT, O_HEADER, O_TEXT, O_LABEL, O_HAM, O_SPAM, O_RECIPE, O_POOL, O_MAXLEN, O_WINDOWS,
     O_LAYERS, O_NORMALIZE, O_LEX, O_NGRAMS, O_EVDIM, O_EVSET, O_HDRDIM, O_HDRW, O_HIDDEN, O_DROPOUT, O_EPOCHS, O_BATCH, O_LR, O_WD, O_CW, O_POS, O_THR, O_VAL, O_TEST, O_CV,
     O_SEED, O_DEVICE, O_PREC, O_THREADS, O_RESUME, O_EXPORT, O_JSON, O_QUIET, O_HELP,
-    O_FINETUNE, O_ENC_LR, O_FT_EPOCHS, O_FT_DROPOUT
+    O_FINETUNE, O_ENC_LR, O_FT_EPOCHS, O_FT_DROPOUT, O_FT_HEAD
 };
 
 static const struct option longopts[] = {
@@ -115,6 +118,7 @@ static const struct option longopts[] = {
     {"json", no_argument, 0, O_JSON}, {"quiet", no_argument, 0, O_QUIET}, {"help", no_argument, 0, O_HELP},
     {"finetune", required_argument, 0, O_FINETUNE}, {"encoder-lr", required_argument, 0, O_ENC_LR},
     {"finetune-epochs", required_argument, 0, O_FT_EPOCHS}, {"finetune-dropout", required_argument, 0, O_FT_DROPOUT},
+    {"finetune-head", required_argument, 0, O_FT_HEAD},
     {0, 0, 0, 0}};
 
 static void print_summary(const tbert_train_result *res) {
@@ -282,6 +286,12 @@ int cmd_train(int argc, char **argv) {
             if (strcmp(optarg, "on") && strcmp(optarg, "off"))
                 rc = cli_usage_error(cmd, "--finetune-dropout expects on or off, got '%s'", optarg);
             o.finetune_dropout = !strcmp(optarg, "on");
+            break;
+        case O_FT_HEAD:
+            if (!strcmp(optarg, "joint")) o.finetune_head = TBERT_FT_HEAD_JOINT;
+            else if (!strcmp(optarg, "first")) o.finetune_head = TBERT_FT_HEAD_FIRST;
+            else if (!strcmp(optarg, "refit")) o.finetune_head = TBERT_FT_HEAD_REFIT;
+            else rc = cli_usage_error(cmd, "--finetune-head expects joint, first or refit, got '%s'", optarg);
             break;
         default: rc = CLI_USAGE; break;
         }
