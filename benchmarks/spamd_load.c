@@ -518,7 +518,7 @@ int main(int argc, char **argv) {
         double cpu = (double)self.ru_utime.tv_sec + self.ru_utime.tv_usec * 1e-6 + (double)self.ru_stime.tv_sec +
                      self.ru_stime.tv_usec * 1e-6 + (double)kids.ru_utime.tv_sec + kids.ru_utime.tv_usec * 1e-6 +
                      (double)kids.ru_stime.tv_sec + kids.ru_stime.tv_usec * 1e-6;
-        printf("requests=%zu concurrency=%zu wall_s=%.3f msg_per_s=%.1f p50_ms=%.1f p99_ms=%.1f max_ms=%.1f ", n, conc, wall,
+        printf("requests=%zu concurrency=%zu wall_s=%.6f msg_per_s=%.1f p50_ms=%.1f p99_ms=%.1f max_ms=%.1f ", n, conc, wall,
                (double)n / wall, L.lat_ms[(size_t)((double)(n - 1) * 0.50)], L.lat_ms[(size_t)((double)(n - 1) * 0.99)],
                L.lat_ms[n - 1]);
         if (L.argv) printf("exit0=%zu exit1=%zu exit2=%zu", L.exits[0], L.exits[1], L.exits[2]);
