@@ -9,8 +9,8 @@
 #   - against `tbert serve --spamd` (the committed tests/data/mail messages, a head trained here): spam= and
 #     ham= equal the labels `tbert score` gives the same messages (one request each at concurrency 4; three
 #     rounds with --requests at concurrency 16), and --exec 'spamc -x -c ...' counts exit status 1 (spam) and 0
-#     (ham) the same; the HTTP port (not spamd) gives one error per request; the server's /metrics counts every
-#     request and the batcher's busy seconds;
+#     (ham) the same, and so does --unix on a server listening on a unix socket; the HTTP port (not spamd) gives
+#     one error per request; the server's /metrics counts every request and the batcher's busy seconds;
 #   - the summary line: p50 <= p99 <= max, msg_per_s = requests / wall_s (to its printed rounding);
 #   - bad usage: exit 2, one stderr line naming the problem, nothing on stdout.
 SERVE_TOOLS=(spamc curl)
@@ -111,6 +111,16 @@ kill -TERM "$SERVER"
 wait "$SERVER"
 SERVER=
 check "the server log is clean" log_clean "$LOG"
+
+# ---- a unix socket (--unix), on a second server
+start_server "$W/serve2.log" --spamd "unix:$W/spamd.sock" || { echo "FAIL tbert serve on a unix socket did not start"; exit 1; }
+"$LOAD" --unix "$W/spamd.sock" --concurrency 3 "${MSGS[@]}" > "$W/u1.out"
+rc=$?
+cat "$W/u1.out"
+check "--unix: spam=$S ham=$H errors=0" [ "$rc/$(val spam "$W/u1.out")/$(val ham "$W/u1.out")/$(val errors "$W/u1.out")" = "0/$S/$H/0" ]
+kill -TERM "$SERVER"
+wait "$SERVER"
+SERVER=
 
 # ---- bad usage
 usage() { # usage WHAT ARGS...: exit 2, one stderr line containing spamd_load, nothing on stdout
