@@ -16,7 +16,7 @@
 # Latency: per request, connect to end of answer (direct) or spawn to exit (spamc, bogofilter: spawn included);
 # throughput = messages / wall time of the whole batch. CPU per message from /proc (user + sys): the server's
 # (tbert serve; spamd's parent, its live children and its reaped children) over each run, and the client's
-# (spamd_load itself and the processes it started). Memory from /proc: tbert serve's peak (VmHWM); spamd's
+# (spamd_load itself and the processes it started); for `tbert score` the whole process, model load included. Memory from /proc: tbert serve's peak (VmHWM); spamd's
 # parent and children summed after the runs (RSS counts the pages they share once per process, PSS divides them).
 #
 # usage: benchmarks/bench_serve.sh TBERT [N] [MODEL] [HEAD]

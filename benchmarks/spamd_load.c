@@ -12,7 +12,8 @@
  * 0, 1 and 2 are counted (spamc -c -x: 0 ham, 1 spam; bogofilter: 0 spam, 1 ham, 2 unsure); a higher status
  * or a signal is an error.
  *
- * Latency: per request, from connect (or spawn) to the end of the answer (or the exit), CLOCK_MONOTONIC.
+ * Latency: per request (failed ones included), from connect (or spawn) to the end of the answer (or the exit),
+ * CLOCK_MONOTONIC.
  * Throughput: requests / wall time from the first start to the last end. Percentiles: the sorted latencies'
  * element floor((n - 1) * q) (the same rule as bench_serve.sh's awk). client_cpu_s: this process's user+sys
  * CPU time, with its children's in --exec mode (the cost of the client itself on the cores it shares).
@@ -48,7 +49,7 @@ extern char **environ;
 
 #define MAX_CONCURRENCY 4096
 #define MAX_REPORTED_ERRORS 5
-#define MAX_ANSWER ((size_t)1 << 20) /* a CHECK answer is a few hundred bytes; more is an error */
+#define MAX_ANSWER ((size_t)64 << 10) /* a CHECK answer is a few hundred bytes; more is an error */
 
 typedef struct {
     /* what to send (read-only once the threads run) */
@@ -180,7 +181,7 @@ static int direct_request(load *L, const struct addrinfo *ai, size_t i, char *bu
     while (ok) {
         if (got == MAX_ANSWER) {
             close(fd);
-            count_error(L, i, "answer over 1 MiB");
+            count_error(L, i, "answer over 64 KiB");
             return -1;
         }
         ssize_t r = recv(fd, buf + got, MAX_ANSWER - got, 0);
