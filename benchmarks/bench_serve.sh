@@ -96,9 +96,11 @@ run_load() { # run_load NAME CONC OUT PIDS_FUNC LOAD_ARGS...: one spamd_load run
     # is read before and after from the PIDs PIDS_FUNC prints ("-": no server)
     local name=$1 conc=$2 out=$3 pids=$4 a=0 b=0
     shift 4
+    # shellcheck disable=SC2046 # one PID per word
     [ "$pids" = - ] || a=$(proc_cpu $($pids))
     "$LOAD" --concurrency "$conc" --files "$WORK/sample" "$@" > "$out" ||
         { echo "bench_serve: spamd_load $* failed (see above)" >&2; exit 1; }
+    # shellcheck disable=SC2046
     [ "$pids" = - ] || b=$(proc_cpu $($pids))
     row "$name" "$conc" "$out" "$([ "$pids" = - ] && echo - || echo $((b - a)))"
 }
