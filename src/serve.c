@@ -145,6 +145,8 @@ struct serve_ctx {
         reloads_failed, milter_restarts;
     uint64_t lat_hist[N_LAT + 1], batch_hist[N_BATCH + 1], batches, batch_docs;
     double lat_sum;
+    double busy_s;   /* the batcher in the encoder and classifier (run_batch) */
+    double window_s; /* the batcher waiting in the batching window for requests still being read */
     /* listeners */
     request **batch_rq; /* the batcher's list of the requests in its batch */
     int spamd_fd, internal_fd, wake[2];
@@ -227,6 +229,7 @@ static void *batcher_main(void *arg) {
         }
         /* the window: wait for requests still being parsed, never longer than window_ms after the oldest */
         if (s->q_n < s->o.batch && s->q_n < s->in_flight && s->o.window_ms > 0) {
+            double w0 = tbert_now();
             struct timespec dl;
             clock_gettime(CLOCK_REALTIME, &dl);
             long ns = (long)(s->o.window_ms * 1e6);
@@ -235,6 +238,7 @@ static void *batcher_main(void *arg) {
             if (dl.tv_nsec >= 1000000000L) dl.tv_sec++, dl.tv_nsec -= 1000000000L;
             while (s->q_n < s->o.batch && s->q_n < s->in_flight && !s->stop_batcher && !s->pending)
                 if (pthread_cond_timedwait(&s->batch_cv, &s->mu, &dl) == ETIMEDOUT) break;
+            s->window_s += tbert_now() - w0;
         }
         int k = 0;
         while (s->q_head && k < s->o.batch) {
@@ -245,8 +249,11 @@ static void *batcher_main(void *arg) {
         if (!s->q_head) s->q_tail = NULL;
         serve_model *m = s->cur;
         pthread_mutex_unlock(&s->mu);
+        double b0 = tbert_now();
         run_batch(m, rq, k);
+        double b1 = tbert_now();
         pthread_mutex_lock(&s->mu);
+        s->busy_s += b1 - b0;
         s->batches++;
         s->batch_docs += (uint64_t)k;
         size_t b = 0;
@@ -422,6 +429,11 @@ char *serve_metrics_text(serve_ctx *s) {
     }
     g_string_append_printf(o, "tbert_batch_size_bucket{le=\"+Inf\"} %llu\ntbert_batch_size_sum %llu\ntbert_batch_size_count %llu\n",
                            (unsigned long long)s->batches, (unsigned long long)s->batch_docs, (unsigned long long)s->batches);
+    g_string_append_printf(o, "# HELP tbert_batcher_busy_seconds_total Time the batcher spent encoding and classifying.\n"
+                              "# TYPE tbert_batcher_busy_seconds_total counter\ntbert_batcher_busy_seconds_total %.6f\n"
+                              "# HELP tbert_batch_window_seconds_total Time the batcher waited in the batching window.\n"
+                              "# TYPE tbert_batch_window_seconds_total counter\ntbert_batch_window_seconds_total %.6f\n",
+                           s->busy_s, s->window_s);
     pthread_mutex_unlock(&s->mu);
     return g_string_free(o, FALSE);
 }
