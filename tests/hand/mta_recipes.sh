@@ -13,10 +13,12 @@
 #         would: `spamc -d 127.0.0.1 -p PORT | /usr/lib/dovecot/dovecot-lda` as nobody, and checks that the
 #         spam one is in ~/Maildir/.Spam/new, the ham one in ~/Maildir/new, each with one X-Spam-Flag;
 #         then the spam one again with no spamd listening (spamc passes it on unchanged: INBOX);
-#      b. the milter path: a private Postfix (as tests/test_postfix_milter.sh: `postfix -c $W/pf/etc`,
-#         smtpd on 127.0.0.1 and a free port, chrooted, `smtpd_milters` -> `tbert serve --milter`) whose
-#         local(8) agent delivers to nobody through `mailbox_command = dovecot-lda`, the same two messages
-#         sent with swaks: the Sieve rule fires on the milter's X-Spam-Flag;
+#      b. Postfix in front: a private instance (as tests/test_postfix_milter.sh: `postfix -c $W/pf/etc`,
+#         smtpd on 127.0.0.1 and a free port, chrooted) whose local(8) agent delivers to nobody@test.invalid
+#         through `mailbox_command`; the same two messages sent with swaks, twice: with
+#         `smtpd_milters` -> `tbert serve --milter` and `mailbox_command = dovecot-lda ...` (the Sieve rule
+#         fires on the milter's X-Spam-Flag), then without the milter and
+#         `mailbox_command = spamc ... | dovecot-lda ...`; the same checks each time;
 #   4. [exim] Exim: removes postfix, installs exim4-daemon-heavy, writes /etc/exim4/exim4.conf (the chroot's;
 #      the recipe's spamd_address and DATA ACL, Maildir delivery as nobody), feeds one spam-ish and one
 #      ham-ish message through `exim4 -odf -bs` with swaks --pipe (no daemon, no port) and prints the
@@ -102,8 +104,8 @@ plugin {
 EOF
     echo "--- doveconf -n (what the LDA reads)"
     doveconf -n | sed -n '/^mail_location/p;/^lda_/p;/^protocol lda/,/^}/p;/^plugin/,/^}/p'
-    mkhome() { # mkhome DIR: the user's home (the user nobody) with the recipe's Sieve script
-        mkdir -p "$1"
+    mkhome() { # mkhome DIR: a home for the user nobody (HOME is set: nobody's own is /nonexistent) with the
+        mkdir -p "$1"                                                            # recipe's Sieve script
         cat > "$1/.dovecot.sieve" << 'EOF'
 require ["fileinto"];
 if header :is "X-Spam-Flag" "YES" { fileinto "Spam"; stop; }
@@ -114,14 +116,33 @@ EOF
     { printf 'X-Spam-Flag: YES\n'; cat "$HAM_MSG"; } > "$HAM_FORGED"
     chmod 644 "$HAM_FORGED"
     nfiles() { find "$1" -type f 2> /dev/null | wc -l; }
-    only() { find "$1" -type f | head -1; } # only DIR: the (one) message in a Maildir's new/
+    head_of() { sed -n '1,/^$/p' "$1"; }
+    subj() { head_of "$1" | grep -m1 '^Subject:'; }
+    is_msg() { [ "$(subj "$1")" = "$(subj "$2")" ]; } # is_msg DELIVERED ORIGINAL: the same Subject line
     # flag_is FILE VALUE: the message's header holds exactly one X-Spam-Flag, and it is VALUE
-    flag_is() { [ "$(sed -n '1,/^$/p' "$1" | grep -ci '^X-Spam-Flag:')" = 1 ] && sed -n '1,/^$/p' "$1" | grep -q "^X-Spam-Flag: $2"; }
-    show() { sed -n '1,/^$/p' "$1" | grep -E '^(X-Spam-(Flag|Status|Level)|X-TBert-Spam|Delivered-To|Return-Path):'; }
+    flag_is() { [ "$(head_of "$1" | grep -ci '^X-Spam-Flag:')" = 1 ] && head_of "$1" | grep -q "^X-Spam-Flag: $2\$"; }
+    show() { head_of "$1" | grep -E '^(X-Spam-(Flag|Status|Level)|X-TBert-Spam|Delivered-To|Return-Path|Subject):'; }
+    landed() { # landed WHAT HOME: the spam one alone in ~/Maildir/.Spam/new, the ham one alone in ~/Maildir/new
+        local h=$2/Maildir
+        echo "--- $1: the Maildir"; (cd "$h" 2> /dev/null && find . -path '*/new/*' -type f | sort)
+        ok "$1: one message in ~/Maildir/.Spam/new" [ "$(nfiles "$h/.Spam/new")" = 1 ]
+        ok "$1: one message in ~/Maildir/new" [ "$(nfiles "$h/new")" = 1 ]
+        [ "$(nfiles "$h/.Spam/new")" = 1 ] && [ "$(nfiles "$h/new")" = 1 ] || return
+        S=$(find "$h/.Spam/new" -type f) I=$(find "$h/new" -type f)
+        echo "--- .Spam/new:"; show "$S"
+        echo "--- new:"; show "$I"
+        ok "$1: .Spam/new holds $(basename "$SPAM_MSG") ($(subj "$S"))" is_msg "$S" "$SPAM_MSG"
+        ok "$1: new holds $(basename "$HAM_MSG") ($(subj "$I"))" is_msg "$I" "$HAM_MSG"
+        ok "$1: the spam one has one X-Spam-Flag: YES" flag_is "$S" YES
+        ok "$1: the ham one has one X-Spam-Flag: NO (the forged YES gone)" flag_is "$I" NO
+        ok "$1: X-Spam-Status: Yes / No, one X-TBert-Spam each" eval 'grep -q "^X-Spam-Status: Yes, score=" "$S" &&
+            grep -q "^X-Spam-Status: No, score=" "$I" && [ "$(grep -c "^X-TBert-Spam: " "$S")$(grep -c "^X-TBert-Spam: " "$I")" = 11 ]'
+    }
 
-    H=$W/home # nobody's home for the LDA (HOME is set: nobody's own is /nonexistent)
+    # a. the pipe as the user's MTA runs it for the user (procmail's |, a .forward "|...", mailbox_command)
+    H=$W/home
     mkhome "$H"
-    deliver() { # deliver FILE SPAMD_PORT: what the user's MTA runs for one message, as the user
+    deliver() { # deliver FILE SPAMD_PORT
         runuser -u nobody -- env -i PATH=/usr/bin:/bin HOME="$H" USER=nobody sh -c \
             "spamc -d 127.0.0.1 -p $2 | /usr/lib/dovecot/dovecot-lda -f sender@example.org -o log_path=/dev/stderr -o info_log_path=/dev/stderr" \
             < "$1" 2>> "$W/lda.log"
@@ -133,27 +154,15 @@ EOF
     rc=$?
     ok "spamc | dovecot-lda, $(basename "$HAM_MSG") with a forged X-Spam-Flag: YES: exit $rc" [ $rc -eq 0 ]
     echo "--- dovecot-lda's log"; cat "$W/lda.log"
-    echo "--- the Maildir"; (cd "$H/Maildir" && find . -path '*/new/*' -type f | sort)
-    ok "the spam one is in ~/Maildir/.Spam/new (and only it)" [ "$(nfiles "$H/Maildir/.Spam/new")" = 1 ]
-    ok "the ham one is in ~/Maildir/new (and only it)" [ "$(nfiles "$H/Maildir/new")" = 1 ]
-    if [ "$(nfiles "$H/Maildir/.Spam/new")" = 1 ] && [ "$(nfiles "$H/Maildir/new")" = 1 ]; then
-        S=$(only "$H/Maildir/.Spam/new") I=$(only "$H/Maildir/new")
-        echo "--- .Spam/new:"; show "$S"
-        echo "--- new:"; show "$I"
-        ok "the spam one has one X-Spam-Flag: YES" flag_is "$S" YES
-        ok "the ham one has one X-Spam-Flag: NO (the forged YES gone)" flag_is "$I" NO
-        ok "the spam one has X-Spam-Status: Yes, X-Spam-Level and X-TBert-Spam" \
-            eval 'grep -q "^X-Spam-Status: Yes, score=" "$S" && grep -q "^X-Spam-Level: \*\*\*\*\*" "$S" && grep -q "^X-TBert-Spam: " "$S"'
-        ok "the ham one has X-Spam-Status: No" grep -q "^X-Spam-Status: No, score=" "$I"
-    fi
+    landed "spamc | dovecot-lda" "$H"
     ok "dovecot-lda's log: sieve's fileinto stored one message into 'Spam'" \
         [ "$(grep -c "fileinto action: stored mail into mailbox 'Spam'" "$W/lda.log")" = 1 ]
-    # spamd down: spamc hands the message on unchanged (its exit 0 keeps the pipe delivering): INBOX, no flag
+    # spamd down: spamc hands the message on unchanged (exit 0, the pipe still delivers): INBOX, no flag
     DEAD=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
     deliver "$SPAM_MSG" "$DEAD"
     rc=$?
     ok "no spamd listening: spamc | dovecot-lda still delivers (exit $rc)" [ $rc -eq 0 ]
-    unflagged() { # one more message in ~/Maildir/new than the ham one, and it has no X-Spam-Flag
+    unflagged() { # one more message in ~/Maildir/new than the ham one, without X-Spam-Flag; .Spam unchanged
         local f n=0
         for f in "$H/Maildir/new"/*; do
             [ "$f" = "${I:-}" ] && continue
@@ -162,9 +171,11 @@ EOF
         done
         [ $n -eq 1 ] && [ "$(nfiles "$H/Maildir/.Spam/new")" = 1 ]
     }
-    ok "... to ~/Maildir/new (.Spam unchanged), without X-Spam-Flag" unflagged
+    ok "... to ~/Maildir/new, without X-Spam-Flag (.Spam/new unchanged)" unflagged
+    tail -n 3 "$W/lda.log"
 
-    step "Dovecot behind Postfix: smtpd_milters -> tbert serve --milter, mailbox_command = dovecot-lda"
+    # b. Postfix in front: the milter adds the headers (round 1), or spamc in mailbox_command (round 2)
+    step "Dovecot behind Postfix: local(8)'s mailbox_command = dovecot-lda"
     need=()
     command -v swaks > /dev/null || need+=(swaks)
     [ -x /usr/sbin/postfix ] || need+=(postfix)
@@ -174,17 +185,15 @@ EOF
             { tail -20 /tmp/pf-apt.log; exit 1; }
     fi
     dpkg-query -W postfix swaks
-    H2=$W/home-pf # nobody's home for this delivery
-    mkhome "$H2"
-    : > "$W/lda-pf.log" && chown nobody:nogroup "$W/lda-pf.log"
     P=$W/pf
     mkdir -p "$P/etc" "$P/spool/tbert" "$P/data"
     chown postfix "$P/data"
     chmod 755 "$P/spool/tbert"
+    : > "$W/lda-pf.log" && chown nobody:nogroup "$W/lda-pf.log"
     PFPORT=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
     # as tests/test_postfix_milter.sh's private instance, but local(8) delivers test.invalid to the passwd
-    # user (nobody) through mailbox_command; HOME is set because nobody's is /nonexistent (a real user's
-    # mailbox_command is the documented line without env HOME=... and -o log_path)
+    # user (nobody) through mailbox_command (set per round below); HOME=... because nobody's home is
+    # /nonexistent, and -o log_path because the chroot has no syslog: a real user's line has neither
     cat > "$P/etc/main.cf" << EOF
 compatibility_level = 3.6
 queue_directory = $P/spool
@@ -208,9 +217,6 @@ relay_transport = error:the tbert hand test delivers locally only
 notify_classes =
 biff = no
 smtputf8_enable = no
-mailbox_command = /usr/bin/env HOME=$H2 /usr/lib/dovecot/dovecot-lda -f "\$SENDER" -a "\$RECIPIENT" -o log_path=$W/lda-pf.log
-smtpd_milters = unix:/tbert/milter.sock
-non_smtpd_milters = \$smtpd_milters
 milter_default_action = tempfail
 syslog_name = tbert-hand-postfix
 maillog_file = $P/maillog
@@ -237,6 +243,28 @@ anvil     unix - - n - 1 anvil
 scache    unix - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 EOF
+    send() { swaks --server 127.0.0.1 --port "$PFPORT" --helo client.test.invalid --from sender@example.org \
+        --to nobody@test.invalid --data "$1" --timeout 30 > "$W/swaks.log" 2>&1; }
+    pf_round() { # pf_round WHAT HOME: swaks sends both messages to nobody@test.invalid; where did they land?
+        local h=$2/Maildir
+        ok "$1: swaks, $(basename "$SPAM_MSG") accepted" send "$SPAM_MSG"
+        ok "$1: swaks, $(basename "$HAM_MSG") with a forged X-Spam-Flag: YES accepted" send "$HAM_FORGED"
+        for _ in $(seq 1 300); do
+            [ $(($(nfiles "$h/.Spam/new") + $(nfiles "$h/new"))) -ge 2 ] && break
+            sleep 0.1
+        done
+        sleep 1 # anything more that would arrive
+        echo "--- Postfix's log (delivery lines)"; grep -E 'status=|milter' "$P/maillog" | sed 's/^.*postfix/postfix/'
+        : > "$P/maillog"
+        echo "--- dovecot-lda's log"; cat "$W/lda-pf.log"
+        : > "$W/lda-pf.log"
+        landed "$1" "$2"
+    }
+    # round 1: smtpd_milters -> tbert serve --milter (docs/mail.md's Postfix recipe), mailbox_command = dovecot-lda
+    H1=$W/home-milter
+    mkhome "$H1"
+    postconf -c "$P/etc" -e "smtpd_milters = unix:/tbert/milter.sock" \
+        "mailbox_command = HOME=$H1 /usr/lib/dovecot/dovecot-lda -f \"\$SENDER\" -a \"\$RECIPIENT\" -o log_path=$W/lda-pf.log"
     postfix -c "$P/etc" check || exit 1
     "$BIN" serve --device cpu --model "$MODEL" --head "$W/head" --milter "unix:$P/spool/tbert/milter.sock" \
         --socket-owner :postfix --socket-mode 660 2> "$W/milter.log" &
@@ -249,33 +277,21 @@ EOF
         python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1).close()" "$PFPORT" 2> /dev/null && break
         sleep 0.1
     done
-    send() { swaks --server 127.0.0.1 --port "$PFPORT" --helo client.test.invalid --from sender@example.org \
-        --to nobody@test.invalid --data "$1" --timeout 30 > "$W/swaks.log" 2>&1; }
-    ok "swaks to nobody@test.invalid: $(basename "$SPAM_MSG") accepted" send "$SPAM_MSG"
-    ok "swaks to nobody@test.invalid: $(basename "$HAM_MSG") with a forged X-Spam-Flag: YES accepted" send "$HAM_FORGED"
-    for _ in $(seq 1 300); do
-        [ "$(nfiles "$H2/Maildir/.Spam/new")" -ge 1 ] && [ "$(nfiles "$H2/Maildir/new")" -ge 1 ] && break
-        sleep 0.1
-    done
-    sleep 1 # anything more that would arrive
-    echo "--- Postfix's log (delivery lines)"; grep -E 'status=|milter' "$P/maillog" | sed 's/^.*postfix/postfix/'
-    echo "--- dovecot-lda's log"; cat "$W/lda-pf.log"
-    echo "--- the Maildir"; (cd "$H2/Maildir" 2> /dev/null && find . -path '*/new/*' -type f | sort)
-    ok "Postfix: the spam one is in ~/Maildir/.Spam/new (and only it)" [ "$(nfiles "$H2/Maildir/.Spam/new")" = 1 ]
-    ok "Postfix: the ham one is in ~/Maildir/new (and only it)" [ "$(nfiles "$H2/Maildir/new")" = 1 ]
-    if [ "$(nfiles "$H2/Maildir/.Spam/new")" = 1 ] && [ "$(nfiles "$H2/Maildir/new")" = 1 ]; then
-        S=$(only "$H2/Maildir/.Spam/new") I=$(only "$H2/Maildir/new")
-        echo "--- .Spam/new:"; show "$S"
-        echo "--- new:"; show "$I"
-        ok "Postfix: the spam one has one X-Spam-Flag: YES (the milter's)" flag_is "$S" YES
-        ok "Postfix: the ham one has one X-Spam-Flag: NO (the forged YES gone)" flag_is "$I" NO
-        ok "Postfix: both have Delivered-To: nobody@test.invalid (dovecot-lda -a)" \
-            eval 'grep -q "^Delivered-To: nobody@test.invalid" "$S" && grep -q "^Delivered-To: nobody@test.invalid" "$I"'
-    fi
-    ok "Postfix: the milter logged both messages" [ "$(grep -c '^tbert serve: milter ' "$W/milter.log")" -ge 2 ]
-    pf_stop
+    postconf -c "$P/etc" -n smtpd_milters mailbox_command
+    pf_round "milter + mailbox_command" "$H1"
+    ok "milter: tbert serve logged both messages" [ "$(grep -c '^tbert serve: milter ' "$W/milter.log")" -ge 2 ]
     kill "$MILTER" && wait "$MILTER"
     MILTER=
+    # round 2: no milter, spamc in mailbox_command (Postfix runs a command with shell syntax through /bin/sh)
+    H2=$W/home-spamc
+    mkhome "$H2"
+    postconf -c "$P/etc" -e "smtpd_milters =" \
+        "mailbox_command = /usr/bin/spamc -d 127.0.0.1 -p $PORT | HOME=$H2 /usr/lib/dovecot/dovecot-lda -f \"\$SENDER\" -a \"\$RECIPIENT\" -o log_path=$W/lda-pf.log"
+    postfix -c "$P/etc" reload > /dev/null 2>&1
+    sleep 1
+    postconf -c "$P/etc" -n smtpd_milters mailbox_command
+    pf_round "spamc | dovecot-lda in mailbox_command" "$H2"
+    pf_stop
 fi # dovecot
 
 if part exim; then
