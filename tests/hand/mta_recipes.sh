@@ -12,7 +12,8 @@
 #      a. delivers a spam-ish and a ham-ish message (the ham one with a forged X-Spam-Flag: YES) as the user
 #         would: `spamc -d 127.0.0.1 -p PORT | /usr/lib/dovecot/dovecot-lda` as nobody, and checks that the
 #         spam one is in ~/Maildir/.Spam/new, the ham one in ~/Maildir/new, each with one X-Spam-Flag;
-#         then the spam one again with no spamd listening (spamc passes it on unchanged: INBOX);
+#         then the spam one again with no spamd listening (spamc passes it on unchanged: INBOX); then
+#         both again into another home whose Sieve script files on X-Spam-Level "*****" instead;
 #      b. Postfix in front: a private instance (as tests/test_postfix_milter.sh: `postfix -c $W/pf/etc`,
 #         smtpd on 127.0.0.1 and a free port, chrooted) whose local(8) agent delivers to nobody@test.invalid
 #         through `mailbox_command`; the same two messages sent with swaks, twice: with
@@ -145,8 +146,8 @@ EOF
     # a. the pipe as the user's MTA runs it for the user (procmail's |, a .forward "|...", mailbox_command)
     H=$W/home
     mkhome "$H"
-    deliver() { # deliver FILE SPAMD_PORT
-        runuser -u nobody -- env -i PATH=/usr/bin:/bin HOME="$H" USER=nobody sh -c \
+    deliver() { # deliver FILE SPAMD_PORT [HOME]
+        runuser -u nobody -- env -i PATH=/usr/bin:/bin HOME="${3:-$H}" USER=nobody sh -c \
             "spamc -d 127.0.0.1 -p $2 | /usr/lib/dovecot/dovecot-lda -f sender@example.org -o log_path=/dev/stderr -o info_log_path=/dev/stderr" \
             < "$1" 2>> "$W/lda.log"
     }
@@ -176,6 +177,20 @@ EOF
     }
     ok "... to ~/Maildir/new, without X-Spam-Flag (.Spam/new unchanged)" unflagged
     tail -n 3 "$W/lda.log"
+    # the same pipe, a Sieve rule on X-Spam-Level instead (floor(score) stars: five or more = spam)
+    HL=$W/home-level
+    mkhome "$HL"
+    cat > "$HL/.dovecot.sieve" << 'EOF'
+require ["fileinto"];
+if header :contains "X-Spam-Level" "*****" { fileinto "Spam"; stop; }
+EOF
+    cat "$HL/.dovecot.sieve"
+    deliver "$SPAM_MSG" "$PORT" "$HL"
+    rc=$?
+    deliver "$HAM_FORGED" "$PORT" "$HL"
+    rc2=$?
+    ok "spamc | dovecot-lda with the X-Spam-Level rule: exit $rc and $rc2" [ $rc -eq 0 -a $rc2 -eq 0 ]
+    landed "X-Spam-Level rule" "$HL"
 
     # b. Postfix in front: the milter adds the headers (round 1), or spamc in mailbox_command (round 2)
     step "Dovecot behind Postfix: local(8)'s mailbox_command = dovecot-lda"
