@@ -105,8 +105,10 @@ plugin {
 EOF
     echo "--- doveconf -n (what the LDA reads)"
     doveconf -n | sed -n '/^mail_location/p;/^lda_/p;/^protocol lda/,/^}/p;/^plugin/,/^}/p'
-    mkhome() { # mkhome DIR: a home for the user nobody (HOME is set: nobody's own is /nonexistent) with the
-        mkdir -p "$1"                                                            # recipe's Sieve script
+    # mkhome DIR: a home for the user nobody with the recipe's Sieve script (HOME is set when delivering:
+    # nobody's own home is /nonexistent)
+    mkhome() {
+        mkdir -p "$1"
         cat > "$1/.dovecot.sieve" << 'EOF'
 require ["fileinto"];
 if header :is "X-Spam-Flag" "YES" { fileinto "Spam"; stop; }
