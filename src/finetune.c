@@ -708,7 +708,7 @@ static tbert_status fit_one(const ft_ctx *c, const tbert_fit_data *d, const tber
     memset(r, 0, sizeof *r);
     double t0 = tbert_now();
     tbert_status st = state_init(c, d, hp, s, err);
-    if (!st && c->fo->head_phase == TBERT_FT_HEAD_FIRST) st = head_phase(d, hp, s, r->best, err); /* rows: the frozen encoder's */
+    if (!st && c->fo->head_phase == TBERT_FT_HEAD_FIRST) st = head_phase(d, hp, s, s->h, err); /* rows: the frozen encoder's */
     if (!st) st = run_epochs(c, d, hp, epochs, ck, s, r, err);
     if (st) return st;
     enc_copy(s->enc, s->best_enc, false);
