@@ -182,11 +182,14 @@ done
 rc=$?
 [ $rc -eq 2 ] && [ "$(wc -l <"$TMP/xf.err")" -eq 1 ] || { echo "FAIL: --export-features with --finetune: exit $rc, '$(cat "$TMP/xf.err")'"; fail=1; }
 
-# --finetune-head refit: the layers train exactly as joint (k1's bits), then the head path trains a new head on the
+# --finetune-head refit: the layers train exactly as joint (same bits), then the head path trains a new head on the
 # fine-tuned encoder's rows. Reference: that encoder exported (tbert export) and a frozen run on it with the same
 # settings -- the head path on the same rows, computed through another route (fp32 layers, no bf16 cache): its head
-# must be close to refit's (bf16 rounding of the cached lower layers only) and farther from k1's joint head.
-# --finetune-head first: the head path first, then the layers train with that head: other encoder bits than joint.
+# must be close to refit's (bf16 rounding of the cached lower layers only) and farther from joint's head.
+# --finetune-head first (the default: k1 above): the head path first, then the layers train with that head: other
+# encoder bits than joint, and a lower first-epoch training loss (the head starts trained).
+(train "$TMP/joint" --quiet --finetune 1 "${FT[@]}" --finetune-head joint) >/dev/null 2>"$TMP/joint.err" ||
+    { echo "FAIL: --finetune-head joint: $(cat "$TMP/joint.err")"; fail=1; }
 (train "$TMP/refit" --quiet --finetune 1 "${FT[@]}" --finetune-head refit) >/dev/null 2>"$TMP/refit.err" ||
     { echo "FAIL: --finetune-head refit: $(cat "$TMP/refit.err")"; fail=1; }
 (train "$TMP/first" --quiet --finetune 1 "${FT[@]}" --finetune-head first) >/dev/null 2>"$TMP/first.err" ||
@@ -196,12 +199,19 @@ rc=$?
 (MODEL=$TMP/refit_model train "$TMP/onft" --quiet) >/dev/null 2>"$TMP/onft.err" ||
     { echo "FAIL: frozen run on the exported encoder: $(cat "$TMP/onft.err")"; fail=1; }
 "$PY" - "$TMP" <<'EOF2' || fail=1
-import sys
+import json, struct, sys
 import numpy as np
 from safetensors.numpy import load_file
 t = sys.argv[1]
-joint, refit, first, onft = (load_file(t + "/" + d + "/best.safetensors") for d in ("k1", "refit", "first", "onft"))
+joint, refit, first, onft, k1 = (load_file(t + "/" + d + "/best.safetensors") for d in ("joint", "refit", "first", "onft", "k1"))
 bad = []
+if any(not np.array_equal(first[k], k1[k]) for k in k1):
+    bad.append("the default run (k1) is not --finetune-head first")
+def loss0(d):
+    b = open(t + "/" + d + "/best.safetensors", "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+    return json.loads(json.loads(b[8:8 + n])["__metadata__"]["train"])["train_loss"][0]
+if not loss0("first") < loss0("joint"):
+    bad.append("first's first-epoch training loss %.4f is not below joint's %.4f" % (loss0("first"), loss0("joint")))
 enc = sorted(k for k in joint if k.startswith("finetune."))
 if not enc or any(not np.array_equal(joint[k], refit[k]) for k in enc):
     bad.append("refit's trained layers differ from joint's (the layers' phase must be the same)")
