@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cpu_math.h"
+#include "gemm_cpu.h"
 #include "tbert/dropout_rng.h"
 #include "tbert/encoder_backward.h"
 
@@ -34,15 +35,10 @@ void tbert_bwd_linear(size_t N, int in, int out, const float *x, const float *W,
         else if (N && in)
             memset(dx, 0, N * (size_t)in * sizeof *dx);
     }
-    size_t n_w = (size_t)out * (size_t)in;
-    for (size_t r0 = 0; r0 < N; r0 += TBERT_BWD_CHUNK) {
-        int m = (int)(r0 + TBERT_BWD_CHUNK < N ? TBERT_BWD_CHUNK : N - r0);
-        /* this chunk's dW partial: dy_c^T x_c, then added in chunk order */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, m, 1.0f, dy + r0 * (size_t)out, out,
-                    x + r0 * (size_t)in, in, 0.0f, ws, in);
-        for (size_t i = 0; i < n_w; i++) dW[i] += ws[i];
-    }
-    if (db) colsum_chunked(N, out, dy, (size_t)out, db, ws + n_w);
+    /* each chunk's dW partial dy_c^T x_c (summed row by row from zero), added in chunk order: gemm_cpu.c, the
+     * same function the fine-tuning stack calls on ranges of output rows */
+    tbert_gemm_tn_chunked(tbert_gemm_avx512_supported(), N, out, in, dy, x, dW, TBERT_BWD_CHUNK, 0, out);
+    if (db) colsum_chunked(N, out, dy, (size_t)out, db, ws + (size_t)out * (size_t)in);
 }
 
 /* ---- bias + exact GELU -------------------------------------------------------------------------------- */
