@@ -225,15 +225,16 @@ static void emb_fwd_item(void *ctx, int w, int worker) {
 
 /* The backward of a linear layer on the whole batch, as tbert_bwd_linear(N, ...) computes it: dx = dy W by the
  * packed transposed W on chunks of FWD_ROWS rows; dW and db in TBERT_BWD_CHUNK-row chunk partials added in chunk
- * order (gemm_cpu.c's tbert_gemm_tn_chunked, the partials in registers), the items being ranges of DW_ROWS output
- * rows: every element's sum is the same whichever worker takes its range. (Until issue 15's speed work each chunk's
+ * order (gemm_cpu.c's tbert_gemm_tn_chunked, the partials in registers), one range of output rows per worker (a
+ * multiple of DW_ROWS; the kernel packs x once per range, so few large ranges): every element's sum is the same
+ * whichever range holds it, so the bits do not depend on the thread count. (Until issue 15's speed work each chunk's
  * dW partial was a cblas product into a slot of out*in floats and the slots were added afterwards: 2.4 MB written,
  * zeroed and read again per 64 rows of a MiniLM FFN layer.) */
-enum { DW_ROWS = 48 };
+enum { DW_ROWS = 12 };
 typedef struct {
     const tbert_ft_stack *s;
     size_t N;
-    int in, out;
+    int in, out, per; /* per: output rows per worker (lin_dw_item) */
     const float *x, *dy;
     const tbert_packed_w *Wt;
     float *dx, *dW, *db;
@@ -242,18 +243,24 @@ typedef struct {
 static void lin_dw_item(void *ctx, int item, int worker) {
     (void)worker;
     const lin_bwd *j = ctx;
-    int o0 = item * DW_ROWS, o1 = j->out - o0 < DW_ROWS ? j->out : o0 + DW_ROWS;
+    int per = j->per;
+    int o0 = item * per < j->out ? item * per : j->out, o1 = j->out - o0 < per ? j->out : o0 + per;
+    if (o0 >= o1) return;
     tbert_gemm_tn_chunked(j->s->avx512, j->N, j->out, j->in, j->dy, j->x, j->dW, TBERT_BWD_CHUNK, o0, o1);
     if (!j->db) return;
-    /* the bias: column sums of dy[:, o0..o1) per chunk, row by row from zero, added in chunk order */
-    float part[DW_ROWS];
+    /* the bias: column sums of dy[:, o0..o1) per chunk, row by row from zero, added in chunk order (pieces of
+     * DW_ROWS columns, the partial on the stack) */
     size_t out = (size_t)j->out;
-    for (size_t r0 = 0; r0 < j->N; r0 += TBERT_BWD_CHUNK) {
-        size_t r1 = j->N - r0 < TBERT_BWD_CHUNK ? j->N : r0 + TBERT_BWD_CHUNK;
-        memset(part, 0, sizeof part);
-        for (size_t r = r0; r < r1; r++)
-            for (int c = o0; c < o1; c++) part[c - o0] += j->dy[r * out + (size_t)c];
-        for (int c = o0; c < o1; c++) j->db[c] += part[c - o0];
+    for (int p0 = o0; p0 < o1; p0 += DW_ROWS) {
+        int p1 = o1 - p0 < DW_ROWS ? o1 : p0 + DW_ROWS;
+        float part[DW_ROWS];
+        for (size_t r0 = 0; r0 < j->N; r0 += TBERT_BWD_CHUNK) {
+            size_t r1 = j->N - r0 < TBERT_BWD_CHUNK ? j->N : r0 + TBERT_BWD_CHUNK;
+            memset(part, 0, sizeof part);
+            for (size_t r = r0; r < r1; r++)
+                for (int c = p0; c < p1; c++) part[c - p0] += j->dy[r * out + (size_t)c];
+            for (int c = p0; c < p1; c++) j->db[c] += part[c - p0];
+        }
     }
 }
 
@@ -269,9 +276,10 @@ static void dx_item(void *ctx, int item, int worker) {
 
 static void linear_backward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x,
                             const tbert_packed_w *Wt, const float *dy, float *dx, float *dW, float *db) {
-    lin_bwd j = {s, N, in, out, x, dy, Wt, dx, dW, db};
+    int blocks = (out + DW_ROWS - 1) / DW_ROWS, W = s->threads < blocks ? s->threads : blocks;
+    lin_bwd j = {s, N, in, out, (blocks + W - 1) / W * DW_ROWS, x, dy, Wt, dx, dW, db};
     if (dx) par_for(s, n_chunks(N, FWD_ROWS), dx_item, &j);
-    if (N > 0) par_for(s, (out + DW_ROWS - 1) / DW_ROWS, lin_dw_item, &j);
+    if (N > 0) par_for(s, W, lin_dw_item, &j);
 }
 
 /* LayerNorm backward per chunk (partials of dgamma|dbeta in part[c * 2H]), then reduced in chunk order. */
