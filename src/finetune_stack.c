@@ -230,7 +230,7 @@ static void emb_fwd_item(void *ctx, int w, int worker) {
  * whichever range holds it, so the bits do not depend on the thread count. (Until issue 15's speed work each chunk's
  * dW partial was a cblas product into a slot of out*in floats and the slots were added afterwards: 2.4 MB written,
  * zeroed and read again per 64 rows of a MiniLM FFN layer.) */
-enum { DW_ROWS = 12 };
+enum { DW_ROWS = 12, DB_COLS = 64 };
 typedef struct {
     const tbert_ft_stack *s;
     size_t N;
@@ -249,11 +249,11 @@ static void lin_dw_item(void *ctx, int item, int worker) {
     tbert_gemm_tn_chunked(j->s->avx512, j->N, j->out, j->in, j->dy, j->x, j->dW, TBERT_BWD_CHUNK, o0, o1);
     if (!j->db) return;
     /* the bias: column sums of dy[:, o0..o1) per chunk, row by row from zero, added in chunk order (pieces of
-     * DW_ROWS columns, the partial on the stack) */
+     * DB_COLS columns, the partial on the stack) */
     size_t out = (size_t)j->out;
-    for (int p0 = o0; p0 < o1; p0 += DW_ROWS) {
-        int p1 = o1 - p0 < DW_ROWS ? o1 : p0 + DW_ROWS;
-        float part[DW_ROWS];
+    for (int p0 = o0; p0 < o1; p0 += DB_COLS) {
+        int p1 = o1 - p0 < DB_COLS ? o1 : p0 + DB_COLS;
+        float part[DB_COLS];
         for (size_t r0 = 0; r0 < j->N; r0 += TBERT_BWD_CHUNK) {
             size_t r1 = j->N - r0 < TBERT_BWD_CHUNK ? j->N : r0 + TBERT_BWD_CHUNK;
             memset(part, 0, sizeof part);
