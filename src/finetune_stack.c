@@ -1,16 +1,17 @@
 /* The trainable top of the encoder (include/tbert/finetune_stack.h): float32 copies of the trained tensors, the
  * forward of the top K layers on packed windows saving what the backward needs, pooling per window, the mean over
  * a document's windows, optional L2, and the backward to every trained tensor's gradient. Every step is a single op
- * of include/tbert/encoder_backward.h run on a piece of the batch (the linear layers' products are the op's own
- * cblas calls, made here per piece).
+ * of include/tbert/encoder_backward.h run on a piece of the batch; the linear layers' products are src/gemm_cpu.c's
+ * (the four matrices of each layer packed at every forward, and transposed at every backward, for y = x W^T and
+ * dx = dy W; the weight gradients by tbert_gemm_tn_chunked, as tbert_bwd_linear).
  *
  * Threads: each op is split into items that do not depend on the thread count -- fixed chunks of rows (FWD_ROWS in
- * the forward and for the backward's dx = dy W, TBERT_BWD_CHUNK for the parameter gradients) or single windows
- * (attention, embeddings) -- and the items are shared among cfg.threads pthreads (contiguous ranges). A parameter
- * gradient is reduced over the chunks' partials in chunk order (each partial is the op run on that chunk alone into
- * zeroed buffers; the sum over chunks runs element by element in chunk order), which is exactly what the op does
- * on the whole batch at once (checked bit for bit against tbert_bwd_linear per chunk), so the bits do not depend on
- * the thread count. OpenBLAS runs on one thread (each worker calls it on its own).
+ * the forward and for the backward's dx = dy W, TBERT_BWD_CHUNK for the LayerNorm and GELU parameter gradients),
+ * ranges of output rows (the linear weight and bias gradients) or single windows (attention, embeddings) -- and the
+ * items are shared among cfg.threads pthreads (contiguous ranges). A parameter gradient is the sum of its chunks'
+ * partials in chunk order (each partial summed from zero over its chunk), which is what the op does on the whole
+ * batch at once, so the bits do not depend on the thread count. OpenBLAS (attention's small products) runs on one
+ * thread (each worker calls it on its own).
  *
  * Per trained layer (N packed tokens; dropout d_site from include/tbert/dropout_rng.h):
  *   qkv = x Wqkv^T + bqkv;  ctx = d_probs(softmax(q k^T / sqrt(dh))) v      (per window and head; P saved)
@@ -27,15 +28,23 @@
 #include <string.h>
 
 #include "encoder_backend.h"
+#include "gemm_cpu.h"
 #include "tbert/dropout_rng.h"
 #include "tbert/encoder_backward.h"
 #include "tbert/finetune_stack.h"
 
-enum { FWD_ROWS = 4 * TBERT_BWD_CHUNK, REDUCE_BLOCK = 16384 };
+enum { FWD_ROWS = 4 * TBERT_BWD_CHUNK };
 
 typedef struct {
     float *wqkv, *bqkv, *wo, *bo, *ln1_g, *ln1_b, *wi, *bi, *wout, *bout, *ln2_g, *ln2_b;
 } ft_lw; /* one trained layer's tensors (values or gradients); wqkv = [query; key; value] rows, [3H, H] */
+
+/* one trained layer's four matrices packed for gemm_cpu.c: for the forward (y = x W^T) and, transposed, for the
+ * backward's dx = dy W; refreshed from the trained values at each forward / backward (the optimiser moved them) */
+enum { PK_QKV, PK_O, PK_I, PK_OUT, PK_COUNT };
+typedef struct {
+    tbert_packed_w f[PK_COUNT], t[PK_COUNT];
+} ft_pk;
 
 typedef struct {
     float *x; /* [N,H] the layer's input (the layer below's out, or the stack's input) */
@@ -49,15 +58,15 @@ struct tbert_ft_stack {
     size_t dense_dim;
     float *wv, *gv; /* the trained tensors' values and gradients, one allocation each, same layout */
     ft_lw *lw, *lg; /* k entries: layer first + i */
+    ft_pk *pk;      /* k entries */
+    bool avx512;    /* gemm_cpu.c's AVX-512 kernels */
     const float *word, *pos, *type, *eln_g, *eln_b; /* embeddings in use (trained copies or the model's) */
     float *dword, *dpos, *dtype, *deln_g, *deln_b;  /* NULL unless train_embeddings */
     float *pool_w, *pool_b, *dpool_w, *dpool_b;    /* pool == pooler */
     tbert_params params;
     /* scratch sized at create */
-    size_t ws_stride, slot_stride;
-    int n_slots;
-    float *wsw;  /* per worker: an op's workspace */
-    float *slot; /* n_slots chunk partials of a linear backward */
+    size_t ws_stride;
+    float *wsw; /* per worker: an op's workspace */
     /* the batch of the last forward, and its activations (arena sized by the capacities below) */
     size_t cap_N, cap_P;
     int cap_win, cap_doc;
@@ -118,11 +127,12 @@ static int n_chunks(size_t N, size_t rows) {
 
 /* ---- forward items ------------------------------------------------------------------------------------ */
 
-/* y = (x W^T + b) * dropout + res, rows in chunks of FWD_ROWS (b, drop, res may be NULL) */
+/* y = (x W^T + b) * dropout + res, rows in chunks of FWD_ROWS (b, drop, res may be NULL; W packed) */
 typedef struct {
     size_t N;
     int in, out;
-    const float *x, *W, *b, *res;
+    const float *x, *b, *res;
+    const tbert_packed_w *W;
     float *y;
     const tbert_dropout *drop;
 } lin_fwd;
@@ -133,19 +143,15 @@ static void lin_fwd_item(void *ctx, int item, int worker) {
     size_t r0 = (size_t)item * FWD_ROWS, m = j->N - r0 < FWD_ROWS ? j->N - r0 : FWD_ROWS;
     size_t out = (size_t)j->out;
     float *y = j->y + r0 * out;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, j->out, j->in, 1.0f, j->x + r0 * (size_t)j->in, j->in,
-                j->W, j->in, 0.0f, y, j->out);
-    if (j->b)
-        for (size_t i = 0; i < m; i++)
-            for (size_t c = 0; c < out; c++) y[i * out + c] += j->b[c];
+    tbert_gemm_packed((int)m, j->x + r0 * (size_t)j->in, (size_t)j->in, j->W, j->b, false, false, y, out);
     if (j->drop) tbert_dropout_apply(m * out, y, j->drop, r0 * out);
     if (j->res)
         for (size_t i = 0; i < m * out; i++) y[i] += j->res[r0 * out + i];
 }
 
-static void linear_forward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x, const float *W,
-                           const float *b, const tbert_dropout *drop, const float *res, float *y) {
-    lin_fwd j = {N, in, out, x, W, b, res, y, drop};
+static void linear_forward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x,
+                           const tbert_packed_w *W, const float *b, const tbert_dropout *drop, const float *res, float *y) {
+    lin_fwd j = {N, in, out, x, b, res, W, y, drop};
     par_for(s, n_chunks(N, FWD_ROWS), lin_fwd_item, &j);
 }
 
@@ -217,77 +223,63 @@ static void emb_fwd_item(void *ctx, int w, int worker) {
 
 /* ---- backward items ----------------------------------------------------------------------------------- */
 
-/* The backward of a linear layer on the whole batch, as tbert_bwd_linear(N, ...) computes it: chunks of
- * TBERT_BWD_CHUNK rows, n_slots at a time, each into its own zeroed partial, then the partials added to dW/db in
- * chunk order, element by element. */
+/* The backward of a linear layer on the whole batch, as tbert_bwd_linear(N, ...) computes it: dx = dy W by the
+ * packed transposed W on chunks of FWD_ROWS rows; dW and db in TBERT_BWD_CHUNK-row chunk partials added in chunk
+ * order (gemm_cpu.c's tbert_gemm_tn_chunked, the partials in registers), one range of output rows per worker (a
+ * multiple of DW_ROWS; the kernel packs x once per range, so few large ranges): every element's sum is the same
+ * whichever range holds it, so the bits do not depend on the thread count. (Until issue 15's speed work each chunk's
+ * dW partial was a cblas product into a slot of out*in floats and the slots were added afterwards: 2.4 MB written,
+ * zeroed and read again per 64 rows of a MiniLM FFN layer.) */
+enum { DW_ROWS = 12, DB_COLS = 64 };
 typedef struct {
     const tbert_ft_stack *s;
     size_t N;
-    int in, out, c0, n;
-    const float *x, *W, *dy;
+    int in, out, per; /* per: output rows per worker (lin_dw_item) */
+    const float *x, *dy;
+    const tbert_packed_w *Wt;
     float *dx, *dW, *db;
 } lin_bwd;
 
-static void lin_bwd_item(void *ctx, int item, int worker) {
+static void lin_dw_item(void *ctx, int item, int worker) {
     (void)worker;
     const lin_bwd *j = ctx;
-    const tbert_ft_stack *s = j->s;
-    size_t r0 = (size_t)(j->c0 + item) * TBERT_BWD_CHUNK;
-    int m = (int)(j->N - r0 < TBERT_BWD_CHUNK ? j->N - r0 : TBERT_BWD_CHUNK);
-    size_t nw = (size_t)j->in * j->out;
-    const float *x = j->x + r0 * j->in, *dy = j->dy + r0 * j->out;
-    float *slot = s->slot + (size_t)item * s->slot_stride;
-    /* the chunk's partials exactly as tbert_bwd_linear forms them (dy_c^T x_c by one product; the bias column
-     * sums row by row from zero), written straight into the slot: tbert_bwd_linear(m, ...) into a zeroed slot
-     * gives the same bits with two more passes over out*in floats (measured on 2 MiniLM-shaped layers, 32 x 128
-     * tokens, one thread: backward 1.19 -> 1.08 CPU s) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j->out, j->in, m, 1.0f, dy, j->out, x, j->in, 0.0f, slot,
-                j->in);
-    if (j->db) {
-        float *pb = slot + nw;
-        memset(pb, 0, (size_t)j->out * sizeof *pb);
-        for (int r = 0; r < m; r++)
-            for (int c = 0; c < j->out; c++) pb[c] += dy[(size_t)r * j->out + c];
+    int per = j->per;
+    int o0 = item * per < j->out ? item * per : j->out, o1 = j->out - o0 < per ? j->out : o0 + per;
+    if (o0 >= o1) return;
+    tbert_gemm_tn_chunked(j->s->avx512, j->N, j->out, j->in, j->dy, j->x, j->dW, TBERT_BWD_CHUNK, o0, o1);
+    if (!j->db) return;
+    /* the bias: column sums of dy[:, o0..o1) per chunk, row by row from zero, added in chunk order (pieces of
+     * DB_COLS columns, the partial on the stack) */
+    size_t out = (size_t)j->out;
+    for (int p0 = o0; p0 < o1; p0 += DB_COLS) {
+        int p1 = o1 - p0 < DB_COLS ? o1 : p0 + DB_COLS;
+        float part[DB_COLS];
+        for (size_t r0 = 0; r0 < j->N; r0 += TBERT_BWD_CHUNK) {
+            size_t r1 = j->N - r0 < TBERT_BWD_CHUNK ? j->N : r0 + TBERT_BWD_CHUNK;
+            memset(part, 0, sizeof part);
+            for (size_t r = r0; r < r1; r++)
+                for (int c = p0; c < p1; c++) part[c - p0] += j->dy[r * out + (size_t)c];
+            for (int c = p0; c < p1; c++) j->db[c] += part[c - p0];
+        }
     }
 }
 
-static void lin_reduce_item(void *ctx, int item, int worker) {
-    (void)worker;
-    const lin_bwd *j = ctx;
-    const tbert_ft_stack *s = j->s;
-    size_t nw = (size_t)j->in * j->out, total = nw + (j->db ? (size_t)j->out : 0);
-    size_t a = (size_t)item * REDUCE_BLOCK, b = a + REDUCE_BLOCK < total ? a + REDUCE_BLOCK : total;
-    /* slot by slot (each element still receives the partials in chunk order), so that the loops vectorise */
-    for (int k = 0; k < j->n; k++) {
-        const float *p = s->slot + (size_t)k * s->slot_stride;
-        for (size_t i = a; i < b && i < nw; i++) j->dW[i] += p[i];
-        for (size_t i = a > nw ? a : nw; i < b; i++) j->db[i - nw] += p[i];
-    }
-}
-
-/* dx = dy W on chunks of FWD_ROWS rows (W is packed once per chunk: larger chunks than the reduction's) */
+/* dx = dy W on chunks of FWD_ROWS rows */
 static void dx_item(void *ctx, int item, int worker) {
     (void)worker;
     const lin_bwd *j = ctx;
     size_t r0 = (size_t)item * FWD_ROWS;
     int m = (int)(j->N - r0 < FWD_ROWS ? j->N - r0 : FWD_ROWS);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, j->in, j->out, 1.0f, j->dy + r0 * j->out, j->out, j->W,
-                j->in, 0.0f, j->dx + r0 * j->in, j->in);
+    tbert_gemm_packed(m, j->dy + r0 * j->out, (size_t)j->out, j->Wt, NULL, false, false, j->dx + r0 * j->in,
+                      (size_t)j->in);
 }
 
-static void linear_backward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x, const float *W,
-                            const float *dy, float *dx, float *dW, float *db) {
-    if (dx) {
-        lin_bwd j = {s, N, in, out, 0, 0, x, W, dy, dx, dW, db};
-        par_for(s, n_chunks(N, FWD_ROWS), dx_item, &j);
-    }
-    int nch = n_chunks(N, TBERT_BWD_CHUNK);
-    size_t total = (size_t)in * out + (db ? (size_t)out : 0);
-    for (int c0 = 0; c0 < nch; c0 += s->n_slots) {
-        lin_bwd j = {s, N, in, out, c0, nch - c0 < s->n_slots ? nch - c0 : s->n_slots, x, W, dy, dx, dW, db};
-        par_for(s, j.n, lin_bwd_item, &j);
-        par_for(s, (int)((total + REDUCE_BLOCK - 1) / REDUCE_BLOCK), lin_reduce_item, &j);
-    }
+static void linear_backward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x,
+                            const tbert_packed_w *Wt, const float *dy, float *dx, float *dW, float *db) {
+    int blocks = (out + DW_ROWS - 1) / DW_ROWS, W = s->threads < blocks ? s->threads : blocks;
+    lin_bwd j = {s, N, in, out, (blocks + W - 1) / W * DW_ROWS, x, dy, Wt, dx, dW, db};
+    if (dx) par_for(s, n_chunks(N, FWD_ROWS), dx_item, &j);
+    if (N > 0) par_for(s, W, lin_dw_item, &j);
 }
 
 /* LayerNorm backward per chunk (partials of dgamma|dbeta in part[c * 2H]), then reduced in chunk order. */
@@ -374,7 +366,10 @@ void tbert_ft_stack_free(tbert_ft_stack *s) {
     free(s->lg);
     tbert_params_free(&s->params);
     free(s->wsw);
-    free(s->slot);
+    if (s->pk)
+        for (int i = 0; i < s->cfg.k; i++)
+            for (int q = 0; q < PK_COUNT; q++) tbert_packed_free(&s->pk[i].f[q]), tbert_packed_free(&s->pk[i].t[q]);
+    free(s->pk);
     free(s->arena);
     free(s->doc_off);
     free(s->off);
@@ -551,16 +546,13 @@ tbert_status tbert_ft_stack_create(const tbert_model *m, const tbert_ft_stack_cf
     s->lw = calloc((size_t)cfg->k, sizeof *s->lw);
     s->lg = calloc((size_t)cfg->k, sizeof *s->lg);
     s->act = calloc((size_t)cfg->k, sizeof *s->act);
-    /* scratch: per worker the largest op workspace (attention's 2 Lmax^2, the LayerNorm backward's 2H); the linear
-     * backward's chunk partials (out*in + out each), 2 chunks per worker at a time */
-    size_t H = (size_t)s->H, IM = (size_t)s->IM, P = (size_t)c->max_position;
-    size_t lin = 3 * H * H + 3 * H > IM * H + IM ? 3 * H * H + 3 * H : IM * H + IM;
-    s->slot_stride = lin;
+    /* scratch: per worker the largest op workspace (attention's 2 Lmax^2, the LayerNorm backward's 2H) */
+    size_t H = (size_t)s->H, P = (size_t)c->max_position;
     s->ws_stride = 2 * P * P > 2 * H ? 2 * P * P : 2 * H;
-    s->n_slots = 2 * s->threads;
     s->wsw = tbert_malloc_array((size_t)s->threads, s->ws_stride * sizeof(float));
-    s->slot = tbert_malloc_array((size_t)s->n_slots, s->slot_stride * sizeof(float));
-    if (!s->wv || !s->gv || !s->lw || !s->lg || !s->act || !s->wsw || !s->slot) {
+    s->pk = calloc((size_t)cfg->k, sizeof *s->pk);
+    s->avx512 = tbert_gemm_avx512_supported();
+    if (!s->wv || !s->gv || !s->lw || !s->lg || !s->act || !s->wsw || !s->pk) {
         tbert_ft_stack_free(s);
         return tbert_fail(err, TBERT_E_NOMEM, "finetune stack: out of memory for %zu trained values", n);
     }
@@ -570,6 +562,23 @@ tbert_status tbert_ft_stack_create(const tbert_model *m, const tbert_ft_stack_cf
         return st;
     }
     copy_weights(s);
+    for (int i = 0; i < cfg->k && st == TBERT_OK; i++) {
+        const ft_lw *w = &s->lw[i];
+        ft_pk *p = &s->pk[i];
+        int h = s->H, im = s->IM;
+        st = tbert_pack_weights(w->wqkv, 3 * h, h, TBERT_GEMM_AUTO, &p->f[PK_QKV], err);
+        if (!st) st = tbert_pack_weights(w->wo, h, h, TBERT_GEMM_AUTO, &p->f[PK_O], err);
+        if (!st) st = tbert_pack_weights(w->wi, im, h, TBERT_GEMM_AUTO, &p->f[PK_I], err);
+        if (!st) st = tbert_pack_weights(w->wout, h, im, TBERT_GEMM_AUTO, &p->f[PK_OUT], err);
+        if (!st) st = tbert_pack_weights_t(w->wqkv, h, 3 * h, TBERT_GEMM_AUTO, &p->t[PK_QKV], err);
+        if (!st) st = tbert_pack_weights_t(w->wo, h, h, TBERT_GEMM_AUTO, &p->t[PK_O], err);
+        if (!st) st = tbert_pack_weights_t(w->wi, h, im, TBERT_GEMM_AUTO, &p->t[PK_I], err);
+        if (!st) st = tbert_pack_weights_t(w->wout, im, h, TBERT_GEMM_AUTO, &p->t[PK_OUT], err);
+    }
+    if (st != TBERT_OK) {
+        tbert_ft_stack_free(s);
+        return st;
+    }
     *out = s;
     return TBERT_OK;
 }
@@ -708,25 +717,42 @@ static tbert_dropout make_drop(const tbert_ft_stack *s, bool on, float p, int la
     return d;
 }
 
+/* refreshes the packed copies of one layer's four matrices (f: forward, t: transposed), one matrix per item */
+typedef struct {
+    tbert_packed_w *p;
+} refresh_job;
+
+static void refresh_item(void *ctx, int q, int worker) {
+    (void)worker;
+    tbert_packed_refresh(&((const refresh_job *)ctx)->p[q]);
+}
+
+static void refresh_packs(const tbert_ft_stack *s, tbert_packed_w *p) {
+    refresh_job j = {p};
+    if (s->avx512) par_for(s, PK_COUNT, refresh_item, &j);
+}
+
 static void layer_forward(tbert_ft_stack *s, int i, bool drop_on) {
     const tbert_config *c = &s->m->cfg;
     const ft_lw *w = &s->lw[i];
+    const ft_pk *pk = &s->pk[i];
+    refresh_packs(s, s->pk[i].f);
     ft_act *a = &s->act[i];
     int l = s->first + i, H = s->H, IM = s->IM;
     size_t N = s->N;
     tbert_dropout dp = make_drop(s, drop_on, s->cfg.attn_dropout, l, TBERT_DROP_ATTN_PROBS);
     tbert_dropout da = make_drop(s, drop_on, s->cfg.hidden_dropout, l, TBERT_DROP_ATTN_OUT);
     tbert_dropout df = make_drop(s, drop_on, s->cfg.hidden_dropout, l, TBERT_DROP_FFN_OUT);
-    linear_forward(s, N, H, 3 * H, a->x, w->wqkv, w->bqkv, NULL, NULL, a->qkv);
+    linear_forward(s, N, H, 3 * H, a->x, &pk->f[PK_QKV], w->bqkv, NULL, NULL, a->qkv);
     attn_job aj = {s, a->qkv, a->ctx, a->P, NULL, NULL, &dp};
     par_for(s, s->n_win, attn_fwd_item, &aj);
-    linear_forward(s, N, H, H, a->ctx, w->wo, w->bo, da.p > 0 ? &da : NULL, a->x, a->z1);
+    linear_forward(s, N, H, H, a->ctx, &pk->f[PK_O], w->bo, da.p > 0 ? &da : NULL, a->x, a->z1);
     ln_fwd l1 = {N, H, a->z1, a->h1, a->mean1, a->rstd1, w->ln1_g, w->ln1_b, c->layer_norm_eps, NULL};
     par_for(s, n_chunks(N, FWD_ROWS), ln_fwd_item, &l1);
-    linear_forward(s, N, H, IM, a->h1, w->wi, NULL, NULL, NULL, a->a);
+    linear_forward(s, N, H, IM, a->h1, &pk->f[PK_I], NULL, NULL, NULL, a->a);
     gelu_fwd gf = {N, IM, a->a, a->g, w->bi};
     par_for(s, n_chunks(N, FWD_ROWS), gelu_fwd_item, &gf);
-    linear_forward(s, N, IM, H, a->g, w->wout, w->bout, df.p > 0 ? &df : NULL, a->h1, a->z2);
+    linear_forward(s, N, IM, H, a->g, &pk->f[PK_OUT], w->bout, df.p > 0 ? &df : NULL, a->h1, a->z2);
     ln_fwd l2 = {N, H, a->z2, a->out, a->mean2, a->rstd2, w->ln2_g, w->ln2_b, c->layer_norm_eps, NULL};
     par_for(s, n_chunks(N, FWD_ROWS), ln_fwd_item, &l2);
 }
@@ -873,6 +899,8 @@ static void pool_backward(tbert_ft_stack *s, const float *dout) {
  * need_dx is false. */
 static void layer_backward(tbert_ft_stack *s, int i, bool need_dx) {
     const ft_lw *w = &s->lw[i];
+    const ft_pk *pk = &s->pk[i];
+    refresh_packs(s, s->pk[i].t);
     const ft_lw *g = &s->lg[i];
     const ft_act *a = &s->act[i];
     int l = s->first + i, H = s->H, IM = s->IM;
@@ -884,22 +912,22 @@ static void layer_backward(tbert_ft_stack *s, int i, bool need_dx) {
     /* out = LN2(z2), z2 = h1 + drop(g Wout^T + bout) */
     layernorm_backward(s, a->z2, a->mean2, a->rstd2, w->ln2_g, s->dY, s->dZ, g->ln2_g, g->ln2_b);
     mix(s, s->dZ, df.p > 0 ? &df : NULL, NULL, s->dY);
-    linear_backward(s, N, IM, H, a->g, w->wout, s->dY, s->dI, g->wout, g->bout);
+    linear_backward(s, N, IM, H, a->g, &pk->t[PK_OUT], s->dY, s->dI, g->wout, g->bout);
     /* g = gelu(h1 Wi^T + bi) */
     gelu_bwd gb = {s, a->a, s->dI, s->part};
     int nch = n_chunks(N, TBERT_BWD_CHUNK);
     par_for(s, nch, gelu_bwd_item, &gb);
     for (int c = 0; c < nch; c++)
         for (int j = 0; j < IM; j++) g->bi[j] += s->part[(size_t)c * IM + j];
-    linear_backward(s, N, H, IM, a->h1, w->wi, s->dI, s->dH, g->wi, NULL);
+    linear_backward(s, N, H, IM, a->h1, &pk->t[PK_I], s->dI, s->dH, g->wi, NULL);
     mix(s, NULL, NULL, s->dZ, s->dH); /* + the residual */
     /* h1 = LN1(z1), z1 = x + drop(ctx Wo^T + bo) */
     layernorm_backward(s, a->z1, a->mean1, a->rstd1, w->ln1_g, s->dH, s->dZ, g->ln1_g, g->ln1_b);
     mix(s, s->dZ, da.p > 0 ? &da : NULL, NULL, s->dH);
-    linear_backward(s, N, H, H, a->ctx, w->wo, s->dH, s->dCtx, g->wo, g->bo);
+    linear_backward(s, N, H, H, a->ctx, &pk->t[PK_O], s->dH, s->dCtx, g->wo, g->bo);
     attn_job aj = {s, a->qkv, NULL, a->P, s->dCtx, s->dQKV, &dp};
     par_for(s, s->n_win, attn_bwd_item, &aj);
-    linear_backward(s, N, H, 3 * H, a->x, w->wqkv, s->dQKV, need_dx ? s->dY : NULL, g->wqkv, g->bqkv);
+    linear_backward(s, N, H, 3 * H, a->x, &pk->t[PK_QKV], s->dQKV, need_dx ? s->dY : NULL, g->wqkv, g->bqkv);
     if (need_dx) mix(s, NULL, NULL, s->dZ, s->dY);
 }
 

@@ -16,9 +16,10 @@
 #include "tbert/common.h"
 
 typedef struct {
-    const float *w; /* row-major (n, k), not owned; must outlive the packed copy (the BLAS path uses it) */
+    const float *w; /* row-major (n, k) (trans: (k, n)), not owned; must outlive the packed copy (the BLAS path uses it) */
     float *packed;  /* owned; NULL on the BLAS path */
     int n, k;
+    bool trans; /* w is stored (k, n): the product is a @ w (tbert_pack_weights_t) */
 } tbert_packed_w;
 
 /* Which kernel tbert_gemm_packed uses. AUTO: AVX-512 when the CPU has it, else BLAS. */
@@ -31,6 +32,11 @@ bool tbert_gemm_avx512_supported(void);
 tbert_status tbert_pack_weights(const float *w, int n, int k, tbert_gemm_kind kind, tbert_packed_w *out,
                                 tbert_error *err);
 void tbert_packed_free(tbert_packed_w *p);
+/* The same for w stored (k, n) row-major, c = a @ w (fine-tuning's dx = dy W, W being HF's (out, in)). */
+tbert_status tbert_pack_weights_t(const float *w, int n, int k, tbert_gemm_kind kind, tbert_packed_w *out,
+                                  tbert_error *err);
+/* Packs p->w again into p's buffer (the values changed: a trained weight after an optimiser step). */
+void tbert_packed_refresh(tbert_packed_w *p);
 
 /* c[m, n] (ldc >= n) = a[m, k] (lda >= k) @ w^T, plus c itself when accumulate, plus bias[n] (may be NULL),
  * then the exact-erf GELU when gelu. Single-threaded (the encoder's workers call it concurrently). */
@@ -48,6 +54,17 @@ void tbert_gemm_packed_panels(int m, const float *a, size_t lda, const tbert_pac
  * when avx512 (the caller checked tbert_gemm_avx512_supported), else cblas_sgemm. k >= 1. */
 void tbert_gemm_nn(bool avx512, int m, int n, int k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
                    size_t ldc);
+
+/* A linear layer's weight gradient over rows in fixed chunks (fine-tuning, include/tbert/encoder_backward.h's
+ * determinism): for output rows o in [o0, o1),
+ *   dw[o, :] += P_0 + P_1 + ... (in chunk order),  P_c[o, i] = sum over the rows r of chunk c (in order, from zero)
+ *   of dy[r, o] x[r, i],
+ * chunks of `chunk` rows (the last may be shorter). dy is [rows, n_out], x [rows, n_in], dw [n_out, n_in], all
+ * row-major and dense. Every element is computed the same way whatever [o0, o1) is, so threads splitting the
+ * output rows give the same bits. AVX-512 when avx512 (the caller checked) and chunk <= 256, else plain loops
+ * (other bits). */
+void tbert_gemm_tn_chunked(bool avx512, size_t rows, int n_out, int n_in, const float *dy, const float *x, float *dw,
+                           int chunk, int o0, int o1);
 
 /* x[n] = gelu(x + bias) (bias may be NULL), the exact-erf GELU to ~2e-7 absolute */
 void tbert_bias_gelu_row(float *x, const float *bias, int n);

@@ -30,15 +30,19 @@ static void test_philox_known_answers(void **state) {
     }
 }
 
-/* tbert_dropout_u32 is Philox of counter (index lo, index hi, step, site) under key (seed lo, seed hi). */
+/* tbert_dropout_u32 of element i is word i % 4 of Philox of counter (i/4 lo, i/4 hi, step, site) under key
+ * (seed lo, seed hi): the four elements of a block share one draw, one word each. */
 static void test_dropout_counter_layout(void **state) {
     (void)state;
     uint64_t seed = 0x0123456789abcdefull, step = 0x1122334455ull, index = 0xfedcba9876ull;
     uint32_t site = tbert_dropout_site(5, TBERT_DROP_FFN_OUT);
     assert_int_equal(site, 43);
-    uint32_t ctr[4] = {0xdcba9876u, 0xfeu, 0x22334455u, 43}, key[2] = {0x89abcdefu, 0x01234567u}, out[4];
+    /* block 0xfedcba9876 / 4 = 0x3fb72ea61d, and index % 4 = 2 */
+    uint32_t ctr[4] = {0xb72ea61du, 0x3fu, 0x22334455u, 43}, key[2] = {0x89abcdefu, 0x01234567u}, out[4];
     tbert_philox4x32_10(ctr, key, out);
-    assert_true(tbert_dropout_u32(seed, step, site, index) == out[0]);
+    assert_true(tbert_dropout_u32(seed, step, site, index) == out[2]);
+    for (uint64_t w = 0; w < 4; w++) assert_true(tbert_dropout_u32(seed, step, site, 0xfedcba9874ull + w) == out[w]);
+    assert_true(tbert_dropout_u32(seed, step, site, 0xfedcba9878ull) != out[0]); /* the next block: another draw */
     /* each coordinate changes the draw */
     uint32_t base = tbert_dropout_u32(seed, step, site, index);
     assert_true(tbert_dropout_u32(seed + 1, step, site, index) != base);
@@ -72,14 +76,13 @@ static void test_dropout_rate(void **state) {
     for (int i = 0; i < 1000; i++) assert_true(tbert_dropout_scale(1, 2, 3, (uint64_t)i, 0.0f) == 1.0f);
 }
 
-/* tbert_dropout_apply (16 lanes at a time) multiplies by exactly tbert_dropout_scale of each element, across the
- * 2^32 boundary of the index (the counter's second word) and with a tail shorter than 16 */
-static void test_dropout_apply_matches_scale(void **state) {
-    (void)state;
+/* tbert_dropout_apply (blocks of 256 elements, 64 draws) multiplies by exactly tbert_dropout_scale of each
+ * element: a start inside a block of four, a tail shorter than a block, and (base_hi) across the 2^32 boundary of
+ * the block number (the counter's second word) */
+static void check_apply(uint64_t base) {
     enum { n = 1000 };
     float x[n];
-    tbert_dropout d = {0.3f, 0x1234567890abcdefull, 99, tbert_dropout_site(4, TBERT_DROP_ATTN_PROBS),
-                       (1ull << 32) - 500};
+    tbert_dropout d = {0.3f, 0x1234567890abcdefull, 99, tbert_dropout_site(4, TBERT_DROP_ATTN_PROBS), base};
     for (int i = 0; i < n; i++) x[i] = 1.0f + (float)i * 0.25f;
     tbert_dropout_apply(n - 3, x + 3, &d, 7); /* x[3 + i] is element base + 7 + i */
     int dropped = 0;
@@ -94,6 +97,14 @@ static void test_dropout_apply_matches_scale(void **state) {
     d.p = 0.0f;
     tbert_dropout_apply(n, x, &d, 0); /* p = 0: nothing changes */
     assert_true(x[0] == 1.0f && x[1] == 1.25f);
+}
+
+static void test_dropout_apply_matches_scale(void **state) {
+    (void)state;
+    check_apply(0);
+    check_apply(12345);
+    check_apply((1ull << 32) - 500);
+    check_apply((1ull << 34) - 501); /* blocks 2^32 - 126 .. 2^32 + 124 */
 }
 
 int main(void) {

@@ -142,6 +142,118 @@ static void test_avx512(void **state) {
     run_nn(true, "avx512", &r);
 }
 
+/* tbert_pack_weights_t (w stored (k, n), c = a @ w) against float64, then tbert_packed_refresh after w changed */
+static void run_packed_t(tbert_gemm_kind kind, const char *kname, tu_rng *r) {
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int m = shapes[s].m, n = shapes[s].n, k = shapes[s].k;
+        size_t ldc = (size_t)n + 3, lda = (size_t)k + 2;
+        float *a = malloc((size_t)m * lda * sizeof *a), *w = malloc((size_t)n * k * sizeof *w);
+        float *buf = malloc(((size_t)m * ldc + 2 * GUARD) * sizeof *buf);
+        double *ref = malloc((size_t)m * n * sizeof *ref);
+        assert_true(a && w && buf && ref);
+        fill(r, a, (size_t)m * lda, 1.0f);
+        tbert_packed_w p;
+        tbert_error err;
+        for (int round = 0; round < 2; round++) { /* round 1: new values in w, repacked in place */
+            fill(r, w, (size_t)n * k, 1.0f / sqrtf((float)k));
+            if (round == 0) assert_int_equal(tbert_pack_weights_t(w, n, k, kind, &p, &err), TBERT_OK);
+            else tbert_packed_refresh(&p);
+            for (size_t i = 0; i < (size_t)m * ldc + 2 * GUARD; i++) buf[i] = SENTINEL;
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++) {
+                    double v = 0.0;
+                    for (int q = 0; q < k; q++) v += (double)a[(size_t)i * lda + q] * w[(size_t)q * n + j];
+                    ref[(size_t)i * n + j] = v;
+                }
+            tbert_gemm_packed(m, a, lda, &p, NULL, false, false, buf + GUARD, ldc);
+            char what[160];
+            snprintf(what, sizeof what, "%s transposed %dx%dx%d round %d", kname, m, n, k, round);
+            assert_int_equal(check(what, buf, ref, m, n, ldc), 0);
+        }
+        tbert_packed_free(&p);
+        free(a), free(w), free(buf), free(ref);
+    }
+}
+
+/* tbert_gemm_tn_chunked: dw += the chunk partials of dy^T x in chunk order. Against float64 (|got - ref| <= 1e-4 +
+ * 1e-4 |ref|, dy scaled by 1/sqrt(rows)); rows outside [o0, o1) untouched; two ranges = one range bit for bit; and
+ * the AVX-512 path bit for bit against the documented order written with fmaf (each chunk's partial from zero, row
+ * by row, then added to dw), so a chunk boundary in the wrong place fails. */
+typedef struct {
+    int rows, out, in, chunk;
+} tn_shape;
+
+static void run_tn(bool avx512, const char *kname, tu_rng *r) {
+    static const tn_shape tn[] = {{1, 1, 1, 64},     {7, 13, 5, 4},    {130, 25, 33, 64}, {300, 40, 100, 64},
+                                  {517, 12, 64, 64}, {64, 1, 1, 64},   {1000, 50, 70, 256}, {200, 30, 40, 300},
+                                  {129, 37, 385, 64}};
+    for (size_t s = 0; s < sizeof tn / sizeof tn[0]; s++) {
+        int R = tn[s].rows, O = tn[s].out, I = tn[s].in, C = tn[s].chunk;
+        size_t nw = (size_t)O * I;
+        float *dy = malloc((size_t)R * O * sizeof *dy), *x = malloc((size_t)R * I * sizeof *x);
+        float *w0 = malloc(nw * sizeof *w0), *w1 = malloc(nw * sizeof *w1), *w2 = malloc(nw * sizeof *w2);
+        double *ref = malloc(nw * sizeof *ref);
+        assert_true(dy && x && w0 && w1 && w2 && ref);
+        fill(r, dy, (size_t)R * O, 1.0f / sqrtf((float)R));
+        fill(r, x, (size_t)R * I, 1.0f);
+        fill(r, w0, nw, 1.0f);
+        int o0 = O / 3, o1 = O - O / 4; /* a middle range first: the rows around it must not move */
+        memcpy(w1, w0, nw * sizeof *w1);
+        tbert_gemm_tn_chunked(avx512, (size_t)R, O, I, dy, x, w1, C, o0, o1);
+        size_t moved = 0;
+        for (size_t e = 0; e < nw; e++) {
+            int o = (int)(e / (size_t)I);
+            if ((o < o0 || o >= o1) && memcmp(&w1[e], &w0[e], sizeof(float)) != 0) moved++;
+        }
+        if (moved) print_error("%s tn %dx%dx%d: %zu values outside the row range changed\n", kname, R, O, I, moved);
+        assert_int_equal(moved, 0);
+        tbert_gemm_tn_chunked(avx512, (size_t)R, O, I, dy, x, w1, C, 0, o0);
+        tbert_gemm_tn_chunked(avx512, (size_t)R, O, I, dy, x, w1, C, o1, O);
+        memcpy(w2, w0, nw * sizeof *w2);
+        tbert_gemm_tn_chunked(avx512, (size_t)R, O, I, dy, x, w2, C, 0, O);
+        assert_memory_equal(w1, w2, nw * sizeof *w1);
+        for (int o = 0; o < O; o++)
+            for (int i = 0; i < I; i++) {
+                double v = w0[(size_t)o * I + i];
+                for (int q = 0; q < R; q++) v += (double)dy[(size_t)q * O + o] * x[(size_t)q * I + i];
+                ref[(size_t)o * I + i] = v;
+            }
+        char what[160];
+        snprintf(what, sizeof what, "%s tn %d rows, %d x %d, chunk %d", kname, R, O, I, C);
+        assert_int_equal(tu_compare_f64(what, w2, ref, nw, ATOL, RTOL), 0);
+        if (avx512 && C <= 256) {
+            size_t diff = 0;
+            for (int o = 0; o < O; o++)
+                for (int i = 0; i < I; i++) {
+                    float d = w0[(size_t)o * I + i];
+                    for (int c0 = 0; c0 < R; c0 += C) {
+                        float part = 0.0f;
+                        for (int q = c0; q < R && q < c0 + C; q++)
+                            part = fmaf(dy[(size_t)q * O + o], x[(size_t)q * I + i], part);
+                        d += part;
+                    }
+                    diff += memcmp(&d, &w2[(size_t)o * I + i], sizeof d) != 0;
+                }
+            if (diff) print_error("%s: %zu of %zu values differ in their bits from the chunked order\n", what, diff, nw);
+            assert_int_equal(diff, 0);
+        }
+        free(dy), free(x), free(w0), free(w1), free(w2), free(ref);
+    }
+}
+
+static void test_transposed_and_chunked(void **state) {
+    (void)state;
+    tu_rng r = {tu_seed_from_env("test_gemm_cpu transposed")};
+    run_packed_t(TBERT_GEMM_BLAS, "blas", &r);
+    run_tn(false, "plain", &r);
+    if (!tbert_gemm_avx512_supported()) {
+        print_message("test_transposed_and_chunked: no AVX-512; the BLAS / plain versions only\n");
+        return;
+    }
+    run_packed_t(TBERT_GEMM_AVX512, "avx512", &r);
+    run_tn(true, "avx512", &r);
+}
+
 /* the whole encoder on both kernels (a random model with MiniLM's 12-row tile edge cases: lengths 1..40) */
 static float *encode(const tbert_model *m, const char *kind, int B, int T, const int32_t *ids, const int32_t *lens) {
     setenv("TBERT_CPU_GEMM", kind, 1);
@@ -195,6 +307,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blas),
         cmocka_unit_test(test_avx512),
+        cmocka_unit_test(test_transposed_and_chunked),
         cmocka_unit_test(test_encoder_both_kernels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

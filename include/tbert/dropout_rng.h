@@ -6,7 +6,10 @@
  *
  * The convention (the CUDA twins must draw exactly this):
  *   key     = (seed low 32 bits, seed high 32 bits)
- *   counter = (element index low 32, element index high 32, step low 32 bits, site)
+ *   counter = (block low 32, block high 32, step low 32 bits, site), block = element index / 4
+ *   element index i uses output word i % 4 of its block's draw: one Philox call gives the words of four consecutive
+ *   elements (until issue 15's speed work each element used word 0 of its own call, three quarters of the draws
+ *   thrown away: the masks of that convention differ from these)
  *   site    = layer * 8 + which, layer = the model's layer index (0-based, counted from the bottom; embeddings use
  *             layer 0), which = TBERT_DROP_EMBEDDINGS 0 (after the embedding LayerNorm), TBERT_DROP_ATTN_PROBS 1
  *             (softmax probabilities), TBERT_DROP_ATTN_OUT 2 (attention output projection + bias, before the
@@ -15,7 +18,7 @@
  *             hidden sites (0, 2, 3): row * H + column of the packed [N, H] matrix (N = the batch's tokens);
  *             attention probabilities (1): the offset in the packed P array, i.e. sequence by sequence (windows in
  *             batch order), head by head, L x L row-major (tbert_attn_probs_size's layout).
- *   only the first of the four output words is used: keep when (word >> 8) * 2^-24 >= p, and a kept value is
+ *   keep when (word >> 8) * 2^-24 >= p, and a kept value is
  *   multiplied by 1 / (1 - p) (computed in float as 1.0f / (1.0f - p)); p = 0 keeps everything (no draw). */
 #ifndef TBERT_DROPOUT_RNG_H
 #define TBERT_DROPOUT_RNG_H
@@ -56,13 +59,15 @@ static inline TBERT_HD uint32_t tbert_dropout_site(int layer, int which) {
     return (uint32_t)layer * 8u + (uint32_t)which;
 }
 
-/* The 32 random bits of one element: the first word of Philox(key = seed, counter = (index, step, site)). */
+/* The 32 random bits of one element: word index % 4 of Philox(key = seed, counter = (index / 4, step, site)). */
 static inline TBERT_HD uint32_t tbert_dropout_u32(uint64_t seed, uint64_t step, uint32_t site, uint64_t index) {
-    uint32_t ctr[4] = {(uint32_t)index, (uint32_t)(index >> 32), (uint32_t)step, site};
+    uint64_t block = index >> 2;
+    uint32_t ctr[4] = {(uint32_t)block, (uint32_t)(block >> 32), (uint32_t)step, site};
     uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
     uint32_t out[4];
     tbert_philox4x32_10(ctr, key, out);
-    return out[0];
+    unsigned w = (unsigned)(index & 3u); /* selects, not out[w]: a dynamic index puts out in local memory on a GPU */
+    return w == 0 ? out[0] : w == 1 ? out[1] : w == 2 ? out[2] : out[3];
 }
 
 /* The multiplier of one element: 0 (dropped) or 1 / (1 - p) (kept); 1 when p <= 0. */
