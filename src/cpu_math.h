@@ -37,17 +37,22 @@ static inline float tbert_exp_approx(float x) {
     return p * scale;
 }
 
-/* erf(x), Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7, exact enough for float GELU). */
-static inline float tbert_erf_approx(float x) {
-    float ax = fabsf(x);
-    float t = 1.0f / (1.0f + 0.3275911f * ax);
+/* erf(z) for z >= 0 by Abramowitz & Stegun 7.1.26, given e = exp(-z^2) (callers that need that exp anyway,
+ * as GELU's backward for the normal density, compute it once) */
+static inline float tbert_erf_abs_given_exp(float z, float e) {
+    float t = 1.0f / (1.0f + 0.3275911f * z);
     float y = 1.061405429f;
     y = y * t - 1.453152027f;
     y = y * t + 1.421413741f;
     y = y * t - 0.284496736f;
     y = y * t + 0.254829592f;
-    y = 1.0f - y * t * tbert_exp_approx(-ax * ax);
-    return copysignf(y, x);
+    return 1.0f - y * t * e;
+}
+
+/* erf(x), Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7, exact enough for float GELU). */
+static inline float tbert_erf_approx(float x) {
+    float ax = fabsf(x);
+    return copysignf(tbert_erf_abs_given_exp(ax, tbert_exp_approx(-ax * ax)), x);
 }
 
 #endif

@@ -61,13 +61,7 @@ TBERT_VEC void tbert_bwd_bias_gelu(size_t N, int cols, const float *a, const flo
     for (size_t i = 0; i < N * (size_t)cols; i++) {
         float v = a[i], z = fabsf(v) * 0.70710678118654752f;
         float e = tbert_exp_approx(-z * z);
-        float t = 1.0f / (1.0f + 0.3275911f * z);
-        float y = 1.061405429f;
-        y = y * t - 1.453152027f;
-        y = y * t + 1.421413741f;
-        y = y * t - 0.284496736f;
-        y = y * t + 0.254829592f;
-        float erf_abs = 1.0f - y * t * e;
+        float erf_abs = tbert_erf_abs_given_exp(z, e);
         float cdf = 0.5f * (1.0f + copysignf(erf_abs, v));
         da[i] = dh[i] * (cdf + v * (0.39894228040143268f * e));
     }
