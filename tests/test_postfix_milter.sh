@@ -29,6 +29,7 @@
 SERVE_TOOLS=()
 TESTS=${TBERT_TESTS_DIR:-$(cd "$(dirname "$0")" && pwd)}
 . "$TESTS/util/testlib.sh"
+. "$TESTS/util/postfix_private.sh"
 if [ "${CI:-}" != true ] && [ "${TBERT_TEST_MTA:-}" != 1 ]; then
     echo "$TL_NAME: skipped: installs and runs a private Postfix; runs under CI=true or TBERT_TEST_MTA=1 only" >&2
     exit 77
@@ -78,65 +79,11 @@ chown postfix "$W/data"
 chown "$NOBODY_UID:$NOBODY_GID" "$W/mail"
 chmod 755 "$W/spool/tbert" # the milter socket's folder inside smtpd's chroot, as docs/mail.md's recipe
 printf 'spam@test.invalid spam/\nham@test.invalid ham/\nlocal@test.invalid local/\n' > "$W/etc/vmailbox"
-cat > "$W/etc/main.cf" << EOF
-compatibility_level = 3.6
-queue_directory = $W/spool
-data_directory = $W/data
-meta_directory = $(postconf -d -h meta_directory)
-mail_owner = postfix
-myhostname = mta-test.invalid
-mydomain = invalid
-myorigin = \$myhostname
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-smtpd_banner = \$myhostname ESMTP tbert test
-alias_maps =
-alias_database =
-local_recipient_maps =
-relay_domains =
-default_transport = error:the tbert test instance delivers to its Maildirs only
-relay_transport = error:the tbert test instance delivers to its Maildirs only
-notify_classes =
-biff = no
-smtputf8_enable = no
-virtual_mailbox_domains = test.invalid
-virtual_mailbox_base = $W/mail
-virtual_mailbox_maps = texthash:$W/etc/vmailbox
-virtual_uid_maps = static:$NOBODY_UID
-virtual_gid_maps = static:$NOBODY_GID
-virtual_minimum_uid = 1
-smtpd_milters = unix:/tbert/milter.sock
-non_smtpd_milters = \$smtpd_milters
-milter_default_action = tempfail
-milter_protocol = 6
-syslog_name = tbert-test-postfix
-maillog_file = $W/maillog
-maillog_file_prefixes = $W
-EOF
-cat > "$W/etc/master.cf" << EOF
-127.0.0.1:$PORT inet n - y - - smtpd
-pickup    unix n - y 60 1 pickup
-cleanup   unix n - y - 0 cleanup
-qmgr      unix n - n 300 1 qmgr
-rewrite   unix - - n - - trivial-rewrite
-bounce    unix - - n - 0 bounce
-defer     unix - - n - 0 bounce
-trace     unix - - n - 0 bounce
-verify    unix - - n - 1 verify
-flush     unix n - n 1000? 0 flush
-proxymap  unix - - n - - proxymap
-showq     unix n - n - - showq
-error     unix - - n - - error
-retry     unix - - n - - error
-discard   unix - - n - - discard
-virtual   unix - n n - - virtual
-anvil     unix - - n - 1 anvil
-scache    unix - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-EOF
+pf_private_conf "$W" "$PORT" tbert-test-postfix virtual
+postconf -c "$W/etc" -e "virtual_mailbox_domains = test.invalid" "virtual_mailbox_base = $W/mail" \
+    "virtual_mailbox_maps = texthash:$W/etc/vmailbox" "virtual_uid_maps = static:$NOBODY_UID" \
+    "virtual_gid_maps = static:$NOBODY_GID" "virtual_minimum_uid = 1" "smtpd_milters = unix:/tbert/milter.sock" \
+    'non_smtpd_milters = $smtpd_milters'
 postfix -c "$W/etc" check > "$W/pf-check.log" 2>&1 || { cat "$W/pf-check.log"; echo "FAIL postfix check"; exit 1; }
 PF_UP=true # from here on the trap stops it, even after a start that failed half way
 postfix -c "$W/etc" start > "$W/pf-start.log" 2>&1 || { cat "$W/pf-start.log" "$W/maillog" 2> /dev/null; echo "FAIL postfix start"; exit 1; }

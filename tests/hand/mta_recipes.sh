@@ -33,6 +33,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
+. "$ROOT/tests/util/postfix_private.sh"
 step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
 PARTS=" ${MTA_PARTS:-postfix dovecot exim} "
 part() { [[ $PARTS == *" $1 "* ]]; }
@@ -214,55 +215,8 @@ EOF
     # as tests/test_postfix_milter.sh's private instance, but local(8) delivers test.invalid to the passwd
     # user (nobody) through mailbox_command (set per round below); HOME=... because nobody's home is
     # /nonexistent, and -o log_path because the chroot has no syslog: a real user's line has neither
-    cat > "$P/etc/main.cf" << EOF
-compatibility_level = 3.6
-queue_directory = $P/spool
-data_directory = $P/data
-meta_directory = $(postconf -d -h meta_directory)
-mail_owner = postfix
-myhostname = mta-test.invalid
-mydomain = invalid
-myorigin = \$myhostname
-mydestination = test.invalid
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-alias_maps =
-alias_database =
-local_recipient_maps =
-relay_domains =
-default_transport = error:the tbert hand test delivers locally only
-relay_transport = error:the tbert hand test delivers locally only
-notify_classes =
-biff = no
-smtputf8_enable = no
-milter_default_action = tempfail
-syslog_name = tbert-hand-postfix
-maillog_file = $P/maillog
-maillog_file_prefixes = $P
-EOF
-    cat > "$P/etc/master.cf" << EOF
-127.0.0.1:$PFPORT inet n - y - - smtpd
-pickup    unix n - y 60 1 pickup
-cleanup   unix n - y - 0 cleanup
-qmgr      unix n - n 300 1 qmgr
-rewrite   unix - - n - - trivial-rewrite
-bounce    unix - - n - 0 bounce
-defer     unix - - n - 0 bounce
-trace     unix - - n - 0 bounce
-verify    unix - - n - 1 verify
-flush     unix n - n 1000? 0 flush
-proxymap  unix - - n - - proxymap
-showq     unix n - n - - showq
-error     unix - - n - - error
-retry     unix - - n - - error
-discard   unix - - n - - discard
-local     unix - n n - - local
-anvil     unix - - n - 1 anvil
-scache    unix - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-EOF
+    pf_private_conf "$P" "$PFPORT" tbert-hand-postfix local
+    postconf -c "$P/etc" -e "mydestination = test.invalid"
     send() { swaks --server 127.0.0.1 --port "$PFPORT" --helo client.test.invalid --from sender@example.org \
         --to nobody@test.invalid --data "$1" --timeout 30 > "$W/swaks.log" 2>&1; }
     pf_round() { # pf_round WHAT HOME: swaks sends both messages to nobody@test.invalid; where did they land?
