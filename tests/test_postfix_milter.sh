@@ -51,15 +51,7 @@ fi
 SERVE_TOOLS=(postfix swaks)
 . "$TESTS/serve_common.sh"
 PF_UP=false
-pf_stop() { # the private instance only: its own config dir, then its own master's pid
-    $PF_UP || return 0
-    postfix -c "$W/etc" stop > /dev/null 2>&1
-    local pid
-    pid=$(tr -d ' \n' < "$W/spool/pid/master.pid" 2> /dev/null)
-    for _ in $(seq 1 50); do [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null || break; sleep 0.1; done
-    [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null && kill -KILL "$pid"
-    PF_UP=false
-}
+pf_stop() { pf_private_stop "$W"; } # the private Postfix only (tests/util/postfix_private.sh)
 trap 'pf_stop; cleanup' EXIT
 
 # what must not change: the system's Postfix files, and who listens on port 25 (Postfix's default)

@@ -72,15 +72,7 @@ PORT=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0));
 "$BIN" serve --device cpu --model "$MODEL" --head "$W/head" --spamd "127.0.0.1:$PORT" 2> "$W/serve.log" &
 SERVER=$!
 MILTER= PF_UP=false
-pf_stop() { # the private Postfix of the Dovecot part: its own config dir, then its own master's pid
-    $PF_UP || return 0
-    postfix -c "$W/pf/etc" stop > /dev/null 2>&1
-    local pid
-    pid=$(tr -d ' \n' < "$W/pf/spool/pid/master.pid" 2> /dev/null)
-    for _ in $(seq 1 50); do [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null || break; sleep 0.1; done
-    [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null && kill -KILL "$pid"
-    PF_UP=false
-}
+pf_stop() { pf_private_stop "$W/pf"; } # the private Postfix only (tests/util/postfix_private.sh)
 trap 'pf_stop; kill $SERVER $MILTER 2> /dev/null; rm -rf /tmp/mta_hand.*' EXIT
 for _ in $(seq 1 100); do grep -q "listening on" "$W/serve.log" && break; sleep 0.1; done
 cat "$W/serve.log"

@@ -61,3 +61,15 @@ scache    unix - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 EOF
 }
+
+# pf_private_stop DIR: when PF_UP is true, stops the instance configured in DIR (its own config dir, then its
+# own master's pid: never another Postfix on the machine) and sets PF_UP=false
+pf_private_stop() {
+    ${PF_UP:-false} || return 0
+    postfix -c "$1/etc" stop > /dev/null 2>&1
+    local pid
+    pid=$(tr -d ' \n' < "$1/spool/pid/master.pid" 2> /dev/null)
+    for _ in $(seq 1 50); do [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null || break; sleep 0.1; done
+    [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null && kill -KILL "$pid"
+    PF_UP=false
+}
