@@ -11,24 +11,27 @@
 #include "tbert/dropout_rng.h"
 #include "tbert/encoder_backward.h"
 
-/* acc[cols] += column sums of a[rows, cols] (ld lda) in chunks of TBERT_BWD_CHUNK rows: each chunk summed into
- * part[cols] row by row, then added to acc in chunk order. */
-static void colsum_chunked(size_t rows, int cols, const float *a, size_t lda, float *acc, float *part) {
-    for (size_t r0 = 0; r0 < rows; r0 += TBERT_BWD_CHUNK) {
-        size_t r1 = r0 + TBERT_BWD_CHUNK < rows ? r0 + TBERT_BWD_CHUNK : rows;
-        memset(part, 0, (size_t)cols * sizeof *part);
-        for (size_t r = r0; r < r1; r++) {
-            const float *x = a + r * lda;
-            for (int j = 0; j < cols; j++) part[j] += x[j];
+TBERT_VEC void tbert_bwd_colsum_chunked(size_t rows, int cols, const float *a, size_t lda, float *acc) {
+    enum { PIECE = 256 }; /* the chunk partial lives on the stack, PIECE columns at a time */
+    float part[PIECE];
+    for (int c0 = 0; c0 < cols; c0 += PIECE) {
+        int w = cols - c0 < PIECE ? cols - c0 : PIECE;
+        for (size_t r0 = 0; r0 < rows; r0 += TBERT_BWD_CHUNK) {
+            size_t r1 = r0 + TBERT_BWD_CHUNK < rows ? r0 + TBERT_BWD_CHUNK : rows;
+            memset(part, 0, (size_t)w * sizeof *part);
+            for (size_t r = r0; r < r1; r++) {
+                const float *x = a + r * lda + c0;
+                for (int j = 0; j < w; j++) part[j] += x[j];
+            }
+            for (int j = 0; j < w; j++) acc[c0 + j] += part[j];
         }
-        for (int j = 0; j < cols; j++) acc[j] += part[j];
     }
 }
 
 /* ---- linear ------------------------------------------------------------------------------------------- */
 
 void tbert_bwd_linear(size_t N, int in, int out, const float *x, const float *W, const float *dy, float *dx,
-                      float *dW, float *db, float *ws) {
+                      float *dW, float *db) {
     if (dx) {
         if (N && in && out)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, in, out, 1.0f, dy, out, W, in, 0.0f, dx, in);
@@ -38,7 +41,7 @@ void tbert_bwd_linear(size_t N, int in, int out, const float *x, const float *W,
     /* each chunk's dW partial dy_c^T x_c (summed row by row from zero), added in chunk order: gemm_cpu.c, the
      * same function the fine-tuning stack calls on ranges of output rows */
     tbert_gemm_tn_chunked(tbert_gemm_avx512_supported(), N, out, in, dy, x, dW, TBERT_BWD_CHUNK, 0, out);
-    if (db) colsum_chunked(N, out, dy, (size_t)out, db, ws + (size_t)out * (size_t)in);
+    if (db) tbert_bwd_colsum_chunked(N, out, dy, (size_t)out, db);
 }
 
 /* ---- bias + exact GELU -------------------------------------------------------------------------------- */
@@ -65,14 +68,7 @@ TBERT_VEC void tbert_bwd_bias_gelu(size_t N, int cols, const float *a, const flo
         float cdf = 0.5f * (1.0f + copysignf(erf_abs, v));
         da[i] = dh[i] * (cdf + v * (0.39894228040143268f * e));
     }
-    if (dbias) {
-        /* the chunk partial lives on the stack in pieces of 256 columns */
-        float part[256];
-        for (int c0 = 0; c0 < cols; c0 += 256) {
-            int w = cols - c0 < 256 ? cols - c0 : 256;
-            colsum_chunked(N, w, da + c0, (size_t)cols, dbias + c0, part);
-        }
-    }
+    if (dbias) tbert_bwd_colsum_chunked(N, cols, da, (size_t)cols, dbias);
 }
 
 /* ---- residual + layernorm ----------------------------------------------------------------------------- */
@@ -416,7 +412,7 @@ void tbert_bwd_l2_normalize(size_t n, size_t dim, const float *x, const float *y
 
 void tbert_bwd_pooler(int B, int H, const float *cls, const float *W, const float *out, const float *dout, float *dcls,
                       float *dW, float *db, float *ws) {
-    float *da = ws + (size_t)H * H + H;
+    float *da = ws;
     for (size_t i = 0; i < (size_t)B * H; i++) da[i] = dout[i] * (1.0f - out[i] * out[i]);
-    tbert_bwd_linear((size_t)B, H, H, cls, W, da, dcls, dW, db, ws);
+    tbert_bwd_linear((size_t)B, H, H, cls, W, da, dcls, dW, db);
 }

@@ -230,7 +230,7 @@ static void emb_fwd_item(void *ctx, int w, int worker) {
  * whichever range holds it, so the bits do not depend on the thread count. (Until issue 15's speed work each chunk's
  * dW partial was a cblas product into a slot of out*in floats and the slots were added afterwards: 2.4 MB written,
  * zeroed and read again per 64 rows of a MiniLM FFN layer.) */
-enum { DW_ROWS = 12, DB_COLS = 64 };
+enum { DW_ROWS = 12 };
 typedef struct {
     const tbert_ft_stack *s;
     size_t N;
@@ -247,21 +247,7 @@ static void lin_dw_item(void *ctx, int item, int worker) {
     int o0 = item * per < j->out ? item * per : j->out, o1 = j->out - o0 < per ? j->out : o0 + per;
     if (o0 >= o1) return;
     tbert_gemm_tn_chunked(j->s->avx512, j->N, j->out, j->in, j->dy, j->x, j->dW, TBERT_BWD_CHUNK, o0, o1);
-    if (!j->db) return;
-    /* the bias: column sums of dy[:, o0..o1) per chunk, row by row from zero, added in chunk order (pieces of
-     * DB_COLS columns, the partial on the stack) */
-    size_t out = (size_t)j->out;
-    for (int p0 = o0; p0 < o1; p0 += DB_COLS) {
-        int p1 = o1 - p0 < DB_COLS ? o1 : p0 + DB_COLS;
-        float part[DB_COLS];
-        for (size_t r0 = 0; r0 < j->N; r0 += TBERT_BWD_CHUNK) {
-            size_t r1 = j->N - r0 < TBERT_BWD_CHUNK ? j->N : r0 + TBERT_BWD_CHUNK;
-            memset(part, 0, sizeof part);
-            for (size_t r = r0; r < r1; r++)
-                for (int c = p0; c < p1; c++) part[c - p0] += j->dy[r * out + (size_t)c];
-            for (int c = p0; c < p1; c++) j->db[c] += part[c - p0];
-        }
-    }
+    if (j->db) tbert_bwd_colsum_chunked(j->N, o1 - o0, j->dy + o0, (size_t)j->out, j->db + o0); /* dy[:, o0..o1) */
 }
 
 /* dx = dy W on chunks of FWD_ROWS rows */
@@ -635,7 +621,7 @@ static size_t layout_acts(tbert_ft_stack *s, float *base, size_t N, size_t P, si
     TAKE(s->docpre, D * dim);
     TAKE(s->docout, D * dim);
     TAKE(s->ddoc, D * dim);
-    TAKE(s->pool_ws, H * H + H + W * H);
+    TAKE(s->pool_ws, W * H); /* the pooler's outputs (forward), then tbert_bwd_pooler's ws */
     TAKE(s->dY, N * H);
     TAKE(s->dZ, N * H);
     TAKE(s->dH, N * H);

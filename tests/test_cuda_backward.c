@@ -109,11 +109,8 @@ static void test_colsum(void **state) {
         const int rows = shapes[k][0], cols = shapes[k][1];
         float *a = tu_rand_floats(&r, (size_t)rows * cols, 1.0f), *acc = tu_rand_floats(&r, (size_t)cols, 1.0f);
         float *ref = fdup(acc, (size_t)cols);
-        /* CPU: the linear backward's db (in = 1): db += column sums of dy in TBERT_BWD_CHUNK chunks */
-        float *x = tu_rand_floats(&r, (size_t)rows, 1.0f), *W = tu_rand_floats(&r, (size_t)cols, 1.0f), *dW = tu_xcalloc((size_t)cols, 4);
-        float *ws = tu_xmalloc(((size_t)cols + (size_t)cols) * 4);
-        assert_non_null(dW), assert_non_null(ws);
-        tbert_bwd_linear((size_t)rows, 1, cols, x, W, a, NULL, dW, ref, ws);
+        /* CPU: every bias gradient's column sums of dy in TBERT_BWD_CHUNK chunks */
+        tbert_bwd_colsum_chunked((size_t)rows, cols, a, (size_t)cols, ref);
         tu_gbuf da = up_f32(a, (size_t)rows * cols), dacc = up_f32(acc, (size_t)cols);
         tu_gbuf dws = tu_galloc(tbert_cuda_colsum_ws_floats((size_t)rows, cols) * 4);
         CK(tbert_cuda_colsum_acc(dacc.p, da.p, TBERT_CUDA_F32, rows, cols, dws.p, NULL));
@@ -123,7 +120,7 @@ static void test_colsum(void **state) {
         snprintf(what, sizeof what, "colsum rows=%d cols=%d", rows, cols);
         expect_grad(what, got, ref, (size_t)cols, TBERT_CUDA_F32);
         if (memcmp(got, ref, (size_t)cols * 4) != 0) fail_msg("%s: not bit-identical to the CPU's chunked sums", what);
-        free(a), free(acc), free(ref), free(x), free(W), free(dW), free(ws), free(got);
+        free(a), free(acc), free(ref), free(got);
         tu_gfree(&da), tu_gfree(&dacc), tu_gfree(&dws);
     }
 }
@@ -140,10 +137,9 @@ static void check_linear(tu_rng *r, cublasHandle_t h, tbert_cuda_gemm_mode mode,
     tu_gbuf gdb = up_f32(db0, (size_t)out), gws = tu_galloc(tbert_cuda_colsum_ws_floats((size_t)rows, out) * 4);
     CK(tbert_cuda_linear_bwd(h, mode, dx_mode ? gdx.p : NULL, dx_mode == 2, gdW.p, gdb.p, gx.p, gW.p, gdy.p, gws.p,
                              rows, in, out, NULL));
-    float *rdx = tu_xmalloc(nx * 4 + 4), *rdW = fdup(dW0, nw), *rdb = fdup(db0, (size_t)out),
-          *ws = tu_xmalloc((nw + out) * 4);
-    assert_non_null(rdx), assert_non_null(ws);
-    tbert_bwd_linear((size_t)rows, in, out, x, W, dy, rdx, rdW, rdb, ws);
+    float *rdx = tu_xmalloc(nx * 4 + 4), *rdW = fdup(dW0, nw), *rdb = fdup(db0, (size_t)out);
+    assert_non_null(rdx);
+    tbert_bwd_linear((size_t)rows, in, out, x, W, dy, rdx, rdW, rdb);
     char what[128];
     if (dx_mode) {
         float *got = down(&gdx, nx, dt, "linear dx");
@@ -168,7 +164,7 @@ static void check_linear(tu_rng *r, cublasHandle_t h, tbert_cuda_gemm_mode mode,
     expect_grad(what, got, rdb, (size_t)out, dt);
     free(got);
     tu_gcheck(&gws, "linear ws");
-    free(x), free(W), free(dy), free(dW0), free(db0), free(dx0), free(rdx), free(rdW), free(rdb), free(ws);
+    free(x), free(W), free(dy), free(dW0), free(db0), free(dx0), free(rdx), free(rdW), free(rdb);
     tu_gfree(&gx), tu_gfree(&gW), tu_gfree(&gdy), tu_gfree(&gdx), tu_gfree(&gdW), tu_gfree(&gdb), tu_gfree(&gws);
 }
 
@@ -222,11 +218,7 @@ static void check_gelu(tu_rng *r, tbert_cuda_dtype dt, int rows, int cols, bool 
         /* the device sums its own bf16 da; a CPU da rounded to bf16 can land one bf16 step away from it (the two
          * GELU' differ in the last fp32 bits), so the bias sum's reference is the column sum of the device's da, in
          * the CPU's chunked order: the reduction is checked at fp32 tolerance, the da values above at bf16's */
-        float *one = tu_xmalloc((size_t)rows * 4 + 4), *wz = tu_xcalloc((size_t)cols, 4), *dWz = tu_xcalloc((size_t)cols, 4),
-              *ws = tu_xmalloc((size_t)cols * 2 * 4);
-        for (int i = 0; i < rows; i++) one[i] = 1.0f;
-        tbert_bwd_linear((size_t)rows, 1, cols, one, wz, got, NULL, dWz, rdb, ws);
-        free(one), free(wz), free(dWz), free(ws);
+        tbert_bwd_colsum_chunked((size_t)rows, cols, got, (size_t)cols, rdb);
     }
     free(got);
     got = down(&gdb, (size_t)cols, TBERT_CUDA_F32, "gelu dbias");
@@ -841,14 +833,14 @@ static void check_layer(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, int B,
         tbert_fwd_layernorm(n, H, z2, prm[L_BOUT], prm[L_G2], prm[L_BE2], eps, y, m2, r2);
         /* backward */
         tbert_bwd_layernorm(n, H, z2, m2, r2, prm[L_G2], R, dz2, dx1, G[L_G2], G[L_BE2], ws);
-        tbert_bwd_linear(n, IM, H, hh, prm[L_WOUT], dz2, dh, G[L_WOUT], G[L_BOUT], ws);
+        tbert_bwd_linear(n, IM, H, hh, prm[L_WOUT], dz2, dh, G[L_WOUT], G[L_BOUT]);
         tbert_bwd_bias_gelu(n, IM, a, dh, da, G[L_BI]);
-        tbert_bwd_linear(n, H, IM, x1, prm[L_WI], da, tmp, G[L_WI], NULL, ws);
+        tbert_bwd_linear(n, H, IM, x1, prm[L_WI], da, tmp, G[L_WI], NULL);
         for (size_t i = 0; i < n * H; i++) dx1[i] += tmp[i];
         tbert_bwd_layernorm(n, H, z1, m1, r1, prm[L_G1], dx1, dz1, dx, G[L_G1], G[L_BE1], ws);
-        tbert_bwd_linear(n, H, H, ctx, prm[L_WO], dz1, dctx, G[L_WO], G[L_BO], ws);
+        tbert_bwd_linear(n, H, H, ctx, prm[L_WO], dz1, dctx, G[L_WO], G[L_BO]);
         tbert_bwd_attention(B, off, H, heads, scale, qkv, prob, dctx, dqkv, ws);
-        tbert_bwd_linear(n, H, 3 * H, x, prm[L_WQKV], dqkv, tmp, G[L_WQKV], G[L_BQKV], ws);
+        tbert_bwd_linear(n, H, 3 * H, x, prm[L_WQKV], dqkv, tmp, G[L_WQKV], G[L_BQKV]);
         for (size_t i = 0; i < n * H; i++) dx[i] += tmp[i];
     }
     char what[160];

@@ -279,8 +279,7 @@ static void test_linear(void **state) {
         float *x = tu_rand_floats(&r, N * in, 1), *W = tu_rand_floats(&r, (size_t)out * in, 0.5f), *b = tu_rand_floats(&r, out, 0.5f);
         float *R = tu_rand_floats(&r, N * out, 1);
         float *dx = tu_xcalloc(N * in, 4), *dW = tu_xcalloc((size_t)out * in, 4), *db = tu_xcalloc(out, 4);
-        float *ws = tu_xcalloc((size_t)out * in + out, 4);
-        tbert_bwd_linear(N, in, out, x, W, R, dx, dW, db, ws);
+        tbert_bwd_linear(N, in, out, x, W, R, dx, dW, db);
         lin_ctx c = {N, in, out, todbl(x, N * in), todbl(W, (size_t)out * in), todbl(b, out), todbl(R, N * out),
                      tu_xcalloc(N * out, 8)};
         double *gx = tu_xcalloc(N * in, 8), *gW = tu_xcalloc((size_t)out * in, 8), *gb = tu_xcalloc(out, 8);
@@ -294,10 +293,10 @@ static void test_linear(void **state) {
         /* accumulation: a second call adds the same again */
         float *dW2 = tu_xcalloc((size_t)out * in, 4);
         memcpy(dW2, dW, (size_t)out * in * 4);
-        tbert_bwd_linear(N, in, out, x, W, R, NULL, dW2, NULL, ws);
+        tbert_bwd_linear(N, in, out, x, W, R, NULL, dW2, NULL);
         for (size_t i = 0; i < (size_t)out * in; i++) assert_float_equal(dW2[i], 2 * dW[i], 1e-5 * (1 + fabsf(dW[i])));
         free(dW2);
-        free(x), free(W), free(b), free(R), free(dx), free(dW), free(db), free(ws);
+        free(x), free(W), free(b), free(R), free(dx), free(dW), free(db);
         free(c.x), free(c.W), free(c.b), free(c.R), free(c.y), free(gx), free(gW), free(gb);
     }
 }
@@ -313,18 +312,18 @@ static void test_linear_chunks(void **state) {
     int in = 96, out = 80;
     size_t nw = (size_t)out * in;
     float *x = tu_rand_floats(&r, N * in, 1), *W = tu_rand_floats(&r, nw, 1), *dy = tu_rand_floats(&r, N * out, 1);
-    float *ws = tu_xcalloc(nw + out, 4), *a = tu_xcalloc(nw + out, 4), *b = tu_xcalloc(nw + out, 4);
+    float *a = tu_xcalloc(nw + out, 4), *b = tu_xcalloc(nw + out, 4);
     float *c = tu_xcalloc(nw + out, 4);
-    tbert_bwd_linear(N, in, out, x, W, dy, NULL, a, a + nw, ws);
-    tbert_bwd_linear(cut, in, out, x, W, dy, NULL, b, b + nw, ws);
-    tbert_bwd_linear(N - cut, in, out, x + cut * in, W, dy + cut * out, NULL, b, b + nw, ws);
+    tbert_bwd_linear(N, in, out, x, W, dy, NULL, a, a + nw);
+    tbert_bwd_linear(cut, in, out, x, W, dy, NULL, b, b + nw);
+    tbert_bwd_linear(N - cut, in, out, x + cut * in, W, dy + cut * out, NULL, b, b + nw);
     assert_memory_equal(a, b, (nw + out) * 4);
     openblas_set_num_threads(2);
-    tbert_bwd_linear(N, in, out, x, W, dy, NULL, c, c + nw, ws);
+    tbert_bwd_linear(N, in, out, x, W, dy, NULL, c, c + nw);
     openblas_set_num_threads(1);
     printf(" linear dW with 2 OpenBLAS threads: %s the 1-thread bits\n",
            memcmp(a, c, (nw + out) * 4) ? "differs from" : "equals");
-    free(x), free(W), free(dy), free(ws), free(a), free(b), free(c);
+    free(x), free(W), free(dy), free(a), free(b), free(c);
 }
 
 /* ---- 2. bias + GELU ----------------------------------------------------------------------------------- */
@@ -705,14 +704,14 @@ static void test_layer(void **state) {
     float *dctx = tu_xcalloc(N * H, 4), *dqkv = tu_xcalloc(N * 3 * H, 4);
     float *ws = tu_xcalloc((size_t)3 * H * IM + 3 * H + (size_t)Lmax * Lmax, 4);
     tbert_bwd_layernorm(N, H, z2, m2, r2, P + c.po[P_G2], R, dz2, dx1, G + c.po[P_G2], G + c.po[P_BE2], ws);
-    tbert_bwd_linear(N, IM, H, h, Wout, dz2, dh, G + c.po[P_WOUT], G + c.po[P_BOUT], ws);
+    tbert_bwd_linear(N, IM, H, h, Wout, dz2, dh, G + c.po[P_WOUT], G + c.po[P_BOUT]);
     tbert_bwd_bias_gelu(N, IM, a, dh, da, G + c.po[P_BI]);
-    tbert_bwd_linear(N, H, IM, x1, Wi, da, tmp, G + c.po[P_WI], NULL, ws);
+    tbert_bwd_linear(N, H, IM, x1, Wi, da, tmp, G + c.po[P_WI], NULL);
     for (size_t i = 0; i < N * H; i++) dx1[i] += tmp[i];
     tbert_bwd_layernorm(N, H, z1, m1, r1, P + c.po[P_G1], dx1, dz1, dx, G + c.po[P_G1], G + c.po[P_BE1], ws);
-    tbert_bwd_linear(N, H, H, ctx, Wo, dz1, dctx, G + c.po[P_WO], G + c.po[P_BO], ws);
+    tbert_bwd_linear(N, H, H, ctx, Wo, dz1, dctx, G + c.po[P_WO], G + c.po[P_BO]);
     tbert_bwd_attention(c.n_seq, off, H, c.nh, scale, qkv, prob, dctx, dqkv, ws);
-    tbert_bwd_linear(N, H, 3 * H, x, Wqkv, dqkv, tmp, G + c.po[P_WQKV], G + c.po[P_BQKV], ws);
+    tbert_bwd_linear(N, H, 3 * H, x, Wqkv, dqkv, tmp, G + c.po[P_WQKV], G + c.po[P_BQKV]);
     for (size_t i = 0; i < N * H; i++) dx[i] += tmp[i];
 
     /* float64 twin: forward (packed attention) and backward by the chain rule */

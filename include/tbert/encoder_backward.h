@@ -27,10 +27,13 @@ extern "C" {
 #define TBERT_BWD_CHUNK 64
 
 /* ---- linear: y[N,out] = x[N,in] W[out,in]^T + b --------------------------------------------------------- */
-/* dx[N,in] = dy W (skipped when dx is NULL); dW[out,in] += dy^T x; db[out] += column sums of dy (db may be NULL).
- * ws: out*in + out floats (one chunk's partials of dW and db). */
+/* dx[N,in] = dy W (skipped when dx is NULL); dW[out,in] += dy^T x (src/gemm_cpu.c's tbert_gemm_tn_chunked);
+ * db[out] += column sums of dy (db may be NULL). */
 void tbert_bwd_linear(size_t N, int in, int out, const float *x, const float *W, const float *dy, float *dx,
-                      float *dW, float *db, float *ws);
+                      float *dW, float *db);
+/* acc[cols] += column sums of a[rows, cols] (row stride lda) in chunks of TBERT_BWD_CHUNK rows: each chunk summed
+ * from zero row by row, then added to acc in chunk order (every bias gradient: linear, GELU, the stack's ranges). */
+void tbert_bwd_colsum_chunked(size_t rows, int cols, const float *a, size_t lda, float *acc);
 
 /* ---- bias + exact GELU: h = gelu(a), a = pre-activation (bias included), gelu(a) = a/2 (1 + erf(a/sqrt 2)) -- */
 /* (erf and exp from src/cpu_math.h, as the CPU encoder: erf to 1.5e-7 absolute, exp to 2e-7 relative; the same
@@ -109,7 +112,7 @@ void tbert_bwd_pool(int pool, int n_seq, const int32_t *off, int H, int out_T, c
  * they are): dx[n,dim] = (dy - y (y . dy)) / |x| from the saved y and x; identity on zero rows. dx may alias dy. */
 void tbert_bwd_l2_normalize(size_t n, size_t dim, const float *x, const float *y, const float *dy, float *dx);
 /* Pooler out = tanh(cls W^T + b) with the saved out: da = dout (1 - out^2), then the linear backward:
- * dcls[B,H] = da W, dW += da^T cls, db += sums of da. ws: H*H + H + B*H floats. */
+ * dcls[B,H] = da W, dW += da^T cls, db += sums of da. ws: B*H floats (da). */
 void tbert_bwd_pooler(int B, int H, const float *cls, const float *W, const float *out, const float *dout, float *dcls,
                       float *dW, float *db, float *ws);
 
