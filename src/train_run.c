@@ -16,8 +16,18 @@
 #include "tbert/train.h"
 #include "train_internal.h"
 
+static const char *const ft_head_phase_names[] = {[TBERT_FT_HEAD_JOINT] = "joint", [TBERT_FT_HEAD_FIRST] = "first",
+                                                   [TBERT_FT_HEAD_REFIT] = "refit"};
+enum { N_FT_HEAD_PHASES = sizeof ft_head_phase_names / sizeof *ft_head_phase_names };
+
 const char *tbert_ft_head_phase_name(int phase) {
-    return phase == TBERT_FT_HEAD_FIRST ? "first" : phase == TBERT_FT_HEAD_REFIT ? "refit" : "joint";
+    return phase >= 0 && phase < N_FT_HEAD_PHASES ? ft_head_phase_names[phase] : "joint";
+}
+
+bool tbert_ft_head_phase_parse(const char *s, int *phase) {
+    for (int p = 0; p < N_FT_HEAD_PHASES; p++)
+        if (!strcmp(s, ft_head_phase_names[p])) return *phase = p, true;
+    return false;
 }
 
 void tbert_train_opts_default(tbert_train_opts *o) {

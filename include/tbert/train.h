@@ -139,6 +139,8 @@ typedef struct {
  * refit = after the layers, the head path trains a new head on the fine-tuned encoder's rows */
 typedef enum { TBERT_FT_HEAD_JOINT = 0, TBERT_FT_HEAD_FIRST = 1, TBERT_FT_HEAD_REFIT = 2 } tbert_ft_head_phase;
 const char *tbert_ft_head_phase_name(int phase);
+/* the phase named s (joint, first, refit) into *phase; false for another name */
+bool tbert_ft_head_phase_parse(const char *s, int *phase);
 void tbert_train_opts_default(tbert_train_opts *o);
 
 typedef struct {

@@ -290,10 +290,8 @@ int cmd_train(int argc, char **argv) {
             o.finetune_dropout = !strcmp(optarg, "on");
             break;
         case O_FT_HEAD:
-            if (!strcmp(optarg, "joint")) o.finetune_head = TBERT_FT_HEAD_JOINT;
-            else if (!strcmp(optarg, "first")) o.finetune_head = TBERT_FT_HEAD_FIRST;
-            else if (!strcmp(optarg, "refit")) o.finetune_head = TBERT_FT_HEAD_REFIT;
-            else rc = cli_usage_error(cmd, "--finetune-head expects joint, first or refit, got '%s'", optarg);
+            if (!tbert_ft_head_phase_parse(optarg, &o.finetune_head))
+                rc = cli_usage_error(cmd, "--finetune-head expects joint, first or refit, got '%s'", optarg);
             break;
         default: rc = CLI_USAGE; break;
         }
