@@ -52,7 +52,9 @@ static void expect_bits(const char *what, const void *got, const void *ref, size
 
 /* A batch of n rows: dense block N(0,1) of dd columns, and row i's sparse columns each present with
  * probability fill[i % nfill] (values 0.1 .. 1.1, negative half the time). */
-static void make_rows(tbert_rows *x, tu_rng *r, int n, size_t dd, size_t sd, const double *fill, int nfill) {
+/* n rows of dd dense + sd sparse columns (two blocks); row i fills each sparse column with probability
+ * fill[i % nfill], except the last `never` columns, which no row has (absent columns whatever the seed) */
+static void make_rows(tbert_rows *x, tu_rng *r, int n, size_t dd, size_t sd, const double *fill, int nfill, size_t never) {
     size_t w[2] = {sd / 3, sd - sd / 3};
     assert_int_equal(tbert_rows_init(x, dd, 2, w, NULL), TBERT_OK);
     float *dense = malloc((dd + 1) * sizeof *dense), *val = malloc((sd + 1) * sizeof *val);
@@ -63,7 +65,7 @@ static void make_rows(tbert_rows *x, tu_rng *r, int n, size_t dd, size_t sd, con
         size_t k = 0;
         double f = fill[i % nfill];
         for (size_t j = 0; j < sd; j++)
-            if (tu_uniform(r) < f) {
+            if (j + never < sd && tu_uniform(r) < f) {
                 idx[k] = (int32_t)j;
                 val[k++] = (float)((0.1 + tu_uniform(r)) * (tu_next(r) & 1 ? -1 : 1));
             }
@@ -96,7 +98,7 @@ static void test_sparse_kernels(void **state) {
     const size_t sd = 301, ldw = 311; /* W + 10 = the sparse columns of a row of 311 */
     const double fill[] = {0.0, 0.05, 0.3, 0.0, 0.9};
     tbert_rows x;
-    make_rows(&x, &r, n, 0, sd, fill, 5);
+    make_rows(&x, &r, n, 0, sd, fill, 5, 0);
     const size_t nnz = tbert_rows_nnz(&x);
     float *W = malloc(out * ldw * sizeof *W), *y0 = malloc((size_t)n * out * sizeof *y0);
     for (size_t i = 0; i < out * ldw; i++) W[i] = tu_normal(&r);
@@ -168,7 +170,7 @@ static void test_sparse_kernels(void **state) {
 static void check_forward(tu_rng *r, uint64_t seed, size_t dd, size_t sd, int Hd, int C, bool binary, int n, int max_n) {
     const double fill[] = {0.02, 0.0, 0.2, 0.005};
     tbert_rows x;
-    make_rows(&x, r, n, dd, sd, fill, 4);
+    make_rows(&x, r, n, dd, sd, fill, 4, 0);
     const int D = (int)(dd + sd);
     tbert_head *h = make_head(D, Hd, C, binary, 0.0f, seed);
     const int O = tbert_head_out_dim(&h->cfg);
@@ -321,7 +323,7 @@ static void check_train(tu_rng *r, uint64_t seed, size_t dd, size_t sd, int Hd, 
                         int n) {
     const double fill[] = {0.03, 0.0, 0.1};
     tbert_rows x;
-    make_rows(&x, r, n, dd, sd, fill, 3);
+    make_rows(&x, r, n, dd, sd, fill, 3, 0);
     tbert_head *h = make_head((int)(dd + sd), Hd, C, binary, p, seed);
     int *y = malloc(n * sizeof *y);
     for (int i = 0; i < n; i++) y[i] = (int)(tu_next(r) % (uint64_t)C);
@@ -362,7 +364,7 @@ static void check_fd(tu_rng *r, uint64_t seed, size_t dd, size_t sd, int Hd, int
     const int n = 7;
     const double fill[] = {0.2, 0.0, 0.4};
     tbert_rows x;
-    make_rows(&x, r, n, dd, sd, fill, 3);
+    make_rows(&x, r, n, dd, sd, fill, 3, 2); /* 2 absent columns: their zero gradients are checked too */
     tbert_head *h = make_head((int)(dd + sd), Hd, C, binary, 0.0f, seed);
     int y[7];
     for (int i = 0; i < n; i++) y[i] = (int)(tu_next(r) % (uint64_t)C);
@@ -429,7 +431,7 @@ static void check_varied(tu_rng *r, uint64_t seed, size_t dd, int Hd) {
     float *prev = NULL;
     for (size_t b = 0; b < sizeof ns / sizeof *ns; b++) {
         tbert_rows x;
-        make_rows(&x, r, ns[b], dd, sd, fills[b], 2);
+        make_rows(&x, r, ns[b], dd, sd, fills[b], 2, 0);
         int y[8];
         for (int i = 0; i < ns[b]; i++) y[i] = (int)(tu_next(r) & 1);
         char tag[128];
@@ -501,7 +503,7 @@ static void test_full_steps(void **state) {
         for (int s = 0; s < steps; s++) {
             const double fill[] = {0.05, 0.0, 0.01};
             tbert_rows x;
-            make_rows(&x, &r, n, dd, sd, fill, 3);
+            make_rows(&x, &r, n, dd, sd, fill, 3, 0);
             int y[16];
             for (int i = 0; i < n; i++) y[i] = (int)(tu_next(&r) & 1);
             double lc, lg;
@@ -542,7 +544,7 @@ static void test_errors(void **state) {
     tu_rng r = {g_seed(state) ^ 7};
     const double fill[] = {0.1};
     tbert_rows x;
-    make_rows(&x, &r, 4, 3, 50, fill, 1);
+    make_rows(&x, &r, 4, 3, 50, fill, 1, 0);
     tbert_head *h = make_head(53, 0, 2, true, 0.0f, 1), *h2 = make_head(53, 4, 2, true, 0.0f, 1);
     tbert_error err = {0};
     tbert_adam a;
@@ -564,10 +566,10 @@ static void test_errors(void **state) {
     assert_int_equal(tbert_cuda_head_forward_rows(g, &x, z, &err), TBERT_E_ARG);
     x.indices[2] = 0;
     tbert_rows wide;
-    make_rows(&wide, &r, 5, 3, 51, fill, 1);
+    make_rows(&wide, &r, 5, 3, 51, fill, 1, 0);
     assert_int_equal(tbert_cuda_head_forward_rows(g, &wide, z, &err), TBERT_E_ARG); /* 54 features for 53 */
     tbert_rows_free(&wide);
-    make_rows(&wide, &r, 5, 3, 50, fill, 1);
+    make_rows(&wide, &r, 5, 3, 50, fill, 1, 0);
     assert_int_equal(tbert_cuda_head_train_step_rows(g, &a, &wide, y, NULL, NULL, &loss, NULL, &err), TBERT_E_ARG); /* > max_n */
     assert_int_equal(a.step, 0);
     tbert_rows_free(&wide);
