@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "encoder_backend.h"
+#include "gemm_bf16.h"
 #include "gemm_cpu.h"
 #include "tbert/dropout_rng.h"
 #include "tbert/encoder_backward.h"
@@ -39,11 +40,13 @@ typedef struct {
     float *wqkv, *bqkv, *wo, *bo, *ln1_g, *ln1_b, *wi, *bi, *wout, *bout, *ln2_g, *ln2_b;
 } ft_lw; /* one trained layer's tensors (values or gradients); wqkv = [query; key; value] rows, [3H, H] */
 
-/* one trained layer's four matrices packed for gemm_cpu.c: for the forward (y = x W^T) and, transposed, for the
- * backward's dx = dy W; refreshed from the trained values at each forward / backward (the optimiser moved them) */
+/* one trained layer's four matrices packed for gemm_cpu.c (float32) or gemm_bf16.c (cfg.bf16): for the forward
+ * (y = x W^T) and, transposed, for the backward's dx = dy W; refreshed from the trained values at each forward /
+ * backward (the optimiser moved them) */
 enum { PK_QKV, PK_O, PK_I, PK_OUT, PK_COUNT };
 typedef struct {
     tbert_packed_w f[PK_COUNT], t[PK_COUNT];
+    tbert_packed_bf16 fb[PK_COUNT], tb[PK_COUNT];
 } ft_pk;
 
 typedef struct {
@@ -60,6 +63,9 @@ struct tbert_ft_stack {
     ft_lw *lw, *lg; /* k entries: layer first + i */
     ft_pk *pk;      /* k entries */
     bool avx512;    /* gemm_cpu.c's AVX-512 kernels */
+    bool bf16, amx; /* cfg.bf16: the linear layers' products in bf16 (gemm_bf16.c), on AMX when the CPU has it */
+    size_t bfs_stride;
+    unsigned char *bfs; /* per worker: gemm_bf16.c's scratch (bf16 only) */
     const float *word, *pos, *type, *eln_g, *eln_b; /* embeddings in use (trained copies or the model's) */
     float *dword, *dpos, *dtype, *deln_g, *deln_b;  /* NULL unless train_embeddings */
     float *pool_w, *pool_b, *dpool_w, *dpool_b;    /* pool == pooler */
@@ -131,27 +137,37 @@ static int n_chunks(size_t N, size_t rows) {
 typedef struct {
     size_t N;
     int in, out;
+    const tbert_ft_stack *s;
     const float *x, *b, *res;
-    const tbert_packed_w *W;
+    const ft_pk *pk;
+    int q; /* which matrix of pk (PK_*) */
     float *y;
     const tbert_dropout *drop;
 } lin_fwd;
 
+/* c[m, :] = a[m, :] @ (the layer's matrix q, transposed for the backward when t)^T + bias, in the stack's precision */
+static void product(const tbert_ft_stack *s, const ft_pk *pk, bool t, int q, int m, const float *a, size_t lda,
+                    const float *bias, float *c, size_t ldc, int worker) {
+    if (s->bf16)
+        tbert_gemm_bf16(m, a, lda, t ? &pk->tb[q] : &pk->fb[q], bias, false, false, c, ldc, s->bfs + (size_t)worker * s->bfs_stride);
+    else
+        tbert_gemm_packed(m, a, lda, t ? &pk->t[q] : &pk->f[q], bias, false, false, c, ldc);
+}
+
 static void lin_fwd_item(void *ctx, int item, int worker) {
-    (void)worker;
     const lin_fwd *j = ctx;
     size_t r0 = (size_t)item * FWD_ROWS, m = j->N - r0 < FWD_ROWS ? j->N - r0 : FWD_ROWS;
     size_t out = (size_t)j->out;
     float *y = j->y + r0 * out;
-    tbert_gemm_packed((int)m, j->x + r0 * (size_t)j->in, (size_t)j->in, j->W, j->b, false, false, y, out);
+    product(j->s, j->pk, false, j->q, (int)m, j->x + r0 * (size_t)j->in, (size_t)j->in, j->b, y, out, worker);
     if (j->drop) tbert_dropout_apply(m * out, y, j->drop, r0 * out);
     if (j->res)
         for (size_t i = 0; i < m * out; i++) y[i] += j->res[r0 * out + i];
 }
 
-static void linear_forward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x,
-                           const tbert_packed_w *W, const float *b, const tbert_dropout *drop, const float *res, float *y) {
-    lin_fwd j = {N, in, out, x, b, res, W, y, drop};
+static void linear_forward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x, const ft_pk *pk, int q,
+                           const float *b, const tbert_dropout *drop, const float *res, float *y) {
+    lin_fwd j = {N, in, out, s, x, b, res, pk, q, y, drop};
     par_for(s, n_chunks(N, FWD_ROWS), lin_fwd_item, &j);
 }
 
@@ -230,40 +246,44 @@ static void emb_fwd_item(void *ctx, int w, int worker) {
  * whichever range holds it, so the bits do not depend on the thread count. (Until issue 15's speed work each chunk's
  * dW partial was a cblas product into a slot of out*in floats and the slots were added afterwards: 2.4 MB written,
  * zeroed and read again per 64 rows of a MiniLM FFN layer.) */
-enum { DW_ROWS = 12 };
+enum { DW_ROWS = 12, DW_ROWS_AMX = 32 }; /* whole register tiles (gemm_cpu.c) or AMX tile pairs */
 typedef struct {
     const tbert_ft_stack *s;
     size_t N;
     int in, out, per; /* per: output rows per worker (lin_dw_item) */
     const float *x, *dy;
-    const tbert_packed_w *Wt;
+    const ft_pk *pk;
+    int q;
     float *dx, *dW, *db;
 } lin_bwd;
 
 static void lin_dw_item(void *ctx, int item, int worker) {
-    (void)worker;
     const lin_bwd *j = ctx;
+    const tbert_ft_stack *s = j->s;
     int per = j->per;
     int o0 = item * per < j->out ? item * per : j->out, o1 = j->out - o0 < per ? j->out : o0 + per;
     if (o0 >= o1) return;
-    tbert_gemm_tn_chunked(j->s->avx512, j->N, j->out, j->in, j->dy, j->x, j->dW, TBERT_BWD_CHUNK, o0, o1);
+    if (s->bf16)
+        tbert_gemm_tn_bf16(s->amx, j->N, j->out, j->in, j->dy, j->x, j->dW, TBERT_BWD_CHUNK, o0, o1,
+                           s->bfs + (size_t)worker * s->bfs_stride);
+    else
+        tbert_gemm_tn_chunked(s->avx512, j->N, j->out, j->in, j->dy, j->x, j->dW, TBERT_BWD_CHUNK, o0, o1);
     if (j->db) tbert_bwd_colsum_chunked(j->N, o1 - o0, j->dy + o0, (size_t)j->out, j->db + o0); /* dy[:, o0..o1) */
 }
 
 /* dx = dy W on chunks of FWD_ROWS rows */
 static void dx_item(void *ctx, int item, int worker) {
-    (void)worker;
     const lin_bwd *j = ctx;
     size_t r0 = (size_t)item * FWD_ROWS;
     int m = (int)(j->N - r0 < FWD_ROWS ? j->N - r0 : FWD_ROWS);
-    tbert_gemm_packed(m, j->dy + r0 * j->out, (size_t)j->out, j->Wt, NULL, false, false, j->dx + r0 * j->in,
-                      (size_t)j->in);
+    product(j->s, j->pk, true, j->q, m, j->dy + r0 * j->out, (size_t)j->out, NULL, j->dx + r0 * j->in, (size_t)j->in, worker);
 }
 
-static void linear_backward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x,
-                            const tbert_packed_w *Wt, const float *dy, float *dx, float *dW, float *db) {
-    int blocks = (out + DW_ROWS - 1) / DW_ROWS, W = s->threads < blocks ? s->threads : blocks;
-    lin_bwd j = {s, N, in, out, (blocks + W - 1) / W * DW_ROWS, x, dy, Wt, dx, dW, db};
+static void linear_backward(const tbert_ft_stack *s, size_t N, int in, int out, const float *x, const ft_pk *pk, int q,
+                            const float *dy, float *dx, float *dW, float *db) {
+    int rows = s->amx ? DW_ROWS_AMX : DW_ROWS;
+    int blocks = (out + rows - 1) / rows, W = s->threads < blocks ? s->threads : blocks;
+    lin_bwd j = {s, N, in, out, (blocks + W - 1) / W * rows, x, dy, pk, q, dx, dW, db};
     if (dx) par_for(s, n_chunks(N, FWD_ROWS), dx_item, &j);
     if (N > 0) par_for(s, W, lin_dw_item, &j);
 }
@@ -352,9 +372,13 @@ void tbert_ft_stack_free(tbert_ft_stack *s) {
     free(s->lg);
     tbert_params_free(&s->params);
     free(s->wsw);
+    free(s->bfs);
     if (s->pk)
         for (int i = 0; i < s->cfg.k; i++)
-            for (int q = 0; q < PK_COUNT; q++) tbert_packed_free(&s->pk[i].f[q]), tbert_packed_free(&s->pk[i].t[q]);
+            for (int q = 0; q < PK_COUNT; q++) {
+                tbert_packed_free(&s->pk[i].f[q]), tbert_packed_free(&s->pk[i].t[q]);
+                tbert_packed_bf16_free(&s->pk[i].fb[q]), tbert_packed_bf16_free(&s->pk[i].tb[q]);
+            }
     free(s->pk);
     free(s->arena);
     free(s->doc_off);
@@ -538,6 +562,17 @@ tbert_status tbert_ft_stack_create(const tbert_model *m, const tbert_ft_stack_cf
     s->wsw = tbert_malloc_array((size_t)s->threads, s->ws_stride * sizeof(float));
     s->pk = calloc((size_t)cfg->k, sizeof *s->pk);
     s->avx512 = tbert_gemm_avx512_supported();
+    s->bf16 = cfg->bf16;
+    s->amx = s->bf16 && tbert_gemm_amx_supported();
+    if (s->bf16) { /* the widest matrix dimension: 3H (QKV) or the intermediate size */
+        int wide = 3 * s->H > s->IM ? 3 * s->H : s->IM;
+        s->bfs_stride = tbert_gemm_bf16_scratch(s->amx, FWD_ROWS, wide, wide);
+        s->bfs = aligned_alloc(64, (size_t)s->threads * s->bfs_stride);
+        if (!s->bfs) {
+            tbert_ft_stack_free(s);
+            return tbert_fail(err, TBERT_E_NOMEM, "finetune stack: out of memory for the bf16 products' scratch");
+        }
+    }
     if (!s->wv || !s->gv || !s->lw || !s->lg || !s->act || !s->wsw || !s->pk) {
         tbert_ft_stack_free(s);
         return tbert_fail(err, TBERT_E_NOMEM, "finetune stack: out of memory for %zu trained values", n);
@@ -552,6 +587,15 @@ tbert_status tbert_ft_stack_create(const tbert_model *m, const tbert_ft_stack_cf
         const ft_lw *w = &s->lw[i];
         ft_pk *p = &s->pk[i];
         int h = s->H, im = s->IM;
+        if (s->bf16) {
+            const float *mw[PK_COUNT] = {w->wqkv, w->wo, w->wi, w->wout};
+            const int mn[PK_COUNT] = {3 * h, h, im, h}, mk[PK_COUNT] = {h, h, h, im};
+            for (int q = 0; q < PK_COUNT && !st; q++) {
+                st = tbert_pack_bf16(mw[q], mn[q], mk[q], false, s->amx, &p->fb[q], err);
+                if (!st) st = tbert_pack_bf16(mw[q], mk[q], mn[q], true, s->amx, &p->tb[q], err);
+            }
+            continue;
+        }
         st = tbert_pack_weights(w->wqkv, 3 * h, h, TBERT_GEMM_AUTO, &p->f[PK_QKV], err);
         if (!st) st = tbert_pack_weights(w->wo, h, h, TBERT_GEMM_AUTO, &p->f[PK_O], err);
         if (!st) st = tbert_pack_weights(w->wi, im, h, TBERT_GEMM_AUTO, &p->f[PK_I], err);
@@ -703,42 +747,45 @@ static tbert_dropout make_drop(const tbert_ft_stack *s, bool on, float p, int la
     return d;
 }
 
-/* refreshes the packed copies of one layer's four matrices (f: forward, t: transposed), one matrix per item */
+/* refreshes the packed copies of one layer's four matrices (forward, or transposed when t), one matrix per item */
 typedef struct {
-    tbert_packed_w *p;
+    ft_pk *pk;
+    bool t;
 } refresh_job;
 
 static void refresh_item(void *ctx, int q, int worker) {
     (void)worker;
-    tbert_packed_refresh(&((const refresh_job *)ctx)->p[q]);
+    const refresh_job *j = ctx;
+    if (j->pk->fb[q].w) tbert_packed_bf16_refresh(j->t ? &j->pk->tb[q] : &j->pk->fb[q]);
+    else tbert_packed_refresh(j->t ? &j->pk->t[q] : &j->pk->f[q]);
 }
 
-static void refresh_packs(const tbert_ft_stack *s, tbert_packed_w *p) {
-    refresh_job j = {p};
-    if (s->avx512) par_for(s, PK_COUNT, refresh_item, &j);
+static void refresh_packs(const tbert_ft_stack *s, ft_pk *pk, bool t) {
+    refresh_job j = {pk, t};
+    if (s->avx512 || s->bf16) par_for(s, PK_COUNT, refresh_item, &j);
 }
 
 static void layer_forward(tbert_ft_stack *s, int i, bool drop_on) {
     const tbert_config *c = &s->m->cfg;
     const ft_lw *w = &s->lw[i];
     const ft_pk *pk = &s->pk[i];
-    refresh_packs(s, s->pk[i].f);
+    refresh_packs(s, &s->pk[i], false);
     ft_act *a = &s->act[i];
     int l = s->first + i, H = s->H, IM = s->IM;
     size_t N = s->N;
     tbert_dropout dp = make_drop(s, drop_on, s->cfg.attn_dropout, l, TBERT_DROP_ATTN_PROBS);
     tbert_dropout da = make_drop(s, drop_on, s->cfg.hidden_dropout, l, TBERT_DROP_ATTN_OUT);
     tbert_dropout df = make_drop(s, drop_on, s->cfg.hidden_dropout, l, TBERT_DROP_FFN_OUT);
-    linear_forward(s, N, H, 3 * H, a->x, &pk->f[PK_QKV], w->bqkv, NULL, NULL, a->qkv);
+    linear_forward(s, N, H, 3 * H, a->x, pk, PK_QKV, w->bqkv, NULL, NULL, a->qkv);
     attn_job aj = {s, a->qkv, a->ctx, a->P, NULL, NULL, &dp};
     par_for(s, s->n_win, attn_fwd_item, &aj);
-    linear_forward(s, N, H, H, a->ctx, &pk->f[PK_O], w->bo, da.p > 0 ? &da : NULL, a->x, a->z1);
+    linear_forward(s, N, H, H, a->ctx, pk, PK_O, w->bo, da.p > 0 ? &da : NULL, a->x, a->z1);
     ln_fwd l1 = {N, H, a->z1, a->h1, a->mean1, a->rstd1, w->ln1_g, w->ln1_b, c->layer_norm_eps, NULL};
     par_for(s, n_chunks(N, FWD_ROWS), ln_fwd_item, &l1);
-    linear_forward(s, N, H, IM, a->h1, &pk->f[PK_I], NULL, NULL, NULL, a->a);
+    linear_forward(s, N, H, IM, a->h1, pk, PK_I, NULL, NULL, NULL, a->a);
     gelu_fwd gf = {N, IM, a->a, a->g, w->bi};
     par_for(s, n_chunks(N, FWD_ROWS), gelu_fwd_item, &gf);
-    linear_forward(s, N, IM, H, a->g, &pk->f[PK_OUT], w->bout, df.p > 0 ? &df : NULL, a->h1, a->z2);
+    linear_forward(s, N, IM, H, a->g, pk, PK_OUT, w->bout, df.p > 0 ? &df : NULL, a->h1, a->z2);
     ln_fwd l2 = {N, H, a->z2, a->out, a->mean2, a->rstd2, w->ln2_g, w->ln2_b, c->layer_norm_eps, NULL};
     par_for(s, n_chunks(N, FWD_ROWS), ln_fwd_item, &l2);
 }
@@ -886,7 +933,7 @@ static void pool_backward(tbert_ft_stack *s, const float *dout) {
 static void layer_backward(tbert_ft_stack *s, int i, bool need_dx) {
     const ft_lw *w = &s->lw[i];
     const ft_pk *pk = &s->pk[i];
-    refresh_packs(s, s->pk[i].t);
+    refresh_packs(s, &s->pk[i], true);
     const ft_lw *g = &s->lg[i];
     const ft_act *a = &s->act[i];
     int l = s->first + i, H = s->H, IM = s->IM;
@@ -898,22 +945,22 @@ static void layer_backward(tbert_ft_stack *s, int i, bool need_dx) {
     /* out = LN2(z2), z2 = h1 + drop(g Wout^T + bout) */
     layernorm_backward(s, a->z2, a->mean2, a->rstd2, w->ln2_g, s->dY, s->dZ, g->ln2_g, g->ln2_b);
     mix(s, s->dZ, df.p > 0 ? &df : NULL, NULL, s->dY);
-    linear_backward(s, N, IM, H, a->g, &pk->t[PK_OUT], s->dY, s->dI, g->wout, g->bout);
+    linear_backward(s, N, IM, H, a->g, pk, PK_OUT, s->dY, s->dI, g->wout, g->bout);
     /* g = gelu(h1 Wi^T + bi) */
     gelu_bwd gb = {s, a->a, s->dI, s->part};
     int nch = n_chunks(N, TBERT_BWD_CHUNK);
     par_for(s, nch, gelu_bwd_item, &gb);
     for (int c = 0; c < nch; c++)
         for (int j = 0; j < IM; j++) g->bi[j] += s->part[(size_t)c * IM + j];
-    linear_backward(s, N, H, IM, a->h1, &pk->t[PK_I], s->dI, s->dH, g->wi, NULL);
+    linear_backward(s, N, H, IM, a->h1, pk, PK_I, s->dI, s->dH, g->wi, NULL);
     mix(s, NULL, NULL, s->dZ, s->dH); /* + the residual */
     /* h1 = LN1(z1), z1 = x + drop(ctx Wo^T + bo) */
     layernorm_backward(s, a->z1, a->mean1, a->rstd1, w->ln1_g, s->dH, s->dZ, g->ln1_g, g->ln1_b);
     mix(s, s->dZ, da.p > 0 ? &da : NULL, NULL, s->dH);
-    linear_backward(s, N, H, H, a->ctx, &pk->t[PK_O], s->dH, s->dCtx, g->wo, g->bo);
+    linear_backward(s, N, H, H, a->ctx, pk, PK_O, s->dH, s->dCtx, g->wo, g->bo);
     attn_job aj = {s, a->qkv, NULL, a->P, s->dCtx, s->dQKV, &dp};
     par_for(s, s->n_win, attn_bwd_item, &aj);
-    linear_backward(s, N, H, 3 * H, a->x, &pk->t[PK_QKV], s->dQKV, need_dx ? s->dY : NULL, g->wqkv, g->bqkv);
+    linear_backward(s, N, H, 3 * H, a->x, pk, PK_QKV, s->dQKV, need_dx ? s->dY : NULL, g->wqkv, g->bqkv);
     if (need_dx) mix(s, NULL, NULL, s->dZ, s->dY);
 }
 

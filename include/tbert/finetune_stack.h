@@ -42,6 +42,8 @@ typedef struct {
     float hidden_dropout, attn_dropout; /* 0 = off */
     uint64_t dropout_seed;
     int threads;           /* 0 = all cores */
+    bool bf16;             /* the linear layers' products in bf16 with float32 sums (src/gemm_bf16.c: AMX when the CPU
+                              has it); the weights, their gradients and every other op stay float32 */
 } tbert_ft_stack_cfg;
 
 typedef struct {

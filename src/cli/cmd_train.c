@@ -81,6 +81,8 @@ static void usage(FILE *f) {
             "                         (tbert threshold re-picks the cut from them)\n"
             "  --seed N               (default 42)\n"
             "  --device D             auto|cpu|cuda[:N] (encoder)   --precision fp32|tf32|bf16   --threads N\n"
+            "                         (on the CPU only with --finetune: bf16 matrix products in the trained layers,\n"
+            "                         fp32 weights and sums; fast where the CPU has AMX, e.g. Xeon Sapphire Rapids)\n"
             "  --resume               continue from CKPT_DIR/last.safetensors (same result as an uninterrupted run);\n"
             "                         a retrain into a folder that holds a run writes to CKPT_DIR/.tbert-staging and\n"
             "                         moves in when done, so a failed retrain leaves the previous run whole\n"
