@@ -10,7 +10,8 @@
 #    and optim_step = epochs x steps per epoch;
 #  - kill after epoch 2 (TBERT_TEST_KILL_AT=epoch:2, 1 thread; must die of SIGKILL), resume with 2 threads:
 #    best/last.safetensors byte-identical to an uninterrupted 2-thread run; a resume with another --encoder-lr is
-#    refused in one line;
+#    refused in one line; the same with --precision bf16 (bf16 products in the trained layers), whose tensors are close
+#    to but not the float32 run's; a bf16 run resumed in float32 is refused, and --precision bf16 without --finetune;
 #  - `tbert score` with the K = 1 head reproduces training's validation scores (oof.safetensors) within 2e-3;
 #  - the lower-layer cache: a second K = 1 run reads every document's frozen-layer output from the row store;
 #  - cross-fitting (--cv 3, 2 windows, normalize): the threshold's operating point is out-of-fold and best holds the
@@ -145,6 +146,45 @@ print(json.loads(b[8:8+n])['__metadata__']['epoch'])" 2>/dev/null || echo '?')
 for f in best.safetensors last.safetensors; do
     cmp -s "$TMP/ref/$f" "$TMP/res/$f" || { echo "FAIL: resumed $f differs from the uninterrupted run"; fail=1; }
 done
+
+# --precision bf16 (the trained layers' products in bf16: AMX where the CPU has it, else the float32 fallback): the
+# same kill / resume with another thread count gives the same bytes; the tensors differ from the float32 run's (the
+# products ran in bf16) but stay close; a resume in another precision is refused; without --finetune the CPU refuses
+(train "$TMP/bref" --quiet --finetune 2 "${FT[@]}" --threads 2 --precision bf16) >/dev/null 2>"$TMP/bref.err" ||
+    { echo "FAIL: bf16 reference: $(cat "$TMP/bref.err")"; fail=1; }
+(TBERT_TEST_KILL_AT=epoch:2 train "$TMP/bres" --quiet --finetune 2 "${FT[@]}" --threads 1 --precision bf16) >/dev/null 2>&1
+rc=$?
+[ $rc -eq 137 ] || { echo "FAIL: bf16: expected death by SIGKILL (137) after epoch 2, got $rc"; fail=1; }
+(train "$TMP/bres" --quiet --finetune 2 "${FT[@]}" --threads 2 --precision bf16 --resume) >/dev/null 2>"$TMP/bres.err" ||
+    { echo "FAIL: bf16 resume: $(cat "$TMP/bres.err")"; fail=1; }
+for f in best.safetensors last.safetensors; do
+    cmp -s "$TMP/bref/$f" "$TMP/bres/$f" || { echo "FAIL: bf16: resumed $f differs from the uninterrupted run"; fail=1; }
+done
+"$PY" - "$TMP/ref/best.safetensors" "$TMP/bref/best.safetensors" <<'EOF' || fail=1
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+names = sorted(k for k in a if k.startswith("finetune."))
+d = np.concatenate([(a[k] - b[k]).ravel() for k in names]).astype(np.float64)
+base = np.concatenate([a[k].ravel() for k in names]).astype(np.float64)
+r = np.linalg.norm(d) / np.linalg.norm(base)
+print("bf16 vs float32 fine-tune: %d tensors, norm ratio of the difference %.2e" % (len(names), r))
+if not names or not (0 < r < 2e-2):
+    print("FAIL: the bf16 run's trained tensors are not a close, different copy of the float32 run's (%.3g)" % r)
+    sys.exit(1)
+EOF
+cp -r "$TMP/bref" "$TMP/bmis"
+if (train "$TMP/bmis" --quiet --finetune 2 "${FT[@]}" --resume) >/dev/null 2>"$TMP/bmis.err"; then
+    echo "FAIL: a bf16 run resumed in float32"; fail=1
+fi
+grep -q "cannot --resume" "$TMP/bmis.err" || { echo "FAIL: precision mismatch message: $(cat "$TMP/bmis.err")"; fail=1; }
+if (train "$TMP/bnoft" --quiet --precision bf16) >/dev/null 2>"$TMP/bnoft.err"; then
+    echo "FAIL: --precision bf16 without --finetune accepted on the CPU"; fail=1
+fi
+[ "$(wc -l <"$TMP/bnoft.err")" -eq 1 ] && grep -q "finetune" "$TMP/bnoft.err" ||
+    { echo "FAIL: bf16 without --finetune: $(cat "$TMP/bnoft.err")"; fail=1; }
+
 cp -r "$TMP/ref" "$TMP/mis"
 if (train "$TMP/mis" --quiet --finetune 2 --finetune-epochs 4 --encoder-lr 1e-3 --resume) >/dev/null 2>"$TMP/mis.err"; then
     echo "FAIL: resume with another --encoder-lr accepted"; fail=1
