@@ -212,6 +212,34 @@ static inline AMX __m512i pairs16(const float *p, const float *q, int n, __m512i
     return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
 
+/* the same for 16 whole columns of two rows (no masks) */
+static inline AMX __m512i pairs16_full(const float *p, const float *q, __m512i idx) {
+    return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(q), _mm512_loadu_ps(p)));
+}
+
+/* r[16] as a 16 x 16 matrix of 32-bit words, transposed in place */
+static inline AMX void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 16; g += 4) { /* u[g + c], lane L: rows g .. g + 3 of column 4 L + c */
+        u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+        u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+        u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+        u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
+        __m512i w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
+        r[c + 8] = _mm512_shuffle_i32x4(v0, w0, 0xdd);
+        r[c + 4] = _mm512_shuffle_i32x4(v1, w1, 0x88);
+        r[c + 12] = _mm512_shuffle_i32x4(v1, w1, 0xdd);
+    }
+}
+
 static inline AMX __m512i pair_index(void) { /* lane 2j <- j, lane 2j + 1 <- 16 + j */
     uint16_t ix[32];
     for (int j = 0; j < 16; j++) ix[2 * j] = (uint16_t)j, ix[2 * j + 1] = (uint16_t)(16 + j);
@@ -236,10 +264,27 @@ static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_b
             int j0 = jq * 2 * TC, nc = n - j0 < 2 * TC ? n - j0 : 2 * TC;
             for (int r = 0; r < mb; r += 2 * TR) {
                 const uint16_t *a0 = ab + (size_t)r * (size_t)kp, *a1 = a0 + (size_t)TR * (size_t)kp;
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
+                /* a whole 32 x 32 block without GELU: the accumulators start from c (accumulate) or the bias (each
+                 * tile row the same 16 values: stride 0) and are stored straight into c */
+                bool direct = r + 2 * TR <= mb && nc == 2 * TC && !gelu && !(accumulate && bias);
+                float *cd = c + (size_t)(i0 + r) * ldc + (size_t)j0;
+                const size_t ldcb = ldc * sizeof(float);
+                if (direct && accumulate) {
+                    _tile_loadd(0, cd, ldcb);
+                    _tile_loadd(1, cd + TC, ldcb);
+                    _tile_loadd(2, cd + TR * ldc, ldcb);
+                    _tile_loadd(3, cd + TR * ldc + TC, ldcb);
+                } else if (direct && bias) {
+                    _tile_loadd(0, bias + j0, 0);
+                    _tile_loadd(1, bias + j0 + TC, 0);
+                    _tile_loadd(2, bias + j0, 0);
+                    _tile_loadd(3, bias + j0 + TC, 0);
+                } else {
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                }
                 for (int kb = 0; kb < ktiles; kb++) {
                     _tile_loadd(4, a0 + (size_t)kb * KB, astride);
                     _tile_loadd(5, a1 + (size_t)kb * KB, astride);
@@ -249,6 +294,13 @@ static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_b
                     _tile_dpbf16ps(1, 4, 7);
                     _tile_dpbf16ps(2, 5, 6);
                     _tile_dpbf16ps(3, 5, 7);
+                }
+                if (direct) {
+                    _tile_stored(0, cd, ldcb);
+                    _tile_stored(1, cd + TC, ldcb);
+                    _tile_stored(2, cd + TR * ldc, ldcb);
+                    _tile_stored(3, cd + TR * ldc + TC, ldcb);
+                    continue;
                 }
                 const size_t cs = 2 * TC * sizeof(float);
                 _tile_stored(0, cb, cs);
@@ -287,16 +339,20 @@ static AMX void tn_amx(size_t rows, int n_out, int n_in, const float *dy, const 
     tiles_start();
     for (size_t r0 = 0; r0 < rows; r0 += RB) {
         int nr = rows - r0 < RB ? (int)(rows - r0) : RB, nrp = (int)round_up((size_t)nr, KB);
-        /* dyt: row o - o0 = dy's column o over the block's rows (pairs of rows as 32-bit words, scattered) */
-        const __m512i step = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                _mm512_set1_epi32(RB / 2));
+        /* dyt: row o - o0 = dy's column o over the block's rows: per 32 rows x 16 columns, the 16 row pairs as
+         * vectors of 16 32-bit words (one bf16 pair per column), transposed into 16 rows of 32 bf16 */
         for (int o = 0; o < no; o += TC) {
             int oc = no - o < TC ? no - o : TC;
-            for (int r = 0; r < nrp; r += 2) {
-                const float *p = r < nr ? dy + (r0 + (size_t)r) * (size_t)n_out + (size_t)(o0 + o) : NULL;
-                const float *q = r + 1 < nr ? p + n_out : NULL;
-                __m512i v = pairs16(p, q, oc, idx);
-                _mm512_mask_i32scatter_epi32(dyt + (size_t)o * RB + (size_t)r, lanes(oc), step, v, 4);
+            for (int r = 0; r < nrp; r += KB) {
+                __m512i v[16];
+                for (int pr = 0; pr < 16; pr++) {
+                    int rr = r + 2 * pr;
+                    const float *p = rr < nr ? dy + (r0 + (size_t)rr) * (size_t)n_out + (size_t)(o0 + o) : NULL;
+                    const float *q = rr + 1 < nr ? p + n_out : NULL;
+                    v[pr] = q && oc == TC ? pairs16_full(p, q, idx) : pairs16(p, q, oc, idx);
+                }
+                transpose16(v);
+                for (int j = 0; j < oc; j++) _mm512_storeu_si512(dyt + (size_t)(o + j) * RB + (size_t)r, v[j]);
             }
         }
         for (int o = no; o < nop; o++) memset(dyt + (size_t)o * RB, 0, (size_t)nrp * sizeof(uint16_t));
@@ -307,7 +363,7 @@ static AMX void tn_amx(size_t rows, int n_out, int n_in, const float *dy, const 
             for (int r = 0; r < nrp; r += 2) {
                 const float *p = r < nr ? x + (r0 + (size_t)r) * ldw + (size_t)ip * TC : NULL;
                 const float *q = r + 1 < nr ? p + ldw : NULL;
-                _mm512_storeu_si512(t + (size_t)r * TC, pairs16(p, q, ic, idx));
+                _mm512_storeu_si512(t + (size_t)r * TC, q && ic == TC ? pairs16_full(p, q, idx) : pairs16(p, q, ic, idx));
             }
         }
         for (int ob = 0; ob < no; ob += 2 * TR)

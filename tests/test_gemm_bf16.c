@@ -1,6 +1,7 @@
 /* The CPU's bf16 matrix products (src/gemm_bf16.c) against float64 loops on the bf16-rounded operands, on both
  * paths: the AMX tile kernel (where the CPU has it; the rest of the test runs either way) and the float32 fallback.
- *   - forward c = a w^T (w stored (n, k) and (k, n)), every epilogue (bias, accumulate, GELU), awkward shapes (k = 1
+ *   - forward c = a w^T (w stored (n, k) and (k, n)), the epilogues (bias, accumulate, GELU; the AMX kernel starts a
+ *     whole 32 x 32 block from the bias or c and stores it directly, other blocks go through a buffer), shapes (k = 1
  *     and 2, where a wrong bf16 rounding shows as a whole bf16 step, rows across the 16-row tile, the 32-row pair
  *     and the 256-row block, columns across 16 and 32, k across 32), guard values after every row and the matrix;
  *   - the weight gradient dw += dy^T x (dw starting from random values), and the same bits whatever range of output
@@ -44,8 +45,10 @@ static size_t run_forward(bool amx, tu_rng *r) {
     const char *path = amx ? "amx" : "fallback";
     for (size_t s = 0; s < sizeof fwd_shapes / sizeof fwd_shapes[0]; s++)
         for (int trans = 0; trans < 2; trans++) {
-            int m = fwd_shapes[s].m, n = fwd_shapes[s].n, k = fwd_shapes[s].k, e = (int)((s + (size_t)trans) % 4);
-            bool bias_on = e & 1, acc = e >= 2, gelu = e == 1 || e == 3;
+            /* epilogues: none, bias, accumulate, both, bias + GELU, all three (each 3-4 times over the shapes) */
+            static const bool epi[6][3] = {{0, 0, 0}, {1, 0, 0}, {0, 1, 0}, {1, 1, 0}, {1, 0, 1}, {1, 1, 1}};
+            int m = fwd_shapes[s].m, n = fwd_shapes[s].n, k = fwd_shapes[s].k, e = (int)((2 * s + (size_t)trans) % 6);
+            bool bias_on = epi[e][0], acc = epi[e][1], gelu = epi[e][2];
             size_t ldc = (size_t)n + 3, lda = (size_t)k + 1;
             float *a = malloc((size_t)m * lda * sizeof *a), *w = malloc((size_t)n * k * sizeof *w), *bias = malloc((size_t)n * sizeof *bias);
             float *buf = malloc(((size_t)m * ldc + 2 * GUARD) * sizeof *buf);
