@@ -77,17 +77,25 @@ static float w_at(const tbert_packed_bf16 *p, size_t j, size_t kk) { /* w^T's el
     return p->trans ? p->w[kk * (size_t)p->n + j] : p->w[j * (size_t)p->k + kk];
 }
 
+/* one 1 KB tile: panel jp (output columns jp 16 ..), k block kb (k = kb 32 ..), zero outside w */
+static void pack_tile_scalar(const tbert_packed_bf16 *p, size_t jp, size_t kb, uint16_t *t) {
+    size_t n = (size_t)p->n, k = (size_t)p->k;
+    for (size_t q = 0; q < KB / 2; q++)
+        for (size_t j = 0; j < TC; j++)
+            for (size_t h = 0; h < 2; h++) {
+                size_t col = jp * TC + j, kk = kb * KB + 2 * q + h;
+                t[q * 2 * TC + 2 * j + h] = col < n && kk < k ? bf16_bits(w_at(p, col, kk)) : 0;
+            }
+}
+
+static bool pack_tile_fast(const tbert_packed_bf16 *p, size_t jp, size_t kb, uint16_t *t);
+
 static void pack_tiles(const tbert_packed_bf16 *p) {
-    size_t n = (size_t)p->n, k = (size_t)p->k, kp = (size_t)p->kp, panels = round_up(n, 2 * TC) / TC;
+    size_t n = (size_t)p->n, kp = (size_t)p->kp, panels = round_up(n, 2 * TC) / TC;
     for (size_t jp = 0; jp < panels; jp++)
         for (size_t kb = 0; kb < kp / KB; kb++) {
             uint16_t *t = p->tiles + (jp * (kp / KB) + kb) * (KB * TC);
-            for (size_t q = 0; q < KB / 2; q++)
-                for (size_t j = 0; j < TC; j++)
-                    for (size_t h = 0; h < 2; h++) {
-                        size_t col = jp * TC + j, kk = kb * KB + 2 * q + h;
-                        t[q * 2 * TC + 2 * j + h] = col < n && kk < k ? bf16_bits(w_at(p, col, kk)) : 0;
-                    }
+            if (!pack_tile_fast(p, jp, kb, t)) pack_tile_scalar(p, jp, kb, t);
         }
 }
 
@@ -244,6 +252,27 @@ static inline AMX __m512i pair_index(void) { /* lane 2j <- j, lane 2j + 1 <- 16 
     uint16_t ix[32];
     for (int j = 0; j < 16; j++) ix[2 * j] = (uint16_t)j, ix[2 * j + 1] = (uint16_t)(16 + j);
     return _mm512_loadu_si512(ix);
+}
+
+/* a tile wholly inside w with the vector unit (false: leave it to pack_tile_scalar). Stored (n, k): its 16 rows of
+ * 32 k as bf16 pairs are a 16 x 16 matrix of 32-bit words whose transpose is the tile; stored (k, n): each tile row
+ * is two rows of w interleaved. */
+static AMX bool pack_tile_fast(const tbert_packed_bf16 *p, size_t jp, size_t kb, uint16_t *t) {
+    size_t n = (size_t)p->n, k = (size_t)p->k, c0 = jp * TC, k0 = kb * KB;
+    if (c0 + TC > n || k0 + KB > k) return false;
+    if (p->trans) {
+        const __m512i idx = pair_index();
+        for (size_t q = 0; q < KB / 2; q++) {
+            const float *r0 = p->w + (k0 + 2 * q) * n + c0;
+            _mm512_storeu_si512(t + q * 2 * TC, pairs16_full(r0, r0 + n, idx));
+        }
+        return true;
+    }
+    __m512i v[16];
+    for (size_t j = 0; j < TC; j++) v[j] = cvt32(p->w + (c0 + j) * k + k0, KB);
+    transpose16(v);
+    for (size_t q = 0; q < KB / 2; q++) _mm512_storeu_si512(t + q * 2 * TC, v[q]);
+    return true;
 }
 
 static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_bf16 *w, const float *bias, bool accumulate,
@@ -412,6 +441,13 @@ static AMX void tn_amx(size_t rows, int n_out, int n_in, const float *dy, const 
             }
     }
     _tile_release();
+}
+#endif
+
+#if !TBERT_HAVE_AMX_KERNEL
+static bool pack_tile_fast(const tbert_packed_bf16 *p, size_t jp, size_t kb, uint16_t *t) {
+    (void)p, (void)jp, (void)kb, (void)t;
+    return false;
 }
 #endif
 
