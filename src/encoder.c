@@ -91,20 +91,18 @@ tbert_status tbert_encoder_create(const tbert_model *m, const tbert_encoder_opts
         return tbert_fail(err, TBERT_E_ARG, "--layers %d: the model has %d layers", o.layers, m->cfg.layers);
     if (o.threads < 0 || o.batch < 0) return tbert_fail(err, TBERT_E_ARG, "encoder: negative --threads or --batch");
     if ((unsigned)o.precision >= TBERT_PREC_COUNT) return tbert_fail(err, TBERT_E_ARG, "encoder: unknown precision");
-    if (o.device.kind == TBERT_DEVICE_CPU && o.precision != TBERT_PREC_FP32)
+    if (o.device.kind == TBERT_DEVICE_CPU && o.precision == TBERT_PREC_TF32)
         return tbert_fail(err, TBERT_E_UNSUPPORTED,
-                          "--precision %s needs a CUDA device; the CPU encoder computes in fp32 (bf16 on the CPU: the "
-                          "layers `tbert train --finetune K` trains)",
+                          "--precision %s needs a CUDA device; the CPU computes in fp32 or bf16",
                           tbert_precision_name(o.precision));
     tbert_device_kind kind;
     tbert_cuda_plugin *plugin;
     char why[1024];
     tbert_status st = resolve_device(&o, &kind, &plugin, why, sizeof why, err);
     if (st) return st;
-    if (kind == TBERT_DEVICE_CPU && o.precision != TBERT_PREC_FP32)
+    if (kind == TBERT_DEVICE_CPU && o.precision == TBERT_PREC_TF32)
         return tbert_fail(err, TBERT_E_UNSUPPORTED,
-                          "--precision %s needs a CUDA device (no CUDA: %s); the CPU encoder computes in fp32 (bf16 on the "
-                          "CPU: the layers `tbert train --finetune K` trains)",
+                          "--precision %s needs a CUDA device (no CUDA: %s); the CPU computes in fp32 or bf16",
                           tbert_precision_name(o.precision), why);
     if (o.layers == 0) o.layers = m->cfg.layers;
     if (o.threads == 0) o.threads = tbert_num_cores();

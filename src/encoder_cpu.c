@@ -1,5 +1,7 @@
 /* CPU backend of the encoder, the reference the CUDA backend is tested against. Matrix products: gemm_cpu.c
- * (weights packed once for an AVX-512 kernel; OpenBLAS where the CPU lacks AVX-512 or TBERT_CPU_GEMM=blas).
+ * (weights packed once for an AVX-512 kernel; OpenBLAS where the CPU lacks AVX-512 or TBERT_CPU_GEMM=blas), or with
+ * --precision bf16 gemm_bf16.c (bf16 operands, float32 sums: AMX where the CPU has it); attention, softmax, GELU and
+ * LayerNorm stay float32.
  *
  * Layout: the batch is split by sequence into one chunk per thread (balanced by estimated cost), and
  * each thread runs the whole layer stack on its chunk with single-threaded matrix products: no barriers, no
@@ -32,6 +34,7 @@
 
 #include "cpu_math.h"
 #include "encoder_backend.h"
+#include "gemm_bf16.h"
 #include "gemm_cpu.h"
 
 /* Sum of a row with 16 independent partial sums, so that the loop vectorises without reassociation. */
@@ -85,15 +88,19 @@ typedef struct {
     double cost;
 } cpu_worker;
 
-/* One layer's four matrix products, packed for gemm_cpu.c. */
+/* One layer's four matrix products, packed for gemm_cpu.c (float32) or gemm_bf16.c (bf16). */
 typedef struct {
     tbert_packed_w qkv, attn_out, inter, out;
+    tbert_packed_bf16 qkvb, attn_outb, interb, outb;
 } cpu_layer;
 
 struct tbert_cpu_encoder {
     const tbert_model *m;
     int layers, threads;
     bool avx512;          /* the packed AVX-512 kernels (gemm_cpu.c), else OpenBLAS */
+    bool bf16;            /* --precision bf16: the four products by gemm_bf16.c */
+    size_t bfs_stride;
+    unsigned char *bfs;   /* per thread: gemm_bf16.c's scratch (bf16 only) */
     float *qkv_w, *qkv_b; /* per layer: (3H,H) and (3H), q rows first, q rows and bias scaled by 1/sqrt(d) */
     cpu_layer *lp;        /* layers entries */
     cpu_worker *w;        /* threads entries */
@@ -127,7 +134,12 @@ void tbert_cpu_encoder_free(tbert_cpu_encoder *e) {
             tbert_packed_free(&e->lp[l].attn_out);
             tbert_packed_free(&e->lp[l].inter);
             tbert_packed_free(&e->lp[l].out);
+            tbert_packed_bf16_free(&e->lp[l].qkvb);
+            tbert_packed_bf16_free(&e->lp[l].attn_outb);
+            tbert_packed_bf16_free(&e->lp[l].interb);
+            tbert_packed_bf16_free(&e->lp[l].outb);
         }
+    free(e->bfs);
     free(e->lp);
     free(e->qkv_w);
     free(e->qkv_b);
@@ -181,7 +193,22 @@ tbert_status tbert_cpu_encoder_create(const tbert_model *m, const tbert_encoder_
     e->lp = st ? NULL : calloc((size_t)e->layers, sizeof *e->lp);
     if (!st && !e->lp) st = tbert_fail(err, TBERT_E_NOMEM, "CPU encoder: out of memory");
     int h = c->hidden, im = c->intermediate;
-    for (int l = 0; !st && l < e->layers; l++) {
+    e->bf16 = opts->precision == TBERT_PREC_BF16;
+    bool amx = e->bf16 && tbert_gemm_amx_supported();
+    if (!st && e->bf16) {
+        e->bfs_stride = tbert_gemm_bf16_scratch(amx, 256, h > im ? h : im, 1);
+        e->bfs = aligned_alloc(64, (size_t)e->threads * e->bfs_stride);
+        if (!e->bfs) st = tbert_fail(err, TBERT_E_NOMEM, "CPU encoder: out of memory for the bf16 products' scratch");
+    }
+    for (int l = 0; !st && e->bf16 && l < e->layers; l++) {
+        const tbert_layer_weights *lw = &m->layer[l];
+        cpu_layer *p = &e->lp[l];
+        st = tbert_pack_bf16(e->qkv_w + (size_t)l * 3 * H * H, 3 * h, h, false, amx, &p->qkvb, err);
+        if (!st) st = tbert_pack_bf16(lw->attn_out_w, h, h, false, amx, &p->attn_outb, err);
+        if (!st) st = tbert_pack_bf16(lw->inter_w, im, h, false, amx, &p->interb, err);
+        if (!st) st = tbert_pack_bf16(lw->out_w, h, im, false, amx, &p->outb, err);
+    }
+    for (int l = 0; !st && !e->bf16 && l < e->layers; l++) {
         const tbert_layer_weights *lw = &m->layer[l];
         cpu_layer *p = &e->lp[l];
         st = tbert_pack_weights(e->qkv_w + (size_t)l * 3 * H * H, 3 * h, h, kind, &p->qkv, err);
@@ -193,7 +220,7 @@ tbert_status tbert_cpu_encoder_create(const tbert_model *m, const tbert_encoder_
         tbert_cpu_encoder_free(e);
         return st;
     }
-    e->avx512 = e->lp[0].qkv.packed != NULL;
+    e->avx512 = e->bf16 ? tbert_gemm_avx512_supported() && kind != TBERT_GEMM_BLAS : e->lp[0].qkv.packed != NULL;
     *out = e;
     return TBERT_OK;
 }
@@ -289,19 +316,26 @@ static void attention(const tbert_cpu_encoder *e, cpu_worker *w, const int32_t *
     }
 }
 
+/* one of a layer's products in the encoder's precision; scratch: the calling thread's (bf16) */
+static void product(const tbert_cpu_encoder *e, int thread, int N, const float *a, size_t lda, const tbert_packed_w *w,
+                    const tbert_packed_bf16 *wb, const float *bias, bool acc, bool gelu, float *c, size_t ldc) {
+    if (e->bf16) tbert_gemm_bf16(N, a, lda, wb, bias, acc, gelu, c, ldc, e->bfs + (size_t)thread * e->bfs_stride);
+    else tbert_gemm_packed(N, a, lda, w, bias, acc, gelu, c, ldc);
+}
+
 static void layer_forward(const tbert_cpu_encoder *e, int l, cpu_worker *w, const int32_t *lengths) {
     const tbert_config *c = &e->m->cfg;
     const tbert_layer_weights *lw = &e->m->layer[l];
     const cpu_layer *p = &e->lp[l];
-    int H = c->hidden, IM = c->intermediate, N = (int)w->n_tok;
+    int H = c->hidden, IM = c->intermediate, N = (int)w->n_tok, th = (int)(w - e->w);
     float *x = w->x, *ctx = w->ctx, *big = w->big;
 
-    tbert_gemm_packed(N, x, (size_t)H, &p->qkv, e->qkv_b + (size_t)l * 3 * H, false, false, big, 3 * (size_t)H);
+    product(e, th, N, x, (size_t)H, &p->qkv, &p->qkvb, e->qkv_b + (size_t)l * 3 * H, false, false, big, 3 * (size_t)H);
     attention(e, w, lengths, big, ctx);
-    tbert_gemm_packed(N, ctx, (size_t)H, &p->attn_out, lw->attn_out_b, true, false, x, (size_t)H);
+    product(e, th, N, ctx, (size_t)H, &p->attn_out, &p->attn_outb, lw->attn_out_b, true, false, x, (size_t)H);
     bias_layernorm(x, NULL, lw->attn_ln_g, lw->attn_ln_b, (size_t)N, H, c->layer_norm_eps);
-    tbert_gemm_packed(N, x, (size_t)H, &p->inter, lw->inter_b, false, true, big, (size_t)IM);
-    tbert_gemm_packed(N, big, (size_t)IM, &p->out, lw->out_b, true, false, x, (size_t)H);
+    product(e, th, N, x, (size_t)H, &p->inter, &p->interb, lw->inter_b, false, true, big, (size_t)IM);
+    product(e, th, N, big, (size_t)IM, &p->out, &p->outb, lw->out_b, true, false, x, (size_t)H);
     bias_layernorm(x, NULL, lw->out_ln_g, lw->out_ln_b, (size_t)N, H, c->layer_norm_eps);
 }
 
@@ -365,11 +399,17 @@ static void team_split(int total, int id, int n, int *a, int *b) {
     *b = (int)((long)total * (id + 1) / n);
 }
 
-static void team_gemm(const team_member *t, int m, const float *a, size_t lda, const tbert_packed_w *w, const float *bias,
-                      bool acc, bool gelu, float *c, size_t ldc) {
+static void team_gemm(const team_member *t, int m, const float *a, size_t lda, const tbert_packed_w *w,
+                      const tbert_packed_bf16 *wb, const float *bias, bool acc, bool gelu, float *c, size_t ldc) {
+    const tbert_cpu_encoder *e = t->j->e;
     int p0, p1;
-    team_split(tbert_packed_panels(w), t->id, t->n, &p0, &p1);
-    tbert_gemm_packed_panels(m, a, lda, w, bias, acc, gelu, c, ldc, p0, p1);
+    if (e->bf16) {
+        team_split(tbert_packed_bf16_blocks(wb), t->id, t->n, &p0, &p1);
+        tbert_gemm_bf16_blocks(m, a, lda, wb, bias, acc, gelu, c, ldc, e->bfs + (size_t)t->id * e->bfs_stride, p0, p1);
+    } else {
+        team_split(tbert_packed_panels(w), t->id, t->n, &p0, &p1);
+        tbert_gemm_packed_panels(m, a, lda, w, bias, acc, gelu, c, ldc, p0, p1);
+    }
     pthread_barrier_wait(t->bar);
 }
 
@@ -395,7 +435,7 @@ static void *team_run(void *arg) {
     for (int l = 0; l < e->layers; l++) {
         const tbert_layer_weights *lw = &e->m->layer[l];
         const cpu_layer *p = &e->lp[l];
-        team_gemm(t, N, w->x, (size_t)H, &p->qkv, e->qkv_b + (size_t)l * 3 * H, false, false, w->big, 3 * (size_t)H);
+        team_gemm(t, N, w->x, (size_t)H, &p->qkv, &p->qkvb, e->qkv_b + (size_t)l * 3 * H, false, false, w->big, 3 * (size_t)H);
         if (h0 < h1) { /* the heads [h0, h1), as attention() computes each */
             const float *q = w->big, *k = q + H, *v = q + 2 * H;
             transpose_keys(k, ld, N, H, kt);
@@ -406,11 +446,11 @@ static void *team_run(void *arg) {
             }
         }
         pthread_barrier_wait(t->bar);
-        team_gemm(t, N, w->ctx, (size_t)H, &p->attn_out, lw->attn_out_b, true, false, w->x, (size_t)H);
+        team_gemm(t, N, w->ctx, (size_t)H, &p->attn_out, &p->attn_outb, lw->attn_out_b, true, false, w->x, (size_t)H);
         bias_layernorm(w->x + (size_t)r0 * H, NULL, lw->attn_ln_g, lw->attn_ln_b, (size_t)(r1 - r0), H, c->layer_norm_eps);
         pthread_barrier_wait(t->bar);
-        team_gemm(t, N, w->x, (size_t)H, &p->inter, lw->inter_b, false, true, w->big, (size_t)IM);
-        team_gemm(t, N, w->big, (size_t)IM, &p->out, lw->out_b, true, false, w->x, (size_t)H);
+        team_gemm(t, N, w->x, (size_t)H, &p->inter, &p->interb, lw->inter_b, false, true, w->big, (size_t)IM);
+        team_gemm(t, N, w->big, (size_t)IM, &p->out, &p->outb, lw->out_b, true, false, w->x, (size_t)H);
         bias_layernorm(w->x + (size_t)r0 * H, NULL, lw->out_ln_g, lw->out_ln_b, (size_t)(r1 - r0), H, c->layer_norm_eps);
         pthread_barrier_wait(t->bar);
     }
@@ -531,7 +571,8 @@ static tbert_status run(tbert_cpu_encoder *e, int B, int T, const int32_t *ids, 
     worker_job jobs[W];
     for (int i = 0; i < W; i++) jobs[i] = (worker_job){e, &e->w[i], T, out_T, pool, ids, lengths, out};
     int team = e->threads < TEAM_MAX ? e->threads : TEAM_MAX;
-    if (W == 1 && e->w[0].n_seq == 1 && team > 1 && e->avx512 && e->w[0].n_tok >= TEAM_MIN_TOKENS) {
+    bool split = e->bf16 ? tbert_packed_bf16_blocks(&e->lp[0].qkvb) > 0 : e->avx512; /* column blocks to share */
+    if (W == 1 && e->w[0].n_seq == 1 && team > 1 && split && e->w[0].n_tok >= TEAM_MIN_TOKENS) {
         openblas_set_num_threads(1);
         if (team_forward(e, &jobs[0], team)) {
             if (pool == TBERT_POOL_POOLER) return tbert_pooler_dense(e->m, B, out, err);

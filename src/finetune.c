@@ -354,7 +354,7 @@ static tbert_status state_init(const ft_ctx *c, const tbert_fit_data *d, const t
     tbert_ft_stack_cfg sc = {.layers = r->layers, .k = c->fo->k, .train_embeddings = c->fo->embeddings, .pool = r->pool,
                              .max_len = r->max_len, .normalize = r->normalize, .hidden_dropout = c->fo->hidden_dropout,
                              .attn_dropout = c->fo->attn_dropout, .dropout_seed = hp->seed ^ 0x64726f706f7574ull, /* "dropout" */
-                             .threads = c->fo->enc.threads, .bf16 = c->fo->cpu_bf16 && hp->cuda_device < 0};
+                             .threads = c->fo->enc.threads, .bf16 = c->fo->enc.precision == TBERT_PREC_BF16 && hp->cuda_device < 0};
     st = tbert_ft_dev_create(c->m, &sc, hp->cuda_device, c->fo->enc.precision, &s->dev, err);
     if (st) return st;
     s->stack = tbert_ft_dev_stack(s->dev);

@@ -161,13 +161,15 @@ static void round_rows(size_t m, size_t cols, const float *src, size_t ld, float
         for (size_t j = 0; j < cols; j++) dst[i * cols + j] = tbert_round_bf16(src[i * ld + j]);
 }
 
+/* panels [p0, p1) of gemm_cpu.c's packed copy, or (p0 < 0) the whole product */
 static void gemm_fallback(int m, const float *a, size_t lda, const tbert_packed_bf16 *w, const float *bias, bool accumulate,
-                          bool gelu, float *c, size_t ldc, float *ar) {
+                          bool gelu, float *c, size_t ldc, float *ar, int p0, int p1) {
     size_t k = (size_t)w->k;
     for (int i0 = 0; i0 < m; i0 += RB) {
         int mb = m - i0 < RB ? m - i0 : RB;
         round_rows((size_t)mb, k, a + (size_t)i0 * lda, lda, ar);
-        tbert_gemm_packed(mb, ar, k, &w->fp, bias, accumulate, gelu, c + (size_t)i0 * ldc, ldc);
+        if (p0 < 0) tbert_gemm_packed(mb, ar, k, &w->fp, bias, accumulate, gelu, c + (size_t)i0 * ldc, ldc);
+        else tbert_gemm_packed_panels(mb, ar, k, &w->fp, bias, accumulate, gelu, c + (size_t)i0 * ldc, ldc, p0, p1);
     }
 }
 
@@ -275,9 +277,10 @@ static AMX bool pack_tile_fast(const tbert_packed_bf16 *p, size_t jp, size_t kb,
     return true;
 }
 
+/* the output columns of 32-column blocks [jq0, jq1) only: every block is computed the same way whichever call does it */
 static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_bf16 *w, const float *bias, bool accumulate,
-                         bool gelu, float *c, size_t ldc, uint16_t *ab, float *cb) {
-    const int n = w->n, k = w->k, kp = w->kp, ktiles = kp / KB, pairs = (int)(round_up((size_t)n, 2 * TC) / (2 * TC));
+                         bool gelu, float *c, size_t ldc, uint16_t *ab, float *cb, int jq0, int jq1) {
+    const int n = w->n, k = w->k, kp = w->kp, ktiles = kp / KB;
     const size_t astride = (size_t)kp * sizeof(uint16_t), tile_elems = KB * TC;
     tiles_start();
     for (int i0 = 0; i0 < m; i0 += RB) {
@@ -288,16 +291,21 @@ static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_b
             for (int kk = 0; kk < kp; kk += KB)
                 _mm512_storeu_si512(dst + kk, i < mb ? cvt32(src + kk, k - kk) : _mm512_setzero_si512());
         }
-        for (int jq = 0; jq < pairs; jq++) {
+        for (int jq = jq0; jq < jq1; jq++) {
             const uint16_t *b0 = w->tiles + (size_t)(2 * jq) * (size_t)ktiles * tile_elems, *b1 = b0 + (size_t)ktiles * tile_elems;
             int j0 = jq * 2 * TC, nc = n - j0 < 2 * TC ? n - j0 : 2 * TC;
             for (int r = 0; r < mb; r += 2 * TR) {
                 const uint16_t *a0 = ab + (size_t)r * (size_t)kp, *a1 = a0 + (size_t)TR * (size_t)kp;
-                /* a whole 32 x 32 block without GELU: the accumulators start from c (accumulate) or the bias (each
-                 * tile row the same 16 values: stride 0) and are stored straight into c */
-                bool direct = r + 2 * TR <= mb && nc == 2 * TC && !gelu && !(accumulate && bias);
+                /* Every output element is computed the same way wherever its block lies (so a row's result does not
+                 * depend on how the rows were batched): the accumulator starts from c (accumulate), else the bias,
+                 * else 0; runs over k; then + the bias when both accumulate and bias; then GELU. A whole 32 x 32 block
+                 * without GELU loads its start straight from c or the bias (each tile row the same 16 values: stride
+                 * 0) and stores straight into c; other blocks go through the 4 KB buffer cb. */
+                bool direct = r + 2 * TR <= mb && nc == 2 * TC && !gelu;
                 float *cd = c + (size_t)(i0 + r) * ldc + (size_t)j0;
-                const size_t ldcb = ldc * sizeof(float);
+                const size_t ldcb = ldc * sizeof(float), cs = 2 * TC * sizeof(float);
+                int rows = mb - r < 2 * TR ? mb - r : 2 * TR;
+                __mmask16 m0 = lanes(nc), m1 = lanes(nc - 16);
                 if (direct && accumulate) {
                     _tile_loadd(0, cd, ldcb);
                     _tile_loadd(1, cd + TC, ldcb);
@@ -308,11 +316,22 @@ static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_b
                     _tile_loadd(1, bias + j0 + TC, 0);
                     _tile_loadd(2, bias + j0, 0);
                     _tile_loadd(3, bias + j0 + TC, 0);
-                } else {
+                } else if (direct || (!accumulate && !bias)) {
                     _tile_zero(0);
                     _tile_zero(1);
                     _tile_zero(2);
                     _tile_zero(3);
+                } else {
+                    for (int i = 0; i < 2 * TR; i++) {
+                        const float *src = accumulate ? c + (size_t)(i0 + r + i) * ldc + (size_t)j0 : bias + j0;
+                        bool in = i < rows;
+                        _mm512_storeu_ps(cb + i * 2 * TC, in ? _mm512_maskz_loadu_ps(m0, src) : _mm512_setzero_ps());
+                        _mm512_storeu_ps(cb + i * 2 * TC + 16, in ? _mm512_maskz_loadu_ps(m1, src + 16) : _mm512_setzero_ps());
+                    }
+                    _tile_loadd(0, cb, cs);
+                    _tile_loadd(1, cb + TC, cs);
+                    _tile_loadd(2, cb + TR * 2 * TC, cs);
+                    _tile_loadd(3, cb + TR * 2 * TC + TC, cs);
                 }
                 for (int kb = 0; kb < ktiles; kb++) {
                     _tile_loadd(4, a0 + (size_t)kb * KB, astride);
@@ -324,30 +343,30 @@ static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_b
                     _tile_dpbf16ps(2, 5, 6);
                     _tile_dpbf16ps(3, 5, 7);
                 }
+                bool post_bias = accumulate && bias;
+                __m512 bb0 = post_bias ? _mm512_maskz_loadu_ps(m0, bias + j0) : _mm512_setzero_ps();
+                __m512 bb1 = post_bias ? _mm512_maskz_loadu_ps(m1, bias + j0 + 16) : _mm512_setzero_ps();
                 if (direct) {
                     _tile_stored(0, cd, ldcb);
                     _tile_stored(1, cd + TC, ldcb);
                     _tile_stored(2, cd + TR * ldc, ldcb);
                     _tile_stored(3, cd + TR * ldc + TC, ldcb);
+                    if (post_bias)
+                        for (int i = 0; i < 2 * TR; i++) {
+                            float *dst = cd + (size_t)i * ldc;
+                            _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), bb0));
+                            _mm512_storeu_ps(dst + 16, _mm512_add_ps(_mm512_loadu_ps(dst + 16), bb1));
+                        }
                     continue;
                 }
-                const size_t cs = 2 * TC * sizeof(float);
                 _tile_stored(0, cb, cs);
                 _tile_stored(1, cb + TC, cs);
                 _tile_stored(2, cb + TR * 2 * TC, cs);
                 _tile_stored(3, cb + TR * 2 * TC + TC, cs);
-                int rows = mb - r < 2 * TR ? mb - r : 2 * TR;
-                __mmask16 m0 = lanes(nc), m1 = lanes(nc - 16);
-                __m512 bb0 = bias ? _mm512_maskz_loadu_ps(m0, bias + j0) : _mm512_setzero_ps();
-                __m512 bb1 = bias ? _mm512_maskz_loadu_ps(m1, bias + j0 + 16) : _mm512_setzero_ps();
                 for (int i = 0; i < rows; i++) {
                     float *dst = c + (size_t)(i0 + r + i) * ldc + (size_t)j0;
-                    __m512 v0 = _mm512_add_ps(_mm512_loadu_ps(cb + i * 2 * TC), bb0);
-                    __m512 v1 = _mm512_add_ps(_mm512_loadu_ps(cb + i * 2 * TC + 16), bb1);
-                    if (accumulate) {
-                        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, dst));
-                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, dst + 16));
-                    }
+                    __m512 v0 = _mm512_loadu_ps(cb + i * 2 * TC), v1 = _mm512_loadu_ps(cb + i * 2 * TC + 16);
+                    if (post_bias) v0 = _mm512_add_ps(v0, bb0), v1 = _mm512_add_ps(v1, bb1);
                     _mm512_mask_storeu_ps(dst, m0, v0);
                     _mm512_mask_storeu_ps(dst + 16, m1, v1);
                     if (gelu) tbert_bias_gelu_row(dst, NULL, nc);
@@ -451,17 +470,31 @@ static bool pack_tile_fast(const tbert_packed_bf16 *p, size_t jp, size_t kb, uin
 }
 #endif
 
-void tbert_gemm_bf16(int m, const float *a, size_t lda, const tbert_packed_bf16 *w, const float *bias, bool accumulate,
-                     bool gelu, float *c, size_t ldc, void *scratch) {
-    if (m <= 0) return;
+int tbert_packed_bf16_blocks(const tbert_packed_bf16 *w) {
+    return w->amx ? (int)(round_up((size_t)w->n, 2 * TC) / (2 * TC)) : tbert_packed_panels(&w->fp);
+}
+
+void tbert_gemm_bf16_blocks(int m, const float *a, size_t lda, const tbert_packed_bf16 *w, const float *bias, bool accumulate,
+                            bool gelu, float *c, size_t ldc, void *scratch, int b0, int b1) {
+    if (m <= 0 || b0 >= b1) return;
 #if TBERT_HAVE_AMX_KERNEL
     if (w->amx) {
         size_t ab = round_up((size_t)(m > RB ? RB : m), 2 * TR) * (size_t)w->kp * sizeof(uint16_t);
-        gemm_amx(m, a, lda, w, bias, accumulate, gelu, c, ldc, scratch, (float *)((char *)scratch + round_up(ab, 64)));
+        gemm_amx(m, a, lda, w, bias, accumulate, gelu, c, ldc, scratch, (float *)((char *)scratch + round_up(ab, 64)), b0, b1);
         return;
     }
 #endif
-    gemm_fallback(m, a, lda, w, bias, accumulate, gelu, c, ldc, scratch);
+    gemm_fallback(m, a, lda, w, bias, accumulate, gelu, c, ldc, scratch, b0, b1);
+}
+
+void tbert_gemm_bf16(int m, const float *a, size_t lda, const tbert_packed_bf16 *w, const float *bias, bool accumulate,
+                     bool gelu, float *c, size_t ldc, void *scratch) {
+    int blocks = tbert_packed_bf16_blocks(w);
+    if (!w->amx && blocks == 0) { /* the fallback on the BLAS path: no blocks */
+        gemm_fallback(m, a, lda, w, bias, accumulate, gelu, c, ldc, scratch, -1, -1);
+        return;
+    }
+    tbert_gemm_bf16_blocks(m, a, lda, w, bias, accumulate, gelu, c, ldc, scratch, 0, blocks);
 }
 
 void tbert_gemm_tn_bf16(bool amx, size_t rows, int n_out, int n_in, const float *dy, const float *x, float *dw, int chunk,

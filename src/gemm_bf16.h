@@ -54,6 +54,13 @@ size_t tbert_gemm_bf16_scratch(bool amx, int max_m, int max_k, int max_n);
 void tbert_gemm_bf16(int m, const float *a, size_t lda, const tbert_packed_bf16 *w, const float *bias, bool accumulate,
                      bool gelu, float *c, size_t ldc, void *scratch);
 
+/* Split by output columns (the CPU encoder's team for a lone sequence): the number of 32-column blocks (0 when the
+ * fallback has no packed kernel, i.e. no AVX-512), and the product restricted to blocks [b0, b1), bit for bit the
+ * columns tbert_gemm_bf16 writes. */
+int tbert_packed_bf16_blocks(const tbert_packed_bf16 *w);
+void tbert_gemm_bf16_blocks(int m, const float *a, size_t lda, const tbert_packed_bf16 *w, const float *bias, bool accumulate,
+                            bool gelu, float *c, size_t ldc, void *scratch, int b0, int b1);
+
 /* dw[o, i] += sum_r bf16(dy)[r, o] bf16(x)[r, i] for o in [o0, o1), all i < n_in; dy [rows, n_out], x [rows, n_in],
  * dw [n_out, n_in], row-major and dense. Single-threaded; scratch as tbert_gemm_bf16_scratch (n_out, n_in <= max_n).
  * Without AMX: tbert_gemm_tn_chunked on the rounded operands (chunks of `chunk` rows, as its contract). */

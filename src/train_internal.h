@@ -122,7 +122,6 @@ typedef struct {
     double clip_norm;       /* 1.0 */
     int head_phase;         /* tbert_ft_head_phase (--finetune-head) */
     tbert_encoder_opts enc; /* how the frozen lower layers run (device, precision, threads) */
-    bool cpu_bf16;          /* --precision bf16 on the CPU: the trained layers' products in bf16 (the frozen ones fp32) */
     bool quiet;
 } tbert_ft_opts;
 

@@ -474,14 +474,6 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
     eo.layers = r->layers;
     eo.quiet = o->quiet;
     st = tbert_encoder_create(m, &eo, &enc, err);
-    /* --precision bf16 where the encoder runs on the CPU: fine-tuning's trained layers multiply in bf16 (AMX where the
-     * CPU has it, src/gemm_bf16.c); the CPU encoder (the frozen layers, features) stays fp32 */
-    bool cpu_bf16 = false;
-    if (st == TBERT_E_UNSUPPORTED && o->finetune != 0 && o->precision == TBERT_PREC_BF16 && o->device.kind != TBERT_DEVICE_CUDA) {
-        eo.precision = TBERT_PREC_FP32;
-        cpu_bf16 = true;
-        st = tbert_encoder_create(m, &eo, &enc, err);
-    }
     if (!st) st = tbert_featurizer_create(r, m, enc, &fz, err);
     if (!st && r->finetune.layers > 0) tbert_featurizer_skip_dense(fz); /* the trained layers make the dense block */
     if (st) goto done;
@@ -532,7 +524,6 @@ tbert_status tbert_train_run(const tbert_train_opts *o, tbert_train_result *res,
         fto.clip_norm = 1.0;
         fto.head_phase = o->finetune_head;
         fto.enc = eo;
-        fto.cpu_bf16 = cpu_bf16;
         fto.quiet = o->quiet;
         st = tbert_ft_data_build(r, m, fz, L.n, L.docs, &fto, store, &ftd, &from_store, err);
         if (st) goto done;

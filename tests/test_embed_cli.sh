@@ -121,7 +121,7 @@ expect_error "--layers too many" "$BIN" embed --model "$MODEL" --layers 3 --quie
 expect_error "bad --threads" "$BIN" embed --model "$MODEL" --threads 0
 expect_error "missing --data" "$BIN" embed --model "$MODEL" --data "$TMP/none.tsv" --quiet
 expect_error "unknown option" "$BIN" embed --model "$MODEL" --bogus
-expect_error "bf16 on cpu" "$BIN" embed --model "$MODEL" --device cpu --precision bf16 --quiet
+expect_error "tf32 on cpu" "$BIN" embed --model "$MODEL" --device cpu --precision tf32 --quiet
 if ! "$BIN" --version | grep -Eq "CUDA backend: .*(device\(s\)|EMULATED)"; then
     expect_error "cuda without CUDA" "$BIN" embed --model "$MODEL" --device cuda --quiet --out "$TMP/x.npy"
     [ -e "$TMP/x.npy" ] && fail "a failed run left an --out file"

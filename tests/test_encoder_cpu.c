@@ -1,5 +1,6 @@
 /* CPU encoder vs transformers (float64 reference from tests/golden/make_encoder_golden.py) on the random
- * model folders in tests/models/, plus padding, pooling, --layers and error-path properties.
+ * model folders in tests/models/, plus padding, pooling, --layers and error-path properties, and --precision bf16
+ * (bf16 products) against the same goldens within the bf16 tolerance.
  * Tolerance (CONVENTIONS.md, encoder vs transformers): |got - ref| <= 1e-4 + 1e-4 |ref| per element. */
 #include <math.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 
 #include "encoder_backend.h"
 #include "encoder_golden.h"
+#include "gemm_bf16.h"
 #include "testutil.h"
 #include "tbert/encoder.h"
 #include "tbert/model.h"
@@ -39,15 +41,20 @@ static void free_fixture(fixture *f) {
     tbert_model_free(f->m);
 }
 
-static tbert_encoder *cpu_encoder(const tbert_model *m, int threads, int layers) {
+static tbert_encoder *cpu_encoder_prec(const tbert_model *m, int threads, int layers, tbert_precision prec) {
     tbert_encoder_opts o = tbert_encoder_default_opts();
     o.device.kind = TBERT_DEVICE_CPU;
     o.threads = threads;
     o.layers = layers;
+    o.precision = prec;
     tbert_encoder *e = NULL;
     tbert_error err;
     if (tbert_encoder_create(m, &o, &e, &err) != TBERT_OK) fail_msg("%s", err.msg);
     return e;
+}
+
+static tbert_encoder *cpu_encoder(const tbert_model *m, int threads, int layers) {
+    return cpu_encoder_prec(m, threads, layers, TBERT_PREC_FP32);
 }
 
 static float *poisoned(size_t n) {
@@ -336,7 +343,7 @@ static void test_errors(void **state) {
     tbert_encoder *e = NULL;
     tbert_encoder_opts o = tbert_encoder_default_opts();
     o.device.kind = TBERT_DEVICE_CPU;
-    o.precision = TBERT_PREC_BF16;
+    o.precision = TBERT_PREC_TF32; /* tensor-core float32: CUDA only (bf16 runs on the CPU: test_bf16_vs_golden) */
     assert_int_equal(tbert_encoder_create(f.m, &o, &e, &err), TBERT_E_UNSUPPORTED);
     assert_null(e);
 #if !TBERT_HAVE_CUDA
@@ -366,6 +373,81 @@ static void test_errors(void **state) {
     assert_int_equal(tbert_precision_parse("tf32", &pr, &err), TBERT_OK);
     tbert_encoder_free(e);
     free_fixture(&f);
+}
+
+/* --precision bf16 on the CPU (src/gemm_bf16.c: bf16 operands, float32 sums; AMX where the CPU has it, and always the
+ * float32 fallback, TBERT_CPU_NO_AMX=1): every model's last_hidden_state against transformers' float64 within
+ * CONVENTIONS' bf16 tolerance (norm ratio < 2e-2) and not equal to the float32 result (the products ran in bf16);
+ * 1 and 3 threads the same bits; a lone sequence on 3 threads (the team, split by 32-column blocks) the same bits as
+ * on one. */
+static void bf16_model(const fixture *f, const char *name, const char *path) {
+    const eg_golden *g = &f->g;
+    int H = f->m->cfg.hidden, T = eg_max_len(g);
+    int32_t *ids = eg_padded(g, T, f->m->cfg.pad_token_id);
+    size_t n_ref = 0, k = 0;
+    const double *ref = eg_array(g, "hidden", &n_ref);
+    assert_non_null(ref);
+    float *hid[3], *packed[3];
+    tbert_error err;
+    const int threads[3] = {1, 3, 1};
+    for (int v = 0; v < 3; v++) { /* bf16 on 1 and 3 threads, float32 */
+        tbert_encoder *e = cpu_encoder_prec(f->m, threads[v], 0, v < 2 ? TBERT_PREC_BF16 : TBERT_PREC_FP32);
+        hid[v] = poisoned((size_t)g->n * T * H);
+        packed[v] = malloc(n_ref * sizeof(float));
+        assert_non_null(packed[v]);
+        if (tbert_encoder_forward(e, g->n, T, ids, g->lengths, hid[v], &err)) fail_msg("%s", err.msg);
+        k = 0;
+        for (int b = 0; b < g->n; b++) {
+            memcpy(packed[v] + k, hid[v] + (size_t)b * T * H, (size_t)g->lengths[b] * H * sizeof(float));
+            k += (size_t)g->lengths[b] * H;
+        }
+        assert_int_equal(k, n_ref);
+        tbert_encoder_free(e);
+    }
+    double sq = 0.0, nr = 0.0, sq32 = 0.0;
+    for (size_t i = 0; i < n_ref; i++) {
+        double d = packed[0][i] - ref[i], d32 = packed[2][i] - ref[i];
+        sq += d * d, nr += ref[i] * ref[i], sq32 += d32 * d32;
+    }
+    double ratio = sqrt(sq / nr), ratio32 = sqrt(sq32 / nr);
+    bool same_threads = !memcmp(packed[0], packed[1], n_ref * sizeof(float));
+    /* a lone sequence (the golden batch's longest) on a team of 3 against one thread */
+    int b0 = 0;
+    for (int b = 1; b < g->n; b++)
+        if (g->lengths[b] > g->lengths[b0]) b0 = b;
+    int32_t len = g->lengths[b0];
+    float *l1 = poisoned((size_t)len * H), *l3 = poisoned((size_t)len * H);
+    tbert_encoder *e1 = cpu_encoder_prec(f->m, 1, 0, TBERT_PREC_BF16), *e3 = cpu_encoder_prec(f->m, 3, 0, TBERT_PREC_BF16);
+    if (tbert_encoder_forward(e1, 1, len, ids + (size_t)b0 * T, &len, l1, &err) ||
+        tbert_encoder_forward(e3, 1, len, ids + (size_t)b0 * T, &len, l3, &err))
+        fail_msg("%s", err.msg);
+    bool same_team = !memcmp(l1, l3, (size_t)len * H * sizeof(float));
+    printf("bf16 (%s) %s: last_hidden_state vs transformers norm ratio %.2e (float32 %.2e); 3 threads %s; lone sequence "
+           "of %d on a team of 3 %s\n", path, name, ratio, ratio32, same_threads ? "same bits" : "DIFFERENT BITS", (int)len,
+           same_team ? "same bits" : "DIFFERENT BITS");
+    assert_true(ratio < 2e-2);
+    assert_true(ratio > 10 * ratio32); /* the products ran in bf16 */
+    assert_true(same_threads);
+    assert_true(same_team);
+    tbert_encoder_free(e1), tbert_encoder_free(e3);
+    free(l1), free(l3);
+    for (int v = 0; v < 3; v++) free(hid[v]), free(packed[v]);
+    free(ids);
+}
+
+static void test_bf16_vs_golden(void **state) {
+    (void)state;
+    bool amx = tbert_gemm_amx_supported();
+    for (int path = amx ? 0 : 1; path < 2; path++) {
+        if (path) setenv("TBERT_CPU_NO_AMX", "1", 1);
+        for (size_t i = 0; i < N_MODELS; i++) {
+            fixture f;
+            load_fixture(models[i], &f);
+            bf16_model(&f, models[i], path ? "fallback" : "AMX");
+            free_fixture(&f);
+        }
+        unsetenv("TBERT_CPU_NO_AMX");
+    }
 }
 
 /* A lone sequence (a batch of one) is split across the encoder's threads (src/encoder_cpu.c "a lone sequence on
@@ -416,7 +498,7 @@ static void test_lone_sequence_threads(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_hidden),      cmocka_unit_test(test_golden_pooler),
-        cmocka_unit_test(test_lone_sequence_threads),
+        cmocka_unit_test(test_lone_sequence_threads), cmocka_unit_test(test_bf16_vs_golden),
         cmocka_unit_test(test_layers_k),           cmocka_unit_test(test_padding_invariance),
         cmocka_unit_test(test_mean_cls_vs_golden), cmocka_unit_test(test_flatten_and_normalize),
         cmocka_unit_test(test_direct_pooling_matches_reference), cmocka_unit_test(test_errors),

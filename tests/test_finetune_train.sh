@@ -11,7 +11,7 @@
 #  - kill after epoch 2 (TBERT_TEST_KILL_AT=epoch:2, 1 thread; must die of SIGKILL), resume with 2 threads:
 #    best/last.safetensors byte-identical to an uninterrupted 2-thread run; a resume with another --encoder-lr is
 #    refused in one line; the same with --precision bf16 (bf16 products in the trained layers), whose tensors are close
-#    to but not the float32 run's; a bf16 run resumed in float32 is refused, and --precision bf16 without --finetune;
+#    to but not the float32 run's; a bf16 run resumed in float32 is refused, and --precision tf32 on the CPU;
 #  - `tbert score` with the K = 1 head reproduces training's validation scores (oof.safetensors) within 2e-3;
 #  - the lower-layer cache: a second K = 1 run reads every document's frozen-layer output from the row store;
 #  - cross-fitting (--cv 3, 2 windows, normalize): the threshold's operating point is out-of-fold and best holds the
@@ -149,7 +149,7 @@ done
 
 # --precision bf16 (the trained layers' products in bf16: AMX where the CPU has it, else the float32 fallback): the
 # same kill / resume with another thread count gives the same bytes; the tensors differ from the float32 run's (the
-# products ran in bf16) but stay close; a resume in another precision is refused; without --finetune the CPU refuses
+# products ran in bf16) but stay close; a resume in another precision is refused; tf32 is refused on the CPU
 (train "$TMP/bref" --quiet --finetune 2 "${FT[@]}" --threads 2 --precision bf16) >/dev/null 2>"$TMP/bref.err" ||
     { echo "FAIL: bf16 reference: $(cat "$TMP/bref.err")"; fail=1; }
 (TBERT_TEST_KILL_AT=epoch:2 train "$TMP/bres" --quiet --finetune 2 "${FT[@]}" --threads 1 --precision bf16) >/dev/null 2>&1
@@ -179,11 +179,11 @@ if (train "$TMP/bmis" --quiet --finetune 2 "${FT[@]}" --resume) >/dev/null 2>"$T
     echo "FAIL: a bf16 run resumed in float32"; fail=1
 fi
 grep -q "cannot --resume" "$TMP/bmis.err" || { echo "FAIL: precision mismatch message: $(cat "$TMP/bmis.err")"; fail=1; }
-if (train "$TMP/bnoft" --quiet --precision bf16) >/dev/null 2>"$TMP/bnoft.err"; then
-    echo "FAIL: --precision bf16 without --finetune accepted on the CPU"; fail=1
+if (train "$TMP/btf32" --quiet --finetune 1 --precision tf32) >/dev/null 2>"$TMP/btf32.err"; then
+    echo "FAIL: --precision tf32 accepted on the CPU"; fail=1
 fi
-[ "$(wc -l <"$TMP/bnoft.err")" -eq 1 ] && grep -q "finetune" "$TMP/bnoft.err" ||
-    { echo "FAIL: bf16 without --finetune: $(cat "$TMP/bnoft.err")"; fail=1; }
+[ "$(wc -l <"$TMP/btf32.err")" -eq 1 ] && grep -q "needs a CUDA device" "$TMP/btf32.err" ||
+    { echo "FAIL: tf32 on the CPU: $(cat "$TMP/btf32.err")"; fail=1; }
 
 cp -r "$TMP/ref" "$TMP/mis"
 if (train "$TMP/mis" --quiet --finetune 2 --finetune-epochs 4 --encoder-lr 1e-3 --resume) >/dev/null 2>"$TMP/mis.err"; then

@@ -4,6 +4,8 @@
  *     whole 32 x 32 block from the bias or c and stores it directly, other blocks go through a buffer), shapes (k = 1
  *     and 2, where a wrong bf16 rounding shows as a whole bf16 step, rows across the 16-row tile, the 32-row pair
  *     and the 256-row block, columns across 16 and 32, k across 32), guard values after every row and the matrix;
+ *   - the forward split by 32-column blocks (two calls) gives the whole product's bits, and so do its rows from row 7
+ *     on computed alone (another position in the kernel's row blocks);
  *   - the weight gradient dw += dy^T x (dw starting from random values), and the same bits whatever range of output
  *     rows a call computes (threads split the rows: [0, n) against two calls split at 16, 7 and 33);
  *   - tbert_round_bf16 on hand-picked values (ties to even, the largest values, NaN).
@@ -61,9 +63,13 @@ static size_t run_forward(bool amx, tu_rng *r) {
             fill(r, bias, (size_t)n, 0.5f);
             for (size_t i = 0; i < (size_t)m * ldc + 2 * GUARD; i++) buf[i] = SENTINEL;
             float *c = buf + GUARD;
+            double *c0v = malloc((size_t)m * n * sizeof *c0v);
+            assert_non_null(c0v);
             for (int i = 0; i < m; i++)
-                for (int j = 0; j < n; j++)
+                for (int j = 0; j < n; j++) {
                     if (acc) c[(size_t)i * ldc + j] = tu_normal(r);
+                    c0v[(size_t)i * n + j] = c[(size_t)i * ldc + j];
+                }
             for (int i = 0; i < m; i++)
                 for (int j = 0; j < n; j++) {
                     double sum = 0.0, abs = 0.0;
@@ -99,11 +105,44 @@ static size_t run_forward(bool amx, tu_rng *r) {
                 for (size_t j = (size_t)n; j < ldc; j++) nb += c[(size_t)i * ldc + j] != SENTINEL;
             }
             for (int i = 0; i < GUARD; i++) nb += buf[i] != SENTINEL || c[(size_t)m * ldc + (size_t)i] != SENTINEL;
+            /* rows 7.. alone (another position in the 32-row blocks): the same bits, as a row's result must not
+             * depend on how rows were batched (the CPU encoder packs sequences per thread) */
+            if (m > 7) {
+                int ms = m - 7;
+                float *c3 = malloc((size_t)ms * ldc * sizeof *c3);
+                assert_non_null(c3);
+                for (int i = 0; i < ms; i++)
+                    for (int j = 0; j < n; j++) c3[(size_t)i * ldc + j] = (float)c0v[(size_t)(i + 7) * n + j];
+                tbert_gemm_bf16(ms, a + 7 * lda, lda, &pw, bias_on ? bias : NULL, acc, gelu, c3, ldc, scratch);
+                size_t pos_diff = 0;
+                for (int i = 0; i < ms; i++) pos_diff += memcmp(c3 + (size_t)i * ldc, c + (size_t)(i + 7) * ldc, (size_t)n * sizeof *c3) != 0;
+                if (pos_diff) print_error("%s forward %dx%dx%d: %zu rows differ when computed from row 7\n", path, m, n, k, pos_diff);
+                nb += pos_diff;
+                free(c3);
+            }
+            /* split by 32-column blocks (the encoder's team): the same bits as the whole product */
+            int blocks = tbert_packed_bf16_blocks(&pw);
+            if (blocks > 1) {
+                float *c2 = malloc((size_t)m * ldc * sizeof *c2);
+                assert_non_null(c2);
+                for (size_t i = 0; i < (size_t)m * ldc; i++) c2[i] = acc ? buf[GUARD + i] : SENTINEL;
+                if (acc) /* the product's input c, as before the whole call */
+                    for (int i = 0; i < m; i++)
+                        for (int j = 0; j < n; j++) c2[(size_t)i * ldc + j] = c0v[(size_t)i * n + j];
+                int sp = blocks / 2;
+                tbert_gemm_bf16_blocks(m, a, lda, &pw, bias_on ? bias : NULL, acc, gelu, c2, ldc, scratch, sp, blocks);
+                tbert_gemm_bf16_blocks(m, a, lda, &pw, bias_on ? bias : NULL, acc, gelu, c2, ldc, scratch, 0, sp);
+                size_t split_diff = 0;
+                for (int i = 0; i < m; i++) split_diff += memcmp(c2 + (size_t)i * ldc, c + (size_t)i * ldc, (size_t)n * sizeof *c2) != 0;
+                if (split_diff) print_error("%s forward %dx%dx%d: %zu rows differ when split at block %d of %d\n", path, m, n, k, split_diff, sp, blocks);
+                nb += split_diff;
+                free(c2);
+            }
             printf("%s forward m %d n %d k %d trans %d bias %d acc %d gelu %d: worst error / bound %.3f%s\n", path, m, n, k, trans,
                    bias_on, acc, gelu, worst, nb ? " FAIL" : "");
             bad += nb;
             tbert_packed_bf16_free(&pw);
-            free(a), free(w), free(bias), free(buf), free(ref), free(bound), free(scratch);
+            free(a), free(w), free(bias), free(buf), free(ref), free(bound), free(scratch), free(c0v);
         }
     return bad;
 }
