@@ -41,7 +41,7 @@ static void usage(FILE *f) {
             "  --pool P                  mean|cls|flatten|pooler (default mean)\n"
             "encoder:\n"
             "  --device D                auto|cpu|cuda|cuda:N (default auto)\n"
-            "  --precision P             fp32|tf32|bf16 (CUDA; default fp32)\n"
+            "  --precision P             fp32|tf32|bf16 (default fp32; tf32 CUDA only; bf16 on the CPU: AMX where present)\n"
             "  --threads N               CPU threads (default: all cores)\n"
             "  --layers K                first K layers only\n"
             "output:\n"

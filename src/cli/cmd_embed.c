@@ -47,7 +47,7 @@ static void usage(FILE *f) {
             "  --batch N               sequences per forward batch (default: 16 per CPU thread, at least 32;\n"
             "                          256 on CUDA)\n"
             "  --device D              auto|cpu|cuda|cuda:N (default auto)\n"
-            "  --precision P           fp32|tf32|bf16 (CUDA only; default fp32)\n"
+            "  --precision P           fp32|tf32|bf16 (default fp32; tf32 CUDA only; bf16 on the CPU: AMX where present)\n"
             "  --threads N             CPU threads (default: all cores)\n"
             "\n"
             "output:\n"
