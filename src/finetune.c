@@ -290,8 +290,8 @@ static void batch_copy_item(void *ctx, int w, int worker) {
 }
 
 /* the stack's input for documents idx[0..n); the rows copied (and converted from bf16) on `threads` threads */
-static tbert_status make_batch(const tbert_ft_data *fd, const int *idx, int n, int threads, batch_buf *bb, tbert_ft_batch *b,
-                               tbert_error *err) {
+static tbert_status make_batch(const tbert_ft_data *fd, const int *idx, int n, int threads, batch_buf *bb,
+                               tbert_ft_batch *b, tbert_error *err) {
     size_t nw = 0, nt = 0;
     for (int i = 0; i < n; i++) {
         int d = idx[i];
@@ -300,7 +300,8 @@ static tbert_status make_batch(const tbert_ft_data *fd, const int *idx, int n, i
     }
     size_t H = (size_t)fd->H, cap_doc = bb->cap_doc, cap_win = bb->cap_win, cap_src = bb->cap_src;
     bool ok = grow((void **)&bb->doc_off, &cap_doc, (size_t)n + 1, sizeof(int32_t)) &&
-              grow((void **)&bb->off, &cap_win, nw + 1, sizeof(int32_t)) && grow((void **)&bb->src, &cap_src, nw + 1, sizeof(int32_t));
+              grow((void **)&bb->off, &cap_win, nw + 1, sizeof(int32_t)) &&
+              grow((void **)&bb->src, &cap_src, nw + 1, sizeof(int32_t));
     bb->cap_doc = cap_doc;
     bb->cap_win = cap_win;
     bb->cap_src = cap_src;

@@ -330,9 +330,9 @@ static void test_threads_chunks(void **state) {
         char name[32];
         for (int t = 0; t < NT; t++) {
             snprintf(name, sizeof name, "t%d", t);
-            assert_int_equal(tbert_params_add(&ps[r], name, w[r] + off[t], g[r] + off[t], shapes[t][1] ? 2 : 1, shapes[t],
-                                              t % 2 ? TBERT_PGROUP_HEAD : TBERT_PGROUP_ENCODER, t != 1, NULL),
-                             TBERT_OK);
+            int group = t % 2 ? TBERT_PGROUP_HEAD : TBERT_PGROUP_ENCODER, ndim = shapes[t][1] ? 2 : 1;
+            float *wt = w[r] + off[t], *gt = g[r] + off[t];
+            assert_int_equal(tbert_params_add(&ps[r], name, wt, gt, ndim, shapes[t], group, t != 1, NULL), TBERT_OK);
         }
         c.threads = r < NRUN ? threads[r] : 1;
         assert_int_equal(tbert_optim_init(&o[r], &ps[r], &c, NULL), TBERT_OK);
@@ -348,8 +348,8 @@ static void test_threads_chunks(void **state) {
             double gn = tbert_params_grad_norm(&ps[r]);
             tbert_optim_step(&o[r], &ps[r]);
             if (!(fabs(o[r].last_norm - norm_ref) <= 1e-10 * norm_ref))
-                fail_msg("seed %llu step %d, %d threads: norm %.17g, long double sum %.17g", (unsigned long long)seed, s + 1,
-                         threads[r], o[r].last_norm, norm_ref);
+                fail_msg("seed %llu step %d, %d threads: norm %.17g, long double sum %.17g", (unsigned long long)seed,
+                         s + 1, threads[r], o[r].last_norm, norm_ref);
             assert_memory_equal(&gn, &o[r].last_norm, sizeof gn); /* tbert_params_grad_norm: the value clipped with */
             if (r > 0) {
                 assert_memory_equal(&o[r].last_norm, &o[0].last_norm, sizeof(double));
@@ -379,7 +379,8 @@ static void test_threads_chunks(void **state) {
         }
         o[NRUN].step++;
         if (memcmp(rw, w[0], n * sizeof(float)) || memcmp(rg, g[0], n * sizeof(float)))
-            fail_msg("seed %llu step %d: the chunked update differs from whole-entry AdamW", (unsigned long long)seed, s + 1);
+            fail_msg("seed %llu step %d: the chunked update differs from whole-entry AdamW", (unsigned long long)seed,
+                     s + 1);
         for (int t = 0; t < NT; t++) {
             assert_memory_equal(o[NRUN].m[t], o[0].m[t], (off[t + 1] - off[t]) * sizeof(float));
             assert_memory_equal(o[NRUN].v[t], o[0].v[t], (off[t + 1] - off[t]) * sizeof(float));

@@ -83,8 +83,8 @@ static void log_piece(void *ctx, int entry, size_t lo, size_t hi) {
     size_t at = 0;
     for (int i = 0; i < entry; i++) at += l->ps->p[i].n;
     size_t a = (size_t)l->chunk * TBERT_PARAMS_CHUNK;
-    l->ok = l->ok && entry >= 0 && entry < l->ps->n && lo < hi && hi <= l->ps->p[entry].n && at + lo == l->next && at + lo >= a &&
-            at + hi <= a + TBERT_PARAMS_CHUNK;
+    l->ok = l->ok && entry >= 0 && entry < l->ps->n && lo < hi && hi <= l->ps->p[entry].n && at + lo == l->next &&
+            at + lo >= a && at + hi <= a + TBERT_PARAMS_CHUNK;
     l->next = at + hi;
     l->pieces++;
 }
@@ -102,8 +102,9 @@ static void test_chunks(void **state) {
     char name[16];
     for (int t = 0; t < NT; t++) {
         snprintf(name, sizeof name, "t%d", t);
-        assert_int_equal(tbert_params_add(&ps, name, w + off[t], g + 1 + off[t], shapes[t][1] > 1 ? 2 : 1, shapes[t], 0, true, NULL),
-                         TBERT_OK);
+        int ndim = shapes[t][1] > 1 ? 2 : 1;
+        float *wt = w + off[t], *gt = g + 1 + off[t];
+        assert_int_equal(tbert_params_add(&ps, name, wt, gt, ndim, shapes[t], 0, true, NULL), TBERT_OK);
     }
     int nc = tbert_params_chunks(&ps);
     assert_int_equal(nc, (int)((n + TBERT_PARAMS_CHUNK - 1) / TBERT_PARAMS_CHUNK));
