@@ -39,6 +39,7 @@
 #include "tbert/safetensors.h"
 #include "tbert/store.h"
 #include "tbert/tokenizer.h"
+#include "par_for.h"
 #include "train_internal.h"
 
 enum { FT_ENCODE_WINDOWS = 32, FT_EVAL_DOCS = 64 };
@@ -241,13 +242,15 @@ tbert_status tbert_ft_data_build(const tbert_recipe *r, const tbert_model *m, co
 /* ---- the training state ---- */
 typedef struct {
     int32_t *doc_off, *off, *ids;
+    int32_t *src; /* per window of the batch: its window in the data */
     float *hidden;
-    size_t cap_doc, cap_win, cap_tok;
+    size_t cap_doc, cap_win, cap_src, cap_tok;
 } batch_buf;
 
 static void batch_buf_free(batch_buf *b) {
     free(b->doc_off);
     free(b->off);
+    free(b->src);
     free(b->ids);
     free(b->hidden);
 }
@@ -262,19 +265,46 @@ static bool grow(void **p, size_t *cap, size_t need, size_t size) {
     return true;
 }
 
-/* the stack's input for documents idx[0..n) */
-static tbert_status make_batch(const tbert_ft_data *fd, const int *idx, int n, batch_buf *bb, tbert_ft_batch *b, tbert_error *err) {
+/* bf16 -> float32 (tbert_bf16_to_f32's bits: the 16 bits on top), a loop the compiler vectorises */
+static void bf16_to_f32_n(const uint16_t *src, size_t n, float *dst) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(dst + i, &u, sizeof u);
+    }
+}
+
+/* the batch's windows' rows from the data: one window per item (make_batch's copy, shared among threads) */
+typedef struct {
+    const tbert_ft_data *fd;
+    batch_buf *bb;
+} batch_copy;
+
+static void batch_copy_item(void *ctx, int w, int worker) {
+    (void)worker;
+    const batch_copy *j = ctx;
+    const tbert_ft_data *fd = j->fd;
+    int64_t a = fd->win_tok[j->bb->src[w]];
+    size_t t = (size_t)j->bb->off[w], len = (size_t)(j->bb->off[w + 1] - j->bb->off[w]), H = (size_t)fd->H;
+    if (fd->first_layer == 0) memcpy(j->bb->ids + t, fd->ids + a, len * sizeof(int32_t));
+    else bf16_to_f32_n(fd->hidden + (size_t)a * H, len * H, j->bb->hidden + t * H);
+}
+
+/* the stack's input for documents idx[0..n); the rows copied (and converted from bf16) on `threads` threads */
+static tbert_status make_batch(const tbert_ft_data *fd, const int *idx, int n, int threads, batch_buf *bb,
+                               tbert_ft_batch *b, tbert_error *err) {
     size_t nw = 0, nt = 0;
     for (int i = 0; i < n; i++) {
         int d = idx[i];
         nw += (size_t)(fd->doc_win[d + 1] - fd->doc_win[d]);
         nt += (size_t)(fd->win_tok[fd->doc_win[d + 1]] - fd->win_tok[fd->doc_win[d]]);
     }
-    size_t H = (size_t)fd->H, cap_doc = bb->cap_doc, cap_win = bb->cap_win;
+    size_t H = (size_t)fd->H, cap_doc = bb->cap_doc, cap_win = bb->cap_win, cap_src = bb->cap_src;
     bool ok = grow((void **)&bb->doc_off, &cap_doc, (size_t)n + 1, sizeof(int32_t)) &&
-              grow((void **)&bb->off, &cap_win, nw + 1, sizeof(int32_t));
+              grow((void **)&bb->off, &cap_win, nw + 1, sizeof(int32_t)) &&
+              grow((void **)&bb->src, &cap_src, nw + 1, sizeof(int32_t));
     bb->cap_doc = cap_doc;
     bb->cap_win = cap_win;
+    bb->cap_src = cap_src;
     if (ok && fd->first_layer == 0) ok = grow((void **)&bb->ids, &bb->cap_tok, nt, sizeof(int32_t));
     if (ok && fd->first_layer > 0) ok = grow((void **)&bb->hidden, &bb->cap_tok, nt, H * sizeof(float));
     if (!ok) return tbert_fail(err, TBERT_E_NOMEM, "finetune: out of memory for a batch of %zu tokens", nt);
@@ -285,15 +315,14 @@ static tbert_status make_batch(const tbert_ft_data *fd, const int *idx, int n, b
     for (int i = 0; i < n; i++) {
         int d = idx[i];
         for (int k = fd->doc_win[d]; k < fd->doc_win[d + 1]; k++) {
-            int64_t a = fd->win_tok[k], e = fd->win_tok[k + 1];
-            if (fd->first_layer == 0) memcpy(bb->ids + t, fd->ids + a, (size_t)(e - a) * sizeof(int32_t));
-            else
-                for (size_t j = 0; j < (size_t)(e - a) * H; j++) bb->hidden[t * H + j] = tbert_bf16_to_f32(fd->hidden[(size_t)a * H + j]);
-            t += (size_t)(e - a);
+            t += (size_t)(fd->win_tok[k + 1] - fd->win_tok[k]);
+            bb->src[w] = k;
             bb->off[++w] = (int32_t)t;
         }
         bb->doc_off[i + 1] = (int32_t)w;
     }
+    batch_copy j = {fd, bb};
+    tbert_par_for(threads, (int)w, batch_copy_item, &j);
     b->n_doc = n;
     b->doc_off = bb->doc_off;
     b->n_win = (int)w;
@@ -309,6 +338,7 @@ typedef struct {
     const tbert_model *m;
     const tbert_ft_data *fd;
     const tbert_recipe *recipe;
+    int threads; /* the stack's: the step's serial remainder (batch copy, zeroing, optimiser) runs on them too */
 } ft_ctx;
 
 typedef struct {
@@ -406,7 +436,7 @@ static tbert_status refresh_dense(const ft_ctx *c, ft_state *s, const int *idx, 
     for (int i = 0; i < n && !st; i += FT_EVAL_DOCS) {
         int m = n - i < FT_EVAL_DOCS ? n - i : FT_EVAL_DOCS;
         tbert_ft_batch b;
-        st = make_batch(c->fd, idx + i, m, &s->bb, &b, err);
+        st = make_batch(c->fd, idx + i, m, c->threads, &s->bb, &b, err);
         if (!st) st = tbert_ft_dev_forward(s->dev, &b, false, 0, s->dense, err);
         for (int j = 0; j < m && !st; j++) memcpy(s->X.dense + (size_t)idx[i + j] * s->dd, s->dense + (size_t)j * s->dd, s->dd * sizeof(float));
     }
@@ -543,6 +573,7 @@ static tbert_status run_epochs(const ft_ctx *c, const tbert_fit_data *d, const t
     oc.clip_norm = c->fo->clip_norm;
     oc.total_steps = per_epoch * epochs;
     oc.warmup_steps = (long)(c->fo->warmup_fraction * (double)oc.total_steps);
+    oc.threads = c->threads;
     tbert_status st = tbert_optim_init(&s->opt, &s->all, &oc, err);
     if (st) return st;
     s->opt_ready = true;
@@ -596,7 +627,7 @@ static tbert_status run_epochs(const ft_ctx *c, const tbert_fit_data *d, const t
             int m = d->n_train - i < hp->batch ? d->n_train - i : hp->batch;
             tbert_ft_batch b;
             double l;
-            st = make_batch(c->fd, perm + i, m, &s->bb, &b, err);
+            st = make_batch(c->fd, perm + i, m, c->threads, &s->bb, &b, err);
             if (!st) st = tbert_ft_dev_forward(s->dev, &b, true, (uint64_t)s->opt.step, s->dense, err);
             if (!st) {
                 for (int k = 0; k < m; k++) yb[k] = d->y[perm[i + k]];
@@ -610,7 +641,7 @@ static tbert_status run_epochs(const ft_ctx *c, const tbert_fit_data *d, const t
             if (!st) st = tbert_head_backward_rows(s->h, ws, &rb, dz, s->hgrad, err);
             if (!st) st = tbert_head_backward_input_rows(s->h, ws, &rb, dz, s->dx, err);
             if (!st) {
-                tbert_params_zero_grad(s->enc);
+                tbert_params_zero_grad_threads(s->enc, c->threads);
                 st = tbert_ft_dev_backward(s->dev, s->dx, err);
             }
             if (st) break;
@@ -806,7 +837,7 @@ tbert_status tbert_fit_finetune(const tbert_fit_data *d, const tbert_hparams *hp
     if (!(hp->lr > 0) || !(fo->encoder_lr > 0)) return tbert_fail(err, TBERT_E_ARG, "train: --lr and --encoder-lr must be positive");
     if (!ck) return tbert_fail(err, TBERT_E_ARG, "finetune: no checkpoint context");
     if (fd->n_doc != d->X->n) return tbert_fail(err, TBERT_E_ARG, "finetune: %d documents for %d rows", fd->n_doc, d->X->n);
-    ft_ctx c = {hp, fo, m, fd, &ck->recipe};
+    ft_ctx c = {hp, fo, m, fd, &ck->recipe, fo->enc.threads > 0 ? fo->enc.threads : tbert_num_cores()};
     /* the head's GEMMs with one OpenBLAS thread, as the head path (bits independent of the thread count) */
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);

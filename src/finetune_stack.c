@@ -8,10 +8,10 @@
  * Threads: each op is split into items that do not depend on the thread count -- fixed chunks of rows (FWD_ROWS in
  * the forward and for the backward's dx = dy W, TBERT_BWD_CHUNK for the LayerNorm and GELU parameter gradients),
  * ranges of output rows (the linear weight and bias gradients) or single windows (attention, embeddings) -- and the
- * items are shared among cfg.threads pthreads (contiguous ranges). A parameter gradient is the sum of its chunks'
- * partials in chunk order (each partial summed from zero over its chunk), which is what the op does on the whole
- * batch at once, so the bits do not depend on the thread count. OpenBLAS (attention's small products) runs on one
- * thread (each worker calls it on its own).
+ * items are shared among cfg.threads pthreads (contiguous ranges; src/par_for.c). A parameter gradient is the sum of
+ * its chunks' partials in chunk order (each partial summed from zero over its chunk), which is what the op does on
+ * the whole batch at once, so the bits do not depend on the thread count. OpenBLAS (attention's small products) runs
+ * on one thread (each worker calls it on its own).
  *
  * Per trained layer (N packed tokens; dropout d_site from include/tbert/dropout_rng.h):
  *   qkv = x Wqkv^T + bqkv;  ctx = d_probs(softmax(q k^T / sqrt(dh))) v      (per window and head; P saved)
@@ -22,7 +22,6 @@
  * mean (a document with no real window gets a zero row and no gradient). */
 #include <cblas.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +29,7 @@
 #include "encoder_backend.h"
 #include "gemm_bf16.h"
 #include "gemm_cpu.h"
+#include "par_for.h"
 #include "tbert/dropout_rng.h"
 #include "tbert/encoder_backward.h"
 #include "tbert/finetune_stack.h"
@@ -93,38 +93,11 @@ struct tbert_ft_stack {
 
 /* ---- threads ------------------------------------------------------------------------------------------ */
 
-typedef void (*ft_task)(void *ctx, int item, int worker);
-typedef struct {
-    ft_task fn;
-    void *ctx;
-    int n, workers, w;
-} par_job;
-
-static void *par_run(void *arg) {
-    par_job *j = arg;
-    int a = (int)((long long)j->n * j->w / j->workers), b = (int)((long long)j->n * (j->w + 1) / j->workers);
-    for (int i = a; i < b; i++) j->fn(j->ctx, i, j->w);
-    return NULL;
-}
+typedef tbert_par_fn ft_task;
 
 /* fn(ctx, i, worker) for i < n, item ranges shared among the stack's threads; worker < threads indexes scratch. */
 static void par_for(const tbert_ft_stack *s, int n, ft_task fn, void *ctx) {
-    int W = s->threads < n ? s->threads : n;
-    if (W <= 1) {
-        for (int i = 0; i < n; i++) fn(ctx, i, 0);
-        return;
-    }
-    par_job jobs[W];
-    pthread_t tid[W - 1];
-    for (int w = 0; w < W; w++) jobs[w] = (par_job){fn, ctx, n, W, w};
-    int started = 0;
-    for (int w = 1; w < W; w++) {
-        if (pthread_create(&tid[w - 1], NULL, par_run, &jobs[w]) != 0) break;
-        started++;
-    }
-    par_run(&jobs[0]);
-    for (int i = 0; i < started; i++) pthread_join(tid[i], NULL);
-    for (int w = 1 + started; w < W; w++) par_run(&jobs[w]); /* ranges whose thread could not start */
+    tbert_par_for(s->threads, n, fn, ctx);
 }
 
 static int n_chunks(size_t N, size_t rows) {

@@ -2,7 +2,9 @@
  * global gradient norm as torch.nn.utils.clip_grad_norm_, and AdamW per entry of a tbert_params list with the
  * learning rate of the entry's group. The AdamW arithmetic itself is src/adam.c's tbert_adam_step (torch's
  * single-tensor path), called on each entry's moments, so the head-only trainer and this one round alike.
- * Moments save to and restore from a checkpoint's safetensors as "optim.m.NAME" / "optim.v.NAME". */
+ * Moments save to and restore from a checkpoint's safetensors as "optim.m.NAME" / "optim.v.NAME".
+ * Threads: the norm's partials and the update run per chunk of the list (tbert_params_chunk_pieces) through
+ * src/par_for.c; the per-entry arithmetic is the same on any piece of an entry, so any split gives the same bits. */
 #include "tbert/optim.h"
 
 #include <inttypes.h>
@@ -11,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "par_for.h"
 #include "tbert/head.h"
 
 tbert_optim_cfg tbert_optim_default_cfg(void) {
@@ -25,6 +28,7 @@ tbert_optim_cfg tbert_optim_default_cfg(void) {
     c.clip_norm = 1.0;
     c.warmup_steps = 0;
     c.total_steps = 0;
+    c.threads = 1;
     return c;
 }
 
@@ -65,6 +69,9 @@ tbert_status tbert_optim_init(tbert_optim *o, const tbert_params *ps, const tber
                               ps->p[i].group, TBERT_PGROUP_COUNT - 1);
     o->cfg = *cfg;
     o->n = ps->n;
+    o->n_chunks = tbert_params_chunks(ps);
+    o->part = tbert_malloc_array((size_t)o->n_chunks + 1, sizeof(double));
+    if (!o->part) goto nomem;
     if (ps->n > 0) {
         o->m = tbert_calloc_array((size_t)ps->n, sizeof(float *));
         o->v = tbert_calloc_array((size_t)ps->n, sizeof(float *));
@@ -90,50 +97,100 @@ void tbert_optim_free(tbert_optim *o) {
     }
     free(o->m);
     free(o->v);
+    free(o->part);
     o->m = o->v = NULL;
-    o->n = 0;
+    o->part = NULL;
+    o->n = o->n_chunks = 0;
+}
+
+/* the sum of squares of chunk c's gradients: eight interleaved double sums per piece (lane k takes elements
+ * lo + 8i + k; a piece's last < 8 elements go to lanes 0..), added in a fixed tree at the end of the chunk */
+typedef struct {
+    const tbert_params *ps;
+    double lane[8];
+} sq_acc;
+
+static void sq_piece(void *ctx, int entry, size_t lo, size_t hi) {
+    sq_acc *a = ctx;
+    const float *g = a->ps->p[entry].g;
+    double l[8];
+    memcpy(l, a->lane, sizeof l);
+    size_t j = lo;
+    for (; j + 8 <= hi; j += 8)
+        for (int k = 0; k < 8; k++) l[k] += (double)g[j + k] * (double)g[j + k];
+    for (int k = 0; j < hi; j++, k++) l[k] += (double)g[j] * (double)g[j];
+    memcpy(a->lane, l, sizeof l);
+}
+
+static double chunk_sq(const tbert_params *ps, int c) {
+    sq_acc a = {ps, {0}};
+    tbert_params_chunk_pieces(ps, c, sq_piece, &a);
+    const double *l = a.lane;
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 }
 
 double tbert_params_grad_norm(const tbert_params *ps) {
     double s = 0.0;
-    for (int i = 0; i < ps->n; i++) {
-        const float *g = ps->p[i].g;
-        for (size_t j = 0; j < ps->p[i].n; j++) s += (double)g[j] * (double)g[j];
-    }
+    for (int c = 0, n = tbert_params_chunks(ps); c < n; c++) s += chunk_sq(ps, c);
     return sqrt(s);
 }
 
+/* one step's work on the chunks (tbert_par_for items) */
+typedef struct {
+    tbert_optim *o;
+    tbert_params *ps;
+    float clip; /* the gradients' scale; 1: none */
+    double factor;
+} step_job;
+
+static void norm_item(void *ctx, int c, int worker) {
+    (void)worker;
+    const step_job *j = ctx;
+    j->o->part[c] = chunk_sq(j->ps, c);
+}
+
+/* clip (when the scale is not 1) and AdamW on entry's elements lo .. hi-1 */
+static void update_piece(void *ctx, int entry, size_t lo, size_t hi) {
+    const step_job *j = ctx;
+    const tbert_optim *o = j->o;
+    tbert_param *p = &j->ps->p[entry];
+    if (j->clip != 1.0f)
+        for (size_t k = lo; k < hi; k++) p->g[k] *= j->clip;
+    /* one tbert_adam over this piece of the entry's moments: the arithmetic of src/adam.c, step counted here */
+    tbert_adam a = {.lr = o->cfg.lr[p->group] * j->factor,
+                    .beta1 = o->cfg.beta1,
+                    .beta2 = o->cfg.beta2,
+                    .eps = o->cfg.eps,
+                    .weight_decay = p->decay ? o->cfg.weight_decay : 0.0,
+                    .step = o->step,
+                    .n = hi - lo,
+                    .m = o->m[entry] + lo,
+                    .v = o->v[entry] + lo};
+    tbert_adam_step(&a, p->w + lo, p->g + lo);
+}
+
+static void update_item(void *ctx, int c, int worker) {
+    (void)worker;
+    const step_job *j = ctx;
+    tbert_params_chunk_pieces(j->ps, c, update_piece, ctx);
+}
+
 void tbert_optim_step(tbert_optim *o, tbert_params *ps) {
-    double norm = tbert_params_grad_norm(ps);
+    step_job j = {o, ps, 1.0f, tbert_optim_lr_factor(&o->cfg, o->step)};
+    int n = ps->n == o->n && tbert_params_chunks(ps) == o->n_chunks ? o->n_chunks : 0; /* not init's list: nothing */
+    tbert_par_for(o->cfg.threads, n, norm_item, &j);
+    double s = 0.0;
+    for (int c = 0; c < n; c++) s += o->part[c];
+    double norm = sqrt(s);
     o->last_norm = norm;
     if (o->cfg.clip_norm > 0.0) {
         /* torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to 1, as a float32 tensor that multiplies
          * every gradient (also when it is 1: exact, so skipped here). An infinite norm scales by 0 as torch does; a
          * NaN norm leaves the (already NaN) gradients as they are. */
         double coef = o->cfg.clip_norm / (norm + 1e-6);
-        if (coef < 1.0) {
-            float c = (float)coef;
-            for (int i = 0; i < ps->n; i++) {
-                float *g = ps->p[i].g;
-                for (size_t j = 0; j < ps->p[i].n; j++) g[j] *= c;
-            }
-        }
+        if (coef < 1.0) j.clip = (float)coef;
     }
-    double factor = tbert_optim_lr_factor(&o->cfg, o->step);
-    for (int i = 0; i < ps->n && i < o->n; i++) {
-        tbert_param *p = &ps->p[i];
-        /* one tbert_adam over this entry's moments: the arithmetic of src/adam.c, step counted here */
-        tbert_adam a = {.lr = o->cfg.lr[p->group] * factor,
-                        .beta1 = o->cfg.beta1,
-                        .beta2 = o->cfg.beta2,
-                        .eps = o->cfg.eps,
-                        .weight_decay = p->decay ? o->cfg.weight_decay : 0.0,
-                        .step = o->step,
-                        .n = p->n,
-                        .m = o->m[i],
-                        .v = o->v[i]};
-        tbert_adam_step(&a, p->w, p->g);
-    }
+    tbert_par_for(o->cfg.threads, n, update_item, &j);
     o->step++;
 }
 

@@ -1,9 +1,11 @@
 /* The list of named trainable tensors (include/tbert/params.h): entries in the order they were added, pointers
- * borrowed, names copied. */
+ * borrowed, names copied; the fixed chunks of its flat concatenation that threaded passes split on. */
 #include "tbert/params.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+#include "par_for.h"
 
 static tbert_status params_reserve(tbert_params *ps, int need, tbert_error *err) {
     if (need <= ps->cap) return TBERT_OK;
@@ -72,6 +74,33 @@ void tbert_params_free(tbert_params *ps) {
 
 void tbert_params_zero_grad(tbert_params *ps) {
     for (int i = 0; i < ps->n; i++) memset(ps->p[i].g, 0, ps->p[i].n * sizeof(float));
+}
+
+int tbert_params_chunks(const tbert_params *ps) {
+    return (int)((tbert_params_numel(ps) + TBERT_PARAMS_CHUNK - 1) / TBERT_PARAMS_CHUNK);
+}
+
+void tbert_params_chunk_pieces(const tbert_params *ps, int c, tbert_params_piece_fn fn, void *ctx) {
+    size_t a = (size_t)c * TBERT_PARAMS_CHUNK, b = a + TBERT_PARAMS_CHUNK, at = 0; /* at: the entry's first element */
+    for (int i = 0; i < ps->n && at < b; i++) {
+        size_t e = at + ps->p[i].n;
+        if (e > a) fn(ctx, i, (a > at ? a : at) - at, (b < e ? b : e) - at);
+        at = e;
+    }
+}
+
+static void zero_piece(void *ctx, int entry, size_t lo, size_t hi) {
+    const tbert_params *ps = ctx;
+    memset(ps->p[entry].g + lo, 0, (hi - lo) * sizeof(float));
+}
+
+static void zero_chunk(void *ctx, int c, int worker) {
+    (void)worker;
+    tbert_params_chunk_pieces(ctx, c, zero_piece, ctx);
+}
+
+void tbert_params_zero_grad_threads(tbert_params *ps, int threads) {
+    tbert_par_for(threads, tbert_params_chunks(ps), zero_chunk, ps);
 }
 
 size_t tbert_params_numel(const tbert_params *ps) {

@@ -8,7 +8,10 @@
  * that. A wrong schedule (warm-up off by one step), clipping off, or decay on the biases moves values by
  * 1e-4 .. 1e-2 (the step sizes are 1e-3 .. 1e-2).
  * Also: the schedule and clipping in closed form, and the moments' checkpoint round trip (continuing after a
- * restore is bit-identical to not stopping) with a missing and a misshapen moment refused. */
+ * restore is bit-identical to not stopping) with a missing and a misshapen moment refused. And the threaded step
+ * (test_threads_chunks): on a list whose entries straddle the 32K-element chunks, 1, 2, 3 and 7 threads give the
+ * same bits; the norm equals a long double sum of every g^2 within rtol 1e-10; each entry's values and moments equal
+ * one whole-entry tbert_adam_step (clipped by the same coefficient) bit for bit. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +19,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "tbert/head.h"
 #include "tbert/optim.h"
 #include "tbert/safetensors.h"
 
@@ -291,12 +295,116 @@ static void test_save_restore(void **state) {
     free(ref);
 }
 
+/* The threaded step on a list whose entries straddle the chunks (sizes 70001, 5, 200 x 200, 1, 32768: 5 chunks).
+ * Reference per step: the norm as a long double sum of every g^2 (rtol 1e-10: a skipped or repeated piece moves it
+ * by >= 1e-5), and per entry one whole-entry tbert_adam_step with the entry's rate and decay on gradients scaled by
+ * the coefficient the step clipped with (bit for bit: the update is element-wise, so a piece given the wrong slice
+ * of values, moments or gradients shows). 1, 2, 3 and 7 threads: the same bits. Steps 1-2 clip, step 3 does not. */
+static void test_threads_chunks(void **state) {
+    (void)state;
+    enum { NT = 5, STEPS = 3 };
+    static const int64_t shapes[NT][2] = {{70001, 0}, {5, 0}, {200, 200}, {1, 0}, {32768, 0}};
+    static const int threads[] = {1, 2, 3, 7};
+    enum { NRUN = (int)(sizeof threads / sizeof threads[0]) };
+    uint64_t seed = tu_seed_from_env("test_optim");
+    tu_rng rng = {seed};
+    size_t off[NT + 1] = {0};
+    for (int t = 0; t < NT; t++) off[t + 1] = off[t] + (size_t)shapes[t][0] * (size_t)(shapes[t][1] ? shapes[t][1] : 1);
+    size_t n = off[NT];
+    float *w0 = tu_rand_floats(&rng, n, 0.5f), *gs[STEPS];
+    for (int s = 0; s < STEPS; s++) gs[s] = tu_rand_floats(&rng, n, s == 2 ? 1e-4f : 0.05f); /* norms ~17, ~17, ~0.03 */
+    float *w[NRUN + 1], *g[NRUN + 1];
+    tbert_params ps[NRUN + 1];
+    tbert_optim o[NRUN + 1];
+    tbert_optim_cfg c = tbert_optim_default_cfg();
+    c.lr[TBERT_PGROUP_HEAD] = 1e-2;
+    c.lr[TBERT_PGROUP_ENCODER] = 3e-3;
+    c.warmup_steps = 1;
+    c.total_steps = 10;
+    c.clip_norm = 1.0;
+    for (int r = 0; r <= NRUN; r++) { /* r == NRUN: the whole-entry reference (its optimiser only holds the moments) */
+        w[r] = tu_xmalloc(n * sizeof(float));
+        g[r] = tu_xmalloc(n * sizeof(float));
+        memcpy(w[r], w0, n * sizeof(float));
+        memset(&ps[r], 0, sizeof ps[r]);
+        char name[32];
+        for (int t = 0; t < NT; t++) {
+            snprintf(name, sizeof name, "t%d", t);
+            int group = t % 2 ? TBERT_PGROUP_HEAD : TBERT_PGROUP_ENCODER, ndim = shapes[t][1] ? 2 : 1;
+            float *wt = w[r] + off[t], *gt = g[r] + off[t];
+            assert_int_equal(tbert_params_add(&ps[r], name, wt, gt, ndim, shapes[t], group, t != 1, NULL), TBERT_OK);
+        }
+        c.threads = r < NRUN ? threads[r] : 1;
+        assert_int_equal(tbert_optim_init(&o[r], &ps[r], &c, NULL), TBERT_OK);
+    }
+    assert_int_equal(tbert_params_chunks(&ps[0]), 5);
+    int clipped = 0;
+    for (int s = 0; s < STEPS; s++) {
+        long double sq = 0;
+        for (size_t i = 0; i < n; i++) sq += (long double)gs[s][i] * gs[s][i];
+        double norm_ref = sqrt((double)sq);
+        for (int r = 0; r < NRUN; r++) {
+            memcpy(g[r], gs[s], n * sizeof(float));
+            double gn = tbert_params_grad_norm(&ps[r]);
+            tbert_optim_step(&o[r], &ps[r]);
+            if (!(fabs(o[r].last_norm - norm_ref) <= 1e-10 * norm_ref))
+                fail_msg("seed %llu step %d, %d threads: norm %.17g, long double sum %.17g", (unsigned long long)seed,
+                         s + 1, threads[r], o[r].last_norm, norm_ref);
+            assert_memory_equal(&gn, &o[r].last_norm, sizeof gn); /* tbert_params_grad_norm: the value clipped with */
+            if (r > 0) {
+                assert_memory_equal(&o[r].last_norm, &o[0].last_norm, sizeof(double));
+                assert_memory_equal(w[r], w[0], n * sizeof(float));
+                assert_memory_equal(g[r], g[0], n * sizeof(float));
+                for (int t = 0; t < NT; t++) {
+                    assert_memory_equal(o[r].m[t], o[0].m[t], (off[t + 1] - off[t]) * sizeof(float));
+                    assert_memory_equal(o[r].v[t], o[0].v[t], (off[t + 1] - off[t]) * sizeof(float));
+                }
+            }
+        }
+        /* the whole-entry reference, clipped by the coefficient of o[0]'s norm */
+        float *rw = w[NRUN], *rg = g[NRUN];
+        memcpy(rg, gs[s], n * sizeof(float));
+        double coef = c.clip_norm / (o[0].last_norm + 1e-6);
+        if (coef < 1.0) {
+            clipped++;
+            for (size_t i = 0; i < n; i++) rg[i] *= (float)coef;
+        }
+        double fac = tbert_optim_lr_factor(&c, o[NRUN].step);
+        for (int t = 0; t < NT; t++) {
+            const tbert_param *p = &ps[NRUN].p[t];
+            tbert_adam a = {.lr = c.lr[p->group] * fac, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
+                            .weight_decay = p->decay ? c.weight_decay : 0.0, .step = o[NRUN].step, .n = p->n,
+                            .m = o[NRUN].m[t], .v = o[NRUN].v[t]};
+            tbert_adam_step(&a, rw + off[t], rg + off[t]);
+        }
+        o[NRUN].step++;
+        if (memcmp(rw, w[0], n * sizeof(float)) || memcmp(rg, g[0], n * sizeof(float)))
+            fail_msg("seed %llu step %d: the chunked update differs from whole-entry AdamW", (unsigned long long)seed,
+                     s + 1);
+        for (int t = 0; t < NT; t++) {
+            assert_memory_equal(o[NRUN].m[t], o[0].m[t], (off[t + 1] - off[t]) * sizeof(float));
+            assert_memory_equal(o[NRUN].v[t], o[0].v[t], (off[t + 1] - off[t]) * sizeof(float));
+        }
+    }
+    assert_int_equal(clipped, 2);
+    assert_true(memcmp(w[0], w0, n * sizeof(float)) != 0);
+    for (int r = 0; r <= NRUN; r++) {
+        tbert_optim_free(&o[r]);
+        tbert_params_free(&ps[r]);
+        free(w[r]);
+        free(g[r]);
+    }
+    for (int s = 0; s < STEPS; s++) free(gs[s]);
+    free(w0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_trajectory),
         cmocka_unit_test(test_schedule_closed_form),
         cmocka_unit_test(test_clip_closed_form),
         cmocka_unit_test(test_save_restore),
+        cmocka_unit_test(test_threads_chunks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

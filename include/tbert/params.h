@@ -41,6 +41,19 @@ tbert_status tbert_params_add(tbert_params *ps, const char *name, float *w, floa
 tbert_status tbert_params_append(tbert_params *dst, const tbert_params *src, tbert_error *err);
 void tbert_params_free(tbert_params *ps); /* the list only, not the tensors */
 void tbert_params_zero_grad(tbert_params *ps);
+
+/* Passes over the whole list that run on several threads (the optimiser's norm and update, the zeroing) cut the
+ * list's flat concatenation (entries in list order) into fixed chunks of TBERT_PARAMS_CHUNK elements: the chunks, and
+ * so every per-chunk partial sum, do not depend on the thread count. */
+enum { TBERT_PARAMS_CHUNK = 1 << 15 };
+/* The number of chunks: ceil(numel / TBERT_PARAMS_CHUNK). */
+int tbert_params_chunks(const tbert_params *ps);
+/* fn(ctx, entry, lo, hi) for each piece of one entry among the elements of chunk c: entry's elements lo .. hi-1,
+ * entries in list order. */
+typedef void (*tbert_params_piece_fn)(void *ctx, int entry, size_t lo, size_t hi);
+void tbert_params_chunk_pieces(const tbert_params *ps, int c, tbert_params_piece_fn fn, void *ctx);
+/* tbert_params_zero_grad with the chunks shared among `threads` threads (<= 1: the caller's thread). */
+void tbert_params_zero_grad_threads(tbert_params *ps, int threads);
 size_t tbert_params_numel(const tbert_params *ps);
 /* Index of the entry with this name, -1 when absent. */
 int tbert_params_find(const tbert_params *ps, const char *name);
