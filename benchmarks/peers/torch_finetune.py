@@ -29,8 +29,10 @@ unless that variable is set (then the JSON's compile_cache names it: a warm cach
 
 Prints one JSON line: engine, precision, compile, tokens (real tokens of one epoch), tokens_padded (computed
 positions of one epoch, padding included, mean over epochs), seconds (from after the imports to the end),
-seconds_lower (the frozen layers), seconds_train (the epochs), seconds_first_step, seconds_first_eval, train loss
-(mean per epoch)."""
+seconds_lower (the frozen layers), seconds_train (the epochs), seconds_first_step, seconds_first_eval,
+cpu_seconds_train and cpu_seconds_first_step (time.process_time: this process's threads, so inductor's compile
+workers are not in them, unlike /usr/bin/time's; cpu_seconds_train - cpu_seconds_first_step is the steady
+steps' CPU time, comparable between eager and compile on a loaded machine), train loss (mean per epoch)."""
 import argparse
 import json
 import math
@@ -208,6 +210,7 @@ def run(a):
         return time.perf_counter() - t
 
     t1 = time.perf_counter()
+    c1 = time.process_time()
     losses = []
     padded_positions = 0
     t_first = None
@@ -231,12 +234,15 @@ def run(a):
                 return loss.item()
             if t_first is None:
                 box = []
+                c_first = time.process_time()
                 t_first = first_call("the first training step", lambda: box.append(step()))
+                c_first = time.process_time() - c_first
                 tot += box[0] * len(idx)
             else:
                 tot += step() * len(idx)
         losses.append(tot / n)
     t_train = time.perf_counter() - t1
+    c_train = time.process_time() - c1
     top.eval()
     t_first_eval = None
     with torch.no_grad():
@@ -252,7 +258,8 @@ def run(a):
            "compile": "inductor dynamic=True" if a.compile else "eager", "docs": n, "tokens": sum(lens),
            "tokens_padded": padded_positions // a.epochs, "epochs": a.epochs, "seconds": seconds,
            "seconds_lower": t_lower, "seconds_train": t_train, "seconds_first_step": t_first,
-           "seconds_first_eval": t_first_eval, "train_loss": losses, "torch": torch.__version__}
+           "seconds_first_eval": t_first_eval, "cpu_seconds_train": c_train, "cpu_seconds_first_step": c_first,
+           "train_loss": losses, "torch": torch.__version__}
     if a.compile:
         from torch._dynamo.utils import counters
         res["compile_cache"] = "cold (a fresh TORCHINDUCTOR_CACHE_DIR)" if "tbert_peer_inductor." in \
