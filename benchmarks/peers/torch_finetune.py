@@ -12,9 +12,9 @@ padded positions PyTorch computes per epoch).
 
 --precision bf16: torch.autocast("cpu", bfloat16) over the trained part's forward (the top K layers, pooling,
 head; the logit is cast to fp32 for the BCE loss), as tbert's `--precision bf16` (bf16 matrix products, fp32
-master weights): the parameters, gradients and AdamW stay fp32. The frozen lower layers' pass stays fp32 in both
-modes (as tbert's frozen pass); the cache is bf16 in both. The final pass over every text runs under the same
-autocast.
+master weights): the parameters, gradients and AdamW stay fp32. The frozen lower layers' pass runs under the same
+autocast (tbert's `--precision bf16` computes its frozen layers with bf16 products too); the cache is bf16 in both
+modes. The final pass over every text runs under the same autocast.
 
 --compile: torch.compile (default inductor backend) of the trained part's function (top K layers, pooling, head,
 loss; the backward is compiled with it by AOTAutograd; AdamW and clipping stay eager). The batches' T varies
@@ -132,11 +132,11 @@ def run(a):
     def ext(m, dtype):
         return (1.0 - m[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
-    # the frozen lower layers once per text, fp32, kept as bf16 (no_grad)
+    # the frozen lower layers once per text (fp32, or under autocast with --precision bf16), kept as bf16 (no_grad)
     model.eval()
     cache = [None] * n
     order = sorted(range(n), key=lambda i: lens[i])
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for s in range(0, n, 32):
             idx = order[s:s + 32]
             x, m = padded(idx)
