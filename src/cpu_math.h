@@ -1,5 +1,6 @@
-/* Element-wise float math shared by the CPU encoder's files (src/encoder_cpu.c, src/gemm_cpu.c): branch-free
- * exp and erf that the compiler vectorises without -ffast-math. Not a public header. */
+/* Element-wise float math shared by the CPU encoder's files (src/encoder_cpu.c, src/gemm_cpu.c, src/encoder_backward.c):
+ * branch-free exp and erf, and row reductions by 16 partials, that the compiler vectorises without -ffast-math. Not a
+ * public header. */
 #ifndef TBERT_CPU_MATH_H
 #define TBERT_CPU_MATH_H
 
@@ -13,6 +14,43 @@
 #else
 #define TBERT_VEC
 #endif
+
+/* Sum of a row with 16 independent partial sums, so that the loop vectorises without reassociation. */
+static inline float tbert_row_sum(const float *x, int n) {
+    float acc[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int k = 0; k < 16; k++) acc[k] += x[j + k];
+    float s = 0.0f;
+    for (; j < n; j++) s += x[j];
+    for (int k = 0; k < 16; k++) s += acc[k];
+    return s;
+}
+
+/* The largest of x[0..n) (n >= 1; no NaN), 16 partial maxima: the same value as a sequential scan, vectorised. */
+static inline float tbert_row_max(const float *x, int n) {
+    float acc[16];
+    for (int k = 0; k < 16; k++) acc[k] = x[0];
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int k = 0; k < 16; k++) acc[k] = x[j + k] > acc[k] ? x[j + k] : acc[k];
+    float m = acc[0];
+    for (; j < n; j++) m = x[j] > m ? x[j] : m;
+    for (int k = 0; k < 16; k++) m = acc[k] > m ? acc[k] : m;
+    return m;
+}
+
+/* sum of a[j] b[j] in double, 16 independent partial sums (vectorised without reassociation) */
+static inline double tbert_row_dot64(const float *a, const float *b, int n) {
+    double acc[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int k = 0; k < 16; k++) acc[k] += (double)a[j + k] * b[j + k];
+    double s = 0.0;
+    for (; j < n; j++) s += (double)a[j] * b[j];
+    for (int k = 0; k < 16; k++) s += acc[k];
+    return s;
+}
 
 /* exp(x) for x <= 88: 2^k * p(r), r = x - k ln2 in [-ln2/2, ln2/2], degree-6 Taylor polynomial
  * (relative error < 2e-7). Branch-free, without floorf/fminf (which block vectorisation without

@@ -241,15 +241,24 @@ TBERT_VEC void tbert_dropout_apply(size_t n, float *x, const tbert_dropout *d, u
     }
 }
 
-/* the L rows of p[L, L] in place: softmax (max subtracted; tbert_exp_approx, vectorised) */
+/* the L rows of p[L, L] in place: softmax (max subtracted; tbert_exp_approx; max and sum by 16 partials, so that
+ * every loop vectorises: a sequential float sum is one dependent add per element) */
 static TBERT_VEC void softmax_rows(float *p, int L) {
     for (int i = 0; i < L; i++) {
-        float *r = p + (size_t)i * L, mx = r[0], sum = 0.0f;
-        for (int j = 1; j < L; j++) mx = r[j] > mx ? r[j] : mx;
+        float *r = p + (size_t)i * L, mx = tbert_row_max(r, L);
         for (int j = 0; j < L; j++) r[j] = tbert_exp_approx(r[j] - mx);
-        for (int j = 0; j < L; j++) sum += r[j];
-        float inv = 1.0f / sum;
+        float inv = 1.0f / tbert_row_sum(r, L);
         for (int j = 0; j < L; j++) r[j] *= inv;
+    }
+}
+
+/* dS = P (dP - rowsum(P dP)) in place of dP = ws[L, L] (the row sums in double, 16 partials) */
+static TBERT_VEC void softmax_bwd_rows(const float *P, float *ws, int L) {
+    for (int i = 0; i < L; i++) {
+        const float *pr = P + (size_t)i * L;
+        float *r = ws + (size_t)i * L;
+        float dt = (float)tbert_row_dot64(pr, r, L);
+        for (int j = 0; j < L; j++) r[j] = pr[j] * (r[j] - dt);
     }
 }
 
@@ -320,14 +329,7 @@ void tbert_bwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_hea
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, d, 1.0f, dch, H, vh, ld, 0.0f, ws, L);
             if (dropping)
                 for (size_t e = 0; e < LL; e++) ws[e] *= mask[e];
-            for (int i = 0; i < L; i++) {
-                const float *pr = P + (size_t)i * L;
-                float *r = ws + (size_t)i * L;
-                double dot = 0.0;
-                for (int j = 0; j < L; j++) dot += (double)pr[j] * r[j];
-                float dt = (float)dot;
-                for (int j = 0; j < L; j++) r[j] = pr[j] * (r[j] - dt);
-            }
+            softmax_bwd_rows(P, ws, L);
             /* S = scale Q K^T: dQ = scale dS K, dK = scale dS^T Q */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, d, L, scale, ws, L, kh, ld, 0.0f, dq + h * d, ld);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, d, L, scale, ws, L, qh, ld, 0.0f, dq + H + h * d,

@@ -37,18 +37,6 @@
 #include "gemm_bf16.h"
 #include "gemm_cpu.h"
 
-/* Sum of a row with 16 independent partial sums, so that the loop vectorises without reassociation. */
-static inline float row_sum(const float *x, int n) {
-    float acc[16] = {0};
-    int j = 0;
-    for (; j + 16 <= n; j += 16)
-        for (int k = 0; k < 16; k++) acc[k] += x[j + k];
-    float s = 0.0f;
-    for (; j < n; j++) s += x[j];
-    for (int k = 0; k < 16; k++) s += acc[k];
-    return s;
-}
-
 static inline float row_sqdev(const float *x, int n, float mean) {
     float acc[16] = {0};
     int j = 0;
@@ -70,7 +58,7 @@ TBERT_VEC static void bias_layernorm(float *x, const float *bias, const float *g
         float *r = x + i * H;
         if (bias)
             for (int j = 0; j < H; j++) r[j] += bias[j];
-        float mean = row_sum(r, H) / (float)H;
+        float mean = tbert_row_sum(r, H) / (float)H;
         float var = row_sqdev(r, H, mean) / (float)H;
         float rstd = 1.0f / sqrtf(var + eps);
         for (int j = 0; j < H; j++) r[j] = (r[j] - mean) * rstd * g[j] + b[j];
@@ -281,7 +269,7 @@ TBERT_VEC static void softmax_rows(float *s, int n, int len, int ld) {
         float mx = r[0];
         for (int j = 1; j < len; j++) mx = r[j] > mx ? r[j] : mx;
         for (int j = 0; j < len; j++) r[j] = tbert_exp_approx(r[j] - mx);
-        float inv = 1.0f / row_sum(r, len);
+        float inv = 1.0f / tbert_row_sum(r, len);
         for (int j = 0; j < len; j++) r[j] *= inv;
     }
 }
