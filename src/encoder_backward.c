@@ -264,11 +264,11 @@ static TBERT_VEC void softmax_bwd_rows(const float *P, float *ws, int L) {
 
 void tbert_fwd_attention(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv, float *ctx,
                          float *P) {
-    tbert_fwd_attention_dropout(n_seq, off, H, n_heads, scale, qkv, ctx, P, NULL, NULL);
+    tbert_fwd_attention_dropout(n_seq, off, H, n_heads, scale, qkv, ctx, P, NULL, NULL, NULL);
 }
 
 void tbert_fwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
-                                 float *ctx, float *P, const tbert_dropout *drop, float *ws) {
+                                 float *ctx, float *P, float *Pd, const tbert_dropout *drop, float *ws) {
     int d = H / n_heads, ld = 3 * H;
     bool dropping = drop && drop->p > 0.0f;
     uint64_t pidx = 0; /* P index of the current (sequence, head) block, relative to drop->base */
@@ -283,10 +283,11 @@ void tbert_fwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_hea
                         p, L);
             softmax_rows(p, L);
             const float *pv = p;
-            if (dropping) { /* ws = dropout(P) */
-                for (size_t e = 0; e < LL; e++) ws[e] = p[e];
-                tbert_dropout_apply(LL, ws, drop, pidx);
-                pv = ws;
+            if (dropping) { /* dropout(P) into Pd's block, else ws */
+                float *t = Pd ? Pd + pidx : ws;
+                for (size_t e = 0; e < LL; e++) t[e] = p[e];
+                tbert_dropout_apply(LL, t, drop, pidx);
+                pv = t;
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, d, L, 1.0f, pv, L, q + 2 * H + h * d, ld, 0.0f,
                         ctx + (size_t)off[s] * H + h * d, H);
@@ -298,11 +299,12 @@ void tbert_fwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_hea
 
 void tbert_bwd_attention(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
                          const float *P, const float *dctx, float *dqkv, float *ws) {
-    tbert_bwd_attention_dropout(n_seq, off, H, n_heads, scale, qkv, P, dctx, dqkv, NULL, ws);
+    tbert_bwd_attention_dropout(n_seq, off, H, n_heads, scale, qkv, P, NULL, dctx, dqkv, NULL, ws);
 }
 
 void tbert_bwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
-                                 const float *P, const float *dctx, float *dqkv, const tbert_dropout *drop, float *ws) {
+                                 const float *P, const float *Pd, const float *dctx, float *dqkv, const tbert_dropout *drop,
+                                 float *ws) {
     int d = H / n_heads, ld = 3 * H;
     bool dropping = drop && drop->p > 0.0f;
     uint64_t pidx = 0;
@@ -316,7 +318,11 @@ void tbert_bwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_hea
         for (int h = 0; h < n_heads; h++) {
             const float *qh = q + h * d, *kh = q + H + h * d, *vh = q + 2 * H + h * d, *dch = dc + h * d;
             const float *pv = P;
-            if (dropping) { /* mask = the multipliers, ws = dropout(P) */
+            if (dropping && Pd) { /* the forward's dropout(P); the multipliers from where it kept elements */
+                pv = Pd + pidx;
+                const float keep = 1.0f / (1.0f - drop->p);
+                for (size_t e = 0; e < LL; e++) mask[e] = pv[e] != 0.0f ? keep : 0.0f;
+            } else if (dropping) { /* mask = the multipliers, ws = dropout(P) */
                 for (size_t e = 0; e < LL; e++) mask[e] = 1.0f;
                 tbert_dropout_apply(LL, mask, drop, pidx);
                 for (size_t e = 0; e < LL; e++) ws[e] = P[e] * mask[e];

@@ -51,7 +51,7 @@ typedef struct {
 
 typedef struct {
     float *x; /* [N,H] the layer's input (the layer below's out, or the stack's input) */
-    float *qkv, *P, *ctx, *z1, *mean1, *rstd1, *h1, *a, *g, *z2, *mean2, *rstd2, *out;
+    float *qkv, *P, *Pd, *ctx, *z1, *mean1, *rstd1, *h1, *a, *g, *z2, *mean2, *rstd2, *out;
 } ft_act;
 
 struct tbert_ft_stack {
@@ -178,7 +178,7 @@ static void gelu_fwd_item(void *ctx, int item, int worker) {
 typedef struct {
     const tbert_ft_stack *s;
     const float *qkv;
-    float *ctx, *P, *dctx, *dqkv;
+    float *ctx, *P, *Pd, *dctx, *dqkv; /* Pd: dropout(P) saved by the training forward (NULL without attention dropout) */
     const tbert_dropout *drop;
 } attn_job;
 
@@ -193,7 +193,8 @@ static void attn_fwd_item(void *ctx, int w, int worker) {
     const tbert_ft_stack *s = j->s;
     tbert_dropout d = drop_at(j->drop, s->pbase[w]);
     tbert_fwd_attention_dropout(1, s->off + w, s->H, s->A, 1.0f / sqrtf((float)(s->H / s->A)), j->qkv, j->ctx,
-                                j->P + s->pbase[w], &d, s->wsw + (size_t)worker * s->ws_stride);
+                                j->P + s->pbase[w], j->Pd ? j->Pd + s->pbase[w] : NULL, &d,
+                                s->wsw + (size_t)worker * s->ws_stride);
 }
 
 static void attn_bwd_item(void *ctx, int w, int worker) {
@@ -201,7 +202,8 @@ static void attn_bwd_item(void *ctx, int w, int worker) {
     const tbert_ft_stack *s = j->s;
     tbert_dropout d = drop_at(j->drop, s->pbase[w]);
     tbert_bwd_attention_dropout(1, s->off + w, s->H, s->A, 1.0f / sqrtf((float)(s->H / s->A)), j->qkv,
-                                j->P + s->pbase[w], j->dctx, j->dqkv, &d, s->wsw + (size_t)worker * s->ws_stride);
+                                j->P + s->pbase[w], j->Pd ? j->Pd + s->pbase[w] : NULL, j->dctx, j->dqkv, &d,
+                                s->wsw + (size_t)worker * s->ws_stride);
 }
 
 static void emb_fwd_item(void *ctx, int w, int worker) {
@@ -619,6 +621,7 @@ static size_t layout_acts(tbert_ft_stack *s, float *base, size_t N, size_t P, si
         ft_act *a = &s->act[i];
         TAKE(a->qkv, N * 3 * H);
         TAKE(a->P, P);
+        if (s->cfg.attn_dropout > 0) TAKE(a->Pd, P); /* dropout(P), for the backward */
         TAKE(a->ctx, N * H);
         TAKE(a->z1, N * H);
         TAKE(a->mean1, N);
@@ -750,7 +753,7 @@ static void layer_forward(tbert_ft_stack *s, int i, bool drop_on) {
     tbert_dropout da = make_drop(s, drop_on, s->cfg.hidden_dropout, l, TBERT_DROP_ATTN_OUT);
     tbert_dropout df = make_drop(s, drop_on, s->cfg.hidden_dropout, l, TBERT_DROP_FFN_OUT);
     linear_forward(s, N, H, 3 * H, a->x, pk, PK_QKV, w->bqkv, NULL, NULL, a->qkv);
-    attn_job aj = {s, a->qkv, a->ctx, a->P, NULL, NULL, &dp};
+    attn_job aj = {s, a->qkv, a->ctx, a->P, a->Pd, NULL, NULL, &dp};
     par_for(s, s->n_win, attn_fwd_item, &aj);
     linear_forward(s, N, H, H, a->ctx, pk, PK_O, w->bo, da.p > 0 ? &da : NULL, a->x, a->z1);
     ln_fwd l1 = {N, H, a->z1, a->h1, a->mean1, a->rstd1, w->ln1_g, w->ln1_b, c->layer_norm_eps, NULL};
@@ -931,7 +934,7 @@ static void layer_backward(tbert_ft_stack *s, int i, bool need_dx) {
     layernorm_backward(s, a->z1, a->mean1, a->rstd1, w->ln1_g, s->dH, s->dZ, g->ln1_g, g->ln1_b);
     mix(s, s->dZ, da.p > 0 ? &da : NULL, NULL, s->dH);
     linear_backward(s, N, H, H, a->ctx, pk, PK_O, s->dH, s->dCtx, g->wo, g->bo);
-    attn_job aj = {s, a->qkv, NULL, a->P, s->dCtx, s->dQKV, &dp};
+    attn_job aj = {s, a->qkv, NULL, a->P, a->Pd, s->dCtx, s->dQKV, &dp};
     par_for(s, s->n_win, attn_bwd_item, &aj);
     linear_backward(s, N, H, 3 * H, a->x, pk, PK_QKV, s->dQKV, need_dx ? s->dY : NULL, g->wqkv, g->bqkv);
     if (need_dx) mix(s, NULL, NULL, s->dZ, s->dY);

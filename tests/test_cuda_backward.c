@@ -383,7 +383,7 @@ static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, in
     assert_non_null(rctx), assert_non_null(rP), assert_non_null(rdqkv), assert_non_null(ws);
     tu_gbuf gqkv = tu_up_act(qkv, nqkv, dt), gdctx = tu_up_act(dctx, nctx, dt); /* round qkv, dctx for bf16 */
     tu_gbuf gcu = tu_up_bytes(off, ((size_t)B + 1) * 4), gpo = tu_up_bytes(p_off, ((size_t)B + 1) * 8);
-    tbert_fwd_attention_dropout(B, off, H, heads, scale, qkv, rctx, rP, dp, ws);
+    tbert_fwd_attention_dropout(B, off, H, heads, scale, qkv, rctx, rP, NULL, dp, ws);
 
     tu_gbuf gctx = tu_galloc(nctx * tu_dt_size(dt)), gP = tu_galloc(np * tu_dt_size(dt)), gws = tu_galloc(nws * 4);
     CK(tbert_cuda_attention_fwd_probs(h, gctx.p, gP.p, gqkv.p, gws.p, off, gcu.p, gpo.p, dp, dt, B, heads, d, scale,
@@ -411,7 +411,7 @@ static void check_attention(tu_rng *r, cublasHandle_t h, tbert_cuda_dtype dt, in
     }
 
     tu_gbuf gPc = tu_up_act(rP, np, dt), gdqkv = tu_galloc(nqkv * tu_dt_size(dt)), gws2 = tu_galloc(nws * 4);
-    tbert_bwd_attention_dropout(B, off, H, heads, scale, qkv, rP, dctx, rdqkv, dp, ws); /* rP as the device holds it */
+    tbert_bwd_attention_dropout(B, off, H, heads, scale, qkv, rP, NULL, dctx, rdqkv, dp, ws); /* rP as the device holds it */
     round_dt(rdqkv, nqkv, dt);
     CK(tbert_cuda_attention_bwd(h, gdqkv.p, gqkv.p, gPc.p, gdctx.p, gws2.p, off, gcu.p, gpo.p, dp, dt, B, heads, d,
                                 scale, NULL));

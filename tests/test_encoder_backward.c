@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "encoder_backend.h"
+#include "tbert/dropout_rng.h"
 #include "tbert/encoder_backward.h"
 #include "ref64.h"
 #include "testutil.h"
@@ -462,6 +463,36 @@ static void test_attention(void **state) {
     free(ctx64);
 }
 
+/* attention dropout: the backward from the forward's saved dropout(P) (Pd) gives the bits of the backward that draws
+ * the masks again, and the forward's ctx is the same with and without Pd; dropout really dropped (p = 0.3) */
+static void test_attention_dropout_saved(void **state) {
+    (void)state;
+    tu_rng r = {g_seed ^ 15};
+    int32_t off[8];
+    int n_seq = make_batch(&r, 11, off, 7);
+    int nh = 1 + (int)(tu_next(&r) % 3), d = 1 + (int)(tu_next(&r) % 5), H = nh * d, Lmax = 0;
+    size_t N = (size_t)off[n_seq], np = tbert_attn_probs_size(n_seq, off, nh);
+    for (int s = 0; s < n_seq; s++) Lmax = off[s + 1] - off[s] > Lmax ? off[s + 1] - off[s] : Lmax;
+    float scale = 1.0f / sqrtf((float)d);
+    float *qkv = tu_rand_floats(&r, N * 3 * H, 1), *R = tu_rand_floats(&r, N * H, 1);
+    float *c1 = tu_xcalloc(N * H, 4), *c2 = tu_xcalloc(N * H, 4), *P = tu_xcalloc(np + 1, 4), *P2 = tu_xcalloc(np + 1, 4);
+    float *Pd = tu_xcalloc(np + 1, 4), *g1 = tu_xcalloc(N * 3 * H, 4), *g2 = tu_xcalloc(N * 3 * H, 4);
+    float *ws = tu_xcalloc(2 * (size_t)Lmax * Lmax + 1, 4);
+    tbert_dropout dp = {0.3f, g_seed, 7, tbert_dropout_site(1, TBERT_DROP_ATTN_PROBS), 0};
+    tbert_fwd_attention_dropout(n_seq, off, H, nh, scale, qkv, c1, P, NULL, &dp, ws);
+    tbert_fwd_attention_dropout(n_seq, off, H, nh, scale, qkv, c2, P2, Pd, &dp, ws);
+    tbert_bwd_attention_dropout(n_seq, off, H, nh, scale, qkv, P, NULL, R, g1, &dp, ws);
+    tbert_bwd_attention_dropout(n_seq, off, H, nh, scale, qkv, P2, Pd, R, g2, &dp, ws);
+    size_t dropped = 0;
+    for (size_t i = 0; i < np; i++) dropped += Pd[i] == 0.0f && P[i] != 0.0f;
+    printf(" attention dropout, saved dropout(P): %zu of %zu probabilities dropped\n", dropped, np);
+    assert_true(dropped > 0);
+    assert_memory_equal(P, P2, np * sizeof *P);
+    assert_memory_equal(c1, c2, N * H * sizeof *c1);
+    assert_memory_equal(g1, g2, N * 3 * H * sizeof *g1);
+    free(qkv), free(R), free(c1), free(c2), free(P), free(P2), free(Pd), free(g1), free(g2), free(ws);
+}
+
 /* ---- 5. pooling, L2 normalisation, pooler -------------------------------------------------------------- */
 
 typedef struct {
@@ -758,7 +789,8 @@ int main(void) {
     openblas_set_num_threads(1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear),     cmocka_unit_test(test_linear_chunks), cmocka_unit_test(test_gelu),
-        cmocka_unit_test(test_layernorm), cmocka_unit_test(test_attention), cmocka_unit_test(test_pooling),
+        cmocka_unit_test(test_layernorm), cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_dropout_saved), cmocka_unit_test(test_pooling),
         cmocka_unit_test(test_l2_normalize), cmocka_unit_test(test_pooler), cmocka_unit_test(test_layer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -85,14 +85,17 @@ typedef struct {
 void tbert_dropout_apply(size_t n, float *x, const tbert_dropout *d, uint64_t first);
 
 /* Attention with dropout on the probabilities (BERT's attention_probs_dropout): ctx = dropout(P) v, P the softmax
- * output, saved before dropout (the backward needs both; the masks are drawn again from the counters, not stored).
+ * output, saved before dropout (the backward needs both). Pd (may be NULL; same layout as P): dropout(P) is saved
+ * there too, and the backward given it takes the masks from it (an element is kept where Pd != 0; where P itself is
+ * 0 the mask cannot matter) instead of drawing them again from the counters: the same bits, one Philox pass less.
  * drop->base is the P index of the first sequence's first element (P points there). ws: Lmax*Lmax floats (unused
- * without dropout). tbert_fwd_attention / tbert_bwd_attention are these with drop NULL. */
+ * without dropout). tbert_fwd_attention / tbert_bwd_attention are these with drop and Pd NULL. */
 void tbert_fwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
-                                 float *ctx, float *P, const tbert_dropout *drop, float *ws);
+                                 float *ctx, float *P, float *Pd, const tbert_dropout *drop, float *ws);
 /* ws: 2*Lmax*Lmax floats with dropout, Lmax*Lmax without. */
 void tbert_bwd_attention_dropout(int n_seq, const int32_t *off, int H, int n_heads, float scale, const float *qkv,
-                                 const float *P, const float *dctx, float *dqkv, const tbert_dropout *drop, float *ws);
+                                 const float *P, const float *Pd, const float *dctx, float *dqkv, const tbert_dropout *drop,
+                                 float *ws);
 
 /* ---- embeddings: z[N,H] = word[ids[i]] + pos[t] + type[0], t = the token's position inside its sequence (0 at
  * [CLS]); the embedding LayerNorm on z is tbert_fwd_layernorm / tbert_bwd_layernorm. */
