@@ -205,6 +205,38 @@ static AMX void tiles_start(void) {
     _tile_loadconfig(&cfg);
 }
 
+/* The accumulators 0-3 as a 32 x 32 float32 block at c (row stride ldc floats): tile 2 i + j at c + 16 (i ldc + j). */
+static inline AMX void acc_load(const float *c, size_t ldc) {
+    _tile_loadd(0, c, ldc * sizeof(float));
+    _tile_loadd(1, c + TC, ldc * sizeof(float));
+    _tile_loadd(2, c + TR * ldc, ldc * sizeof(float));
+    _tile_loadd(3, c + TR * ldc + TC, ldc * sizeof(float));
+}
+
+static inline AMX void acc_store(float *c, size_t ldc) {
+    _tile_stored(0, c, ldc * sizeof(float));
+    _tile_stored(1, c + TC, ldc * sizeof(float));
+    _tile_stored(2, c + TR * ldc, ldc * sizeof(float));
+    _tile_stored(3, c + TR * ldc + TC, ldc * sizeof(float));
+}
+
+/* steps of 32 k: the left operand's 32 rows at a (row stride lda elements; rows 16.. at a + 16 lda), a_step elements
+ * further each step; the right operand's two tiles at b0 and b1, b_step elements further each step */
+static inline AMX void acc_dot(const uint16_t *a, size_t lda, size_t a_step, const uint16_t *b0, const uint16_t *b1,
+                               size_t b_step, int steps) {
+    const uint16_t *a1 = a + TR * lda;
+    for (int s = 0; s < steps; s++) {
+        _tile_loadd(4, a + (size_t)s * a_step, lda * sizeof(uint16_t));
+        _tile_loadd(5, a1 + (size_t)s * a_step, lda * sizeof(uint16_t));
+        _tile_loadd(6, b0 + (size_t)s * b_step, 64);
+        _tile_loadd(7, b1 + (size_t)s * b_step, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+}
+
 static inline __mmask16 lanes(int n) { /* the first n (0..16) of 16 lanes */
     return (__mmask16)(n >= 16 ? 0xffffu : n <= 0 ? 0u : (1u << n) - 1u);
 }
@@ -281,7 +313,7 @@ static AMX bool pack_tile_fast(const tbert_packed_bf16 *p, size_t jp, size_t kb,
 static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_bf16 *w, const float *bias, bool accumulate,
                          bool gelu, float *c, size_t ldc, uint16_t *ab, float *cb, int jq0, int jq1) {
     const int n = w->n, k = w->k, kp = w->kp, ktiles = kp / KB;
-    const size_t astride = (size_t)kp * sizeof(uint16_t), tile_elems = KB * TC;
+    const size_t tile_elems = KB * TC;
     tiles_start();
     for (int i0 = 0; i0 < m; i0 += RB) {
         int mb = m - i0 < RB ? m - i0 : RB, mp = (int)round_up((size_t)mb, 2 * TR);
@@ -295,7 +327,7 @@ static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_b
             const uint16_t *b0 = w->tiles + (size_t)(2 * jq) * (size_t)ktiles * tile_elems, *b1 = b0 + (size_t)ktiles * tile_elems;
             int j0 = jq * 2 * TC, nc = n - j0 < 2 * TC ? n - j0 : 2 * TC;
             for (int r = 0; r < mb; r += 2 * TR) {
-                const uint16_t *a0 = ab + (size_t)r * (size_t)kp, *a1 = a0 + (size_t)TR * (size_t)kp;
+                const uint16_t *a0 = ab + (size_t)r * (size_t)kp;
                 /* Every output element is computed the same way wherever its block lies (so a row's result does not
                  * depend on how the rows were batched): the accumulator starts from c (accumulate), else the bias,
                  * else 0; runs over k; then + the bias when both accumulate and bias; then GELU. A whole 32 x 32 block
@@ -303,14 +335,10 @@ static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_b
                  * 0) and stores straight into c; other blocks go through the 4 KB buffer cb. */
                 bool direct = r + 2 * TR <= mb && nc == 2 * TC && !gelu;
                 float *cd = c + (size_t)(i0 + r) * ldc + (size_t)j0;
-                const size_t ldcb = ldc * sizeof(float), cs = 2 * TC * sizeof(float);
                 int rows = mb - r < 2 * TR ? mb - r : 2 * TR;
                 __mmask16 m0 = lanes(nc), m1 = lanes(nc - 16);
                 if (direct && accumulate) {
-                    _tile_loadd(0, cd, ldcb);
-                    _tile_loadd(1, cd + TC, ldcb);
-                    _tile_loadd(2, cd + TR * ldc, ldcb);
-                    _tile_loadd(3, cd + TR * ldc + TC, ldcb);
+                    acc_load(cd, ldc);
                 } else if (direct && bias) {
                     _tile_loadd(0, bias + j0, 0);
                     _tile_loadd(1, bias + j0 + TC, 0);
@@ -328,29 +356,14 @@ static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_b
                         _mm512_storeu_ps(cb + i * 2 * TC, in ? _mm512_maskz_loadu_ps(m0, src) : _mm512_setzero_ps());
                         _mm512_storeu_ps(cb + i * 2 * TC + 16, in ? _mm512_maskz_loadu_ps(m1, src + 16) : _mm512_setzero_ps());
                     }
-                    _tile_loadd(0, cb, cs);
-                    _tile_loadd(1, cb + TC, cs);
-                    _tile_loadd(2, cb + TR * 2 * TC, cs);
-                    _tile_loadd(3, cb + TR * 2 * TC + TC, cs);
+                    acc_load(cb, 2 * TC);
                 }
-                for (int kb = 0; kb < ktiles; kb++) {
-                    _tile_loadd(4, a0 + (size_t)kb * KB, astride);
-                    _tile_loadd(5, a1 + (size_t)kb * KB, astride);
-                    _tile_loadd(6, b0 + (size_t)kb * tile_elems, 64);
-                    _tile_loadd(7, b1 + (size_t)kb * tile_elems, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
+                acc_dot(a0, (size_t)kp, KB, b0, b1, tile_elems, ktiles);
                 bool post_bias = accumulate && bias;
                 __m512 bb0 = post_bias ? _mm512_maskz_loadu_ps(m0, bias + j0) : _mm512_setzero_ps();
                 __m512 bb1 = post_bias ? _mm512_maskz_loadu_ps(m1, bias + j0 + 16) : _mm512_setzero_ps();
                 if (direct) {
-                    _tile_stored(0, cd, ldcb);
-                    _tile_stored(1, cd + TC, ldcb);
-                    _tile_stored(2, cd + TR * ldc, ldcb);
-                    _tile_stored(3, cd + TR * ldc + TC, ldcb);
+                    acc_store(cd, ldc);
                     if (post_bias)
                         for (int i = 0; i < 2 * TR; i++) {
                             float *dst = cd + (size_t)i * ldc;
@@ -359,10 +372,7 @@ static AMX void gemm_amx(int m, const float *a, size_t lda, const tbert_packed_b
                         }
                     continue;
                 }
-                _tile_stored(0, cb, cs);
-                _tile_stored(1, cb + TC, cs);
-                _tile_stored(2, cb + TR * 2 * TC, cs);
-                _tile_stored(3, cb + TR * 2 * TC + TC, cs);
+                acc_store(cb, 2 * TC);
                 for (int i = 0; i < rows; i++) {
                     float *dst = c + (size_t)(i0 + r + i) * ldc + (size_t)j0;
                     __m512 v0 = _mm512_loadu_ps(cb + i * 2 * TC), v1 = _mm512_loadu_ps(cb + i * 2 * TC + 16);
@@ -383,7 +393,7 @@ static AMX void tn_amx(size_t rows, int n_out, int n_in, const float *dy, const 
     const int no = o1 - o0, nop = (int)round_up((size_t)no, 2 * TR), nip = (int)round_up((size_t)n_in, 2 * TC);
     uint16_t *dyt = buf, *xv = buf + (size_t)nop * RB; /* dyt [nop][RB]; xv per panel of 16 columns [RB / 2][16][2] */
     const __m512i idx = pair_index();
-    const size_t ldw = (size_t)n_in, dstride = RB * sizeof(uint16_t);
+    const size_t ldw = (size_t)n_in;
     tiles_start();
     for (size_t r0 = 0; r0 < rows; r0 += RB) {
         int nr = rows - r0 < RB ? (int)(rows - r0) : RB, nrp = (int)round_up((size_t)nr, KB);
@@ -418,43 +428,20 @@ static AMX void tn_amx(size_t rows, int n_out, int n_in, const float *dy, const 
             for (int ib = 0; ib < n_in; ib += 2 * TC) {
                 float *d = dw + (size_t)(o0 + ob) * ldw + (size_t)ib;
                 bool full = ob + 2 * TR <= no && ib + 2 * TC <= n_in;
-                const size_t cs = 2 * TC * sizeof(float);
                 int orows = no - ob < 2 * TR ? no - ob : 2 * TR, icols = n_in - ib < 2 * TC ? n_in - ib : 2 * TC;
                 if (full) {
-                    _tile_loadd(0, d, ldw * sizeof(float));
-                    _tile_loadd(1, d + TC, ldw * sizeof(float));
-                    _tile_loadd(2, d + TR * ldw, ldw * sizeof(float));
-                    _tile_loadd(3, d + TR * ldw + TC, ldw * sizeof(float));
+                    acc_load(d, ldw);
                 } else {
                     memset(cb, 0, (size_t)(2 * TR * 2 * TC) * sizeof(float));
                     for (int i = 0; i < orows; i++) memcpy(cb + i * 2 * TC, d + (size_t)i * ldw, (size_t)icols * sizeof(float));
-                    _tile_loadd(0, cb, cs);
-                    _tile_loadd(1, cb + TC, cs);
-                    _tile_loadd(2, cb + TR * 2 * TC, cs);
-                    _tile_loadd(3, cb + TR * 2 * TC + TC, cs);
+                    acc_load(cb, 2 * TC);
                 }
-                const uint16_t *a0 = dyt + (size_t)ob * RB, *a1 = a0 + (size_t)TR * RB;
                 const uint16_t *b0 = xv + (size_t)(ib / TC) * RB * TC, *b1 = b0 + (size_t)RB * TC;
-                for (int kb = 0; kb < nrp; kb += KB) {
-                    _tile_loadd(4, a0 + kb, dstride);
-                    _tile_loadd(5, a1 + kb, dstride);
-                    _tile_loadd(6, b0 + (size_t)kb * TC, 64);
-                    _tile_loadd(7, b1 + (size_t)kb * TC, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
+                acc_dot(dyt + (size_t)ob * RB, RB, KB, b0, b1, (size_t)KB * TC, nrp / KB);
                 if (full) {
-                    _tile_stored(0, d, ldw * sizeof(float));
-                    _tile_stored(1, d + TC, ldw * sizeof(float));
-                    _tile_stored(2, d + TR * ldw, ldw * sizeof(float));
-                    _tile_stored(3, d + TR * ldw + TC, ldw * sizeof(float));
+                    acc_store(d, ldw);
                 } else {
-                    _tile_stored(0, cb, cs);
-                    _tile_stored(1, cb + TC, cs);
-                    _tile_stored(2, cb + TR * 2 * TC, cs);
-                    _tile_stored(3, cb + TR * 2 * TC + TC, cs);
+                    acc_store(cb, 2 * TC);
                     for (int i = 0; i < orows; i++) memcpy(d + (size_t)i * ldw, cb + i * 2 * TC, (size_t)icols * sizeof(float));
                 }
             }
