@@ -36,6 +36,7 @@
 #include "encoder_backend.h"
 #include "gemm_bf16.h"
 #include "gemm_cpu.h"
+#include "par_for.h"
 
 static inline float row_sqdev(const float *x, int n, float mean) {
     float acc[16] = {0};
@@ -346,13 +347,14 @@ static void emit(const worker_job *j, int b, const float *r, int L, size_t H) {
     }
 }
 
-/* Runs the whole stack on one worker's sequences and writes their rows or pooled features. */
-static void *worker_run(void *arg) {
-    worker_job *j = arg;
+/* Runs the whole stack on job i's sequences (tbert_par_for item i) and writes their rows or pooled features. */
+static void worker_item(void *ctx, int i, int worker) {
+    (void)worker;
+    const worker_job *j = (const worker_job *)ctx + i;
     const tbert_cpu_encoder *e = j->e;
     cpu_worker *w = j->w;
     size_t H = (size_t)e->m->cfg.hidden;
-    if (w->n_seq == 0) return NULL;
+    if (w->n_seq == 0) return;
     embed(e->m, w, j->T, j->ids, j->lengths, w->x);
     for (int l = 0; l < e->layers; l++) layer_forward(e, l, w, j->lengths);
     const float *r = w->x;
@@ -361,7 +363,6 @@ static void *worker_run(void *arg) {
         emit(j, b, r, L, H);
         r += (size_t)L * H;
     }
-    return NULL;
 }
 
 /* ---- a lone sequence on all threads ----
@@ -473,7 +474,7 @@ static bool team_forward(tbert_cpu_encoder *e, const worker_job *j, int n) {
     for (int i = 1; i <= started; i++) pthread_join(tid[i], NULL);
     pthread_barrier_destroy(&bar);
     if (gate < 0) return false;
-    const float *r = j->w->x; /* one sequence: emit as worker_run does */
+    const float *r = j->w->x; /* one sequence: emit as worker_item does */
     int b = j->w->seq[0];
     emit(j, b, r, j->lengths[b], H);
     return true;
@@ -569,16 +570,7 @@ static tbert_status run(tbert_cpu_encoder *e, int B, int T, const int32_t *ids, 
     }
     /* One busy worker (a batch of one): let OpenBLAS use all threads for its GEMMs instead. */
     openblas_set_num_threads(W == 1 ? e->threads : 1);
-    pthread_t tid[W > 1 ? W - 1 : 1];
-    int started = 0;
-    for (int i = 1; i < W; i++) {
-        if (pthread_create(&tid[i - 1], NULL, worker_run, &jobs[i]) != 0) break;
-        started++;
-    }
-    worker_run(&jobs[0]);
-    for (int i = 0; i < started; i++) pthread_join(tid[i], NULL);
-    /* chunks whose thread could not start run here */
-    for (int i = 1 + started; i < W; i++) worker_run(&jobs[i]);
+    tbert_par_for(W, W, worker_item, jobs); /* job i on worker i (a job whose thread cannot start: on the caller) */
     if (pool == TBERT_POOL_POOLER) return tbert_pooler_dense(e->m, B, out, err);
     return TBERT_OK;
 }
