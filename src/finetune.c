@@ -61,15 +61,6 @@ void tbert_ft_data_free(tbert_ft_data *fd) {
     free(fd);
 }
 
-/* float32 -> bfloat16, round to nearest even (NaN stays NaN) */
-static uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 static tbert_status lower_key(const tbert_recipe *r, const tbert_model *m, int first_layer, const tbert_ft_opts *fo, char key[65],
                               tbert_error *err) {
     char layers[16], max_len[16], windows[16];
@@ -102,7 +93,7 @@ static tbert_status encode_windows(tbert_encoder *enc, tbert_ft_data *fd, const 
     for (int i = 0; i < nw; i++) {
         uint16_t *dst = fd->hidden + (size_t)fd->win_tok[wins[i]] * H;
         const float *src = out + (size_t)i * T * H;
-        for (size_t k = 0; k < (size_t)lens[i] * H; k++) dst[k] = to_bf16(src[k]);
+        for (size_t k = 0; k < (size_t)lens[i] * H; k++) dst[k] = tbert_f32_to_bf16(src[k]);
     }
     return TBERT_OK;
 }

@@ -16,6 +16,8 @@
  * Without AMX: the operands rounded to bf16 values in float32 scratch, then gemm_cpu.c's float32 kernels. */
 #include "gemm_bf16.h"
 
+#include "tbert/safetensors.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,21 +38,7 @@ static size_t round_up(size_t x, size_t m) {
 }
 
 float tbert_round_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return f; /* NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static uint16_t bf16_bits(float f) {
-    float r = tbert_round_bf16(f);
-    uint32_t u;
-    memcpy(&u, &r, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)(u >> 16);
+    return tbert_bf16_to_f32(tbert_f32_to_bf16(f));
 }
 
 bool tbert_gemm_amx_supported(void) {
@@ -84,7 +72,7 @@ static void pack_tile_scalar(const tbert_packed_bf16 *p, size_t jp, size_t kb, u
         for (size_t j = 0; j < TC; j++)
             for (size_t h = 0; h < 2; h++) {
                 size_t col = jp * TC + j, kk = kb * KB + 2 * q + h;
-                t[q * 2 * TC + 2 * j + h] = col < n && kk < k ? bf16_bits(w_at(p, col, kk)) : 0;
+                t[q * 2 * TC + 2 * j + h] = col < n && kk < k ? tbert_f32_to_bf16(w_at(p, col, kk)) : 0;
             }
 }
 

@@ -476,6 +476,14 @@ float tbert_bf16_to_f32(uint16_t h) {
     return out;
 }
 
+uint16_t tbert_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
 static float f64_to_f32(double d) {
     /* out-of-range double -> float conversion is undefined behaviour in C: saturate to infinity */
     if (isnan(d)) return NAN;

@@ -65,6 +65,8 @@ tbert_status tbert_st_to_f32(const tbert_safetensors *st, const tbert_st_tensor 
 /* Exact scalar conversions (IEEE half incl. subnormals/inf/NaN; bfloat16 = top half of a float). */
 float tbert_f16_to_f32(uint16_t h);
 float tbert_bf16_to_f32(uint16_t h);
+/* float32 -> the nearest bfloat16 (ties to even; a NaN stays a (quiet) NaN) */
+uint16_t tbert_f32_to_bf16(float f);
 
 /* Writer: collects tensors (data copied) and metadata, then saves atomically (temp + fsync + rename):
  * JSON header (__metadata__ first, then tensors in insertion order) padded with spaces to a multiple of 8,
